@@ -1,0 +1,81 @@
+"""Results database (SQLite). One row per benchmarked recipe, written in one transaction.
+
+A row is either ``ok`` with every metric, or ``failed`` with its error and no metrics.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from efflm.core.errors import EfflmError
+
+DEFAULT_DB = Path("results") / "efflm.sqlite"
+METRICS = ("ppl", "eval_tokens", "seq_len", "bytes", "disk_bytes", "bytes_per_token", "tok_s", "tok_s_min",
+           "tok_s_max", "ttft_ms", "ttft_ms_min", "ttft_ms_max", "ceiling_tok_s", "bandwidth_gbs",
+           "peak_rss_mb", "wall_s")
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+    error TEXT,
+    model TEXT NOT NULL,
+    model_hash TEXT,
+    label TEXT NOT NULL,
+    recipe TEXT NOT NULL,
+    families TEXT,
+    {", ".join(f"{m} REAL" for m in METRICS)},
+    env TEXT,
+    extra TEXT
+)"""
+
+
+def connect(path: str | Path = DEFAULT_DB, create: bool = True) -> sqlite3.Connection:
+    """Open (and create) the database, proving it is readable and not locked before any work."""
+    path = Path(path)
+    if path.is_dir():
+        raise EfflmError(f"results database {path} is a directory")
+    if not path.exists() and not create:
+        raise EfflmError(f"results database not found: {path} (run `efflm bench` first)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=2.0, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("BEGIN IMMEDIATE")  # fails now, not after an hour of work, if locked
+        conn.execute(SCHEMA)
+        conn.execute("COMMIT")
+    except sqlite3.OperationalError as e:
+        msg = "locked by another process" if "locked" in str(e) else f"unusable ({e})"
+        raise EfflmError(f"results database {path} is {msg}") from None
+    except sqlite3.DatabaseError:
+        raise EfflmError(f"results database {path} is not a SQLite database") from None
+    except OSError as e:
+        raise EfflmError(f"results database {path} cannot be opened: {e.strerror}") from None
+    return conn
+
+
+def insert(conn: sqlite3.Connection, *, status: str, model: str, label: str, recipe: str,
+           families: str = "", model_hash: str | None = None, error: str | None = None,
+           metrics: dict[str, Any] | None = None, env: dict | None = None, extra: dict | None = None) -> int:
+    """Write one row in a single transaction. Failed rows carry no metrics."""
+    metrics = {} if status == "failed" else (metrics or {})
+    row = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "status": status,
+           "error": error, "model": model, "model_hash": model_hash, "label": label, "recipe": recipe,
+           "families": families, **{m: metrics.get(m) for m in METRICS},
+           "env": json.dumps(env or {}), "extra": json.dumps(extra or {})}
+    cols = ", ".join(row)
+    marks = ", ".join("?" for _ in row)
+    try:
+        with conn:
+            cur = conn.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", tuple(row.values()))
+    except sqlite3.OperationalError as e:
+        raise EfflmError(f"could not write the result row: {e}") from None
+    return int(cur.lastrowid)
+
+
+def rows(conn: sqlite3.Connection, model: str | None = None) -> list[sqlite3.Row]:
+    q = "SELECT * FROM runs" + (" WHERE model = ?" if model else "") + " ORDER BY id"
+    return conn.execute(q, (model,) if model else ()).fetchall()

@@ -1,0 +1,138 @@
+"""``efflm leaderboard``: the latest row per recipe, as a table, Markdown and a Pareto plot."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from efflm.bench import db as results
+from efflm.core.errors import EfflmError
+from efflm.models.load import DEFAULT_MODEL
+
+FOOTNOTES = {
+    DEFAULT_MODEL: "SmolLM2-135M-Instruct's float weights are a dequantized Q4_1 GGUF: every decoder "
+                   "Linear lies exactly on an asymmetric 4-bit grid with groups of 32, so asymmetric "
+                   "4-bit g32 re-quantization is lossless on it and proves nothing. Rows here use other "
+                   "group sizes and symmetric grids.",
+}
+
+
+def latest(rows: list) -> list:
+    """Latest row per recipe label (a newer failure hides an older success: it is the current state)."""
+    by_label: dict[str, object] = {}
+    for r in rows:
+        by_label[r["label"]] = r
+    return list(by_label.values())
+
+
+def _dense(rows: list):
+    ok = [r for r in rows if r["status"] == "ok" and r["label"] == "dense"]
+    return ok[-1] if ok else None
+
+
+def _fmt(v, spec: str) -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def table(rows: list) -> tuple[list[str], list[list[str]]]:
+    ref = _dense(rows)
+    head = ["method", "family", "ppl", "Δppl vs dense", "MB", "× dense", "disk MB", "tok/s (min–max)",
+            "% ceiling", "TTFT ms", "peak RSS MB", "status"]
+    body = []
+    ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: (r["bytes"], r["ppl"]))
+    for r in ok + [r for r in rows if r["status"] != "ok"]:
+        good = r["status"] == "ok"
+        d_ppl = (r["ppl"] / ref["ppl"] - 1) * 100 if good and ref else None
+        ratio = r["bytes"] / ref["bytes"] if good and ref else None
+        body.append([
+            r["label"], r["families"] or "", _fmt(r["ppl"], ".2f"),
+            "–" if d_ppl is None else f"{d_ppl:+.1f}%",
+            _fmt(r["bytes"] and r["bytes"] / 1e6, ".1f"), _fmt(ratio, ".3f"),
+            _fmt(r["disk_bytes"] and r["disk_bytes"] / 1e6, ".1f"),
+            f"{r['tok_s']:.1f} ({r['tok_s_min']:.1f}–{r['tok_s_max']:.1f})" if good else "–",
+            _fmt(good and r["tok_s"] / r["ceiling_tok_s"] * 100 or None, ".0f"),
+            _fmt(r["ttft_ms"], ".0f"), _fmt(r["peak_rss_mb"], ".0f"),
+            "ok" if good else f"failed: {r['error']}",
+        ])
+    return head, body
+
+
+def markdown(model: str, rows: list) -> str:
+    head, body = table(rows)
+    lines = [f"# efflm leaderboard — {model}", "",
+             "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in body]
+    ok = [r for r in rows if r["status"] == "ok"]
+    if ok:
+        r = ok[-1]
+        env = json.loads(r["env"] or "{}")
+        lines += ["", f"Perplexity: {int(r['eval_tokens'])} evaluation tokens ({int(r['eval_tokens'] / (r['seq_len'] - 1))} "
+                  f"windows of {int(r['seq_len'])}), Shakespeare evaluation split. Speed: batch 1, greedy, "
+                  f"median of repetitions; ceiling = {r['bandwidth_gbs']:.1f} GB/s read bandwidth / bytes per token.",
+                  f"Environment: {env.get('cpu', '?')}, {env.get('threads', '?')} threads, torch "
+                  f"{env.get('torch', '?')}, transformers {env.get('transformers', '?')}, efflm {env.get('commit', '?')}, "
+                  f"model hash {r['model_hash']}."]
+    if model in FOOTNOTES:
+        lines += ["", f"Note: {FOOTNOTES[model]}"]
+    return "\n".join(lines) + "\n"
+
+
+def pareto_front(points: list[tuple[float, float]], higher_x_better: bool) -> list[int]:
+    """Indices of points no other point beats on both axes (lower y always better)."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any(
+            (x2 >= x if higher_x_better else x2 <= x) and y2 <= y and (x2, y2) != (x, y)
+            for j, (x2, y2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def plot(model: str, rows: list, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    for ax, key, xlabel, higher in ((axes[0], "bytes", "model bytes (MB, log)", False),
+                                    (axes[1], "tok_s", "decode tok/s (batch 1)", True)):
+        pts = [((r[key] / 1e6 if key == "bytes" else r[key]), r["ppl"]) for r in ok]
+        front = set(pareto_front(pts, higher))
+        for i, ((x, y), r) in enumerate(zip(pts, ok)):
+            ax.scatter([x], [y], s=60 if i in front else 30, color="tab:red" if i in front else "tab:blue",
+                       zorder=3)
+            ax.annotate(r["label"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        fx = sorted((pts[i] for i in front), key=lambda p: p[0])
+        ax.plot([p[0] for p in fx], [p[1] for p in fx], "--", color="tab:red", alpha=0.6, label="Pareto front")
+        if key == "bytes":
+            ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("perplexity (log, lower is better)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(loc="upper right", fontsize=8)
+    fig.suptitle(f"efflm — {model}: quality vs cost")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def write(db_path: Path, model: str, out_dir: Path) -> tuple[str, Path, Path]:
+    conn = results.connect(db_path, create=False)
+    rows = latest(results.rows(conn, model))
+    if not rows:
+        raise EfflmError(f"no results for model {model!r} in {db_path} (run `efflm bench --model {model}`)")
+    md = markdown(model, rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md_path = out_dir / "leaderboard.md"
+    tmp = md_path.with_suffix(".tmp")
+    tmp.write_text(md)
+    os.replace(tmp, md_path)
+    return md, md_path, plot(model, rows, out_dir / "pareto.png")

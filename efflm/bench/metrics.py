@@ -1,0 +1,142 @@
+"""The harness's measurements: perplexity, bytes, speed, memory-bandwidth ceiling, peak RSS.
+
+Definitions (also in the README):
+* perplexity: exp of the mean next-token negative log-likelihood over non-overlapping
+  windows of ``seq_len`` tokens, each window scored on its own (``seq_len − 1`` predicted
+  tokens per window), over the first ``n_windows`` windows of the evaluation text;
+* bytes: every parameter and buffer the model holds, as stored (packed buffers count
+  their packed size), each shared tensor once;
+* prefill latency (TTFT): one forward of a ``prompt_len``-token prompt;
+* decode tok/s: greedy decoding of ``new_tokens`` tokens at batch 1 after the prefill,
+  through a KV cache; TPOT = 1 / tok/s. One warm-up, then ``reps`` timed repetitions:
+  median, min and max are reported;
+* ceiling tok/s = memory read bandwidth / bytes read per decoded token.
+"""
+from __future__ import annotations
+
+import json
+import math
+import resource
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from efflm.core.errors import EfflmError
+from efflm.core.progress import progress
+
+
+@torch.inference_mode()
+def perplexity(model: torch.nn.Module, ids: torch.Tensor, seq_len: int = 512, n_windows: int = 8) -> dict:
+    """Token-level perplexity over non-overlapping windows (paper style)."""
+    available = ids.numel() // seq_len
+    if available < 1:
+        raise EfflmError(f"text too short: {ids.numel()} tokens, need at least one window of {seq_len} "
+                         "(lower --seq-len or give more text)")
+    n = min(n_windows, available)
+    nll, count = 0.0, 0
+    for i in progress(range(n), desc="perplexity", total=n):
+        window = ids[i * seq_len:(i + 1) * seq_len].unsqueeze(0)
+        logits = model(window, use_cache=False).logits[0, :-1].float()
+        loss = torch.nn.functional.cross_entropy(logits, window[0, 1:], reduction="sum")
+        nll += loss.item()
+        count += seq_len - 1
+    if not math.isfinite(nll):
+        raise EfflmError("perplexity is not finite: the model produced NaN or inf logits")
+    return {"ppl": math.exp(nll / count), "eval_tokens": count, "windows": n, "seq_len": seq_len}
+
+
+def _unique_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    seen, out = set(), []
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel())
+        if key not in seen:
+            seen.add(key)
+            out.append((name, t))
+    return out
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for _, t in _unique_tensors(model))
+
+
+def bytes_read_per_token(model: torch.nn.Module) -> int:
+    """Bytes a decode step must stream: all weights, except an untied input embedding (one row)."""
+    emb = model.get_input_embeddings().weight
+    out = model.get_output_embeddings()
+    tied = out is not None and out.weight.data_ptr() == emb.data_ptr()
+    total = model_bytes(model)
+    return total if tied else total - emb.numel() * emb.element_size()
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+@torch.inference_mode()
+def _greedy(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
+    """(prefill seconds, decode seconds for new_tokens − 1 steps after the first token)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    t0 = time.perf_counter()
+    out = model(prompt, past_key_values=cache, use_cache=True)
+    nxt = out.logits[:, -1:].argmax(-1)
+    t1 = time.perf_counter()
+    for _ in range(new_tokens - 1):
+        out = model(nxt, past_key_values=cache, use_cache=True)
+        nxt = out.logits[:, -1:].argmax(-1)
+    return t1 - t0, time.perf_counter() - t1
+
+
+def speed(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int = 32, reps: int = 3) -> dict:
+    """Prefill latency and decode throughput at batch 1 (one warm-up, then ``reps`` runs)."""
+    if new_tokens < 2:
+        raise EfflmError("speed measurement needs at least 2 new tokens")
+    prompt = prompt.reshape(1, -1)
+    _greedy(model, prompt, min(new_tokens, 4))
+    runs = [_greedy(model, prompt, new_tokens) for _ in progress(range(reps), desc="speed", total=reps)]
+    prefill = [p * 1000 for p, _ in runs]
+    tok_s = [(new_tokens - 1) / d for _, d in runs]
+    return {"ttft_ms": statistics.median(prefill), "ttft_ms_min": min(prefill), "ttft_ms_max": max(prefill),
+            "tok_s": statistics.median(tok_s), "tok_s_min": min(tok_s), "tok_s_max": max(tok_s),
+            "prompt_len": prompt.shape[1], "new_tokens": new_tokens, "reps": reps}
+
+
+def measure_bandwidth(mib: int = 512, reps: int = 5) -> float:
+    """Memory read bandwidth in GB/s: best of ``reps`` sums over a buffer far larger than cache."""
+    x = torch.ones(mib * (1 << 20) // 4, dtype=torch.float32)
+    x.sum()
+    best = min(_timed(x.sum) for _ in range(reps))
+    return x.numel() * 4 / best / 1e9
+
+
+def bandwidth_gbs() -> float:
+    """This machine's read bandwidth, measured once and cached per CPU model and thread count."""
+    from efflm.bench.env import cpu_model
+    from efflm.models.load import cache_dir
+
+    path = cache_dir() / "bandwidth.json"
+    key = f"{cpu_model()}|{torch.get_num_threads()}"
+    cached = json.loads(path.read_text()) if path.is_file() else {}
+    if key not in cached:
+        cached[key] = measure_bandwidth()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cached, indent=1))
+        tmp.replace(path)
+    return cached[key]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def describe(model: torch.nn.Module) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for _, t in _unique_tensors(model):
+        counts[str(t.dtype).removeprefix("torch.")] = counts.get(str(t.dtype).removeprefix("torch."), 0) + t.numel()
+    return {"elements_by_dtype": counts}

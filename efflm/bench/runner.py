@@ -1,0 +1,94 @@
+"""``efflm bench``: every recipe in its own subprocess, one result row each."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from efflm.bench import db as results
+from efflm.bench.env import environment
+from efflm.core import recipe as recipes
+from efflm.core.progress import progress
+from efflm.core.registry import check_for_model, get
+from efflm.models.load import model_config, resolve
+
+
+@dataclass
+class BenchOptions:
+    model: str
+    recipes: list[recipes.Recipe]
+    db_path: Path = results.DEFAULT_DB
+    worker_args: dict[str, int] = field(default_factory=dict)
+
+
+def validate(opts: BenchOptions) -> None:
+    """Everything that can be checked before work starts: model spec and every recipe."""
+    resolve(opts.model)
+    hf_config = model_config(opts.model)
+    for recipe in opts.recipes:
+        for cfg in recipe:
+            check_for_model(hf_config, cfg)
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        name = signal.Signals(-code).name
+        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+        return f"worker killed by {name}{hint}"
+    return f"worker exited with code {code} without a result"
+
+
+def run_one(opts: BenchOptions, recipe: recipes.Recipe, conn, env: dict) -> dict:
+    label = recipes.label(recipe)
+    recipe_yaml = recipes.to_yaml(recipe)
+    families = ",".join(sorted({get(c.method).family for c in recipe}))
+    with tempfile.TemporaryDirectory(prefix="efflm-bench-") as tmp:
+        rfile, out = Path(tmp) / "recipe.yaml", Path(tmp) / "result.json"
+        rfile.write_text(recipe_yaml)
+        cmd = [sys.executable, "-m", "efflm.bench.worker", "--model", opts.model,
+               "--recipe-file", str(rfile), "--out", str(out)]
+        for k, v in opts.worker_args.items():
+            cmd += [f"--{k.replace('_', '-')}", str(v)]
+        proc = subprocess.Popen(cmd)
+        try:
+            code = proc.wait()
+        except BaseException:  # Ctrl-C / SIGTERM: stop the worker, record the row as failed
+            proc.kill()
+            proc.wait()
+            results.insert(conn, status="failed", model=opts.model, label=label, recipe=recipe_yaml,
+                           families=families, error="interrupted", env=env)
+            raise
+        data = json.loads(out.read_text()) if out.is_file() else {"status": "failed", "error": _describe_exit(code)}
+    if data["status"] != "ok":
+        results.insert(conn, status="failed", model=opts.model, label=label, recipe=recipe_yaml,
+                       families=families, error=data["error"], env=env)
+        return data
+    extra = {k: v for k, v in data.items() if k not in results.METRICS and k not in ("status", "model_hash")}
+    results.insert(conn, status="ok", model=opts.model, label=label, recipe=recipe_yaml, families=families,
+                   model_hash=data.get("model_hash"), metrics=data, env=env, extra=extra)
+    return data
+
+
+def bench(opts: BenchOptions) -> list[dict]:
+    validate(opts)
+    conn = results.connect(opts.db_path)
+    env = environment()
+    out = []
+    for recipe in progress(opts.recipes, desc=f"bench {opts.model}", total=len(opts.recipes), leave=True):
+        data = run_one(opts, recipe, conn, env)
+        status = "ok" if data["status"] == "ok" else f"FAILED: {data['error']}"
+        print(f"  {recipes.label(recipe):40s} {status}", file=sys.stderr, flush=True)
+        out.append(data)
+    return out
+
+
+def _terminate_as_interrupt(signum, frame):  # so SIGTERM leaves a failed row, like Ctrl-C
+    raise KeyboardInterrupt
+
+
+def install_signal_handlers() -> None:
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)

@@ -1,0 +1,38 @@
+"""Benchmark suites: lists of recipes. ``default`` is what ``make bench`` runs (< 10 min on 2 cores).
+
+The default model's weights are a dequantized Q4_1 file (asymmetric 4-bit, groups of 32),
+so its suites avoid that exact grid: asymmetric g32 4-bit re-quantization is lossless on it.
+"""
+from __future__ import annotations
+
+from efflm.core.recipe import Recipe
+from efflm.core.registry import config_from_dict, methods
+
+
+def _r(*steps: dict) -> Recipe:
+    return [config_from_dict(s) for s in steps]
+
+
+def default_suite() -> list[Recipe]:
+    """One representative config per method family, plus the RTN bit-width ladder."""
+    return [
+        _r({"method": "dense", "dtype": "float32"}),
+        _r({"method": "dense", "dtype": "bfloat16"}),
+        _r({"method": "rtn", "bits": 8, "group_size": 64}),
+        _r({"method": "rtn", "bits": 4, "group_size": 64}),
+        _r({"method": "rtn", "bits": 3, "group_size": 64}),
+    ]
+
+
+def full_suite() -> list[Recipe]:
+    """The default suite plus every registered method at its default config."""
+    suite = default_suite()
+    labels = {tuple(c.label() for c in r) for r in suite}
+    for m in methods():
+        r = [m.config_cls()]
+        if (r[0].label(),) not in labels:
+            suite.append(r)
+    return suite
+
+
+SUITES = {"default": default_suite, "full": full_suite}

@@ -1,0 +1,82 @@
+"""Benchmark one recipe on one model, in its own process; write the metrics as JSON.
+
+Run by the benchmark runner (``python -m efflm.bench.worker ARGS``), so that a crash or
+out-of-memory in one method fails only its row and peak RSS is this method's own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from efflm.bench import metrics
+from efflm.core import recipe as recipes
+from efflm.core.errors import EfflmError
+from efflm.core.registry import check_for_model, get
+
+
+def run(model_spec: str, recipe: recipes.Recipe, *, seq_len: int, windows: int, prompt_len: int,
+        new_tokens: int, reps: int, calib_samples: int, calib_len: int) -> dict:
+    from efflm.data import text
+    from efflm.models import load as loader
+    from efflm.models.save import dir_bytes, save
+
+    t0 = time.perf_counter()
+    model, tok = loader.load(model_spec)
+    for cfg in recipe:
+        check_for_model(model.config, cfg)
+    calib = None
+    if recipes.needs_calibration(recipe):
+        calib = text.calibration_windows(tok, calib_samples, calib_len, seed=0)
+    for cfg in recipe:
+        model = get(cfg.method).apply(model, cfg, calib)
+    model.eval()
+    ids = text.eval_tokens(tok, max(seq_len * windows, prompt_len))
+    result = metrics.perplexity(model, ids, seq_len=seq_len, n_windows=windows)
+    result["bytes"] = metrics.model_bytes(model)
+    result["bytes_per_token"] = metrics.bytes_read_per_token(model)
+    with tempfile.TemporaryDirectory(prefix="efflm-disk-") as tmp:
+        result["disk_bytes"] = dir_bytes(save(model, tok, Path(tmp) / "m", recipes.to_yaml(recipe)))
+    result.update(metrics.speed(model, ids[:prompt_len], new_tokens=new_tokens, reps=reps))
+    result["bandwidth_gbs"] = metrics.bandwidth_gbs()
+    result["ceiling_tok_s"] = result["bandwidth_gbs"] * 1e9 / result["bytes_per_token"]
+    result["wall_s"] = time.perf_counter() - t0
+    result["peak_rss_mb"] = metrics.peak_rss_mb()
+    result["model_hash"] = loader.content_hash(model_spec)
+    result.update(metrics.describe(model))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="efflm-worker")
+    p.add_argument("--model", required=True)
+    p.add_argument("--recipe-file", required=True)
+    p.add_argument("--out", required=True)
+    for name, default in (("seq-len", 512), ("windows", 8), ("prompt-len", 128), ("new-tokens", 32),
+                          ("reps", 3), ("calib-samples", 32), ("calib-len", 512), ("threads", 0)):
+        p.add_argument(f"--{name}", type=int, default=default)
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    try:
+        recipe = recipes.load(a.recipe_file)
+        out = {"status": "ok", **run(a.model, recipe, seq_len=a.seq_len, windows=a.windows,
+                                     prompt_len=a.prompt_len, new_tokens=a.new_tokens, reps=a.reps,
+                                     calib_samples=a.calib_samples, calib_len=a.calib_len)}
+    except EfflmError as e:
+        out = {"status": "failed", "error": str(e)}
+    except Exception as e:  # a crash in one method fails its row only
+        out = {"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0][:500]}
+    tmp = a.out + ".tmp"
+    Path(tmp).write_text(json.dumps(out))
+    os.replace(tmp, a.out)
+    return 0 if out["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

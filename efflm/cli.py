@@ -1,0 +1,181 @@
+"""The ``efflm`` command line. Every user error is one line on stderr and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from efflm.core.errors import EfflmError
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def _recipe_arg(path: str | None, fallback: str | None = None):
+    from efflm.core import recipe as recipes
+
+    if path:
+        return recipes.load(path)
+    return recipes.from_yaml(fallback) if fallback else []
+
+
+def cmd_methods(a) -> int:
+    from efflm.core.registry import methods
+
+    rows = [(m.name, m.family, m.arxiv or "–", "yes" if m.needs_calibration else "no", m.title) for m in methods()]
+    head = ("name", "family", "arXiv", "calib", "paper")
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    for r in [head] + rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_bench(a) -> int:
+    from efflm.bench import leaderboard, runner, suites
+    from efflm.core.registry import get
+
+    if a.recipe:
+        recipes_ = [_recipe_arg(p) for p in a.recipe]
+    elif a.methods:
+        recipes_ = [[get(n.strip()).config_cls()] for n in a.methods.split(",") if n.strip()]
+    else:
+        recipes_ = suites.SUITES[a.suite]()
+    worker_args = {k: getattr(a, k) for k in ("seq_len", "windows", "prompt_len", "new_tokens", "reps",
+                                               "calib_samples", "calib_len", "threads")}
+    opts = runner.BenchOptions(a.model, recipes_, Path(a.db), worker_args)
+    runner.install_signal_handlers()
+    runner.bench(opts)
+    md, md_path, png = leaderboard.write(Path(a.db), a.model, Path(a.out_dir))
+    print(md)
+    print(f"wrote {md_path} and {png}")
+    return 0
+
+
+def cmd_leaderboard(a) -> int:
+    from efflm.bench import leaderboard
+
+    md, md_path, png = leaderboard.write(Path(a.db), a.model, Path(a.out_dir))
+    print(md)
+    print(f"wrote {md_path} and {png}")
+    return 0
+
+
+def _load_with_recipe(model_spec: str, recipe_path: str | None):
+    """Validate the recipe against the model config, then load, calibrate and apply."""
+    from efflm.core import recipe as recipes
+    from efflm.core.registry import check_for_model, get
+    from efflm.models.load import load, model_config
+
+    recipe = _recipe_arg(recipe_path)
+    hf_config = model_config(model_spec)
+    for cfg in recipe:
+        check_for_model(hf_config, cfg)
+    model, tok = load(model_spec)
+    calib = None
+    if recipe and recipes.needs_calibration(recipe):
+        from efflm.data.text import calibration_windows
+
+        calib = calibration_windows(tok, 32, 512)
+    for cfg in recipe:
+        model = get(cfg.method).apply(model, cfg, calib)
+    return model, tok, recipe
+
+
+def cmd_compress(a) -> int:
+    from efflm.core import recipe as recipes
+    from efflm.models.save import save
+
+    out = Path(a.out)
+    if out.exists():
+        raise EfflmError(f"output exists: {out} (choose another --out)")
+    model, tok, recipe = _load_with_recipe(a.model, a.recipe)
+    save(model, tok, out, recipes.to_yaml(recipe))
+    print(f"wrote {out} ({recipes.label(recipe)})")
+    return 0
+
+
+def cmd_eval(a) -> int:
+    from efflm.bench.metrics import model_bytes, perplexity
+    from efflm.data import text
+
+    source = text.read_text_file(a.text_file) if a.text_file else None
+    model, tok, recipe = _load_with_recipe(a.model, a.recipe)
+    n = a.seq_len * a.windows
+    ids = text.prefix_tokens(tok, source, n) if source is not None else text.eval_tokens(tok, n)
+    r = perplexity(model, ids, seq_len=a.seq_len, n_windows=a.windows)
+    where = a.text_file or "Shakespeare evaluation split"
+    print(f"ppl {r['ppl']:.3f} over {r['eval_tokens']} tokens ({r['windows']} windows of {r['seq_len']}) "
+          f"of {where}; model bytes {model_bytes(model) / 1e6:.1f} MB")
+    return 0
+
+
+def _positive(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="efflm", description="Compress, run and measure LLM efficiency methods.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    sub.add_parser("methods", help="list registered methods").set_defaults(fn=cmd_methods)
+
+    b = sub.add_parser("bench", help="benchmark recipes side by side, one subprocess each")
+    b.add_argument("--model", default=DEFAULT_MODEL)
+    b.add_argument("--recipe", action="append", help="recipe YAML file (repeatable)")
+    b.add_argument("--methods", help="comma-separated method names, each at its default config")
+    b.add_argument("--suite", choices=["default", "full"], default="default")
+    b.add_argument("--db", default="results/efflm.sqlite")
+    b.add_argument("--out-dir", default="results")
+    for name, default in (("seq-len", 512), ("windows", 8), ("prompt-len", 128), ("new-tokens", 32),
+                          ("reps", 3), ("calib-samples", 32), ("calib-len", 512), ("threads", 2)):
+        b.add_argument(f"--{name}", type=_positive, default=default)
+    b.set_defaults(fn=cmd_bench)
+
+    lb = sub.add_parser("leaderboard", help="print the leaderboard; write leaderboard.md and pareto.png")
+    lb.add_argument("--model", default=DEFAULT_MODEL)
+    lb.add_argument("--db", default="results/efflm.sqlite")
+    lb.add_argument("--out-dir", default="results")
+    lb.set_defaults(fn=cmd_leaderboard)
+
+    c = sub.add_parser("compress", help="apply a recipe and save the model directory atomically")
+    c.add_argument("--model", default=DEFAULT_MODEL)
+    c.add_argument("--recipe", required=True)
+    c.add_argument("--out", required=True)
+    c.set_defaults(fn=cmd_compress)
+
+    e = sub.add_parser("eval", help="perplexity of a model (optionally after a recipe) on a text")
+    e.add_argument("--model", default=DEFAULT_MODEL)
+    e.add_argument("--recipe")
+    e.add_argument("--text-file", help="any UTF-8 text file (default: the Shakespeare evaluation split)")
+    e.add_argument("--seq-len", type=_positive, default=512)
+    e.add_argument("--windows", type=_positive, default=8)
+    e.set_defaults(fn=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    try:
+        return a.fn(a)
+    except EfflmError as e:
+        print(f"efflm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("efflm: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if os.environ.get("EFFLM_DEBUG"):
+            raise
+        print(f"efflm: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              "(set EFFLM_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+"""Progress bars for long work (shown on a terminal, silent in logs and tests)."""
+from __future__ import annotations
+
+import os
+from typing import Iterable, TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+
+def progress(it: Iterable[T], desc: str, total: int | None = None, leave: bool = False) -> Iterable[T]:
+    disable = None if os.environ.get("EFFLM_PROGRESS", "auto") == "auto" else os.environ["EFFLM_PROGRESS"] == "0"
+    return tqdm(it, desc=desc, total=total, leave=leave, disable=disable, dynamic_ncols=True)

@@ -1,0 +1,137 @@
+"""The method registry: the one list that the benchmark, the CLI and the catalog read.
+
+A method is a frozen dataclass config (validated in ``__post_init__``) plus an
+``apply(model, config, calib) -> model`` function. ``check(hf_config, config)`` is an
+optional model-dependent validation that runs before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+from efflm.core.errors import ConfigError, EfflmError
+
+FAMILIES = ("baseline", "quantize", "prune", "lowrank", "distill", "finetune", "inference")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of every method config. Subclasses set ``method`` and validate in __post_init__."""
+
+    method: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, **dataclasses.asdict(self)}
+
+    def label(self) -> str:
+        """Short human label: method name plus the fields that differ from defaults."""
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.default is not dataclasses.MISSING and value == f.default:
+                continue
+            parts.append(f"{f.name}={value}")
+        return f"{self.method}({','.join(parts)})" if parts else self.method
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    family: str
+    arxiv: str | None
+    title: str
+    needs_calibration: bool
+    config_cls: type[MethodConfig]
+    apply: Callable[..., Any]
+    check: Callable[[Any, MethodConfig], None] | None = None
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(config_cls: type[MethodConfig], *, family: str, title: str, arxiv: str | None,
+             needs_calibration: bool, check: Callable | None = None) -> Callable:
+    """Decorator for an ``apply`` function: ``@register(RTNConfig, family=...)``."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}")
+
+    def wrap(apply_fn: Callable) -> Callable:
+        name = config_cls.method
+        if not name or name in _REGISTRY:
+            raise ValueError(f"method name {name!r} empty or registered twice")
+        _REGISTRY[name] = Method(name, family, arxiv, title, needs_calibration, config_cls,
+                                 apply_fn, check)
+        return apply_fn
+
+    return wrap
+
+
+def _load_all() -> None:
+    import efflm.methods  # noqa: F401  (imports every method module, which registers it)
+
+
+def methods() -> list[Method]:
+    _load_all()
+    return sorted(_REGISTRY.values(), key=lambda m: (FAMILIES.index(m.family), m.name))
+
+
+def get(name: str) -> Method:
+    _load_all()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1, cutoff=0.4)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise EfflmError(f"unknown method {name!r}{hint} (see `efflm methods`)")
+    return _REGISTRY[name]
+
+
+def _coerce(name: str, field: str, typ: Any, value: Any) -> Any:
+    origin = typing.get_origin(typ)
+    allowed = typing.get_args(typ) if origin in (typing.Union, types.UnionType) else (typ,)
+    for t in allowed:
+        if t is type(None) and value is None:
+            return None
+        if t is bool and isinstance(value, bool):
+            return value
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is str and isinstance(value, str):
+            return value
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    raise ConfigError(f"{name}: {field} must be {names}, got {value!r}")
+
+
+def config_from_dict(d: dict[str, Any]) -> MethodConfig:
+    """Build and validate a config from ``{"method": name, **fields}``."""
+    if not isinstance(d, dict) or "method" not in d:
+        raise ConfigError(f"each recipe step needs a 'method' key, got {d!r}")
+    m = get(str(d["method"]))
+    hints = typing.get_type_hints(m.config_cls)
+    fields = {f.name for f in dataclasses.fields(m.config_cls)}
+    kwargs = {}
+    for key, value in d.items():
+        if key == "method":
+            continue
+        if key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(sorted(fields))}"
+            raise ConfigError(f"{m.name}: unknown option {key!r}{hint}")
+        kwargs[key] = _coerce(m.name, key, hints[key], value)
+    try:
+        return m.config_cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{m.name}: {e}") from None
+
+
+def check_for_model(hf_config: Any, config: MethodConfig) -> None:
+    """Model-dependent validation (e.g. group size divides every input dimension)."""
+    m = get(config.method)
+    if m.check is not None:
+        m.check(hf_config, config)

@@ -1,0 +1,76 @@
+"""Architecture-specific module names, in one place only.
+
+Every Llama-style decoder (Llama, Mistral, Qwen2) names its blocks and Linears the same
+way; a new layout is one more entry in ``LAYOUTS``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch.nn as nn
+
+from efflm.core.errors import EfflmError
+
+
+@dataclass(frozen=True)
+class Layout:
+    layers: str                      # attribute path of the decoder layer list
+    embed: str                       # input embedding
+    lm_head: str
+    attn_linears: tuple[str, ...]    # inside one layer
+    mlp_linears: tuple[str, ...]
+
+    @property
+    def linears(self) -> tuple[str, ...]:
+        return self.attn_linears + self.mlp_linears
+
+
+_LLAMA = Layout(
+    layers="model.layers", embed="model.embed_tokens", lm_head="lm_head",
+    attn_linears=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+    mlp_linears=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+)
+LAYOUTS: dict[str, Layout] = {"llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA}
+SUPPORTED = tuple(sorted(LAYOUTS))
+
+
+def layout_for(model_type: str) -> Layout:
+    if model_type not in LAYOUTS:
+        raise EfflmError(f"unsupported architecture {model_type!r}; supported: {', '.join(SUPPORTED)}")
+    return LAYOUTS[model_type]
+
+
+def in_features(hf_config: Any) -> dict[str, int]:
+    """Input width of each decoder Linear, from the config alone (no weights needed)."""
+    layout = layout_for(hf_config.model_type)
+    hidden = hf_config.hidden_size
+    head_dim = getattr(hf_config, "head_dim", None) or hidden // hf_config.num_attention_heads
+    widths = {name: hidden for name in layout.linears}
+    widths["self_attn.o_proj"] = hf_config.num_attention_heads * head_dim
+    widths["mlp.down_proj"] = hf_config.intermediate_size
+    return widths
+
+
+def get_module(root: nn.Module, path: str) -> nn.Module:
+    return root.get_submodule(path)
+
+
+def set_module(root: nn.Module, path: str, new: nn.Module) -> None:
+    parent, _, child = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, new)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    return get_module(model, layout_for(model.config.model_type).layers)
+
+
+def decoder_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(full path, module) of every Linear inside the decoder layers, in forward order."""
+    layout = layout_for(model.config.model_type)
+    out = []
+    for i, _ in enumerate(decoder_layers(model)):
+        for name in layout.linears:
+            path = f"{layout.layers}.{i}.{name}"
+            out.append((path, get_module(model, path)))
+    return out

@@ -1,0 +1,45 @@
+"""The dense baseline: the model as loaded, optionally cast to another float dtype."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from efflm.core.errors import ConfigError
+from efflm.core.registry import MethodConfig, register
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class DenseConfig(MethodConfig):
+    """No compression; ``dtype`` is the float type of every weight (float32, bfloat16, float16)."""
+
+    method = "dense"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dense: dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+
+@register(DenseConfig, family="baseline", title="Dense baseline (no compression)", arxiv=None,
+          needs_calibration=False)
+def apply(model: torch.nn.Module, config: DenseConfig, calib: Any = None) -> torch.nn.Module:
+    from efflm.quantize.linear import QuantLinear
+
+    dtype = DTYPES[config.dtype]
+    for module in model.modules():
+        if isinstance(module, QuantLinear):  # keep its stored fp16 scales; compute in the new dtype
+            module.compute_dtype = dtype
+            if module.bias is not None:
+                module.bias.data = module.bias.data.to(dtype)
+            continue
+        for p in module.parameters(recurse=False):
+            p.data = p.data.to(dtype)
+        for name, b in module.named_buffers(recurse=False):
+            if b is not None and b.is_floating_point():
+                module._buffers[name] = b.to(dtype)
+    model.config.dtype = dtype
+    return model

