@@ -1,0 +1,56 @@
+import math
+
+import pytest
+import torch
+
+from efflm.bench import metrics
+from efflm.core.errors import EfflmError
+from efflm.core.registry import config_from_dict, get
+
+
+def test_perplexity_counts_tokens_and_matches_manual_nll(tiny):
+    model, _ = tiny
+    ids = torch.randint(3, 259, (300,), generator=torch.Generator().manual_seed(0))
+    r = metrics.perplexity(model, ids, seq_len=64, n_windows=3)
+    assert r["eval_tokens"] == 3 * 63 and r["windows"] == 3
+    nll = 0.0
+    for i in range(3):
+        w = ids[i * 64:(i + 1) * 64]
+        logp = torch.log_softmax(model(w[None]).logits[0, :-1].float(), -1)
+        nll -= logp.gather(-1, w[1:, None]).sum().item()
+    assert r["ppl"] == pytest.approx(math.exp(nll / (3 * 63)), rel=1e-5)
+
+
+def test_perplexity_rejects_text_shorter_than_a_window(tiny):
+    with pytest.raises(EfflmError, match="text too short"):
+        metrics.perplexity(tiny[0], torch.arange(10), seq_len=64)
+
+
+def test_bytes_count_tied_weights_once_and_packed_sizes(tiny):
+    model, _ = tiny
+    params = {p.data_ptr(): p.numel() * 4 for p in model.parameters()}  # lm_head tied: one entry
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())  # rotary inv_freq
+    assert len(params) == len(list(model.parameters())) and buffers < 1000
+    assert metrics.model_bytes(model) == sum(params.values()) + buffers
+    dense = metrics.model_bytes(model)
+    get("rtn").apply(model, config_from_dict({"method": "rtn", "bits": 4, "group_size": 32}), None)
+    linears = sum(m.numel() for n, m in model.named_buffers() if n.endswith(("qweight", "scales")))
+    assert metrics.model_bytes(model) < dense * 0.6
+    assert linears > 0
+
+
+def test_speed_reports_median_and_spread(tiny):
+    r = metrics.speed(tiny[0], torch.arange(3, 19), new_tokens=4, reps=2)
+    assert r["tok_s_min"] <= r["tok_s"] <= r["tok_s_max"] and r["ttft_ms"] > 0
+
+
+def test_bandwidth_is_positive_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFLM_CACHE", str(tmp_path))
+    monkeypatch.setattr(metrics, "measure_bandwidth", lambda: 12.5)
+    assert metrics.bandwidth_gbs() == 12.5
+    monkeypatch.setattr(metrics, "measure_bandwidth", lambda: 99.0)
+    assert metrics.bandwidth_gbs() == 12.5
+
+
+def test_measured_bandwidth_is_plausible():
+    assert 0.5 < metrics.measure_bandwidth(mib=64, reps=2) < 2000

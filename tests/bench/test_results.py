@@ -1,0 +1,60 @@
+import sqlite3
+
+import pytest
+
+from efflm.bench import db, leaderboard
+from efflm.core.errors import EfflmError
+
+
+def _ok(conn, label, ppl, nbytes, tok_s):
+    m = {"ppl": ppl, "eval_tokens": 4088, "seq_len": 512, "bytes": nbytes, "disk_bytes": nbytes,
+         "bytes_per_token": nbytes, "tok_s": tok_s, "tok_s_min": tok_s, "tok_s_max": tok_s, "ttft_ms": 5.0,
+         "ceiling_tok_s": 100.0, "bandwidth_gbs": 20.0, "peak_rss_mb": 500.0}
+    db.insert(conn, status="ok", model="m", label=label, recipe="- method: x\n", families="quantize", metrics=m)
+
+
+def test_failed_rows_carry_no_metrics(tmp_path):
+    conn = db.connect(tmp_path / "r.sqlite")
+    db.insert(conn, status="failed", model="m", label="rtn", recipe="-", error="boom", metrics={"ppl": 1.0})
+    (row,) = db.rows(conn)
+    assert row["status"] == "failed" and row["error"] == "boom"
+    assert all(row[m] is None for m in db.METRICS)
+
+
+def test_garbage_and_locked_databases_are_clear_errors(tmp_path):
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(EfflmError, match="not a SQLite database"):
+        db.connect(bad)
+    good = tmp_path / "good.sqlite"
+    db.connect(good)
+    holder = sqlite3.connect(good, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(EfflmError, match="locked by another process"):
+            db.connect(good)
+    finally:
+        holder.execute("ROLLBACK")
+    with pytest.raises(EfflmError, match="is a directory"):
+        db.connect(tmp_path)
+
+
+def test_leaderboard_markdown_and_plot(tmp_path):
+    conn = db.connect(tmp_path / "r.sqlite")
+    _ok(conn, "dense", 40.0, 500_000_000, 12.0)
+    _ok(conn, "rtn", 50.0, 150_000_000, 8.0)
+    _ok(conn, "rtn(bits=3)", 120.0, 150_000_000, 9.0)
+    db.insert(conn, status="failed", model="m", label="gptq", recipe="-", error="worker killed by SIGKILL")
+    md, md_path, png = leaderboard.write(tmp_path / "r.sqlite", "m", tmp_path / "out")
+    assert "| rtn | quantize | 50.00 | +25.0% | 150.0 | 0.300 |" in md
+    assert "failed: worker killed by SIGKILL" in md
+    assert md_path.read_text() == md and png.stat().st_size > 10_000
+    with pytest.raises(EfflmError, match="no results for model"):
+        leaderboard.write(tmp_path / "r.sqlite", "other", tmp_path / "out")
+
+
+def test_pareto_front():
+    pts = [(1, 10), (2, 5), (3, 6), (4, 1)]
+    assert leaderboard.pareto_front(pts, higher_x_better=False) == [0, 1, 3]
+    assert leaderboard.pareto_front(pts, higher_x_better=True) == [3]
+    assert leaderboard.pareto_front([(1, 1), (2, 2)], higher_x_better=True) == [0, 1]

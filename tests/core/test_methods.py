@@ -1,0 +1,43 @@
+"""One parametrized test over every registered method, on tiny-llama."""
+import dataclasses
+
+import pytest
+import torch
+
+from efflm.core import recipe as recipes
+from efflm.core.registry import FAMILIES, check_for_model, get, methods
+
+ALL = [m.name for m in methods()]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_method_applies_and_model_still_runs(name, tiny, tiny_ids):
+    model, tok = tiny
+    m = get(name)
+    cfg = m.config_cls()
+    check_for_model(model.config, cfg)
+    calib = None
+    if m.needs_calibration:
+        calib = torch.randint(3, 259, (4, 64), generator=torch.Generator().manual_seed(0))
+    ref = model(tiny_ids).logits
+    out_model = m.apply(model, cfg, calib)
+    logits = out_model(tiny_ids).logits
+    assert logits.shape == ref.shape
+    assert torch.isfinite(logits).all()
+    assert out_model.generate(tiny_ids, max_new_tokens=3, do_sample=False).shape[1] == tiny_ids.shape[1] + 3
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_method_config_round_trips_through_yaml(name):
+    cfg = get(name).config_cls()
+    back = recipes.from_yaml(recipes.to_yaml([cfg]))
+    assert back == [cfg]
+    assert dataclasses.is_dataclass(cfg) and cfg.__dataclass_params__.frozen
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_method_is_fully_registered(name):
+    m = get(name)
+    assert m.family in FAMILIES and m.title
+    assert m.arxiv is None or len(m.arxiv.split(".")) == 2
+    assert m.apply.__module__.startswith("efflm.")

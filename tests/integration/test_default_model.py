@@ -1,0 +1,83 @@
+"""Integration tests on the real default model, SmolLM2-135M-Instruct, loaded offline."""
+import math
+
+import pytest
+import torch
+
+from efflm.bench.metrics import perplexity
+from efflm.core.registry import check_for_model, config_from_dict, get
+from efflm.data import text
+from efflm.models import load as loader
+
+pytestmark = pytest.mark.integration
+SEQ, WINDOWS = 512, 4
+
+
+@pytest.fixture(scope="module")
+def smol():
+    model, tok = loader.load("smollm2-135m")
+    return model, tok, text.eval_tokens(tok, SEQ * WINDOWS)
+
+
+def _ppl_after(recipe_steps, ids):
+    model, _ = loader.load("smollm2-135m")
+    for step in recipe_steps:
+        cfg = config_from_dict(step)
+        check_for_model(model.config, cfg)
+        model = get(cfg.method).apply(model, cfg, None)
+    return perplexity(model, ids, SEQ, WINDOWS)["ppl"]
+
+
+@pytest.fixture(scope="module")
+def ppl(smol):
+    model, _, ids = smol
+    dense = perplexity(model, ids, SEQ, WINDOWS)["ppl"]
+    rtn = {b: _ppl_after([{"method": "rtn", "bits": b, "group_size": 64}], ids) for b in (3, 4, 8)}
+    return dense, rtn
+
+
+def test_loads_offline_as_plain_llama(smol):
+    model, tok, _ = smol
+    assert type(model).__name__ == "LlamaForCausalLM"
+    c = model.config
+    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads) == (576, 30, 9, 3)
+    assert c.tie_word_embeddings and not hasattr(c, "quantization_config")
+    assert 134e6 < sum(p.numel() for p in model.parameters()) < 136e6
+
+
+def test_greedy_generation_is_coherent_english(smol):
+    model, tok, _ = smol
+    chat = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    out = model.generate(ids, max_new_tokens=20, do_sample=False)
+    answer = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    assert "Paris" in answer, answer
+
+
+def test_perplexity_is_finite_and_sane(ppl):
+    dense, _ = ppl
+    assert math.isfinite(dense) and 15 < dense < 120, dense
+
+
+def test_rtn_8bit_within_1_percent_of_dense(ppl):
+    dense, rtn = ppl
+    assert abs(rtn[8] / dense - 1) < 0.01, (dense, rtn[8])
+
+
+def test_perplexity_orders_rtn_3_above_4_above_8(ppl):
+    _, rtn = ppl
+    assert rtn[3] > rtn[4] > rtn[8], rtn
+
+
+def test_asymmetric_g32_4bit_is_lossless_on_the_q4_1_default(smol, ppl):
+    # The documented trap: the default's weights already lie on this grid.
+    dense, _ = ppl
+    _, _, ids = smol
+    assert _ppl_after([{"method": "rtn", "bits": 4, "group_size": 32, "symmetric": False}], ids) == pytest.approx(dense, rel=1e-4)
+
+
+def test_evaluation_text_is_never_in_calibration_windows(smol):
+    _, tok, _ = smol
+    eval_text = text.split_text("eval")
+    for w in text.calibration_windows(tok, 8, 128, seed=0):
+        assert tok.decode(w.tolist()) not in eval_text

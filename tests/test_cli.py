@@ -1,0 +1,192 @@
+"""Every bad input: one line naming the problem, exit code 2, nothing written."""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from efflm.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, pattern):
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("efflm: error:"), err
+    assert pattern in lines[0], lines[0]
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    def make(text):
+        p = tmp_path / f"r{abs(hash(text))}.yaml"
+        p.write_text(text)
+        return str(p)
+    return make
+
+
+def test_methods_lists_registry(capsys):
+    code, out, _ = run(capsys, "methods")
+    assert code == 0 and "rtn" in out and "quantize" in out and "dense" in out
+
+
+@pytest.mark.parametrize("model,pattern", [
+    ("/no/such/model", "model not found"),
+    ("README.md", "not a model"),
+])
+def test_bad_model_spec(capsys, tmp_path, recipe, model, pattern):
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "compress", "--model", model, "--recipe", recipe("- method: rtn\n"), "--out", str(out))
+    assert_one_line_error(code, err, pattern)
+    assert not out.exists()
+
+
+def test_unsupported_architecture(capsys, tmp_path, recipe):
+    (tmp_path / "gpt2").mkdir()
+    (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    code, _, err = run(capsys, "eval", "--model", str(tmp_path / "gpt2"))
+    assert_one_line_error(code, err, "supported: llama, mistral, qwen2")
+
+
+def test_truncated_gguf(capsys, tmp_path):
+    from efflm.models.load import smollm2_gguf
+
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(smollm2_gguf().read_bytes()[:1_000_000])
+    code, _, err = run(capsys, "eval", "--model", str(cut))
+    assert_one_line_error(code, err, "truncated or damaged")
+
+
+@pytest.mark.parametrize("text,pattern", [
+    ("- method: rnt\n", "did you mean 'rtn'"),
+    ("- method: rtn\n  bits: 9\n", "bits must be in 2..8"),
+    ("- method: rtn\n  group_size: 48\n", "does not divide the input dimension"),
+    ("- method: rtn\n  group_size: -3\n", "group_size must be positive"),
+    ("- method: [rtn\n", "not valid YAML"),
+])
+def test_invalid_recipes_rejected_before_work(capsys, tmp_path, recipe, text, pattern):
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "compress", "--model", "tiny-llama", "--recipe", recipe(text), "--out", str(out))
+    assert_one_line_error(code, err, pattern)
+    assert not out.exists()
+    db = tmp_path / "db.sqlite"
+    code, _, err = run(capsys, "bench", "--model", "tiny-llama", "--recipe", recipe(text), "--db", str(db),
+                       "--out-dir", str(tmp_path))
+    assert_one_line_error(code, err, pattern)
+    assert not db.exists()
+
+
+def test_unknown_method_in_bench_suggests(capsys, tmp_path):
+    code, _, err = run(capsys, "bench", "--model", "tiny-llama", "--methods", "rnt", "--db", str(tmp_path / "d"))
+    assert_one_line_error(code, err, "did you mean 'rtn'")
+
+
+def test_empty_and_short_text(capsys, tmp_path):
+    empty, short = tmp_path / "empty.txt", tmp_path / "short.txt"
+    empty.write_text("")
+    short.write_text("To be or not to be.")
+    code, _, err = run(capsys, "eval", "--model", "tiny-llama", "--text-file", str(empty))
+    assert_one_line_error(code, err, "empty")
+    code, _, err = run(capsys, "eval", "--model", "tiny-llama", "--text-file", str(short))
+    assert_one_line_error(code, err, "text too short")
+
+
+def test_eval_on_user_text(capsys, tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    code, out, _ = run(capsys, "eval", "--model", "tiny-llama", "--text-file", str(f), "--seq-len", "128",
+                       "--windows", "2")
+    assert code == 0 and "over 254 tokens (2 windows of 128)" in out
+
+
+@pytest.mark.parametrize("kind", ["garbage", "locked", "directory"])
+def test_unusable_results_database(capsys, tmp_path, kind):
+    path = tmp_path / "db.sqlite"
+    holder = None
+    if kind == "garbage":
+        path.write_bytes(b"\x00garbage" * 300)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        sqlite3.connect(path).execute("CREATE TABLE t (x)")
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+    try:
+        code, _, err = run(capsys, "bench", "--model", "tiny-llama", "--methods", "dense", "--db", str(path),
+                           "--out-dir", str(tmp_path / "o"))
+    finally:
+        if holder:
+            holder.execute("ROLLBACK")
+    assert_one_line_error(code, err, "results database")
+    assert not (tmp_path / "o").exists()
+
+
+def test_compress_writes_a_loadable_directory(capsys, tmp_path, recipe):
+    out = tmp_path / "q4"
+    code, _, _ = run(capsys, "compress", "--model", "tiny-llama", "--recipe", recipe("- method: rtn\n  group_size: 32\n"),
+                     "--out", str(out))
+    assert code == 0 and (out / "efflm.json").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    code, out_text, _ = run(capsys, "eval", "--model", str(out), "--seq-len", "64", "--windows", "1")
+    assert code == 0 and "ppl" in out_text
+    code, _, err = run(capsys, "compress", "--model", "tiny-llama", "--recipe", recipe("- method: rtn\n"),
+                       "--out", str(out))
+    assert_one_line_error(code, err, "output exists")
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _bench_cmd(tmp_path, *extra):
+    return [sys.executable, "-m", "efflm.cli", "bench", "--model", "tiny-llama", "--db", str(tmp_path / "db.sqlite"),
+            "--out-dir", str(tmp_path), "--seq-len", "64", "--windows", "1", "--reps", "1", "--new-tokens", "4", *extra]
+
+
+def test_killed_worker_leaves_a_failed_row_and_no_partial_metrics(tmp_path):
+    env = {**os.environ, "EFFLM_PROGRESS": "0"}
+    proc = subprocess.Popen(_bench_cmd(tmp_path, "--methods", "rtn,dense"), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not _children(proc.pid) and time.time() < deadline:
+        time.sleep(0.05)
+    (worker,) = _children(proc.pid)
+    os.kill(worker, signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    rows = sqlite3.connect(tmp_path / "db.sqlite").execute("SELECT label, status, error, ppl, bytes FROM runs").fetchall()
+    assert rows[0] == ("rtn", "failed", "worker killed by SIGKILL (out of memory?)", None, None)
+    assert rows[1][:2] == ("dense", "ok") and rows[1][3] > 0
+    assert "failed: worker killed by SIGKILL" in out
+
+
+def test_interrupted_bench_marks_the_running_row_failed(tmp_path):
+    env = {**os.environ, "EFFLM_PROGRESS": "0"}
+    proc = subprocess.Popen(_bench_cmd(tmp_path, "--methods", "rtn"), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not _children(proc.pid) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    rows = sqlite3.connect(tmp_path / "db.sqlite").execute("SELECT status, error, ppl FROM runs").fetchall()
+    assert rows == [("failed", "interrupted", None)]
