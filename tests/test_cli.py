@@ -173,8 +173,8 @@ def test_killed_worker_leaves_a_failed_row_and_no_partial_metrics(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     rows = sqlite3.connect(tmp_path / "db.sqlite").execute("SELECT label, status, error, ppl, bytes FROM runs").fetchall()
-    assert rows[0] == ("rtn", "failed", "worker killed by SIGKILL (out of memory?)", None, None)
-    assert rows[1][:2] == ("dense", "ok") and rows[1][3] > 0
+    assert rows[0] == ("rtn(bits=4,group_size=64,symmetric=True)", "failed", "worker killed by SIGKILL (out of memory?)", None, None)
+    assert rows[1][:2] == ("dense(dtype=float32)", "ok") and rows[1][3] > 0
     assert "failed: worker killed by SIGKILL" in out
 
 

@@ -26,7 +26,9 @@ def latest(rows: list) -> list:
 
 
 def _dense(rows: list):
-    ok = [r for r in rows if r["status"] == "ok" and r["label"] == "dense"]
+    from efflm.models.dense import DenseConfig
+
+    ok = [r for r in rows if r["status"] == "ok" and r["label"] == DenseConfig().label()]
     return ok[-1] if ok else None
 
 
@@ -94,6 +96,7 @@ def plot(model: str, rows: list, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     ok = [r for r in rows if r["status"] == "ok"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
@@ -110,6 +113,8 @@ def plot(model: str, rows: list, path: Path) -> Path:
         if key == "bytes":
             ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel("perplexity (log, lower is better)")
         ax.grid(alpha=0.3, which="both")

@@ -28,14 +28,9 @@ class MethodConfig:
         return {"method": self.method, **dataclasses.asdict(self)}
 
     def label(self) -> str:
-        """Short human label: method name plus the fields that differ from defaults."""
-        parts = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.default is not dataclasses.MISSING and value == f.default:
-                continue
-            parts.append(f"{f.name}={value}")
-        return f"{self.method}({','.join(parts)})" if parts else self.method
+        """Unambiguous short label: ``rtn(bits=4,group_size=64,symmetric=True)``."""
+        args = ",".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
+        return f"{self.method}({args})" if args else self.method
 
 
 @dataclass(frozen=True)

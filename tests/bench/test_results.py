@@ -41,7 +41,7 @@ def test_garbage_and_locked_databases_are_clear_errors(tmp_path):
 
 def test_leaderboard_markdown_and_plot(tmp_path):
     conn = db.connect(tmp_path / "r.sqlite")
-    _ok(conn, "dense", 40.0, 500_000_000, 12.0)
+    _ok(conn, "dense(dtype=float32)", 40.0, 500_000_000, 12.0)
     _ok(conn, "rtn", 50.0, 150_000_000, 8.0)
     _ok(conn, "rtn(bits=3)", 120.0, 150_000_000, 9.0)
     db.insert(conn, status="failed", model="m", label="gptq", recipe="-", error="worker killed by SIGKILL")

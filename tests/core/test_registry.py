@@ -14,6 +14,7 @@ def test_recipe_yaml_round_trip_keeps_order_and_values():
     assert r[1] == RTNConfig(bits=3, group_size=32, symmetric=False)
     assert recipes.from_yaml(recipes.to_yaml(r)) == r
     assert recipes.label(r) == "dense(dtype=bfloat16) + rtn(bits=3,group_size=32,symmetric=False)"
+    assert RTNConfig().label() == "rtn(bits=4,group_size=64,symmetric=True)"
 
 
 def test_unknown_method_suggests_closest():
