@@ -161,14 +161,20 @@ def _bench_cmd(tmp_path, *extra):
             "--out-dir", str(tmp_path), "--seq-len", "64", "--windows", "1", "--reps", "1", "--new-tokens", "4", *extra]
 
 
-def test_killed_worker_leaves_a_failed_row_and_no_partial_metrics(tmp_path):
+def _start_bench(tmp_path, methods: str) -> tuple[subprocess.Popen, int]:
+    """Start `efflm bench` and wait until its first worker subprocess exists."""
     env = {**os.environ, "EFFLM_PROGRESS": "0"}
-    proc = subprocess.Popen(_bench_cmd(tmp_path, "--methods", "rtn,dense"), env=env,
+    proc = subprocess.Popen(_bench_cmd(tmp_path, "--methods", methods), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not _children(proc.pid) and time.time() < deadline:
         time.sleep(0.05)
     (worker,) = _children(proc.pid)
+    return proc, worker
+
+
+def test_killed_worker_leaves_a_failed_row_and_no_partial_metrics(tmp_path):
+    proc, worker = _start_bench(tmp_path, "rtn,dense")
     os.kill(worker, signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -179,12 +185,7 @@ def test_killed_worker_leaves_a_failed_row_and_no_partial_metrics(tmp_path):
 
 
 def test_interrupted_bench_marks_the_running_row_failed(tmp_path):
-    env = {**os.environ, "EFFLM_PROGRESS": "0"}
-    proc = subprocess.Popen(_bench_cmd(tmp_path, "--methods", "rtn"), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not _children(proc.pid) and time.time() < deadline:
-        time.sleep(0.05)
+    proc, _ = _start_bench(tmp_path, "rtn")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in err

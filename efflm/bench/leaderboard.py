@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from efflm.bench import db as results
+from efflm.core.atomic import atomic_write_text
 from efflm.core.errors import EfflmError
 from efflm.models.load import DEFAULT_MODEL
 
@@ -91,6 +92,17 @@ def pareto_front(points: list[tuple[float, float]], higher_x_better: bool) -> li
     return front
 
 
+_ABBREV = (("bits=", "w"), ("group_size=", "g"), ("symmetric=True", "sym"), ("symmetric=False", "asym"),
+           ("dtype=", ""), (",", " "), ("(", " "), (")", ""))
+
+
+def short_label(label: str) -> str:
+    """Compact plot label: ``rtn(bits=4,group_size=64,symmetric=True)`` -> ``rtn w4 g64 sym``."""
+    for old, new in _ABBREV:
+        label = label.replace(old, new)
+    return label
+
+
 def plot(model: str, rows: list, path: Path) -> Path:
     import matplotlib
 
@@ -107,7 +119,8 @@ def plot(model: str, rows: list, path: Path) -> Path:
         for i, ((x, y), r) in enumerate(zip(pts, ok)):
             ax.scatter([x], [y], s=60 if i in front else 30, color="tab:red" if i in front else "tab:blue",
                        zorder=3)
-            ax.annotate(r["label"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            ax.annotate(short_label(r["label"]), (x, y), fontsize=8, xytext=(5, 4 + 10 * (i % 3)),
+                        textcoords="offset points")
         fx = sorted((pts[i] for i in front), key=lambda p: p[0])
         ax.plot([p[0] for p in fx], [p[1] for p in fx], "--", color="tab:red", alpha=0.6, label="Pareto front")
         if key == "bytes":
@@ -136,8 +149,5 @@ def write(db_path: Path, model: str, out_dir: Path) -> tuple[str, Path, Path]:
         raise EfflmError(f"no results for model {model!r} in {db_path} (run `efflm bench --model {model}`)")
     md = markdown(model, rows)
     out_dir.mkdir(parents=True, exist_ok=True)
-    md_path = out_dir / "leaderboard.md"
-    tmp = md_path.with_suffix(".tmp")
-    tmp.write_text(md)
-    os.replace(tmp, md_path)
+    md_path = atomic_write_text(out_dir / "leaderboard.md", md)
     return md, md_path, plot(model, rows, out_dir / "pareto.png")

@@ -117,6 +117,7 @@ def measure_bandwidth(mib: int = 512, reps: int = 5) -> float:
 def bandwidth_gbs() -> float:
     """This machine's read bandwidth, measured once and cached per CPU model and thread count."""
     from efflm.bench.env import cpu_model
+    from efflm.core.atomic import atomic_write_text
     from efflm.models.load import cache_dir
 
     path = cache_dir() / "bandwidth.json"
@@ -124,10 +125,7 @@ def bandwidth_gbs() -> float:
     cached = json.loads(path.read_text()) if path.is_file() else {}
     if key not in cached:
         cached[key] = measure_bandwidth()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cached, indent=1))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(cached, indent=1))
     return cached[key]
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from efflm.core.atomic import atomic_dir
 from efflm.core.errors import EfflmError
 from efflm.models.arch import SUPPORTED, layout_for
 from efflm.models.files import check_safetensors, gguf_architecture, sha256_file
@@ -88,9 +87,7 @@ def _converted_gguf(path: Path) -> Path:
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:  # a concurrent converter's copy is kept if it finished first
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         if getattr(model, "hf_quantizer", None) is not None:  # GGUF marker blocks save_pretrained
@@ -98,13 +95,6 @@ def _converted_gguf(path: Path) -> Path:
         (tmp / "efflm-source.json").write_text(json.dumps({"gguf": str(path), "sha256_16": digest}))
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if out.exists():  # another process converted it meanwhile
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

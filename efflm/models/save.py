@@ -10,15 +10,13 @@ renamed.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_model, save_model
 
+from efflm.core.atomic import atomic_dir
 from efflm.core.errors import EfflmError
 from efflm.models.arch import set_module
 from efflm.quantize.linear import QuantLinear
@@ -49,16 +47,8 @@ def save(model: torch.nn.Module, tokenizer: Any, out: str | Path, recipe_yaml: s
     out = Path(out)
     if out.exists() and not overwrite:
         raise EfflmError(f"output exists: {out} (choose another --out)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out, replace=True) as tmp:
         _write(model, tokenizer, tmp, recipe_yaml)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

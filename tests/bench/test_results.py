@@ -53,6 +53,11 @@ def test_leaderboard_markdown_and_plot(tmp_path):
         leaderboard.write(tmp_path / "r.sqlite", "other", tmp_path / "out")
 
 
+def test_short_plot_labels():
+    assert leaderboard.short_label("rtn(bits=4,group_size=64,symmetric=True)") == "rtn w4 g64 sym"
+    assert leaderboard.short_label("dense(dtype=bfloat16)") == "dense bfloat16"
+
+
 def test_pareto_front():
     pts = [(1, 10), (2, 5), (3, 6), (4, 1)]
     assert leaderboard.pareto_front(pts, higher_x_better=False) == [0, 1, 3]

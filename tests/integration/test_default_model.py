@@ -2,7 +2,6 @@
 import math
 
 import pytest
-import torch
 
 from efflm.bench.metrics import perplexity
 from efflm.core.registry import check_for_model, config_from_dict, get

@@ -1,0 +1,39 @@
+"""Atomic outputs: a directory or file appears complete or not at all."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def atomic_dir(out: Path, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out`` to fill; rename it to ``out`` on success.
+
+    If ``out`` appeared meanwhile it is replaced (``replace``) or kept, and the new copy dropped.
+    On any error the temporary directory is removed and nothing is left behind.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists() and not replace:
+            shutil.rmtree(tmp)
+            return
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
