@@ -4,12 +4,20 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from functools import lru_cache
 from pathlib import Path
 
 from efflm.core.errors import EfflmError
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+def sha256_file(path: Path) -> str:
+    st = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int, chunk: int = 1 << 22) -> str:
+    """Hash once per process for a given (path, size, mtime)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

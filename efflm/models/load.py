@@ -78,13 +78,13 @@ def _read_config(path: Path) -> Any:
 
 def _converted_gguf(path: Path) -> Path:
     """Dequantize a GGUF file once into a cached safetensors directory; return that directory."""
+    digest = sha256_file(path)[:16]
+    out = cache_dir() / "models" / f"{path.stem}-{digest}"
+    if (out / "config.json").is_file():  # only a valid file was ever converted
+        return out
     arch = gguf_architecture(path)
     if arch not in SUPPORTED:
         raise EfflmError(f"{path}: unsupported architecture {arch!r}; supported: {', '.join(SUPPORTED)}")
-    digest = sha256_file(path)[:16]
-    out = cache_dir() / "models" / f"{path.stem}-{digest}"
-    if (out / "config.json").is_file():
-        return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with atomic_dir(out) as tmp:  # a concurrent converter's copy is kept if it finished first
