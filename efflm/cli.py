@@ -61,23 +61,10 @@ def cmd_leaderboard(a) -> int:
 
 
 def _load_with_recipe(model_spec: str, recipe_path: str | None):
-    """Validate the recipe against the model config, then load, calibrate and apply."""
-    from efflm.core import recipe as recipes
-    from efflm.core.registry import check_for_model, get
-    from efflm.models.load import load, model_config
+    from efflm.core.pipeline import load_and_apply
 
     recipe = _recipe_arg(recipe_path)
-    hf_config = model_config(model_spec)
-    for cfg in recipe:
-        check_for_model(hf_config, cfg)
-    model, tok = load(model_spec)
-    calib = None
-    if recipe and recipes.needs_calibration(recipe):
-        from efflm.data.text import calibration_windows
-
-        calib = calibration_windows(tok, 32, 512)
-    for cfg in recipe:
-        model = get(cfg.method).apply(model, cfg, calib)
+    model, tok = load_and_apply(model_spec, recipe)
     return model, tok, recipe
 
 

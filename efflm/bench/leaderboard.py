@@ -53,7 +53,7 @@ def table(rows: list) -> tuple[list[str], list[list[str]]]:
             _fmt(r["bytes"] and r["bytes"] / 1e6, ".1f"), _fmt(ratio, ".3f"),
             _fmt(r["disk_bytes"] and r["disk_bytes"] / 1e6, ".1f"),
             f"{r['tok_s']:.1f} ({r['tok_s_min']:.1f}–{r['tok_s_max']:.1f})" if good else "–",
-            _fmt(good and r["tok_s"] / r["ceiling_tok_s"] * 100 or None, ".0f"),
+            _fmt(r["tok_s"] / r["ceiling_tok_s"] * 100 if good else None, ".0f"),
             _fmt(r["ttft_ms"], ".0f"), _fmt(r["peak_rss_mb"], ".0f"),
             "ok" if good else f"failed: {r['error']}",
         ])

@@ -13,8 +13,8 @@ from efflm.bench import db as results
 from efflm.bench.env import environment
 from efflm.core import recipe as recipes
 from efflm.core.progress import progress
-from efflm.core.registry import check_for_model, get
-from efflm.models.load import model_config, resolve
+from efflm.core import pipeline
+from efflm.core.registry import get
 
 
 @dataclass
@@ -27,11 +27,8 @@ class BenchOptions:
 
 def validate(opts: BenchOptions) -> None:
     """Everything that can be checked before work starts: model spec and every recipe."""
-    resolve(opts.model)
-    hf_config = model_config(opts.model)
     for recipe in opts.recipes:
-        for cfg in recipe:
-            check_for_model(hf_config, cfg)
+        pipeline.validate(opts.model, recipe)
 
 
 def _describe_exit(code: int) -> str:

@@ -17,7 +17,7 @@ import torch
 from efflm.bench import metrics
 from efflm.core import recipe as recipes
 from efflm.core.errors import EfflmError
-from efflm.core.registry import check_for_model, get
+from efflm.core.pipeline import load_and_apply
 
 
 def run(model_spec: str, recipe: recipes.Recipe, *, seq_len: int, windows: int, prompt_len: int,
@@ -27,15 +27,7 @@ def run(model_spec: str, recipe: recipes.Recipe, *, seq_len: int, windows: int, 
     from efflm.models.save import dir_bytes, save
 
     t0 = time.perf_counter()
-    model, tok = loader.load(model_spec)
-    for cfg in recipe:
-        check_for_model(model.config, cfg)
-    calib = None
-    if recipes.needs_calibration(recipe):
-        calib = text.calibration_windows(tok, calib_samples, calib_len, seed=0)
-    for cfg in recipe:
-        model = get(cfg.method).apply(model, cfg, calib)
-    model.eval()
+    model, tok = load_and_apply(model_spec, recipe, calib_samples, calib_len)
     ids = text.eval_tokens(tok, max(seq_len * windows, prompt_len))
     result = metrics.perplexity(model, ids, seq_len=seq_len, n_windows=windows)
     result["bytes"] = metrics.model_bytes(model)

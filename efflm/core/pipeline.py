@@ -1,0 +1,33 @@
+"""Load a model and apply a recipe: the one path shared by bench workers, compress and eval."""
+from __future__ import annotations
+
+from typing import Any
+
+from efflm.core import recipe as recipes
+from efflm.core.registry import check_for_model, get
+
+
+def validate(model_spec: str, recipe: recipes.Recipe) -> Any:
+    """Check every step against the model's config (no weights loaded); return that config."""
+    from efflm.models.load import model_config
+
+    hf_config = model_config(model_spec)
+    for cfg in recipe:
+        check_for_model(hf_config, cfg)
+    return hf_config
+
+
+def load_and_apply(model_spec: str, recipe: recipes.Recipe, calib_samples: int = 32,
+                   calib_len: int = 512) -> tuple[Any, Any]:
+    """Validate, load, draw calibration windows if any step needs them, apply every step."""
+    from efflm.data.text import calibration_windows
+    from efflm.models.load import load
+
+    validate(model_spec, recipe)
+    model, tok = load(model_spec)
+    calib = None
+    if recipe and recipes.needs_calibration(recipe):
+        calib = calibration_windows(tok, calib_samples, calib_len, seed=0)
+    for cfg in recipe:
+        model = get(cfg.method).apply(model, cfg, calib)
+    return model.eval(), tok
