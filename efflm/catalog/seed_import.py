@@ -70,7 +70,7 @@ def title_keys(title: str) -> set[str]:
     """The normalized title, and the part after an ``Acronym:`` prefix."""
     keys = {norm_title(title)}
     head, sep, rest = title.partition(":")
-    if sep and len(head.split()) <= 3 and rest.strip():
+    if sep and len(head.split()) <= 3 and len(rest.split()) >= 4:
         keys.add(norm_title(rest))
     return keys
 
@@ -99,7 +99,7 @@ def _logical_lines(text: str) -> list[str]:
     out: list[str] = []
     for line in text.splitlines():
         s = line.rstrip()
-        if out and s and not s.lstrip().startswith(("-", "#", "*")) and out[-1].lstrip().startswith("-"):
+        if out and s and not s.lstrip().startswith(("-", "#", "*")) and out[-1].lstrip().startswith(("-", "*")):
             out[-1] += s.strip()
         else:
             out.append(s)
@@ -125,7 +125,7 @@ def _parse_line(body: str) -> dict[str, Any]:
         m = re.match(r"^(.+?)\s*\((.+)\)$", title.strip())
         named = re.match(r"^(.+?):\s*(https?://\S+)$", title.strip())
         if named and not m:
-            return {**rec, "title": named.group(1), "homepage": named.group(2)}
+            return {**rec, "title": re.sub(r"\s+Awesome$", "", named.group(1)), "homepage": named.group(2)}
         if m:
             title, note = m.group(1), m.group(2)
             gh = re.match(r"^github:\s*(\S+)$", note, re.I)
@@ -135,7 +135,7 @@ def _parse_line(body: str) -> dict[str, Any]:
                 vy = re.search(r"([A-Za-z][A-Za-z ]*?)\s+(\d{4})", note)
                 if vy:
                     rec["venue"], rec["year"] = venue_of(vy.group(1)), int(vy.group(2))
-    rec["title"] = title.strip().rstrip(",").strip()
+    rec["title"] = re.sub(r"\s+Awesome$", "", title.strip().rstrip(",").strip())  # a badge's alt text
     return rec
 
 
@@ -173,9 +173,9 @@ def parse(seed_text: str) -> tuple[list[dict], list[dict], list[dict]]:
             if path not in {t["path"] for t in taxonomy}:
                 taxonomy.append({"path": path, "title": name})
             continue
-        if skipping or not stack or not re.match(r"^\s*-\s+", line):
+        if skipping or not stack or not re.match(r"^\s*[-*]\s+", line):
             continue
-        body = re.sub(r"^\s*-\s+", "", line).strip()
+        body = re.sub(r"^\s*[-*]\s+", "", line).strip()
         rec = _parse_line(body)
         rec["category"] = "/".join(s for _, s in stack)
         code = rec["links"].get("code", "")
@@ -211,9 +211,11 @@ def _richness(r: dict) -> int:
 def _same(a: dict, b: dict) -> str | None:
     if a["arxiv"] and a["arxiv"] == b["arxiv"]:
         return "same arXiv id"
-    ka, kb = title_keys(a["title"]), title_keys(b["title"])
-    if ka & kb:
+    na, nb = norm_title(a["title"]), norm_title(b["title"])
+    if na == nb:
         return "same normalized title"
+    if na in title_keys(b["title"]) or nb in title_keys(a["title"]):  # "X: T" vs "T", never "X: T" vs "Y: T"
+        return "same title behind an acronym prefix"
     if difflib.SequenceMatcher(None, norm_title(a["title"]), norm_title(b["title"])).ratio() >= 0.95:
         return "near-identical title"
     return None

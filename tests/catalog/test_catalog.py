@@ -53,6 +53,15 @@ def test_duplicates_merge_keeping_every_category():
     assert doc["merged"][0]["titles"] == ["Data-free quantization aware training for large language models"]
 
 
+def test_shared_subtitles_alone_do_not_merge():
+    a = {"title": "Efficient LLM: A Survey", "arxiv": None}
+    b = {"title": "Efficient Transformers: A Survey", "arxiv": None}
+    assert seed_import._same(a, b) is None
+    c = {"title": "FlexGen: High-Throughput Generative Inference of Large Language Models", "arxiv": None}
+    d = {"title": "High-throughput generative inference of large language models", "arxiv": None}
+    assert seed_import._same(c, d) == "same title behind an acronym prefix"
+
+
 @pytest.mark.skipif(not SEED.is_file(), reason="the survey seed (../shared/seed) is not beside this checkout")
 def test_import_of_the_real_seed_is_deterministic_and_lints():
     a = seed_import.import_file(SEED, {"rtn": ["rtn"], "dense-baseline": ["dense"]})
