@@ -120,7 +120,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--db", default="results/efflm.sqlite")
     b.add_argument("--out-dir", default="results")
     for name, default in (("seq-len", 512), ("windows", 8), ("prompt-len", 128), ("new-tokens", 32),
-                          ("reps", 3), ("calib-samples", 32), ("calib-len", 512), ("threads", 2)):
+                          ("reps", 3), ("calib-samples", 16), ("calib-len", 512), ("threads", 2)):
         b.add_argument(f"--{name}", type=_positive, default=default)
     b.set_defaults(fn=cmd_bench)
 

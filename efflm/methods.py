@@ -1,3 +1,4 @@
 """Imports every method module so that each registers itself. Add new paper files here."""
 import efflm.models.dense  # noqa: F401
+import efflm.quantize.gptq  # noqa: F401
 import efflm.quantize.rtn  # noqa: F401

@@ -21,12 +21,13 @@ def default_suite() -> list[Recipe]:
         _r({"method": "rtn", "bits": 8, "group_size": 64}),
         _r({"method": "rtn", "bits": 4, "group_size": 64}),
         _r({"method": "rtn", "bits": 3, "group_size": 64}),
+        _r({"method": "gptq", "bits": 3, "group_size": 64}),
     ]
 
 
 def full_suite() -> list[Recipe]:
-    """The default suite plus every registered method at its default config."""
-    suite = default_suite()
+    """The default suite, the paper-shape rows, and every registered method at its default config."""
+    suite = default_suite() + [_r({"method": "gptq", "bits": 4, "group_size": 64})]
     labels = {tuple(c.label() for c in r) for r in suite}
     for m in methods():
         r = [m.config_cls()]

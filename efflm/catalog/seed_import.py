@@ -32,7 +32,8 @@ ADDED_TAXONOMY = {
     "efficient-inference/kv-cache": "KV Cache",
     "benchmarks": "Benchmarks and Evaluation",
 }
-ENRICH = {  # bare seed titles completed by hand (normalized title -> fields)
+ENRICH = {  # seed entries completed by hand (normalized title -> fields)
+    "gptq accurate quantization for generative pre trained transformers": {"arxiv": "2210.17323"},
     "fast inference from transformers via speculative decoding":
         {"arxiv": "2211.17192", "venue": "ICML", "year": 2023, "url": "https://arxiv.org/abs/2211.17192"},
 }

@@ -17,7 +17,7 @@ def validate(model_spec: str, recipe: recipes.Recipe) -> Any:
     return hf_config
 
 
-def load_and_apply(model_spec: str, recipe: recipes.Recipe, calib_samples: int = 32,
+def load_and_apply(model_spec: str, recipe: recipes.Recipe, calib_samples: int = 16,
                    calib_len: int = 512) -> tuple[Any, Any]:
     """Validate, load, draw calibration windows if any step needs them, apply every step."""
     from efflm.data.text import calibration_windows

@@ -25,6 +25,13 @@ class Layout:
     def linears(self) -> tuple[str, ...]:
         return self.attn_linears + self.mlp_linears
 
+    @property
+    def input_groups(self) -> tuple[tuple[str, ...], ...]:
+        """Linears that read the same input tensor (one observer serves each group)."""
+        q, k, v, o = self.attn_linears
+        gate, up, down = self.mlp_linears
+        return ((q, k, v), (o,), (gate, up), (down,))
+
 
 _LLAMA = Layout(
     layers="model.layers", embed="model.embed_tokens", lm_head="lm_head",

@@ -78,7 +78,7 @@ def test_add_refuses_a_catalog_with_a_duplicate_id(capsys, catalog):
 
 def test_search_and_render_commands(capsys, catalog, tmp_path):
     code, out, _ = run(capsys, "papers", "--file", str(catalog), "search", "--implemented")
-    assert code == 0 and "rtn" in out and "2 matching entries" in out
+    assert code == 0 and "rtn" in out and "gptq" in out and "3 matching entries" in out
     code, _, err = run(capsys, "papers", "--file", str(catalog), "search", "--category", "nope")
     one_line_error(code, err, "unknown category")
     out_md = tmp_path / "papers.md"

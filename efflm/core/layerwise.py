@@ -1,0 +1,119 @@
+"""The shared layer-by-layer calibration runner (GPTQ, AWQ, SparseGPT, Wanda and friends).
+
+1. Run the calibration batch up to the first decoder layer and keep its inputs.
+2. For each layer: hook the inputs of its Linears into per-Linear observers (a Hessian,
+   activation norms, ...), run the layer, let the method ``solve`` the layer (it may
+   replace Linears), then run the now-compressed layer to get the next layer's inputs.
+
+Memory stays at one layer's activations for the calibration batch, not the model's.
+Architecture names come from ``efflm.models.arch`` only.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+import torch
+import torch.nn as nn
+
+from efflm.core.errors import EfflmError
+from efflm.core.progress import progress
+from efflm.models.arch import decoder_layers, layout_for
+
+
+class Observer(Protocol):
+    def add(self, x: torch.Tensor) -> None: ...
+
+
+class _Stop(Exception):
+    pass
+
+
+def _layer0_inputs(model: nn.Module, calib: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, dict]]:
+    captured: list[tuple[torch.Tensor, dict]] = []
+
+    def grab(module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured.append((hidden, {k: v for k, v in kwargs.items() if k != "hidden_states"}))
+        raise _Stop
+
+    handle = decoder_layers(model)[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for batch in calib.split(batch_size):
+            try:
+                model(batch, use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def _out(y: Any) -> torch.Tensor:
+    return y[0] if isinstance(y, tuple) else y
+
+
+def check_finite(name: str, x: torch.Tensor) -> None:
+    if not torch.isfinite(x).all():
+        raise EfflmError(f"NaN or inf in the calibration activations entering {name}")
+
+
+@torch.no_grad()
+def run(model: nn.Module, calib: torch.Tensor, observe: Callable[[str, nn.Linear], Observer],
+        solve: Callable[[int, nn.Module, dict[str, Observer]], None], batch_size: int = 4,
+        desc: str = "calibrate") -> nn.Module:
+    """Calibrate ``model`` layer by layer; ``solve(i, layer, observers)`` compresses layer ``i``.
+
+    ``observers`` maps each Linear's path to its observer; Linears reading the same input
+    (q/k/v, gate/up) share one observer, fed once.
+    """
+    if calib is None or calib.ndim != 2 or calib.shape[0] < 1:
+        raise EfflmError("this method needs calibration data: a [samples, tokens] batch of token ids")
+    layout = layout_for(model.config.model_type)
+    inputs = _layer0_inputs(model, calib, batch_size)
+    layers = decoder_layers(model)
+    for i in progress(range(len(layers)), desc=desc, total=len(layers)):
+        layer = layers[i]
+        observers: dict[str, Observer] = {}
+        hooks = []
+        for group in layout.input_groups:
+            paths = [f"{layout.layers}.{i}.{name}" for name in group]
+            obs = observe(paths[0], layer.get_submodule(group[0]))
+            observers.update({p: obs for p in paths})
+
+            def hook(module, args, output, obs=obs, path=paths[0]):
+                check_finite(path, args[0])
+                obs.add(args[0])
+
+            hooks.append(layer.get_submodule(group[0]).register_forward_hook(hook))
+        try:
+            for hidden, kwargs in inputs:
+                layer(hidden, **kwargs)
+        finally:
+            for h in hooks:
+                h.remove()
+        solve(i, layer, observers)
+        inputs = [(_out(layer(hidden, **kwargs)), kwargs) for hidden, kwargs in inputs]
+    return model
+
+
+class Hessian:
+    """Running ``H = 2/n · Σ x xᵀ`` over every calibration token entering a Linear."""
+
+    def __init__(self, n_in: int):
+        self.H = torch.zeros(n_in, n_in)
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        m = x.shape[0]
+        self.H *= self.n / (self.n + m)
+        self.n += m
+        x = x * (2 / self.n) ** 0.5
+        self.H += x.t() @ x
+
+
+def note(model: nn.Module, text: str) -> None:
+    """Record something a user must know about this run (shown in the result row)."""
+    notes = getattr(model, "efflm_notes", [])
+    notes.append(text)
+    model.efflm_notes = notes
