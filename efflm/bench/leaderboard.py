@@ -92,8 +92,9 @@ def pareto_front(points: list[tuple[float, float]], higher_x_better: bool) -> li
     return front
 
 
-_ABBREV = (("bits=", "w"), ("group_size=", "g"), ("symmetric=True", "sym"), ("symmetric=False", "asym"),
-           ("dtype=", ""), (",", " "), ("(", " "), (")", ""))
+_ABBREV = (("bits=", "w"), ("group_size=-1", "per-channel"), ("group_size=", "g"), ("symmetric=True", "sym"),
+           ("symmetric=False", "asym"), ("act_order=True", "act-order"), (",act_order=False", ""),
+           (",dampening=0.01", ""), (",block_size=128", ""), ("dtype=", ""), (",", " "), ("(", " "), (")", ""))
 
 
 def short_label(label: str) -> str:

@@ -14,12 +14,13 @@ def _r(*steps: dict) -> Recipe:
 
 
 def default_suite() -> list[Recipe]:
-    """One representative config per method family, plus the RTN bit-width ladder."""
+    """Dense fp32/bf16, packed W8 and W4 through the CPU kernels, and RTN vs GPTQ at 3 bits."""
+    bf16 = {"method": "dense", "dtype": "bfloat16"}
     return [
         _r({"method": "dense", "dtype": "float32"}),
-        _r({"method": "dense", "dtype": "bfloat16"}),
-        _r({"method": "rtn", "bits": 8, "group_size": 64}),
-        _r({"method": "rtn", "bits": 4, "group_size": 64}),
+        _r(bf16),
+        _r({"method": "rtn", "bits": 8, "group_size": -1}, bf16),   # int8 kernel
+        _r({"method": "rtn", "bits": 4, "group_size": 64}, bf16),   # int4 kernel
         _r({"method": "rtn", "bits": 3, "group_size": 64}),
         _r({"method": "gptq", "bits": 3, "group_size": 64}),
     ]
@@ -27,7 +28,8 @@ def default_suite() -> list[Recipe]:
 
 def full_suite() -> list[Recipe]:
     """The default suite, the paper-shape rows, and every registered method at its default config."""
-    suite = default_suite() + [_r({"method": "gptq", "bits": 4, "group_size": 64})]
+    suite = default_suite() + [_r({"method": "rtn", "bits": b, "group_size": 64}) for b in (8, 4)] + [
+        _r({"method": "gptq", "bits": 4, "group_size": 64})]
     labels = {tuple(c.label() for c in r) for r in suite}
     for m in methods():
         r = [m.config_cls()]

@@ -32,15 +32,14 @@ def apply(model: torch.nn.Module, config: DenseConfig, calib: Any = None) -> tor
 
     dtype = DTYPES[config.dtype]
     for module in model.modules():
-        if isinstance(module, QuantLinear):  # keep its stored fp16 scales; compute in the new dtype
-            module.compute_dtype = dtype
-            if module.bias is not None:
-                module.bias.data = module.bias.data.to(dtype)
+        if isinstance(module, QuantLinear):  # keep its codes and fp16 scales; compute in the new dtype
+            module.set_compute_dtype(dtype)
             continue
         for p in module.parameters(recurse=False):
             p.data = p.data.to(dtype)
         for name, b in module.named_buffers(recurse=False):
-            if b is not None and b.is_floating_point():
+            # derived buffers (rotary inv_freq) stay as computed, as transformers' loaders leave them
+            if b is not None and b.is_floating_point() and name not in module._non_persistent_buffers_set:
                 module._buffers[name] = b.to(dtype)
     model.config.dtype = dtype
     return model
