@@ -21,6 +21,15 @@ def _method_papers() -> dict[str, list[str]]:
     return out
 
 
+def _load_clean(path: str) -> store.Catalog:
+    """The catalog, refusing to work on one that does not lint."""
+    cat = store.load(path)
+    problems = linter.lint(cat)
+    if problems:
+        raise EfflmError(f"{path}: {len(problems)} catalog problems (see `efflm papers lint`); first: {problems[0]}")
+    return cat
+
+
 def cmd_import(a) -> int:
     from efflm.catalog.seed_import import import_file
 
@@ -63,10 +72,7 @@ def cmd_render(a) -> int:
     from efflm.catalog.render import best_rows, render
     from efflm.core.atomic import atomic_write_text
 
-    cat = store.load(a.file)
-    problems = linter.lint(cat)
-    if problems:
-        raise EfflmError(f"catalog does not lint ({len(problems)} problems), first: {problems[0]}")
+    cat = _load_clean(a.file)
     out = atomic_write_text(Path(a.out), render(cat, best_rows(Path(a.db), a.model)))
     print(f"wrote {out}")
     return 0
@@ -76,10 +82,7 @@ def cmd_add(a) -> int:
     from efflm.catalog.seed_import import ARXIV_RE, _same, make_id
     from efflm.catalog.suggest import suggest
 
-    cat = store.load(a.file)
-    existing = linter.content_problems(cat)
-    if existing:
-        raise EfflmError(f"{a.file}: fix the catalog first ({len(existing)} problems), first: {existing[0]}")
+    cat = _load_clean(a.file)
     arxiv = a.arxiv or next((m.group(1) for m in [ARXIV_RE.search(a.url or "")] if m), None)
     entry = {"id": "", "type": a.type, "title": a.title.strip(), "venue": a.venue, "year": a.year,
              "arxiv": arxiv, "url": a.url, "code": a.code, "categories": list(a.category or []),
