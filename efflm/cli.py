@@ -60,24 +60,51 @@ def cmd_leaderboard(a) -> int:
     return 0
 
 
-def _load_with_recipe(model_spec: str, recipe_path: str | None):
+def _load_with_recipe(model_spec: str, recipe_path: str | None, a=None):
     from efflm.core.pipeline import load_and_apply
 
     recipe = _recipe_arg(recipe_path)
-    model, tok = load_and_apply(model_spec, recipe)
+    calib = {"calib_samples": a.calib_samples, "calib_len": a.calib_len} if a is not None else {}
+    model, tok = load_and_apply(model_spec, recipe, **calib)
     return model, tok, recipe
 
 
 def cmd_compress(a) -> int:
     from efflm.core import recipe as recipes
-    from efflm.models.save import save
 
     out = Path(a.out)
     if out.exists():
         raise EfflmError(f"output exists: {out} (choose another --out)")
-    model, tok, recipe = _load_with_recipe(a.model, a.recipe)
-    save(model, tok, out, recipes.to_yaml(recipe))
-    print(f"wrote {out} ({recipes.label(recipe)})")
+    template = None
+    from efflm.models import compressed_tensors, gguf_export
+
+    if a.format != "efflm":
+        (gguf_export if a.format == "gguf" else compressed_tensors).check_recipe(_recipe_arg(a.recipe))
+    if a.format == "gguf":
+        from efflm.models.load import gguf_source
+
+        if out.suffix != ".gguf":
+            raise EfflmError(f"--format gguf writes one file: --out must end in .gguf, got {out.name}")
+        template = gguf_source(a.model)
+        if template is None:
+            raise EfflmError("GGUF export needs the model's tokenizer metadata from a GGUF file: "
+                             "supported for models loaded from a .gguf (e.g. the default model)")
+    elif a.format == "compressed-tensors":
+        import importlib.util
+
+        if importlib.util.find_spec("compressed_tensors") is None:
+            raise EfflmError("--format compressed-tensors needs the compressed-tensors package "
+                             "(pip install 'efflm[interop]')")
+    model, tok, recipe = _load_with_recipe(a.model, a.recipe, a)
+    if a.format == "gguf":
+        gguf_export.export(model, template, out)
+    elif a.format == "compressed-tensors":
+        compressed_tensors.export(model, tok, out)
+    else:
+        from efflm.models.save import save
+
+        save(model, tok, out, recipes.to_yaml(recipe))
+    print(f"wrote {out} ({recipes.label(recipe)}, {a.format})")
     return 0
 
 
@@ -86,7 +113,7 @@ def cmd_eval(a) -> int:
     from efflm.data import text
 
     source = text.read_text_file(a.text_file) if a.text_file else None
-    model, tok, recipe = _load_with_recipe(a.model, a.recipe)
+    model, tok, recipe = _load_with_recipe(a.model, a.recipe, a)
     n = a.seq_len * a.windows
     ids = text.prefix_tokens(tok, source, n) if source is not None else text.eval_tokens(tok, n)
     r = perplexity(model, ids, seq_len=a.seq_len, n_windows=a.windows)
@@ -134,6 +161,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--model", default=DEFAULT_MODEL)
     c.add_argument("--recipe", required=True)
     c.add_argument("--out", required=True)
+    c.add_argument("--format", choices=["efflm", "compressed-tensors", "gguf"], default="efflm",
+                   help="efflm directory (default), compressed-tensors directory (vLLM, transformers), "
+                        "or a .gguf file (llama.cpp; symmetric 4/8-bit g32 codes as Q4_0/Q8_0)")
+    c.add_argument("--calib-samples", type=_positive, default=16)
+    c.add_argument("--calib-len", type=_positive, default=512)
     c.set_defaults(fn=cmd_compress)
 
     e = sub.add_parser("eval", help="perplexity of a model (optionally after a recipe) on a text")
@@ -142,6 +174,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--text-file", help="any UTF-8 text file (default: the Shakespeare evaluation split)")
     e.add_argument("--seq-len", type=_positive, default=512)
     e.add_argument("--windows", type=_positive, default=8)
+    e.add_argument("--calib-samples", type=_positive, default=16)
+    e.add_argument("--calib-len", type=_positive, default=512)
     e.set_defaults(fn=cmd_eval)
 
     from efflm.catalog.commands import add_parser as add_papers

@@ -144,6 +144,30 @@ def test_compress_writes_a_loadable_directory(capsys, tmp_path, recipe):
     assert_one_line_error(code, err, "output exists")
 
 
+@pytest.mark.parametrize("args,text,pattern", [
+    (["--calib-samples", "100000"], "- method: gptq\n  group_size: 32\n", "too few calibration tokens"),
+    (["--format", "gguf"], "- method: rtn\n  group_size: 32\n", "tokenizer metadata"),
+    (["--format", "gguf"], "- method: rtn\n  bits: 3\n  group_size: 32\n", "Q4_0/Q8_0"),
+    (["--format", "compressed-tensors"], "- method: rtn\n  symmetric: false\n  group_size: 32\n", "asymmetric"),
+])
+def test_compress_bad_calibration_and_export_requests(capsys, tmp_path, recipe, args, text, pattern):
+    out = tmp_path / ("x.gguf" if "gguf" in args else "x")
+    code, _, err = run(capsys, "compress", "--model", "tiny-llama", "--recipe", recipe(text), "--out", str(out), *args)
+    assert_one_line_error(code, err, pattern)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in tmp_path.glob("r*.yaml"))
+
+
+def test_compress_to_compressed_tensors(capsys, tmp_path, recipe):
+    pytest.importorskip("compressed_tensors")
+    out = tmp_path / "ct"
+    code, text, err = run(capsys, "compress", "--model", "tiny-llama", "--recipe", recipe("- method: rtn\n  group_size: 32\n"),
+                          "--out", str(out), "--format", "compressed-tensors")
+    assert code == 0, err
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "compressed-tensors"
+    assert config["quantization_config"]["format"] == "pack-quantized"
+
+
 def _children(pid: int) -> list[int]:
     kids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):

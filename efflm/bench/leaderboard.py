@@ -94,7 +94,9 @@ def pareto_front(points: list[tuple[float, float]], higher_x_better: bool) -> li
 
 _ABBREV = (("bits=", "w"), ("group_size=-1", "per-channel"), ("group_size=", "g"), ("symmetric=True", "sym"),
            ("symmetric=False", "asym"), ("act_order=True", "act-order"), (",act_order=False", ""),
-           (",dampening=0.01", ""), (",block_size=128", ""), ("dtype=", ""), (",", " "), ("(", " "), (")", ""))
+           (",dampening=0.01", ""), (",block_size=128", ""), (",n_grid=20", ""), (",duo_scaling=False", ""),
+           ("duo_scaling=True", "duo"), (",clip=True", ""), ("clip=False", "no-clip"), ("alpha=", "α"),
+           ("w8a8()", "w8a8 naive"), ("dtype=", ""), (",", " "), ("(", " "), (")", ""))
 
 
 def short_label(label: str) -> str:

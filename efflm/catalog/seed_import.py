@@ -45,12 +45,15 @@ ADDED_ENTRIES = [  # papers the seed lacks that efflm implements, and the baseli
      "categories": ["model-compression"]},
     {"id": "rtn", "type": "baseline", "title": "Round-to-nearest weight quantization (RTN)",
      "categories": ["model-compression/model-quantization"]},
+    {"id": "w8a8", "type": "baseline", "title": "Naive W8A8 quantization (int8 weights and activations)",
+     "categories": ["model-compression/model-quantization"]},
 ]
 DATASETS = {  # evaluation data named in the papers' main tables, for the methods efflm implements
     "gptq": (["WikiText-2", "PTB", "C4"], ["LAMBADA", "ARC", "PIQA", "StoryCloze"]),
     "sparsegpt": (["WikiText-2", "PTB", "C4"], ["LAMBADA", "PIQA", "ARC", "StoryCloze"]),
     "simple-effective-pruning-approach-large-language": (["WikiText-2", "C4"],
                                                          ["BoolQ", "RTE", "HellaSwag", "WinoGrande", "ARC", "OBQA"]),
+    "awq": (["WikiText-2"], []),
     "smoothquant": (["WikiText-2"], ["LAMBADA", "HellaSwag", "PIQA", "WinoGrande", "OpenBookQA", "RTE", "COPA"]),
     "lora": ([], ["GLUE", "E2E NLG", "WikiSQL", "SAMSum"]),
 }

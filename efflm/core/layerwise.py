@@ -97,15 +97,21 @@ def run(model: nn.Module, calib: torch.Tensor, observe: Callable[[str, nn.Linear
 
 
 class Hessian:
-    """Running ``H = 2/n · Σ x xᵀ`` over every calibration token entering a Linear."""
+    """Running ``H = 2/n · Σ x xᵀ`` over every calibration token entering a Linear, plus the
+    per-channel mean and max of ``|x|`` (AWQ's and SmoothQuant's activation statistics)."""
 
     def __init__(self, n_in: int):
         self.H = torch.zeros(n_in, n_in)
+        self.absmean = torch.zeros(n_in)
+        self.absmax = torch.zeros(n_in)
         self.n = 0
 
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).float()
         m = x.shape[0]
+        a = x.abs()
+        self.absmax = torch.maximum(self.absmax, a.amax(dim=0))
+        self.absmean += (a.sum(dim=0) - m * self.absmean) / (self.n + m)
         self.H *= self.n / (self.n + m)
         self.n += m
         x = x * (2 / self.n) ** 0.5

@@ -94,8 +94,9 @@ def calibration_windows(tokenizer, n_samples: int, seq_len: int, seed: int = 0) 
     if n_samples <= 0 or seq_len <= 0:
         raise EfflmError(f"calibration needs positive samples and length, got {n_samples} x {seq_len}")
     ids = _split_tokens(tokenizer, "calib")
-    if ids.numel() <= seq_len:
-        raise EfflmError(f"calibration text has {ids.numel()} tokens, fewer than one window of {seq_len}")
+    if ids.numel() < n_samples * seq_len or ids.numel() <= seq_len:
+        raise EfflmError(f"too few calibration tokens: the calibration split has {ids.numel()}, fewer than "
+                         f"the requested {n_samples} samples x {seq_len} tokens")
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, ids.numel() - seq_len, (n_samples,), generator=g)
     return torch.stack([ids[s:s + seq_len] for s in starts.tolist()])

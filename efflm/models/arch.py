@@ -20,6 +20,7 @@ class Layout:
     lm_head: str
     attn_linears: tuple[str, ...]    # inside one layer
     mlp_linears: tuple[str, ...]
+    norms: tuple[str, str]           # before attention, before the MLP
 
     @property
     def linears(self) -> tuple[str, ...]:
@@ -32,11 +33,18 @@ class Layout:
         gate, up, down = self.mlp_linears
         return ((q, k, v), (o,), (gate, up), (down,))
 
+    @property
+    def input_sources(self) -> tuple[str, ...]:
+        """The module whose output is each input group's input (AWQ/SmoothQuant fold scales into it):
+        a norm's weight, or a Linear's output rows (v_proj feeds o_proj, up_proj feeds down_proj)."""
+        return (self.norms[0], self.attn_linears[2], self.norms[1], self.mlp_linears[1])
+
 
 _LLAMA = Layout(
     layers="model.layers", embed="model.embed_tokens", lm_head="lm_head",
     attn_linears=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
     mlp_linears=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+    norms=("input_layernorm", "post_attention_layernorm"),
 )
 LAYOUTS: dict[str, Layout] = {"llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA}
 SUPPORTED = tuple(sorted(LAYOUTS))

@@ -28,11 +28,9 @@ class DenseConfig(MethodConfig):
           needs_calibration=False,
           paper="dense-baseline")
 def apply(model: torch.nn.Module, config: DenseConfig, calib: Any = None) -> torch.nn.Module:
-    from efflm.quantize.linear import QuantLinear
-
     dtype = DTYPES[config.dtype]
     for module in model.modules():
-        if isinstance(module, QuantLinear):  # keep its codes and fp16 scales; compute in the new dtype
+        if hasattr(module, "set_compute_dtype"):  # packed modules keep their codes and scales
             module.set_compute_dtype(dtype)
             continue
         for p in module.parameters(recurse=False):

@@ -65,6 +65,18 @@ def resolve(spec: str) -> Source:
     raise EfflmError(f"{path}: not a model (expected {SPEC_HELP})")
 
 
+def gguf_source(spec: str) -> Path | None:
+    """The GGUF file a model spec comes from (tokenizer metadata for GGUF export), if any."""
+    src = resolve(spec)
+    if src.kind == "gguf":
+        return src.path
+    marker = src.path / "efflm-source.json" if src.path is not None and src.path.is_dir() else None
+    if marker is not None and marker.is_file():
+        path = Path(json.loads(marker.read_text()).get("gguf", ""))
+        return path if path.is_file() else None
+    return None
+
+
 def _read_config(path: Path) -> Any:
     from transformers import AutoConfig
 

@@ -20,8 +20,9 @@ from efflm.core.atomic import atomic_dir
 from efflm.core.errors import EfflmError
 from efflm.models.arch import set_module
 from efflm.quantize.linear import QuantLinear
+from efflm.quantize.w8a8 import Int8Linear
 
-MODULE_TYPES: dict[str, type] = {"QuantLinear": QuantLinear}
+MODULE_TYPES: dict[str, type] = {"QuantLinear": QuantLinear, "Int8Linear": Int8Linear}
 
 
 def _custom_modules(model: torch.nn.Module) -> dict[str, dict]:

@@ -41,3 +41,17 @@ def test_every_method_is_fully_registered(name):
     assert m.family in FAMILIES and m.title
     assert m.arxiv is None or len(m.arxiv.split(".")) == 2
     assert m.apply.__module__.startswith("efflm.")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_method_saves_and_reloads_bit_exactly(name, tiny, tiny_ids, tmp_path):
+    from efflm.models.load import load
+    from efflm.models.save import save
+
+    model, tok = tiny
+    m = get(name)
+    calib = torch.randint(3, 259, (4, 64), generator=torch.Generator().manual_seed(0)) if m.needs_calibration else None
+    out_model = m.apply(model, m.config_cls(), calib)
+    save(out_model, tok, tmp_path / "m", recipes.to_yaml([m.config_cls()]))
+    back, _ = load(str(tmp_path / "m"))
+    assert torch.equal(back(tiny_ids).logits, out_model(tiny_ids).logits)

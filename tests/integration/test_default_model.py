@@ -3,36 +3,10 @@ import math
 
 import pytest
 
-from efflm.bench.metrics import perplexity
-from efflm.core.registry import check_for_model, config_from_dict, get
 from efflm.data import text
-from efflm.models import load as loader
+from smol_helpers import ppl_after as _ppl_after
 
 pytestmark = pytest.mark.integration
-SEQ, WINDOWS = 512, 4
-
-
-@pytest.fixture(scope="module")
-def smol():
-    model, tok = loader.load("smollm2-135m")
-    return model, tok, text.eval_tokens(tok, SEQ * WINDOWS)
-
-
-def _ppl_after(recipe_steps, ids, calib=None):
-    model, _ = loader.load("smollm2-135m")
-    for step in recipe_steps:
-        cfg = config_from_dict(step)
-        check_for_model(model.config, cfg)
-        model = get(cfg.method).apply(model, cfg, calib)
-    return perplexity(model, ids, SEQ, WINDOWS)["ppl"]
-
-
-@pytest.fixture(scope="module")
-def ppl(smol):
-    model, _, ids = smol
-    dense = perplexity(model, ids, SEQ, WINDOWS)["ppl"]
-    rtn = {b: _ppl_after([{"method": "rtn", "bits": b, "group_size": 64}], ids) for b in (3, 4, 8)}
-    return dense, rtn
 
 
 def test_loads_offline_as_plain_llama(smol):
@@ -83,10 +57,9 @@ def test_evaluation_text_is_never_in_calibration_windows(smol):
 
 
 @pytest.mark.parametrize("bits,margin", [(3, 0.8), (4, 1.0)])
-def test_gptq_paper_shape_against_rtn(smol, ppl, bits, margin):
+def test_gptq_paper_shape_against_rtn(smol, ppl, calib, bits, margin):
     # GPTQ Table 3: clearly below RTN at 3 bits, at or below it at 4 bits (8 x 512 calibration tokens here).
     _, tok, ids = smol
-    calib = text.calibration_windows(tok, 8, 512, seed=0)
     gptq = _ppl_after([{"method": "gptq", "bits": bits, "group_size": 64}], ids, calib)
     _, rtn = ppl
     assert gptq < margin * rtn[bits], (bits, gptq, rtn[bits])

@@ -1,0 +1,103 @@
+"""Export a quantized efflm model as a compressed-tensors checkpoint (the format vLLM serves).
+
+The writing is done by the ``compressed-tensors`` library itself: each ``QuantLinear``
+becomes an ``nn.Linear`` holding its exactly dequantized weight plus the library's
+``weight_scale`` parameter, the library's ``pack-quantized`` compressor re-derives the integer
+codes (exactly ours: round(w / s) gives back our codes, checked) and packs them into int32, and
+``ModelCompressor.update_config`` writes the ``quantization_config`` that transformers and
+vLLM read. Only symmetric grids export: compressed-tensors stores integer zero points, efflm's
+asymmetric grid has float offsets.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from efflm.core.atomic import atomic_dir
+from efflm.core.errors import EfflmError
+from efflm.models.arch import set_module
+from efflm.quantize.linear import QuantLinear
+
+EXPORT_DTYPE = torch.float16  # fp16 holds efflm's fp16 scales exactly (bf16 would not)
+
+
+def _scheme_key(m: QuantLinear) -> tuple[int, int, bool]:
+    return m.bits, m.group_size, m.group_size == m.in_features
+
+
+def quantization_config(groups: dict[tuple[int, int, bool], list[str]]) -> Any:
+    """A compressed-tensors QuantizationConfig with one config group per (bits, group size)."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
+
+    config_groups = {}
+    for i, ((bits, group_size, per_channel), names) in enumerate(sorted(groups.items())):
+        args = QuantizationArgs(num_bits=bits, type="int", symmetric=True,
+                                strategy="channel" if per_channel else "group",
+                                group_size=None if per_channel else group_size)
+        config_groups[f"group_{i}"] = QuantizationScheme(targets=sorted(names), weights=args)
+    return QuantizationConfig(config_groups=config_groups, format="pack-quantized")
+
+
+def check_recipe(recipe: list) -> None:
+    """Refuse, before any work, a recipe this exporter cannot write."""
+    for cfg in recipe:
+        if hasattr(cfg, "symmetric") and not cfg.symmetric:
+            raise EfflmError(f"compressed-tensors export: {cfg.label()} is asymmetric; "
+                             "use symmetric=true (integer zero points)")
+        if cfg.method in ("w8a8", "smoothquant"):
+            raise EfflmError(f"compressed-tensors export: {cfg.method} (W8A8) export is not supported yet; "
+                             "weight-only W4A16/W8A16 are")
+
+
+def export(model: torch.nn.Module, tokenizer: Any, out: str | Path, overwrite: bool = False) -> Path:
+    """Write ``model`` (with QuantLinear modules) to ``out`` as a compressed-tensors checkpoint."""
+    try:
+        from compressed_tensors.compressors import ModelCompressor
+        from compressed_tensors.quantization import apply_quantization_config
+    except ImportError as e:
+        raise EfflmError("compressed-tensors export needs the compressed-tensors package "
+                         "(pip install 'efflm[interop]')") from e
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise EfflmError(f"output exists: {out} (choose another --out)")
+    quantized = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    if not quantized:
+        raise EfflmError("compressed-tensors export needs a quantized model (no QuantLinear found)")
+    if any(not m.symmetric for m in quantized.values()):
+        raise EfflmError("compressed-tensors export needs symmetric grids (integer zero points); "
+                         "this model has asymmetric float offsets")
+    groups: dict[tuple[int, int, bool], list[str]] = {}
+    for name, m in quantized.items():
+        groups.setdefault(_scheme_key(m), []).append(name)
+
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_config(model.config, dtype=EXPORT_DTYPE)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(tuple(f"{n}." for n in quantized))}
+    plain.load_state_dict({k: v.to(EXPORT_DTYPE) if v.is_floating_point() else v for k, v in state.items()},
+                          strict=False)
+    plain.tie_weights()
+    for name, m in quantized.items():
+        linear = torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, dtype=EXPORT_DTYPE)
+        linear.weight.data = m.dequantize(torch.float32).to(EXPORT_DTYPE)  # round(w / s) is still q
+        if m.bias is not None:
+            linear.bias.data = m.bias.data.to(EXPORT_DTYPE)
+        set_module(plain, name, linear)
+    apply_quantization_config(plain, quantization_config(groups), show_progress=False)
+    for name, m in quantized.items():
+        linear = plain.get_submodule(name)
+        linear.weight_scale.data = m.scales.to(EXPORT_DTYPE).reshape(linear.weight_scale.shape)
+        codes = linear.weight.float() / linear.weight_scale.float().repeat_interleave(
+            m.group_size, dim=1)[:, :m.in_features]
+        if not torch.equal(codes.round(), m.codes().float() - 2 ** (m.bits - 1)):
+            raise EfflmError(f"compressed-tensors export: {name} is not on its own grid")
+    compressor = ModelCompressor.from_pretrained_model(plain, quantization_format="pack-quantized")
+    compressor.compress_model(plain)
+    with atomic_dir(out, replace=True) as tmp:
+        plain.save_pretrained(tmp)
+        compressor.update_config(str(tmp))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return out

@@ -1,0 +1,168 @@
+"""Export an efflm model as a GGUF file that llama.cpp runs, keeping GPTQ/AWQ-optimized codes.
+
+Symmetric 4-bit and 8-bit ``QuantLinear`` weights with groups of 32 sit exactly on llama.cpp's
+Q4_0 / Q8_0 grids (``w = d·(q − 8)`` resp. ``w = d·q`` with an fp16 ``d`` per 32 weights), so
+their codes and scales are written as Q4_0 / Q8_0 blocks unchanged — no re-rounding — and
+every tensor is checked against the ``gguf`` library's own dequantizer before the file is
+written. The file itself is written by ``gguf.GGUFWriter``; tokenizer and chat-template
+metadata come from a template GGUF (the file the model was loaded from). Norms are F32, the
+embedding Q8_0 (as llama.cpp ships it) via the library's quantizer, float Linears F16.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from efflm.core.atomic import atomic_write_bytes_from
+from efflm.core.errors import EfflmError
+from efflm.models.arch import layout_for
+from efflm.quantize.linear import QuantLinear
+
+_SKIP_KEYS = ("GGUF.", "general.architecture", "general.file_type")
+
+
+def check_recipe(recipe: list) -> None:
+    """Refuse, before any work, a recipe whose weights cannot become Q4_0/Q8_0 blocks."""
+    for cfg in recipe:
+        if hasattr(cfg, "bits") and not (cfg.bits in (4, 8) and cfg.group_size == 32 and cfg.symmetric):
+            raise EfflmError(f"GGUF export: {cfg.label()} cannot be written as Q4_0/Q8_0; use bits 4 or 8, "
+                             "group_size 32, symmetric")
+        if cfg.method in ("w8a8", "smoothquant"):
+            raise EfflmError(f"GGUF export: {cfg.method} quantizes activations; llama.cpp files hold weights only")
+
+
+def rope_permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Reorder q/k rows from Hugging Face's rotate-half layout to GGUF's interleaved layout."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def q4_0_blocks(codes: torch.Tensor, scales: torch.Tensor) -> np.ndarray:
+    """Q4_0 bytes [rows, blocks·18] from 4-bit codes [rows, in] (0..15) and fp16 scales [rows, in/32]."""
+    rows, cols = codes.shape
+    q = codes.reshape(rows, cols // 32, 2, 16).to(torch.uint8)
+    qs = (q[:, :, 0] | (q[:, :, 1] << 4)).numpy()                                   # [rows, blocks, 16]
+    d = scales.to(torch.float16).numpy().view(np.uint8).reshape(rows, cols // 32, 2)
+    return np.concatenate([d, qs], axis=-1).reshape(rows, -1)
+
+
+def q8_0_blocks(codes: torch.Tensor, scales: torch.Tensor) -> np.ndarray:
+    """Q8_0 bytes [rows, blocks·34] from 8-bit codes [rows, in] (0..255, zero at 128) and fp16 scales."""
+    rows, cols = codes.shape
+    qs = (codes.to(torch.int16) - 128).to(torch.int8).numpy().view(np.uint8).reshape(rows, cols // 32, 32)
+    d = scales.to(torch.float16).numpy().view(np.uint8).reshape(rows, cols // 32, 2)
+    return np.concatenate([d, qs], axis=-1).reshape(rows, -1)
+
+
+def _quant_tensor(name: str, m: QuantLinear, permute_heads: int | None):
+    import gguf
+
+    if not (m.symmetric and m.group_size == 32 and m.bits in (4, 8)):
+        raise EfflmError(f"GGUF export: {name} is {m.bits}-bit g{m.group_size} "
+                         f"{'symmetric' if m.symmetric else 'asymmetric'}; llama.cpp's Q4_0/Q8_0 need "
+                         "symmetric 4- or 8-bit codes with group_size 32")
+    codes, scales = m.codes(), m.scales
+    if permute_heads:
+        codes, scales = rope_permute(codes, permute_heads), rope_permute(scales, permute_heads)
+    qtype = gguf.GGMLQuantizationType.Q4_0 if m.bits == 4 else gguf.GGMLQuantizationType.Q8_0
+    data = q4_0_blocks(codes, scales) if m.bits == 4 else q8_0_blocks(codes, scales)
+    want = m.dequantize(torch.float32)
+    if permute_heads:
+        want = rope_permute(want, permute_heads)
+    if not np.array_equal(gguf.quants.dequantize(data, qtype), want.numpy()):
+        raise EfflmError(f"GGUF export: {name} does not round-trip through gguf's {qtype.name} dequantizer")
+    return data, qtype
+
+
+def _tensors(model: torch.nn.Module):
+    """(gguf name, numpy data, ggml type or None for plain float) for every tensor llama.cpp needs."""
+    import gguf
+
+    cfg = model.config
+    layout = layout_for(cfg.model_type)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
+    heads = {layout.attn_linears[0]: cfg.num_attention_heads, layout.attn_linears[1]: cfg.num_key_value_heads}
+    modules = dict(model.named_modules())
+    tied = getattr(cfg, "tie_word_embeddings", False)
+    for key, value in model.state_dict().items():
+        owner, _, leaf = key.rpartition(".")
+        if tied and owner == layout.lm_head:
+            continue
+        module = modules.get(owner)
+        gname = names.get_name(f"{owner}.weight" if isinstance(module, QuantLinear) else key,
+                               try_suffixes=(".weight", ".bias"))
+        if gname is None:
+            raise EfflmError(f"GGUF export: no llama.cpp name for {key}")
+        permute = next((n for suffix, n in heads.items() if owner.endswith(suffix)), None)
+        if isinstance(module, QuantLinear):
+            if leaf != "qweight":
+                continue  # scales travel inside the blocks
+            data, qtype = _quant_tensor(owner, module, permute)
+            yield gname, data, qtype
+            continue
+        w = value.float()
+        if permute and leaf == "weight":
+            w = rope_permute(w, permute)
+        if owner == layout.embed:
+            yield gname, gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+        elif w.ndim == 2:
+            yield gname, w.to(torch.float16).numpy(), None
+        else:
+            yield gname, w.numpy(), None
+
+
+def _copy_metadata(writer, template: Path, model: torch.nn.Module) -> None:
+    import gguf
+
+    reader = gguf.GGUFReader(template)
+    if reader.fields["general.architecture"].contents() != "llama":
+        raise EfflmError(f"GGUF export: template {template} is not a llama-architecture file")
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    override = {
+        "llama.block_count": cfg.num_hidden_layers, "llama.embedding_length": cfg.hidden_size,
+        "llama.feed_forward_length": cfg.intermediate_size, "llama.attention.head_count": cfg.num_attention_heads,
+        "llama.attention.head_count_kv": cfg.num_key_value_heads, "llama.rope.dimension_count": head_dim,
+        "llama.vocab_size": cfg.vocab_size}
+    for key, field in reader.fields.items():
+        if key.startswith(_SKIP_KEYS):
+            continue
+        vtype = field.types[0]
+        value = override.get(key, field.contents())
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, value, vtype, sub_type=sub)
+
+
+def export(model: torch.nn.Module, template: Path | None, out: str | Path, overwrite: bool = False) -> Path:
+    """Write ``model`` to the GGUF file ``out`` (atomically); metadata from ``template``."""
+    import gguf
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise EfflmError(f"output exists: {out} (choose another --out)")
+    if out.suffix != ".gguf":
+        raise EfflmError(f"GGUF export: --out must end in .gguf, got {out.name}")
+    if template is None:
+        raise EfflmError("GGUF export needs the model's tokenizer metadata from a GGUF file: "
+                         "supported for models loaded from a .gguf (e.g. the default model)")
+    if model.config.model_type not in ("llama", "mistral"):
+        raise EfflmError(f"GGUF export supports llama-layout models, not {model.config.model_type!r}")
+    tensors = list(_tensors(model))
+    quant = {t for name, _, t in tensors if t is not None and name != "token_embd.weight"}
+
+    def write(path: Path) -> None:
+        writer = gguf.GGUFWriter(path, "llama")
+        _copy_metadata(writer, template, model)
+        file_type = gguf.LlamaFileType.MOSTLY_Q4_0 if gguf.GGMLQuantizationType.Q4_0 in quant else (
+            gguf.LlamaFileType.MOSTLY_Q8_0 if quant else gguf.LlamaFileType.MOSTLY_F16)
+        writer.add_file_type(file_type)
+        for name, data, qtype in tensors:
+            writer.add_tensor(name, data, raw_dtype=qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+
+    atomic_write_bytes_from(out, write)
+    return out

@@ -1,0 +1,79 @@
+"""SmoothQuant: Accurate and Efficient Post-Training Quantization for Large Language Models.
+
+arXiv 2211.10438 (Xiao, Lin, Seznec, Wu, Demouth, Han; ICML 2023).
+Algorithm: activation outliers live in a few input channels and make per-token int8
+activations lossy. Move the difficulty into the weights: per input channel
+s_j = max|X_j|^α / max|W_j|^(1−α) (α = migration strength), X ← X / s folded into the
+preceding op, W ← W · diag(s); then W8A8 (per-channel int8 weights, per-token int8 acts).
+Differences from the reference code: statistics come from the shared layer-by-layer runner
+(each layer sees the already-quantized earlier layers); besides the norm → q/k/v and
+norm → gate/up pairs of the reference, the down_proj input is smoothed through up_proj's
+rows (and o_proj's through v_proj's when the shapes allow it, i.e. without GQA).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from efflm.core.errors import ConfigError
+from efflm.core.layerwise import run
+from efflm.core.registry import MethodConfig, register
+from efflm.models.arch import layout_for, set_module
+from efflm.quantize.awq import fold_scales
+from efflm.quantize.w8a8 import Int8Linear
+
+
+def smoothing_scales(act_max: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
+    """s_j = max|X_j|^α / max_i|W_ij|^(1−α) over every weight reading input j."""
+    w_max = torch.cat([w.float().abs() for w in weights]).amax(dim=0)
+    s = act_max.clamp(min=1e-5) ** alpha / w_max.clamp(min=1e-5) ** (1 - alpha)
+    return s.clamp(min=1e-5)
+
+
+class _ActMax:
+    """Per-channel max |x| only (SmoothQuant needs no Hessian)."""
+
+    def __init__(self, n_in: int):
+        self.absmax = torch.zeros(n_in)
+
+    def add(self, x: torch.Tensor) -> None:
+        self.absmax = torch.maximum(self.absmax, x.reshape(-1, x.shape[-1]).float().abs().amax(dim=0))
+
+
+@dataclass(frozen=True)
+class SmoothQuantConfig(MethodConfig):
+    """SmoothQuant W8A8: smoothing with migration strength alpha in [0, 1], then int8 weights and
+    dynamic per-token int8 activations for every decoder Linear."""
+
+    method = "smoothquant"
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"smoothquant: alpha must be in [0, 1], got {self.alpha}")
+
+
+@register(SmoothQuantConfig, family="quantize",
+          title="SmoothQuant: Accurate and Efficient Post-Training Quantization for LLMs",
+          arxiv="2211.10438", needs_calibration=True, paper="smoothquant")
+def apply(model: torch.nn.Module, config: SmoothQuantConfig, calib: Any) -> torch.nn.Module:
+    layout = layout_for(model.config.model_type)
+
+    def solve(i: int, layer: torch.nn.Module, observers: dict) -> None:
+        prefix = f"{layout.layers}.{i}."
+        for group, source_name in zip(layout.input_groups, layout.input_sources):
+            linears = [layer.get_submodule(n) for n in group]
+            source = layer.get_submodule(source_name)
+            if source.weight.shape[0] != linears[0].in_features:
+                continue  # o_proj under GQA: nothing to fold into
+            s = smoothing_scales(observers[prefix + group[0]].absmax, [lin.weight for lin in linears],
+                                 config.alpha)
+            fold_scales(source, s)
+            for lin in linears:
+                lin.weight.data.mul_(s.to(lin.weight.dtype))
+        for name in layout.linears:
+            set_module(layer, name, Int8Linear.from_linear(layer.get_submodule(name)))
+
+    return run(model, calib, lambda path, linear: _ActMax(linear.in_features), solve, desc="smoothquant")

@@ -1,0 +1,84 @@
+"""Exports of the default model that other engines load: GGUF (llama.cpp) and compressed-tensors."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from smol_helpers import SEQ, WINDOWS, apply_steps
+
+from efflm.bench.metrics import perplexity
+from efflm.cli import main
+from efflm.models.gguf_export import export
+from efflm.models.load import smollm2_gguf
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def rtn4(smol):
+    return apply_steps([{"method": "rtn", "bits": 4, "group_size": 32}])
+
+
+@pytest.fixture(scope="module")
+def gguf_file(rtn4, tmp_path_factory):
+    return export(rtn4, smollm2_gguf(), tmp_path_factory.mktemp("gguf") / "w4.gguf")
+
+
+def llama_cpp_ppl(path, ids, seq_len, windows):
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=seq_len, n_threads=2, logits_all=True, verbose=False)
+    nll, n = 0.0, 0
+    for w in range(windows):
+        x = ids[w * seq_len:(w + 1) * seq_len].tolist()
+        llm.reset()
+        llm.eval(x)
+        logp = torch.log_softmax(torch.tensor(np.array(llm.scores[:seq_len]), dtype=torch.float64), -1)
+        nll -= logp[:-1].gather(1, torch.tensor(x[1:])[:, None]).sum().item()
+        n += seq_len - 1
+    return math.exp(nll / n), llm
+
+
+def test_gguf_q4_0_runs_in_llama_cpp_within_1_percent(smol, rtn4, gguf_file):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make test`")
+    _, _, ids = smol
+    ours = perplexity(rtn4, ids, SEQ, WINDOWS)["ppl"]
+    theirs, llm = llama_cpp_ppl(gguf_file, ids, SEQ, WINDOWS)
+    assert abs(theirs / ours - 1) < 0.01, (ours, theirs)
+    text = llm("The capital of France is", max_tokens=8, temperature=0)["choices"][0]["text"]
+    assert len(text.split()) >= 3 and text.isascii(), text
+
+
+def test_gguf_reads_back_in_transformers_with_the_same_weights(rtn4, gguf_file):
+    # transformers undoes the q/k row permutation on load: equal weights prove the layout
+    from transformers import AutoModelForCausalLM
+
+    back = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+    ours = rtn4.model.layers[3].self_attn
+    for name in ("q_proj", "k_proj", "v_proj"):
+        assert torch.equal(getattr(back.model.layers[3].self_attn, name).weight, getattr(ours, name).dequantize(torch.float32))
+
+
+def test_compressed_tensors_checkpoint_loads_in_transformers(smol, rtn4, tmp_path):
+    pytest.importorskip("compressed_tensors")
+    from transformers import AutoModelForCausalLM
+
+    from efflm.models.compressed_tensors import export as ct_export
+
+    _, tok, ids = smol
+    out = ct_export(rtn4, tok, tmp_path / "ct")
+    back = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    x = ids[:128][None]
+    a, b = rtn4(x).logits, back(x).logits
+    assert (a - b).abs().max() < 0.05 * a.abs().max(), (a - b).abs().max()
+    assert torch.equal(a.argmax(-1), b.argmax(-1)) or (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.99
+    size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    assert size < 0.4 * 538e6, size  # packed int4 + fp16 embedding, against 538 MB of fp32
+
+
+def test_cli_gguf_export_refuses_a_grid_llama_cpp_lacks(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("- method: gptq\n  bits: 4\n  group_size: 64\n")
+    assert main(["compress", "--recipe", str(recipe), "--format", "gguf", "--out", str(tmp_path / "x.gguf")]) == 2
+    assert "Q4_0" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.gguf*"))

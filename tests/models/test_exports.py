@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+import torch
+
+from efflm.core.errors import EfflmError
+from efflm.core.registry import config_from_dict, get
+from efflm.models import compressed_tensors, gguf_export
+from efflm.quantize import rtn
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_gguf_blocks_are_exact_for_the_gguf_dequantizer(bits):
+    import gguf
+
+    w = torch.randn(6, 128)
+    scales, _ = rtn.grid(w, bits, 32, True)
+    codes = rtn.quantize(w, scales, None, bits, 32)
+    blocks = (gguf_export.q4_0_blocks if bits == 4 else gguf_export.q8_0_blocks)(codes, scales)
+    qtype = gguf.GGMLQuantizationType.Q4_0 if bits == 4 else gguf.GGMLQuantizationType.Q8_0
+    assert blocks.shape == (6, 4 * (18 if bits == 4 else 34))
+    assert np.array_equal(gguf.quants.dequantize(blocks, qtype), rtn.dequantize(codes, scales, None, bits, 32).numpy())
+
+
+def test_rope_permute_is_undone_by_transformers_gguf_loader():
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    w = torch.randn(8 * 3, 5)  # 3 heads of dim 8
+    p = gguf_export.rope_permute(w, 3)
+    assert not torch.equal(p, w)
+    back = LlamaTensorProcessor(config={})._reverse_permute_weights(p.numpy(), 3, 3)
+    assert np.array_equal(back, w.numpy())
+
+
+def test_gguf_export_refuses_other_grids_and_missing_template(tiny, tmp_path):
+    model, _ = tiny
+    with pytest.raises(EfflmError, match="tokenizer metadata"):
+        gguf_export.export(model, None, tmp_path / "x.gguf")
+    with pytest.raises(EfflmError, match="Q4_0/Q8_0"):
+        gguf_export.check_recipe([config_from_dict({"method": "rtn", "bits": 3, "group_size": 32})])
+    with pytest.raises(EfflmError, match="activations"):
+        gguf_export.check_recipe([config_from_dict({"method": "smoothquant"})])
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("bits,group_size", [(4, 32), (8, -1), (3, 64)])
+def test_compressed_tensors_round_trip_on_tiny(tiny, tiny_ids, tmp_path, bits, group_size):
+    pytest.importorskip("compressed_tensors")
+    from transformers import AutoModelForCausalLM
+
+    model, tok = tiny
+    model = get("rtn").apply(model, config_from_dict({"method": "rtn", "bits": bits, "group_size": group_size}))
+    out = compressed_tensors.export(model, tok, tmp_path / "ct")
+    back = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    torch.testing.assert_close(back(tiny_ids).logits, model(tiny_ids).logits, rtol=0, atol=5e-3)
+    ours = model.model.layers[1].mlp.down_proj.dequantize(torch.float32)  # decompressed on first forward
+    torch.testing.assert_close(back.model.layers[1].mlp.down_proj.weight.float(), ours, rtol=1e-3, atol=1e-6)
+
+
+def test_compressed_tensors_refuses_asymmetric_and_unquantized(tiny, tmp_path):
+    pytest.importorskip("compressed_tensors")
+    model, tok = tiny
+    with pytest.raises(EfflmError, match="quantized model"):
+        compressed_tensors.export(model, tok, tmp_path / "a")
+    asym = get("rtn").apply(model, config_from_dict({"method": "rtn", "bits": 4, "symmetric": False, "group_size": 32}))
+    with pytest.raises(EfflmError, match="symmetric"):
+        compressed_tensors.export(asym, tok, tmp_path / "b")
+    assert not list(tmp_path.iterdir())
