@@ -134,6 +134,9 @@ def _positive(v: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from efflm.bench.metrics import EVAL_SEQ_LEN, EVAL_WINDOWS
+    from efflm.core.pipeline import CALIB_LEN, CALIB_SAMPLES
+
     p = argparse.ArgumentParser(prog="efflm", description="Compress, run and measure LLM efficiency methods.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -146,8 +149,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--suite", choices=["default", "full"], default="default")
     b.add_argument("--db", default="results/efflm.sqlite")
     b.add_argument("--out-dir", default="results")
-    for name, default in (("seq-len", 512), ("windows", 8), ("prompt-len", 128), ("new-tokens", 32),
-                          ("reps", 3), ("calib-samples", 16), ("calib-len", 512), ("threads", 2)):
+    for name, default in (("seq-len", EVAL_SEQ_LEN), ("windows", EVAL_WINDOWS), ("prompt-len", 128),
+                          ("new-tokens", 32), ("reps", 3), ("calib-samples", CALIB_SAMPLES),
+                          ("calib-len", CALIB_LEN), ("threads", 2)):
         b.add_argument(f"--{name}", type=_positive, default=default)
     b.set_defaults(fn=cmd_bench)
 
@@ -164,18 +168,18 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=["efflm", "compressed-tensors", "gguf"], default="efflm",
                    help="efflm directory (default), compressed-tensors directory (vLLM, transformers), "
                         "or a .gguf file (llama.cpp; symmetric 4/8-bit g32 codes as Q4_0/Q8_0)")
-    c.add_argument("--calib-samples", type=_positive, default=16)
-    c.add_argument("--calib-len", type=_positive, default=512)
+    c.add_argument("--calib-samples", type=_positive, default=CALIB_SAMPLES)
+    c.add_argument("--calib-len", type=_positive, default=CALIB_LEN)
     c.set_defaults(fn=cmd_compress)
 
     e = sub.add_parser("eval", help="perplexity of a model (optionally after a recipe) on a text")
     e.add_argument("--model", default=DEFAULT_MODEL)
     e.add_argument("--recipe")
     e.add_argument("--text-file", help="any UTF-8 text file (default: the Shakespeare evaluation split)")
-    e.add_argument("--seq-len", type=_positive, default=512)
-    e.add_argument("--windows", type=_positive, default=8)
-    e.add_argument("--calib-samples", type=_positive, default=16)
-    e.add_argument("--calib-len", type=_positive, default=512)
+    e.add_argument("--seq-len", type=_positive, default=EVAL_SEQ_LEN)
+    e.add_argument("--windows", type=_positive, default=EVAL_WINDOWS)
+    e.add_argument("--calib-samples", type=_positive, default=CALIB_SAMPLES)
+    e.add_argument("--calib-len", type=_positive, default=CALIB_LEN)
     e.set_defaults(fn=cmd_eval)
 
     from efflm.catalog.commands import add_parser as add_papers

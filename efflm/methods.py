@@ -3,5 +3,6 @@ import efflm.models.dense  # noqa: F401
 import efflm.quantize.gptq  # noqa: F401
 import efflm.quantize.rtn  # noqa: F401
 import efflm.quantize.awq  # noqa: F401
+import efflm.quantize.embedding  # noqa: F401
 import efflm.quantize.smoothquant  # noqa: F401
 import efflm.quantize.w8a8  # noqa: F401

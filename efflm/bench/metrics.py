@@ -27,8 +27,12 @@ from efflm.core.errors import EfflmError
 from efflm.core.progress import progress
 
 
+EVAL_SEQ_LEN, EVAL_WINDOWS = 512, 4  # default evaluation: 4 windows of 512 tokens (2,044 scored)
+
+
 @torch.inference_mode()
-def perplexity(model: torch.nn.Module, ids: torch.Tensor, seq_len: int = 512, n_windows: int = 8) -> dict:
+def perplexity(model: torch.nn.Module, ids: torch.Tensor, seq_len: int = EVAL_SEQ_LEN,
+               n_windows: int = EVAL_WINDOWS) -> dict:
     """Token-level perplexity over non-overlapping windows (paper style)."""
     available = ids.numel() // seq_len
     if available < 1:
@@ -63,11 +67,13 @@ def model_bytes(model: torch.nn.Module) -> int:
 
 def bytes_read_per_token(model: torch.nn.Module) -> int:
     """Bytes a decode step must stream: all weights, except an untied input embedding (one row)."""
-    emb = model.get_input_embeddings().weight
+    emb = {t.data_ptr(): t for t in model.get_input_embeddings().state_dict().values()}
     out = model.get_output_embeddings()
-    tied = out is not None and out.weight.data_ptr() == emb.data_ptr()
+    head = {t.data_ptr() for t in out.state_dict().values()} if out is not None else set()
     total = model_bytes(model)
-    return total if tied else total - emb.numel() * emb.element_size()
+    if head & set(emb):  # tied: the shared matrix is read every step as the lm_head
+        return total
+    return total - sum(t.numel() * t.element_size() for t in emb.values())
 
 
 def _timed(fn) -> float:

@@ -49,9 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True)
     p.add_argument("--recipe-file", required=True)
     p.add_argument("--out", required=True)
-    for name, default in (("seq-len", 512), ("windows", 8), ("prompt-len", 128), ("new-tokens", 32),
-                          ("reps", 3), ("calib-samples", 16), ("calib-len", 512), ("threads", 0)):
-        p.add_argument(f"--{name}", type=int, default=default)
+    for name in ("seq-len", "windows", "prompt-len", "new-tokens", "reps", "calib-samples", "calib-len", "threads"):
+        p.add_argument(f"--{name}", type=int, required=name != "threads", default=0)
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -17,8 +17,11 @@ def validate(model_spec: str, recipe: recipes.Recipe) -> Any:
     return hf_config
 
 
-def load_and_apply(model_spec: str, recipe: recipes.Recipe, calib_samples: int = 16,
-                   calib_len: int = 512) -> tuple[Any, Any]:
+CALIB_SAMPLES, CALIB_LEN = 8, 512  # default calibration: 8 windows of 512 tokens
+
+
+def load_and_apply(model_spec: str, recipe: recipes.Recipe, calib_samples: int = CALIB_SAMPLES,
+                   calib_len: int = CALIB_LEN) -> tuple[Any, Any]:
     """Validate, load, draw calibration windows if any step needs them, apply every step."""
     from efflm.data.text import calibration_windows
     from efflm.models.load import load

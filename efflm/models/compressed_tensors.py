@@ -46,9 +46,9 @@ def check_recipe(recipe: list) -> None:
         if hasattr(cfg, "symmetric") and not cfg.symmetric:
             raise EfflmError(f"compressed-tensors export: {cfg.label()} is asymmetric; "
                              "use symmetric=true (integer zero points)")
-        if cfg.method in ("w8a8", "smoothquant"):
-            raise EfflmError(f"compressed-tensors export: {cfg.method} (W8A8) export is not supported yet; "
-                             "weight-only W4A16/W8A16 are")
+        if cfg.method in ("w8a8", "smoothquant", "int8_embeddings"):
+            raise EfflmError(f"compressed-tensors export: {cfg.method} export is not supported yet; "
+                             "weight-only W4A16/W8A16 of the decoder Linears is")
 
 
 def export(model: torch.nn.Module, tokenizer: Any, out: str | Path, overwrite: bool = False) -> Path:
@@ -62,6 +62,9 @@ def export(model: torch.nn.Module, tokenizer: Any, out: str | Path, overwrite: b
     out = Path(out)
     if out.exists() and not overwrite:
         raise EfflmError(f"output exists: {out} (choose another --out)")
+    if any(type(m).__name__ in ("QuantEmbedding", "Int8Linear") for m in model.modules()):
+        raise EfflmError("compressed-tensors export supports weight-only QuantLinear models "
+                         "(not int8 embeddings or W8A8)")
     quantized = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
     if not quantized:
         raise EfflmError("compressed-tensors export needs a quantized model (no QuantLinear found)")

@@ -29,6 +29,8 @@ def check_recipe(recipe: list) -> None:
         if hasattr(cfg, "bits") and not (cfg.bits in (4, 8) and cfg.group_size == 32 and cfg.symmetric):
             raise EfflmError(f"GGUF export: {cfg.label()} cannot be written as Q4_0/Q8_0; use bits 4 or 8, "
                              "group_size 32, symmetric")
+        if cfg.method == "int8_embeddings":
+            raise EfflmError("GGUF export: int8_embeddings is not needed: the export writes the embedding as Q8_0")
         if cfg.method in ("w8a8", "smoothquant"):
             raise EfflmError(f"GGUF export: {cfg.method} quantizes activations; llama.cpp files hold weights only")
 

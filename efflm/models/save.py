@@ -19,10 +19,12 @@ from safetensors.torch import load_model, save_model
 from efflm.core.atomic import atomic_dir
 from efflm.core.errors import EfflmError
 from efflm.models.arch import set_module
+from efflm.quantize.embedding import QuantEmbedding
 from efflm.quantize.linear import QuantLinear
 from efflm.quantize.w8a8 import Int8Linear
 
-MODULE_TYPES: dict[str, type] = {"QuantLinear": QuantLinear, "Int8Linear": Int8Linear}
+MODULE_TYPES: dict[str, type] = {"QuantLinear": QuantLinear, "Int8Linear": Int8Linear,
+                                 "QuantEmbedding": QuantEmbedding}
 
 
 def _custom_modules(model: torch.nn.Module) -> dict[str, dict]:
@@ -76,8 +78,25 @@ def load_compressed(path: Path) -> tuple[torch.nn.Module, Any]:
             raise EfflmError(f"{path}: unknown efflm module type {entry['type']!r}")
         set_module(model, name, MODULE_TYPES[entry["type"]].from_spec(entry["args"]))
     missing, unexpected = load_model(model, str(weights), strict=False)
+    missing = set(missing) - _relink_tied(model, set(missing))
     if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
         raise EfflmError(f"{path}: weights do not match the saved layout ({len(missing)} missing, "
                          f"{len(unexpected)} unexpected tensors)")
-    model.tie_weights()
+    if not any(isinstance(m, QuantEmbedding) for m in model.modules()):
+        model.tie_weights()
     return model, AutoTokenizer.from_pretrained(path)
+
+
+def _relink_tied(model: torch.nn.Module, missing: set[str]) -> set[str]:
+    """Re-share the codes of a QuantEmbedding tied to its lm_head (the file holds them once)."""
+    relinked = set()
+    for name, m in model.named_modules():
+        if isinstance(m, QuantEmbedding) and m.tied_to:
+            head = model.get_submodule(m.tied_to)
+            for buf in ("qweight", "scales"):
+                if f"{name}.{buf}" in missing:
+                    setattr(m, buf, getattr(head, buf))
+                else:
+                    setattr(head, buf, getattr(m, buf))
+                relinked |= {f"{name}.{buf}", f"{m.tied_to}.{buf}"}
+    return relinked

@@ -10,7 +10,9 @@ that minimises each group's output error, and round to nearest.
 Differences from the reference code: the output error of a candidate is measured exactly on
 the Linears' outputs through the calibration Hessian, err = tr(ΔW H ΔWᵀ) (the reference runs
 the whole attention / MLP block on a sample); clipping uses the diagonal H blocks (the
-reference's per-group partial sums, on all calibration tokens instead of a subsample).
+reference's per-group partial sums, on all calibration tokens instead of a subsample); the α
+grid is searched coarse-to-fine (every other point, then the best one's neighbours), which
+finds the grid's optimum when the error is unimodal in α.
 """
 from __future__ import annotations
 
@@ -47,14 +49,20 @@ def search_scale(W: torch.Tensor, H: torch.Tensor, x_mean: torch.Tensor, bits: i
         g = group_size if group_size > 0 else W.shape[1]
         wg = W.abs().reshape(W.shape[0], -1, g)
         w_mean = (wg / wg.amax(dim=-1, keepdim=True).clamp(min=1e-8)).reshape(W.shape).mean(dim=0)
-    best_s, best_err, best_alpha = torch.ones(W.shape[1]), float("inf"), 0.0
-    for i in range(n_grid):
-        alpha = i / n_grid
-        s = scale_candidates(x_mean, w_mean, alpha)
-        dW = rtn.fake_quantize(W * s, bits, group_size, symmetric) / s - W
-        err = output_error(dW, H).item()
-        if err < best_err:
-            best_s, best_err, best_alpha = s, err, alpha
+    tried: dict[int, tuple[float, torch.Tensor]] = {}
+
+    def err_at(i: int) -> float:
+        if i not in tried:
+            s = scale_candidates(x_mean, w_mean, i / n_grid)
+            dW = rtn.fake_quantize(W * s, bits, group_size, symmetric) / s - W
+            tried[i] = (output_error(dW, H).item(), s)
+        return tried[i][0]
+
+    # every other grid point first, then the two neighbours of the best: the grid's optimum
+    # whenever the error is unimodal in α, at ~60% of the evaluations
+    best = min(range(0, n_grid, 2), key=err_at)
+    best = min((i for i in (best - 1, best, best + 1) if 0 <= i < n_grid), key=err_at)
+    best_alpha, best_s = best / n_grid, tried[best][1]
     return best_s, best_alpha
 
 

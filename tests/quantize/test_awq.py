@@ -78,3 +78,11 @@ def test_awq_apply_beats_rtn_on_tiny_model(tiny, tiny_ids):
     err_rtn = ((rtn_model(calib).logits - ref) ** 2).mean()
     err_awq = ((awq_model(calib).logits - ref) ** 2).mean()
     assert err_awq < err_rtn
+
+
+def test_coarse_to_fine_search_finds_the_full_grid_optimum():
+    W, X, h = _layer(seed=3)
+    s, alpha = search_scale(W, h.H, h.absmean, 3, 32, True, n_grid=20)
+    errs = [output_error(rtn.fake_quantize(W * c, 3, 32, True) / c - W, h.H).item()
+            for c in (scale_candidates(h.absmean, None, i / 20) for i in range(20))]
+    assert alpha == errs.index(min(errs)) / 20

@@ -1,0 +1,95 @@
+"""Optional int8 embedding and lm_head (by default they stay in the model's float type).
+
+No paper of its own: round-to-nearest, symmetric, one scale per row (per vocabulary entry),
+the treatment llama.cpp gives the output matrix. The lm_head becomes an 8-bit per-channel
+``QuantLinear`` (bf16 activations run it through ``_weight_int8pack_mm``) and the input
+embedding a ``QuantEmbedding`` that looks rows up in int8 codes. When the two are tied (as in
+SmolLM2, where this 576×49152 matrix is ~21% of all weights) they keep sharing one set of
+codes, so the model stores it once, at a quarter of its fp32 size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from efflm.core.registry import MethodConfig, register
+from efflm.quantize import rtn
+from efflm.quantize.linear import QuantLinear
+
+
+class QuantEmbedding(nn.Module):
+    """Embedding rows from int8 codes: ``row = scale[v] · qweight[v]`` (qweight signed int8)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, tied_to: str | None = None,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.tied_to = num_embeddings, embedding_dim, tied_to
+        self.register_buffer("qweight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("scales", torch.ones(num_embeddings, 1, dtype=torch.float16))
+        self.compute_dtype = dtype
+
+    @classmethod
+    def from_quant_linear(cls, ql: QuantLinear, tied_to: str | None) -> "QuantEmbedding":
+        """Share the codes of an 8-bit symmetric per-channel QuantLinear (no copy)."""
+        if ql.layout != "i8" or ql.group_size != ql.in_features:
+            raise ValueError("QuantEmbedding shares only 8-bit symmetric per-channel codes")
+        m = cls(ql.out_features, ql.in_features, tied_to, ql.compute_dtype)
+        m.qweight, m.scales = ql.qweight, ql.scales
+        return m
+
+    def spec(self) -> dict:
+        return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim,
+                "tied_to": self.tied_to, "dtype": str(self.compute_dtype).removeprefix("torch.")}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "QuantEmbedding":
+        return cls(**{**spec, "dtype": getattr(torch, spec["dtype"])})
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> None:
+        self.compute_dtype = dtype
+
+    def dequantize(self) -> torch.Tensor:
+        return (self.qweight.float() * self.scales.float()).to(self.compute_dtype)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return (self.qweight[ids].float() * self.scales[ids].float()).to(self.compute_dtype)
+
+    def extra_repr(self) -> str:
+        tied = f", tied to {self.tied_to}" if self.tied_to else ""
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 per row{tied}"
+
+
+def _is_tied(model: nn.Module) -> bool:
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    return head is not None and getattr(head, "weight", None) is getattr(emb, "weight", False)
+
+
+@dataclass(frozen=True)
+class Int8EmbeddingsConfig(MethodConfig):
+    """int8 (per-row, symmetric) lm_head and input embedding; tied matrices stay shared."""
+
+    method = "int8_embeddings"
+
+
+@register(Int8EmbeddingsConfig, family="quantize", title="int8 embedding and lm_head (round-to-nearest, per row)",
+          arxiv=None, needs_calibration=False, paper="rtn")
+def apply(model: nn.Module, config: Int8EmbeddingsConfig, calib: Any = None) -> nn.Module:
+    from efflm.models.arch import layout_for, set_module
+
+    layout = layout_for(model.config.model_type)
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if isinstance(emb, QuantEmbedding):
+        return model  # already applied
+    tied = _is_tied(model)
+    ql = rtn.to_quant_linear(head, 8, -1, True)
+    set_module(model, layout.lm_head, ql)
+    if not tied:
+        shell = nn.Linear(emb.embedding_dim, emb.num_embeddings, bias=False, dtype=emb.weight.dtype, device="meta")
+        ql_emb = rtn.to_quant_linear(shell, 8, -1, True, weight=emb.weight.data)
+        set_module(model, layout.embed, QuantEmbedding.from_quant_linear(ql_emb, None))
+    else:
+        set_module(model, layout.embed, QuantEmbedding.from_quant_linear(ql, layout.lm_head))
+    return model
