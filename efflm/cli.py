@@ -150,7 +150,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--db", default="results/efflm.sqlite")
     b.add_argument("--out-dir", default="results")
     for name, default in (("seq-len", EVAL_SEQ_LEN), ("windows", EVAL_WINDOWS), ("prompt-len", 128),
-                          ("new-tokens", 32), ("reps", 3), ("calib-samples", CALIB_SAMPLES),
+                          ("new-tokens", 32), ("reps", 2), ("calib-samples", CALIB_SAMPLES),
                           ("calib-len", CALIB_LEN), ("threads", 2)):
         b.add_argument(f"--{name}", type=_positive, default=default)
     b.set_defaults(fn=cmd_bench)

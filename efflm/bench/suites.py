@@ -26,7 +26,7 @@ def default_suite() -> list[Recipe]:
         _r({"method": "gptq", "bits": 3, "group_size": 64}, bf16),
         _r({"method": "awq", "bits": 3, "group_size": 64}, bf16),
         _r({"method": "w8a8"}),
-        _r({"method": "smoothquant", "alpha": 0.5}),
+        _r({"method": "smoothquant", "alpha": 0.6}),
     ]
 
 

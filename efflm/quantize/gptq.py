@@ -97,7 +97,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, 
             q, dq = _column(W1[:, i], s_col, o_col, bits)
             codes[:, c] = q
             err = (W1[:, i] - dq) / Hinv1[i, i]
-            W1[:, i:].sub_(err[:, None] * Hinv1[i, i:][None, :])
+            W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)  # rank-1 update in place
             err1[:, i] = err
         W[:, i2:] -= err1 @ U[i1:i2, i2:]
     codes = codes.to(torch.uint8)

@@ -45,10 +45,11 @@ class _ActMax:
 @dataclass(frozen=True)
 class SmoothQuantConfig(MethodConfig):
     """SmoothQuant W8A8: smoothing with migration strength alpha in [0, 1], then int8 weights and
-    dynamic per-token int8 activations for every decoder Linear."""
+    dynamic per-token int8 activations for every decoder Linear. The paper tunes alpha per model
+    (0.5 by default); on SmolLM2 a sweep gave +2.1% ppl at 0.4 and 0.5, +1.3% at 0.6 and 0.7."""
 
     method = "smoothquant"
-    alpha: float = 0.5
+    alpha: float = 0.6
 
     def __post_init__(self) -> None:
         if not 0 <= self.alpha <= 1:
