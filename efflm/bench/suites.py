@@ -24,7 +24,7 @@ def default_suite() -> list[Recipe]:
         _r({"method": "rtn", "bits": 4, "group_size": 64}, bf16),   # int4 kernel
         _r({"method": "rtn", "bits": 3, "group_size": 64}, bf16),
         _r({"method": "gptq", "bits": 3, "group_size": 64}, bf16),
-        _r({"method": "awq", "bits": 3, "group_size": 64}, bf16),
+        _r({"method": "awq", "bits": 3, "group_size": 64, "n_grid": 10}, bf16),  # coarser grid: < 10 min
         _r({"method": "w8a8"}),
         _r({"method": "smoothquant", "alpha": 0.6}),
     ]

@@ -59,7 +59,7 @@ def check_finite(name: str, x: torch.Tensor) -> None:
 
 @torch.no_grad()
 def run(model: nn.Module, calib: torch.Tensor, observe: Callable[[str, nn.Linear], Observer],
-        solve: Callable[[int, nn.Module, dict[str, Observer]], None], batch_size: int = 8,
+        solve: Callable[[int, nn.Module, dict[str, Observer]], None], batch_size: int = 4,
         desc: str = "calibrate") -> nn.Module:
     """Calibrate ``model`` layer by layer; ``solve(i, layer, observers)`` compresses layer ``i``.
 
