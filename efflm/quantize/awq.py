@@ -113,10 +113,7 @@ class AWQConfig(MethodConfig):
     clip: bool = True
 
     def __post_init__(self) -> None:
-        if not 2 <= self.bits <= 8:
-            raise ConfigError(f"awq: bits must be in 2..8, got {self.bits}")
-        if self.group_size == 0 or self.group_size < -1:
-            raise ConfigError(f"awq: group_size must be positive or -1 (per-channel), got {self.group_size}")
+        rtn.check_grid_config(self)
         if self.n_grid < 1:
             raise ConfigError(f"awq: n_grid must be positive, got {self.n_grid}")
 

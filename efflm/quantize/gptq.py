@@ -123,10 +123,7 @@ class GPTQConfig(MethodConfig):
     block_size: int = 128
 
     def __post_init__(self) -> None:
-        if not 2 <= self.bits <= 8:
-            raise ConfigError(f"gptq: bits must be in 2..8, got {self.bits}")
-        if self.group_size == 0 or self.group_size < -1:
-            raise ConfigError(f"gptq: group_size must be positive or -1 (per-channel), got {self.group_size}")
+        rtn.check_grid_config(self)
         if not 0 < self.dampening < 1:
             raise ConfigError(f"gptq: dampening must be in (0, 1), got {self.dampening}")
         if self.block_size < 1:

@@ -84,6 +84,14 @@ def to_quant_linear(linear: torch.nn.Linear, bits: int, group_size: int, symmetr
     return ql
 
 
+def check_grid_config(cfg: Any) -> None:
+    """Shared validation of a weight-grid config (``bits``, ``group_size``) of rtn/gptq/awq."""
+    if not 2 <= cfg.bits <= 8:
+        raise ConfigError(f"{cfg.method}: bits must be in 2..8, got {cfg.bits}")
+    if cfg.group_size == 0 or cfg.group_size < -1:
+        raise ConfigError(f"{cfg.method}: group_size must be positive or -1 (per-channel), got {cfg.group_size}")
+
+
 def check_group_size(name: str, hf_config: Any, group_size: int) -> None:
     """Reject a group size that does not divide every decoder Linear's input width."""
     if group_size <= 0:
@@ -110,10 +118,7 @@ class RTNConfig(MethodConfig):
     symmetric: bool = True
 
     def __post_init__(self) -> None:
-        if not 2 <= self.bits <= 8:
-            raise ConfigError(f"rtn: bits must be in 2..8, got {self.bits}")
-        if self.group_size == 0 or self.group_size < -1:
-            raise ConfigError(f"rtn: group_size must be positive or -1 (per-channel), got {self.group_size}")
+        check_grid_config(self)
 
 
 @register(RTNConfig, family="quantize", title="Round-to-nearest weight quantization (baseline)",

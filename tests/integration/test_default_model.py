@@ -54,12 +54,3 @@ def test_evaluation_text_is_never_in_calibration_windows(smol):
     eval_text = text.split_text("eval")
     for w in text.calibration_windows(tok, 8, 128, seed=0):
         assert tok.decode(w.tolist()) not in eval_text
-
-
-@pytest.mark.parametrize("bits,margin", [(3, 0.8), (4, 1.0)])
-def test_gptq_paper_shape_against_rtn(smol, ppl, calib, bits, margin):
-    # GPTQ Table 3: clearly below RTN at 3 bits, at or below it at 4 bits (8 x 512 calibration tokens here).
-    _, tok, ids = smol
-    gptq = _ppl_after([{"method": "gptq", "bits": bits, "group_size": 64}], ids, calib)
-    _, rtn = ppl
-    assert gptq < margin * rtn[bits], (bits, gptq, rtn[bits])
