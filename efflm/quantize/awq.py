@@ -120,7 +120,7 @@ class AWQConfig(MethodConfig):
 
 @register(AWQConfig, family="quantize", title="AWQ: Activation-aware Weight Quantization",
           arxiv="2306.00978", needs_calibration=True, paper="awq",
-          check=lambda hf_config, cfg: rtn.check_group_size("awq", hf_config, cfg.group_size))
+          check=rtn.check_grid_for_model)
 def apply(model: torch.nn.Module, config: AWQConfig, calib: Any) -> torch.nn.Module:
     layout = layout_for(model.config.model_type)
     no_clip = set(layout.attn_linears[:2])  # q/k: clipping hurts through the softmax (paper §3)

@@ -132,7 +132,7 @@ class GPTQConfig(MethodConfig):
 
 @register(GPTQConfig, family="quantize", title="GPTQ: Accurate Quantization for Generative Pre-trained Transformers",
           arxiv="2210.17323", needs_calibration=True, paper="gptq",
-          check=lambda hf_config, cfg: rtn.check_group_size("gptq", hf_config, cfg.group_size))
+          check=rtn.check_grid_for_model)
 def apply(model: torch.nn.Module, config: GPTQConfig, calib: Any) -> torch.nn.Module:
     def solve(i: int, layer: torch.nn.Module, observers: dict) -> None:
         groups: dict[int, list[str]] = {}

@@ -92,6 +92,11 @@ def check_grid_config(cfg: Any) -> None:
         raise ConfigError(f"{cfg.method}: group_size must be positive or -1 (per-channel), got {cfg.group_size}")
 
 
+def check_grid_for_model(hf_config: Any, cfg: Any) -> None:
+    """The registry's model check shared by rtn/gptq/awq: the group size must divide every input."""
+    check_group_size(cfg.method, hf_config, cfg.group_size)
+
+
 def check_group_size(name: str, hf_config: Any, group_size: int) -> None:
     """Reject a group size that does not divide every decoder Linear's input width."""
     if group_size <= 0:
@@ -123,7 +128,7 @@ class RTNConfig(MethodConfig):
 
 @register(RTNConfig, family="quantize", title="Round-to-nearest weight quantization (baseline)",
           arxiv=None, needs_calibration=False, paper="rtn",
-          check=lambda hf_config, cfg: check_group_size("rtn", hf_config, cfg.group_size))
+          check=check_grid_for_model)
 def apply(model: torch.nn.Module, config: RTNConfig, calib: Any = None) -> torch.nn.Module:
     for path, linear in progress(decoder_linears(model), desc="rtn"):
         set_module(model, path, to_quant_linear(linear, config.bits, config.group_size, config.symmetric))
