@@ -146,7 +146,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--model", default=DEFAULT_MODEL)
     b.add_argument("--recipe", action="append", help="recipe YAML file (repeatable)")
     b.add_argument("--methods", help="comma-separated method names, each at its default config")
-    b.add_argument("--suite", choices=["default", "full"], default="default")
+    b.add_argument("--suite", choices=["default", "prune", "full"], default="default")
     b.add_argument("--db", default="results/efflm.sqlite")
     b.add_argument("--out-dir", default="results")
     for name, default in (("seq-len", EVAL_SEQ_LEN), ("windows", EVAL_WINDOWS), ("prompt-len", 128),

@@ -15,7 +15,7 @@ from efflm.core.errors import EfflmError
 DEFAULT_DB = Path("results") / "efflm.sqlite"
 METRICS = ("ppl", "eval_tokens", "seq_len", "bytes", "disk_bytes", "bytes_per_token", "tok_s", "tok_s_min",
            "tok_s_max", "ttft_ms", "ttft_ms_min", "ttft_ms_max", "ceiling_tok_s", "bandwidth_gbs",
-           "peak_rss_mb", "wall_s")
+           "peak_rss_mb", "wall_s", "sparse_bytes")
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -46,6 +46,10 @@ def connect(path: str | Path = DEFAULT_DB, create: bool = True) -> sqlite3.Conne
         conn.row_factory = sqlite3.Row
         conn.execute("BEGIN IMMEDIATE")  # fails now, not after an hour of work, if locked
         conn.execute(SCHEMA)
+        have = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+        for m in METRICS:  # a database from an older efflm gains the newer metric columns
+            if m not in have:
+                conn.execute(f"ALTER TABLE runs ADD COLUMN {m} REAL")
         conn.execute("COMMIT")
     except sqlite3.OperationalError as e:
         msg = "locked by another process" if "locked" in str(e) else f"unusable ({e})"

@@ -14,8 +14,9 @@ def _r(*steps: dict) -> Recipe:
 
 
 def default_suite() -> list[Recipe]:
-    """Dense fp32/bf16; packed W8 and W4 through the CPU kernels; RTN vs GPTQ vs AWQ at 3 bits
-    (int4 kernel); naive W8A8 vs SmoothQuant W8A8."""
+    """Dense fp32/bf16; packed W8 and W4 through the CPU kernels; RTN vs GPTQ at 3 bits (int4
+    kernel); SmoothQuant W8A8; one row each of unstructured pruning, structured pruning and
+    low-rank. AWQ and naive W8A8 moved to the full suite to keep this one under 10 minutes."""
     bf16 = {"method": "dense", "dtype": "bfloat16"}
     return [
         _r({"method": "dense", "dtype": "float32"}),
@@ -24,22 +25,43 @@ def default_suite() -> list[Recipe]:
         _r({"method": "rtn", "bits": 4, "group_size": 64}, bf16),   # int4 kernel
         _r({"method": "rtn", "bits": 3, "group_size": 64}, bf16),
         _r({"method": "gptq", "bits": 3, "group_size": 64}, bf16),
-        _r({"method": "awq", "bits": 3, "group_size": 64, "n_grid": 10}, bf16),  # coarser grid: < 10 min
-        _r({"method": "w8a8"}),
         _r({"method": "smoothquant", "alpha": 0.6}),
+        _r({"method": "wanda", "sparsity": 0.5}),       # prune: unstructured
+        _r({"method": "llm_pruner", "ratio": 0.34}),    # prune: structured, ~20% of all parameters
+        _r({"method": "fwsvd", "ratio": 0.2}),          # low-rank
     ]
 
 
+def prune_suite() -> list[Recipe]:
+    """Issue rows of the prune and low-rank families: magnitude / Wanda / SparseGPT at 50% and 2:4,
+    the joint 50% + 4-bit recipes, structured pruning at ~20% and ~35% of parameters, and
+    SVD / FWSVD / LoSparse at 10/20/30% of the decoder Linears' parameters."""
+    rows = [_r({"method": "dense", "dtype": "float32"})]
+    rows += [_r({"method": m, "pattern": p}) for m in ("magnitude", "wanda", "sparsegpt")
+             for p in ("unstructured", "2:4")]
+    rows += [_r({"method": "sparsegpt"}, {"method": "gptq", "bits": 4, "group_size": 64}),
+             _r({"method": "wanda"}, {"method": "rtn", "bits": 4, "group_size": 64})]
+    rows += [_r({"method": "llm_pruner", "ratio": r}) for r in (0.34, 0.59)]
+    rows += [_r({"method": "llm_pruner", "ratio": 0.25, "head_ratio": 0.333})]
+    rows += [_r({"method": m, "ratio": r}) for m in ("svd", "fwsvd", "losparse") for r in (0.1, 0.2, 0.3)]
+    return rows
+
+
 def full_suite() -> list[Recipe]:
-    """The default suite, the paper-shape rows, and every registered method at its default config."""
-    suite = default_suite() + [_r({"method": "rtn", "bits": b, "group_size": 64}) for b in (8, 4, 3)] + [
+    """The default and prune suites, the paper-shape rows, and every registered method at its
+    default config (each recipe once)."""
+    moved = [_r({"method": "awq", "bits": 3, "group_size": 64, "n_grid": 10}, {"method": "dense", "dtype": "bfloat16"}),
+             _r({"method": "w8a8"})]  # were in the default suite
+    suite = default_suite() + moved + prune_suite() + [_r({"method": "rtn", "bits": b, "group_size": 64}) for b in (8, 4, 3)] + [
         _r({"method": m, "bits": b, "group_size": 64}) for m in ("gptq", "awq") for b in (4, 3)]
-    labels = {tuple(c.label() for c in r) for r in suite}
-    for m in methods():
-        r = [m.config_cls()]
-        if (r[0].label(),) not in labels:
-            suite.append(r)
-    return suite
+    suite += [[m.config_cls()] for m in methods()]
+    seen, out = set(), []
+    for r in suite:
+        key = tuple(c.label() for c in r)
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
 
 
-SUITES = {"default": default_suite, "full": full_suite}
+SUITES = {"default": default_suite, "prune": prune_suite, "full": full_suite}

@@ -1,12 +1,14 @@
-"""Side by side with llm-compressor: GPTQ and AWQ, same model, calibration windows and evaluation.
+"""Side by side with llm-compressor: GPTQ, AWQ, SparseGPT and Wanda, same model, calibration
+windows and evaluation.
 
-    python -m efflm.bench.vs_llmcompressor [--model smollm2-135m] [--calib-samples 16]
+    python -m efflm.bench.vs_llmcompressor [--methods gptq,awq,sparsegpt,wanda,sparsegpt:2:4]
 
-Needs ``pip install 'efflm[anchors]'``. Both libraries quantize every decoder Linear to W4
-symmetric with groups of 64 (explicit config groups: llm-compressor's W4A16 preset uses
-groups of 128, which do not divide SmolLM2's 576-wide inputs) and leave lm_head alone. Each
-run starts from a fresh copy of the model; wall time covers the algorithm only. Prints the
-table and writes ``results/vs_llmcompressor.md``.
+Needs ``pip install 'efflm[anchors]'``. Quantization: both libraries quantize every decoder
+Linear to W4 symmetric with groups of 64 (explicit config groups: llm-compressor's W4A16
+preset uses groups of 128, which do not divide SmolLM2's 576-wide inputs). Pruning: 50%
+unstructured, or the N:M pattern after the colon, dampening 0.01, blocks of 128. lm_head is
+left alone. Each run starts from a fresh copy of the model; wall time covers the algorithm
+only. Prints the table and writes ``--out`` (default ``results/vs_llmcompressor.md``).
 """
 from __future__ import annotations
 
@@ -26,7 +28,29 @@ from efflm.models.load import load
 SCHEME = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": 64}
 
 
+def _split(method: str) -> tuple[str, str]:
+    name, _, pattern = method.partition(":")
+    return name, pattern or "unstructured"
+
+
+def _label(method: str) -> str:
+    name, pattern = _split(method)
+    if name in ("gptq", "awq"):
+        return f"{name} W4 sym g64"
+    return f"{name} {'50%' if pattern == 'unstructured' else pattern}"
+
+
 def _llmc_recipe(method: str):
+    name, pattern = _split(method)
+    if name in ("sparsegpt", "wanda"):
+        from llmcompressor.modifiers.pruning import WandaPruningModifier
+        from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
+
+        structure = "0:0" if pattern == "unstructured" else pattern
+        if name == "wanda":
+            return WandaPruningModifier(sparsity=0.5, mask_structure=structure, ignore=["re:.*lm_head"])
+        return SparseGPTModifier(sparsity=0.5, mask_structure=structure, dampening_frac=0.01, block_size=128,
+                                 ignore=["re:.*lm_head"])
     if method == "gptq":
         from llmcompressor.modifiers.quantization import GPTQModifier
 
@@ -51,11 +75,15 @@ def run_llmcompressor(model_spec: str, method: str, calib: torch.Tensor) -> tupl
 def run_efflm(model_spec: str, method: str, calib: torch.Tensor) -> tuple[torch.nn.Module, float]:
     import efflm.methods  # noqa: F401
 
-    extra = {"duo_scaling": True} if method == "awq" else {}  # llm-compressor's AWQ default
-    cfg = config_from_dict({"method": method, "bits": 4, "group_size": 64, "symmetric": True, **extra})
+    name, pattern = _split(method)
+    if name in ("sparsegpt", "wanda"):
+        cfg = config_from_dict({"method": name, "sparsity": 0.5, "pattern": pattern})
+    else:
+        extra = {"duo_scaling": True} if method == "awq" else {}  # llm-compressor's AWQ default
+        cfg = config_from_dict({"method": method, "bits": 4, "group_size": 64, "symmetric": True, **extra})
     model, _ = load(model_spec)
     t0 = time.perf_counter()
-    model = get(method).apply(model, cfg, calib)
+    model = get(name).apply(model, cfg, calib)
     return model, time.perf_counter() - t0
 
 
@@ -91,10 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         if failed:
             cells = [f"{res[w][0]:.3f}" if w in res else f"failed ({failed[w]})" for w in ("efflm", "llm-compressor")]
             times = [f"{res[w][1]:.1f}" if w in res else "–" for w in ("efflm", "llm-compressor")]
-            rows.append(f"| {method} W4 sym g64 | {cells[0]} | {cells[1]} | – | {times[0]} | {times[1]} | – |")
+            rows.append(f"| {_label(method)} | {cells[0]} | {cells[1]} | – | {times[0]} | {times[1]} | – |")
             continue
         (pe, te), (pl, tl) = res["efflm"], res["llm-compressor"]
-        rows.append(f"| {method} W4 sym g64 | {pe:.3f} | {pl:.3f} | {pe / pl:.3f} | {te:.1f} | {tl:.1f} | {te / tl:.2f} |")
+        rows.append(f"| {_label(method)} | {pe:.3f} | {pl:.3f} | {pe / pl:.3f} | {te:.1f} | {tl:.1f} | {te / tl:.2f} |")
     table = "\n".join([
         f"efflm vs llm-compressor on {a.model}: {a.calib_samples} x {a.calib_len} calibration tokens, "
         f"perplexity over {a.windows} x 512 evaluation tokens, {a.threads} threads.", "",

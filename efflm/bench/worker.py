@@ -32,6 +32,7 @@ def run(model_spec: str, recipe: recipes.Recipe, *, seq_len: int, windows: int, 
     result = metrics.perplexity(model, ids, seq_len=seq_len, n_windows=windows)
     result["bytes"] = metrics.model_bytes(model)
     result["bytes_per_token"] = metrics.bytes_read_per_token(model)
+    result["sparse_bytes"] = metrics.as_sparse_bytes(model)
     with tempfile.TemporaryDirectory(prefix="efflm-disk-") as tmp:
         result["disk_bytes"] = dir_bytes(save(model, tok, Path(tmp) / "m", recipes.to_yaml(recipe)))
     result.update(metrics.speed(model, ids[:prompt_len], new_tokens=new_tokens, reps=reps))

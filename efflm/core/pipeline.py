@@ -13,7 +13,7 @@ def validate(model_spec: str, recipe: recipes.Recipe) -> Any:
 
     hf_config = model_config(model_spec)
     for cfg in recipe:
-        check_for_model(hf_config, cfg)
+        hf_config = check_for_model(hf_config, cfg)
     return hf_config
 
 

@@ -44,13 +44,15 @@ class Method:
     apply: Callable[..., Any]
     check: Callable[[Any, MethodConfig], None] | None = None
     paper: str = ""  # id of the catalog entry (efflm/catalog/papers.yaml) this method implements
+    out_config: Callable[[Any, MethodConfig], Any] | None = None  # the config after apply, if it changes
 
 
 _REGISTRY: dict[str, Method] = {}
 
 
 def register(config_cls: type[MethodConfig], *, family: str, title: str, arxiv: str | None,
-             needs_calibration: bool, paper: str, check: Callable | None = None) -> Callable:
+             needs_calibration: bool, paper: str, check: Callable | None = None,
+             out_config: Callable | None = None) -> Callable:
     """Decorator for an ``apply`` function: ``@register(RTNConfig, family=...)``."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}")
@@ -60,7 +62,7 @@ def register(config_cls: type[MethodConfig], *, family: str, title: str, arxiv: 
         if not name or name in _REGISTRY:
             raise ValueError(f"method name {name!r} empty or registered twice")
         _REGISTRY[name] = Method(name, family, arxiv, title, needs_calibration, config_cls,
-                                 apply_fn, check, paper)
+                                 apply_fn, check, paper, out_config)
         return apply_fn
 
     return wrap
@@ -126,8 +128,10 @@ def config_from_dict(d: dict[str, Any]) -> MethodConfig:
         raise ConfigError(f"{m.name}: {e}") from None
 
 
-def check_for_model(hf_config: Any, config: MethodConfig) -> None:
-    """Model-dependent validation (e.g. group size divides every input dimension)."""
+def check_for_model(hf_config: Any, config: MethodConfig) -> Any:
+    """Model-dependent validation (e.g. group size divides every input dimension); returns the
+    model config the next recipe step will see (a structured-pruned model has new sizes)."""
     m = get(config.method)
     if m.check is not None:
         m.check(hf_config, config)
+    return m.out_config(hf_config, config) if m.out_config is not None else hf_config

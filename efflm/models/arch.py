@@ -67,6 +67,17 @@ def in_features(hf_config: Any) -> dict[str, int]:
     return widths
 
 
+def out_features(hf_config: Any) -> dict[str, int]:
+    """Output width of each decoder Linear, from the config alone."""
+    layout = layout_for(hf_config.model_type)
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+    kv = (getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads) * head_dim
+    q, k, v, o = layout.attn_linears
+    gate, up, down = layout.mlp_linears
+    return {q: hf_config.num_attention_heads * head_dim, k: kv, v: kv, o: hf_config.hidden_size,
+            gate: hf_config.intermediate_size, up: hf_config.intermediate_size, down: hf_config.hidden_size}
+
+
 def get_module(root: nn.Module, path: str) -> nn.Module:
     return root.get_submodule(path)
 

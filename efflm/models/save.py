@@ -18,13 +18,14 @@ from safetensors.torch import load_model, save_model
 
 from efflm.core.atomic import atomic_dir
 from efflm.core.errors import EfflmError
+from efflm.lowrank.linear import LowRankLinear
 from efflm.models.arch import set_module
 from efflm.quantize.embedding import QuantEmbedding
 from efflm.quantize.linear import QuantLinear
 from efflm.quantize.w8a8 import Int8Linear
 
 MODULE_TYPES: dict[str, type] = {"QuantLinear": QuantLinear, "Int8Linear": Int8Linear,
-                                 "QuantEmbedding": QuantEmbedding}
+                                 "QuantEmbedding": QuantEmbedding, "LowRankLinear": LowRankLinear}
 
 
 def _custom_modules(model: torch.nn.Module) -> dict[str, dict]:

@@ -8,7 +8,9 @@ lazily in blocks of 128 columns. Optional act-order visits columns by descending
 with "static" groups (grids fixed from the original weights, so packing stays in order).
 Differences from the reference code: a group's grid is computed from the columns' current
 (error-updated) values inside the block; when Cholesky fails, damping is raised ×10 up to
-three times, then the layer falls back to RTN and the run records it.
+three times, then the layer falls back to RTN and the run records it. Weights that are
+exactly zero (a pruned model) stay exactly zero on a symmetric grid and the error they
+leave is spread like any other — SparseGPT's joint sparse + quantized setting as a recipe.
 """
 from __future__ import annotations
 
@@ -72,6 +74,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, 
         scales, offsets = rtn.grid(W, bits, g, symmetric)
         return rtn.quantize(W, scales, offsets, bits, g), scales, offsets, {"fallback": "rtn", "damp": lam}
     W = W[:, perm]
+    zeros = W == 0  # a pruned model (over 1% exact zeros) stays pruned
+    zeros = zeros if symmetric and zeros.float().mean() > 0.01 else None
     codes = torch.empty(out, cols)
     col_group = perm // g  # group of each (permuted) column
     for i1 in range(0, cols, block_size):
@@ -95,6 +99,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, 
             else:
                 s_col, o_col = S[:, i], None if O is None else O[:, i]
             q, dq = _column(W1[:, i], s_col, o_col, bits)
+            if zeros is not None:  # zero is on the symmetric grid: keep the sparsity mask exact
+                q, dq = q.masked_fill(zeros[:, c], 2 ** (bits - 1)), dq.masked_fill(zeros[:, c], 0)
             codes[:, c] = q
             err = (W1[:, i] - dq) / Hinv1[i, i]
             W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)  # rank-1 update in place

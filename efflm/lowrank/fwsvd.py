@@ -1,0 +1,56 @@
+"""Fisher-weighted SVD (FWSVD): Language Model Compression with Weighted Low-rank Factorization.
+
+Hsu, Hua, Tang, Lin, Shen, Jin (ICLR 2022; arXiv 2207.00112).
+Algorithm: estimate the Fisher information of every weight as the squared gradient of the
+task loss summed over data, F_ij = Σ (∂L/∂W_ij)²; give each output row the importance
+I_i = sqrt(Σ_j F_ij); factorize diag(I)·W by SVD and undo the scaling in the left factor,
+so rank is spent where the loss is sensitive: min ‖diag(I)(W − BA)‖_F.
+Differences from the reference code: the loss is the language-modelling loss on the
+calibration windows (the paper uses the downstream task's loss); ranks per Linear come from
+the shared global budget (svd.py), allocated on the weighted spectra.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from efflm.core.errors import ConfigError
+from efflm.core.gradients import linear_gradients
+from efflm.core.registry import MethodConfig, register
+from efflm.lowrank.svd import check_lowrank_config, check_lowrank_for_model, replace_lowrank
+
+
+def fisher_row_importance(fisher: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """I_i = sqrt(Σ_j F_ij) per output row, floored at eps · mean so no row gets weight zero."""
+    imp = fisher.float().sum(dim=1).sqrt()
+    return imp.clamp_min(eps * imp.mean().clamp_min(1e-30))
+
+
+@dataclass(frozen=True)
+class FWSVDConfig(MethodConfig):
+    """Fisher-weighted SVD of every decoder Linear (Fisher from calibration gradients).
+
+    ratio: fraction of the decoder Linears' parameters removed, in [0, 1) (ranks allocated
+    globally); rank: a fixed rank for every Linear instead (0 = use ratio); grad_len: tokens
+    of each calibration window the Fisher estimate uses.
+    """
+
+    method = "fwsvd"
+    ratio: float = 0.2
+    rank: int = 0
+    grad_len: int = 128
+
+    def __post_init__(self) -> None:
+        if self.grad_len < 2:
+            raise ConfigError(f"fwsvd: grad_len must be at least 2 tokens, got {self.grad_len}")
+        check_lowrank_config(self)
+
+
+@register(FWSVDConfig, family="lowrank", title="Language Model Compression with Weighted Low-rank Factorization (FWSVD)",
+          arxiv="2207.00112", needs_calibration=True, paper="language-model-compression-weighted-low-rank",
+          check=check_lowrank_for_model)
+def apply(model: torch.nn.Module, config: FWSVDConfig, calib: Any) -> torch.nn.Module:
+    fisher = linear_gradients(model, calib, squares=True, max_len=config.grad_len, desc="fwsvd: fisher")
+    return replace_lowrank(model, config, lambda path, W: fisher_row_importance(fisher.pop(path)), desc="fwsvd")

@@ -1,0 +1,117 @@
+"""SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot.
+
+arXiv 2301.00774 (Frantar, Alistarh; ICML 2023).
+Algorithm: per Linear, H = 2XXᵀ from calibration inputs, dampened, and U the upper Cholesky
+factor of H⁻¹. Walk the columns left to right in blocks of 128: at the start of a block
+(or of every M-column run for N:M) choose the mask by the OBS saliency w² / U[i,i]²; for
+each column zero its masked weights and spread the error over the columns to its right
+(w -= err · U[i, i:] / U[i,i]), lazily across blocks — GPTQ's update with a mask instead
+of a grid.
+Differences from the reference code: the mask of a block takes exactly round(s · rows ·
+block) weights (top-k, not a threshold, so ties cannot change the sparsity); when Cholesky
+fails even at raised damping the layer falls back to magnitude pruning and the run records
+it (GPTQ's policy, with magnitude as the no-Hessian fallback).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from efflm.core.errors import ConfigError
+from efflm.core.layerwise import Hessian, note, run
+from efflm.core.registry import MethodConfig, register
+from efflm.prune.magnitude import check_sparsity_config, check_sparsity_for_model, nm_mask, parse_pattern, prune_mask
+from efflm.quantize.gptq import inverse_cholesky
+
+
+def block_mask(score: torch.Tensor, sparsity: float, row_splits: list[int] | None = None) -> torch.Tensor:
+    """Prune mask of one block: exactly round(numel · sparsity) lowest scores over all its rows,
+    counted separately in each run of rows of ``row_splits`` (stacked Linears sharing one H)."""
+    parts = []
+    for s in score.split(row_splits or [score.shape[0]]):
+        k = round(s.numel() * sparsity)
+        mask = torch.zeros(s.numel(), dtype=torch.bool)
+        if k:
+            mask[torch.topk(s.flatten(), k, largest=False).indices] = True
+        parts.append(mask.reshape(s.shape))
+    return torch.cat(parts)
+
+
+def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, pattern: str = "unstructured",
+                    damp: float = 0.01, block_size: int = 128,
+                    row_splits: list[int] | None = None) -> tuple[torch.Tensor, dict]:
+    """Pruned, reconstructed weight (float32, same shape) and an info dict (info["fallback"]).
+
+    ``row_splits``: row counts of Linears stacked into ``W`` (they share H); each gets the sparsity."""
+    W = W.float().clone()
+    out, cols = W.shape
+    H = H.clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    U, lam = inverse_cholesky(H, damp)
+    if U is None:
+        return W.masked_fill(prune_mask(W.abs(), sparsity, pattern), 0), {"fallback": "magnitude"}
+    nm = parse_pattern(pattern)
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        W1, U1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2]
+        d2 = torch.diag(U1) ** 2
+        err1 = torch.zeros_like(W1)
+        mask1 = block_mask(W1 ** 2 / d2, sparsity, row_splits) if nm is None else torch.zeros_like(W1, dtype=torch.bool)
+        for i in range(i2 - i1):
+            if nm is not None and i % nm[1] == 0:
+                mask1[:, i:i + nm[1]] = nm_mask(W1[:, i:i + nm[1]] ** 2 / d2[i:i + nm[1]], *nm)
+            err = W1[:, i] * mask1[:, i] / U1[i, i]
+            W1[:, i:].addr_(err, U1[i, i:], alpha=-1)
+            W1[:, i].masked_fill_(mask1[:, i], 0)  # exactly zero, not zero up to rounding
+            err1[:, i] = err
+        W[:, i1:i2] = W1
+        W[:, i2:] -= err1 @ U[i1:i2, i2:]
+    return W, {"damp": lam}
+
+
+@dataclass(frozen=True)
+class SparseGPTConfig(MethodConfig):
+    """One-shot pruning with Hessian-based reconstruction of the remaining weights.
+
+    sparsity in [0, 1); pattern "unstructured" or "N:M" (sparsity must equal 1 − N/M);
+    dampening: fraction of mean(diag H) added to the diagonal; block_size: lazy-update block
+    (a multiple of M for N:M).
+    """
+
+    method = "sparsegpt"
+    sparsity: float = 0.5
+    pattern: str = "unstructured"
+    dampening: float = 0.01
+    block_size: int = 128
+
+    def __post_init__(self) -> None:
+        check_sparsity_config(self)
+        if not 0 < self.dampening < 1:
+            raise ConfigError(f"sparsegpt: dampening must be in (0, 1), got {self.dampening}")
+        nm = parse_pattern(self.pattern)
+        if self.block_size < 1 or (nm is not None and self.block_size % nm[1]):
+            raise ConfigError(f"sparsegpt: block_size must be a positive multiple of M, got {self.block_size}")
+
+
+@register(SparseGPTConfig, family="prune", title="SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot",
+          arxiv="2301.00774", needs_calibration=True, paper="sparsegpt", check=check_sparsity_for_model)
+def apply(model: torch.nn.Module, config: SparseGPTConfig, calib: Any) -> torch.nn.Module:
+    def solve(i: int, layer: torch.nn.Module, observers: dict) -> None:
+        groups: dict[int, list[str]] = {}
+        for path, obs in observers.items():  # Linears sharing an input share H: solve them as one matrix
+            groups.setdefault(id(obs), []).append(path)
+        for paths in groups.values():
+            linears = [model.get_submodule(p) for p in paths]
+            rows = [lin.out_features for lin in linears]
+            W, info = sparsegpt_prune(torch.cat([lin.weight.data for lin in linears]), observers[paths[0]].H,
+                                      config.sparsity, config.pattern, config.dampening, config.block_size, rows)
+            if info.get("fallback"):
+                note(model, f"sparsegpt: Cholesky failed for {', '.join(paths)}; magnitude pruning used")
+            for linear, w in zip(linears, W.split(rows)):
+                linear.weight.data.copy_(w)
+
+    return run(model, calib, lambda path, linear: Hessian(linear.in_features), solve, desc="sparsegpt")
