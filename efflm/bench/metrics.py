@@ -7,8 +7,9 @@ Definitions (also in the README):
 * bytes: every parameter and buffer the model holds, as stored (packed buffers count
   their packed size), each shared tensor once;
 * as-sparse bytes (pruned models only): the same, had every decoder Linear with at least
-  10% zero weights been stored as its nonzero values plus a 1-bit-per-weight mask (2:4's
-  2-bit indices cost the same) — an estimate; the measured rows hold the zeros densely;
+  10% zero weights (quantized: half its codes zero) been stored as its nonzero values plus a
+  1-bit-per-weight mask (2:4's 2-bit indices cost the same) — an estimate; the measured
+  rows hold the zeros densely;
 * prefill latency (TTFT): one forward of a ``prompt_len``-token prompt;
 * decode tok/s: greedy decoding of ``new_tokens`` tokens at batch 1 after the prefill,
   through a KV cache; TPOT = 1 / tok/s. One warm-up, then ``reps`` timed repetitions:
@@ -79,21 +80,24 @@ def bytes_read_per_token(model: torch.nn.Module) -> int:
     return total - sum(t.numel() * t.element_size() for t in emb.values())
 
 
-def as_sparse_bytes(model: torch.nn.Module, min_zeros: float = 0.1) -> int | None:
-    """Bytes with sparse decoder Linears stored as nonzeros + bitmask; None if none is sparse."""
+def as_sparse_bytes(model: torch.nn.Module, min_zeros: float = 0.1, min_zero_codes: float = 0.5) -> int | None:
+    """Bytes with sparse decoder Linears stored as nonzeros + bitmask; None if none is sparse.
+
+    A float Linear counts with at least ``min_zeros`` exact zeros; a quantized one with at least
+    ``min_zero_codes`` zero codes (plain 3-bit RTN already rounds up to ~41% of codes to zero)."""
     from efflm.models.arch import decoder_linears
     from efflm.quantize.linear import QuantLinear
 
     saved, sparse = 0.0, False
     for _, lin in decoder_linears(model):
         if isinstance(lin, torch.nn.Linear):
-            stored, zero = lin.weight, lin.weight == 0
+            stored, zero, least = lin.weight, lin.weight == 0, min_zeros
         elif isinstance(lin, QuantLinear) and lin.symmetric:  # code 2^(b-1) is exactly zero
-            stored, zero = lin.qweight, lin.codes() == 2 ** (lin.bits - 1)
+            stored, zero, least = lin.qweight, lin.codes() == 2 ** (lin.bits - 1), min_zero_codes
         else:
             continue
         frac = zero.float().mean().item()
-        if frac >= min_zeros:
+        if frac >= least:
             sparse = True
             saved += stored.numel() * stored.element_size() * frac - zero.numel() / 8
     return int(model_bytes(model) - saved) if sparse else None

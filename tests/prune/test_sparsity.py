@@ -130,3 +130,11 @@ def test_as_sparse_bytes_only_for_sparse_models(tiny):
     linear_bytes = sum(lin.weight.numel() * 4 for _, lin in decoder_linears(model))
     # half the values go, a 1-bit mask comes: saved = bytes/2 − numel/8
     assert as_sparse_bytes(model) == before - linear_bytes // 2 + linear_bytes // 32
+
+
+def test_as_sparse_bytes_ignores_zero_codes_of_plain_quantization(tiny):
+    from efflm.bench.metrics import as_sparse_bytes
+
+    model, _ = tiny
+    model = get("rtn").apply(model, config_from_dict({"method": "rtn", "bits": 3, "group_size": 32}), None)
+    assert as_sparse_bytes(model) is None  # 3-bit RTN rounds many weights to zero: not pruning
