@@ -37,10 +37,12 @@ bench: $(STAMP)
 test: $(STAMP) $(INTEROP)
 	$(BIN)/python -m pytest -q
 
-# GPTQ and AWQ side by side with llm-compressor (same model, calibration, evaluation).
+# GPTQ, AWQ, SparseGPT and Wanda side by side with llm-compressor (same model, calibration, evaluation).
 vs-llmcompressor: $(STAMP)
 	$(PIP) -e '.[anchors]'
 	$(BIN)/python -m efflm.bench.vs_llmcompressor
+	$(BIN)/python -m efflm.bench.vs_llmcompressor --methods sparsegpt,wanda,sparsegpt:2:4,wanda:2:4 \
+		--out results/vs_llmcompressor_prune.md
 
 clean:
 	rm -rf $(VENV) results

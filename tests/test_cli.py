@@ -73,6 +73,14 @@ def test_truncated_gguf(capsys, tmp_path):
     ("- method: rtn\n  group_size: 48\n", "does not divide the input dimension"),
     ("- method: rtn\n  group_size: -3\n", "group_size must be positive"),
     ("- method: [rtn\n", "not valid YAML"),
+    ("- method: wanda\n  sparsity: 1.0\n", "sparsity must be in [0, 1)"),
+    ("- method: sparsegpt\n  pattern: '4:2'\n", "need 0 < N < M"),
+    ("- method: magnitude\n  pattern: '6:7'\n  sparsity: 0.14285714285714285\n", "M=7 does not divide"),
+    ("- method: svd\n  rank: 100\n", "exceeds min(in, out)"),
+    ("- method: llm_pruner\n  head_ratio: 0.9\n", "would remove all 4 heads"),
+    ("- method: llm_pruner\n  head_ratio: 0.25\n", "breaks GQA grouping"),
+    ("- method: llm_pruner\n  ratio: 0.25\n  multiple_of: 8\n- method: rtn\n  group_size: 64\n",
+     "does not divide the input dimension 96"),
 ])
 def test_invalid_recipes_rejected_before_work(capsys, tmp_path, recipe, text, pattern):
     out = tmp_path / "out"

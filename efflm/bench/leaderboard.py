@@ -121,7 +121,11 @@ def plot(model: str, rows: list, path: Path) -> Path:
     from matplotlib.ticker import ScalarFormatter
 
     ok = [r for r in rows if r["status"] == "ok"]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    ref = _dense(rows)
+    cap = 20 * (ref["ppl"] if ref else min(r["ppl"] for r in ok))  # rows beyond it are listed, not drawn
+    off = sorted((r for r in ok if r["ppl"] > cap), key=lambda r: r["ppl"])
+    ok = [r for r in ok if r["ppl"] <= cap]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6))
     for ax, key, xlabel, higher in ((axes[0], "bytes", "model bytes (MB, log)", False),
                                     (axes[1], "tok_s", "decode tok/s (batch 1)", True)):
         pts = [((r[key] / 1e6 if key == "bytes" else r[key]), r["ppl"]) for r in ok]
@@ -138,12 +142,16 @@ def plot(model: str, rows: list, path: Path) -> Path:
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(ScalarFormatter())
         ax.yaxis.set_minor_formatter(ScalarFormatter())
+        ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("perplexity (log, lower is better)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(loc="upper right", fontsize=8)
     fig.suptitle(f"efflm — {model}: quality vs cost")
-    fig.tight_layout()
+    if off:
+        listed = "; ".join(f"{short_label(r['label'])} ({r['ppl']:.0f})" for r in off)
+        fig.text(0.01, 0.01, f"Not drawn, perplexity above {cap:.0f} (20x dense): {listed}", fontsize=7, wrap=True)
+    fig.tight_layout(rect=(0, 0.06 if off else 0, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120)

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
 from efflm.bench.metrics import perplexity
-from efflm.core.atomic import atomic_write_text
+from efflm.core.atomic import publish
 from efflm.core.errors import EfflmError
 from efflm.core.registry import config_from_dict, get
 from efflm.data import text
@@ -128,10 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         f"perplexity over {a.windows} x 512 evaluation tokens, {a.threads} threads.", "",
         "| method | efflm ppl | llm-compressor ppl | ppl ratio | efflm s | llm-compressor s | time ratio |",
         "|---|---|---|---|---|---|---|", *rows])
-    print(table)
-    atomic_write_text(Path(a.out), table + "\n")
-    print(f"wrote {a.out}")
-    return 0
+    return publish(a.out, table)
 
 
 if __name__ == "__main__":

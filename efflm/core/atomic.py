@@ -39,6 +39,14 @@ def atomic_write_text(path: Path, text: str) -> Path:
     return path
 
 
+def publish(path: Path, text: str) -> int:
+    """End of a benchmark script: print its table, write it atomically, say where; exit code 0."""
+    print(text)
+    atomic_write_text(Path(path), text + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
 def atomic_write_bytes_from(path: Path, write) -> Path:
     """Call ``write(tmp_path)`` on a temporary sibling, then rename it to ``path``; on error remove it."""
     path.parent.mkdir(parents=True, exist_ok=True)
