@@ -8,9 +8,15 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from efflm.core.errors import EfflmError
+from efflm.core.errors import ConfigError, EfflmError
 from efflm.core.progress import progress
 from efflm.models.arch import decoder_linears
+
+
+def check_grad_len(cfg) -> None:
+    """Shared validation of a gradient-using config's ``grad_len`` (tokens per calibration window)."""
+    if cfg.grad_len < 2:
+        raise ConfigError(f"{cfg.method}: grad_len must be at least 2 tokens, got {cfg.grad_len}")
 
 
 def linear_gradients(model: nn.Module, calib: torch.Tensor, squares: bool, max_len: int = 0,

@@ -96,6 +96,14 @@ def run(model: nn.Module, calib: torch.Tensor, observe: Callable[[str, nn.Linear
     return model
 
 
+def shared_groups(observers: dict[str, Observer]) -> list[list[str]]:
+    """Paths of the Linears that share one observer (q/k/v, gate/up): solved as one stacked matrix."""
+    groups: dict[int, list[str]] = {}
+    for path, obs in observers.items():
+        groups.setdefault(id(obs), []).append(path)
+    return list(groups.values())
+
+
 class Hessian:
     """Running ``H = 2/n · Σ x xᵀ`` over every calibration token entering a Linear, plus the
     per-channel mean and max of ``|x|`` (AWQ's and SmoothQuant's activation statistics)."""

@@ -16,8 +16,7 @@ from typing import Any
 
 import torch
 
-from efflm.core.errors import ConfigError
-from efflm.core.gradients import linear_gradients
+from efflm.core.gradients import check_grad_len, linear_gradients
 from efflm.core.registry import MethodConfig, register
 from efflm.lowrank.svd import check_lowrank_config, check_lowrank_for_model, replace_lowrank
 
@@ -43,8 +42,7 @@ class FWSVDConfig(MethodConfig):
     grad_len: int = 128
 
     def __post_init__(self) -> None:
-        if self.grad_len < 2:
-            raise ConfigError(f"fwsvd: grad_len must be at least 2 tokens, got {self.grad_len}")
+        check_grad_len(self)
         check_lowrank_config(self)
 
 

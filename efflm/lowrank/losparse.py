@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from efflm.core.errors import ConfigError
-from efflm.core.gradients import linear_gradients
+from efflm.core.gradients import check_grad_len, linear_gradients
 from efflm.core.registry import MethodConfig, register
 from efflm.lowrank.svd import check_lowrank_config, check_lowrank_for_model, replace_lowrank
 from efflm.models.arch import decoder_linears
@@ -52,8 +52,7 @@ class LoSparseConfig(MethodConfig):
     grad_len: int = 128
 
     def __post_init__(self) -> None:
-        if self.grad_len < 2:
-            raise ConfigError(f"losparse: grad_len must be at least 2 tokens, got {self.grad_len}")
+        check_grad_len(self)
         check_lowrank_config(self)
         if not 0 <= self.density < 1:
             raise ConfigError(f"losparse: density must be in [0, 1), got {self.density}")

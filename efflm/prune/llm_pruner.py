@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from efflm.core.errors import ConfigError
-from efflm.core.gradients import linear_gradients
+from efflm.core.gradients import check_grad_len, linear_gradients
 from efflm.core.registry import MethodConfig, register
 from efflm.models.arch import decoder_layers, layout_for
 
@@ -121,8 +121,7 @@ class LLMPrunerConfig(MethodConfig):
     grad_len: int = 128
 
     def __post_init__(self) -> None:
-        if self.grad_len < 2:
-            raise ConfigError(f"llm_pruner: grad_len must be at least 2 tokens, got {self.grad_len}")
+        check_grad_len(self)
         if not 0 <= self.ratio < 1 or not 0 <= self.head_ratio < 1:
             raise ConfigError(f"llm_pruner: ratio and head_ratio must be in [0, 1), got {self.ratio}, {self.head_ratio}")
         if self.importance not in ("taylor", "magnitude"):

@@ -80,19 +80,25 @@ def check_sparsity_for_model(hf_config: Any, cfg: Any) -> None:
 
 
 @dataclass(frozen=True)
-class MagnitudeConfig(MethodConfig):
-    """Zero the smallest-|W| weights of every decoder Linear.
+class SparsityConfig(MethodConfig):
+    """Shared fields of the unstructured / N:M pruners (magnitude, Wanda, SparseGPT).
 
     sparsity: fraction of each output row zeroed, in [0, 1). pattern: "unstructured" or
     "N:M" (keep N of every M consecutive inputs; then sparsity must equal 1 − N/M).
     """
 
-    method = "magnitude"
     sparsity: float = 0.5
     pattern: str = "unstructured"
 
     def __post_init__(self) -> None:
         check_sparsity_config(self)
+
+
+@dataclass(frozen=True)
+class MagnitudeConfig(SparsityConfig):
+    """Zero the smallest-|W| weights of every decoder Linear (sparsity, pattern: see SparsityConfig)."""
+
+    method = "magnitude"
 
 
 @register(MagnitudeConfig, family="prune", title="Magnitude pruning (baseline)", arxiv=None,

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from efflm.core.errors import ConfigError
-from efflm.core.layerwise import Hessian, note, run
-from efflm.core.registry import MethodConfig, register
-from efflm.prune.magnitude import check_sparsity_config, check_sparsity_for_model, nm_mask, parse_pattern, prune_mask
+from efflm.core.layerwise import Hessian, note, run, shared_groups
+from efflm.core.registry import register
+from efflm.prune.magnitude import SparsityConfig, check_sparsity_for_model, nm_mask, parse_pattern, prune_mask
 from efflm.quantize.gptq import inverse_cholesky
 
 
@@ -74,22 +74,19 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, pattern: 
 
 
 @dataclass(frozen=True)
-class SparseGPTConfig(MethodConfig):
+class SparseGPTConfig(SparsityConfig):
     """One-shot pruning with Hessian-based reconstruction of the remaining weights.
 
-    sparsity in [0, 1); pattern "unstructured" or "N:M" (sparsity must equal 1 − N/M);
-    dampening: fraction of mean(diag H) added to the diagonal; block_size: lazy-update block
+    sparsity, pattern: see SparsityConfig; dampening: fraction of mean(diag H) added to the diagonal; block_size: lazy-update block
     (a multiple of M for N:M).
     """
 
     method = "sparsegpt"
-    sparsity: float = 0.5
-    pattern: str = "unstructured"
     dampening: float = 0.01
     block_size: int = 128
 
     def __post_init__(self) -> None:
-        check_sparsity_config(self)
+        super().__post_init__()
         if not 0 < self.dampening < 1:
             raise ConfigError(f"sparsegpt: dampening must be in (0, 1), got {self.dampening}")
         nm = parse_pattern(self.pattern)
@@ -101,10 +98,7 @@ class SparseGPTConfig(MethodConfig):
           arxiv="2301.00774", needs_calibration=True, paper="sparsegpt", check=check_sparsity_for_model)
 def apply(model: torch.nn.Module, config: SparseGPTConfig, calib: Any) -> torch.nn.Module:
     def solve(i: int, layer: torch.nn.Module, observers: dict) -> None:
-        groups: dict[int, list[str]] = {}
-        for path, obs in observers.items():  # Linears sharing an input share H: solve them as one matrix
-            groups.setdefault(id(obs), []).append(path)
-        for paths in groups.values():
+        for paths in shared_groups(observers):  # Linears sharing an input share H: one stacked matrix
             linears = [model.get_submodule(p) for p in paths]
             rows = [lin.out_features for lin in linears]
             W, info = sparsegpt_prune(torch.cat([lin.weight.data for lin in linears]), observers[paths[0]].H,

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from efflm.core.layerwise import run
-from efflm.core.registry import MethodConfig, register
-from efflm.prune.magnitude import check_sparsity_config, check_sparsity_for_model, prune_mask
+from efflm.core.registry import register
+from efflm.prune.magnitude import SparsityConfig, check_sparsity_for_model, prune_mask
 
 
 def wanda_score(W: torch.Tensor, sq_norm: torch.Tensor) -> torch.Tensor:
@@ -36,19 +36,11 @@ class SquaredNorm:
 
 
 @dataclass(frozen=True)
-class WandaConfig(MethodConfig):
-    """Prune by |weight| × input-activation norm (calibration data, no weight update).
-
-    sparsity: fraction of each output row zeroed, in [0, 1). pattern: "unstructured" or
-    "N:M" (keep N of every M consecutive inputs; then sparsity must equal 1 − N/M).
-    """
+class WandaConfig(SparsityConfig):
+    """Prune by |weight| × input-activation norm; calibration data, no weight update
+    (sparsity, pattern: see SparsityConfig)."""
 
     method = "wanda"
-    sparsity: float = 0.5
-    pattern: str = "unstructured"
-
-    def __post_init__(self) -> None:
-        check_sparsity_config(self)
 
 
 @register(WandaConfig, family="prune", title="Wanda: A Simple and Effective Pruning Approach for LLMs",

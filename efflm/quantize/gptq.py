@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from efflm.core.errors import ConfigError
-from efflm.core.layerwise import Hessian, note, run
+from efflm.core.layerwise import Hessian, note, run, shared_groups
 from efflm.core.registry import MethodConfig, register
 from efflm.models.arch import set_module
 from efflm.quantize import rtn
@@ -141,10 +141,7 @@ class GPTQConfig(MethodConfig):
           check=rtn.check_grid_for_model)
 def apply(model: torch.nn.Module, config: GPTQConfig, calib: Any) -> torch.nn.Module:
     def solve(i: int, layer: torch.nn.Module, observers: dict) -> None:
-        groups: dict[int, list[str]] = {}
-        for path, obs in observers.items():  # Linears sharing an input share H: solve them as one matrix
-            groups.setdefault(id(obs), []).append(path)
-        for paths in groups.values():
+        for paths in shared_groups(observers):  # Linears sharing an input share H: one stacked matrix
             linears = [model.get_submodule(p) for p in paths]
             W = torch.cat([lin.weight.data for lin in linears])
             codes, scales, offsets, info = gptq_quantize(
