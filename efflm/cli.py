@@ -123,6 +123,59 @@ def cmd_eval(a) -> int:
     return 0
 
 
+def cmd_generate(a) -> int:
+    from efflm.bench.metrics import bandwidth_gbs, bytes_read_per_token
+    from efflm.inference.generate import SamplingConfig, generate
+    from efflm.inference.speculative import check_compatible, first_layers, speculative_generate
+
+    cfg = SamplingConfig(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
+                         top_p=a.top_p, stop=tuple(a.stop or ()), seed=a.seed)
+    if a.draft_layers is not None and a.draft_layers <= 0:
+        raise EfflmError(f"--draft-layers must be positive, got {a.draft_layers}")
+    speculative = a.draft_model or a.draft_layers or a.prompt_lookup
+    if speculative and len(a.prompt) > 1:
+        raise EfflmError("speculative decoding runs one prompt at a time")
+    if a.draft_model:  # vocabularies compared from the configs, before any weights load
+        from efflm.models.load import model_config
+
+        check_compatible(model_config(a.model), model_config(a.draft_model))
+    model, tok, _ = _load_with_recipe(a.model, a.recipe, a)
+    draft = None
+    if a.draft_model:
+        from efflm.core.pipeline import load_and_apply
+
+        draft, draft_tok = load_and_apply(a.draft_model, _recipe_arg(a.draft_recipe), a.calib_samples, a.calib_len)
+        check_compatible(model, draft, tok, draft_tok)
+    elif a.draft_layers:
+        draft = first_layers(model, a.draft_layers)
+
+    def show(i: int, delta: str) -> None:
+        if len(a.prompt) == 1:
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+
+    stats = None
+    if speculative:
+        res, timing, stats = speculative_generate(model, tok, a.prompt[0], cfg, draft=draft, chat=a.chat, k=a.k,
+                                                  max_len=a.max_len, on_text=show)
+        results = [res]
+    else:
+        results, timing = generate(model, tok, a.prompt, cfg, chat=a.chat, max_len=a.max_len, on_text=show)
+    if len(a.prompt) > 1:
+        for i, r in enumerate(results):
+            print(f"[{i}] {r.text}")
+    else:
+        print()
+    ceiling = bandwidth_gbs() * 1e9 / bytes_read_per_token(model)
+    n = sum(len(r.tokens) for r in results)
+    line = (f"{n} tokens; decode {timing.tok_s:.1f} tok/s per sequence, {timing.tok_s / ceiling * 100:.0f}% of the "
+            f"bandwidth ceiling ({ceiling:.0f} tok/s); TTFT {timing.ttft_s * 1000:.0f} ms")
+    if stats is not None:
+        line += f"; drafted {stats.proposed}, accepted {stats.acceptance:.0%}, {stats.target_steps} target steps"
+    print(line, file=sys.stderr)
+    return 0
+
+
 def _positive(v: str) -> int:
     try:
         n = int(v)
@@ -181,6 +234,27 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--calib-samples", type=_positive, default=CALIB_SAMPLES)
     e.add_argument("--calib-len", type=_positive, default=CALIB_LEN)
     e.set_defaults(fn=cmd_eval)
+
+    g = sub.add_parser("generate", help="generate text on efflm's decode path, streaming; prints tok/s")
+    g.add_argument("prompt", nargs="+", help="one or more prompts (several: one left-padded batch)")
+    g.add_argument("--model", default=DEFAULT_MODEL)
+    g.add_argument("--recipe")
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    g.add_argument("--max-len", type=_positive, help="KV-cache length (default: prompt + new tokens)")
+    g.add_argument("--draft-model", help="speculative decoding with this draft model (same tokenizer)")
+    g.add_argument("--draft-recipe", help="recipe applied to the draft model (e.g. prune + 4-bit)")
+    g.add_argument("--draft-layers", type=int, help="speculative decoding drafting with the first N layers")
+    g.add_argument("--prompt-lookup", action="store_true", help="speculative decoding with prompt lookup")
+    g.add_argument("--k", type=_positive, default=4, help="draft tokens per step")
+    g.add_argument("--calib-samples", type=_positive, default=CALIB_SAMPLES)
+    g.add_argument("--calib-len", type=_positive, default=CALIB_LEN)
+    g.set_defaults(fn=cmd_generate)
 
     from efflm.catalog.commands import add_parser as add_papers
 

@@ -13,3 +13,7 @@ import efflm.prune.llm_pruner  # noqa: F401
 import efflm.lowrank.svd  # noqa: F401
 import efflm.lowrank.fwsvd  # noqa: F401
 import efflm.lowrank.losparse  # noqa: F401
+import efflm.inference.h2o  # noqa: F401
+import efflm.inference.streaming_llm  # noqa: F401
+import efflm.inference.kv_int8  # noqa: F401
+import efflm.inference.speculative  # noqa: F401

@@ -223,3 +223,38 @@ def test_interrupted_bench_marks_the_running_row_failed(tmp_path):
     assert proc.returncode == 130 and "interrupted" in err
     rows = sqlite3.connect(tmp_path / "db.sqlite").execute("SELECT status, error, ppl FROM runs").fetchall()
     assert rows == [("failed", "interrupted", None)]
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["--top-p", "0"], "top-p must be in (0, 1]"),
+    (["--top-p", "1.5"], "top-p must be in (0, 1]"),
+    (["--max-new-tokens", "0"], "max new tokens must be positive"),
+    (["--max-new-tokens", "-2"], "max new tokens must be positive"),
+    (["--max-len", "4"], "longer than the KV cache"),
+])
+def test_generate_bad_input(capsys, args, pattern):
+    code, _, err = run(capsys, "generate", "--model", "tiny-llama", *args, "a prompt of some length")
+    assert_one_line_error(code, err, pattern)
+
+
+def test_generate_bad_kv_budget_and_draft(capsys, tmp_path, recipe):
+    code, _, err = run(capsys, "generate", "--model", "tiny-llama", "--recipe",
+                       recipe("- method: streaming_llm\n  budget: 4\n  sinks: 4\n"), "hi")
+    assert_one_line_error(code, err, "smaller than sinks + 1")
+    from transformers import LlamaForCausalLM
+
+    from efflm.models.save import save
+    from efflm.models.tiny import tiny_config, tiny_tokenizer
+
+    save(LlamaForCausalLM(tiny_config(vocab_size=300)), tiny_tokenizer(), tmp_path / "other", "")
+    capsys.readouterr()
+    code, _, err = run(capsys, "generate", "--model", "tiny-llama", "--draft-model", str(tmp_path / "other"), "hi")
+    assert_one_line_error(code, err, "vocabulary")
+
+
+def test_generate_streams_text_and_reports_speed(capsys):
+    code, out, err = run(capsys, "generate", "--model", "tiny-llama", "--max-new-tokens", "8", "--prompt-lookup",
+                         "abcabc")
+    assert code == 0 and "tok/s" in err and "bandwidth ceiling" in err and "accepted" in err
+    code, out, err = run(capsys, "generate", "--model", "tiny-llama", "--max-new-tokens", "5", "--chat", "a", "bb")
+    assert code == 0 and out.startswith("[0] ") and "\n[1] " in out

@@ -15,7 +15,7 @@ from efflm.core.errors import EfflmError
 DEFAULT_DB = Path("results") / "efflm.sqlite"
 METRICS = ("ppl", "eval_tokens", "seq_len", "bytes", "disk_bytes", "bytes_per_token", "tok_s", "tok_s_min",
            "tok_s_max", "ttft_ms", "ttft_ms_min", "ttft_ms_max", "ceiling_tok_s", "bandwidth_gbs",
-           "peak_rss_mb", "wall_s", "sparse_bytes")
+           "peak_rss_mb", "wall_s", "sparse_bytes", "hf_tok_s", "kv_bytes")
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

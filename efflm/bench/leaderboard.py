@@ -40,7 +40,7 @@ def _fmt(v, spec: str) -> str:
 def table(rows: list) -> tuple[list[str], list[list[str]]]:
     ref = _dense(rows)
     head = ["method", "family", "ppl", "Δppl vs dense", "MB", "× dense", "as-sparse MB", "disk MB", "tok/s (min–max)",
-            "% ceiling", "TTFT ms", "peak RSS MB", "status"]
+            "% ceiling", "HF tok/s", "KV KB", "TTFT ms", "peak RSS MB", "status"]
     body = []
     ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: (r["bytes"], r["ppl"]))
     for r in ok + [r for r in rows if r["status"] != "ok"]:
@@ -55,6 +55,7 @@ def table(rows: list) -> tuple[list[str], list[list[str]]]:
             _fmt(r["disk_bytes"] and r["disk_bytes"] / 1e6, ".1f"),
             f"{r['tok_s']:.1f} ({r['tok_s_min']:.1f}–{r['tok_s_max']:.1f})" if good else "–",
             _fmt(r["tok_s"] / r["ceiling_tok_s"] * 100 if good else None, ".0f"),
+            _fmt(r["hf_tok_s"], ".1f"), _fmt(r["kv_bytes"] and r["kv_bytes"] / 1e3, ".0f"),
             _fmt(r["ttft_ms"], ".0f"), _fmt(r["peak_rss_mb"], ".0f"),
             "ok" if good else f"failed: {r['error']}",
         ])
@@ -72,7 +73,8 @@ def markdown(model: str, rows: list) -> str:
         env = json.loads(r["env"] or "{}")
         lines += ["", f"Perplexity: {int(r['eval_tokens'])} evaluation tokens ({int(r['eval_tokens'] / (r['seq_len'] - 1))} "
                   f"windows of {int(r['seq_len'])}), Shakespeare evaluation split. Speed: batch 1, greedy, "
-                  f"median of repetitions; ceiling = {r['bandwidth_gbs']:.1f} GB/s read bandwidth / bytes per token.",
+                  f"median of repetitions, on efflm's static-KV-cache decode path (HF tok/s: transformers "
+                  f"`generate`, the reference); KV KB: the cache for prompt + new tokens; ceiling = {r['bandwidth_gbs']:.1f} GB/s read bandwidth / bytes per token.",
                   f"Environment: {env.get('cpu', '?')}, {env.get('threads', '?')} threads, torch "
                   f"{env.get('torch', '?')}, transformers {env.get('transformers', '?')}, efflm {env.get('commit', '?')}, "
                   f"model hash {r['model_hash']}."]

@@ -12,8 +12,12 @@ Definitions (also in the README):
   rows hold the zeros densely;
 * prefill latency (TTFT): one forward of a ``prompt_len``-token prompt;
 * decode tok/s: greedy decoding of ``new_tokens`` tokens at batch 1 after the prefill,
-  through a KV cache; TPOT = 1 / tok/s. One warm-up, then ``reps`` timed repetitions:
-  median, min and max are reported;
+  on efflm's decode path (static KV cache, the model's KV method, speculative decoding if
+  configured); TPOT = 1 / tok/s. One warm-up, then ``reps`` timed repetitions: median, min
+  and max are reported. ``hf_tok_s``: the same through transformers' ``generate`` (reference);
+* KV bytes: the decode path's cache for ``prompt_len + new_tokens`` tokens;
+* perplexity of a model with a KV-cache method: scored token by token through that cache
+  (one sequence of ``seq_len · n_windows`` tokens, so eviction really happens), not in windows;
 * ceiling tok/s = memory read bandwidth / bytes read per decoded token.
 """
 from __future__ import annotations
@@ -37,22 +41,35 @@ EVAL_SEQ_LEN, EVAL_WINDOWS = 512, 4  # default evaluation: 4 windows of 512 toke
 @torch.inference_mode()
 def perplexity(model: torch.nn.Module, ids: torch.Tensor, seq_len: int = EVAL_SEQ_LEN,
                n_windows: int = EVAL_WINDOWS) -> dict:
-    """Token-level perplexity over non-overlapping windows (paper style)."""
+    """Token-level perplexity over non-overlapping windows (paper style); a model with a KV-cache
+    method scores each window through that cache (eviction happens inside the window)."""
     available = ids.numel() // seq_len
     if available < 1:
         raise EfflmError(f"text too short: {ids.numel()} tokens, need at least one window of {seq_len} "
                          "(lower --seq-len or give more text)")
     n = min(n_windows, available)
     nll, count = 0.0, 0
+    engine = _kv_engine(model)
     for i in progress(range(n), desc="perplexity", total=n):
         window = ids[i * seq_len:(i + 1) * seq_len].unsqueeze(0)
-        logits = model(window, use_cache=False).logits[0, :-1].float()
+        if engine is not None:  # token by token through the model's KV-cache method
+            engine.start(1, seq_len)
+            logits = engine.feed(window, all_logits=True)[0, :-1]
+        else:
+            logits = model(window, use_cache=False).logits[0, :-1].float()
         loss = torch.nn.functional.cross_entropy(logits, window[0, 1:], reduction="sum")
         nll += loss.item()
         count += seq_len - 1
     if not math.isfinite(nll):
         raise EfflmError("perplexity is not finite: the model produced NaN or inf logits")
     return {"ppl": math.exp(nll / count), "eval_tokens": count, "windows": n, "seq_len": seq_len}
+
+
+def _kv_engine(model: torch.nn.Module):
+    from efflm.inference.cache import kv_spec
+    from efflm.inference.engine import Engine
+
+    return Engine(model) if kv_spec(model) else None
 
 
 def _unique_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -110,33 +127,55 @@ def _timed(fn) -> float:
 
 
 @torch.inference_mode()
-def _greedy(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
-    """(prefill seconds, decode seconds for new_tokens − 1 steps after the first token)."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
+def _greedy_hf(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
+    """transformers' ``generate`` (the reference path): (prefill seconds, decode seconds)."""
     t0 = time.perf_counter()
-    out = model(prompt, past_key_values=cache, use_cache=True)
-    nxt = out.logits[:, -1:].argmax(-1)
-    t1 = time.perf_counter()
-    for _ in range(new_tokens - 1):
-        out = model(nxt, past_key_values=cache, use_cache=True)
-        nxt = out.logits[:, -1:].argmax(-1)
-    return t1 - t0, time.perf_counter() - t1
+    model(prompt, use_cache=True)
+    prefill = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                   min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    return prefill, max(1e-9, time.perf_counter() - t0 - prefill)
 
 
-def speed(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int = 32, reps: int = 3) -> dict:
-    """Prefill latency and decode throughput at batch 1 (one warm-up, then ``reps`` runs)."""
+@torch.inference_mode()
+def _greedy(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float, int]:
+    """efflm's decode path (static KV cache; speculative if the model says so): (prefill seconds,
+    decode seconds for the tokens after the first, KV-cache bytes)."""
+    from efflm.inference.generate import SamplingConfig, generate_ids
+    from efflm.inference.speculative import drafter_for, speculative_ids
+    from efflm.inference.engine import Engine
+
+    cfg = SamplingConfig(max_new_tokens=new_tokens)
+    spec = drafter_for(model)
+    if spec is not None:
+        _, timing, _ = speculative_ids(model, prompt[0].tolist(), cfg, draft=spec[0], k=spec[1]["k"],
+                                       max_ngram=spec[1]["ngram"])
+        return timing.ttft_s, timing.decode_s * (new_tokens - 1) / max(1, timing.new_tokens), 0
+    engine = Engine(model)
+    _, timing = generate_ids(model, None, prompt, torch.ones_like(prompt, dtype=torch.bool), cfg, engine=engine)
+    return timing.ttft_s, timing.decode_s, engine.cache.nbytes()
+
+
+def speed(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int = 32, reps: int = 3,
+          reference: bool = True) -> dict:
+    """Prefill latency and decode throughput at batch 1 on efflm's decode path (one warm-up, then
+    ``reps`` runs), and transformers' ``generate`` on the same prompt as the reference."""
     if new_tokens < 2:
         raise EfflmError("speed measurement needs at least 2 new tokens")
     prompt = prompt.reshape(1, -1)
     _greedy(model, prompt, min(new_tokens, 4))
     runs = [_greedy(model, prompt, new_tokens) for _ in progress(range(reps), desc="speed", total=reps)]
-    prefill = [p * 1000 for p, _ in runs]
-    tok_s = [(new_tokens - 1) / d for _, d in runs]
-    return {"ttft_ms": statistics.median(prefill), "ttft_ms_min": min(prefill), "ttft_ms_max": max(prefill),
-            "tok_s": statistics.median(tok_s), "tok_s_min": min(tok_s), "tok_s_max": max(tok_s),
-            "prompt_len": prompt.shape[1], "new_tokens": new_tokens, "reps": reps}
+    prefill = [p * 1000 for p, _, _ in runs]
+    tok_s = [(new_tokens - 1) / d for _, d, _ in runs]
+    out = {"ttft_ms": statistics.median(prefill), "ttft_ms_min": min(prefill), "ttft_ms_max": max(prefill),
+           "tok_s": statistics.median(tok_s), "tok_s_min": min(tok_s), "tok_s_max": max(tok_s),
+           "kv_bytes": runs[0][2], "prompt_len": prompt.shape[1], "new_tokens": new_tokens, "reps": reps}
+    if reference:
+        _greedy_hf(model, prompt, min(new_tokens, 4))
+        hf = [_greedy_hf(model, prompt, new_tokens) for _ in range(reps)]
+        out["hf_tok_s"] = statistics.median([(new_tokens - 1) / d for _, d in hf])
+    return out
 
 
 def measure_bandwidth(mib: int = 512, reps: int = 5) -> float:

@@ -51,6 +51,8 @@ ADDED_ENTRIES = [  # papers the seed lacks that efflm implements, and the baseli
      "categories": ["model-compression/model-pruning"]},
     {"id": "svd-lowrank", "type": "baseline", "title": "Truncated SVD low-rank factorization",
      "categories": ["model-compression/low-rank-decomposition"]},
+    {"id": "kv-int8", "type": "baseline", "title": "int8 KV cache (per-token, per-head scales)",
+     "categories": ["efficient-inference/kv-cache"]},
 ]
 DATASETS = {  # evaluation data named in the papers' main tables, for the methods efflm implements
     "gptq": (["WikiText-2", "PTB", "C4"], ["LAMBADA", "ARC", "PIQA", "StoryCloze"]),

@@ -21,6 +21,10 @@ class Layout:
     attn_linears: tuple[str, ...]    # inside one layer
     mlp_linears: tuple[str, ...]
     norms: tuple[str, str]           # before attention, before the MLP
+    final_norm: str = "model.norm"
+    rotary: str = "model.rotary_emb"  # module(x, position_ids) -> (cos, sin)
+    attn: str = "self_attn"
+    mlp: str = "mlp"                  # module(x) -> MLP output, whatever its Linears are
 
     @property
     def linears(self) -> tuple[str, ...]:

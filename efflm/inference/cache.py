@@ -1,0 +1,148 @@
+"""The static KV cache (gpt-fast pattern): preallocated once, written in place, never grown.
+
+``k``/``v`` are ``[layers, batch, kv_heads, size, head_dim]``; ``valid[b, h, s]`` says which
+slots hold a real token (left padding stays invalid). A decode step calls ``update`` once per
+layer with the new keys/values and gets back what to attend over plus a boolean mask
+``[B, H, 1, T, S]`` (True = may attend); ``commit`` advances the cursor afterwards.
+
+Eviction policies (H2O, StreamingLLM) and the int8 cache subclass this and override the
+hooks: ``update`` (where new tokens go, what is read back), ``observe`` (attention weights,
+for policies that score tokens) and ``commit``. ``KVSpec`` is what a registered KV method
+leaves on ``model.config.efflm_kv_cache``; ``make_cache`` turns it back into a cache.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from efflm.core.errors import EfflmError
+
+KV_ATTR = "efflm_kv_cache"  # model.config attribute a registered KV method sets (saved with config.json)
+
+
+class KVCache:
+    needs_weights = False   # does ``observe`` want the attention weights?
+    rerotate = False        # keys stored before RoPE and rotated at cache positions each step?
+    evicts = False          # can a slot be reused (no rollback, no multi-token steps once full)
+
+    def __init__(self, n_layers: int, batch: int, kv_heads: int, size: int, head_dim: int,
+                 dtype: torch.dtype, store_dtype: torch.dtype | None = None):
+        shape = (n_layers, batch, kv_heads, size, head_dim)
+        self.k = torch.zeros(shape, dtype=store_dtype or dtype)
+        self.v = torch.zeros(shape, dtype=store_dtype or dtype)
+        self.valid = torch.zeros(batch, kv_heads, size, dtype=torch.bool)
+        self.size, self.length, self.dtype = size, 0, dtype
+        self._pending: torch.Tensor | None = None
+
+    # -- the hooks -------------------------------------------------------------------------
+    def room(self, t: int) -> None:
+        """Raise unless ``t`` more tokens fit."""
+        if self.length + t > self.size:
+            raise EfflmError(f"KV cache full: {self.length} + {t} tokens exceed its {self.size} slots "
+                             "(raise max_len, or use a bounded cache: streaming_llm / h2o)")
+
+    def begin(self, new_valid: torch.Tensor) -> None:
+        """Before the layers run: ``new_valid [B, T]`` marks which new tokens are real."""
+        t = new_valid.shape[1]
+        self.room(t)
+        self.valid[:, :, self.length:self.length + t] = new_valid[:, None, :]
+        self._pending = new_valid
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int) -> None:
+        t = k.shape[2]
+        self.k[layer, :, :, start:start + t] = k
+        self.v[layer, :, :, start:start + t] = v
+
+    def read(self, layer: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k[layer, :, :, :n], self.v[layer, :, :, :n]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Write ``k, v [B, H, T, D]`` after the used slots; return (K, V, mask) to attend over."""
+        t, n = k.shape[2], self.length + k.shape[2]
+        self.store(layer, k, v, self.length)
+        K, V = self.read(layer, n)
+        slots = torch.arange(n)
+        query = torch.arange(self.length, n)
+        causal = slots[None, :] <= query[:, None]                       # [T, S]
+        mask = self.valid[:, :, None, None, :n] & causal                # [B, H, 1, T, S]
+        mask = mask | (slots[None, :] == query[:, None])                # a pad query sees itself (no NaN)
+        return K, V, mask
+
+    def observe(self, layer: int, weights: torch.Tensor) -> None:
+        """Attention weights ``[B, H, G, T, S]`` of this step (only if ``needs_weights``)."""
+
+    def commit(self, t: int) -> None:
+        self.length += t
+        self._pending = None
+
+    def positions(self, t: int) -> torch.Tensor:
+        """Cache positions of the slots the next ``t`` tokens take (for ``rerotate`` policies)."""
+        return torch.arange(self.length, self.length + t)
+
+    # -- bookkeeping -----------------------------------------------------------------------
+    def truncate(self, n: int) -> None:
+        """Forget every slot from ``n`` on (speculative decoding's rollback)."""
+        if self.evicts:
+            raise EfflmError("this KV-cache policy evicts tokens and cannot roll back "
+                             "(speculative decoding needs the full or int8 cache)")
+        self.valid[:, :, n:] = False
+        self.length = n
+
+    def reset(self) -> None:
+        self.valid.zero_()
+        self.length = 0
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.k, self.v]
+
+
+def kv_spec(model: Any) -> dict | None:
+    return getattr(model.config, KV_ATTR, None)
+
+
+def set_kv_spec(model: Any, config: Any) -> Any:
+    """What a KV method's ``apply`` does: record the policy on the config (saved with the model)."""
+    from efflm.core.errors import ConfigError
+
+    old = kv_spec(model)
+    if old and old["method"] != config.method:
+        raise ConfigError(f"{config.method}: the model already uses KV-cache method {old['method']!r} "
+                          "(one KV-cache method per recipe)")
+    setattr(model.config, KV_ATTR, config.to_dict())
+    return model
+
+
+def cache_size(spec: dict | None, total: int) -> int:
+    """Slots the policy needs for a sequence of ``total`` tokens (full cache: all of them)."""
+    if not spec or spec["method"] == "kv_int8":
+        return total
+    if spec["method"] == "streaming_llm":
+        return spec["budget"]
+    budget = spec["budget"]  # h2o: a fraction of the sequence, or a number of tokens
+    return max(2, min(total, math.ceil(budget * total) if budget <= 1 else int(budget)))
+
+
+def make_cache(model: Any, batch: int, total: int, dtype: torch.dtype) -> KVCache:
+    """The cache a model's generation uses: its registered KV method, or the full static cache."""
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    spec = kv_spec(model)
+    args = (cfg.num_hidden_layers, batch, kv_heads, cache_size(spec, total), head_dim, dtype)
+    if not spec:
+        return KVCache(*args)
+    if spec["method"] == "kv_int8":
+        from efflm.inference.kv_int8 import Int8Cache
+        return Int8Cache(*args)
+    if spec["method"] == "streaming_llm":
+        from efflm.inference.streaming_llm import SinkCache
+        return SinkCache(*args, sinks=spec["sinks"])
+    if spec["method"] == "h2o":
+        from efflm.inference.h2o import HeavyHitterCache
+        return HeavyHitterCache(*args, recent=max(1, int(args[3] * spec["recent_ratio"])))
+    raise EfflmError(f"unknown KV-cache method {spec['method']!r} in the model's config")

@@ -1,0 +1,152 @@
+"""efflm's decode path: prefill + token-by-token decode over a static KV cache (gpt-fast style).
+
+The forward pass is written out here (embedding, RMSNorm, RoPE, grouped-query attention over
+the cache, MLP, head) but every weight-holding module is called as the model holds it, so the
+same loop runs dense fp32/bf16, packed W4/W8 (``QuantLinear``'s kernels), structured-pruned
+(smaller shapes from the config) and low-rank models. Module names come from
+``models.arch.Layout``. The KV cache is the model's registered KV method, if any (H2O,
+StreamingLLM, int8), else the full static cache.
+
+Attention is computed explicitly (softmax in fp32) so policies that score tokens (H2O) can
+see the weights; left-padded batches mask the pad slots and count positions from each
+sequence's first real token, so a padded row decodes exactly as it would alone.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from efflm.inference.cache import KVCache, make_cache
+from efflm.models.arch import decoder_layers, get_module, layout_for
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x [B, H, T, D]`` by ``cos/sin [B, T, D]`` (the half-split convention of HF Llama)."""
+    cos, sin = cos[:, None], sin[:, None]
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+def attention(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask: torch.Tensor, scale: float,
+              need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Grouped-query attention of ``q [B, Hq, T, D]`` over ``K, V [B, H, S, D]``; mask ``[B, H, 1, T, S]``."""
+    B, Hq, T, D = q.shape
+    H = K.shape[1]
+    if not need_weights:  # torch's fused CPU kernel
+        m = mask.expand(B, H, Hq // H, T, K.shape[2]).reshape(B, Hq, T, K.shape[2])
+        out = torch.nn.functional.scaled_dot_product_attention(q, K, V, attn_mask=m, scale=scale, enable_gqa=True)
+        return out, None
+    qg = q.reshape(B, H, Hq // H, T, D)
+    scores = (qg @ K.unsqueeze(2).transpose(-1, -2)).float() * scale          # [B, H, G, T, S]
+    w = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    out = (w.to(V.dtype) @ V.unsqueeze(2)).reshape(B, Hq, T, D)
+    return out, (w if need_weights else None)
+
+
+class Engine:
+    """One model's decode state: ``start`` a cache, ``feed`` tokens, read logits."""
+
+    def __init__(self, model: torch.nn.Module, compile: bool = False):
+        self.model = model
+        cfg = model.config
+        self.layout = layout_for(cfg.model_type)
+        self.layers = decoder_layers(model)
+        self.embed = get_module(model, self.layout.embed)
+        self.norm = get_module(model, self.layout.final_norm)
+        self.head = get_module(model, self.layout.lm_head)
+        self.rotary = get_module(model, self.layout.rotary)
+        self.n_heads = cfg.num_attention_heads
+        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        attn0 = get_module(self.layers[0], self.layout.attn)
+        self.scale = getattr(attn0, "scaling", self.head_dim ** -0.5)
+        self.dtype = self.norm.weight.dtype
+        self.vocab = cfg.vocab_size
+        self.cache: KVCache | None = None
+        self.pos = torch.zeros(1, dtype=torch.long)
+        self._layer = self._layer_eager
+        if compile:
+            self._layer = compiled(self._layer_eager)
+
+    def start(self, batch: int, total: int) -> KVCache:
+        """A fresh cache for ``batch`` sequences of up to ``total`` tokens (policies may keep fewer)."""
+        self.cache = make_cache(self.model, batch, total, self.dtype)
+        self.pos = torch.zeros(batch, dtype=torch.long)
+        return self.cache
+
+    def _layer_eager(self, i: int, layer: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor,
+                     sin: torch.Tensor, key_rot: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        q_proj, k_proj, v_proj, o_proj = (get_module(layer, n) for n in self.layout.attn_linears)
+        norm1, norm2 = (get_module(layer, n) for n in self.layout.norms)
+        B, T, _ = x.shape
+        h = norm1(x)
+        q = q_proj(h).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k_proj(h).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v_proj(h).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        q = rope(q, cos, sin)
+        if key_rot is None:
+            k = rope(k, cos, sin)
+        K, V, mask = self.cache.update(i, k, v)
+        if key_rot is not None:  # keys kept unrotated, rotated at their cache positions now
+            K = rope(K, key_rot[0][:, :K.shape[2]], key_rot[1][:, :K.shape[2]])
+        out, w = attention(q, K, V, mask, self.scale, self.cache.needs_weights)
+        if w is not None:
+            self.cache.observe(i, w)
+        x = x + o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        return x + get_module(layer, self.layout.mlp)(norm2(x))
+
+    @torch.inference_mode()
+    def step(self, ids: torch.Tensor, valid: torch.Tensor | None = None, all_logits: bool = False) -> torch.Tensor:
+        """One forward of ``ids [B, T]`` through the cache; fp32 logits ``[B, T or 1, V]``."""
+        cache = self.cache
+        B, T = ids.shape
+        valid = torch.ones(B, T, dtype=torch.bool) if valid is None else valid.bool()
+        cache.begin(valid)
+        x = self.embed(ids).to(self.dtype)
+        key_rot = None
+        if cache.rerotate:
+            qpos = cache.positions(T)[None].expand(B, T)
+            kcos, ksin = self.rotary(x, torch.arange(cache.size)[None])
+            key_rot = (kcos, ksin)
+        else:
+            qpos = (self.pos[:, None] + valid.long().cumsum(1) - 1).clamp(min=0)
+        cos, sin = self.rotary(x, qpos)
+        for i, layer in enumerate(self.layers):
+            x = self._layer(i, layer, x, cos, sin, key_rot)
+        self.pos = self.pos + valid.long().sum(1)
+        cache.commit(T)
+        x = self.norm(x if all_logits else x[:, -1:])
+        return self.head(x).float()
+
+    def feed(self, ids: torch.Tensor, valid: torch.Tensor | None = None, all_logits: bool = False) -> torch.Tensor:
+        """``step`` in the pieces the cache allows: an evicting cache takes one chunk while it has
+        free slots, then one token at a time (each eviction decided as in decoding)."""
+        cache = self.cache
+        if not cache.evicts or ids.shape[1] <= cache.size - cache.length:
+            return self.step(ids, valid, all_logits)
+        outs, t = [], 0
+        while t < ids.shape[1]:
+            n = max(1, min(ids.shape[1] - t, cache.size - cache.length))
+            v = None if valid is None else valid[:, t:t + n]
+            outs.append(self.step(ids[:, t:t + n], v, all_logits))
+            t += n
+        return torch.cat(outs, dim=1) if all_logits else outs[-1]
+
+    def rollback(self, n: int) -> None:
+        """Keep only the first ``n`` cached tokens (batch 1, no padding: speculative decoding)."""
+        drop = self.cache.length - n
+        self.cache.truncate(n)
+        self.pos = self.pos - drop
+
+
+def compiled(fn: Any) -> Any:
+    """``torch.compile`` with inductor's on-disk cache under efflm's cache dir (cold: ~40 s here)."""
+    from efflm.models.load import cache_dir
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True
+    return torch.compile(fn, dynamic=True)
