@@ -160,7 +160,10 @@ def cmd_generate(a) -> int:
                                                   max_len=a.max_len, on_text=show)
         results = [res]
     else:
-        results, timing = generate(model, tok, a.prompt, cfg, chat=a.chat, max_len=a.max_len, on_text=show)
+        from efflm.inference.engine import Engine
+
+        results, timing = generate(model, tok, a.prompt, cfg, chat=a.chat, max_len=a.max_len, on_text=show,
+                                   engine=Engine(model, compile=a.compile))
     if len(a.prompt) > 1:
         for i, r in enumerate(results):
             print(f"[{i}] {r.text}")
@@ -199,7 +202,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--model", default=DEFAULT_MODEL)
     b.add_argument("--recipe", action="append", help="recipe YAML file (repeatable)")
     b.add_argument("--methods", help="comma-separated method names, each at its default config")
-    b.add_argument("--suite", choices=["default", "prune", "full"], default="default")
+    b.add_argument("--suite", choices=["default", "prune", "inference", "full"], default="default")
     b.add_argument("--db", default="results/efflm.sqlite")
     b.add_argument("--out-dir", default="results")
     for name, default in (("seq-len", EVAL_SEQ_LEN), ("windows", EVAL_WINDOWS), ("prompt-len", 128),
@@ -252,6 +255,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--draft-layers", type=int, help="speculative decoding drafting with the first N layers")
     g.add_argument("--prompt-lookup", action="store_true", help="speculative decoding with prompt lookup")
     g.add_argument("--k", type=_positive, default=4, help="draft tokens per step")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the decoder layer (cold compile ~40 s, cached on disk; measured slower here)")
     g.add_argument("--calib-samples", type=_positive, default=CALIB_SAMPLES)
     g.add_argument("--calib-len", type=_positive, default=CALIB_LEN)
     g.set_defaults(fn=cmd_generate)

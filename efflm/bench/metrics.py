@@ -14,7 +14,7 @@ Definitions (also in the README):
 * decode tok/s: greedy decoding of ``new_tokens`` tokens at batch 1 after the prefill,
   on efflm's decode path (static KV cache, the model's KV method, speculative decoding if
   configured); TPOT = 1 / tok/s. One warm-up, then ``reps`` timed repetitions: median, min
-  and max are reported. ``hf_tok_s``: the same through transformers' ``generate`` (reference);
+  and max are reported. ``hf_tok_s``: the same through transformers' ``generate`` (reference; one run after a warm-up);
 * KV bytes: the decode path's cache for ``prompt_len + new_tokens`` tokens;
 * perplexity of a model with a KV-cache method: scored token by token through that cache
   (one sequence of ``seq_len · n_windows`` tokens, so eviction really happens), not in windows;
@@ -171,10 +171,9 @@ def speed(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int = 32, re
     out = {"ttft_ms": statistics.median(prefill), "ttft_ms_min": min(prefill), "ttft_ms_max": max(prefill),
            "tok_s": statistics.median(tok_s), "tok_s_min": min(tok_s), "tok_s_max": max(tok_s),
            "kv_bytes": runs[0][2], "prompt_len": prompt.shape[1], "new_tokens": new_tokens, "reps": reps}
-    if reference:
+    if reference:  # one warm-up and one timed run: a reference, not the row's own number
         _greedy_hf(model, prompt, min(new_tokens, 4))
-        hf = [_greedy_hf(model, prompt, new_tokens) for _ in range(reps)]
-        out["hf_tok_s"] = statistics.median([(new_tokens - 1) / d for _, d in hf])
+        out["hf_tok_s"] = (new_tokens - 1) / _greedy_hf(model, prompt, new_tokens)[1]
     return out
 
 

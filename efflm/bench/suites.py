@@ -47,12 +47,29 @@ def prune_suite() -> list[Recipe]:
     return rows
 
 
+def inference_suite() -> list[Recipe]:
+    """The decode path's methods on the bf16 model: the fast packed 4-bit model (efflm's q4/q8
+    kernels), the int8 KV cache, H2O and StreamingLLM at 20% and 50% of the 512-token evaluation
+    windows (scored token by token through the cache) against a sliding window without sinks,
+    and speculative decoding by prompt lookup and by the model's own first 8 layers."""
+    bf16 = {"method": "dense", "dtype": "bfloat16"}
+    rows = [_r(bf16), _r({"method": "rtn", "bits": 4, "group_size": 32}, {"method": "int8_embeddings"}, bf16),
+            _r(bf16, {"method": "kv_int8"})]
+    for frac, budget in ((0.5, 256), (0.2, 103)):
+        rows += [_r(bf16, {"method": "h2o", "budget": frac}),
+                 _r(bf16, {"method": "streaming_llm", "budget": budget, "sinks": 4}),
+                 _r(bf16, {"method": "streaming_llm", "budget": budget, "sinks": 0})]
+    rows += [_r(bf16, {"method": "speculative", "draft": "prompt_lookup"}),
+             _r(bf16, {"method": "speculative", "draft": "layers", "draft_layers": 8})]
+    return rows
+
+
 def full_suite() -> list[Recipe]:
-    """The default and prune suites, the paper-shape rows, and every registered method at its
+    """The default, prune and inference suites, the paper-shape rows, and every registered method at its
     default config (each recipe once)."""
     moved = [_r({"method": "awq", "bits": 3, "group_size": 64, "n_grid": 10}, {"method": "dense", "dtype": "bfloat16"}),
              _r({"method": "w8a8"})]  # were in the default suite
-    suite = default_suite() + moved + prune_suite() + [_r({"method": "rtn", "bits": b, "group_size": 64}) for b in (8, 4, 3)] + [
+    suite = default_suite() + moved + prune_suite() + inference_suite() + [_r({"method": "rtn", "bits": b, "group_size": 64}) for b in (8, 4, 3)] + [
         _r({"method": m, "bits": b, "group_size": 64}) for m in ("gptq", "awq") for b in (4, 3)]
     suite += [[m.config_cls()] for m in methods()]
     seen, out = set(), []
@@ -64,4 +81,4 @@ def full_suite() -> list[Recipe]:
     return out
 
 
-SUITES = {"default": default_suite, "prune": prune_suite, "full": full_suite}
+SUITES = {"default": default_suite, "prune": prune_suite, "inference": inference_suite, "full": full_suite}

@@ -35,6 +35,7 @@ class KVCache:
         self.valid = torch.zeros(batch, kv_heads, size, dtype=torch.bool)
         self.size, self.length, self.dtype = size, 0, dtype
         self._pending: torch.Tensor | None = None
+        self._mask: torch.Tensor | None = None
 
     # -- the hooks -------------------------------------------------------------------------
     def room(self, t: int) -> None:
@@ -49,6 +50,7 @@ class KVCache:
         self.room(t)
         self.valid[:, :, self.length:self.length + t] = new_valid[:, None, :]
         self._pending = new_valid
+        self._mask = None
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int) -> None:
         t = k.shape[2]
@@ -63,12 +65,13 @@ class KVCache:
         t, n = k.shape[2], self.length + k.shape[2]
         self.store(layer, k, v, self.length)
         K, V = self.read(layer, n)
-        slots = torch.arange(n)
-        query = torch.arange(self.length, n)
-        causal = slots[None, :] <= query[:, None]                       # [T, S]
-        mask = self.valid[:, :, None, None, :n] & causal                # [B, H, 1, T, S]
-        mask = mask | (slots[None, :] == query[:, None])                # a pad query sees itself (no NaN)
-        return K, V, mask
+        if self._mask is None:  # the same for every layer of this step
+            slots = torch.arange(n)
+            query = torch.arange(self.length, n)
+            causal = slots[None, :] <= query[:, None]                   # [T, S]
+            mask = self.valid[:, :, None, None, :n] & causal            # [B, H, 1, T, S]
+            self._mask = mask | (slots[None, :] == query[:, None])      # a pad query sees itself (no NaN)
+        return K, V, self._mask
 
     def observe(self, layer: int, weights: torch.Tensor) -> None:
         """Attention weights ``[B, H, G, T, S]`` of this step (only if ``needs_weights``)."""

@@ -7,8 +7,9 @@ same loop runs dense fp32/bf16, packed W4/W8 (``QuantLinear``'s kernels), struct
 ``models.arch.Layout``. The KV cache is the model's registered KV method, if any (H2O,
 StreamingLLM, int8), else the full static cache.
 
-Attention is computed explicitly (softmax in fp32) so policies that score tokens (H2O) can
-see the weights; left-padded batches mask the pad slots and count positions from each
+Queries, keys, values and the KV cache are fp32 whatever the weights' dtype (this CPU has no
+bf16 arithmetic: fp32 attention measured faster); attention goes through SDPA, or is
+computed explicitly where a policy scores tokens (H2O) and needs the weights; left-padded batches mask the pad slots and count positions from each
 sequence's first real token, so a padded row decodes exactly as it would alone.
 """
 from __future__ import annotations
@@ -29,14 +30,20 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+def rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's RMSNorm module as one fused op (same math: x·rsqrt(mean x² + eps)·weight)."""
+    eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
+    return torch.nn.functional.rms_norm(x, (x.shape[-1],), norm.weight, eps)
+
+
 def attention(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask: torch.Tensor, scale: float,
               need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Grouped-query attention of ``q [B, Hq, T, D]`` over ``K, V [B, H, S, D]``; mask ``[B, H, 1, T, S]``."""
+    """Grouped-query attention of ``q [B, Hq, T, D]`` over ``K, V [B, H, S, D]``. With ``need_weights``
+    the mask is ``[B, H, 1, T, S]`` and the weights come back; else SDPA's ``[B, Hq, T, S]`` or None."""
     B, Hq, T, D = q.shape
     H = K.shape[1]
-    if not need_weights:  # torch's fused CPU kernel
-        m = mask.expand(B, H, Hq // H, T, K.shape[2]).reshape(B, Hq, T, K.shape[2])
-        out = torch.nn.functional.scaled_dot_product_attention(q, K, V, attn_mask=m, scale=scale, enable_gqa=True)
+    if not need_weights:  # torch's fused CPU kernel; mask already [B, Hq, T, S] or None
+        out = torch.nn.functional.scaled_dot_product_attention(q, K, V, attn_mask=mask, scale=scale, enable_gqa=True)
         return out, None
     qg = q.reshape(B, H, Hq // H, T, D)
     scores = (qg @ K.unsqueeze(2).transpose(-1, -2)).float() * scale          # [B, H, G, T, S]
@@ -64,7 +71,12 @@ class Engine:
         self.scale = getattr(attn0, "scaling", self.head_dim ** -0.5)
         self.dtype = self.norm.weight.dtype
         self.vocab = cfg.vocab_size
+        self.mods = [(*(get_module(layer, n) for n in self.layout.norms),
+                      *(get_module(layer, n) for n in self.layout.attn_linears),
+                      get_module(layer, self.layout.mlp)) for layer in self.layers]
         self.cache: KVCache | None = None
+        self._mask_key: torch.Tensor | None = None
+        self._mask: torch.Tensor | None = None
         self.pos = torch.zeros(1, dtype=torch.long)
         self._layer = self._layer_eager
         if compile:
@@ -72,30 +84,39 @@ class Engine:
 
     def start(self, batch: int, total: int) -> KVCache:
         """A fresh cache for ``batch`` sequences of up to ``total`` tokens (policies may keep fewer)."""
-        self.cache = make_cache(self.model, batch, total, self.dtype)
+        self.cache = make_cache(self.model, batch, total, torch.float32)
         self.pos = torch.zeros(batch, dtype=torch.long)
         return self.cache
 
     def _layer_eager(self, i: int, layer: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor,
                      sin: torch.Tensor, key_rot: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        q_proj, k_proj, v_proj, o_proj = (get_module(layer, n) for n in self.layout.attn_linears)
-        norm1, norm2 = (get_module(layer, n) for n in self.layout.norms)
+        norm1, norm2, q_proj, k_proj, v_proj, o_proj, mlp = self.mods[i]
         B, T, _ = x.shape
-        h = norm1(x)
+        h = rms_norm(norm1, x)
         q = q_proj(h).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = k_proj(h).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
         v = v_proj(h).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
-        q = rope(q, cos, sin)
+        q = rope(q.float(), cos, sin)
         if key_rot is None:
-            k = rope(k, cos, sin)
+            k = rope(k.float(), cos, sin)
         K, V, mask = self.cache.update(i, k, v)
         if key_rot is not None:  # keys kept unrotated, rotated at their cache positions now
             K = rope(K, key_rot[0][:, :K.shape[2]], key_rot[1][:, :K.shape[2]])
-        out, w = attention(q, K, V, mask, self.scale, self.cache.needs_weights)
+        out, w = attention(q, K, V, self._sdpa_mask(mask, q.shape[1]), self.scale, self.cache.needs_weights)
         if w is not None:
             self.cache.observe(i, w)
-        x = x + o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
-        return x + get_module(layer, self.layout.mlp)(norm2(x))
+        x = x + o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim).to(x.dtype))
+        return x + mlp(rms_norm(norm2, x))
+
+    def _sdpa_mask(self, mask: torch.Tensor, n_heads: int) -> torch.Tensor | None:
+        """The mask in the shape SDPA takes, built once per step (None when nothing is masked)."""
+        if self.cache.needs_weights:
+            return mask
+        if mask is not self._mask_key:
+            B, H, _, T, S = mask.shape
+            self._mask_key = mask
+            self._mask = None if bool(mask.all()) else mask.expand(B, H, n_heads // H, T, S).reshape(B, n_heads, T, S)
+        return self._mask
 
     @torch.inference_mode()
     def step(self, ids: torch.Tensor, valid: torch.Tensor | None = None, all_logits: bool = False) -> torch.Tensor:
@@ -108,16 +129,16 @@ class Engine:
         key_rot = None
         if cache.rerotate:
             qpos = cache.positions(T)[None].expand(B, T)
-            kcos, ksin = self.rotary(x, torch.arange(cache.size)[None])
+            kcos, ksin = self.rotary(x.float(), torch.arange(cache.size)[None])
             key_rot = (kcos, ksin)
         else:
             qpos = (self.pos[:, None] + valid.long().cumsum(1) - 1).clamp(min=0)
-        cos, sin = self.rotary(x, qpos)
+        cos, sin = self.rotary(x.float(), qpos)
         for i, layer in enumerate(self.layers):
             x = self._layer(i, layer, x, cos, sin, key_rot)
         self.pos = self.pos + valid.long().sum(1)
         cache.commit(T)
-        x = self.norm(x if all_logits else x[:, -1:])
+        x = rms_norm(self.norm, x if all_logits else x[:, -1:])
         return self.head(x).float()
 
     def feed(self, ids: torch.Tensor, valid: torch.Tensor | None = None, all_logits: bool = False) -> torch.Tensor:

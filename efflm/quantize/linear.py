@@ -4,9 +4,12 @@ It holds integer codes as tightly as a byte allows plus fp16 per-group scales (a
 for asymmetric grids) — never a float copy of the weight. Storage layouts:
 
 * ``nibble``: two 2..4-bit codes per byte (the file layout for those widths);
-* ``int4pack``: the same bytes in the order of torch's int4 CPU kernel, used when the
-  module computes in bf16 and the group size is 32/64/128/256 (plus bf16 (scale, zero)
-  pairs the kernel reads);
+* ``q4blk``: the same bytes in 32-input blocks for efflm's own AVX2 kernel
+  (``q4_kernel``), used when the module computes in bf16, the group size is a multiple of
+  32 and the kernel is available on this machine (it reads the fp16 scales directly);
+* ``int4pack``: the same bytes in the order of torch's int4 CPU kernel, used in bf16 where
+  efflm's kernel is not available and the group size is 32/64/128/256 (plus bf16 (scale,
+  zero) pairs the kernel reads);
 * ``i8``: 5..8-bit symmetric codes as signed int8 (per-channel ones run through torch's
   int8 kernel); ``u8``: 5..8-bit asymmetric codes.
 
@@ -19,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from efflm.quantize import kernels
+from efflm.quantize import kernels, q4_kernel
 
 
 def pack_codes(q: torch.Tensor, bits: int) -> torch.Tensor:
@@ -78,19 +81,27 @@ class QuantLinear(nn.Module):
     def _int4_kernel_ok(self) -> bool:
         return self.bits <= 4 and self.compute_dtype == torch.bfloat16 and self.group_size in kernels.INT4_GROUPS
 
+    def _wanted_layout(self) -> str:
+        if self.bits <= 4 and self.compute_dtype == torch.bfloat16 and self.group_size % 32 == 0 \
+                and q4_kernel.available():
+            return "q4blk"
+        return "int4pack" if self._int4_kernel_ok() else ("nibble" if self.bits <= 4 else self.layout)
+
     def _repack(self) -> None:
         """Move the codes into the layout the compute dtype wants (same bytes either way)."""
-        want = "int4pack" if self._int4_kernel_ok() else ("nibble" if self.bits <= 4 else self.layout)
+        want = self._wanted_layout()
         if want == self.layout and (want != "int4pack" or hasattr(self, "sz")):
             return
         codes = self.codes()
         self.layout = want
+        if hasattr(self, "sz"):
+            del self.sz
         if want == "int4pack":
             self.qweight = kernels.int4pack(codes + kernels.code_shift(self.bits))
+        elif want == "q4blk":
+            self.qweight = q4_kernel.to_blocks(codes + kernels.code_shift(self.bits))
         else:
             self.qweight = pack_codes(codes, self.bits)
-            if hasattr(self, "sz"):
-                del self.sz
         self._refresh_sz()
 
     def _refresh_sz(self) -> None:
@@ -103,6 +114,8 @@ class QuantLinear(nn.Module):
         if self.layout == "int4pack":
             codes = kernels.int4pack_to_codes(self.qweight, self.out_features, self.in_features)
             return codes - kernels.code_shift(self.bits)
+        if self.layout == "q4blk":
+            return q4_kernel.from_blocks(self.qweight, self.in_features) - kernels.code_shift(self.bits)
         if self.layout == "i8":
             return (self.qweight.to(torch.int16) + 2 ** (self.bits - 1)).to(torch.uint8)
         return unpack_codes(self.qweight, self.bits, self.in_features)
@@ -114,6 +127,8 @@ class QuantLinear(nn.Module):
         q = q.to(torch.uint8)
         if self.layout == "int4pack":
             self.qweight = kernels.int4pack(q + kernels.code_shift(self.bits))
+        elif self.layout == "q4blk":
+            self.qweight = q4_kernel.to_blocks(q + kernels.code_shift(self.bits))
         elif self.layout == "i8":
             self.qweight = (q.to(torch.int16) - 2 ** (self.bits - 1)).to(torch.int8)
         else:
@@ -128,7 +143,7 @@ class QuantLinear(nn.Module):
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self.layout == "int4pack":  # files hold the portable nibble layout
+        if self.layout in ("int4pack", "q4blk"):  # files hold the portable nibble layout
             destination[prefix + "qweight"] = pack_codes(self.codes(), self.bits)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -136,6 +151,9 @@ class QuantLinear(nn.Module):
         if self.layout == "int4pack" and key in state_dict:
             codes = unpack_codes(state_dict[key], self.bits, self.in_features)
             state_dict[key] = kernels.int4pack(codes + kernels.code_shift(self.bits))
+        elif self.layout == "q4blk" and key in state_dict:
+            codes = unpack_codes(state_dict[key], self.bits, self.in_features)
+            state_dict[key] = q4_kernel.to_blocks(codes + kernels.code_shift(self.bits))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._refresh_sz()
 
@@ -150,8 +168,12 @@ class QuantLinear(nn.Module):
         """Name of the packed kernel this input would use, or None for the dequantize path."""
         if self.layout == "int4pack" and x.dtype == torch.bfloat16:
             return "int4"
+        if self.layout == "q4blk" and x.dtype == torch.bfloat16:
+            return "q4"
         # int8 kernel: bf16 only (with fp32 activations it measured ~25x slower than dequantizing)
         if self.layout == "i8" and self.group_size == self.in_features and x.dtype == torch.bfloat16:
+            if self.bits == 8 and self.in_features % 32 == 0 and q4_kernel.available():
+                return "q8"
             return "int8"
         return None
 
@@ -159,6 +181,11 @@ class QuantLinear(nn.Module):
         kind = self.kernel(x)
         if kind == "int4":
             y = kernels.int4_mm(x, self.qweight, self.group_size, self.sz)
+        elif kind == "q4":
+            y = q4_kernel.q4_mm(x, self.qweight, self.scales, getattr(self, "offsets", None),
+                                2 ** (self.bits - 1), self.group_size)
+        elif kind == "q8":
+            y = q4_kernel.q8_mm(x, self.qweight, self.scales)
         elif kind == "int8":
             y = kernels.int8_mm(x, self.qweight, self.scales[:, 0].to(x.dtype))
         else:
