@@ -256,7 +256,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt-lookup", action="store_true", help="speculative decoding with prompt lookup")
     g.add_argument("--k", type=_positive, default=4, help="draft tokens per step")
     g.add_argument("--compile", action="store_true",
-                   help="torch.compile the decoder layer (cold compile ~40 s, cached on disk; measured slower here)")
+                   help="experimental: torch.compile each decoder layer (measured slower here: it recompiles per layer; see README)")
     g.add_argument("--calib-samples", type=_positive, default=CALIB_SAMPLES)
     g.add_argument("--calib-len", type=_positive, default=CALIB_LEN)
     g.set_defaults(fn=cmd_generate)
