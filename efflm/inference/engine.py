@@ -98,7 +98,7 @@ class Engine:
         h = rms_norm(norm1, x)
         q = q_proj(h).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = k_proj(h).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = v_proj(h).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v_proj(h).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2).float()
         q = rope(q.float(), cos, sin)
         if key_rot is None:
             k = rope(k.float(), cos, sin)

@@ -123,3 +123,12 @@ def test_bad_kv_settings(tiny):
     e.start(1, 8)
     with pytest.raises(EfflmError, match="KV cache full"):
         e.feed(torch.ones(1, 9, dtype=torch.long))
+
+
+@pytest.mark.parametrize("step", [{"method": "h2o", "budget": 12}, {"method": "streaming_llm", "budget": 12},
+                                  {"method": "kv_int8"}])
+def test_policies_run_on_a_bf16_model(tiny, ids, step):
+    model, _ = tiny
+    model = _with(_with(model, method="dense", dtype="bfloat16"), **step)
+    logits, cache = _score(model, ids)
+    assert torch.isfinite(logits).all() and cache.length == min(cache.size, ids.shape[1])
