@@ -139,7 +139,7 @@ def _greedy_hf(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) ->
 
 
 @torch.inference_mode()
-def _greedy(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float, int]:
+def _greedy(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float, int | None]:
     """efflm's decode path (static KV cache; speculative if the model says so): (prefill seconds,
     decode seconds for the tokens after the first, KV-cache bytes)."""
     from efflm.inference.generate import SamplingConfig, generate_ids
@@ -151,7 +151,7 @@ def _greedy(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tu
     if spec is not None:
         _, timing, _ = speculative_ids(model, prompt[0].tolist(), cfg, draft=spec[0], k=spec[1]["k"],
                                        max_ngram=spec[1]["ngram"])
-        return timing.ttft_s, timing.decode_s * (new_tokens - 1) / max(1, timing.new_tokens), 0
+        return timing.ttft_s, timing.decode_s * (new_tokens - 1) / max(1, timing.new_tokens), None
     engine = Engine(model)
     _, timing = generate_ids(model, None, prompt, torch.ones_like(prompt, dtype=torch.bool), cfg, engine=engine)
     return timing.ttft_s, timing.decode_s, engine.cache.nbytes()

@@ -124,8 +124,8 @@ def cache_size(spec: dict | None, total: int) -> int:
     """Slots the policy needs for a sequence of ``total`` tokens (full cache: all of them)."""
     if not spec or spec["method"] == "kv_int8":
         return total
-    if spec["method"] == "streaming_llm":
-        return spec["budget"]
+    if spec["method"] == "streaming_llm":  # never more slots than the sequence can fill
+        return min(spec["budget"], total)
     budget = spec["budget"]  # h2o: a fraction of the sequence, or a number of tokens
     return max(2, min(total, math.ceil(budget * total) if budget <= 1 else int(budget)))
 

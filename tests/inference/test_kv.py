@@ -132,3 +132,9 @@ def test_policies_run_on_a_bf16_model(tiny, ids, step):
     model = _with(_with(model, method="dense", dtype="bfloat16"), **step)
     logits, cache = _score(model, ids)
     assert torch.isfinite(logits).all() and cache.length == min(cache.size, ids.shape[1])
+
+
+def test_bounded_cache_never_exceeds_the_sequence(tiny, ids):
+    model, _ = tiny
+    _, cache = _score(_with(model, method="streaming_llm", budget=64), ids)
+    assert cache.size == ids.shape[1] == 48
