@@ -34,7 +34,6 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=store_dtype or dtype)
         self.valid = torch.zeros(batch, kv_heads, size, dtype=torch.bool)
         self.size, self.length, self.dtype = size, 0, dtype
-        self._pending: torch.Tensor | None = None
         self._mask: torch.Tensor | None = None
 
     # -- the hooks -------------------------------------------------------------------------
@@ -49,7 +48,6 @@ class KVCache:
         t = new_valid.shape[1]
         self.room(t)
         self.valid[:, :, self.length:self.length + t] = new_valid[:, None, :]
-        self._pending = new_valid
         self._mask = None
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int) -> None:
@@ -78,7 +76,6 @@ class KVCache:
 
     def commit(self, t: int) -> None:
         self.length += t
-        self._pending = None
 
     def positions(self, t: int) -> torch.Tensor:
         """Cache positions of the slots the next ``t`` tokens take (for ``rerotate`` policies)."""
