@@ -117,6 +117,13 @@ def set_kv_spec(model: Any, config: Any) -> Any:
     return model
 
 
+EVICTING = ("streaming_llm", "h2o")  # KV methods whose cache holds fewer slots than the sequence
+
+
+def evicting(model: Any) -> bool:
+    return (kv_spec(model) or {}).get("method") in EVICTING
+
+
 def cache_size(spec: dict | None, total: int) -> int:
     """Slots the policy needs for a sequence of ``total`` tokens (full cache: all of them)."""
     if not spec or spec["method"] == "kv_int8":

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from efflm.core.errors import EfflmError
-from efflm.inference.cache import kv_spec
+from efflm.inference.cache import evicting
 from efflm.inference.engine import Engine
 
 
@@ -123,7 +123,7 @@ def cache_total(model: Any, prompt_len: int, cfg: SamplingConfig, max_len: int |
     """Slots the full cache needs; raises when the prompt cannot fit."""
     ctx = getattr(model.config, "max_position_embeddings", None) or 1 << 30
     cap = min(max_len or ctx, ctx)
-    bounded = (kv_spec(model) or {}).get("method") in ("streaming_llm", "h2o")
+    bounded = evicting(model)
     if prompt_len >= cap and not bounded:
         raise EfflmError(f"prompt is {prompt_len} tokens, longer than the KV cache ({cap} tokens); "
                          "shorten it or raise --max-len")
