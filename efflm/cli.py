@@ -20,7 +20,7 @@ def _recipe_arg(path: str | None, fallback: str | None = None):
 
 
 def cmd_methods(a) -> int:
-    from efflm.core.registry import methods
+    from efflm.methods import methods
 
     rows = [(m.name, m.family, m.arxiv or "–", "yes" if m.needs_calibration else "no", m.title) for m in methods()]
     head = ("name", "family", "arXiv", "calib", "paper")
@@ -32,7 +32,7 @@ def cmd_methods(a) -> int:
 
 def cmd_bench(a) -> int:
     from efflm.bench import leaderboard, runner, suites
-    from efflm.core.registry import get
+    from efflm.methods import get
 
     if a.recipe:
         recipes_ = [_recipe_arg(p) for p in a.recipe]
@@ -61,7 +61,7 @@ def cmd_leaderboard(a) -> int:
 
 
 def _load_with_recipe(model_spec: str, recipe_path: str | None, a=None):
-    from efflm.core.pipeline import load_and_apply
+    from efflm.pipeline import load_and_apply
 
     recipe = _recipe_arg(recipe_path)
     calib = {"calib_samples": a.calib_samples, "calib_len": a.calib_len} if a is not None else {}
@@ -76,7 +76,7 @@ def cmd_compress(a) -> int:
     if out.exists():
         raise EfflmError(f"output exists: {out} (choose another --out)")
     template = None
-    from efflm.models import compressed_tensors, gguf_export
+    from efflm.io import compressed_tensors, gguf_export
 
     if a.format != "efflm":
         (gguf_export if a.format == "gguf" else compressed_tensors).check_recipe(_recipe_arg(a.recipe))
@@ -101,7 +101,7 @@ def cmd_compress(a) -> int:
     elif a.format == "compressed-tensors":
         compressed_tensors.export(model, tok, out)
     else:
-        from efflm.models.save import save
+        from efflm.io.save import save
 
         save(model, tok, out, recipes.to_yaml(recipe))
     print(f"wrote {out} ({recipes.label(recipe)}, {a.format})")
@@ -109,8 +109,8 @@ def cmd_compress(a) -> int:
 
 
 def cmd_eval(a) -> int:
-    from efflm.bench.metrics import model_bytes, perplexity
     from efflm.data import text
+    from efflm.eval.metrics import model_bytes, perplexity
 
     source = text.read_text_file(a.text_file) if a.text_file else None
     model, tok, recipe = _load_with_recipe(a.model, a.recipe, a)
@@ -124,7 +124,7 @@ def cmd_eval(a) -> int:
 
 
 def cmd_generate(a) -> int:
-    from efflm.bench.metrics import bandwidth_gbs, bytes_read_per_token
+    from efflm.eval.metrics import bandwidth_gbs, bytes_read_per_token
     from efflm.inference.generate import SamplingConfig, generate
     from efflm.inference.speculative import check_compatible, first_layers, speculative_generate
 
@@ -142,7 +142,7 @@ def cmd_generate(a) -> int:
     model, tok, _ = _load_with_recipe(a.model, a.recipe, a)
     draft = None
     if a.draft_model:
-        from efflm.core.pipeline import load_and_apply
+        from efflm.pipeline import load_and_apply
 
         draft, draft_tok = load_and_apply(a.draft_model, _recipe_arg(a.draft_recipe), a.calib_samples, a.calib_len)
         check_compatible(model, draft, tok, draft_tok)
@@ -190,8 +190,8 @@ def _positive(v: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from efflm.bench.metrics import EVAL_SEQ_LEN, EVAL_WINDOWS
-    from efflm.core.pipeline import CALIB_LEN, CALIB_SAMPLES
+    from efflm.eval.metrics import EVAL_SEQ_LEN, EVAL_WINDOWS
+    from efflm.pipeline import CALIB_LEN, CALIB_SAMPLES
 
     p = argparse.ArgumentParser(prog="efflm", description="Compress, run and measure LLM efficiency methods.")
     sub = p.add_subparsers(dest="cmd", required=True)

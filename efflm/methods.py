@@ -1,19 +1,27 @@
-"""Imports every method module so that each registers itself. Add new paper files here."""
-import efflm.models.dense  # noqa: F401
-import efflm.quantize.gptq  # noqa: F401
-import efflm.quantize.rtn  # noqa: F401
-import efflm.quantize.awq  # noqa: F401
-import efflm.quantize.embedding  # noqa: F401
-import efflm.quantize.smoothquant  # noqa: F401
-import efflm.quantize.w8a8  # noqa: F401
-import efflm.prune.magnitude  # noqa: F401
-import efflm.prune.wanda  # noqa: F401
-import efflm.prune.sparsegpt  # noqa: F401
-import efflm.prune.llm_pruner  # noqa: F401
-import efflm.lowrank.svd  # noqa: F401
-import efflm.lowrank.fwsvd  # noqa: F401
-import efflm.lowrank.losparse  # noqa: F401
+"""The one index of efflm's methods: importing it registers every method file.
+
+The CLI, the pipeline, the bench and the catalog look methods up here (``get``,
+``methods``, ``config_from_dict``), never in the registry directly, so every method is
+known wherever one is named. Adding a paper: one line below (see docs/architecture.md).
+"""
 import efflm.inference.h2o  # noqa: F401
-import efflm.inference.streaming_llm  # noqa: F401
 import efflm.inference.kv_int8  # noqa: F401
 import efflm.inference.speculative  # noqa: F401
+import efflm.inference.streaming_llm  # noqa: F401
+import efflm.lowrank.fwsvd  # noqa: F401
+import efflm.lowrank.losparse  # noqa: F401
+import efflm.lowrank.svd  # noqa: F401
+import efflm.models.dense  # noqa: F401
+import efflm.prune.llm_pruner  # noqa: F401
+import efflm.prune.magnitude  # noqa: F401
+import efflm.prune.sparsegpt  # noqa: F401
+import efflm.prune.wanda  # noqa: F401
+import efflm.quantize.awq  # noqa: F401
+import efflm.quantize.embedding  # noqa: F401
+import efflm.quantize.gptq  # noqa: F401
+import efflm.quantize.rtn  # noqa: F401
+import efflm.quantize.smoothquant  # noqa: F401
+import efflm.quantize.w8a8  # noqa: F401
+from efflm.core.registry import FAMILIES, Method, MethodConfig, check_for_model, config_from_dict, get, methods
+
+__all__ = ["FAMILIES", "Method", "MethodConfig", "check_for_model", "config_from_dict", "get", "methods"]

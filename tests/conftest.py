@@ -9,7 +9,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture
 def tiny():
-    from efflm.models.load import load
+    from efflm.io.load import load
 
     return load("tiny-llama")
 

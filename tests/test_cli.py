@@ -243,7 +243,7 @@ def test_generate_bad_kv_budget_and_draft(capsys, tmp_path, recipe):
     assert_one_line_error(code, err, "smaller than sinks + 1")
     from transformers import LlamaForCausalLM
 
-    from efflm.models.save import save
+    from efflm.io.save import save
     from efflm.models.tiny import tiny_config, tiny_tokenizer
 
     save(LlamaForCausalLM(tiny_config(vocab_size=300)), tiny_tokenizer(), tmp_path / "other", "")

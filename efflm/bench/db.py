@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ def insert(conn: sqlite3.Connection, *, status: str, model: str, label: str, rec
            metrics: dict[str, Any] | None = None, env: dict | None = None, extra: dict | None = None) -> int:
     """Write one row in a single transaction. Failed rows carry no metrics."""
     metrics = {} if status == "failed" else (metrics or {})
-    row = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "status": status,
+    row = {"created_at": datetime.now(UTC).isoformat(timespec="seconds"), "status": status,
            "error": error, "model": model, "model_hash": model_hash, "label": label, "recipe": recipe,
            "families": families, **{m: metrics.get(m) for m in METRICS},
            "env": json.dumps(env or {}), "extra": json.dumps(extra or {})}

@@ -26,7 +26,7 @@ def latest(rows: list) -> list:
     return list(by_label.values())
 
 
-def _dense(rows: list):
+def dense_row(rows: list):
     from efflm.models.dense import DenseConfig
 
     ok = [r for r in rows if r["status"] == "ok" and r["label"] == DenseConfig().label()]
@@ -38,7 +38,7 @@ def _fmt(v, spec: str) -> str:
 
 
 def table(rows: list) -> tuple[list[str], list[list[str]]]:
-    ref = _dense(rows)
+    ref = dense_row(rows)
     head = ["method", "family", "ppl", "Δppl vs dense", "MB", "× dense", "as-sparse MB", "disk MB", "tok/s (min–max)",
             "% ceiling", "HF tok/s", "KV KB", "TTFT ms", "peak RSS MB", "status"]
     body = []
@@ -123,7 +123,7 @@ def plot(model: str, rows: list, path: Path) -> Path:
     from matplotlib.ticker import ScalarFormatter
 
     ok = [r for r in rows if r["status"] == "ok"]
-    ref = _dense(rows)
+    ref = dense_row(rows)
     cap = 20 * (ref["ppl"] if ref else min(r["ppl"] for r in ok))  # rows beyond it are listed, not drawn
     off = sorted((r for r in ok if r["ppl"] > cap), key=lambda r: r["ppl"])
     ok = [r for r in ok if r["ppl"] <= cap]

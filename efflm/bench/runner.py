@@ -9,12 +9,12 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from efflm import pipeline
 from efflm.bench import db as results
-from efflm.bench.env import environment
 from efflm.core import recipe as recipes
 from efflm.core.progress import progress
-from efflm.core import pipeline
-from efflm.core.registry import get
+from efflm.eval.env import environment
+from efflm.methods import get
 
 
 @dataclass

@@ -6,7 +6,7 @@ so its suites avoid that exact grid: asymmetric g32 4-bit re-quantization is los
 from __future__ import annotations
 
 from efflm.core.recipe import Recipe
-from efflm.core.registry import config_from_dict, methods
+from efflm.methods import config_from_dict, methods
 
 
 def _r(*steps: dict) -> Recipe:

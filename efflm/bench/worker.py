@@ -14,17 +14,17 @@ from pathlib import Path
 
 import torch
 
-from efflm.bench import metrics
 from efflm.core import recipe as recipes
 from efflm.core.errors import EfflmError
-from efflm.core.pipeline import load_and_apply
+from efflm.eval import metrics
+from efflm.pipeline import load_and_apply
 
 
 def run(model_spec: str, recipe: recipes.Recipe, *, seq_len: int, windows: int, prompt_len: int,
         new_tokens: int, reps: int, calib_samples: int, calib_len: int) -> dict:
     from efflm.data import text
+    from efflm.io.save import dir_bytes, save
     from efflm.models import load as loader
-    from efflm.models.save import dir_bytes, save
 
     t0 = time.perf_counter()
     model, tok = load_and_apply(model_spec, recipe, calib_samples, calib_len)

@@ -13,7 +13,7 @@ DEFAULT_SEED = Path("../shared/seed/000_690c9ae7716e6f54.txt")
 
 
 def _method_papers() -> dict[str, list[str]]:
-    from efflm.core.registry import methods
+    from efflm.methods import methods
 
     out: dict[str, list[str]] = {}
     for m in methods():

@@ -57,7 +57,7 @@ def content_problems(cat: Catalog) -> list[str]:
 
 def registry_problems(cat: Catalog) -> list[str]:
     """Every registered method names an entry that names it back; every implemented_by is registered."""
-    from efflm.core.registry import methods
+    from efflm.methods import methods
 
     registered = {m.name: m for m in methods()}
     entries = cat.by_id()

@@ -28,7 +28,7 @@ def search(cat: Catalog, text: str = "", category: str | None = None, implemente
 
 def method_files() -> dict[str, str]:
     """Registered method name -> the file that implements it."""
-    from efflm.core.registry import methods
+    from efflm.methods import methods
 
     root = Path(__file__).resolve().parents[2]
     out = {}
@@ -41,12 +41,12 @@ def method_files() -> dict[str, str]:
 def best_rows(db_path: Path, model: str) -> dict[str, str]:
     """Per method: its most compressed row within +5% perplexity of dense (else its best perplexity)."""
     from efflm.bench import db
-    from efflm.bench.leaderboard import _dense, latest, short_label
+    from efflm.bench.leaderboard import dense_row, latest, short_label
 
     if not Path(db_path).is_file():
         return {}
     rows = [r for r in latest(db.rows(db.connect(db_path, create=False), model)) if r["status"] == "ok"]
-    ref = _dense(rows)
+    ref = dense_row(rows)
     if ref is None:
         return {}
     out = {}

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import os
-from typing import Iterable, TypeVar
+from collections.abc import Iterable
+from typing import TypeVar
 
 from tqdm.auto import tqdm
 

@@ -1,8 +1,11 @@
-"""The method registry: the one list that the benchmark, the CLI and the catalog read.
+"""The method registry: a plain dict filled by a decorator. It imports no method.
 
 A method is a frozen dataclass config (validated in ``__post_init__``) plus an
 ``apply(model, config, calib) -> model`` function. ``check(hf_config, config)`` is an
 optional model-dependent validation that runs before any work starts.
+
+Method files register themselves when imported; ``efflm.methods`` is the one index that
+imports them all (the CLI, pipeline, bench and catalog go through it).
 """
 from __future__ import annotations
 
@@ -10,8 +13,9 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from efflm.core.errors import ConfigError, EfflmError
 
@@ -68,17 +72,12 @@ def register(config_cls: type[MethodConfig], *, family: str, title: str, arxiv: 
     return wrap
 
 
-def _load_all() -> None:
-    import efflm.methods  # noqa: F401  (imports every method module, which registers it)
-
-
 def methods() -> list[Method]:
-    _load_all()
+    """Every registered method (those whose files were imported), by family then name."""
     return sorted(_REGISTRY.values(), key=lambda m: (FAMILIES.index(m.family), m.name))
 
 
 def get(name: str) -> Method:
-    _load_all()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=1, cutoff=0.4)
         hint = f"; did you mean {close[0]!r}?" if close else ""

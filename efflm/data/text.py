@@ -71,7 +71,7 @@ def _split_tokens(tokenizer, split: str) -> torch.Tensor:
     import hashlib
 
     from efflm.core.atomic import atomic_write_bytes_from
-    from efflm.models.load import cache_dir
+    from efflm.core.paths import cache_dir
 
     text = split_text(split)
     backend = getattr(tokenizer, "backend_tokenizer", None)

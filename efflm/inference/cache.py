@@ -7,17 +7,19 @@ layer with the new keys/values and gets back what to attend over plus a boolean 
 
 Eviction policies (H2O, StreamingLLM) and the int8 cache subclass this and override the
 hooks: ``update`` (where new tokens go, what is read back), ``observe`` (attention weights,
-for policies that score tokens) and ``commit``. ``KVSpec`` is what a registered KV method
-leaves on ``model.config.efflm_kv_cache``; ``make_cache`` turns it back into a cache.
+for policies that score tokens) and ``commit``. A KV method's config (a ``KVMethodConfig``)
+is what its ``apply`` leaves on ``model.config.efflm_kv_cache``; it states its slot count and
+builds its cache, and ``make_cache`` asks it to.
 """
 from __future__ import annotations
 
-import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
-from efflm.core.errors import EfflmError
+from efflm.core.errors import ConfigError, EfflmError
+from efflm.core.registry import MethodConfig, config_from_dict
 
 KV_ATTR = "efflm_kv_cache"  # model.config attribute a registered KV method sets (saved with config.json)
 
@@ -60,7 +62,7 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Write ``k, v [B, H, T, D]`` after the used slots; return (K, V, mask) to attend over."""
-        t, n = k.shape[2], self.length + k.shape[2]
+        n = self.length + k.shape[2]
         self.store(layer, k, v, self.length)
         K, V = self.read(layer, n)
         if self._mask is None:  # the same for every layer of this step
@@ -101,14 +103,28 @@ class KVCache:
         return [self.k, self.v]
 
 
+@dataclass(frozen=True)
+class KVMethodConfig(MethodConfig):
+    """Base of a KV-cache method's config: the method states how many slots a sequence needs
+    and builds its own cache; this module names no method."""
+
+    cache: ClassVar[type[KVCache]] = KVCache   # the cache class it builds
+
+    def slots(self, total: int) -> int:
+        """Slots the cache needs for a sequence of ``total`` tokens."""
+        return total
+
+    def build(self, n_layers: int, batch: int, kv_heads: int, size: int, head_dim: int,
+              dtype: torch.dtype) -> KVCache:
+        return self.cache(n_layers, batch, kv_heads, size, head_dim, dtype)
+
+
 def kv_spec(model: Any) -> dict | None:
     return getattr(model.config, KV_ATTR, None)
 
 
-def set_kv_spec(model: Any, config: Any) -> Any:
+def set_kv_spec(model: Any, config: KVMethodConfig) -> Any:
     """What a KV method's ``apply`` does: record the policy on the config (saved with the model)."""
-    from efflm.core.errors import ConfigError
-
     old = kv_spec(model)
     if old and old["method"] != config.method:
         raise ConfigError(f"{config.method}: the model already uses KV-cache method {old['method']!r} "
@@ -117,39 +133,28 @@ def set_kv_spec(model: Any, config: Any) -> Any:
     return model
 
 
-EVICTING = ("streaming_llm", "h2o")  # KV methods whose cache holds fewer slots than the sequence
+def kv_method(model: Any) -> KVMethodConfig | None:
+    """The KV method recorded on the model's config (None: the full static cache)."""
+    spec = kv_spec(model)
+    if not spec:
+        return None
+    cfg = config_from_dict(spec)
+    if not isinstance(cfg, KVMethodConfig):
+        raise EfflmError(f"{spec['method']!r} in the model's config is not a KV-cache method")
+    return cfg
 
 
 def evicting(model: Any) -> bool:
-    return (kv_spec(model) or {}).get("method") in EVICTING
-
-
-def cache_size(spec: dict | None, total: int) -> int:
-    """Slots the policy needs for a sequence of ``total`` tokens (full cache: all of them)."""
-    if not spec or spec["method"] == "kv_int8":
-        return total
-    if spec["method"] == "streaming_llm":  # never more slots than the sequence can fill
-        return min(spec["budget"], total)
-    budget = spec["budget"]  # h2o: a fraction of the sequence, or a number of tokens
-    return max(2, min(total, math.ceil(budget * total) if budget <= 1 else int(budget)))
+    method = kv_method(model)
+    return method is not None and method.cache.evicts
 
 
 def make_cache(model: Any, batch: int, total: int, dtype: torch.dtype) -> KVCache:
-    """The cache a model's generation uses: its registered KV method, or the full static cache."""
+    """The cache a model's generation uses: its registered KV method's, or the full static cache."""
     cfg = model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    spec = kv_spec(model)
-    args = (cfg.num_hidden_layers, batch, kv_heads, cache_size(spec, total), head_dim, dtype)
-    if not spec:
-        return KVCache(*args)
-    if spec["method"] == "kv_int8":
-        from efflm.inference.kv_int8 import Int8Cache
-        return Int8Cache(*args)
-    if spec["method"] == "streaming_llm":
-        from efflm.inference.streaming_llm import SinkCache
-        return SinkCache(*args, sinks=spec["sinks"])
-    if spec["method"] == "h2o":
-        from efflm.inference.h2o import HeavyHitterCache
-        return HeavyHitterCache(*args, recent=max(1, int(args[3] * spec["recent_ratio"])))
-    raise EfflmError(f"unknown KV-cache method {spec['method']!r} in the model's config")
+    method = kv_method(model)
+    size = total if method is None else method.slots(total)
+    args = (cfg.num_hidden_layers, batch, kv_heads, size, head_dim, dtype)
+    return KVCache(*args) if method is None else method.build(*args)

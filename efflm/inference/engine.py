@@ -167,7 +167,7 @@ class Engine:
 
 def compiled(fn: Any) -> Any:
     """``torch.compile`` with inductor's on-disk cache under efflm's cache dir (cold: ~40 s here)."""
-    from efflm.models.load import cache_dir
+    from efflm.core.paths import cache_dir
 
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
     import torch._inductor.config as inductor_config

@@ -8,8 +8,9 @@ compares exactly the distributions plain sampling would draw from.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

@@ -13,14 +13,15 @@ so prefill evicts exactly as decoding does.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from efflm.core.errors import ConfigError
-from efflm.core.registry import MethodConfig, register
-from efflm.inference.cache import KVCache, set_kv_spec
+from efflm.core.registry import register
+from efflm.inference.cache import KVCache, KVMethodConfig, set_kv_spec
 
 
 class HeavyHitterCache(KVCache):
@@ -87,11 +88,12 @@ class HeavyHitterCache(KVCache):
 
 
 @dataclass(frozen=True)
-class H2OConfig(MethodConfig):
+class H2OConfig(KVMethodConfig):
     """KV budget as a fraction of the sequence (≤ 1) or a number of tokens (> 1); ``recent_ratio``
     of it goes to the most recent tokens, the rest to heavy hitters (the paper splits evenly)."""
 
     method = "h2o"
+    cache = HeavyHitterCache
     budget: float = 0.2
     recent_ratio: float = 0.5
 
@@ -100,6 +102,13 @@ class H2OConfig(MethodConfig):
             raise ConfigError(f"h2o: budget must be a fraction in (0, 1] or a whole number of tokens, got {self.budget}")
         if not 0 < self.recent_ratio < 1:
             raise ConfigError(f"h2o: recent_ratio must be in (0, 1), got {self.recent_ratio}")
+
+    def slots(self, total: int) -> int:
+        budget = math.ceil(self.budget * total) if self.budget <= 1 else int(self.budget)
+        return max(2, min(total, budget))
+
+    def build(self, *args) -> KVCache:
+        return HeavyHitterCache(*args, recent=max(1, int(args[3] * self.recent_ratio)))
 
 
 @register(H2OConfig, family="inference", title="H2O: heavy-hitter KV-cache eviction", arxiv="2306.14048",

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from efflm.core.registry import MethodConfig, register
-from efflm.inference.cache import KVCache, set_kv_spec
+from efflm.core.registry import register
+from efflm.inference.cache import KVCache, KVMethodConfig, set_kv_spec
 
 
 def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,10 +50,11 @@ class Int8Cache(KVCache):
 
 
 @dataclass(frozen=True)
-class KVInt8Config(MethodConfig):
+class KVInt8Config(KVMethodConfig):
     """Store the KV cache as int8 with per-token, per-head scales."""
 
     method = "kv_int8"
+    cache = Int8Cache
 
 
 @register(KVInt8Config, family="inference", title="int8 KV cache (per-token, per-head scales)",

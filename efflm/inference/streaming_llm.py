@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from efflm.core.errors import ConfigError
-from efflm.core.registry import MethodConfig, register
-from efflm.inference.cache import KVCache, set_kv_spec
+from efflm.core.registry import register
+from efflm.inference.cache import KVCache, KVMethodConfig, set_kv_spec
 
 
 class SinkCache(KVCache):
@@ -62,10 +62,11 @@ class SinkCache(KVCache):
 
 
 @dataclass(frozen=True)
-class StreamingLLMConfig(MethodConfig):
+class StreamingLLMConfig(KVMethodConfig):
     """A KV cache of ``budget`` tokens: the first ``sinks`` plus the most recent ``budget − sinks``."""
 
     method = "streaming_llm"
+    cache = SinkCache
     budget: int = 512
     sinks: int = 4
 
@@ -74,6 +75,12 @@ class StreamingLLMConfig(MethodConfig):
             raise ConfigError(f"streaming_llm: sinks must be ≥ 0, got {self.sinks}")
         if self.budget < self.sinks + 1:
             raise ConfigError(f"streaming_llm: KV budget {self.budget} is smaller than sinks + 1 ({self.sinks + 1})")
+
+    def slots(self, total: int) -> int:
+        return min(self.budget, total)  # never more slots than the sequence can fill
+
+    def build(self, *args) -> KVCache:
+        return SinkCache(*args, sinks=self.sinks)
 
 
 @register(StreamingLLMConfig, family="inference", title="StreamingLLM: attention sinks + recent window",

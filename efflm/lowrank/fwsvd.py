@@ -7,7 +7,7 @@ I_i = sqrt(Σ_j F_ij); factorize diag(I)·W by SVD and undo the scaling in the l
 so rank is spent where the loss is sensitive: min ‖diag(I)(W − BA)‖_F.
 Differences from the reference code: the loss is the language-modelling loss on the
 calibration windows (the paper uses the downstream task's loss); ranks per Linear come from
-the shared global budget (svd.py), allocated on the weighted spectra.
+the shared global budget (factorize.py), allocated on the weighted spectra.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from efflm.core.gradients import check_grad_len, linear_gradients
+from efflm.calib.gradients import check_grad_len, linear_gradients
 from efflm.core.registry import MethodConfig, register
-from efflm.lowrank.svd import check_lowrank_config, check_lowrank_for_model, replace_lowrank
+from efflm.lowrank.factorize import check_lowrank_config, check_lowrank_for_model, factorizations, install
 
 
 def fisher_row_importance(fisher: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
@@ -51,4 +51,7 @@ class FWSVDConfig(MethodConfig):
           check=check_lowrank_for_model)
 def apply(model: torch.nn.Module, config: FWSVDConfig, calib: Any) -> torch.nn.Module:
     fisher = linear_gradients(model, calib, squares=True, max_len=config.grad_len, desc="fwsvd: fisher")
-    return replace_lowrank(model, config, lambda path, W: fisher_row_importance(fisher.pop(path)), desc="fwsvd")
+    importance = {path: fisher_row_importance(fisher.pop(path)) for path in list(fisher)}
+    for path, linear, A, B in factorizations(model, config, desc="fwsvd", row_weights=importance):
+        install(model, path, linear, A, B)
+    return model

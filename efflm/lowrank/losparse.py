@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
+from efflm.calib.gradients import check_grad_len, linear_gradients
 from efflm.core.errors import ConfigError
-from efflm.core.gradients import check_grad_len, linear_gradients
 from efflm.core.registry import MethodConfig, register
-from efflm.lowrank.svd import check_lowrank_config, check_lowrank_for_model, replace_lowrank
+from efflm.lowrank.factorize import check_lowrank_config, check_lowrank_for_model, factorizations, install
 from efflm.models.arch import decoder_linears
 
 
@@ -67,5 +67,7 @@ def apply(model: torch.nn.Module, config: LoSparseConfig, calib: Any) -> torch.n
     fisher = linear_gradients(model, calib, squares=True, max_len=config.grad_len, desc="losparse: fisher")
     extra = {p: 2 * round(lin.weight.numel() * config.density) + lin.out_features + 1  # values, cols, row ptrs
              for p, lin in decoder_linears(model)}
-    return replace_lowrank(model, config, lambda path, W: None, desc="losparse", extra=extra,
-                           residual=lambda path, W, BA: sparse_residual(W - BA, fisher.pop(path), config.density))
+    for path, linear, A, B in factorizations(model, config, desc="losparse", extra=extra):
+        W = linear.weight.data.float()
+        install(model, path, linear, A, B, sparse_residual(W - B @ A, fisher.pop(path), config.density))
+    return model

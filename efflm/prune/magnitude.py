@@ -4,8 +4,6 @@ No paper of its own (the "Magnitude" row of SparseGPT, arXiv 2301.00774, and Wan
 arXiv 2306.11695). Algorithm: in every decoder Linear, zero the weights of smallest |W|,
 compared within each output row (a fraction ``sparsity`` of every row) or, for an N:M
 pattern, within every run of M consecutive inputs of a row (keep the N largest).
-This file also holds the mask math the other pruning methods share (score -> mask) and
-the shared validation of sparsity / N:M settings.
 Differences from common code: none in the math; zeros stay stored densely (an ordinary
 Hugging Face model), and the harness reports an "as-sparse" bytes estimate beside it.
 """
@@ -16,82 +14,10 @@ from typing import Any
 
 import torch
 
-from efflm.core.errors import ConfigError
 from efflm.core.progress import progress
-from efflm.core.registry import MethodConfig, register
-from efflm.models.arch import decoder_linears, in_features
-
-
-def parse_pattern(pattern: str) -> tuple[int, int] | None:
-    """``"unstructured"`` -> None; ``"2:4"`` -> (2, 4): keep N of every M consecutive inputs."""
-    if pattern == "unstructured":
-        return None
-    try:
-        n, m = (int(x) for x in pattern.split(":"))
-    except ValueError:
-        raise ConfigError(f"pattern must be 'unstructured' or 'N:M' (e.g. '2:4'), got {pattern!r}") from None
-    if not 0 < n < m:
-        raise ConfigError(f"pattern {pattern}: need 0 < N < M (keep N weights of every M), got N={n}, M={m}")
-    return n, m
-
-
-def row_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Boolean prune mask [out, in]: the ``int(in · sparsity)`` lowest scores of every row."""
-    k = int(score.shape[1] * sparsity)
-    mask = torch.zeros_like(score, dtype=torch.bool)
-    if k:
-        mask.scatter_(1, torch.topk(score, k, dim=1, largest=False).indices, True)
-    return mask
-
-
-def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """Boolean prune mask [out, in]: in every run of ``m`` inputs, all but the ``n`` highest scores."""
-    out, cols = score.shape
-    s = score.reshape(out, cols // m, m)
-    mask = torch.ones_like(s, dtype=torch.bool)
-    mask.scatter_(2, torch.topk(s, n, dim=2).indices, False)
-    return mask.reshape(out, cols)
-
-
-def prune_mask(score: torch.Tensor, sparsity: float, pattern: str) -> torch.Tensor:
-    nm = parse_pattern(pattern)
-    return row_mask(score, sparsity) if nm is None else nm_mask(score, *nm)
-
-
-def check_sparsity_config(cfg: Any) -> None:
-    """Shared validation of ``sparsity`` and ``pattern`` (magnitude, Wanda, SparseGPT)."""
-    if not 0 <= cfg.sparsity < 1:
-        raise ConfigError(f"{cfg.method}: sparsity must be in [0, 1), got {cfg.sparsity}")
-    nm = parse_pattern(cfg.pattern)
-    if nm is not None and abs(cfg.sparsity - (1 - nm[0] / nm[1])) > 1e-9:
-        raise ConfigError(f"{cfg.method}: pattern {cfg.pattern} means sparsity {1 - nm[0] / nm[1]:g}, "
-                          f"got sparsity {cfg.sparsity} (set sparsity: {1 - nm[0] / nm[1]:g})")
-
-
-def check_sparsity_for_model(hf_config: Any, cfg: Any) -> None:
-    """The registry's model check: M of an N:M pattern must divide every Linear's input width."""
-    nm = parse_pattern(cfg.pattern)
-    if nm is None:
-        return
-    for linear, width in in_features(hf_config).items():
-        if width % nm[1]:
-            raise ConfigError(f"{cfg.method}: pattern {cfg.pattern}: M={nm[1]} does not divide the input "
-                              f"dimension {width} of {linear}")
-
-
-@dataclass(frozen=True)
-class SparsityConfig(MethodConfig):
-    """Shared fields of the unstructured / N:M pruners (magnitude, Wanda, SparseGPT).
-
-    sparsity: fraction of each output row zeroed, in [0, 1). pattern: "unstructured" or
-    "N:M" (keep N of every M consecutive inputs; then sparsity must equal 1 − N/M).
-    """
-
-    sparsity: float = 0.5
-    pattern: str = "unstructured"
-
-    def __post_init__(self) -> None:
-        check_sparsity_config(self)
+from efflm.core.registry import register
+from efflm.models.arch import decoder_linears
+from efflm.prune.masks import SparsityConfig, check_sparsity_for_model, prune_mask
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
+from efflm.calib.hessian import Hessian, inverse_cholesky, mask_dead_columns
+from efflm.calib.layerwise import note, run, shared_groups
 from efflm.core.errors import ConfigError
-from efflm.core.layerwise import Hessian, note, run, shared_groups
 from efflm.core.registry import register
-from efflm.prune.magnitude import SparsityConfig, check_sparsity_for_model, nm_mask, parse_pattern, prune_mask
-from efflm.quantize.gptq import inverse_cholesky
+from efflm.prune.masks import SparsityConfig, check_sparsity_for_model, nm_mask, parse_pattern, prune_mask
 
 
 def block_mask(score: torch.Tensor, sparsity: float, row_splits: list[int] | None = None) -> torch.Tensor:
@@ -47,10 +47,7 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, pattern: 
     ``row_splits``: row counts of Linears stacked into ``W`` (they share H); each gets the sparsity."""
     W = W.float().clone()
     out, cols = W.shape
-    H = H.clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
+    H = mask_dead_columns(W, H)
     U, lam = inverse_cholesky(H, damp)
     if U is None:
         return W.masked_fill(prune_mask(W.abs(), sparsity, pattern), 0), {"fallback": "magnitude"}

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from efflm.core.layerwise import run
+from efflm.calib.layerwise import run
 from efflm.core.registry import register
-from efflm.prune.magnitude import SparsityConfig, check_sparsity_for_model, prune_mask
+from efflm.prune.masks import SparsityConfig, check_sparsity_for_model, prune_mask
 
 
 def wanda_score(W: torch.Tensor, sq_norm: torch.Tensor) -> torch.Tensor:

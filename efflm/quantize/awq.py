@@ -21,11 +21,13 @@ from typing import Any
 
 import torch
 
+from efflm.calib.hessian import Hessian
+from efflm.calib.layerwise import run
 from efflm.core.errors import ConfigError
-from efflm.core.layerwise import Hessian, run
 from efflm.core.registry import MethodConfig, register
 from efflm.models.arch import layout_for, set_module
-from efflm.quantize import rtn
+from efflm.quantize import grid
+from efflm.quantize.scaling import fold_scales
 
 
 def output_error(dW: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
@@ -54,7 +56,7 @@ def search_scale(W: torch.Tensor, H: torch.Tensor, x_mean: torch.Tensor, bits: i
     def err_at(i: int) -> float:
         if i not in tried:
             s = scale_candidates(x_mean, w_mean, i / n_grid)
-            dW = rtn.fake_quantize(W * s, bits, group_size, symmetric) / s - W
+            dW = grid.fake_quantize(W * s, bits, group_size, symmetric) / s - W
             tried[i] = (output_error(dW, H).item(), s)
         return tried[i][0]
 
@@ -80,19 +82,12 @@ def search_clip(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, sy
     for i in range(int(max_shrink * n_grid) + 1):
         r = 1 - i / n_grid
         Wc = torch.minimum(torch.maximum(Wg, lo * r), hi * r)
-        dW = rtn.fake_quantize(Wc.reshape(out, cols), bits, group_size, symmetric).reshape(Wg.shape) - Wg
+        dW = grid.fake_quantize(Wc.reshape(out, cols), bits, group_size, symmetric).reshape(Wg.shape) - Wg
         err = torch.einsum("ogi,gij,ogj->og", dW, Hg, dW)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best = torch.where(better[..., None], Wc, best)
     return best.reshape(out, cols)
-
-
-def fold_scales(source: torch.nn.Module, s: torch.Tensor) -> None:
-    """Divide the source's output channels by s (a norm's weight, or a Linear's rows and bias)."""
-    source.weight.data.div_(s.reshape(-1, *([1] * (source.weight.ndim - 1))).to(source.weight.dtype))
-    if getattr(source, "bias", None) is not None:
-        source.bias.data.div_(s.to(source.bias.dtype))
 
 
 @dataclass(frozen=True)
@@ -113,14 +108,14 @@ class AWQConfig(MethodConfig):
     clip: bool = True
 
     def __post_init__(self) -> None:
-        rtn.check_grid_config(self)
+        grid.check_grid_config(self)
         if self.n_grid < 1:
             raise ConfigError(f"awq: n_grid must be positive, got {self.n_grid}")
 
 
 @register(AWQConfig, family="quantize", title="AWQ: Activation-aware Weight Quantization",
           arxiv="2306.00978", needs_calibration=True, paper="awq",
-          check=rtn.check_grid_for_model)
+          check=grid.check_grid_for_model)
 def apply(model: torch.nn.Module, config: AWQConfig, calib: Any) -> torch.nn.Module:
     layout = layout_for(model.config.model_type)
     no_clip = set(layout.attn_linears[:2])  # q/k: clipping hurts through the softmax (paper §3)
@@ -148,6 +143,6 @@ def apply(model: torch.nn.Module, config: AWQConfig, calib: Any) -> torch.nn.Mod
             W = linear.weight.data.float()
             if config.clip and name not in no_clip:
                 W = search_clip(W, hessians[name], *args, n_grid=config.n_grid)
-            set_module(layer, name, rtn.to_quant_linear(linear, *args, weight=W))
+            set_module(layer, name, grid.to_quant_linear(linear, *args, weight=W))
 
     return run(model, calib, lambda path, linear: Hessian(linear.in_features), solve, desc="awq")

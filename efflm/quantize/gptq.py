@@ -19,26 +19,13 @@ from typing import Any
 
 import torch
 
+from efflm.calib.hessian import Hessian, inverse_cholesky, mask_dead_columns
+from efflm.calib.layerwise import note, run, shared_groups
 from efflm.core.errors import ConfigError
-from efflm.core.layerwise import Hessian, note, run, shared_groups
 from efflm.core.registry import MethodConfig, register
 from efflm.models.arch import set_module
-from efflm.quantize import rtn
-from efflm.quantize.linear import QuantLinear
-
-
-def inverse_cholesky(H: torch.Tensor, damp: float, retries: int = 3) -> tuple[torch.Tensor | None, float]:
-    """Upper Cholesky factor of (H + λI)⁻¹, λ = damp · mean(diag H), raising λ ×10 on failure."""
-    mean_diag = torch.diag(H).mean()
-    for attempt in range(retries + 1):
-        lam = damp * 10 ** attempt
-        Hd = H + lam * mean_diag * torch.eye(H.shape[0])
-        L, info = torch.linalg.cholesky_ex(Hd)
-        if info == 0:
-            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
-            if info == 0 and torch.isfinite(U).all():
-                return U, lam
-    return None, float("nan")
+from efflm.nn.quant_linear import QuantLinear
+from efflm.quantize import grid
 
 
 def _column(w: torch.Tensor, s: torch.Tensor, o: torch.Tensor | None, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,12 +45,9 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, 
     W = W.float().clone()
     out, cols = W.shape
     g = group_size if group_size > 0 else cols
-    H = H.clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
+    H = mask_dead_columns(W, H)
     if act_order:
-        scales, offsets = rtn.grid(W, bits, g, symmetric)  # static groups from the original weights
+        scales, offsets = grid.grid(W, bits, g, symmetric)  # static groups from the original weights
         perm = torch.argsort(torch.diag(H), descending=True)
     else:
         perm = torch.arange(cols)
@@ -71,8 +55,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, 
         offsets = None if symmetric else torch.empty(out, cols // g, dtype=torch.float16)
     U, lam = inverse_cholesky(H[perm][:, perm], damp)
     if U is None:
-        scales, offsets = rtn.grid(W, bits, g, symmetric)
-        return rtn.quantize(W, scales, offsets, bits, g), scales, offsets, {"fallback": "rtn", "damp": lam}
+        scales, offsets = grid.grid(W, bits, g, symmetric)
+        return grid.quantize(W, scales, offsets, bits, g), scales, offsets, {"fallback": "rtn", "damp": lam}
     W = W[:, perm]
     zeros = W == 0  # a pruned model (over 1% exact zeros) stays pruned
     zeros = zeros if symmetric and zeros.float().mean() > 0.01 else None
@@ -90,7 +74,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, 
             if not act_order:
                 if c % g == 0:
                     current = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :g]
-                    grp_s, grp_o = rtn.grid(current, bits, g, symmetric)
+                    grp_s, grp_o = grid.grid(current, bits, g, symmetric)
                     scales[:, c // g] = grp_s[:, 0]
                     if grp_o is not None:
                         offsets[:, c // g] = grp_o[:, 0]
@@ -129,7 +113,7 @@ class GPTQConfig(MethodConfig):
     block_size: int = 128
 
     def __post_init__(self) -> None:
-        rtn.check_grid_config(self)
+        grid.check_grid_config(self)
         if not 0 < self.dampening < 1:
             raise ConfigError(f"gptq: dampening must be in (0, 1), got {self.dampening}")
         if self.block_size < 1:
@@ -138,7 +122,7 @@ class GPTQConfig(MethodConfig):
 
 @register(GPTQConfig, family="quantize", title="GPTQ: Accurate Quantization for Generative Pre-trained Transformers",
           arxiv="2210.17323", needs_calibration=True, paper="gptq",
-          check=rtn.check_grid_for_model)
+          check=grid.check_grid_for_model)
 def apply(model: torch.nn.Module, config: GPTQConfig, calib: Any) -> torch.nn.Module:
     def solve(i: int, layer: torch.nn.Module, observers: dict) -> None:
         for paths in shared_groups(observers):  # Linears sharing an input share H: one stacked matrix

@@ -1,12 +1,9 @@
 """Round-to-nearest (RTN) weight-only quantization — the baseline every quantization paper beats.
 
 No paper of its own (it is the "RTN" row of GPTQ, arXiv 2210.17323, and AWQ tables).
-Algorithm: split each weight row into groups of G inputs; per group pick a grid
-  symmetric:  w ≈ s·(q − 2^(b−1)),  s = m / −2^(b−1), m the signed entry of largest |w|
-              (all 2^b levels used; the grid of llama.cpp's Q4_0/Q8_0)
-  asymmetric: w ≈ s·q + o,  s = (max − min)/(2^b − 1),  o = min  (the grid of Q4_1)
-and round every weight to its nearest level. Scales and offsets are stored in fp16 and
-codes are computed against the stored (rounded) scales, so dequantization is exact.
+Algorithm: split each weight row into groups of G inputs; per group pick the symmetric
+(zero-centred, Q4_0-style) or asymmetric (min/max with an offset, Q4_1-style) grid of
+``efflm.quantize.grid`` and round every weight to its nearest level.
 Differences from common code: GPTQ's reference uses an integer zero point for the
 asymmetric grid; the float offset here makes re-quantizing a Q4_1 model exact.
 """
@@ -17,96 +14,10 @@ from typing import Any
 
 import torch
 
-from efflm.core.errors import ConfigError
 from efflm.core.progress import progress
 from efflm.core.registry import MethodConfig, register
-from efflm.models.arch import decoder_linears, in_features, set_module
-from efflm.quantize.linear import QuantLinear
-
-
-def _groups(w: torch.Tensor, group_size: int) -> torch.Tensor:
-    g = group_size if group_size > 0 else w.shape[1]
-    return w.reshape(w.shape[0], w.shape[1] // g, g)
-
-
-def grid(w: torch.Tensor, bits: int, group_size: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-group fp16 scales [out, groups] (and offsets for asymmetric) for weight [out, in]."""
-    wg = _groups(w.float(), group_size)
-    if symmetric:
-        idx = wg.abs().argmax(dim=-1, keepdim=True)
-        m = wg.gather(-1, idx).squeeze(-1)
-        scales = (m / -(2 ** (bits - 1))).half()
-        return torch.where(scales == 0, torch.ones_like(scales), scales), None
-    lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)
-    scales = ((hi - lo) / (2 ** bits - 1)).half()
-    return torch.where(scales == 0, torch.ones_like(scales), scales), lo.half()
-
-
-def quantize(w: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None, bits: int,
-             group_size: int) -> torch.Tensor:
-    """Integer codes in [0, 2^bits − 1] (uint8, shape of w) on the given grid."""
-    wg = _groups(w.float(), group_size)
-    s = scales.float().unsqueeze(-1)
-    if offsets is None:
-        q = torch.round(wg / s) + 2 ** (bits - 1)
-    else:
-        q = torch.round((wg - offsets.float().unsqueeze(-1)) / s)
-    return q.clamp_(0, 2 ** bits - 1).to(torch.uint8).reshape(w.shape)
-
-
-def dequantize(q: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None, bits: int,
-               group_size: int) -> torch.Tensor:
-    qg = _groups(q.float(), group_size)
-    s = scales.float().unsqueeze(-1)
-    if offsets is None:
-        w = (qg - 2 ** (bits - 1)) * s
-    else:
-        w = qg * s + offsets.float().unsqueeze(-1)
-    return w.reshape(q.shape)
-
-
-def fake_quantize(w: torch.Tensor, bits: int, group_size: int, symmetric: bool) -> torch.Tensor:
-    """Quantize then dequantize (same dtype as ``w``)."""
-    scales, offsets = grid(w, bits, group_size, symmetric)
-    return dequantize(quantize(w, scales, offsets, bits, group_size), scales, offsets, bits, group_size).to(w.dtype)
-
-
-def to_quant_linear(linear: torch.nn.Linear, bits: int, group_size: int, symmetric: bool,
-                    weight: torch.Tensor | None = None) -> QuantLinear:
-    """Round ``weight`` (default: the Linear's own) onto the grid and pack it into a QuantLinear."""
-    w = linear.weight.data if weight is None else weight
-    ql = QuantLinear(linear.in_features, linear.out_features, bits, group_size, symmetric,
-                     bias=linear.bias is not None, dtype=linear.weight.dtype)
-    scales, offsets = grid(w, bits, group_size, symmetric)
-    ql.set_codes(quantize(w, scales, offsets, bits, ql.group_size), scales, offsets)
-    if linear.bias is not None:
-        ql.bias.data.copy_(linear.bias.data)
-    return ql
-
-
-def check_grid_config(cfg: Any) -> None:
-    """Shared validation of a weight-grid config (``bits``, ``group_size``) of rtn/gptq/awq."""
-    if not 2 <= cfg.bits <= 8:
-        raise ConfigError(f"{cfg.method}: bits must be in 2..8, got {cfg.bits}")
-    if cfg.group_size == 0 or cfg.group_size < -1:
-        raise ConfigError(f"{cfg.method}: group_size must be positive or -1 (per-channel), got {cfg.group_size}")
-
-
-def check_grid_for_model(hf_config: Any, cfg: Any) -> None:
-    """The registry's model check shared by rtn/gptq/awq: the group size must divide every input."""
-    check_group_size(cfg.method, hf_config, cfg.group_size)
-
-
-def check_group_size(name: str, hf_config: Any, group_size: int) -> None:
-    """Reject a group size that does not divide every decoder Linear's input width."""
-    if group_size <= 0:
-        return
-    widths = in_features(hf_config)
-    for linear, width in widths.items():
-        if width % group_size:
-            ok = [g for g in (16, 32, 64, 128, 256) if all(w % g == 0 for w in widths.values())]
-            raise ConfigError(f"{name}: group_size {group_size} does not divide the input dimension {width} "
-                              f"of {linear}; valid here: {ok or 'per-channel (-1)'}")
+from efflm.models.arch import decoder_linears, set_module
+from efflm.quantize.grid import check_grid_config, check_grid_for_model, to_quant_linear
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
+from efflm.calib.layerwise import run
 from efflm.core.errors import ConfigError
-from efflm.core.layerwise import run
 from efflm.core.registry import MethodConfig, register
 from efflm.models.arch import layout_for, set_module
-from efflm.quantize.awq import fold_scales
-from efflm.quantize.w8a8 import Int8Linear
+from efflm.nn.int8_linear import Int8Linear
+from efflm.quantize.scaling import fold_scales
 
 
 def smoothing_scales(act_max: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from efflm.bench import metrics
 from efflm.core.errors import EfflmError
-from efflm.core.registry import config_from_dict, get
+from efflm.eval import metrics
+from efflm.methods import config_from_dict, get
 
 
 def test_perplexity_counts_tokens_and_matches_manual_nll(tiny):

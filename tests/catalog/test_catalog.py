@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from efflm.catalog import lint, render, seed_import, store, suggest
-from efflm.core.registry import methods
+from efflm.methods import methods
 
 SEED = Path(__file__).resolve().parents[3] / "shared" / "seed" / "000_690c9ae7716e6f54.txt"
 

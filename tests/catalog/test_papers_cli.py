@@ -78,7 +78,7 @@ def test_add_refuses_a_catalog_with_a_duplicate_id(capsys, catalog):
 
 def test_search_and_render_commands(capsys, catalog, tmp_path):
     code, out, _ = run(capsys, "papers", "--file", str(catalog), "search", "--implemented")
-    from efflm.core.registry import methods
+    from efflm.methods import methods
 
     implemented = {m.paper for m in methods()}
     assert code == 0 and all(m.name in out for m in methods())

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from efflm.core import recipe as recipes
-from efflm.core.registry import FAMILIES, check_for_model, get, methods
+from efflm.methods import FAMILIES, check_for_model, get, methods
 
 ALL = [m.name for m in methods()]
 
@@ -45,8 +45,8 @@ def test_every_method_is_fully_registered(name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_every_method_saves_and_reloads_bit_exactly(name, tiny, tiny_ids, tmp_path):
-    from efflm.models.load import load
-    from efflm.models.save import save
+    from efflm.io.load import load
+    from efflm.io.save import save
 
     model, tok = tiny
     m = get(name)

@@ -2,7 +2,7 @@ import pytest
 
 from efflm.core import recipe as recipes
 from efflm.core.errors import ConfigError, EfflmError
-from efflm.core.registry import config_from_dict, get
+from efflm.methods import config_from_dict, get
 from efflm.models.tiny import tiny_config
 from efflm.quantize.rtn import RTNConfig
 

@@ -6,7 +6,7 @@ import torch
 def sharp():
     """tiny-llama with its matrices scaled up: peaked, varied next-token distributions (the plain
     random init repeats one token under greedy decoding)."""
-    from efflm.models.load import load
+    from efflm.io.load import load
 
     model, tok = load("tiny-llama")
     with torch.no_grad():

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from efflm.core.errors import EfflmError
-from efflm.core.registry import config_from_dict, get
 from efflm.inference.engine import Engine
 from efflm.inference.generate import SamplingConfig, encode, generate, generate_ids, probs
+from efflm.methods import config_from_dict, get
 
 TOL = 1e-4  # fp32 logits, tiny-llama: our loop vs transformers' forward (observed ~3e-7)
 

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from efflm.core.errors import ConfigError, EfflmError
-from efflm.core.registry import config_from_dict, get
 from efflm.inference.cache import kv_spec
 from efflm.inference.engine import Engine
 from efflm.inference.kv_int8 import quantize_int8
+from efflm.methods import config_from_dict, get
 
 TOL = 1e-5
 
@@ -86,8 +86,8 @@ def test_int8_kv_error_is_bounded(tiny, ids):
 
 
 def test_policy_is_saved_with_the_model(tiny, tmp_path):
-    from efflm.models.load import load
-    from efflm.models.save import save
+    from efflm.io.load import load
+    from efflm.io.save import save
 
     model, tok = tiny
     save(_with(model, method="streaming_llm", budget=64, sinks=4), tok, tmp_path / "m", "")
@@ -96,7 +96,7 @@ def test_policy_is_saved_with_the_model(tiny, tmp_path):
 
 
 def test_harness_perplexity_goes_through_the_cache(tiny):
-    from efflm.bench.metrics import perplexity
+    from efflm.eval.metrics import perplexity
 
     model, _ = tiny
     ids = torch.randint(3, 259, (128,), generator=torch.Generator().manual_seed(7))

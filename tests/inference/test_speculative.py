@@ -24,7 +24,7 @@ def prompt():
 
 @pytest.mark.parametrize("drafter", ["lookup", "first-layer", "other-model", "itself"])
 def test_greedy_output_is_identical_to_the_target(sharp, prompt, drafter):
-    from efflm.models.load import load
+    from efflm.io.load import load
 
     model, tok = sharp
     other, _ = load("tiny-llama")
@@ -58,7 +58,7 @@ def _chi2_ok(counts, joint, n):
 
 
 def test_sampling_distribution_equals_the_targets(sharp):
-    from efflm.models.load import load
+    from efflm.io.load import load
 
     model, _ = sharp
     draft, _ = load("tiny-llama", )            # a poor draft: most of the work is the residual rule
@@ -122,7 +122,7 @@ def test_draft_with_another_vocabulary_is_refused(tiny):
 
 
 def test_evicting_cache_cannot_roll_back(tiny):
-    from efflm.core.registry import config_from_dict, get
+    from efflm.methods import config_from_dict, get
 
     model, _ = tiny
     cfg = config_from_dict({"method": "streaming_llm", "budget": 8})

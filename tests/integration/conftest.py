@@ -2,14 +2,14 @@
 import pytest
 from smol_helpers import SEQ, WINDOWS, ppl_after
 
-from efflm.bench.metrics import perplexity
 from efflm.data import text
-from efflm.models import load as loader
+from efflm.eval.metrics import perplexity
+from efflm.io.load import load
 
 
 @pytest.fixture(scope="session")
 def smol():
-    model, tok = loader.load("smollm2-135m")
+    model, tok = load("smollm2-135m")
     return model, tok, text.eval_tokens(tok, SEQ * WINDOWS)
 
 

@@ -1,13 +1,13 @@
 """Helpers shared by the default-model integration tests."""
-from efflm.bench.metrics import perplexity
-from efflm.core.registry import check_for_model, config_from_dict, get
-from efflm.models import load as loader
+from efflm.eval.metrics import perplexity
+from efflm.io.load import load
+from efflm.methods import check_for_model, config_from_dict, get
 
 SEQ, WINDOWS = 512, 4
 
 
 def apply_steps(recipe_steps, calib=None):
-    model, _ = loader.load("smollm2-135m")
+    model, _ = load("smollm2-135m")
     for step in recipe_steps:
         cfg = config_from_dict(step)
         check_for_model(model.config, cfg)

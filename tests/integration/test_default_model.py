@@ -2,9 +2,9 @@
 import math
 
 import pytest
+from smol_helpers import ppl_after as _ppl_after
 
 from efflm.data import text
-from smol_helpers import ppl_after as _ppl_after
 
 pytestmark = pytest.mark.integration
 

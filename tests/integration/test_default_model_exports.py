@@ -6,9 +6,9 @@ import pytest
 import torch
 from smol_helpers import SEQ, WINDOWS, apply_steps
 
-from efflm.bench.metrics import perplexity
 from efflm.cli import main
-from efflm.models.gguf_export import export
+from efflm.eval.metrics import perplexity
+from efflm.io.gguf_export import export
 from efflm.models.load import smollm2_gguf
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,7 @@ def test_compressed_tensors_checkpoint_loads_in_transformers(smol, rtn4, tmp_pat
     pytest.importorskip("compressed_tensors")
     from transformers import AutoModelForCausalLM
 
-    from efflm.models.compressed_tensors import export as ct_export
+    from efflm.io.compressed_tensors import export as ct_export
 
     _, tok, ids = smol
     out = ct_export(rtn4, tok, tmp_path / "ct")

@@ -3,12 +3,12 @@ import pytest
 import torch
 
 from efflm.core.errors import ConfigError
-from efflm.core.registry import check_for_model, config_from_dict, get
+from efflm.lowrank.factorize import allocate_ranks, factorize
 from efflm.lowrank.fwsvd import fisher_row_importance
-from efflm.lowrank.linear import LowRankLinear
 from efflm.lowrank.losparse import sparse_residual
-from efflm.lowrank.svd import allocate_ranks, factorize
+from efflm.methods import check_for_model, config_from_dict, get
 from efflm.models.arch import decoder_linears
+from efflm.nn.lowrank_linear import LowRankLinear
 
 CALIB = torch.randint(3, 259, (2, 64), generator=torch.Generator().manual_seed(0))
 

@@ -4,13 +4,14 @@ import pytest
 import torch
 
 from efflm.core.errors import EfflmError
-from efflm.core.registry import config_from_dict, get
+from efflm.io.load import load
+from efflm.io.save import load_compressed, save
+from efflm.methods import config_from_dict, get
 from efflm.models import load as loader
-from efflm.models.save import load_compressed, save
 
 
 def test_tiny_llama_is_seeded_and_llama_shaped():
-    (a, tok), (b, _) = loader.load("tiny-llama"), loader.load("tiny-llama")
+    (a, tok), (b, _) = load("tiny-llama"), load("tiny-llama")
     assert a.config.model_type == "llama" and a.config.num_key_value_heads < a.config.num_attention_heads
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert tok.decode(tok("Hello, world", add_special_tokens=False)["input_ids"]) == "Hello, world"
@@ -18,22 +19,22 @@ def test_tiny_llama_is_seeded_and_llama_shaped():
 
 def test_missing_path():
     with pytest.raises(EfflmError, match="model not found"):
-        loader.load("/nonexistent/model")
+        load("/nonexistent/model")
 
 
 def test_file_that_is_not_a_model(tmp_path):
     f = tmp_path / "notes.txt"
     f.write_text("hello")
     with pytest.raises(EfflmError, match="not a model"):
-        loader.load(str(f))
+        load(str(f))
     with pytest.raises(EfflmError, match="no config.json"):
-        loader.load(str(tmp_path))
+        load(str(tmp_path))
 
 
 def test_unsupported_architecture_names_supported_ones(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(EfflmError, match="unsupported architecture 'gpt2'; supported: llama, mistral, qwen2"):
-        loader.load(str(tmp_path))
+        load(str(tmp_path))
 
 
 def test_truncated_safetensors(tmp_path, tiny):
@@ -43,19 +44,19 @@ def test_truncated_safetensors(tmp_path, tiny):
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
     with pytest.raises(EfflmError, match="truncated safetensors"):
-        loader.load(str(out))
+        load(str(out))
 
 
 def test_truncated_and_fake_gguf(tmp_path):
     fake = tmp_path / "fake.gguf"
     fake.write_bytes(b"NOPE" + bytes(100))
     with pytest.raises(EfflmError, match="not a GGUF file"):
-        loader.load(str(fake))
+        load(str(fake))
     real = loader.smollm2_gguf().read_bytes()[: 3_000_000]
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(real)
     with pytest.raises(EfflmError, match="truncated or damaged"):
-        loader.load(str(cut))
+        load(str(cut))
 
 
 def test_plain_model_saves_as_ordinary_hf_dir(tmp_path, tiny, tiny_ids):
@@ -71,7 +72,7 @@ def test_compressed_model_round_trips_bit_exactly(tmp_path, tiny, tiny_ids):
     model, tok = tiny
     model = get("rtn").apply(model, config_from_dict({"method": "rtn", "bits": 3, "group_size": 32}), None)
     out = save(model, tok, tmp_path / "q", recipe_yaml="- method: rtn\n")
-    again, _ = loader.load(str(out))
+    again, _ = load(str(out))
     assert torch.equal(again(tiny_ids).logits, model(tiny_ids).logits)
     assert {n for n, _ in again.named_buffers() if n.endswith("qweight")}
     with pytest.raises(EfflmError, match="output exists"):
@@ -79,7 +80,7 @@ def test_compressed_model_round_trips_bit_exactly(tmp_path, tiny, tiny_ids):
 
 
 def test_save_is_atomic_when_writing_fails(tmp_path, tiny, monkeypatch):
-    import efflm.models.save as saver
+    import efflm.io.save as saver
 
     model, tok = tiny
 

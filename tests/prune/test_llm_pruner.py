@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from efflm.core.errors import ConfigError
-from efflm.core.registry import check_for_model, config_from_dict, get
+from efflm.methods import check_for_model, config_from_dict, get
 from efflm.prune.llm_pruner import head_plan
 
 CALIB = torch.randint(3, 259, (2, 64), generator=torch.Generator().manual_seed(0))
@@ -42,7 +42,7 @@ def test_removes_exactly_the_silent_structures(tiny, tiny_ids, importance):
 def test_pruned_model_reloads_in_plain_transformers_with_the_same_logits(tiny, tiny_ids, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from efflm.models.save import save
+    from efflm.io.save import save
 
     model, tok = tiny
     n_before = sum(p.numel() for p in model.parameters())
@@ -76,7 +76,7 @@ def test_bad_structured_ratios_are_refused_before_any_work(tiny, kw, pattern):
 
 def test_validation_sees_the_pruned_sizes():
     """A recipe step after structured pruning is checked against the smaller model."""
-    from efflm.core.pipeline import validate
+    from efflm.pipeline import validate
 
     recipe = [_cfg(ratio=0.25), config_from_dict({"method": "rtn", "bits": 4, "group_size": 64})]
     with pytest.raises(ConfigError, match="does not divide the input dimension 96"):

@@ -3,11 +3,11 @@ quality on a layer with correlated inputs, bad settings, and the joint sparse + 
 import pytest
 import torch
 
+from efflm.calib.hessian import Hessian
 from efflm.core.errors import ConfigError
-from efflm.core.layerwise import Hessian
-from efflm.core.registry import check_for_model, config_from_dict, get
+from efflm.methods import check_for_model, config_from_dict, get
 from efflm.models.arch import decoder_linears
-from efflm.prune.magnitude import nm_mask, row_mask
+from efflm.prune.masks import nm_mask, row_mask
 from efflm.prune.sparsegpt import sparsegpt_prune
 from efflm.prune.wanda import wanda_score
 
@@ -62,7 +62,7 @@ def _err(W, Wp, X):
 
 @pytest.mark.parametrize("pattern,sparsity", [("unstructured", 0.5), ("2:4", 0.5), ("unstructured", 0.7)])
 def test_wanda_and_sparsegpt_reconstruct_better_than_magnitude(pattern, sparsity):
-    from efflm.prune.magnitude import prune_mask
+    from efflm.prune.masks import prune_mask
 
     W, X, H = _layer()
     mag = W.masked_fill(prune_mask(W.abs(), sparsity, pattern), 0)
@@ -109,7 +109,7 @@ def test_m_must_divide_every_input_width(tiny):
 
 @pytest.mark.parametrize("pruner,quant", [("sparsegpt", "gptq"), ("wanda", "rtn")])
 def test_joint_recipe_keeps_the_sparsity_through_4bit_quantization(tiny, pruner, quant):
-    from efflm.bench.metrics import as_sparse_bytes, model_bytes
+    from efflm.eval.metrics import as_sparse_bytes, model_bytes
 
     model, _ = _prune(tiny, pruner, sparsity=0.5)
     masks = {p: lin.weight == 0 for p, lin in decoder_linears(model)}
@@ -121,7 +121,7 @@ def test_joint_recipe_keeps_the_sparsity_through_4bit_quantization(tiny, pruner,
 
 
 def test_as_sparse_bytes_only_for_sparse_models(tiny):
-    from efflm.bench.metrics import as_sparse_bytes, model_bytes
+    from efflm.eval.metrics import as_sparse_bytes, model_bytes
 
     model, _ = tiny
     assert as_sparse_bytes(model) is None
@@ -133,7 +133,7 @@ def test_as_sparse_bytes_only_for_sparse_models(tiny):
 
 
 def test_as_sparse_bytes_ignores_zero_codes_of_plain_quantization(tiny):
-    from efflm.bench.metrics import as_sparse_bytes
+    from efflm.eval.metrics import as_sparse_bytes
 
     model, _ = tiny
     model = get("rtn").apply(model, config_from_dict({"method": "rtn", "bits": 3, "group_size": 32}), None)

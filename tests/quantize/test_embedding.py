@@ -1,9 +1,9 @@
 import torch
 
-from efflm.bench.metrics import bytes_read_per_token, model_bytes
-from efflm.core.registry import config_from_dict, get
-from efflm.quantize.embedding import QuantEmbedding
-from efflm.quantize.linear import QuantLinear
+from efflm.eval.metrics import bytes_read_per_token, model_bytes
+from efflm.methods import config_from_dict, get
+from efflm.nn.quant_embedding import QuantEmbedding
+from efflm.nn.quant_linear import QuantLinear
 
 
 def _apply(model):
@@ -45,7 +45,7 @@ def test_untied_embeddings_get_their_own_codes(tiny, tiny_ids):
 
 
 def test_bf16_head_runs_the_int8_kernel(tiny, tiny_ids):
-    from efflm.quantize import q4_kernel
+    from efflm.nn import q4_kernel
 
     model, _ = tiny
     model = get("dense").apply(_apply(model), config_from_dict({"method": "dense", "dtype": "bfloat16"}))

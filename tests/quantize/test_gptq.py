@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from efflm.core.layerwise import Hessian
-from efflm.core.registry import config_from_dict, get
-from efflm.quantize import rtn
-from efflm.quantize.gptq import gptq_quantize, inverse_cholesky
+from efflm.calib.hessian import Hessian, inverse_cholesky
+from efflm.methods import config_from_dict, get
+from efflm.quantize import grid
+from efflm.quantize.gptq import gptq_quantize
 
 
 def _layer(out=48, inp=128, tokens=2048, seed=0):
@@ -29,12 +29,12 @@ def test_gptq_output_error_below_rtn(bits, symmetric, act_order):
     W, X, H = _layer()
     codes, scales, offsets, info = gptq_quantize(W, H, bits, 32, symmetric, act_order)
     assert "fallback" not in info
-    Wq = rtn.dequantize(codes, scales, offsets, bits, 32)
-    W_rtn = rtn.fake_quantize(W, bits, 32, symmetric)
+    Wq = grid.dequantize(codes, scales, offsets, bits, 32)
+    W_rtn = grid.fake_quantize(W, bits, 32, symmetric)
     assert _err(W, Wq, X) < 0.8 * _err(W, W_rtn, X)
     assert codes.max() < 2 ** bits
     # the result lies on its own grid: re-quantizing with the stored scales changes nothing
-    assert torch.equal(rtn.quantize(Wq, scales, offsets, bits, 32), codes)
+    assert torch.equal(grid.quantize(Wq, scales, offsets, bits, 32), codes)
 
 
 def test_hessian_is_running_mean_of_2xxT():
@@ -53,7 +53,7 @@ def test_cholesky_failure_raises_damping_then_falls_back_to_rtn():
     bad[0, 0] = float("nan")
     codes, scales, offsets, info = gptq_quantize(W, bad, 4, 32, True)
     assert info["fallback"] == "rtn"
-    assert torch.equal(rtn.dequantize(codes, scales, offsets, 4, 32), rtn.fake_quantize(W, 4, 32, True))
+    assert torch.equal(grid.dequantize(codes, scales, offsets, 4, 32), grid.fake_quantize(W, 4, 32, True))
 
 
 def test_gptq_apply_rejects_missing_calibration_and_non_finite_activations(tiny):

@@ -3,10 +3,10 @@ import copy
 import pytest
 import torch
 
-from efflm.core.registry import config_from_dict, get
-from efflm.quantize.awq import fold_scales
+from efflm.methods import config_from_dict, get
+from efflm.nn.int8_linear import Int8Linear, int8_mm, quantize_rows
+from efflm.quantize.scaling import fold_scales
 from efflm.quantize.smoothquant import smoothing_scales
-from efflm.quantize.w8a8 import Int8Linear, int8_mm, quantize_rows
 
 
 @pytest.mark.parametrize("k", [64, 1024, 1536, 2500])

@@ -46,7 +46,7 @@ def library() -> ctypes.CDLL | None:
     cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
     if cc is None:
         return None
-    from efflm.models.load import cache_dir
+    from efflm.core.paths import cache_dir
 
     src = SOURCE.read_bytes()
     tag = hashlib.sha256(src + " ".join(FLAGS).encode()).hexdigest()[:16]

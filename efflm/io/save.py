@@ -18,19 +18,12 @@ from safetensors.torch import load_model, save_model
 
 from efflm.core.atomic import atomic_dir
 from efflm.core.errors import EfflmError
-from efflm.lowrank.linear import LowRankLinear
 from efflm.models.arch import set_module
-from efflm.quantize.embedding import QuantEmbedding
-from efflm.quantize.linear import QuantLinear
-from efflm.quantize.w8a8 import Int8Linear
-
-MODULE_TYPES: dict[str, type] = {"QuantLinear": QuantLinear, "Int8Linear": Int8Linear,
-                                 "QuantEmbedding": QuantEmbedding, "LowRankLinear": LowRankLinear}
+from efflm.nn import efflm_modules, module_class
 
 
 def _custom_modules(model: torch.nn.Module) -> dict[str, dict]:
-    return {name: {"type": type(m).__name__, "args": m.spec()}
-            for name, m in model.named_modules() if type(m).__name__ in MODULE_TYPES}
+    return {name: {"type": type(m).__name__, "args": m.spec()} for name, m in efflm_modules(model).items()}
 
 
 def _write(model: torch.nn.Module, tokenizer: Any, out: Path, recipe_yaml: str) -> None:
@@ -75,24 +68,26 @@ def load_compressed(path: Path) -> tuple[torch.nn.Module, Any]:
     dtype = getattr(config, "dtype", None) or torch.float32
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     for name, entry in meta["modules"].items():
-        if entry["type"] not in MODULE_TYPES:
-            raise EfflmError(f"{path}: unknown efflm module type {entry['type']!r}")
-        set_module(model, name, MODULE_TYPES[entry["type"]].from_spec(entry["args"]))
+        try:
+            cls = module_class(entry["type"])
+        except EfflmError as e:
+            raise EfflmError(f"{path}: {e}") from None
+        set_module(model, name, cls.from_spec(entry["args"]))
     missing, unexpected = load_model(model, str(weights), strict=False)
     missing = set(missing) - _relink_tied(model, set(missing))
     if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
         raise EfflmError(f"{path}: weights do not match the saved layout ({len(missing)} missing, "
                          f"{len(unexpected)} unexpected tensors)")
-    if not any(isinstance(m, QuantEmbedding) for m in model.modules()):
+    if not efflm_modules(model, "embedding"):
         model.tie_weights()
     return model, AutoTokenizer.from_pretrained(path)
 
 
 def _relink_tied(model: torch.nn.Module, missing: set[str]) -> set[str]:
-    """Re-share the codes of a QuantEmbedding tied to its lm_head (the file holds them once)."""
+    """Re-share the codes of an embedding module tied to its lm_head (the file holds them once)."""
     relinked = set()
-    for name, m in model.named_modules():
-        if isinstance(m, QuantEmbedding) and m.tied_to:
+    for name, m in efflm_modules(model, "embedding").items():
+        if getattr(m, "tied_to", None):
             head = model.get_submodule(m.tied_to)
             for buf in ("qweight", "scales"):
                 if f"{name}.{buf}" in missing:

@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from efflm.core.registry import config_from_dict, get
-from efflm.quantize import kernels, q4_kernel, rtn
-from efflm.quantize.linear import QuantLinear
+from efflm.methods import config_from_dict, get
+from efflm.nn import kernels, q4_kernel
+from efflm.nn.quant_linear import QuantLinear
+from efflm.quantize import grid
 
 LAYOUT = {"q4": "q4blk", "int4": "int4pack"}
 
@@ -23,7 +24,7 @@ def _ql(bits, group_size, symmetric, dtype, n=96, k=128, seed=0):
     lin = torch.nn.Linear(k, n, bias=True)
     torch.manual_seed(seed)
     torch.nn.init.normal_(lin.weight, std=0.05)
-    ql = rtn.to_quant_linear(lin, bits, group_size, symmetric)
+    ql = grid.to_quant_linear(lin, bits, group_size, symmetric)
     ql.set_compute_dtype(dtype)
     return ql
 
@@ -34,7 +35,7 @@ def _ql(bits, group_size, symmetric, dtype, n=96, k=128, seed=0):
 def test_int4_kernel_matches_dequantized_forward(bits, symmetric, group_size, int4_kernel):
     ql = _ql(bits, group_size, symmetric, torch.bfloat16)
     x = torch.randn(5, 128, dtype=torch.bfloat16)
-    assert ql.layout == LAYOUT[int4_kernel] and ql.kernel(x) == int4_kernel
+    assert ql.layout.name == LAYOUT[int4_kernel] and ql.kernel(x) == int4_kernel
     ref = torch.nn.functional.linear(x.float(), ql.dequantize(torch.float32), ql.bias.float())
     torch.testing.assert_close(ql(x).float(), ref, rtol=2e-2, atol=2e-2)
 
@@ -47,7 +48,7 @@ def test_int8_kernel_matches_dequantized_forward(kernel, monkeypatch):
         monkeypatch.setattr(q4_kernel, "available", lambda: False)
     ql = _ql(8, -1, True, torch.bfloat16)
     x = torch.randn(4, 7, 128, dtype=torch.bfloat16)
-    assert ql.layout == "i8" and ql.kernel(x) == kernel
+    assert ql.layout.name == "i8" and ql.kernel(x) == kernel
     assert ql.kernel(x.float()) is None and _ql(8, 32, True, torch.bfloat16).kernel(x) is None
     ref = torch.nn.functional.linear(x.float(), ql.dequantize(torch.float32), ql.bias.float())
     torch.testing.assert_close(ql(x).float(), ref, rtol=3e-2, atol=3e-2)
@@ -70,16 +71,16 @@ def test_layouts_share_one_file_format(bits, group_size, symmetric, int4_kernel)
 
 
 def test_packed_model_saves_and_reloads_bit_exactly(tmp_path, tiny, tiny_ids, int4_kernel):
-    from efflm.models.load import load
-    from efflm.models.save import save
+    from efflm.io.load import load
+    from efflm.io.save import save
 
     model, tok = tiny
     model = get("rtn").apply(model, config_from_dict({"method": "rtn", "bits": 4, "group_size": 32}), None)
     model = get("dense").apply(model, config_from_dict({"method": "dense", "dtype": "bfloat16"}), None)
     q = model.model.layers[0].self_attn.q_proj
-    assert q.layout == LAYOUT[int4_kernel]
+    assert q.layout.name == LAYOUT[int4_kernel]
     again, _ = load(str(save(model, tok, tmp_path / "m")))
-    assert again.model.layers[0].self_attn.q_proj.layout == LAYOUT[int4_kernel]
+    assert again.model.layers[0].self_attn.q_proj.layout.name == LAYOUT[int4_kernel]
     assert torch.equal(again(tiny_ids).logits, model(tiny_ids).logits)
 
 

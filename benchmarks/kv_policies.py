@@ -21,8 +21,8 @@ import torch
 
 from efflm.core.atomic import publish
 from efflm.core.progress import progress
-from efflm.core.registry import config_from_dict, get
 from efflm.inference.engine import Engine
+from efflm.methods import config_from_dict, get
 
 
 def score(model: torch.nn.Module, ids: torch.Tensor, prefill: int) -> tuple[torch.Tensor, float, int]:
@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/kv_policies.md")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from efflm.core.pipeline import load_and_apply
     from efflm.data import text
+    from efflm.pipeline import load_and_apply
 
     model, tok = load_and_apply(a.model, [config_from_dict({"method": "dense", "dtype": a.dtype})])
     ids = text.eval_tokens(tok, max(a.len, a.long))

@@ -17,12 +17,12 @@ import time
 
 import torch
 
-from efflm.bench.metrics import perplexity
 from efflm.core.atomic import publish
 from efflm.core.errors import EfflmError
-from efflm.core.registry import config_from_dict, get
 from efflm.data import text
-from efflm.models.load import load
+from efflm.eval.metrics import perplexity
+from efflm.io.load import load
+from efflm.methods import config_from_dict, get
 
 SCHEME = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": 64}
 

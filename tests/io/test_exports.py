@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from efflm.core.errors import EfflmError
-from efflm.core.registry import config_from_dict, get
-from efflm.models import compressed_tensors, gguf_export
-from efflm.quantize import rtn
+from efflm.io import compressed_tensors, gguf_export
+from efflm.methods import config_from_dict, get
+from efflm.quantize import grid
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -13,12 +13,12 @@ def test_gguf_blocks_are_exact_for_the_gguf_dequantizer(bits):
     import gguf
 
     w = torch.randn(6, 128)
-    scales, _ = rtn.grid(w, bits, 32, True)
-    codes = rtn.quantize(w, scales, None, bits, 32)
+    scales, _ = grid.grid(w, bits, 32, True)
+    codes = grid.quantize(w, scales, None, bits, 32)
     blocks = (gguf_export.q4_0_blocks if bits == 4 else gguf_export.q8_0_blocks)(codes, scales)
     qtype = gguf.GGMLQuantizationType.Q4_0 if bits == 4 else gguf.GGMLQuantizationType.Q8_0
     assert blocks.shape == (6, 4 * (18 if bits == 4 else 34))
-    assert np.array_equal(gguf.quants.dequantize(blocks, qtype), rtn.dequantize(codes, scales, None, bits, 32).numpy())
+    assert np.array_equal(gguf.quants.dequantize(blocks, qtype), grid.dequantize(codes, scales, None, bits, 32).numpy())
 
 
 def test_rope_permute_is_undone_by_transformers_gguf_loader():

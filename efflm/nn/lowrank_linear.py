@@ -12,7 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from efflm.nn.registry import register_module
 
+
+@register_module(role="lowrank")
 class LowRankLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = False, nnz: int = 0,
                  dtype: torch.dtype = torch.float32):

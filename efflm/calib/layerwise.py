@@ -10,7 +10,8 @@ Architecture names come from ``efflm.models.arch`` only.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
@@ -102,28 +103,6 @@ def shared_groups(observers: dict[str, Observer]) -> list[list[str]]:
     for path, obs in observers.items():
         groups.setdefault(id(obs), []).append(path)
     return list(groups.values())
-
-
-class Hessian:
-    """Running ``H = 2/n · Σ x xᵀ`` over every calibration token entering a Linear, plus the
-    per-channel mean and max of ``|x|`` (AWQ's and SmoothQuant's activation statistics)."""
-
-    def __init__(self, n_in: int):
-        self.H = torch.zeros(n_in, n_in)
-        self.absmean = torch.zeros(n_in)
-        self.absmax = torch.zeros(n_in)
-        self.n = 0
-
-    def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).float()
-        m = x.shape[0]
-        a = x.abs()
-        self.absmax = torch.maximum(self.absmax, a.amax(dim=0))
-        self.absmean += (a.sum(dim=0) - m * self.absmean) / (self.n + m)
-        self.H *= self.n / (self.n + m)
-        self.n += m
-        x = x * (2 / self.n) ** 0.5
-        self.H += x.t() @ x
 
 
 def note(model: nn.Module, text: str) -> None:

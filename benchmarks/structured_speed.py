@@ -16,10 +16,10 @@ import statistics
 
 import torch
 
-from efflm.bench import metrics
 from efflm.core.atomic import publish
-from efflm.core.pipeline import load_and_apply
-from efflm.core.registry import config_from_dict
+from efflm.eval import metrics
+from efflm.methods import config_from_dict
+from efflm.pipeline import load_and_apply
 
 
 def main(argv: list[str] | None = None) -> int:

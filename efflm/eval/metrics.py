@@ -34,7 +34,6 @@ import torch
 from efflm.core.errors import EfflmError
 from efflm.core.progress import progress
 
-
 EVAL_SEQ_LEN, EVAL_WINDOWS = 512, 4  # default evaluation: 4 windows of 512 tokens (2,044 scored)
 
 
@@ -103,7 +102,7 @@ def as_sparse_bytes(model: torch.nn.Module, min_zeros: float = 0.1, min_zero_cod
     A float Linear counts with at least ``min_zeros`` exact zeros; a quantized one with at least
     ``min_zero_codes`` zero codes (plain 3-bit RTN already rounds up to ~41% of codes to zero)."""
     from efflm.models.arch import decoder_linears
-    from efflm.quantize.linear import QuantLinear
+    from efflm.nn.quant_linear import QuantLinear
 
     saved, sparse = 0.0, False
     for _, lin in decoder_linears(model):
@@ -127,7 +126,7 @@ def _timed(fn) -> float:
 
 
 @torch.inference_mode()
-def _greedy_hf(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
+def hf_greedy_timing(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
     """transformers' ``generate`` (the reference path): (prefill seconds, decode seconds)."""
     t0 = time.perf_counter()
     model(prompt, use_cache=True)
@@ -142,9 +141,9 @@ def _greedy_hf(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) ->
 def _greedy(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float, int | None]:
     """efflm's decode path (static KV cache; speculative if the model says so): (prefill seconds,
     decode seconds for the tokens after the first, KV-cache bytes)."""
+    from efflm.inference.engine import Engine
     from efflm.inference.generate import SamplingConfig, generate_ids
     from efflm.inference.speculative import drafter_for, speculative_ids
-    from efflm.inference.engine import Engine
 
     cfg = SamplingConfig(max_new_tokens=new_tokens)
     spec = drafter_for(model)
@@ -172,8 +171,8 @@ def speed(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int = 32, re
            "tok_s": statistics.median(tok_s), "tok_s_min": min(tok_s), "tok_s_max": max(tok_s),
            "kv_bytes": runs[0][2], "prompt_len": prompt.shape[1], "new_tokens": new_tokens, "reps": reps}
     if reference:  # one warm-up and one timed run: a reference, not the row's own number
-        _greedy_hf(model, prompt, min(new_tokens, 4))
-        out["hf_tok_s"] = (new_tokens - 1) / _greedy_hf(model, prompt, new_tokens)[1]
+        hf_greedy_timing(model, prompt, min(new_tokens, 4))
+        out["hf_tok_s"] = (new_tokens - 1) / hf_greedy_timing(model, prompt, new_tokens)[1]
     return out
 
 
@@ -187,9 +186,9 @@ def measure_bandwidth(mib: int = 512, reps: int = 5) -> float:
 
 def bandwidth_gbs() -> float:
     """This machine's read bandwidth, measured once and cached per CPU model and thread count."""
-    from efflm.bench.env import cpu_model
     from efflm.core.atomic import atomic_write_text
-    from efflm.models.load import cache_dir
+    from efflm.core.paths import cache_dir
+    from efflm.eval.env import cpu_model
 
     path = cache_dir() / "bandwidth.json"
     key = f"{cpu_model()}|{torch.get_num_threads()}"

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from efflm.core.atomic import publish
-from efflm.core.registry import config_from_dict as c
+from efflm.methods import config_from_dict as c
 
 
 def efflm_run(model, ids: torch.Tensor, new: int) -> tuple[float, float]:
@@ -39,9 +39,9 @@ def efflm_run(model, ids: torch.Tensor, new: int) -> tuple[float, float]:
 
 
 def hf_run(model, ids: torch.Tensor, new: int) -> tuple[float, float]:
-    from efflm.bench.metrics import _greedy_hf
+    from efflm.eval.metrics import hf_greedy_timing
 
-    prefill, decode = _greedy_hf(model, ids, new)
+    prefill, decode = hf_greedy_timing(model, ids, new)
     return prefill, (new - 1) / decode
 
 
@@ -76,7 +76,7 @@ def kernel_split(model, ids: torch.Tensor, steps: int = 32) -> tuple[float, floa
     """(ms per decoded token, ms of it inside efflm's q4/q8 kernels, kernel calls per token):
     the kernels are ctypes calls, invisible to torch's profiler, so they are timed directly."""
     from efflm.inference.engine import Engine
-    from efflm.quantize import q4_kernel
+    from efflm.nn import q4_kernel
 
     spent, calls, real = [0.0], [0], (q4_kernel.q4_mm, q4_kernel.q8_mm)
 
@@ -115,18 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     from llama_cpp import Llama
 
-    from efflm.bench.metrics import bandwidth_gbs, bytes_read_per_token
-    from efflm.core.pipeline import load_and_apply
     from efflm.data import text
-    from efflm.models import gguf_export
+    from efflm.eval.metrics import bandwidth_gbs, bytes_read_per_token
+    from efflm.io import gguf_export
     from efflm.models.load import smollm2_gguf
+    from efflm.pipeline import load_and_apply
 
     bf16, fp32 = c({"method": "dense", "dtype": "bfloat16"}), c({"method": "dense", "dtype": "float32"})
     w4, tok = load_and_apply("smollm2-135m", [c({"method": "rtn", "bits": 4, "group_size": 32})])
     tmp = tempfile.TemporaryDirectory(prefix="efflm-q4_0-")
     q4_0 = gguf_export.export(w4, smollm2_gguf(), Path(tmp.name) / "w4.gguf")
     for step in (c({"method": "int8_embeddings"}), bf16):
-        from efflm.core.registry import get
+        from efflm.methods import get
         w4 = get(step.method).apply(w4, step, None)
     m_bf16, _ = load_and_apply("smollm2-135m", [bf16])
     m_fp32, _ = load_and_apply("smollm2-135m", [fp32])

@@ -21,7 +21,7 @@ import time
 import torch
 
 from efflm.core.atomic import publish
-from efflm.core.registry import config_from_dict as c
+from efflm.methods import config_from_dict as c
 
 PASSAGE = ("It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
            "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, "
@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from efflm.core.pipeline import load_and_apply
     from efflm.inference.generate import SamplingConfig, encode, generate_ids
     from efflm.inference.speculative import first_layers, speculative_ids
+    from efflm.pipeline import load_and_apply
 
     bf16 = c({"method": "dense", "dtype": "bfloat16"})
     target, tok = load_and_apply(a.model, [c({"method": "dense", "dtype": a.dtype})])

@@ -1,6 +1,6 @@
 """Export a quantized efflm model as a compressed-tensors checkpoint (the format vLLM serves).
 
-The writing is done by the ``compressed-tensors`` library itself: each ``QuantLinear``
+The writing is done by the ``compressed-tensors`` library itself: each weight-grid module
 becomes an ``nn.Linear`` holding its exactly dequantized weight plus the library's
 ``weight_scale`` parameter, the library's ``pack-quantized`` compressor re-derives the integer
 codes (exactly ours: round(w / s) gives back our codes, checked) and packs them into int32, and
@@ -18,12 +18,12 @@ import torch
 from efflm.core.atomic import atomic_dir
 from efflm.core.errors import EfflmError
 from efflm.models.arch import set_module
-from efflm.quantize.linear import QuantLinear
+from efflm.nn.registry import efflm_modules
 
 EXPORT_DTYPE = torch.float16  # fp16 holds efflm's fp16 scales exactly (bf16 would not)
 
 
-def _scheme_key(m: QuantLinear) -> tuple[int, int, bool]:
+def _scheme_key(m: torch.nn.Module) -> tuple[int, int, bool]:
     return m.bits, m.group_size, m.group_size == m.in_features
 
 
@@ -52,7 +52,7 @@ def check_recipe(recipe: list) -> None:
 
 
 def export(model: torch.nn.Module, tokenizer: Any, out: str | Path, overwrite: bool = False) -> Path:
-    """Write ``model`` (with QuantLinear modules) to ``out`` as a compressed-tensors checkpoint."""
+    """Write ``model`` (with weight-grid modules) to ``out`` as a compressed-tensors checkpoint."""
     try:
         from compressed_tensors.compressors import ModelCompressor
         from compressed_tensors.quantization import apply_quantization_config
@@ -62,10 +62,10 @@ def export(model: torch.nn.Module, tokenizer: Any, out: str | Path, overwrite: b
     out = Path(out)
     if out.exists() and not overwrite:
         raise EfflmError(f"output exists: {out} (choose another --out)")
-    if any(type(m).__name__ in ("QuantEmbedding", "Int8Linear") for m in model.modules()):
+    if set(efflm_modules(model)) != set(efflm_modules(model, "weight_grid")):
         raise EfflmError("compressed-tensors export supports weight-only QuantLinear models "
-                         "(not int8 embeddings or W8A8)")
-    quantized = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+                         "(not int8 embeddings, W8A8 or low-rank layers)")
+    quantized = efflm_modules(model, "weight_grid")
     if not quantized:
         raise EfflmError("compressed-tensors export needs a quantized model (no QuantLinear found)")
     if any(not m.symmetric for m in quantized.values()):

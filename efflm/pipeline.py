@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from efflm.core import recipe as recipes
-from efflm.core.registry import check_for_model, get
+from efflm.methods import check_for_model, get
 
 
 def validate(model_spec: str, recipe: recipes.Recipe) -> Any:
@@ -24,7 +24,7 @@ def load_and_apply(model_spec: str, recipe: recipes.Recipe, calib_samples: int =
                    calib_len: int = CALIB_LEN) -> tuple[Any, Any]:
     """Validate, load, draw calibration windows if any step needs them, apply every step."""
     from efflm.data.text import calibration_windows
-    from efflm.models.load import load
+    from efflm.io.load import load
 
     validate(model_spec, recipe)
     model, tok = load(model_spec)

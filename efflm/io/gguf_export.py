@@ -1,6 +1,6 @@
 """Export an efflm model as a GGUF file that llama.cpp runs, keeping GPTQ/AWQ-optimized codes.
 
-Symmetric 4-bit and 8-bit ``QuantLinear`` weights with groups of 32 sit exactly on llama.cpp's
+Symmetric 4-bit and 8-bit weight-grid modules (``QuantLinear``) with groups of 32 sit exactly on llama.cpp's
 Q4_0 / Q8_0 grids (``w = d·(q − 8)`` resp. ``w = d·q`` with an fp16 ``d`` per 32 weights), so
 their codes and scales are written as Q4_0 / Q8_0 blocks unchanged — no re-rounding — and
 every tensor is checked against the ``gguf`` library's own dequantizer before the file is
@@ -18,7 +18,7 @@ import torch
 from efflm.core.atomic import atomic_write_bytes_from
 from efflm.core.errors import EfflmError
 from efflm.models.arch import layout_for
-from efflm.quantize.linear import QuantLinear
+from efflm.nn.registry import efflm_modules, role
 
 _SKIP_KEYS = ("GGUF.", "general.architecture", "general.file_type")
 
@@ -57,7 +57,7 @@ def q8_0_blocks(codes: torch.Tensor, scales: torch.Tensor) -> np.ndarray:
     return np.concatenate([d, qs], axis=-1).reshape(rows, -1)
 
 
-def _quant_tensor(name: str, m: QuantLinear, permute_heads: int | None):
+def _quant_tensor(name: str, m: torch.nn.Module, permute_heads: int | None):
     import gguf
 
     if not (m.symmetric and m.group_size == 32 and m.bits in (4, 8)):
@@ -92,12 +92,12 @@ def _tensors(model: torch.nn.Module):
         if tied and owner == layout.lm_head:
             continue
         module = modules.get(owner)
-        gname = names.get_name(f"{owner}.weight" if isinstance(module, QuantLinear) else key,
+        gname = names.get_name(f"{owner}.weight" if role(module) == "weight_grid" else key,
                                try_suffixes=(".weight", ".bias"))
         if gname is None:
             raise EfflmError(f"GGUF export: no llama.cpp name for {key}")
         permute = next((n for suffix, n in heads.items() if owner.endswith(suffix)), None)
-        if isinstance(module, QuantLinear):
+        if role(module) == "weight_grid":
             if leaf != "qweight":
                 continue  # scales travel inside the blocks
             data, qtype = _quant_tensor(owner, module, permute)
@@ -150,6 +150,10 @@ def export(model: torch.nn.Module, template: Path | None, out: str | Path, overw
                          "supported for models loaded from a .gguf (e.g. the default model)")
     if model.config.model_type not in ("llama", "mistral"):
         raise EfflmError(f"GGUF export supports llama-layout models, not {model.config.model_type!r}")
+    other = {n for n, m in efflm_modules(model).items() if role(m) != "weight_grid"}
+    if other:
+        raise EfflmError(f"GGUF export writes float or weight-grid layers only, not {sorted(other)[0]} "
+                         f"({type(model.get_submodule(sorted(other)[0])).__name__})")
     tensors = list(_tensors(model))
     quant = {t for name, _, t in tensors if t is not None and name != "token_embd.weight"}
 

@@ -1,0 +1,57 @@
+"""The calibration Hessian H = 2XXᵀ of a Linear's inputs and what GPTQ-style solvers do with it.
+
+One place for GPTQ (arXiv 2210.17323) and SparseGPT (arXiv 2301.00774), which share it:
+the running accumulation over calibration tokens, dead input columns (never active, so
+H[i, i] = 0), and the upper Cholesky factor of the dampened inverse, with damping raised
+when the factorization fails. AWQ and SmoothQuant read the same observer's per-channel
+activation statistics.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class Hessian:
+    """Running ``H = 2/n · Σ x xᵀ`` over every calibration token entering a Linear, plus the
+    per-channel mean and max of ``|x|`` (AWQ's and SmoothQuant's activation statistics)."""
+
+    def __init__(self, n_in: int):
+        self.H = torch.zeros(n_in, n_in)
+        self.absmean = torch.zeros(n_in)
+        self.absmax = torch.zeros(n_in)
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        m = x.shape[0]
+        a = x.abs()
+        self.absmax = torch.maximum(self.absmax, a.amax(dim=0))
+        self.absmean += (a.sum(dim=0) - m * self.absmean) / (self.n + m)
+        self.H *= self.n / (self.n + m)
+        self.n += m
+        x = x * (2 / self.n) ** 0.5
+        self.H += x.t() @ x
+
+
+def mask_dead_columns(W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """Zero the weight columns of inputs that never fired (in place) and return a copy of H
+    with 1 on their diagonal, so H stays invertible and their weights stay zero."""
+    H = H.clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    return H
+
+
+def inverse_cholesky(H: torch.Tensor, damp: float, retries: int = 3) -> tuple[torch.Tensor | None, float]:
+    """Upper Cholesky factor of (H + λI)⁻¹, λ = damp · mean(diag H), raising λ ×10 on failure."""
+    mean_diag = torch.diag(H).mean()
+    for attempt in range(retries + 1):
+        lam = damp * 10 ** attempt
+        Hd = H + lam * mean_diag * torch.eye(H.shape[0])
+        L, info = torch.linalg.cholesky_ex(Hd)
+        if info == 0:
+            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            if info == 0 and torch.isfinite(U).all():
+                return U, lam
+    return None, float("nan")

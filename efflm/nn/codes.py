@@ -1,0 +1,46 @@
+"""Integer weight codes on a per-group grid: how they are packed into bytes and read back.
+
+The grid (shared by RTN, GPTQ, AWQ and the packed modules):
+  symmetric:  w = s·(q − 2^(b−1))          (llama.cpp's Q4_0/Q8_0 grid)
+  asymmetric: w = s·q + o                   (Q4_1's grid, a float offset per group)
+with fp16 scales ``s`` and offsets ``o`` of shape [out, in / group_size]. Choosing the grid
+is the quantizers' business (``efflm.quantize.grid``); this module only decodes it.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def groups(w: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[out, in] -> [out, in / g, g] (``group_size`` ≤ 0: one group per row)."""
+    g = group_size if group_size > 0 else w.shape[1]
+    return w.reshape(w.shape[0], w.shape[1] // g, g)
+
+
+def dequantize(q: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None, bits: int,
+               group_size: int) -> torch.Tensor:
+    """float32 weights from uint8 codes [out, in] in [0, 2^bits − 1] and their grid."""
+    qg = groups(q.float(), group_size)
+    s = scales.float().unsqueeze(-1)
+    if offsets is None:
+        w = (qg - 2 ** (bits - 1)) * s
+    else:
+        w = qg * s + offsets.float().unsqueeze(-1)
+    return w.reshape(q.shape)
+
+
+def pack_codes(q: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 codes [out, in] -> packed uint8; two codes per byte when bits <= 4."""
+    q = q.to(torch.uint8)
+    if bits > 4:
+        return q.contiguous()
+    return (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
+
+
+def unpack_codes(packed: torch.Tensor, bits: int, in_features: int) -> torch.Tensor:
+    if bits > 4:
+        return packed
+    out = torch.empty(packed.shape[0], in_features, dtype=torch.uint8, device=packed.device)
+    out[:, 0::2] = packed & 0x0F
+    out[:, 1::2] = packed >> 4
+    return out

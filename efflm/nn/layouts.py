@@ -1,0 +1,142 @@
+"""Storage layouts of ``QuantLinear``'s integer codes: one class each, chosen once per module.
+
+* ``Nibble``: two 2..4-bit codes per byte — the file layout for those widths;
+* ``Q4Blocks``: the same bytes in 32-input blocks (llama.cpp's Q4_0 order) for efflm's own
+  AVX2 kernel (``q4_kernel``), used in bf16 when the group size is a multiple of 32 and the
+  kernel runs on this machine;
+* ``Int4Pack``: the order of torch's int4 CPU kernel (bf16, group sizes 32..256), with the
+  bf16 (scale, zero) pairs it reads as a derived, unsaved buffer;
+* ``SignedInt8``: 5..8-bit symmetric codes as int8 (per-channel 8-bit ones run through
+  efflm's q8 kernel or torch's int8 kernel in bf16);
+* ``UInt8``: 5..8-bit asymmetric codes.
+
+A layout packs codes (uint8 in [0, 2^bits − 1]) into ``qweight``, reads them back, and may
+name a kernel for an input; ``QuantLinear`` dequantizes when none applies.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from efflm.nn import kernels, q4_kernel
+from efflm.nn.codes import pack_codes, unpack_codes
+
+
+class Layout:
+    name: ClassVar[str] = ""
+    portable: ClassVar[bool] = True   # False: files hold the module's portable layout instead
+
+    def pack(self, m: Any, codes: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def unpack(self, m: Any, qweight: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def attach(self, m: Any) -> None:
+        """Rebuild derived buffers after the codes or scales changed."""
+
+    def kernel(self, m: Any, x: torch.Tensor) -> str | None:
+        return None
+
+    def matmul(self, m: Any, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class Nibble(Layout):
+    name = "nibble"
+
+    def pack(self, m, codes):
+        return pack_codes(codes, m.bits)
+
+    def unpack(self, m, qweight):
+        return unpack_codes(qweight, m.bits, m.in_features)
+
+
+class Q4Blocks(Layout):
+    name = "q4blk"
+    portable = False
+
+    def pack(self, m, codes):
+        return q4_kernel.to_blocks(codes + kernels.code_shift(m.bits))
+
+    def unpack(self, m, qweight):
+        return q4_kernel.from_blocks(qweight, m.in_features) - kernels.code_shift(m.bits)
+
+    def kernel(self, m, x):
+        return "q4" if x.dtype == torch.bfloat16 else None
+
+    def matmul(self, m, x):
+        return q4_kernel.q4_mm(x, m.qweight, m.scales, getattr(m, "offsets", None), 2 ** (m.bits - 1),
+                               m.group_size)
+
+
+class Int4Pack(Layout):
+    name = "int4pack"
+    portable = False
+
+    def pack(self, m, codes):
+        return kernels.int4pack(codes + kernels.code_shift(m.bits))
+
+    def unpack(self, m, qweight):
+        codes = kernels.int4pack_to_codes(qweight, m.out_features, m.in_features)
+        return codes - kernels.code_shift(m.bits)
+
+    def attach(self, m):
+        sz = kernels.int4_scales_and_zeros(m.scales, getattr(m, "offsets", None), m.bits)
+        m.register_buffer("sz", sz, persistent=False)
+
+    def kernel(self, m, x):
+        return "int4" if x.dtype == torch.bfloat16 else None
+
+    def matmul(self, m, x):
+        return kernels.int4_mm(x, m.qweight, m.group_size, m.sz)
+
+
+class SignedInt8(Layout):
+    name = "i8"
+
+    def pack(self, m, codes):
+        return (codes.to(torch.int16) - 2 ** (m.bits - 1)).to(torch.int8)
+
+    def unpack(self, m, qweight):
+        return (qweight.to(torch.int16) + 2 ** (m.bits - 1)).to(torch.uint8)
+
+    def kernel(self, m, x):
+        # bf16 and per channel only (with fp32 activations it measured ~25x slower than dequantizing)
+        if m.group_size != m.in_features or x.dtype != torch.bfloat16:
+            return None
+        return "q8" if m.bits == 8 and m.in_features % 32 == 0 and q4_kernel.available() else "int8"
+
+    def matmul(self, m, x):
+        if m.bits == 8 and m.in_features % 32 == 0 and q4_kernel.available():
+            return q4_kernel.q8_mm(x, m.qweight, m.scales)
+        return kernels.int8_mm(x, m.qweight, m.scales[:, 0].to(x.dtype))
+
+
+class UInt8(Layout):
+    name = "u8"
+
+    def pack(self, m, codes):
+        return codes.to(torch.uint8).contiguous()
+
+    def unpack(self, m, qweight):
+        return qweight
+
+
+def portable(bits: int, symmetric: bool) -> Layout:
+    """The layout files hold for these codes."""
+    return Nibble() if bits <= 4 else (SignedInt8() if symmetric else UInt8())
+
+
+def for_compute(bits: int, symmetric: bool, group_size: int, dtype: torch.dtype) -> Layout:
+    """The layout a module computing in ``dtype`` keeps in memory (a kernel's, where one applies)."""
+    if bits <= 4 and dtype == torch.bfloat16:
+        if group_size % 32 == 0 and q4_kernel.available():
+            return Q4Blocks()
+        if group_size in kernels.INT4_GROUPS:
+            return Int4Pack()
+    return portable(bits, symmetric)

@@ -1,0 +1,16 @@
+"""Moving a per-input-channel scale into the op that produces the input (AWQ, SmoothQuant).
+
+``y = W x = (W·diag(s)) (x / s)``: multiply the consumers' columns by ``s`` and divide the
+producer's output channels (a norm's weight, or a Linear's rows and bias) by ``s``, and the
+float model computes the same function while the consumers' weights change scale.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def fold_scales(source: torch.nn.Module, s: torch.Tensor) -> None:
+    """Divide the source's output channels by s (a norm's weight, or a Linear's rows and bias)."""
+    source.weight.data.div_(s.reshape(-1, *([1] * (source.weight.ndim - 1))).to(source.weight.dtype))
+    if getattr(source, "bias", None) is not None:
+        source.bias.data.div_(s.to(source.bias.dtype))
