@@ -1,9 +1,10 @@
 """GPU check: 2:4 semi-structured sparse matmul vs dense, at the default model's shapes and 4096-wide.
 
-    python3 efflm/bench/gpu_sparse24.py [--weights sgpt24.pt] [--out results/gpu_sparse24.md]
+    python3 benchmarks/gpu_sparse24.py [--model SPEC] [--weights sgpt24.pt] [--out results/gpu_sparse24.md]
 
-Needs a CUDA GPU with sparse tensor cores (Ampere or newer); imports torch only, so it runs
-on a bare GPU machine. ``--weights``: a file of real 2:4 weights ({name: fp16 [out, in]},
+Needs a CUDA GPU with sparse tensor cores (Ampere or newer). Without ``--model`` it imports
+torch only (the default model's shapes are listed below), so it runs on a bare GPU machine;
+``--model SPEC`` takes the decoder Linears' shapes from that model's config (needs efflm). ``--weights``: a file of real 2:4 weights ({name: fp16 [out, in]},
 e.g. SmolLM2's decoder Linears after ``sparsegpt`` with pattern 2:4); shapes without a real
 weight get a random one masked to 2:4 (the kernel's speed depends on shape and pattern, not
 on which weights survive). Each is converted with ``torch.sparse.to_sparse_semi_structured``
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from pathlib import Path
 
 import torch
 
@@ -78,20 +78,32 @@ def graph_us(fn) -> float | None:
     return _median_us(g.replay)
 
 
-def main() -> int:
-    p = argparse.ArgumentParser()
+def model_shapes(spec: str) -> dict[str, tuple[int, int]]:
+    """(out, in) of each distinct decoder Linear of a model spec, from its config."""
+    from efflm.models.arch import in_features, out_features
+    from efflm.models.load import model_config
+
+    cfg = model_config(spec)
+    ins, outs = in_features(cfg), out_features(cfg)
+    return {f"{spec} {name}": (outs[name], ins[name]) for name in ins}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="benchmarks/gpu_sparse24.py")
+    p.add_argument("--model", help="take the Linear shapes from this model (default: SmolLM2's, listed)")
     p.add_argument("--weights", default="")
     p.add_argument("--out", default="results/gpu_sparse24.md")
-    a = p.parse_args()
+    a = p.parse_args(argv)
+    shapes = model_shapes(a.model) if a.model else SHAPES
     if not torch.cuda.is_available():
-        raise SystemExit("gpu_sparse24: needs a CUDA GPU")
+        raise SystemExit(f"gpu_sparse24: needs a CUDA GPU (shapes to time: {len(shapes)})")
     from torch.nn.functional import linear
     from torch.sparse import to_sparse_semi_structured
 
     torch.manual_seed(0)
-    real = torch.load(a.weights) if a.weights else {}
+    real = torch.load(a.weights, weights_only=True) if a.weights else {}
     weights = {f"{n} (SparseGPT 2:4)": w for n, w in real.items()}
-    for name, (out, inp) in SHAPES.items():
+    for name, (out, inp) in shapes.items():
         if not any(tuple(w.shape) == (out, inp) for w in real.values()):
             weights[f"{name} (random 2:4)"] = mask_2_4(torch.randn(out, inp, dtype=torch.float16))
     lines = [f"2:4 semi-structured vs dense fp16 y = linear(x, W) on {torch.cuda.get_device_name()} "
@@ -122,11 +134,9 @@ def main() -> int:
                      f"{dg or float('nan'):.1f} | not capturable | –")
             lines.append(f"| {name} | {out}x{inp} | {t} | {de:.1f} | {se:.1f} | {de / se:.2f}x | {graph} | {err:.1e} |")
             print(lines[-1], flush=True)
-    text = "\n".join(lines)
-    print(text)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(text + "\n")
-    return 0
+    from efflm.core.atomic import publish
+
+    return publish(a.out, "\n".join(lines))
 
 
 if __name__ == "__main__":

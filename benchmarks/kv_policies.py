@@ -1,6 +1,6 @@
 """KV-cache methods side by side on the default model, measured in one run.
 
-    python -m efflm.bench.kv_policies [--len 1024] [--long 2048] [--window 256] [--dtype bfloat16]
+    python benchmarks/kv_policies.py [--len 1024] [--long 2048] [--window 256] [--dtype bfloat16]
 
 Part 1: the first ``--len`` evaluation tokens are scored as one sequence, token by token,
 through each cache policy (full, int8, H2O and StreamingLLM at 50% and 20% of the sequence,
@@ -50,7 +50,7 @@ def with_policy(model: torch.nn.Module, step: dict | None) -> torch.nn.Module:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m efflm.bench.kv_policies")
+    p = argparse.ArgumentParser(prog="benchmarks/kv_policies.py")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--len", type=int, default=1024)
     p.add_argument("--long", type=int, default=2048)
@@ -98,11 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Part 2: {a.long} tokens through a cache of {a.window} slots (text longer than the cache); "
         "perplexity overall and per quarter of the text.", "",
         "| cache | ppl | Q1 | Q2 | Q3 | Q4 | cache MB |", "|---|---|---|---|---|---|---|", *long_rows, "",
-        f"Command: `python -m efflm.bench.kv_policies --len {a.len} --long {a.long} --window {a.window} --dtype {a.dtype}`.",
+        f"Command: `python benchmarks/kv_policies.py --model {a.model} --len {a.len} --long {a.long} --window {a.window} --dtype {a.dtype}`.",
     ])
-    publish(a.out, md)
-    print(md)
-    return 0
+    return publish(a.out, md)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,19 @@
 """Speculative decoding's speedup on the default model, measured in one run.
 
-    python -m efflm.bench.speculative_speed [--dtype bfloat16|float32] [--new-tokens 128] [--rounds 2]
+    python benchmarks/speculative_speed.py [--model SPEC] [--dtype bfloat16|float32] [--new-tokens 128] [--rounds 2]
 
 Target: the default model in ``--dtype``, greedy, batch 1, on efflm's decode path. Two workloads:
 ``rewrite`` (the chat model is asked to repeat a passage: the output copies the prompt, where
 prompt lookup shines) and ``open`` (a story: nothing to copy). Drafters: none (plain
-decoding), prompt lookup (k = 4 and 8), the target's first 8 of 30 layers, and a
-compressed copy of the target (RTN 4-bit g32 + int8 embeddings). Every speculative output
-is checked token for token against plain decoding (in bf16 the (k+1)-token verification
-rounds differently from one-token steps, so a long greedy run can part at a near-tie). Prints wall time for the whole
-generation (prefill included), tok/s, speedup over plain and the acceptance rate;
-writes ``--out`` (default ``results/speculative_speed_<dtype>.md``).
+decoding), prompt lookup (k = 4 and 8), the target's first ``--draft-layers`` layers, and a
+compressed copy of the target (RTN 4-bit g32 + int8 embeddings). Both paths do the same
+work: exactly ``--new-tokens`` tokens as ids (no end-of-sequence stop, no detokenizing), one
+untimed warm-up of every path first, then interleaved rounds; the token counts are asserted
+equal. Every speculative output is checked token for token against plain decoding (in bf16
+the (k+1)-token verification rounds differently from one-token steps, so a long greedy run
+can part at a near-tie). Prints wall time for the whole generation (prefill included),
+tok/s, speedup over plain and the acceptance rate; writes ``--out`` (default
+``results/speculative_speed_<dtype>.md``).
 """
 from __future__ import annotations
 
@@ -33,12 +36,13 @@ WORKLOADS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m efflm.bench.speculative_speed")
+    p = argparse.ArgumentParser(prog="benchmarks/speculative_speed.py")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--draft-layers", type=int, default=8)
     p.add_argument("--out")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -50,23 +54,35 @@ def main(argv: list[str] | None = None) -> int:
     target, tok = load_and_apply(a.model, [c({"method": "dense", "dtype": a.dtype})])
     small, _ = load_and_apply(a.model, [c({"method": "rtn", "bits": 4, "group_size": 32}),
                                         c({"method": "int8_embeddings"}), bf16])
+    layers = min(a.draft_layers, target.config.num_hidden_layers - 1)
     drafters = {"prompt lookup k=4": (None, 4), "prompt lookup k=8": (None, 8),
-                "first 8 layers k=4": (first_layers(target, 8), 4), "RTN-4bit copy k=4": (small, 4)}
+                f"first {layers} layers k=4": (first_layers(target, layers), 4), "RTN-4bit copy k=4": (small, 4)}
     cfg = SamplingConfig(max_new_tokens=a.new_tokens)
     lines = []
     for wname, prompt in WORKLOADS.items():
         ids, valid = encode(tok, [prompt], chat=True)
+
+        def plain_run():
+            return generate_ids(target, None, ids, valid, cfg)[0][0].tokens  # ids only, no eos: as speculative
+
+        def spec_run(draft, k):
+            return speculative_ids(target, ids[0].tolist(), cfg, draft=draft, k=k, eos=None)
+
+        plain_run()  # warm-up of every path before any timed round
+        for draft, k in drafters.values():
+            spec_run(draft, k)
         times: dict[str, list[float]] = {k: [] for k in ["plain", *drafters]}
         stats, outputs = {}, {}
         for _ in range(a.rounds):
             t0 = time.perf_counter()
-            out, _ = generate_ids(target, tok, ids, valid, cfg)
+            ref = plain_run()
             times["plain"].append(time.perf_counter() - t0)
-            ref = out[0].tokens
             for name, (draft, k) in drafters.items():
                 t0 = time.perf_counter()
-                got, _, st = speculative_ids(target, ids[0].tolist(), cfg, draft=draft, k=k, eos=tok.eos_token_id)
+                got, _, st = spec_run(draft, k)
                 times[name].append(time.perf_counter() - t0)
+                if len(got) != len(ref):
+                    raise SystemExit(f"{name}: {len(got)} tokens against plain's {len(ref)}: not the same work")
                 stats[name], outputs[name] = st, got == ref
         n = len(ref)
         plain = statistics.median(times["plain"])
@@ -80,16 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(lines[-len(drafters) - 1:]), flush=True)
     md = "\n".join([
         f"# Speculative decoding — {a.model} {a.dtype} target, greedy, batch 1, {a.threads} threads", "",
-        f"Up to {a.new_tokens} new tokens after the chat-formatted prompt; wall time of the whole generation "
-        f"(prefill included), median of {a.rounds} interleaved rounds.", "",
+        f"Exactly {a.new_tokens} new tokens (ids, no end-of-sequence stop, no detokenizing on either path) after "
+        f"the chat-formatted prompt; wall time of the whole generation (prefill included); one untimed warm-up "
+        f"of every path, then the median of {a.rounds} interleaved rounds.", "",
         "| workload | drafter | tokens | seconds | tok/s | speedup | accepted | identical to plain |",
         "|---|---|---|---|---|---|---|---|", *lines, "",
-        f"Command: `python -m efflm.bench.speculative_speed --dtype {a.dtype} --new-tokens {a.new_tokens} "
-        f"--rounds {a.rounds}`.",
+        f"Command: `python benchmarks/speculative_speed.py --model {a.model} --dtype {a.dtype} "
+        f"--new-tokens {a.new_tokens} --rounds {a.rounds}`.",
     ])
-    publish(a.out or f"results/speculative_speed_{a.dtype}.md", md)
-    print(md)
-    return 0
+    return publish(a.out or f"results/speculative_speed_{a.dtype}.md", md)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Structured pruning's speedup, measured in one run: dense vs LLM-Pruner-style pruned models.
 
-    python -m efflm.bench.structured_speed [--ratios 0.34,0.59] [--dtype float32] [--rounds 3]
+    python benchmarks/structured_speed.py [--ratios 0.34,0.59] [--dtype float32] [--rounds 3]
 
 Builds the pruned models once (8 x 512 calibration tokens, Taylor importance), then times
 greedy decoding (32 new tokens after a 128-token prompt, batch 1) and prefill for every
@@ -23,7 +23,7 @@ from efflm.pipeline import load_and_apply
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m efflm.bench.structured_speed")
+    p = argparse.ArgumentParser(prog="benchmarks/structured_speed.py")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--ratios", default="0.34,0.59")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])

@@ -1,15 +1,16 @@
 """Decode speed side by side in one run: efflm's decode path vs llama.cpp vs transformers.
 
-    python -m efflm.bench.vs_llamacpp [--prompt-len 128] [--new-tokens 64] [--rounds 3]
+    python benchmarks/vs_llamacpp.py [--model SPEC] [--prompt-len 128] [--new-tokens 64] [--rounds 3]
 
-Same model (the default), same prompt, same number of new tokens, greedy, batch 1, the same
+Same model (default: the default model), same prompt, same number of new tokens, greedy, batch 1, the same
 threads, in interleaved rounds (every engine once per round, so a slow moment of a shared
 machine hits all alike); median over rounds. Rows:
 
 * efflm packed 4-bit: RTN 4-bit g32 (symmetric) + int8 embedding/lm_head, bf16 activations,
-  through torch's int4/int8 CPU kernels, on efflm's static-KV-cache decode path;
+  through efflm's own q4/q8 CPU kernels (torch's int4/int8 kernels where those cannot run), on efflm's static-KV-cache decode path;
 * llama.cpp (llama-cpp-python) on efflm's own Q4_0 export of exactly those 4-bit codes, and
-  on the Q4_1 file the default model ships as;
+  on the GGUF file the model was loaded from (the default model ships as Q4_1); a model with
+  no GGUF source (``tiny-llama``: no tokenizer metadata to export) has no llama.cpp rows;
 * efflm bf16 and fp32 on the decode path; transformers ``generate`` in bf16 and fp32.
 
 Prints decode tok/s, TTFT, ratios to llama.cpp Q4_0 and to transformers bf16, and the
@@ -29,6 +30,8 @@ import torch
 
 from efflm.core.atomic import publish
 from efflm.methods import config_from_dict as c
+
+ANCHOR = "llama.cpp, efflm's Q4_0 export of the same codes"
 
 
 def efflm_run(model, ids: torch.Tensor, new: int) -> tuple[float, float]:
@@ -105,7 +108,8 @@ def kernel_split(model, ids: torch.Tensor, steps: int = 32) -> tuple[float, floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m efflm.bench.vs_llamacpp")
+    p = argparse.ArgumentParser(prog="benchmarks/vs_llamacpp.py")
+    p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
@@ -113,30 +117,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/vs_llamacpp.md")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from llama_cpp import Llama
-
     from efflm.data import text
     from efflm.eval.metrics import bandwidth_gbs, bytes_read_per_token
     from efflm.io import gguf_export
-    from efflm.models.load import smollm2_gguf
+    from efflm.methods import get
+    from efflm.models.load import gguf_source
     from efflm.pipeline import load_and_apply
 
     bf16, fp32 = c({"method": "dense", "dtype": "bfloat16"}), c({"method": "dense", "dtype": "float32"})
-    w4, tok = load_and_apply("smollm2-135m", [c({"method": "rtn", "bits": 4, "group_size": 32})])
+    w4, tok = load_and_apply(a.model, [c({"method": "rtn", "bits": 4, "group_size": 32})])
+    source = gguf_source(a.model)
     tmp = tempfile.TemporaryDirectory(prefix="efflm-q4_0-")
-    q4_0 = gguf_export.export(w4, smollm2_gguf(), Path(tmp.name) / "w4.gguf")
+    q4_0 = gguf_export.export(w4, source, Path(tmp.name) / "w4.gguf") if source is not None else None
     for step in (c({"method": "int8_embeddings"}), bf16):
-        from efflm.methods import get
         w4 = get(step.method).apply(w4, step, None)
-    m_bf16, _ = load_and_apply("smollm2-135m", [bf16])
-    m_fp32, _ = load_and_apply("smollm2-135m", [fp32])
+    m_bf16, _ = load_and_apply(a.model, [bf16])
+    m_fp32, _ = load_and_apply(a.model, [fp32])
     ids = text.eval_tokens(tok, a.prompt_len).reshape(1, -1)
-    llama = lambda path: Llama(model_path=str(path), n_ctx=a.prompt_len + a.new_tokens + 8, n_threads=a.threads,  # noqa: E731
-                                n_threads_batch=a.threads, verbose=False)
-    engines = {
-        "efflm packed 4-bit (W4 g32 + int8 lm_head, bf16)": (efflm_run, w4, bytes_read_per_token(w4)),
-        "llama.cpp, efflm's Q4_0 export of the same codes": (llama_run, llama(q4_0), q4_0.stat().st_size),
-        "llama.cpp, shipped Q4_1 file": (llama_run, llama(smollm2_gguf()), smollm2_gguf().stat().st_size),
+    engines = {"efflm packed 4-bit (W4 g32 + int8 lm_head, bf16)": (efflm_run, w4, bytes_read_per_token(w4))}
+    if source is not None:
+        from llama_cpp import Llama
+
+        def llama(path):
+            return Llama(model_path=str(path), n_ctx=a.prompt_len + a.new_tokens + 8, n_threads=a.threads,
+                         n_threads_batch=a.threads, verbose=False)
+
+        engines[ANCHOR] = (llama_run, llama(q4_0), q4_0.stat().st_size)
+        engines[f"llama.cpp, the model's own file ({source.name})"] = (llama_run, llama(source), source.stat().st_size)
+    engines |= {
         "efflm bf16": (efflm_run, m_bf16, bytes_read_per_token(m_bf16)),
         "efflm fp32": (efflm_run, m_fp32, bytes_read_per_token(m_fp32)),
         "transformers generate bf16": (hf_run, m_bf16, bytes_read_per_token(m_bf16)),
@@ -151,12 +159,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {r + 1}: {name}: {res[name][-1][1]:.1f} tok/s", flush=True)
     bw = bandwidth_gbs()
     tok_s = {k: statistics.median(x for _, x in v) for k, v in res.items()}
-    anchor, hf = tok_s["llama.cpp, efflm's Q4_0 export of the same codes"], tok_s["transformers generate bf16"]
+    anchor, hf = tok_s.get(ANCHOR), tok_s["transformers generate bf16"]
     rows = []
     for name, (_, _, nbytes) in engines.items():
         ceiling = bw * 1e9 / nbytes
         ttft = statistics.median(t for t, _ in res[name]) * 1000
-        rows.append(f"| {name} | {tok_s[name]:.1f} | {ttft:.0f} | {tok_s[name] / anchor:.2f}× | {tok_s[name] / hf:.2f}× | "
+        vs_anchor = f"{tok_s[name] / anchor:.2f}×" if anchor else "– (no GGUF source)"
+        rows.append(f"| {name} | {tok_s[name]:.1f} | {ttft:.0f} | {vs_anchor} | {tok_s[name] / hf:.2f}× | "
                     f"{nbytes / 1e6:.1f} | {tok_s[name] / ceiling:.0%} |")
     prof = profile_summary(w4, ids)
     per_tok, in_kernels, n_calls = kernel_split(w4, ids)
@@ -166,19 +175,17 @@ def main(argv: list[str] | None = None) -> int:
              f"{per_tok - in_kernels:.1f} ms in everything else: the torch ops below (attention, RoPE, norms, "
              "casts, cache writes) and Python. The kernels are ctypes calls, so the profiler table omits them.")
     md = "\n".join([
-        f"# Decode speed: efflm vs llama.cpp vs transformers — smollm2-135m, batch 1, {a.threads} threads", "",
+        f"# Decode speed: efflm vs llama.cpp vs transformers — {a.model}, batch 1, {a.threads} threads", "",
         f"{a.prompt_len}-token prompt, {a.new_tokens} new tokens, greedy; median of {a.rounds} interleaved rounds. "
         f"Ceiling = {bw:.1f} GB/s measured read bandwidth / MB read per token.", "",
         "| engine | decode tok/s | TTFT ms | × llama.cpp Q4_0 | × transformers bf16 | MB read per token | % of ceiling |",
         "|---|---|---|---|---|---|---|", *rows, "",
         split, "", "Torch ops of the efflm 4-bit decode (torch profiler, 16 decode steps):", "", *prof, "",
-        f"Command: `python -m efflm.bench.vs_llamacpp --prompt-len {a.prompt_len} --new-tokens {a.new_tokens} "
-        f"--rounds {a.rounds}`.",
+        f"Command: `python benchmarks/vs_llamacpp.py --model {a.model} --prompt-len {a.prompt_len} "
+        f"--new-tokens {a.new_tokens} --rounds {a.rounds}`.",
     ])
-    publish(a.out, md)
-    print(md)
     tmp.cleanup()
-    return 0
+    return publish(a.out, md)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,23 @@
 """Side by side with llm-compressor: GPTQ, AWQ, SparseGPT and Wanda, same model, calibration
-windows and evaluation.
+windows and evaluation, every option set explicitly on both sides.
 
-    python -m efflm.bench.vs_llmcompressor [--methods gptq,awq,sparsegpt,wanda,sparsegpt:2:4]
+    python benchmarks/vs_llmcompressor.py [--model SPEC] [--methods gptq,awq,sparsegpt,wanda,sparsegpt:2:4]
 
-Needs ``pip install 'efflm[anchors]'``. Quantization: both libraries quantize every decoder
-Linear to W4 symmetric with groups of 64 (explicit config groups: llm-compressor's W4A16
-preset uses groups of 128, which do not divide SmolLM2's 576-wide inputs). Pruning: 50%
-unstructured, or the N:M pattern after the colon, dampening 0.01, blocks of 128. lm_head is
-left alone. Each run starts from a fresh copy of the model; wall time covers the algorithm
-only. Prints the table and writes ``--out`` (default ``results/vs_llmcompressor.md``).
+Needs ``pip install 'efflm[anchors]'``. What each side runs (also printed under the table):
+
+* GPTQ: W4 symmetric, groups of 64, static activation ordering, dampening 0.01, blocks of
+  128 columns (llm-compressor: ``GPTQModifier(actorder="static", dampening_frac=0.01,
+  block_size=128)``; its W4A16 preset's groups of 128 do not divide SmolLM2's 576 inputs);
+* AWQ: W4 symmetric g64, duo scaling, a 20-point α grid, no clipping search (llm-compressor's
+  AWQ has none, so efflm runs ``clip: false``), cached activations not offloaded;
+* SparseGPT: 50% unstructured or the N:M pattern after the colon, dampening 0.01, blocks of
+  128, no OWL profile; Wanda: the same sparsity, no OWL profile.
+
+lm_head is left alone. Each run starts from a fresh copy of the loaded model and the same
+calibration token ids in memory; the clock covers the same scope on both sides, from there
+to the compressed model in memory: efflm validates the config and runs ``apply``;
+llm-compressor wraps the ids in a ``datasets.Dataset`` and runs ``oneshot``. Prints the
+table and writes ``--out`` (default ``results/vs_llmcompressor.md``).
 """
 from __future__ import annotations
 
@@ -22,7 +31,7 @@ from efflm.core.errors import EfflmError
 from efflm.data import text
 from efflm.eval.metrics import perplexity
 from efflm.io.load import load
-from efflm.methods import config_from_dict, get
+from efflm.methods import check_for_model, config_from_dict, get
 
 SCHEME = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": 64}
 
@@ -39,55 +48,70 @@ def _label(method: str) -> str:
     return f"{name} {'50%' if pattern == 'unstructured' else pattern}"
 
 
-def _llmc_recipe(method: str):
+def llmc_args(method: str) -> tuple[str, dict]:
+    """llm-compressor's side: the modifier and every argument it gets."""
     name, pattern = _split(method)
     if name in ("sparsegpt", "wanda"):
-        from llmcompressor.modifiers.pruning import WandaPruningModifier
-        from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
-
-        structure = "0:0" if pattern == "unstructured" else pattern
+        common = {"sparsity": 0.5, "mask_structure": "0:0" if pattern == "unstructured" else pattern,
+                  "sparsity_profile": None, "ignore": ["re:.*lm_head"]}
         if name == "wanda":
-            return WandaPruningModifier(sparsity=0.5, mask_structure=structure, ignore=["re:.*lm_head"])
-        return SparseGPTModifier(sparsity=0.5, mask_structure=structure, dampening_frac=0.01, block_size=128,
-                                 ignore=["re:.*lm_head"])
-    if method == "gptq":
-        from llmcompressor.modifiers.quantization import GPTQModifier
+            return "WandaPruningModifier", common
+        return "SparseGPTModifier", {**common, "dampening_frac": 0.01, "block_size": 128,
+                                     "preserve_sparsity_mask": False}
+    groups = {"g": {"targets": ["Linear"], "weights": SCHEME}}
+    if name == "gptq":
+        return "GPTQModifier", {"config_groups": groups, "actorder": "static", "dampening_frac": 0.01,
+                                "block_size": 128, "ignore": ["lm_head"]}
+    return "AWQModifier", {"config_groups": groups, "duo_scaling": True, "n_grid": 20, "offload_device": None,
+                           "ignore": ["lm_head"]}
 
-        return GPTQModifier(config_groups={"g": {"targets": ["Linear"], "weights": SCHEME}}, ignore=["lm_head"])
+
+def _llmc_recipe(method: str):
     from llmcompressor.modifiers.awq import AWQModifier
+    from llmcompressor.modifiers.pruning import WandaPruningModifier
+    from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
+    from llmcompressor.modifiers.quantization import GPTQModifier
 
-    return AWQModifier(config_groups={"g": {"targets": ["Linear"], "weights": SCHEME}}, ignore=["lm_head"])
+    cls, kwargs = llmc_args(method)
+    return {"WandaPruningModifier": WandaPruningModifier, "SparseGPTModifier": SparseGPTModifier,
+            "GPTQModifier": GPTQModifier, "AWQModifier": AWQModifier}[cls](**kwargs)
+
+
+def efflm_config(method: str) -> dict:
+    """efflm's side, every option written out (the same settings as ``_llmc_recipe``)."""
+    name, pattern = _split(method)
+    if name in ("sparsegpt", "wanda"):
+        extra = {"dampening": 0.01, "block_size": 128} if name == "sparsegpt" else {}
+        return {"method": name, "sparsity": 0.5, "pattern": pattern, **extra}
+    grid = {"bits": 4, "group_size": 64, "symmetric": True}
+    if name == "gptq":
+        return {"method": "gptq", **grid, "act_order": True, "dampening": 0.01, "block_size": 128}
+    return {"method": "awq", **grid, "duo_scaling": True, "n_grid": 20, "clip": False}
 
 
 def run_llmcompressor(model_spec: str, method: str, calib: torch.Tensor) -> tuple[torch.nn.Module, float]:
     from datasets import Dataset
     from llmcompressor import oneshot
 
-    model, _ = load(model_spec)
-    data = Dataset.from_dict({"input_ids": calib.tolist(), "attention_mask": torch.ones_like(calib).tolist()})
+    model, tok = load(model_spec)
     t0 = time.perf_counter()
-    oneshot(model=model, dataset=data, recipe=_llmc_recipe(method), num_calibration_samples=calib.shape[0],
-            max_seq_length=calib.shape[1])
+    data = Dataset.from_dict({"input_ids": calib.tolist(), "attention_mask": torch.ones_like(calib).tolist()})
+    oneshot(model=model, processor=tok, dataset=data, recipe=_llmc_recipe(method),
+            num_calibration_samples=calib.shape[0], max_seq_length=calib.shape[1])
     return model, time.perf_counter() - t0
 
 
 def run_efflm(model_spec: str, method: str, calib: torch.Tensor) -> tuple[torch.nn.Module, float]:
-    import efflm.methods  # noqa: F401
-
-    name, pattern = _split(method)
-    if name in ("sparsegpt", "wanda"):
-        cfg = config_from_dict({"method": name, "sparsity": 0.5, "pattern": pattern})
-    else:
-        extra = {"duo_scaling": True} if method == "awq" else {}  # llm-compressor's AWQ default
-        cfg = config_from_dict({"method": method, "bits": 4, "group_size": 64, "symmetric": True, **extra})
     model, _ = load(model_spec)
     t0 = time.perf_counter()
-    model = get(name).apply(model, cfg, calib)
+    cfg = config_from_dict(efflm_config(method))
+    check_for_model(model.config, cfg)
+    model = get(cfg.method).apply(model, cfg, calib)
     return model, time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m efflm.bench.vs_llmcompressor")
+    p = argparse.ArgumentParser(prog="benchmarks/vs_llmcompressor.py")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--methods", default="gptq,awq")
     p.add_argument("--calib-samples", type=int, default=16)
@@ -101,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         import llmcompressor  # noqa: F401
     except ImportError:
         raise SystemExit("efflm: error: needs llm-compressor: pip install 'efflm[anchors]'") from None
+    for m in [m.strip() for m in a.methods.split(",") if m.strip()]:
+        config_from_dict(efflm_config(m))  # bad method names fail before any work
     _, tok = load(a.model)
     calib = text.calibration_windows(tok, a.calib_samples, a.calib_len, seed=0)
     ids = text.eval_tokens(tok, 512 * a.windows)
@@ -112,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 model, secs = fn(a.model, method, calib)
                 res[who] = (perplexity(model.eval(), ids, 512, a.windows)["ppl"], secs)
                 print(f"{who:15s} {method}: ppl {res[who][0]:.3f}  {res[who][1]:.1f} s", flush=True)
-            except (EfflmError, RuntimeError, ValueError, TypeError, AttributeError) as e:
+            except (EfflmError, RuntimeError, ValueError, TypeError, AttributeError, OSError) as e:
                 failed[who] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
                 print(f"{who} {method} failed: {failed[who]}", flush=True)
         if failed:
@@ -124,9 +150,16 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(f"| {_label(method)} | {pe:.3f} | {pl:.3f} | {pe / pl:.3f} | {te:.1f} | {tl:.1f} | {te / tl:.2f} |")
     table = "\n".join([
         f"efflm vs llm-compressor on {a.model}: {a.calib_samples} x {a.calib_len} calibration tokens, "
-        f"perplexity over {a.windows} x 512 evaluation tokens, {a.threads} threads.", "",
+        f"perplexity over {a.windows} x 512 evaluation tokens, {a.threads} threads. Time: the same scope on both "
+        "sides, from the loaded model and calibration ids in memory to the compressed model (efflm: config "
+        "validation + apply; llm-compressor: Dataset + oneshot); one run each, efflm then llm-compressor per method.",
+        "",
         "| method | efflm ppl | llm-compressor ppl | ppl ratio | efflm s | llm-compressor s | time ratio |",
-        "|---|---|---|---|---|---|---|", *rows])
+        "|---|---|---|---|---|---|---|", *rows, "", "What each side ran:", "",
+        *[f"- {_label(m)}: efflm `{efflm_config(m)}`; llm-compressor `{llmc_args(m)[0]}({llmc_args(m)[1]})`"
+          for m in [m.strip() for m in a.methods.split(",") if m.strip()]], "",
+        f"Command: `python benchmarks/vs_llmcompressor.py --model {a.model} --methods {a.methods} "
+        f"--calib-samples {a.calib_samples} --calib-len {a.calib_len} --windows {a.windows} --out {a.out}`."])
     return publish(a.out, table)
 
 

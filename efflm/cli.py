@@ -9,6 +9,19 @@ from pathlib import Path
 from efflm.core.errors import EfflmError
 
 DEFAULT_MODEL = "smollm2-135m"
+MODEL_HELP = "smollm2-135m (the default model), tiny-llama, a Hugging Face or efflm model directory, or a .gguf file"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with efflm's error contract: one line ``efflm: error: ...`` and exit 2, and
+    every option's default shown in ``--help``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"efflm: error: {message}\n")
 
 
 def _recipe_arg(path: str | None, fallback: str | None = None):
@@ -76,8 +89,10 @@ def cmd_compress(a) -> int:
     if out.exists():
         raise EfflmError(f"output exists: {out} (choose another --out)")
     template = None
+    from efflm import pipeline
     from efflm.io import compressed_tensors, gguf_export
 
+    pipeline.validate(a.model, _recipe_arg(a.recipe), a.calib_samples, a.calib_len)
     if a.format != "efflm":
         (gguf_export if a.format == "gguf" else compressed_tensors).check_recipe(_recipe_arg(a.recipe))
     if a.format == "gguf":
@@ -109,13 +124,21 @@ def cmd_compress(a) -> int:
 
 
 def cmd_eval(a) -> int:
+    from efflm import pipeline
     from efflm.data import text
     from efflm.eval.metrics import model_bytes, perplexity
+    from efflm.models.load import load_tokenizer
 
+    recipe = _recipe_arg(a.recipe)
+    pipeline.validate(a.model, recipe, a.calib_samples, a.calib_len)
     source = text.read_text_file(a.text_file) if a.text_file else None
-    model, tok, recipe = _load_with_recipe(a.model, a.recipe, a)
     n = a.seq_len * a.windows
+    tok = load_tokenizer(a.model)
     ids = text.prefix_tokens(tok, source, n) if source is not None else text.eval_tokens(tok, n)
+    if ids.numel() < a.seq_len:
+        raise EfflmError(f"text too short: {ids.numel()} tokens, need at least one window of {a.seq_len} "
+                         "(lower --seq-len or give more text)")
+    model, tok = pipeline.load_and_apply(a.model, recipe, a.calib_samples, a.calib_len)
     r = perplexity(model, ids, seq_len=a.seq_len, n_windows=a.windows)
     where = a.text_file or "Shakespeare evaluation split"
     print(f"ppl {r['ppl']:.3f} over {r['eval_tokens']} tokens ({r['windows']} windows of {r['seq_len']}) "
@@ -130,14 +153,16 @@ def cmd_generate(a) -> int:
 
     cfg = SamplingConfig(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
                          top_p=a.top_p, stop=tuple(a.stop or ()), seed=a.seed)
-    if a.draft_layers is not None and a.draft_layers <= 0:
-        raise EfflmError(f"--draft-layers must be positive, got {a.draft_layers}")
     speculative = a.draft_model or a.draft_layers or a.prompt_lookup
     if speculative and len(a.prompt) > 1:
         raise EfflmError("speculative decoding runs one prompt at a time")
+    from efflm import pipeline
+
+    pipeline.validate(a.model, _recipe_arg(a.recipe), a.calib_samples, a.calib_len)
     if a.draft_model:  # vocabularies compared from the configs, before any weights load
         from efflm.models.load import model_config
 
+        pipeline.validate(a.draft_model, _recipe_arg(a.draft_recipe), a.calib_samples, a.calib_len)
         check_compatible(model_config(a.model), model_config(a.draft_model))
     model, tok, _ = _load_with_recipe(a.model, a.recipe, a)
     draft = None
@@ -189,76 +214,84 @@ def _positive(v: str) -> int:
     return n
 
 
-def parser() -> argparse.ArgumentParser:
-    from efflm.eval.metrics import EVAL_SEQ_LEN, EVAL_WINDOWS
+def _common(p: argparse.ArgumentParser, calib: bool = True) -> None:
     from efflm.pipeline import CALIB_LEN, CALIB_SAMPLES
 
-    p = argparse.ArgumentParser(prog="efflm", description="Compress, run and measure LLM efficiency methods.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"the model: {MODEL_HELP}")
+    if calib:
+        p.add_argument("--calib-samples", type=_positive, default=CALIB_SAMPLES,
+                       help="calibration windows drawn for methods that calibrate")
+        p.add_argument("--calib-len", type=_positive, default=CALIB_LEN, help="tokens per calibration window")
+
+
+def parser() -> argparse.ArgumentParser:
+    from efflm.eval.metrics import EVAL_SEQ_LEN, EVAL_WINDOWS
+
+    p = Parser(prog="efflm", description="Compress, run and measure LLM efficiency methods.")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     sub.add_parser("methods", help="list registered methods").set_defaults(fn=cmd_methods)
 
     b = sub.add_parser("bench", help="benchmark recipes side by side, one subprocess each")
-    b.add_argument("--model", default=DEFAULT_MODEL)
-    b.add_argument("--recipe", action="append", help="recipe YAML file (repeatable)")
+    _common(b)
+    b.add_argument("--recipe", action="append", help="recipe YAML file (repeatable; overrides --methods/--suite)")
     b.add_argument("--methods", help="comma-separated method names, each at its default config")
-    b.add_argument("--suite", choices=["default", "prune", "inference", "full"], default="default")
-    b.add_argument("--db", default="results/efflm.sqlite")
-    b.add_argument("--out-dir", default="results")
-    for name, default in (("seq-len", EVAL_SEQ_LEN), ("windows", EVAL_WINDOWS), ("prompt-len", 128),
-                          ("new-tokens", 32), ("reps", 2), ("calib-samples", CALIB_SAMPLES),
-                          ("calib-len", CALIB_LEN), ("threads", 2)):
-        b.add_argument(f"--{name}", type=_positive, default=default)
+    b.add_argument("--suite", choices=["default", "prune", "inference", "full"], default="default",
+                   help="the recipes benchmarked when neither --recipe nor --methods is given")
+    b.add_argument("--db", default="results/efflm.sqlite", help="results database (SQLite; created if absent)")
+    b.add_argument("--out-dir", default="results", help="where leaderboard.md and pareto.png are written")
+    for name, default, what in (("seq-len", EVAL_SEQ_LEN, "tokens per perplexity window"),
+                                ("windows", EVAL_WINDOWS, "perplexity windows scored"),
+                                ("prompt-len", 128, "prompt tokens for the speed measurement"),
+                                ("new-tokens", 32, "tokens decoded for the speed measurement"),
+                                ("reps", 2, "timed speed repetitions (median reported)"),
+                                ("threads", 2, "torch threads in each worker")):
+        b.add_argument(f"--{name}", type=_positive, default=default, help=what)
     b.set_defaults(fn=cmd_bench)
 
     lb = sub.add_parser("leaderboard", help="print the leaderboard; write leaderboard.md and pareto.png")
-    lb.add_argument("--model", default=DEFAULT_MODEL)
-    lb.add_argument("--db", default="results/efflm.sqlite")
-    lb.add_argument("--out-dir", default="results")
+    lb.add_argument("--model", default=DEFAULT_MODEL, help="whose rows to show")
+    lb.add_argument("--db", default="results/efflm.sqlite", help="results database (opened read-only)")
+    lb.add_argument("--out-dir", default="results", help="where leaderboard.md and pareto.png are written")
     lb.set_defaults(fn=cmd_leaderboard)
 
     c = sub.add_parser("compress", help="apply a recipe and save the model directory atomically")
-    c.add_argument("--model", default=DEFAULT_MODEL)
-    c.add_argument("--recipe", required=True)
-    c.add_argument("--out", required=True)
+    _common(c)
+    c.add_argument("--recipe", required=True, help="recipe YAML file")
+    c.add_argument("--out", required=True, help="output directory (or .gguf file); must not exist")
     c.add_argument("--format", choices=["efflm", "compressed-tensors", "gguf"], default="efflm",
-                   help="efflm directory (default), compressed-tensors directory (vLLM, transformers), "
+                   help="efflm directory, compressed-tensors directory (vLLM, transformers), "
                         "or a .gguf file (llama.cpp; symmetric 4/8-bit g32 codes as Q4_0/Q8_0)")
-    c.add_argument("--calib-samples", type=_positive, default=CALIB_SAMPLES)
-    c.add_argument("--calib-len", type=_positive, default=CALIB_LEN)
     c.set_defaults(fn=cmd_compress)
 
     e = sub.add_parser("eval", help="perplexity of a model (optionally after a recipe) on a text")
-    e.add_argument("--model", default=DEFAULT_MODEL)
-    e.add_argument("--recipe")
+    _common(e)
+    e.add_argument("--recipe", help="recipe YAML file applied first (default: the model as it is)")
     e.add_argument("--text-file", help="any UTF-8 text file (default: the Shakespeare evaluation split)")
-    e.add_argument("--seq-len", type=_positive, default=EVAL_SEQ_LEN)
-    e.add_argument("--windows", type=_positive, default=EVAL_WINDOWS)
-    e.add_argument("--calib-samples", type=_positive, default=CALIB_SAMPLES)
-    e.add_argument("--calib-len", type=_positive, default=CALIB_LEN)
+    e.add_argument("--seq-len", type=_positive, default=EVAL_SEQ_LEN, help="tokens per window")
+    e.add_argument("--windows", type=_positive, default=EVAL_WINDOWS, help="windows scored")
     e.set_defaults(fn=cmd_eval)
 
     g = sub.add_parser("generate", help="generate text on efflm's decode path, streaming; prints tok/s")
     g.add_argument("prompt", nargs="+", help="one or more prompts (several: one left-padded batch)")
-    g.add_argument("--model", default=DEFAULT_MODEL)
-    g.add_argument("--recipe")
-    g.add_argument("--max-new-tokens", type=int, default=128)
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
+    _common(g)
+    g.add_argument("--recipe", help="recipe YAML file applied first")
+    g.add_argument("--max-new-tokens", type=_positive, default=128, help="tokens to generate at most")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]")
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
-    g.add_argument("--seed", type=int)
+    g.add_argument("--seed", type=int, help="sampling seed (default: nondeterministic)")
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     g.add_argument("--max-len", type=_positive, help="KV-cache length (default: prompt + new tokens)")
     g.add_argument("--draft-model", help="speculative decoding with this draft model (same tokenizer)")
     g.add_argument("--draft-recipe", help="recipe applied to the draft model (e.g. prune + 4-bit)")
-    g.add_argument("--draft-layers", type=int, help="speculative decoding drafting with the first N layers")
+    g.add_argument("--draft-layers", type=_positive, help="speculative decoding drafting with the first N layers")
     g.add_argument("--prompt-lookup", action="store_true", help="speculative decoding with prompt lookup")
-    g.add_argument("--k", type=_positive, default=4, help="draft tokens per step")
+    g.add_argument("--k", type=_positive, default=4, help="draft tokens per speculative step")
     g.add_argument("--compile", action="store_true",
-                   help="experimental: torch.compile each decoder layer (measured slower here: it recompiles per layer; see README)")
-    g.add_argument("--calib-samples", type=_positive, default=CALIB_SAMPLES)
-    g.add_argument("--calib-len", type=_positive, default=CALIB_LEN)
+                   help="experimental: torch.compile each decoder layer (measured slower here: it recompiles "
+                        "per layer; see docs/results.md)")
     g.set_defaults(fn=cmd_generate)
 
     from efflm.catalog.commands import add_parser as add_papers
@@ -268,7 +301,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parser().parse_args(argv)
+    try:
+        a = parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error, already printed as one line (2)
+        return e.code if isinstance(e.code, int) else 2
     try:
         return a.fn(a)
     except EfflmError as e:

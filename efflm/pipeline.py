@@ -1,23 +1,38 @@
-"""Load a model and apply a recipe: the one path shared by bench workers, compress and eval."""
+"""Load a model and apply a recipe: the one path shared by bench workers, compress and eval.
+
+``validate`` checks everything that can be checked without the weights — every recipe step
+against the model's config, and the calibration windows against the calibration text — so a
+bad input fails before any work starts.
+"""
 from __future__ import annotations
 
 from typing import Any
 
 from efflm.core import recipe as recipes
+from efflm.core.errors import EfflmError
 from efflm.methods import check_for_model, get
 
+CALIB_SAMPLES, CALIB_LEN = 8, 512  # default calibration: 8 windows of 512 tokens
 
-def validate(model_spec: str, recipe: recipes.Recipe) -> Any:
-    """Check every step against the model's config (no weights loaded); return that config."""
+
+def validate(model_spec: str, recipe: recipes.Recipe, calib_samples: int = CALIB_SAMPLES,
+             calib_len: int = CALIB_LEN) -> Any:
+    """Check every step against the model's config and, if a step calibrates, that the
+    calibration windows fit (no weights loaded); return the config after the recipe."""
     from efflm.models.load import model_config
 
     hf_config = model_config(model_spec)
     for cfg in recipe:
         hf_config = check_for_model(hf_config, cfg)
+    if recipe and recipes.needs_calibration(recipe):
+        from efflm.data.text import check_calibration
+        from efflm.models.load import load_tokenizer
+
+        limit = getattr(hf_config, "max_position_embeddings", None)
+        if limit and calib_len > limit:
+            raise EfflmError(f"calibration length {calib_len} exceeds the model's {limit} positions")
+        check_calibration(load_tokenizer(model_spec), calib_samples, calib_len)
     return hf_config
-
-
-CALIB_SAMPLES, CALIB_LEN = 8, 512  # default calibration: 8 windows of 512 tokens
 
 
 def load_and_apply(model_spec: str, recipe: recipes.Recipe, calib_samples: int = CALIB_SAMPLES,
@@ -26,7 +41,7 @@ def load_and_apply(model_spec: str, recipe: recipes.Recipe, calib_samples: int =
     from efflm.data.text import calibration_windows
     from efflm.io.load import load
 
-    validate(model_spec, recipe)
+    validate(model_spec, recipe, calib_samples, calib_len)
     model, tok = load(model_spec)
     calib = None
     if recipe and recipes.needs_calibration(recipe):

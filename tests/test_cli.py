@@ -198,10 +198,12 @@ def _start_bench(tmp_path, methods: str) -> tuple[subprocess.Popen, int]:
     env = {**os.environ, "EFFLM_PROGRESS": "0"}
     proc = subprocess.Popen(_bench_cmd(tmp_path, "--methods", methods), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not _children(proc.pid) and time.time() < deadline:
+    deadline = time.time() + 180
+    while not _children(proc.pid) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    (worker,) = _children(proc.pid)
+    kids = _children(proc.pid)
+    assert len(kids) == 1, f"no worker started (bench exited {proc.poll()}): {proc.stderr.read() if proc.poll() is not None else ''}"
+    (worker,) = kids
     return proc, worker
 
 
@@ -228,8 +230,8 @@ def test_interrupted_bench_marks_the_running_row_failed(tmp_path):
 @pytest.mark.parametrize("args,pattern", [
     (["--top-p", "0"], "top-p must be in (0, 1]"),
     (["--top-p", "1.5"], "top-p must be in (0, 1]"),
-    (["--max-new-tokens", "0"], "max new tokens must be positive"),
-    (["--max-new-tokens", "-2"], "max new tokens must be positive"),
+    (["--max-new-tokens", "0"], "argument --max-new-tokens: expected a positive integer, got 0"),
+    (["--max-new-tokens", "-2"], "argument --max-new-tokens: expected a positive integer, got -2"),
     (["--max-len", "4"], "longer than the KV cache"),
 ])
 def test_generate_bad_input(capsys, args, pattern):

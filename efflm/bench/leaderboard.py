@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from efflm.bench import db as results
-from efflm.core.atomic import atomic_write_text
+from efflm.core.atomic import atomic_write_bytes_from, atomic_write_text
 from efflm.core.errors import EfflmError
 from efflm.models.load import DEFAULT_MODEL
 
@@ -62,7 +61,7 @@ def table(rows: list) -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
-def markdown(model: str, rows: list) -> str:
+def markdown(model: str, rows: list, stale: list | None = None) -> str:
     head, body = table(rows)
     lines = [f"# efflm leaderboard — {model}", "",
              "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -76,14 +75,24 @@ def markdown(model: str, rows: list) -> str:
                   f"median of repetitions, on efflm's static-KV-cache decode path (HF tok/s: transformers "
                   f"`generate`, the reference); KV KB: the cache for prompt + new tokens; ceiling = {r['bandwidth_gbs']:.1f} GB/s read bandwidth / bytes per token.",
                   f"Environment: {env.get('cpu', '?')}, {env.get('threads', '?')} threads, torch "
-                  f"{env.get('torch', '?')}, transformers {env.get('transformers', '?')}, efflm {env.get('commit', '?')}, "
-                  f"model hash {r['model_hash']}."]
+                  f"{env.get('torch', '?')}, transformers {env.get('transformers', '?')}, "
+                  f"model hash {r['model_hash']}; measurement version {results.MEASUREMENT}, rows measured at "
+                  f"efflm commit{'s' if len(commits(ok)) > 1 else ''} {', '.join(commits(ok))}."]
+    if stale:
+        labels = sorted({r["label"] for r in stale})
+        lines += ["", f"Stale: {len(stale)} older row(s) of {len(labels)} recipe(s), measured with an older "
+                  f"harness (measurement version < {results.MEASUREMENT}), stay in the database and are not shown."]
     if any(r["sparse_bytes"] for r in ok):
         lines += ["", "as-sparse MB: an estimate for pruned rows, had their zeros been stored as nonzero values plus "
                   "a 1-bit mask. Their measured MB and tok/s hold the zeros densely: no sparse speedup is claimed."]
     if model in FOOTNOTES:
         lines += ["", f"Note: {FOOTNOTES[model]}"]
     return "\n".join(lines) + "\n"
+
+
+def commits(rows: list) -> list[str]:
+    """The commits the rows were measured at, in order of first appearance."""
+    return list(dict.fromkeys(r.get("commit_id") or json.loads(r["env"] or "{}").get("commit", "?") for r in rows))
 
 
 def pareto_front(points: list[tuple[float, float]], higher_x_better: bool) -> list[int]:
@@ -154,20 +163,19 @@ def plot(model: str, rows: list, path: Path) -> Path:
         listed = "; ".join(f"{short_label(r['label'])} ({r['ppl']:.0f})" for r in off)
         fig.text(0.01, 0.01, f"Not drawn, perplexity above {cap:.0f} (20x dense): {listed}", fontsize=7, wrap=True)
     fig.tight_layout(rect=(0, 0.06 if off else 0, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write_bytes_from(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def write(db_path: Path, model: str, out_dir: Path) -> tuple[str, Path, Path]:
-    conn = results.connect(db_path, create=False)
-    rows = latest(results.rows(conn, model))
+    conn = results.open_readonly(db_path)
+    cur, stale = results.current(results.rows(conn, model))
+    rows = latest(cur)
     if not rows:
-        raise EfflmError(f"no results for model {model!r} in {db_path} (run `efflm bench --model {model}`)")
-    md = markdown(model, rows)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        raise EfflmError(f"no current results for model {model!r} in {db_path} "
+                         f"(run `efflm bench --model {model}`)")
+    md = markdown(model, rows, stale)
     md_path = atomic_write_text(out_dir / "leaderboard.md", md)
     return md, md_path, plot(model, rows, out_dir / "pareto.png")

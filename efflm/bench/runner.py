@@ -12,6 +12,7 @@ from pathlib import Path
 from efflm import pipeline
 from efflm.bench import db as results
 from efflm.core import recipe as recipes
+from efflm.core.errors import EfflmError
 from efflm.core.progress import progress
 from efflm.eval.env import environment
 from efflm.methods import get
@@ -26,9 +27,27 @@ class BenchOptions:
 
 
 def validate(opts: BenchOptions) -> None:
-    """Everything that can be checked before work starts: model spec and every recipe."""
+    """Everything that can be checked before work starts (before the database is opened):
+    the model spec, every recipe, the calibration windows, the evaluation and speed lengths."""
+    from efflm.data import text
+    from efflm.models.load import load_tokenizer, model_config
+
+    w = opts.worker_args
+    calib = {k: w[k] for k in ("calib_samples", "calib_len") if k in w}
     for recipe in opts.recipes:
-        pipeline.validate(opts.model, recipe)
+        pipeline.validate(opts.model, recipe, **calib)
+    limit = getattr(model_config(opts.model), "max_position_embeddings", None)
+    seq_len, windows = w.get("seq_len"), w.get("windows", 1)
+    speed_len = w.get("prompt_len", 0) + w.get("new_tokens", 0)
+    for name, n in (("--seq-len", seq_len), ("--prompt-len + --new-tokens", speed_len)):
+        if limit and n and n > limit:
+            raise EfflmError(f"{name} {n} exceeds the model's {limit} positions")
+    if seq_len:
+        need = max(seq_len, w.get("prompt_len", 0))
+        have = text.eval_tokens(load_tokenizer(opts.model), max(seq_len * windows, need)).numel()
+        if have < need:
+            raise EfflmError(f"the evaluation text has {have} tokens, fewer than the {need} that --seq-len / "
+                             "--prompt-len need")
 
 
 def _describe_exit(code: int) -> str:

@@ -25,7 +25,7 @@ def default_suite() -> list[Recipe]:
         _r({"method": "rtn", "bits": 4, "group_size": 64}, bf16),   # int4 kernel
         _r({"method": "rtn", "bits": 3, "group_size": 64}, bf16),
         _r({"method": "gptq", "bits": 3, "group_size": 64}, bf16),
-        _r({"method": "smoothquant", "alpha": 0.6}),
+        _r({"method": "smoothquant", "alpha": 0.7}),
         _r({"method": "wanda", "sparsity": 0.5}),       # prune: unstructured
         _r({"method": "llm_pruner", "ratio": 0.34}),    # prune: structured, ~20% of all parameters
         _r({"method": "fwsvd", "ratio": 0.2}),          # low-rank

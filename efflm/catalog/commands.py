@@ -119,13 +119,19 @@ def _year(v: str) -> int:
     return int(v)
 
 
+def _positive(v: str) -> int:
+    if not re.fullmatch(r"\d+", v) or int(v) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}")
+    return int(v)
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("papers", help="the survey's paper catalog: lint, search, render, add")
     p.add_argument("--file", default=str(store.DEFAULT_PATH), help="catalog YAML file")
-    ps = p.add_subparsers(dest="papers_cmd", required=True)
+    ps = p.add_subparsers(dest="papers_cmd", required=True, metavar="SUBCOMMAND")
 
     i = ps.add_parser("import", help="(re)build the catalog from the survey's Markdown list")
-    i.add_argument("seed", nargs="?", default=str(DEFAULT_SEED))
+    i.add_argument("seed", nargs="?", default=str(DEFAULT_SEED), help="the survey's Markdown paper list")
     i.set_defaults(fn=cmd_import)
 
     li = ps.add_parser("lint", help="validate the catalog; one line per problem, non-zero exit on any")
@@ -133,33 +139,35 @@ def add_parser(sub) -> None:
     li.set_defaults(fn=cmd_lint)
 
     s = ps.add_parser("search", help="find entries by title words, category, year")
-    s.add_argument("text", nargs="*")
-    s.add_argument("--category")
+    s.add_argument("text", nargs="*", help="words that must all appear in the title")
+    s.add_argument("--category", help="only entries under this category path")
     s.add_argument("--implemented", action="store_true", help="only entries efflm implements")
-    s.add_argument("--year", type=_year)
+    s.add_argument("--year", type=_year, help="only entries of this year")
     s.set_defaults(fn=cmd_search)
 
     r = ps.add_parser("render", help="write docs/papers.md")
-    r.add_argument("--out", default="docs/papers.md")
-    r.add_argument("--db", default="results/efflm.sqlite")
-    r.add_argument("--model", default="smollm2-135m")
+    r.add_argument("--out", default="docs/papers.md", help="Markdown file written")
+    r.add_argument("--db", default="results/efflm.sqlite", help="results database (opened read-only)")
+    r.add_argument("--model", default="smollm2-135m", help="whose measured rows to link")
     r.set_defaults(fn=cmd_render)
 
     ad = ps.add_parser("add", help="append a validated entry; suggests categories from similar entries")
-    ad.add_argument("--title", required=True)
-    ad.add_argument("--abstract")
-    ad.add_argument("--url")
-    ad.add_argument("--code")
-    ad.add_argument("--arxiv")
-    ad.add_argument("--venue")
-    ad.add_argument("--year", type=_year)
-    ad.add_argument("--id")
-    ad.add_argument("--type", default="paper", choices=store.TYPES)
+    ad.add_argument("--title", required=True, help="the paper's title")
+    ad.add_argument("--abstract", help="abstract (improves category suggestions)")
+    ad.add_argument("--url", help="paper link")
+    ad.add_argument("--code", help="code link")
+    ad.add_argument("--arxiv", help="arXiv id, e.g. 2210.17323")
+    ad.add_argument("--venue", help="publication venue")
+    ad.add_argument("--year", type=_year, help="publication year")
+    ad.add_argument("--id", help="entry id (default: made from the title)")
+    ad.add_argument("--type", default="paper", choices=store.TYPES, help="kind of entry")
     ad.add_argument("--category", action="append", help="category path (default: the top suggestion)")
-    ad.add_argument("--backend", default="auto", choices=["auto", "minilm", "tfidf"])
+    ad.add_argument("--backend", default="auto", choices=["auto", "minilm", "tfidf"],
+                    help="category suggester (auto: MiniLM embeddings if installed, else TF-IDF)")
     ad.set_defaults(fn=cmd_add)
 
     ev = ps.add_parser("suggest-eval", help="leave-one-out accuracy of the category suggester")
-    ev.add_argument("--backend", default="auto", choices=["auto", "minilm", "tfidf"])
-    ev.add_argument("--k", type=int, default=5)
+    ev.add_argument("--backend", default="auto", choices=["auto", "minilm", "tfidf"],
+                    help="category suggester (auto: MiniLM embeddings if installed, else TF-IDF)")
+    ev.add_argument("--k", type=_positive, default=5, help="neighbours voting on each entry's category")
     ev.set_defaults(fn=cmd_suggest_eval)

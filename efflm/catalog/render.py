@@ -45,7 +45,7 @@ def best_rows(db_path: Path, model: str) -> dict[str, str]:
 
     if not Path(db_path).is_file():
         return {}
-    rows = [r for r in latest(db.rows(db.connect(db_path, create=False), model)) if r["status"] == "ok"]
+    rows = [r for r in latest(db.current(db.rows(db.open_readonly(db_path), model))[0]) if r["status"] == "ok"]
     ref = dense_row(rows)
     if ref is None:
         return {}

@@ -6,7 +6,10 @@ imported (its code predates Python 3). Only the ``*_gut.txt`` editions are used;
 can reach both splits. Splits are fixed and disjoint:
 
 * evaluation: ``EVAL_PLAYS`` (five plays, concatenated in this order);
-* calibration: every other ``*_gut.txt`` text (plays and poems).
+* calibration: every other ``*_gut.txt`` text (plays and poems), except its last
+  ``DEV_TOKENS`` tokens;
+* development: those last ``DEV_TOKENS`` calibration tokens, never drawn as calibration
+  windows — where a method's hyper-parameters are tuned (never on the evaluation split).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import torch
 from efflm.core.errors import EfflmError
 
 EVAL_PLAYS = ("hamlet", "macbeth", "tempest", "julius_caesar", "midsummer_nights_dream")
+DEV_TOKENS = 65_536
 
 
 def corpus_dir() -> Path:
@@ -109,14 +113,27 @@ def eval_tokens(tokenizer, n_tokens: int | None = None) -> torch.Tensor:
     return prefix_tokens(tokenizer, split_text("eval"), n_tokens)
 
 
+def dev_tokens(tokenizer, n_tokens: int | None = None) -> torch.Tensor:
+    """The development split: the last ``DEV_TOKENS`` tokens of the calibration text (its first
+    ``n_tokens`` when given), which calibration windows never touch."""
+    ids = _split_tokens(tokenizer, "calib")[-DEV_TOKENS:]
+    return ids if n_tokens is None else ids[:n_tokens]
+
+
 def calibration_windows(tokenizer, n_samples: int, seq_len: int, seed: int = 0) -> torch.Tensor:
     """``n_samples`` random windows of ``seq_len`` tokens from the calibration split, seeded."""
-    if n_samples <= 0 or seq_len <= 0:
-        raise EfflmError(f"calibration needs positive samples and length, got {n_samples} x {seq_len}")
-    ids = _split_tokens(tokenizer, "calib")
-    if ids.numel() < n_samples * seq_len or ids.numel() <= seq_len:
-        raise EfflmError(f"too few calibration tokens: the calibration split has {ids.numel()}, fewer than "
-                         f"the requested {n_samples} samples x {seq_len} tokens")
+    check_calibration(tokenizer, n_samples, seq_len)
+    ids = _split_tokens(tokenizer, "calib")[:-DEV_TOKENS]
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, ids.numel() - seq_len, (n_samples,), generator=g)
     return torch.stack([ids[s:s + seq_len] for s in starts.tolist()])
+
+
+def check_calibration(tokenizer, n_samples: int, seq_len: int) -> None:
+    """Raise unless ``n_samples`` windows of ``seq_len`` tokens fit in the calibration split."""
+    if n_samples <= 0 or seq_len <= 0:
+        raise EfflmError(f"calibration needs positive samples and length, got {n_samples} x {seq_len}")
+    ids = _split_tokens(tokenizer, "calib")[:-DEV_TOKENS]
+    if ids.numel() < n_samples * seq_len or ids.numel() <= seq_len:
+        raise EfflmError(f"too few calibration tokens: the calibration split has {ids.numel()}, fewer than "
+                         f"the requested {n_samples} samples x {seq_len} tokens")

@@ -147,12 +147,17 @@ def _greedy(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tu
 
     cfg = SamplingConfig(max_new_tokens=new_tokens)
     spec = drafter_for(model)
-    if spec is not None:
-        _, timing, _ = speculative_ids(model, prompt[0].tolist(), cfg, draft=spec[0], k=spec[1]["k"],
-                                       max_ngram=spec[1]["ngram"])
-        return timing.ttft_s, timing.decode_s * (new_tokens - 1) / max(1, timing.new_tokens), None
+    if spec is not None:  # clocks as on the plain path: TTFT to the first token, then per later token
+        out, timing, _ = speculative_ids(model, prompt[0].tolist(), cfg, draft=spec[0], k=spec[1]["k"],
+                                         max_ngram=spec[1]["ngram"])
+        if len(out) != new_tokens or timing.new_tokens == 0:
+            raise EfflmError(f"speculative timing: {len(out)} tokens ({timing.new_tokens} after the first step) "
+                             f"for {new_tokens} asked; raise new_tokens")
+        return timing.ttft_s, timing.decode_s * (new_tokens - 1) / timing.new_tokens, None
     engine = Engine(model)
-    _, timing = generate_ids(model, None, prompt, torch.ones_like(prompt, dtype=torch.bool), cfg, engine=engine)
+    (res,), timing = generate_ids(model, None, prompt, torch.ones_like(prompt, dtype=torch.bool), cfg, engine=engine)
+    if len(res.tokens) != new_tokens:
+        raise EfflmError(f"decode timing: {len(res.tokens)} tokens for {new_tokens} asked")
     return timing.ttft_s, timing.decode_s, engine.cache.nbytes()
 
 

@@ -113,7 +113,7 @@ def speculative_ids(target: Any, prompt: list[int], cfg: SamplingConfig, *, draf
     if de is not None:
         de.start(1, total)
     gen, stats, timing = generator(cfg), SpecStats(), Timing()
-    ctx, out = list(prompt), []
+    ctx, out, first = list(prompt), [], 0
     t0 = time.perf_counter()
     if len(ctx) > 1:
         head = torch.tensor([ctx[:-1]])
@@ -154,17 +154,18 @@ def speculative_ids(target: Any, prompt: list[int], cfg: SamplingConfig, *, draf
                 break
             out.append(t)
             ctx.append(t)
-            if len(out) == 1:
-                timing.ttft_s, t0 = time.perf_counter() - t0, time.perf_counter()
             if (on_token is not None and on_token(t)) or len(out) >= budget:
                 stop = True
                 break
+        if out and not first:  # the decode clock starts when the first step's tokens are out,
+            first = len(out)   # and counts only the tokens after them (as the plain path does)
+            timing.ttft_s, t0 = time.perf_counter() - t0, time.perf_counter()
         if stop:
             break
         if de is not None and de.cache.length < len(ctx) - 1:  # the draft catches up to ctx[:-1]
             de.feed(torch.tensor([ctx[de.cache.length:len(ctx) - 1]]))
-    timing.new_tokens = max(0, len(out) - 1)
-    timing.decode_s = time.perf_counter() - t0
+    timing.new_tokens = len(out) - first
+    timing.decode_s = time.perf_counter() - t0 if timing.new_tokens else 0.0
     return out, timing, stats
 
 

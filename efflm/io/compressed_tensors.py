@@ -51,7 +51,7 @@ def check_recipe(recipe: list) -> None:
                              "weight-only W4A16/W8A16 of the decoder Linears is")
 
 
-def export(model: torch.nn.Module, tokenizer: Any, out: str | Path, overwrite: bool = False) -> Path:
+def export(model: torch.nn.Module, tokenizer: Any, out: str | Path) -> Path:
     """Write ``model`` (with weight-grid modules) to ``out`` as a compressed-tensors checkpoint."""
     try:
         from compressed_tensors.compressors import ModelCompressor
@@ -60,7 +60,7 @@ def export(model: torch.nn.Module, tokenizer: Any, out: str | Path, overwrite: b
         raise EfflmError("compressed-tensors export needs the compressed-tensors package "
                          "(pip install 'efflm[interop]')") from e
     out = Path(out)
-    if out.exists() and not overwrite:
+    if out.exists() or out.is_symlink():
         raise EfflmError(f"output exists: {out} (choose another --out)")
     if set(efflm_modules(model)) != set(efflm_modules(model, "weight_grid")):
         raise EfflmError("compressed-tensors export supports weight-only QuantLinear models "
@@ -98,7 +98,7 @@ def export(model: torch.nn.Module, tokenizer: Any, out: str | Path, overwrite: b
             raise EfflmError(f"compressed-tensors export: {name} is not on its own grid")
     compressor = ModelCompressor.from_pretrained_model(plain, quantization_format="pack-quantized")
     compressor.compress_model(plain)
-    with atomic_dir(out, replace=True) as tmp:
+    with atomic_dir(out, replace=True) as tmp:  # fails, deleting nothing, if out appeared
         plain.save_pretrained(tmp)
         compressor.update_config(str(tmp))
         if tokenizer is not None:

@@ -136,12 +136,12 @@ def _copy_metadata(writer, template: Path, model: torch.nn.Module) -> None:
         writer.add_key_value(key, value, vtype, sub_type=sub)
 
 
-def export(model: torch.nn.Module, template: Path | None, out: str | Path, overwrite: bool = False) -> Path:
+def export(model: torch.nn.Module, template: Path | None, out: str | Path) -> Path:
     """Write ``model`` to the GGUF file ``out`` (atomically); metadata from ``template``."""
     import gguf
 
     out = Path(out)
-    if out.exists() and not overwrite:
+    if out.exists() or out.is_symlink():
         raise EfflmError(f"output exists: {out} (choose another --out)")
     if out.suffix != ".gguf":
         raise EfflmError(f"GGUF export: --out must end in .gguf, got {out.name}")
@@ -170,5 +170,5 @@ def export(model: torch.nn.Module, template: Path | None, out: str | Path, overw
         writer.write_tensors_to_file()
         writer.close()
 
-    atomic_write_bytes_from(out, write)
+    atomic_write_bytes_from(out, write, replace=False)
     return out

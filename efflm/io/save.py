@@ -39,12 +39,11 @@ def _write(model: torch.nn.Module, tokenizer: Any, out: Path, recipe_yaml: str) 
         json.dumps({"recipe": recipe_yaml, "modules": modules}, indent=1))
 
 
-def save(model: torch.nn.Module, tokenizer: Any, out: str | Path, recipe_yaml: str = "",
-         overwrite: bool = False) -> Path:
+def save(model: torch.nn.Module, tokenizer: Any, out: str | Path, recipe_yaml: str = "") -> Path:
     out = Path(out)
-    if out.exists() and not overwrite:
+    if out.exists() or out.is_symlink():
         raise EfflmError(f"output exists: {out} (choose another --out)")
-    with atomic_dir(out, replace=True) as tmp:
+    with atomic_dir(out, replace=True) as tmp:  # fails, deleting nothing, if out appeared
         _write(model, tokenizer, tmp, recipe_yaml)
     return out
 

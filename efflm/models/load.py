@@ -121,6 +121,18 @@ def model_config(spec: str) -> Any:
     return _read_config(src.path)
 
 
+def load_tokenizer(spec: str) -> Any:
+    """The tokenizer of a model spec, without its weights (inputs are checked before work starts)."""
+    src = resolve(spec)
+    if src.kind == "tiny":
+        from efflm.models.tiny import tiny_tokenizer
+
+        return tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_converted_gguf(src.path) if src.kind == "gguf" else src.path)
+
+
 def content_hash(spec: str) -> str:
     """sha256 (16 hex) of the files that define the weights."""
     src = resolve(spec)

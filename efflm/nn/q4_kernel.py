@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from efflm.core.paths import cache_dir
+
 SOURCE = Path(__file__).with_name("q4_cpu.c")
 _LIB: list = [None]   # the loaded library, for the hot path (no lookup per call)
 FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC"]
@@ -38,29 +40,44 @@ def _cpu_ok() -> bool:
     return all(f" {f}" in flags for f in ("avx2", "fma", "f16c"))
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _build(cc: str, out: Path) -> None:
+    """Compile into a unique temporary, record its sha256 beside it, then rename both into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(tmp), "-lm"], check=True, capture_output=True)
+        out.with_suffix(".sha256").write_text(_sha256(tmp))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 @lru_cache(maxsize=1)
 def library() -> ctypes.CDLL | None:
-    """The compiled kernel, or None where it cannot run here."""
+    """The compiled kernel, or None where it cannot run here (no source in this install, no
+    compiler, no AVX2/FMA/F16C, or ``EFFLM_Q4_KERNEL=0``): callers then keep torch's kernels.
+
+    The cached library is trusted only if its sha256 matches the one recorded when efflm
+    built it; otherwise it is rebuilt."""
     if os.environ.get("EFFLM_Q4_KERNEL", "1") == "0" or not _cpu_ok():
         return None
     cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
     if cc is None:
         return None
-    from efflm.core.paths import cache_dir
-
-    src = SOURCE.read_bytes()
-    tag = hashlib.sha256(src + " ".join(FLAGS).encode()).hexdigest()[:16]
-    out = cache_dir() / "kernels" / f"q4_cpu-{tag}.so"
-    if not out.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        try:
-            subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(tmp), "-lm"], check=True, capture_output=True)
-            os.replace(tmp, out)
-        except (OSError, subprocess.CalledProcessError):
-            tmp.unlink(missing_ok=True)
-            return None
-    lib = ctypes.CDLL(str(out))
+    try:
+        src = SOURCE.read_bytes()
+        tag = hashlib.sha256(src + " ".join(FLAGS).encode()).hexdigest()[:16]
+        out = cache_dir() / "kernels" / f"q4_cpu-{tag}.so"
+        recorded = out.with_suffix(".sha256")
+        if not (out.is_file() and recorded.is_file() and recorded.read_text().strip() == _sha256(out)):
+            _build(cc, out)
+        lib = ctypes.CDLL(str(out))
+    except (OSError, subprocess.CalledProcessError):
+        return None
     p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
     lib.efflm_q4_gemm.argtypes = [p, i, i, i, p, p, p, f, i, i, p]
     lib.efflm_q4_gemm.restype = None

@@ -10,7 +10,8 @@ def _ok(conn, label, ppl, nbytes, tok_s):
     m = {"ppl": ppl, "eval_tokens": 4088, "seq_len": 512, "bytes": nbytes, "disk_bytes": nbytes,
          "bytes_per_token": nbytes, "tok_s": tok_s, "tok_s_min": tok_s, "tok_s_max": tok_s, "ttft_ms": 5.0,
          "ceiling_tok_s": 100.0, "bandwidth_gbs": 20.0, "peak_rss_mb": 500.0}
-    db.insert(conn, status="ok", model="m", label=label, recipe="- method: x\n", families="quantize", metrics=m)
+    db.insert(conn, status="ok", model="m", label=label, recipe="- method: x\n", families="quantize", metrics=m,
+              env={"commit": "abc123"})
 
 
 def test_failed_rows_carry_no_metrics(tmp_path):
@@ -49,8 +50,35 @@ def test_leaderboard_markdown_and_plot(tmp_path):
     assert "| rtn | quantize | 50.00 | +25.0% | 150.0 | 0.300 |" in md
     assert "failed: worker killed by SIGKILL" in md
     assert md_path.read_text() == md and png.stat().st_size > 10_000
-    with pytest.raises(EfflmError, match="no results for model"):
+    with pytest.raises(EfflmError, match="no current results for model"):
         leaderboard.write(tmp_path / "r.sqlite", "other", tmp_path / "out")
+
+
+def test_leaderboard_shows_only_current_measurement_rows_and_lists_stale(tmp_path):
+    path = tmp_path / "r.sqlite"
+    conn = db.connect(path)
+    _ok(conn, "dense(dtype=float32)", 40.0, 500_000_000, 12.0)
+    _ok(conn, "old-method", 41.0, 100_000_000, 99.0)
+    conn.execute("UPDATE runs SET measurement = ? WHERE label = 'old-method'", (db.MEASUREMENT - 1,))
+    md, _, _ = leaderboard.write(path, "m", tmp_path / "out")
+    assert "| dense(dtype=float32) |" in md and "| old-method |" not in md
+    assert "Stale: 1 older row(s) of 1 recipe(s)" in md
+    assert f"measurement version {db.MEASUREMENT}" in md
+    row = db.rows(db.open_readonly(path), "m")[0]
+    assert row["measurement"] == db.MEASUREMENT and row["commit_id"] == "abc123"
+    assert "efflm commit abc123" in md
+
+
+def test_readonly_open_changes_nothing(tmp_path):
+    path = tmp_path / "r.sqlite"
+    sqlite3.connect(path).execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, label TEXT)")
+    before = path.read_bytes()
+    conn = db.open_readonly(path)
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        conn.execute("INSERT INTO runs (label) VALUES ('x')")
+    assert path.read_bytes() == before  # no schema change, no new columns
+    with pytest.raises(EfflmError, match="not found"):
+        db.open_readonly(tmp_path / "absent.sqlite")
 
 
 def test_short_plot_labels():

@@ -1,0 +1,92 @@
+"""Every script under benchmarks/ runs end to end on tiny-llama in seconds, so none can rot.
+
+Each writes its table to a temporary file; the test checks the table is there and holds a
+row per thing measured (numbers from tiny-llama mean nothing and are not checked).
+"""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run(name: str, args: list[str], tmp_path: Path) -> str:
+    out = tmp_path / f"{name}.md"
+    assert script(name).main(["--model", "tiny-llama", "--threads", "1", *args, "--out", str(out)]) == 0
+    return out.read_text()
+
+
+def test_every_benchmark_script_has_a_smoke_test():
+    tested = {"vs_llamacpp", "vs_llmcompressor", "speculative_speed", "kv_policies", "structured_speed",
+              "smoothquant_alpha", "gpu_sparse24"}
+    assert {p.stem for p in ROOT.glob("*.py")} - {"__init__"} == tested
+
+
+def test_vs_llamacpp(tmp_path):
+    md = run("vs_llamacpp", ["--prompt-len", "16", "--new-tokens", "4", "--rounds", "1"], tmp_path)
+    assert "efflm packed 4-bit" in md and "transformers generate fp32" in md
+    assert "no GGUF source" in md  # tiny-llama has no GGUF file: no llama.cpp rows, said so
+
+
+def test_speculative_speed(tmp_path):
+    md = run("speculative_speed", ["--new-tokens", "6", "--rounds", "1", "--dtype", "float32", "--draft-layers", "1"],
+             tmp_path)
+    assert md.count("| rewrite |") == 5 and md.count("| open |") == 5
+    assert "| NO |" not in md  # fp32: every speculative output equals plain decoding
+
+
+def test_kv_policies(tmp_path):
+    md = run("kv_policies", ["--len", "64", "--long", "96", "--window", "32", "--prefill", "8", "--dtype", "float32"],
+             tmp_path)
+    assert "H2O 20%" in md and "StreamingLLM 32 slots" in md
+
+
+def test_structured_speed(tmp_path):
+    md = run("structured_speed", ["--ratios", "0.25", "--rounds", "1"], tmp_path)
+    assert "llm_pruner ratio 0.25" in md
+
+
+def test_smoothquant_alpha(tmp_path):
+    md = run("smoothquant_alpha", ["--alphas", "0.4,0.6", "--windows", "2", "--seq-len", "32"], tmp_path)
+    assert md.count("chosen") == 1 and "| 0.40 |" in md and "| 0.60 |" in md
+
+
+def test_vs_llmcompressor_efflm_side_without_the_anchor(tmp_path):
+    mod = script("vs_llmcompressor")
+    calib = torch.randint(3, 250, (2, 64), generator=torch.Generator().manual_seed(0))
+    for method in ("gptq", "awq", "sparsegpt", "wanda:2:4"):
+        cfg = mod.efflm_config(method)
+        assert cfg["method"] == method.split(":")[0]
+        model, secs = mod.run_efflm("tiny-llama", method, calib)
+        assert secs > 0 and model is not None
+        assert mod.llmc_args(method)[0].endswith("Modifier")
+
+
+def test_vs_llmcompressor_full(tmp_path):
+    pytest.importorskip("llmcompressor")
+    md = run("vs_llmcompressor", ["--methods", "wanda", "--calib-samples", "2", "--calib-len", "64", "--windows", "1"],
+             tmp_path)
+    assert "| wanda 50% |" in md and "What each side ran" in md
+
+
+def test_gpu_sparse24_shapes_and_cpu_refusal(tmp_path):
+    mod = script("gpu_sparse24")
+    shapes = mod.model_shapes("tiny-llama")
+    assert len(shapes) == 7 and all(o > 0 and i > 0 for o, i in shapes.values())
+    w = mod.mask_2_4(torch.randn(8, 16, dtype=torch.float16))
+    assert mod.is_2_4(w) and not mod.is_2_4(torch.ones(8, 16))
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the refusal path is not taken")
+    out = tmp_path / "gpu.md"
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        mod.main(["--model", "tiny-llama", "--out", str(out)])
+    assert not out.exists()
