@@ -7,7 +7,7 @@ STAMP := $(VENV)/.efflm-installed
 INTEROP := $(VENV)/.efflm-interop-installed
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: setup setup-embeddings bench test papers vs-llmcompressor clean
+.PHONY: setup setup-embeddings bench test lint wheel-check papers anchors reference clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,12 +37,34 @@ bench: $(STAMP)
 test: $(STAMP) $(INTEROP)
 	$(BIN)/python -m pytest -q
 
-# GPTQ, AWQ, SparseGPT and Wanda side by side with llm-compressor (same model, calibration, evaluation).
-vs-llmcompressor: $(STAMP)
+# Layer contracts (import-linter) and lint (ruff): run by .ci/run beside `make test`.
+lint: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/ruff check efflm tests benchmarks
+	$(BIN)/ruff format --check efflm tests benchmarks
+
+# Build the wheel, install it into a fresh venv, run `efflm methods` and one generate on tiny-llama.
+wheel-check: $(STAMP)
+	bash .ci/wheel-check
+
+anchors: $(STAMP)
 	$(PIP) -e '.[anchors]'
-	$(BIN)/python -m efflm.bench.vs_llmcompressor
-	$(BIN)/python -m efflm.bench.vs_llmcompressor --methods sparsegpt,wanda,sparsegpt:2:4,wanda:2:4 \
+
+# Every committed result file, regenerated (about 2 hours on 2 cores; run on a clean tree).
+# The leaderboard rows: the default, prune and inference suites; then each study under benchmarks/.
+reference: $(STAMP) $(INTEROP) anchors
+	$(BIN)/efflm bench
+	$(BIN)/efflm bench --suite prune
+	$(BIN)/efflm bench --suite inference
+	$(BIN)/python benchmarks/smoothquant_alpha.py
+	$(BIN)/python benchmarks/vs_llamacpp.py
+	$(BIN)/python benchmarks/speculative_speed.py --dtype bfloat16
+	$(BIN)/python benchmarks/kv_policies.py
+	$(BIN)/python benchmarks/structured_speed.py
+	$(BIN)/python benchmarks/vs_llmcompressor.py --methods gptq,awq
+	$(BIN)/python benchmarks/vs_llmcompressor.py --methods sparsegpt,wanda,sparsegpt:2:4,wanda:2:4 \
 		--out results/vs_llmcompressor_prune.md
+	$(BIN)/efflm papers render
 
 clean:
 	rm -rf $(VENV) results

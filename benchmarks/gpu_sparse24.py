@@ -13,6 +13,7 @@ back-to-back calls, so launch and host-side planning count, as a user sees them)
 graph replay (20 calls captured once: the kernels alone). Median of 30 after warm-up. The
 sparse result is checked against the dense product of the same 2:4 weight.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,14 @@ import statistics
 import torch
 
 SHAPES = {  # (out, in) of each decoder Linear
-    "smollm2 q/o_proj": (576, 576), "smollm2 k/v_proj": (192, 576), "smollm2 gate/up_proj": (1536, 576),
-    "smollm2 down_proj": (576, 1536), "4096 square": (4096, 4096), "4096 up (11008x4096)": (11008, 4096),
-    "4096 down (4096x11008)": (4096, 11008)}
+    "smollm2 q/o_proj": (576, 576),
+    "smollm2 k/v_proj": (192, 576),
+    "smollm2 gate/up_proj": (1536, 576),
+    "smollm2 down_proj": (576, 1536),
+    "4096 square": (4096, 4096),
+    "4096 up (11008x4096)": (11008, 4096),
+    "4096 down (4096x11008)": (4096, 11008),
+}
 TOKENS = (1, 16, 128, 2048)
 CALLS = 20
 
@@ -54,6 +60,7 @@ def eager_us(fn) -> float:
     def run():
         for _ in range(CALLS):
             fn()
+
     for _ in range(3):
         run()
     return _median_us(run)
@@ -106,10 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, (out, inp) in shapes.items():
         if not any(tuple(w.shape) == (out, inp) for w in real.values()):
             weights[f"{name} (random 2:4)"] = mask_2_4(torch.randn(out, inp, dtype=torch.float16))
-    lines = [f"2:4 semi-structured vs dense fp16 y = linear(x, W) on {torch.cuda.get_device_name()} "
-             f"(torch {torch.__version__}); µs per call, median of 30 x {CALLS} calls.", "",
-             "| weight | out x in | tokens | dense eager | 2:4 eager | speedup eager | dense graph | 2:4 graph "
-             "| speedup graph | max rel err |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"2:4 semi-structured vs dense fp16 y = linear(x, W) on {torch.cuda.get_device_name()} "
+        f"(torch {torch.__version__}); µs per call, median of 30 x {CALLS} calls.",
+        "",
+        "| weight | out x in | tokens | dense eager | 2:4 eager | speedup eager | dense graph | 2:4 graph "
+        "| speedup graph | max rel err |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, w in weights.items():
         w = w.to("cuda", torch.float16)
         assert is_2_4(w), f"{name} is not 2:4 sparse"
@@ -130,8 +141,11 @@ def main(argv: list[str] | None = None) -> int:
             err = ((ys.float() - yd.float()).abs().max() / yd.float().abs().max()).item()
             de, se = eager_us(lambda: linear(x, w)), eager_us(lambda: linear(x, ws))
             dg, sg = graph_us(lambda: linear(x, w)), graph_us(lambda: linear(x, ws))
-            graph = (f"{dg:.1f} | {sg:.1f} | {dg / sg:.2f}x" if dg and sg else
-                     f"{dg or float('nan'):.1f} | not capturable | –")
+            graph = (
+                f"{dg:.1f} | {sg:.1f} | {dg / sg:.2f}x"
+                if dg and sg
+                else f"{dg or float('nan'):.1f} | not capturable | –"
+            )
             lines.append(f"| {name} | {out}x{inp} | {t} | {de:.1f} | {se:.1f} | {de / se:.2f}x | {graph} | {err:.1e} |")
             print(lines[-1], flush=True)
     from efflm.core.atomic import publish

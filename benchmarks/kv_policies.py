@@ -10,6 +10,7 @@ cache of ``--window`` slots — text longer than the cache — StreamingLLM (4 s
 the sliding window without sinks, with perplexity per quarter of the text. Writes
 ``--out`` (default ``results/kv_policies.md``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,7 @@ def score(model: torch.nn.Module, ids: torch.Tensor, prefill: int) -> tuple[torc
     logits = [e.feed(ids[None, :first], all_logits=True)[0]]
     t0 = time.perf_counter()
     for t in progress(range(first, ids.numel()), desc="score", total=ids.numel() - first):
-        logits.append(e.feed(ids[None, t:t + 1])[0])
+        logits.append(e.feed(ids[None, t : t + 1])[0])
     rate = (ids.numel() - first) / (time.perf_counter() - t0)
     logits = torch.cat(logits)[:-1]
     nll = torch.nn.functional.cross_entropy(logits, ids[1:], reduction="none")
@@ -70,36 +71,54 @@ def main(argv: list[str] | None = None) -> int:
     policies: list[tuple[str, dict | None]] = [("full cache", None), ("int8 KV", {"method": "kv_int8"})]
     for frac in (0.5, 0.2):
         budget = math.ceil(frac * a.len)
-        policies += [(f"H2O {frac:.0%}", {"method": "h2o", "budget": frac}),
-                     (f"StreamingLLM {frac:.0%} (4 sinks)", {"method": "streaming_llm", "budget": budget, "sinks": 4}),
-                     (f"sliding window {frac:.0%} (no sinks)", {"method": "streaming_llm", "budget": budget, "sinks": 0})]
+        policies += [
+            (f"H2O {frac:.0%}", {"method": "h2o", "budget": frac}),
+            (f"StreamingLLM {frac:.0%} (4 sinks)", {"method": "streaming_llm", "budget": budget, "sinks": 4}),
+            (f"sliding window {frac:.0%} (no sinks)", {"method": "streaming_llm", "budget": budget, "sinks": 0}),
+        ]
     base = None
     for name, step in policies:
-        nll, rate, nbytes = score(with_policy(model, step), ids[:a.len], a.prefill)
+        nll, rate, nbytes = score(with_policy(model, step), ids[: a.len], a.prefill)
         ppl = math.exp(nll.mean().item())
         base = base or ppl
         rows.append(f"| {name} | {ppl:.2f} | {ppl / base:.3f} | {nbytes / 1e6:.2f} | {rate:.1f} |")
         print(rows[-1], flush=True)
     long_rows = []
     quarters = a.long // 4
-    for name, step in (("full cache", None),
-                       (f"StreamingLLM {a.window} slots (4 sinks)", {"method": "streaming_llm", "budget": a.window, "sinks": 4}),
-                       (f"sliding window {a.window} slots (no sinks)", {"method": "streaming_llm", "budget": a.window, "sinks": 0})):
-        nll, _, nbytes = score(with_policy(model, step), ids[:a.long], a.prefill)
-        parts = [math.exp(nll[i * quarters:(i + 1) * quarters].mean().item()) for i in range(4)]
-        long_rows.append(f"| {name} | {math.exp(nll.mean().item()):.2f} | " + " | ".join(f"{x:.2f}" for x in parts)
-                         + f" | {nbytes / 1e6:.2f} |")
+    for name, step in (
+        ("full cache", None),
+        (f"StreamingLLM {a.window} slots (4 sinks)", {"method": "streaming_llm", "budget": a.window, "sinks": 4}),
+        (f"sliding window {a.window} slots (no sinks)", {"method": "streaming_llm", "budget": a.window, "sinks": 0}),
+    ):
+        nll, _, nbytes = score(with_policy(model, step), ids[: a.long], a.prefill)
+        parts = [math.exp(nll[i * quarters : (i + 1) * quarters].mean().item()) for i in range(4)]
+        long_rows.append(
+            f"| {name} | {math.exp(nll.mean().item()):.2f} | "
+            + " | ".join(f"{x:.2f}" for x in parts)
+            + f" | {nbytes / 1e6:.2f} |"
+        )
         print(long_rows[-1], flush=True)
-    md = "\n".join([
-        f"# KV-cache methods — {a.model}, {a.dtype}, {a.threads} threads", "",
-        f"Part 1: the first {a.len} tokens of the Shakespeare evaluation split scored as one sequence, token by token "
-        f"(after a {a.prefill}-token first chunk), through each cache. Budgets are fractions of the {a.len} tokens.", "",
-        "| cache | ppl | × full | cache MB | scoring tok/s |", "|---|---|---|---|---|", *rows, "",
-        f"Part 2: {a.long} tokens through a cache of {a.window} slots (text longer than the cache); "
-        "perplexity overall and per quarter of the text.", "",
-        "| cache | ppl | Q1 | Q2 | Q3 | Q4 | cache MB |", "|---|---|---|---|---|---|---|", *long_rows, "",
-        f"Command: `python benchmarks/kv_policies.py --model {a.model} --len {a.len} --long {a.long} --window {a.window} --dtype {a.dtype}`.",
-    ])
+    md = "\n".join(
+        [
+            f"# KV-cache methods — {a.model}, {a.dtype}, {a.threads} threads",
+            "",
+            f"Part 1: the first {a.len} tokens of the Shakespeare evaluation split scored as one sequence, token by token "
+            f"(after a {a.prefill}-token first chunk), through each cache. Budgets are fractions of the {a.len} tokens.",
+            "",
+            "| cache | ppl | × full | cache MB | scoring tok/s |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+            f"Part 2: {a.long} tokens through a cache of {a.window} slots (text longer than the cache); "
+            "perplexity overall and per quarter of the text.",
+            "",
+            "| cache | ppl | Q1 | Q2 | Q3 | Q4 | cache MB |",
+            "|---|---|---|---|---|---|---|",
+            *long_rows,
+            "",
+            f"Command: `python benchmarks/kv_policies.py --model {a.model} --len {a.len} --long {a.long} --window {a.window} --dtype {a.dtype}`.",
+        ]
+    )
     return publish(a.out, md)
 
 

@@ -9,6 +9,7 @@ perplexity is the one ``SmoothQuantConfig`` defaults to; the evaluation split is
 only afterwards, for that α and the dense model, to report it. Writes ``--out`` (default
 ``results/smoothquant_alpha.md``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,18 +46,28 @@ def main(argv: list[str] | None = None) -> int:
     best = min(dev_ppl, key=dev_ppl.get)
     base_eval = perplexity(dense, evaluation, a.seq_len, a.windows)["ppl"]
     best_eval = perplexity(models[best], evaluation, a.seq_len, a.windows)["ppl"]
-    rows = [f"| {al:.2f} | {ppl:.3f} | {(ppl / base_dev - 1) * 100:+.2f}% |{' chosen' if al == best else ''}"
-            for al, ppl in dev_ppl.items()]
-    md = "\n".join([
-        f"# SmoothQuant α on the development split — {a.model}", "",
-        f"Development split: {a.windows} x {a.seq_len} tokens from the end of the calibration text (never drawn "
-        f"as calibration windows); dense development perplexity {base_dev:.3f}.", "",
-        "| α | dev ppl | vs dense | |", "|---|---|---|---|", *rows, "",
-        f"Chosen α = {best:.2f} (lowest development perplexity). Evaluation split, scored once afterwards: dense "
-        f"{base_eval:.3f}, SmoothQuant α={best:.2f} {best_eval:.3f} ({(best_eval / base_eval - 1) * 100:+.2f}%).", "",
-        f"Command: `python benchmarks/smoothquant_alpha.py --model {a.model} --alphas {a.alphas} "
-        f"--windows {a.windows}`.",
-    ])
+    rows = [
+        f"| {al:.2f} | {ppl:.3f} | {(ppl / base_dev - 1) * 100:+.2f}% |{' chosen' if al == best else ''}"
+        for al, ppl in dev_ppl.items()
+    ]
+    md = "\n".join(
+        [
+            f"# SmoothQuant α on the development split — {a.model}",
+            "",
+            f"Development split: {a.windows} x {a.seq_len} tokens from the end of the calibration text (never drawn "
+            f"as calibration windows); dense development perplexity {base_dev:.3f}.",
+            "",
+            "| α | dev ppl | vs dense | |",
+            "|---|---|---|---|",
+            *rows,
+            "",
+            f"Chosen α = {best:.2f} (lowest development perplexity). Evaluation split, scored once afterwards: dense "
+            f"{base_eval:.3f}, SmoothQuant α={best:.2f} {best_eval:.3f} ({(best_eval / base_eval - 1) * 100:+.2f}%).",
+            "",
+            f"Command: `python benchmarks/smoothquant_alpha.py --model {a.model} --alphas {a.alphas} "
+            f"--windows {a.windows}`.",
+        ]
+    )
     return publish(a.out, md)
 
 

@@ -15,6 +15,7 @@ can part at a near-tie). Prints wall time for the whole generation (prefill incl
 tok/s, speedup over plain and the acceptance rate; writes ``--out`` (default
 ``results/speculative_speed_<dtype>.md``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,11 @@ import torch
 from efflm.core.atomic import publish
 from efflm.methods import config_from_dict as c
 
-PASSAGE = ("It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
-           "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, "
-           "it was the season of Darkness, it was the spring of hope, it was the winter of despair.")
+PASSAGE = (
+    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
+    "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, "
+    "it was the season of Darkness, it was the spring of hope, it was the winter of despair."
+)
 WORKLOADS = {
     "rewrite": f"Repeat the following passage exactly, word for word:\n\n{PASSAGE}",
     "open": "Write a short story about a lighthouse keeper who finds a message in a bottle.",
@@ -52,11 +55,16 @@ def main(argv: list[str] | None = None) -> int:
 
     bf16 = c({"method": "dense", "dtype": "bfloat16"})
     target, tok = load_and_apply(a.model, [c({"method": "dense", "dtype": a.dtype})])
-    small, _ = load_and_apply(a.model, [c({"method": "rtn", "bits": 4, "group_size": 32}),
-                                        c({"method": "int8_embeddings"}), bf16])
+    small, _ = load_and_apply(
+        a.model, [c({"method": "rtn", "bits": 4, "group_size": 32}), c({"method": "int8_embeddings"}), bf16]
+    )
     layers = min(a.draft_layers, target.config.num_hidden_layers - 1)
-    drafters = {"prompt lookup k=4": (None, 4), "prompt lookup k=8": (None, 8),
-                f"first {layers} layers k=4": (first_layers(target, layers), 4), "RTN-4bit copy k=4": (small, 4)}
+    drafters = {
+        "prompt lookup k=4": (None, 4),
+        "prompt lookup k=8": (None, 8),
+        f"first {layers} layers k=4": (first_layers(target, layers), 4),
+        "RTN-4bit copy k=4": (small, 4),
+    }
     cfg = SamplingConfig(max_new_tokens=a.new_tokens)
     lines = []
     for wname, prompt in WORKLOADS.items():
@@ -90,20 +98,28 @@ def main(argv: list[str] | None = None) -> int:
         for name in drafters:
             t = statistics.median(times[name])
             st = stats[name]
-            lines.append(f"| {wname} | {name} | {n} | {t:.2f} | {n / t:.1f} | {plain / t:.2f}× | "
-                         f"{st.acceptance:.0%} ({st.accepted}/{st.proposed}), {st.target_steps} target steps | "
-                         f"{'yes' if outputs[name] else 'NO'} |")
-        print("\n".join(lines[-len(drafters) - 1:]), flush=True)
-    md = "\n".join([
-        f"# Speculative decoding — {a.model} {a.dtype} target, greedy, batch 1, {a.threads} threads", "",
-        f"Exactly {a.new_tokens} new tokens (ids, no end-of-sequence stop, no detokenizing on either path) after "
-        f"the chat-formatted prompt; wall time of the whole generation (prefill included); one untimed warm-up "
-        f"of every path, then the median of {a.rounds} interleaved rounds.", "",
-        "| workload | drafter | tokens | seconds | tok/s | speedup | accepted | identical to plain |",
-        "|---|---|---|---|---|---|---|---|", *lines, "",
-        f"Command: `python benchmarks/speculative_speed.py --model {a.model} --dtype {a.dtype} "
-        f"--new-tokens {a.new_tokens} --rounds {a.rounds}`.",
-    ])
+            lines.append(
+                f"| {wname} | {name} | {n} | {t:.2f} | {n / t:.1f} | {plain / t:.2f}× | "
+                f"{st.acceptance:.0%} ({st.accepted}/{st.proposed}), {st.target_steps} target steps | "
+                f"{'yes' if outputs[name] else 'NO'} |"
+            )
+        print("\n".join(lines[-len(drafters) - 1 :]), flush=True)
+    md = "\n".join(
+        [
+            f"# Speculative decoding — {a.model} {a.dtype} target, greedy, batch 1, {a.threads} threads",
+            "",
+            f"Exactly {a.new_tokens} new tokens (ids, no end-of-sequence stop, no detokenizing on either path) after "
+            f"the chat-formatted prompt; wall time of the whole generation (prefill included); one untimed warm-up "
+            f"of every path, then the median of {a.rounds} interleaved rounds.",
+            "",
+            "| workload | drafter | tokens | seconds | tok/s | speedup | accepted | identical to plain |",
+            "|---|---|---|---|---|---|---|---|",
+            *lines,
+            "",
+            f"Command: `python benchmarks/speculative_speed.py --model {a.model} --dtype {a.dtype} "
+            f"--new-tokens {a.new_tokens} --rounds {a.rounds}`.",
+        ]
+    )
     return publish(a.out or f"results/speculative_speed_{a.dtype}.md", md)
 
 

@@ -9,6 +9,7 @@ shared machine hits all of them alike. Prints parameters, bytes, perplexity, tok
 over rounds) and the ratios to dense; writes ``--out`` (default
 ``results/structured_speed.md``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, steps in recipes.items():
         models[name], tok = load_and_apply(a.model, [config_from_dict(s) for s in steps])
     ids = text.eval_tokens(tok, 2048)
-    info = {n: {"params": sum(p.numel() for p in m.parameters()), "bytes": metrics.model_bytes(m),
-                "ppl": metrics.perplexity(m, ids)["ppl"]} for n, m in models.items()}
+    info = {
+        n: {
+            "params": sum(p.numel() for p in m.parameters()),
+            "bytes": metrics.model_bytes(m),
+            "ppl": metrics.perplexity(m, ids)["ppl"],
+        }
+        for n, m in models.items()
+    }
     tok_s: dict[str, list[float]] = {n: [] for n in models}
     ttft: dict[str, list[float]] = {n: [] for n in models}
     for i in range(a.rounds):
@@ -54,16 +61,21 @@ def main(argv: list[str] | None = None) -> int:
             ttft[n].append(s["ttft_ms"])
     base = statistics.median(tok_s["dense"])
     base_ttft = statistics.median(ttft["dense"])
-    lines = [f"Structured pruning vs dense on {a.model}, {a.dtype}, {a.threads} threads: decode tok/s at batch 1 "
-             f"(32 tokens after a 128-token prompt), median of {a.rounds} interleaved rounds; perplexity over 4 x 512 "
-             "tokens.", "",
-             "| model | params (M) | params removed | MB | ppl | tok/s | speedup | TTFT ms | TTFT ratio |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Structured pruning vs dense on {a.model}, {a.dtype}, {a.threads} threads: decode tok/s at batch 1 "
+        f"(32 tokens after a 128-token prompt), median of {a.rounds} interleaved rounds; perplexity over 4 x 512 "
+        "tokens.",
+        "",
+        "| model | params (M) | params removed | MB | ppl | tok/s | speedup | TTFT ms | TTFT ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for n in models:
         t, f = statistics.median(tok_s[n]), statistics.median(ttft[n])
         removed = 1 - info[n]["params"] / info["dense"]["params"]
-        lines.append(f"| {n} | {info[n]['params'] / 1e6:.1f} | {removed:.1%} | {info[n]['bytes'] / 1e6:.1f} | "
-                     f"{info[n]['ppl']:.2f} | {t:.1f} | {t / base:.2f}x | {f:.0f} | {f / base_ttft:.2f}x |")
+        lines.append(
+            f"| {n} | {info[n]['params'] / 1e6:.1f} | {removed:.1%} | {info[n]['bytes'] / 1e6:.1f} | "
+            f"{info[n]['ppl']:.2f} | {t:.1f} | {t / base:.2f}x | {f:.0f} | {f / base_ttft:.2f}x |"
+        )
     table = "\n".join(lines)
     return publish(a.out, table)
 

@@ -18,6 +18,7 @@ share of the bandwidth ceiling (measured read bandwidth / bytes read per token),
 torch-profiler summary of one efflm 4-bit decode; writes ``--out`` (default
 ``results/vs_llamacpp.md``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,10 @@ def profile_summary(model, ids: torch.Tensor, steps: int = 16, rows: int = 8) ->
     total = sum(e.self_cpu_time_total for e in ev)
     out = ["| op | share of CPU time | calls per token | µs per call |", "|---|---|---|---|"]
     for e in ev[:rows]:
-        out.append(f"| `{e.key}` | {e.self_cpu_time_total / total:.0%} | {e.count / steps:.0f} | "
-                   f"{e.self_cpu_time_total / max(1, e.count):.0f} |")
+        out.append(
+            f"| `{e.key}` | {e.self_cpu_time_total / total:.0%} | {e.count / steps:.0f} | "
+            f"{e.self_cpu_time_total / max(1, e.count):.0f} |"
+        )
     return out
 
 
@@ -90,6 +93,7 @@ def kernel_split(model, ids: torch.Tensor, steps: int = 32) -> tuple[float, floa
             spent[0] += time.perf_counter() - t
             calls[0] += 1
             return y
+
         return inner
 
     q4_kernel.q4_mm, q4_kernel.q8_mm = timed(real[0]), timed(real[1])
@@ -139,8 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         from llama_cpp import Llama
 
         def llama(path):
-            return Llama(model_path=str(path), n_ctx=a.prompt_len + a.new_tokens + 8, n_threads=a.threads,
-                         n_threads_batch=a.threads, verbose=False)
+            return Llama(
+                model_path=str(path),
+                n_ctx=a.prompt_len + a.new_tokens + 8,
+                n_threads=a.threads,
+                n_threads_batch=a.threads,
+                verbose=False,
+            )
 
         engines[ANCHOR] = (llama_run, llama(q4_0), q4_0.stat().st_size)
         engines[f"llama.cpp, the model's own file ({source.name})"] = (llama_run, llama(source), source.stat().st_size)
@@ -150,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "transformers generate bf16": (hf_run, m_bf16, bytes_read_per_token(m_bf16)),
         "transformers generate fp32": (hf_run, m_fp32, bytes_read_per_token(m_fp32)),
     }
-    for fn, m, _ in engines.values():   # warm-up
+    for fn, m, _ in engines.values():  # warm-up
         fn(m, ids, 4)
     res: dict[str, list[tuple[float, float]]] = {k: [] for k in engines}
     for r in range(a.rounds):
@@ -165,25 +174,40 @@ def main(argv: list[str] | None = None) -> int:
         ceiling = bw * 1e9 / nbytes
         ttft = statistics.median(t for t, _ in res[name]) * 1000
         vs_anchor = f"{tok_s[name] / anchor:.2f}×" if anchor else "– (no GGUF source)"
-        rows.append(f"| {name} | {tok_s[name]:.1f} | {ttft:.0f} | {vs_anchor} | {tok_s[name] / hf:.2f}× | "
-                    f"{nbytes / 1e6:.1f} | {tok_s[name] / ceiling:.0%} |")
+        rows.append(
+            f"| {name} | {tok_s[name]:.1f} | {ttft:.0f} | {vs_anchor} | {tok_s[name] / hf:.2f}× | "
+            f"{nbytes / 1e6:.1f} | {tok_s[name] / ceiling:.0%} |"
+        )
     prof = profile_summary(w4, ids)
     per_tok, in_kernels, n_calls = kernel_split(w4, ids)
-    split = (f"Per decoded token (efflm 4-bit, 32 steps): {per_tok:.1f} ms, of which {in_kernels:.1f} ms "
-             f"({in_kernels / per_tok:.0%}) inside efflm's q4/q8 kernels ({n_calls} calls, "
-             f"{bytes_read_per_token(w4) / 1e6 / in_kernels:.1f} GB/s over the weights they read) and "
-             f"{per_tok - in_kernels:.1f} ms in everything else: the torch ops below (attention, RoPE, norms, "
-             "casts, cache writes) and Python. The kernels are ctypes calls, so the profiler table omits them.")
-    md = "\n".join([
-        f"# Decode speed: efflm vs llama.cpp vs transformers — {a.model}, batch 1, {a.threads} threads", "",
-        f"{a.prompt_len}-token prompt, {a.new_tokens} new tokens, greedy; median of {a.rounds} interleaved rounds. "
-        f"Ceiling = {bw:.1f} GB/s measured read bandwidth / MB read per token.", "",
-        "| engine | decode tok/s | TTFT ms | × llama.cpp Q4_0 | × transformers bf16 | MB read per token | % of ceiling |",
-        "|---|---|---|---|---|---|---|", *rows, "",
-        split, "", "Torch ops of the efflm 4-bit decode (torch profiler, 16 decode steps):", "", *prof, "",
-        f"Command: `python benchmarks/vs_llamacpp.py --model {a.model} --prompt-len {a.prompt_len} "
-        f"--new-tokens {a.new_tokens} --rounds {a.rounds}`.",
-    ])
+    split = (
+        f"Per decoded token (efflm 4-bit, 32 steps): {per_tok:.1f} ms, of which {in_kernels:.1f} ms "
+        f"({in_kernels / per_tok:.0%}) inside efflm's q4/q8 kernels ({n_calls} calls, "
+        f"{bytes_read_per_token(w4) / 1e6 / in_kernels:.1f} GB/s over the weights they read) and "
+        f"{per_tok - in_kernels:.1f} ms in everything else: the torch ops below (attention, RoPE, norms, "
+        "casts, cache writes) and Python. The kernels are ctypes calls, so the profiler table omits them."
+    )
+    md = "\n".join(
+        [
+            f"# Decode speed: efflm vs llama.cpp vs transformers — {a.model}, batch 1, {a.threads} threads",
+            "",
+            f"{a.prompt_len}-token prompt, {a.new_tokens} new tokens, greedy; median of {a.rounds} interleaved rounds. "
+            f"Ceiling = {bw:.1f} GB/s measured read bandwidth / MB read per token.",
+            "",
+            "| engine | decode tok/s | TTFT ms | × llama.cpp Q4_0 | × transformers bf16 | MB read per token | % of ceiling |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            split,
+            "",
+            "Torch ops of the efflm 4-bit decode (torch profiler, 16 decode steps):",
+            "",
+            *prof,
+            "",
+            f"Command: `python benchmarks/vs_llamacpp.py --model {a.model} --prompt-len {a.prompt_len} "
+            f"--new-tokens {a.new_tokens} --rounds {a.rounds}`.",
+        ]
+    )
     tmp.cleanup()
     return publish(a.out, md)
 

@@ -19,6 +19,7 @@ to the compressed model in memory: efflm validates the config and runs ``apply``
 llm-compressor wraps the ids in a ``datasets.Dataset`` and runs ``oneshot``. Prints the
 table and writes ``--out`` (default ``results/vs_llmcompressor.md``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,18 +53,36 @@ def llmc_args(method: str) -> tuple[str, dict]:
     """llm-compressor's side: the modifier and every argument it gets."""
     name, pattern = _split(method)
     if name in ("sparsegpt", "wanda"):
-        common = {"sparsity": 0.5, "mask_structure": "0:0" if pattern == "unstructured" else pattern,
-                  "sparsity_profile": None, "ignore": ["re:.*lm_head"]}
+        common = {
+            "sparsity": 0.5,
+            "mask_structure": "0:0" if pattern == "unstructured" else pattern,
+            "sparsity_profile": None,
+            "ignore": ["re:.*lm_head"],
+        }
         if name == "wanda":
             return "WandaPruningModifier", common
-        return "SparseGPTModifier", {**common, "dampening_frac": 0.01, "block_size": 128,
-                                     "preserve_sparsity_mask": False}
+        return "SparseGPTModifier", {
+            **common,
+            "dampening_frac": 0.01,
+            "block_size": 128,
+            "preserve_sparsity_mask": False,
+        }
     groups = {"g": {"targets": ["Linear"], "weights": SCHEME}}
     if name == "gptq":
-        return "GPTQModifier", {"config_groups": groups, "actorder": "static", "dampening_frac": 0.01,
-                                "block_size": 128, "ignore": ["lm_head"]}
-    return "AWQModifier", {"config_groups": groups, "duo_scaling": True, "n_grid": 20, "offload_device": None,
-                           "ignore": ["lm_head"]}
+        return "GPTQModifier", {
+            "config_groups": groups,
+            "actorder": "static",
+            "dampening_frac": 0.01,
+            "block_size": 128,
+            "ignore": ["lm_head"],
+        }
+    return "AWQModifier", {
+        "config_groups": groups,
+        "duo_scaling": True,
+        "n_grid": 20,
+        "offload_device": None,
+        "ignore": ["lm_head"],
+    }
 
 
 def _llmc_recipe(method: str):
@@ -73,8 +92,12 @@ def _llmc_recipe(method: str):
     from llmcompressor.modifiers.quantization import GPTQModifier
 
     cls, kwargs = llmc_args(method)
-    return {"WandaPruningModifier": WandaPruningModifier, "SparseGPTModifier": SparseGPTModifier,
-            "GPTQModifier": GPTQModifier, "AWQModifier": AWQModifier}[cls](**kwargs)
+    return {
+        "WandaPruningModifier": WandaPruningModifier,
+        "SparseGPTModifier": SparseGPTModifier,
+        "GPTQModifier": GPTQModifier,
+        "AWQModifier": AWQModifier,
+    }[cls](**kwargs)
 
 
 def efflm_config(method: str) -> dict:
@@ -96,8 +119,14 @@ def run_llmcompressor(model_spec: str, method: str, calib: torch.Tensor) -> tupl
     model, tok = load(model_spec)
     t0 = time.perf_counter()
     data = Dataset.from_dict({"input_ids": calib.tolist(), "attention_mask": torch.ones_like(calib).tolist()})
-    oneshot(model=model, processor=tok, dataset=data, recipe=_llmc_recipe(method),
-            num_calibration_samples=calib.shape[0], max_seq_length=calib.shape[1])
+    oneshot(
+        model=model,
+        processor=tok,
+        dataset=data,
+        recipe=_llmc_recipe(method),
+        num_calibration_samples=calib.shape[0],
+        max_seq_length=calib.shape[1],
+    )
     return model, time.perf_counter() - t0
 
 
@@ -148,18 +177,28 @@ def main(argv: list[str] | None = None) -> int:
             continue
         (pe, te), (pl, tl) = res["efflm"], res["llm-compressor"]
         rows.append(f"| {_label(method)} | {pe:.3f} | {pl:.3f} | {pe / pl:.3f} | {te:.1f} | {tl:.1f} | {te / tl:.2f} |")
-    table = "\n".join([
-        f"efflm vs llm-compressor on {a.model}: {a.calib_samples} x {a.calib_len} calibration tokens, "
-        f"perplexity over {a.windows} x 512 evaluation tokens, {a.threads} threads. Time: the same scope on both "
-        "sides, from the loaded model and calibration ids in memory to the compressed model (efflm: config "
-        "validation + apply; llm-compressor: Dataset + oneshot); one run each, efflm then llm-compressor per method.",
-        "",
-        "| method | efflm ppl | llm-compressor ppl | ppl ratio | efflm s | llm-compressor s | time ratio |",
-        "|---|---|---|---|---|---|---|", *rows, "", "What each side ran:", "",
-        *[f"- {_label(m)}: efflm `{efflm_config(m)}`; llm-compressor `{llmc_args(m)[0]}({llmc_args(m)[1]})`"
-          for m in [m.strip() for m in a.methods.split(",") if m.strip()]], "",
-        f"Command: `python benchmarks/vs_llmcompressor.py --model {a.model} --methods {a.methods} "
-        f"--calib-samples {a.calib_samples} --calib-len {a.calib_len} --windows {a.windows} --out {a.out}`."])
+    table = "\n".join(
+        [
+            f"efflm vs llm-compressor on {a.model}: {a.calib_samples} x {a.calib_len} calibration tokens, "
+            f"perplexity over {a.windows} x 512 evaluation tokens, {a.threads} threads. Time: the same scope on both "
+            "sides, from the loaded model and calibration ids in memory to the compressed model (efflm: config "
+            "validation + apply; llm-compressor: Dataset + oneshot); one run each, efflm then llm-compressor per method.",
+            "",
+            "| method | efflm ppl | llm-compressor ppl | ppl ratio | efflm s | llm-compressor s | time ratio |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            "What each side ran:",
+            "",
+            *[
+                f"- {_label(m)}: efflm `{efflm_config(m)}`; llm-compressor `{llmc_args(m)[0]}({llmc_args(m)[1]})`"
+                for m in [m.strip() for m in a.methods.split(",") if m.strip()]
+            ],
+            "",
+            f"Command: `python benchmarks/vs_llmcompressor.py --model {a.model} --methods {a.methods} "
+            f"--calib-samples {a.calib_samples} --calib-len {a.calib_len} --windows {a.windows} --out {a.out}`.",
+        ]
+    )
     return publish(a.out, table)
 
 

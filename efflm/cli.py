@@ -1,4 +1,5 @@
 """The ``efflm`` command line. Every user error is one line on stderr and exit code 2."""
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,10 @@ def cmd_bench(a) -> int:
         recipes_ = [[get(n.strip()).config_cls()] for n in a.methods.split(",") if n.strip()]
     else:
         recipes_ = suites.SUITES[a.suite]()
-    worker_args = {k: getattr(a, k) for k in ("seq_len", "windows", "prompt_len", "new_tokens", "reps",
-                                               "calib_samples", "calib_len", "threads")}
+    worker_args = {
+        k: getattr(a, k)
+        for k in ("seq_len", "windows", "prompt_len", "new_tokens", "reps", "calib_samples", "calib_len", "threads")
+    }
     opts = runner.BenchOptions(a.model, recipes_, Path(a.db), worker_args)
     runner.install_signal_handlers()
     runner.bench(opts)
@@ -102,14 +105,17 @@ def cmd_compress(a) -> int:
             raise EfflmError(f"--format gguf writes one file: --out must end in .gguf, got {out.name}")
         template = gguf_source(a.model)
         if template is None:
-            raise EfflmError("GGUF export needs the model's tokenizer metadata from a GGUF file: "
-                             "supported for models loaded from a .gguf (e.g. the default model)")
+            raise EfflmError(
+                "GGUF export needs the model's tokenizer metadata from a GGUF file: "
+                "supported for models loaded from a .gguf (e.g. the default model)"
+            )
     elif a.format == "compressed-tensors":
         import importlib.util
 
         if importlib.util.find_spec("compressed_tensors") is None:
-            raise EfflmError("--format compressed-tensors needs the compressed-tensors package "
-                             "(pip install 'efflm[interop]')")
+            raise EfflmError(
+                "--format compressed-tensors needs the compressed-tensors package (pip install 'efflm[interop]')"
+            )
     model, tok, recipe = _load_with_recipe(a.model, a.recipe, a)
     if a.format == "gguf":
         gguf_export.export(model, template, out)
@@ -136,13 +142,17 @@ def cmd_eval(a) -> int:
     tok = load_tokenizer(a.model)
     ids = text.prefix_tokens(tok, source, n) if source is not None else text.eval_tokens(tok, n)
     if ids.numel() < a.seq_len:
-        raise EfflmError(f"text too short: {ids.numel()} tokens, need at least one window of {a.seq_len} "
-                         "(lower --seq-len or give more text)")
+        raise EfflmError(
+            f"text too short: {ids.numel()} tokens, need at least one window of {a.seq_len} "
+            "(lower --seq-len or give more text)"
+        )
     model, tok = pipeline.load_and_apply(a.model, recipe, a.calib_samples, a.calib_len)
     r = perplexity(model, ids, seq_len=a.seq_len, n_windows=a.windows)
     where = a.text_file or "Shakespeare evaluation split"
-    print(f"ppl {r['ppl']:.3f} over {r['eval_tokens']} tokens ({r['windows']} windows of {r['seq_len']}) "
-          f"of {where}; model bytes {model_bytes(model) / 1e6:.1f} MB")
+    print(
+        f"ppl {r['ppl']:.3f} over {r['eval_tokens']} tokens ({r['windows']} windows of {r['seq_len']}) "
+        f"of {where}; model bytes {model_bytes(model) / 1e6:.1f} MB"
+    )
     return 0
 
 
@@ -151,8 +161,14 @@ def cmd_generate(a) -> int:
     from efflm.inference.generate import SamplingConfig, generate
     from efflm.inference.speculative import check_compatible, first_layers, speculative_generate
 
-    cfg = SamplingConfig(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
-                         top_p=a.top_p, stop=tuple(a.stop or ()), seed=a.seed)
+    cfg = SamplingConfig(
+        max_new_tokens=a.max_new_tokens,
+        temperature=a.temperature,
+        top_k=a.top_k,
+        top_p=a.top_p,
+        stop=tuple(a.stop or ()),
+        seed=a.seed,
+    )
     speculative = a.draft_model or a.draft_layers or a.prompt_lookup
     if speculative and len(a.prompt) > 1:
         raise EfflmError("speculative decoding runs one prompt at a time")
@@ -181,14 +197,23 @@ def cmd_generate(a) -> int:
 
     stats = None
     if speculative:
-        res, timing, stats = speculative_generate(model, tok, a.prompt[0], cfg, draft=draft, chat=a.chat, k=a.k,
-                                                  max_len=a.max_len, on_text=show)
+        res, timing, stats = speculative_generate(
+            model, tok, a.prompt[0], cfg, draft=draft, chat=a.chat, k=a.k, max_len=a.max_len, on_text=show
+        )
         results = [res]
     else:
         from efflm.inference.engine import Engine
 
-        results, timing = generate(model, tok, a.prompt, cfg, chat=a.chat, max_len=a.max_len, on_text=show,
-                                   engine=Engine(model, compile=a.compile))
+        results, timing = generate(
+            model,
+            tok,
+            a.prompt,
+            cfg,
+            chat=a.chat,
+            max_len=a.max_len,
+            on_text=show,
+            engine=Engine(model, compile=a.compile),
+        )
     if len(a.prompt) > 1:
         for i, r in enumerate(results):
             print(f"[{i}] {r.text}")
@@ -196,8 +221,10 @@ def cmd_generate(a) -> int:
         print()
     ceiling = bandwidth_gbs() * 1e9 / bytes_read_per_token(model)
     n = sum(len(r.tokens) for r in results)
-    line = (f"{n} tokens; decode {timing.tok_s:.1f} tok/s per sequence, {timing.tok_s / ceiling * 100:.0f}% of the "
-            f"bandwidth ceiling ({ceiling:.0f} tok/s); TTFT {timing.ttft_s * 1000:.0f} ms")
+    line = (
+        f"{n} tokens; decode {timing.tok_s:.1f} tok/s per sequence, {timing.tok_s / ceiling * 100:.0f}% of the "
+        f"bandwidth ceiling ({ceiling:.0f} tok/s); TTFT {timing.ttft_s * 1000:.0f} ms"
+    )
     if stats is not None:
         line += f"; drafted {stats.proposed}, accepted {stats.acceptance:.0%}, {stats.target_steps} target steps"
     print(line, file=sys.stderr)
@@ -219,8 +246,12 @@ def _common(p: argparse.ArgumentParser, calib: bool = True) -> None:
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"the model: {MODEL_HELP}")
     if calib:
-        p.add_argument("--calib-samples", type=_positive, default=CALIB_SAMPLES,
-                       help="calibration windows drawn for methods that calibrate")
+        p.add_argument(
+            "--calib-samples",
+            type=_positive,
+            default=CALIB_SAMPLES,
+            help="calibration windows drawn for methods that calibrate",
+        )
         p.add_argument("--calib-len", type=_positive, default=CALIB_LEN, help="tokens per calibration window")
 
 
@@ -236,16 +267,22 @@ def parser() -> argparse.ArgumentParser:
     _common(b)
     b.add_argument("--recipe", action="append", help="recipe YAML file (repeatable; overrides --methods/--suite)")
     b.add_argument("--methods", help="comma-separated method names, each at its default config")
-    b.add_argument("--suite", choices=["default", "prune", "inference", "full"], default="default",
-                   help="the recipes benchmarked when neither --recipe nor --methods is given")
+    b.add_argument(
+        "--suite",
+        choices=["default", "prune", "inference", "full"],
+        default="default",
+        help="the recipes benchmarked when neither --recipe nor --methods is given",
+    )
     b.add_argument("--db", default="results/efflm.sqlite", help="results database (SQLite; created if absent)")
     b.add_argument("--out-dir", default="results", help="where leaderboard.md and pareto.png are written")
-    for name, default, what in (("seq-len", EVAL_SEQ_LEN, "tokens per perplexity window"),
-                                ("windows", EVAL_WINDOWS, "perplexity windows scored"),
-                                ("prompt-len", 128, "prompt tokens for the speed measurement"),
-                                ("new-tokens", 32, "tokens decoded for the speed measurement"),
-                                ("reps", 2, "timed speed repetitions (median reported)"),
-                                ("threads", 2, "torch threads in each worker")):
+    for name, default, what in (
+        ("seq-len", EVAL_SEQ_LEN, "tokens per perplexity window"),
+        ("windows", EVAL_WINDOWS, "perplexity windows scored"),
+        ("prompt-len", 128, "prompt tokens for the speed measurement"),
+        ("new-tokens", 32, "tokens decoded for the speed measurement"),
+        ("reps", 2, "timed speed repetitions (median reported)"),
+        ("threads", 2, "torch threads in each worker"),
+    ):
         b.add_argument(f"--{name}", type=_positive, default=default, help=what)
     b.set_defaults(fn=cmd_bench)
 
@@ -259,9 +296,13 @@ def parser() -> argparse.ArgumentParser:
     _common(c)
     c.add_argument("--recipe", required=True, help="recipe YAML file")
     c.add_argument("--out", required=True, help="output directory (or .gguf file); must not exist")
-    c.add_argument("--format", choices=["efflm", "compressed-tensors", "gguf"], default="efflm",
-                   help="efflm directory, compressed-tensors directory (vLLM, transformers), "
-                        "or a .gguf file (llama.cpp; symmetric 4/8-bit g32 codes as Q4_0/Q8_0)")
+    c.add_argument(
+        "--format",
+        choices=["efflm", "compressed-tensors", "gguf"],
+        default="efflm",
+        help="efflm directory, compressed-tensors directory (vLLM, transformers), "
+        "or a .gguf file (llama.cpp; symmetric 4/8-bit g32 codes as Q4_0/Q8_0)",
+    )
     c.set_defaults(fn=cmd_compress)
 
     e = sub.add_parser("eval", help="perplexity of a model (optionally after a recipe) on a text")
@@ -289,9 +330,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--draft-layers", type=_positive, help="speculative decoding drafting with the first N layers")
     g.add_argument("--prompt-lookup", action="store_true", help="speculative decoding with prompt lookup")
     g.add_argument("--k", type=_positive, default=4, help="draft tokens per speculative step")
-    g.add_argument("--compile", action="store_true",
-                   help="experimental: torch.compile each decoder layer (measured slower here: it recompiles "
-                        "per layer; see docs/results.md)")
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="experimental: torch.compile each decoder layer (measured slower here: it recompiles "
+        "per layer; see docs/results.md)",
+    )
     g.set_defaults(fn=cmd_generate)
 
     from efflm.catalog.commands import add_parser as add_papers
@@ -316,8 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if os.environ.get("EFFLM_DEBUG"):
             raise
-        print(f"efflm: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-              "(set EFFLM_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(
+            f"efflm: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+            "(set EFFLM_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

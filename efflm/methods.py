@@ -4,6 +4,7 @@ The CLI, the pipeline, the bench and the catalog look methods up here (``get``,
 ``methods``, ``config_from_dict``), never in the registry directly, so every method is
 known wherever one is named. Adding a paper: one line below (see docs/architecture.md).
 """
+
 import efflm.inference.h2o  # noqa: F401
 import efflm.inference.kv_int8  # noqa: F401
 import efflm.inference.speculative  # noqa: F401

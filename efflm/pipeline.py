@@ -4,6 +4,7 @@
 against the model's config, and the calibration windows against the calibration text — so a
 bad input fails before any work starts.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,8 +16,9 @@ from efflm.methods import check_for_model, get
 CALIB_SAMPLES, CALIB_LEN = 8, 512  # default calibration: 8 windows of 512 tokens
 
 
-def validate(model_spec: str, recipe: recipes.Recipe, calib_samples: int = CALIB_SAMPLES,
-             calib_len: int = CALIB_LEN) -> Any:
+def validate(
+    model_spec: str, recipe: recipes.Recipe, calib_samples: int = CALIB_SAMPLES, calib_len: int = CALIB_LEN
+) -> Any:
     """Check every step against the model's config and, if a step calibrates, that the
     calibration windows fit (no weights loaded); return the config after the recipe."""
     from efflm.models.load import model_config
@@ -35,8 +37,9 @@ def validate(model_spec: str, recipe: recipes.Recipe, calib_samples: int = CALIB
     return hf_config
 
 
-def load_and_apply(model_spec: str, recipe: recipes.Recipe, calib_samples: int = CALIB_SAMPLES,
-                   calib_len: int = CALIB_LEN) -> tuple[Any, Any]:
+def load_and_apply(
+    model_spec: str, recipe: recipes.Recipe, calib_samples: int = CALIB_SAMPLES, calib_len: int = CALIB_LEN
+) -> tuple[Any, Any]:
     """Validate, load, draw calibration windows if any step needs them, apply every step."""
     from efflm.data.text import calibration_windows
     from efflm.io.load import load

@@ -1,4 +1,5 @@
 """Every bad input: one line naming the problem, exit code 2, nothing written."""
+
 import json
 import os
 import signal
@@ -32,6 +33,7 @@ def recipe(tmp_path):
         p = tmp_path / f"r{abs(hash(text))}.yaml"
         p.write_text(text)
         return str(p)
+
     return make
 
 
@@ -40,10 +42,13 @@ def test_methods_lists_registry(capsys):
     assert code == 0 and "rtn" in out and "quantize" in out and "dense" in out
 
 
-@pytest.mark.parametrize("model,pattern", [
-    ("/no/such/model", "model not found"),
-    ("README.md", "not a model"),
-])
+@pytest.mark.parametrize(
+    "model,pattern",
+    [
+        ("/no/such/model", "model not found"),
+        ("README.md", "not a model"),
+    ],
+)
 def test_bad_model_spec(capsys, tmp_path, recipe, model, pattern):
     out = tmp_path / "out"
     code, _, err = run(capsys, "compress", "--model", model, "--recipe", recipe("- method: rtn\n"), "--out", str(out))
@@ -67,29 +72,35 @@ def test_truncated_gguf(capsys, tmp_path):
     assert_one_line_error(code, err, "truncated or damaged")
 
 
-@pytest.mark.parametrize("text,pattern", [
-    ("- method: rnt\n", "did you mean 'rtn'"),
-    ("- method: rtn\n  bits: 9\n", "bits must be in 2..8"),
-    ("- method: rtn\n  group_size: 48\n", "does not divide the input dimension"),
-    ("- method: rtn\n  group_size: -3\n", "group_size must be positive"),
-    ("- method: [rtn\n", "not valid YAML"),
-    ("- method: wanda\n  sparsity: 1.0\n", "sparsity must be in [0, 1)"),
-    ("- method: sparsegpt\n  pattern: '4:2'\n", "need 0 < N < M"),
-    ("- method: magnitude\n  pattern: '6:7'\n  sparsity: 0.14285714285714285\n", "M=7 does not divide"),
-    ("- method: svd\n  rank: 100\n", "exceeds min(in, out)"),
-    ("- method: llm_pruner\n  head_ratio: 0.9\n", "would remove all 4 heads"),
-    ("- method: llm_pruner\n  head_ratio: 0.25\n", "breaks GQA grouping"),
-    ("- method: llm_pruner\n  ratio: 0.25\n  multiple_of: 8\n- method: rtn\n  group_size: 64\n",
-     "does not divide the input dimension 96"),
-])
+@pytest.mark.parametrize(
+    "text,pattern",
+    [
+        ("- method: rnt\n", "did you mean 'rtn'"),
+        ("- method: rtn\n  bits: 9\n", "bits must be in 2..8"),
+        ("- method: rtn\n  group_size: 48\n", "does not divide the input dimension"),
+        ("- method: rtn\n  group_size: -3\n", "group_size must be positive"),
+        ("- method: [rtn\n", "not valid YAML"),
+        ("- method: wanda\n  sparsity: 1.0\n", "sparsity must be in [0, 1)"),
+        ("- method: sparsegpt\n  pattern: '4:2'\n", "need 0 < N < M"),
+        ("- method: magnitude\n  pattern: '6:7'\n  sparsity: 0.14285714285714285\n", "M=7 does not divide"),
+        ("- method: svd\n  rank: 100\n", "exceeds min(in, out)"),
+        ("- method: llm_pruner\n  head_ratio: 0.9\n", "would remove all 4 heads"),
+        ("- method: llm_pruner\n  head_ratio: 0.25\n", "breaks GQA grouping"),
+        (
+            "- method: llm_pruner\n  ratio: 0.25\n  multiple_of: 8\n- method: rtn\n  group_size: 64\n",
+            "does not divide the input dimension 96",
+        ),
+    ],
+)
 def test_invalid_recipes_rejected_before_work(capsys, tmp_path, recipe, text, pattern):
     out = tmp_path / "out"
     code, _, err = run(capsys, "compress", "--model", "tiny-llama", "--recipe", recipe(text), "--out", str(out))
     assert_one_line_error(code, err, pattern)
     assert not out.exists()
     db = tmp_path / "db.sqlite"
-    code, _, err = run(capsys, "bench", "--model", "tiny-llama", "--recipe", recipe(text), "--db", str(db),
-                       "--out-dir", str(tmp_path))
+    code, _, err = run(
+        capsys, "bench", "--model", "tiny-llama", "--recipe", recipe(text), "--db", str(db), "--out-dir", str(tmp_path)
+    )
     assert_one_line_error(code, err, pattern)
     assert not db.exists()
 
@@ -112,8 +123,9 @@ def test_empty_and_short_text(capsys, tmp_path):
 def test_eval_on_user_text(capsys, tmp_path):
     f = tmp_path / "t.txt"
     f.write_text("The quick brown fox jumps over the lazy dog. " * 40)
-    code, out, _ = run(capsys, "eval", "--model", "tiny-llama", "--text-file", str(f), "--seq-len", "128",
-                       "--windows", "2")
+    code, out, _ = run(
+        capsys, "eval", "--model", "tiny-llama", "--text-file", str(f), "--seq-len", "128", "--windows", "2"
+    )
     assert code == 0 and "over 254 tokens (2 windows of 128)" in out
 
 
@@ -130,8 +142,18 @@ def test_unusable_results_database(capsys, tmp_path, kind):
         holder = sqlite3.connect(path, isolation_level=None)
         holder.execute("BEGIN EXCLUSIVE")
     try:
-        code, _, err = run(capsys, "bench", "--model", "tiny-llama", "--methods", "dense", "--db", str(path),
-                           "--out-dir", str(tmp_path / "o"))
+        code, _, err = run(
+            capsys,
+            "bench",
+            "--model",
+            "tiny-llama",
+            "--methods",
+            "dense",
+            "--db",
+            str(path),
+            "--out-dir",
+            str(tmp_path / "o"),
+        )
     finally:
         if holder:
             holder.execute("ROLLBACK")
@@ -141,23 +163,35 @@ def test_unusable_results_database(capsys, tmp_path, kind):
 
 def test_compress_writes_a_loadable_directory(capsys, tmp_path, recipe):
     out = tmp_path / "q4"
-    code, _, _ = run(capsys, "compress", "--model", "tiny-llama", "--recipe", recipe("- method: rtn\n  group_size: 32\n"),
-                     "--out", str(out))
+    code, _, _ = run(
+        capsys,
+        "compress",
+        "--model",
+        "tiny-llama",
+        "--recipe",
+        recipe("- method: rtn\n  group_size: 32\n"),
+        "--out",
+        str(out),
+    )
     assert code == 0 and (out / "efflm.json").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     code, out_text, _ = run(capsys, "eval", "--model", str(out), "--seq-len", "64", "--windows", "1")
     assert code == 0 and "ppl" in out_text
-    code, _, err = run(capsys, "compress", "--model", "tiny-llama", "--recipe", recipe("- method: rtn\n"),
-                       "--out", str(out))
+    code, _, err = run(
+        capsys, "compress", "--model", "tiny-llama", "--recipe", recipe("- method: rtn\n"), "--out", str(out)
+    )
     assert_one_line_error(code, err, "output exists")
 
 
-@pytest.mark.parametrize("args,text,pattern", [
-    (["--calib-samples", "100000"], "- method: gptq\n  group_size: 32\n", "too few calibration tokens"),
-    (["--format", "gguf"], "- method: rtn\n  group_size: 32\n", "tokenizer metadata"),
-    (["--format", "gguf"], "- method: rtn\n  bits: 3\n  group_size: 32\n", "Q4_0/Q8_0"),
-    (["--format", "compressed-tensors"], "- method: rtn\n  symmetric: false\n  group_size: 32\n", "asymmetric"),
-])
+@pytest.mark.parametrize(
+    "args,text,pattern",
+    [
+        (["--calib-samples", "100000"], "- method: gptq\n  group_size: 32\n", "too few calibration tokens"),
+        (["--format", "gguf"], "- method: rtn\n  group_size: 32\n", "tokenizer metadata"),
+        (["--format", "gguf"], "- method: rtn\n  bits: 3\n  group_size: 32\n", "Q4_0/Q8_0"),
+        (["--format", "compressed-tensors"], "- method: rtn\n  symmetric: false\n  group_size: 32\n", "asymmetric"),
+    ],
+)
 def test_compress_bad_calibration_and_export_requests(capsys, tmp_path, recipe, args, text, pattern):
     out = tmp_path / ("x.gguf" if "gguf" in args else "x")
     code, _, err = run(capsys, "compress", "--model", "tiny-llama", "--recipe", recipe(text), "--out", str(out), *args)
@@ -168,8 +202,18 @@ def test_compress_bad_calibration_and_export_requests(capsys, tmp_path, recipe, 
 def test_compress_to_compressed_tensors(capsys, tmp_path, recipe):
     pytest.importorskip("compressed_tensors")
     out = tmp_path / "ct"
-    code, text, err = run(capsys, "compress", "--model", "tiny-llama", "--recipe", recipe("- method: rtn\n  group_size: 32\n"),
-                          "--out", str(out), "--format", "compressed-tensors")
+    code, text, err = run(
+        capsys,
+        "compress",
+        "--model",
+        "tiny-llama",
+        "--recipe",
+        recipe("- method: rtn\n  group_size: 32\n"),
+        "--out",
+        str(out),
+        "--format",
+        "compressed-tensors",
+    )
     assert code == 0, err
     config = json.loads((out / "config.json").read_text())
     assert config["quantization_config"]["quant_method"] == "compressed-tensors"
@@ -189,20 +233,42 @@ def _children(pid: int) -> list[int]:
 
 
 def _bench_cmd(tmp_path, *extra):
-    return [sys.executable, "-m", "efflm.cli", "bench", "--model", "tiny-llama", "--db", str(tmp_path / "db.sqlite"),
-            "--out-dir", str(tmp_path), "--seq-len", "64", "--windows", "1", "--reps", "1", "--new-tokens", "4", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "efflm.cli",
+        "bench",
+        "--model",
+        "tiny-llama",
+        "--db",
+        str(tmp_path / "db.sqlite"),
+        "--out-dir",
+        str(tmp_path),
+        "--seq-len",
+        "64",
+        "--windows",
+        "1",
+        "--reps",
+        "1",
+        "--new-tokens",
+        "4",
+        *extra,
+    ]
 
 
 def _start_bench(tmp_path, methods: str) -> tuple[subprocess.Popen, int]:
     """Start `efflm bench` and wait until its first worker subprocess exists."""
     env = {**os.environ, "EFFLM_PROGRESS": "0"}
-    proc = subprocess.Popen(_bench_cmd(tmp_path, "--methods", methods), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _bench_cmd(tmp_path, "--methods", methods), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 180
     while not _children(proc.pid) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     kids = _children(proc.pid)
-    assert len(kids) == 1, f"no worker started (bench exited {proc.poll()}): {proc.stderr.read() if proc.poll() is not None else ''}"
+    assert len(kids) == 1, (
+        f"no worker started (bench exited {proc.poll()}): {proc.stderr.read() if proc.poll() is not None else ''}"
+    )
     (worker,) = kids
     return proc, worker
 
@@ -212,8 +278,16 @@ def test_killed_worker_leaves_a_failed_row_and_no_partial_metrics(tmp_path):
     os.kill(worker, signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    rows = sqlite3.connect(tmp_path / "db.sqlite").execute("SELECT label, status, error, ppl, bytes FROM runs").fetchall()
-    assert rows[0] == ("rtn(bits=4,group_size=64,symmetric=True)", "failed", "worker killed by SIGKILL (out of memory?)", None, None)
+    rows = (
+        sqlite3.connect(tmp_path / "db.sqlite").execute("SELECT label, status, error, ppl, bytes FROM runs").fetchall()
+    )
+    assert rows[0] == (
+        "rtn(bits=4,group_size=64,symmetric=True)",
+        "failed",
+        "worker killed by SIGKILL (out of memory?)",
+        None,
+        None,
+    )
     assert rows[1][:2] == ("dense(dtype=float32)", "ok") and rows[1][3] > 0
     assert "failed: worker killed by SIGKILL" in out
 
@@ -227,21 +301,31 @@ def test_interrupted_bench_marks_the_running_row_failed(tmp_path):
     assert rows == [("failed", "interrupted", None)]
 
 
-@pytest.mark.parametrize("args,pattern", [
-    (["--top-p", "0"], "top-p must be in (0, 1]"),
-    (["--top-p", "1.5"], "top-p must be in (0, 1]"),
-    (["--max-new-tokens", "0"], "argument --max-new-tokens: expected a positive integer, got 0"),
-    (["--max-new-tokens", "-2"], "argument --max-new-tokens: expected a positive integer, got -2"),
-    (["--max-len", "4"], "longer than the KV cache"),
-])
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        (["--top-p", "0"], "top-p must be in (0, 1]"),
+        (["--top-p", "1.5"], "top-p must be in (0, 1]"),
+        (["--max-new-tokens", "0"], "argument --max-new-tokens: expected a positive integer, got 0"),
+        (["--max-new-tokens", "-2"], "argument --max-new-tokens: expected a positive integer, got -2"),
+        (["--max-len", "4"], "longer than the KV cache"),
+    ],
+)
 def test_generate_bad_input(capsys, args, pattern):
     code, _, err = run(capsys, "generate", "--model", "tiny-llama", *args, "a prompt of some length")
     assert_one_line_error(code, err, pattern)
 
 
 def test_generate_bad_kv_budget_and_draft(capsys, tmp_path, recipe):
-    code, _, err = run(capsys, "generate", "--model", "tiny-llama", "--recipe",
-                       recipe("- method: streaming_llm\n  budget: 4\n  sinks: 4\n"), "hi")
+    code, _, err = run(
+        capsys,
+        "generate",
+        "--model",
+        "tiny-llama",
+        "--recipe",
+        recipe("- method: streaming_llm\n  budget: 4\n  sinks: 4\n"),
+        "hi",
+    )
     assert_one_line_error(code, err, "smaller than sinks + 1")
     from transformers import LlamaForCausalLM
 
@@ -255,8 +339,9 @@ def test_generate_bad_kv_budget_and_draft(capsys, tmp_path, recipe):
 
 
 def test_generate_streams_text_and_reports_speed(capsys):
-    code, out, err = run(capsys, "generate", "--model", "tiny-llama", "--max-new-tokens", "8", "--prompt-lookup",
-                         "abcabc")
+    code, out, err = run(
+        capsys, "generate", "--model", "tiny-llama", "--max-new-tokens", "8", "--prompt-lookup", "abcabc"
+    )
     assert code == 0 and "tok/s" in err and "bandwidth ceiling" in err and "accepted" in err
     code, out, err = run(capsys, "generate", "--model", "tiny-llama", "--max-new-tokens", "5", "--chat", "a", "bb")
     assert code == 0 and out.startswith("[0] ") and "\n[1] " in out

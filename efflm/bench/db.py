@@ -5,6 +5,7 @@ row records the commit it was measured at and the ``MEASUREMENT`` version of the
 when the way a metric is measured changes, the version goes up, and the leaderboard shows
 only rows of the current version (older rows stay in the database, listed as stale).
 """
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,27 @@ DEFAULT_DB = Path("results") / "efflm.sqlite"
 # 1: speed timed on transformers' generate (before the decode path); 2: speed on efflm's decode
 # path, speculative rows clocked like plain rows, SmoothQuant's alpha chosen on a development split.
 MEASUREMENT = 2
-METRICS = ("ppl", "eval_tokens", "seq_len", "bytes", "disk_bytes", "bytes_per_token", "tok_s", "tok_s_min",
-           "tok_s_max", "ttft_ms", "ttft_ms_min", "ttft_ms_max", "ceiling_tok_s", "bandwidth_gbs",
-           "peak_rss_mb", "wall_s", "sparse_bytes", "hf_tok_s", "kv_bytes")
+METRICS = (
+    "ppl",
+    "eval_tokens",
+    "seq_len",
+    "bytes",
+    "disk_bytes",
+    "bytes_per_token",
+    "tok_s",
+    "tok_s_min",
+    "tok_s_max",
+    "ttft_ms",
+    "ttft_ms_min",
+    "ttft_ms_max",
+    "ceiling_tok_s",
+    "bandwidth_gbs",
+    "peak_rss_mb",
+    "wall_s",
+    "sparse_bytes",
+    "hf_tok_s",
+    "kv_bytes",
+)
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -87,16 +106,37 @@ def open_readonly(path: str | Path = DEFAULT_DB) -> sqlite3.Connection:
     return conn
 
 
-def insert(conn: sqlite3.Connection, *, status: str, model: str, label: str, recipe: str,
-           families: str = "", model_hash: str | None = None, error: str | None = None,
-           metrics: dict[str, Any] | None = None, env: dict | None = None, extra: dict | None = None) -> int:
+def insert(
+    conn: sqlite3.Connection,
+    *,
+    status: str,
+    model: str,
+    label: str,
+    recipe: str,
+    families: str = "",
+    model_hash: str | None = None,
+    error: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    env: dict | None = None,
+    extra: dict | None = None,
+) -> int:
     """Write one row in a single transaction. Failed rows carry no metrics."""
     metrics = {} if status == "failed" else (metrics or {})
-    row = {"created_at": datetime.now(UTC).isoformat(timespec="seconds"), "status": status,
-           "error": error, "model": model, "model_hash": model_hash, "label": label,
-           "commit_id": (env or {}).get("commit"), "measurement": MEASUREMENT, "recipe": recipe,
-           "families": families, **{m: metrics.get(m) for m in METRICS},
-           "env": json.dumps(env or {}), "extra": json.dumps(extra or {})}
+    row = {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "status": status,
+        "error": error,
+        "model": model,
+        "model_hash": model_hash,
+        "label": label,
+        "commit_id": (env or {}).get("commit"),
+        "measurement": MEASUREMENT,
+        "recipe": recipe,
+        "families": families,
+        **{m: metrics.get(m) for m in METRICS},
+        "env": json.dumps(env or {}),
+        "extra": json.dumps(extra or {}),
+    }
     cols = ", ".join(row)
     marks = ", ".join("?" for _ in row)
     try:

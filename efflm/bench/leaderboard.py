@@ -1,4 +1,5 @@
 """``efflm leaderboard``: the latest row per recipe, as a table, Markdown and a Pareto plot."""
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,9 @@ from efflm.models.load import DEFAULT_MODEL
 
 FOOTNOTES = {
     DEFAULT_MODEL: "SmolLM2-135M-Instruct's float weights are a dequantized Q4_1 GGUF: every decoder "
-                   "Linear lies exactly on an asymmetric 4-bit grid with groups of 32, so asymmetric "
-                   "4-bit g32 re-quantization is lossless on it and proves nothing. Rows here use other "
-                   "group sizes and symmetric grids.",
+    "Linear lies exactly on an asymmetric 4-bit grid with groups of 32, so asymmetric "
+    "4-bit g32 re-quantization is lossless on it and proves nothing. Rows here use other "
+    "group sizes and symmetric grids.",
 }
 
 
@@ -38,53 +39,88 @@ def _fmt(v, spec: str) -> str:
 
 def table(rows: list) -> tuple[list[str], list[list[str]]]:
     ref = dense_row(rows)
-    head = ["method", "family", "ppl", "Δppl vs dense", "MB", "× dense", "as-sparse MB", "disk MB", "tok/s (min–max)",
-            "% ceiling", "HF tok/s", "KV KB", "TTFT ms", "peak RSS MB", "status"]
+    head = [
+        "method",
+        "family",
+        "ppl",
+        "Δppl vs dense",
+        "MB",
+        "× dense",
+        "as-sparse MB",
+        "disk MB",
+        "tok/s (min–max)",
+        "% ceiling",
+        "HF tok/s",
+        "KV KB",
+        "TTFT ms",
+        "peak RSS MB",
+        "status",
+    ]
     body = []
     ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: (r["bytes"], r["ppl"]))
     for r in ok + [r for r in rows if r["status"] != "ok"]:
         good = r["status"] == "ok"
         d_ppl = (r["ppl"] / ref["ppl"] - 1) * 100 if good and ref else None
         ratio = r["bytes"] / ref["bytes"] if good and ref else None
-        body.append([
-            r["label"], r["families"] or "", _fmt(r["ppl"], ".2f"),
-            "–" if d_ppl is None else f"{d_ppl:+.1f}%",
-            _fmt(r["bytes"] and r["bytes"] / 1e6, ".1f"), _fmt(ratio, ".3f"),
-            _fmt(r["sparse_bytes"] and r["sparse_bytes"] / 1e6, ".1f"),
-            _fmt(r["disk_bytes"] and r["disk_bytes"] / 1e6, ".1f"),
-            f"{r['tok_s']:.1f} ({r['tok_s_min']:.1f}–{r['tok_s_max']:.1f})" if good else "–",
-            _fmt(r["tok_s"] / r["ceiling_tok_s"] * 100 if good else None, ".0f"),
-            _fmt(r["hf_tok_s"], ".1f"), _fmt(r["kv_bytes"] and r["kv_bytes"] / 1e3, ".0f"),
-            _fmt(r["ttft_ms"], ".0f"), _fmt(r["peak_rss_mb"], ".0f"),
-            "ok" if good else f"failed: {r['error']}",
-        ])
+        body.append(
+            [
+                r["label"],
+                r["families"] or "",
+                _fmt(r["ppl"], ".2f"),
+                "–" if d_ppl is None else f"{d_ppl:+.1f}%",
+                _fmt(r["bytes"] and r["bytes"] / 1e6, ".1f"),
+                _fmt(ratio, ".3f"),
+                _fmt(r["sparse_bytes"] and r["sparse_bytes"] / 1e6, ".1f"),
+                _fmt(r["disk_bytes"] and r["disk_bytes"] / 1e6, ".1f"),
+                f"{r['tok_s']:.1f} ({r['tok_s_min']:.1f}–{r['tok_s_max']:.1f})" if good else "–",
+                _fmt(r["tok_s"] / r["ceiling_tok_s"] * 100 if good else None, ".0f"),
+                _fmt(r["hf_tok_s"], ".1f"),
+                _fmt(r["kv_bytes"] and r["kv_bytes"] / 1e3, ".0f"),
+                _fmt(r["ttft_ms"], ".0f"),
+                _fmt(r["peak_rss_mb"], ".0f"),
+                "ok" if good else f"failed: {r['error']}",
+            ]
+        )
     return head, body
 
 
 def markdown(model: str, rows: list, stale: list | None = None) -> str:
     head, body = table(rows)
-    lines = [f"# efflm leaderboard — {model}", "",
-             "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines = [
+        f"# efflm leaderboard — {model}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in body]
     ok = [r for r in rows if r["status"] == "ok"]
     if ok:
         r = ok[-1]
         env = json.loads(r["env"] or "{}")
-        lines += ["", f"Perplexity: {int(r['eval_tokens'])} evaluation tokens ({int(r['eval_tokens'] / (r['seq_len'] - 1))} "
-                  f"windows of {int(r['seq_len'])}), Shakespeare evaluation split. Speed: batch 1, greedy, "
-                  f"median of repetitions, on efflm's static-KV-cache decode path (HF tok/s: transformers "
-                  f"`generate`, the reference); KV KB: the cache for prompt + new tokens; ceiling = {r['bandwidth_gbs']:.1f} GB/s read bandwidth / bytes per token.",
-                  f"Environment: {env.get('cpu', '?')}, {env.get('threads', '?')} threads, torch "
-                  f"{env.get('torch', '?')}, transformers {env.get('transformers', '?')}, "
-                  f"model hash {r['model_hash']}; measurement version {results.MEASUREMENT}, rows measured at "
-                  f"efflm commit{'s' if len(commits(ok)) > 1 else ''} {', '.join(commits(ok))}."]
+        lines += [
+            "",
+            f"Perplexity: {int(r['eval_tokens'])} evaluation tokens ({int(r['eval_tokens'] / (r['seq_len'] - 1))} "
+            f"windows of {int(r['seq_len'])}), Shakespeare evaluation split. Speed: batch 1, greedy, "
+            f"median of repetitions, on efflm's static-KV-cache decode path (HF tok/s: transformers "
+            f"`generate`, the reference); KV KB: the cache for prompt + new tokens; ceiling = {r['bandwidth_gbs']:.1f} GB/s read bandwidth / bytes per token.",
+            f"Environment: {env.get('cpu', '?')}, {env.get('threads', '?')} threads, torch "
+            f"{env.get('torch', '?')}, transformers {env.get('transformers', '?')}, "
+            f"model hash {r['model_hash']}; measurement version {results.MEASUREMENT}, rows measured at "
+            f"efflm commit{'s' if len(commits(ok)) > 1 else ''} {', '.join(commits(ok))}.",
+        ]
     if stale:
         labels = sorted({r["label"] for r in stale})
-        lines += ["", f"Stale: {len(stale)} older row(s) of {len(labels)} recipe(s), measured with an older "
-                  f"harness (measurement version < {results.MEASUREMENT}), stay in the database and are not shown."]
+        lines += [
+            "",
+            f"Stale: {len(stale)} older row(s) of {len(labels)} recipe(s), measured with an older "
+            f"harness (measurement version < {results.MEASUREMENT}), stay in the database and are not shown.",
+        ]
     if any(r["sparse_bytes"] for r in ok):
-        lines += ["", "as-sparse MB: an estimate for pruned rows, had their zeros been stored as nonzero values plus "
-                  "a 1-bit mask. Their measured MB and tok/s hold the zeros densely: no sparse speedup is claimed."]
+        lines += [
+            "",
+            "as-sparse MB: an estimate for pruned rows, had their zeros been stored as nonzero values plus "
+            "a 1-bit mask. Their measured MB and tok/s hold the zeros densely: no sparse speedup is claimed.",
+        ]
     if model in FOOTNOTES:
         lines += ["", f"Note: {FOOTNOTES[model]}"]
     return "\n".join(lines) + "\n"
@@ -101,20 +137,48 @@ def pareto_front(points: list[tuple[float, float]], higher_x_better: bool) -> li
     for i, (x, y) in enumerate(points):
         dominated = any(
             (x2 >= x if higher_x_better else x2 <= x) and y2 <= y and (x2, y2) != (x, y)
-            for j, (x2, y2) in enumerate(points) if j != i)
+            for j, (x2, y2) in enumerate(points)
+            if j != i
+        )
         if not dominated:
             front.append(i)
     return front
 
 
-_ABBREV = (("bits=", "w"), ("group_size=-1", "per-channel"), ("group_size=", "g"), ("symmetric=True", "sym"),
-           ("symmetric=False", "asym"), ("act_order=True", "act-order"), (",act_order=False", ""),
-           (",dampening=0.01", ""), (",block_size=128", ""), (",n_grid=20", ""), (",duo_scaling=False", ""),
-           ("duo_scaling=True", "duo"), (",clip=True", ""), ("clip=False", "no-clip"), ("alpha=", "α"),
-           ("w8a8()", "w8a8 naive"), ("dtype=", ""), ("sparsity=0.5,pattern=unstructured", "50%"),
-           ("sparsity=0.5,pattern=", ""), ("sparsity=", "s"), (",pattern=unstructured", ""), (",head_ratio=0.0", ""),
-           ("head_ratio=", "heads "), (",importance=taylor", ""), (",multiple_of=32", ""), (",grad_len=128", ""), (",rank=0", ""),
-           (",density=0.02", ""), ("ratio=", "r"), (",", " "), ("(", " "), (")", ""))
+_ABBREV = (
+    ("bits=", "w"),
+    ("group_size=-1", "per-channel"),
+    ("group_size=", "g"),
+    ("symmetric=True", "sym"),
+    ("symmetric=False", "asym"),
+    ("act_order=True", "act-order"),
+    (",act_order=False", ""),
+    (",dampening=0.01", ""),
+    (",block_size=128", ""),
+    (",n_grid=20", ""),
+    (",duo_scaling=False", ""),
+    ("duo_scaling=True", "duo"),
+    (",clip=True", ""),
+    ("clip=False", "no-clip"),
+    ("alpha=", "α"),
+    ("w8a8()", "w8a8 naive"),
+    ("dtype=", ""),
+    ("sparsity=0.5,pattern=unstructured", "50%"),
+    ("sparsity=0.5,pattern=", ""),
+    ("sparsity=", "s"),
+    (",pattern=unstructured", ""),
+    (",head_ratio=0.0", ""),
+    ("head_ratio=", "heads "),
+    (",importance=taylor", ""),
+    (",multiple_of=32", ""),
+    (",grad_len=128", ""),
+    (",rank=0", ""),
+    (",density=0.02", ""),
+    ("ratio=", "r"),
+    (",", " "),
+    ("(", " "),
+    (")", ""),
+)
 
 
 def short_label(label: str) -> str:
@@ -137,15 +201,17 @@ def plot(model: str, rows: list, path: Path) -> Path:
     off = sorted((r for r in ok if r["ppl"] > cap), key=lambda r: r["ppl"])
     ok = [r for r in ok if r["ppl"] <= cap]
     fig, axes = plt.subplots(1, 2, figsize=(14, 6))
-    for ax, key, xlabel, higher in ((axes[0], "bytes", "model bytes (MB, log)", False),
-                                    (axes[1], "tok_s", "decode tok/s (batch 1)", True)):
+    for ax, key, xlabel, higher in (
+        (axes[0], "bytes", "model bytes (MB, log)", False),
+        (axes[1], "tok_s", "decode tok/s (batch 1)", True),
+    ):
         pts = [((r[key] / 1e6 if key == "bytes" else r[key]), r["ppl"]) for r in ok]
         front = set(pareto_front(pts, higher))
         for i, ((x, y), r) in enumerate(zip(pts, ok)):
-            ax.scatter([x], [y], s=60 if i in front else 30, color="tab:red" if i in front else "tab:blue",
-                       zorder=3)
-            ax.annotate(short_label(r["label"]), (x, y), fontsize=8, xytext=(5, 4 + 10 * (i % 3)),
-                        textcoords="offset points")
+            ax.scatter([x], [y], s=60 if i in front else 30, color="tab:red" if i in front else "tab:blue", zorder=3)
+            ax.annotate(
+                short_label(r["label"]), (x, y), fontsize=8, xytext=(5, 4 + 10 * (i % 3)), textcoords="offset points"
+            )
         fx = sorted((pts[i] for i in front), key=lambda p: p[0])
         ax.plot([p[0] for p in fx], [p[1] for p in fx], "--", color="tab:red", alpha=0.6, label="Pareto front")
         if key == "bytes":
@@ -174,8 +240,7 @@ def write(db_path: Path, model: str, out_dir: Path) -> tuple[str, Path, Path]:
     cur, stale = results.current(results.rows(conn, model))
     rows = latest(cur)
     if not rows:
-        raise EfflmError(f"no current results for model {model!r} in {db_path} "
-                         f"(run `efflm bench --model {model}`)")
+        raise EfflmError(f"no current results for model {model!r} in {db_path} (run `efflm bench --model {model}`)")
     md = markdown(model, rows, stale)
     md_path = atomic_write_text(out_dir / "leaderboard.md", md)
     return md, md_path, plot(model, rows, out_dir / "pareto.png")

@@ -1,4 +1,5 @@
 """``efflm bench``: every recipe in its own subprocess, one result row each."""
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,9 @@ def validate(opts: BenchOptions) -> None:
         need = max(seq_len, w.get("prompt_len", 0))
         have = text.eval_tokens(load_tokenizer(opts.model), max(seq_len * windows, need)).numel()
         if have < need:
-            raise EfflmError(f"the evaluation text has {have} tokens, fewer than the {need} that --seq-len / "
-                             "--prompt-len need")
+            raise EfflmError(
+                f"the evaluation text has {have} tokens, fewer than the {need} that --seq-len / --prompt-len need"
+            )
 
 
 def _describe_exit(code: int) -> str:
@@ -65,8 +67,17 @@ def run_one(opts: BenchOptions, recipe: recipes.Recipe, conn, env: dict) -> dict
     with tempfile.TemporaryDirectory(prefix="efflm-bench-") as tmp:
         rfile, out = Path(tmp) / "recipe.yaml", Path(tmp) / "result.json"
         rfile.write_text(recipe_yaml)
-        cmd = [sys.executable, "-m", "efflm.bench.worker", "--model", opts.model,
-               "--recipe-file", str(rfile), "--out", str(out)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "efflm.bench.worker",
+            "--model",
+            opts.model,
+            "--recipe-file",
+            str(rfile),
+            "--out",
+            str(out),
+        ]
         for k, v in opts.worker_args.items():
             cmd += [f"--{k.replace('_', '-')}", str(v)]
         proc = subprocess.Popen(cmd)
@@ -75,17 +86,43 @@ def run_one(opts: BenchOptions, recipe: recipes.Recipe, conn, env: dict) -> dict
         except BaseException:  # Ctrl-C / SIGTERM: stop the worker, record the row as failed
             proc.kill()
             proc.wait()
-            results.insert(conn, status="failed", model=opts.model, label=label, recipe=recipe_yaml,
-                           families=families, error="interrupted", env=env)
+            results.insert(
+                conn,
+                status="failed",
+                model=opts.model,
+                label=label,
+                recipe=recipe_yaml,
+                families=families,
+                error="interrupted",
+                env=env,
+            )
             raise
         data = json.loads(out.read_text()) if out.is_file() else {"status": "failed", "error": _describe_exit(code)}
     if data["status"] != "ok":
-        results.insert(conn, status="failed", model=opts.model, label=label, recipe=recipe_yaml,
-                       families=families, error=data["error"], env=env)
+        results.insert(
+            conn,
+            status="failed",
+            model=opts.model,
+            label=label,
+            recipe=recipe_yaml,
+            families=families,
+            error=data["error"],
+            env=env,
+        )
         return data
     extra = {k: v for k, v in data.items() if k not in results.METRICS and k not in ("status", "model_hash")}
-    results.insert(conn, status="ok", model=opts.model, label=label, recipe=recipe_yaml, families=families,
-                   model_hash=data.get("model_hash"), metrics=data, env=env, extra=extra)
+    results.insert(
+        conn,
+        status="ok",
+        model=opts.model,
+        label=label,
+        recipe=recipe_yaml,
+        families=families,
+        model_hash=data.get("model_hash"),
+        metrics=data,
+        env=env,
+        extra=extra,
+    )
     return data
 
 

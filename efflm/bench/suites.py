@@ -3,6 +3,7 @@
 The default model's weights are a dequantized Q4_1 file (asymmetric 4-bit, groups of 32),
 so its suites avoid that exact grid: asymmetric g32 4-bit re-quantization is lossless on it.
 """
+
 from __future__ import annotations
 
 from efflm.core.recipe import Recipe
@@ -21,14 +22,14 @@ def default_suite() -> list[Recipe]:
     return [
         _r({"method": "dense", "dtype": "float32"}),
         _r(bf16),
-        _r({"method": "rtn", "bits": 8, "group_size": -1}, bf16),   # int8 kernel
-        _r({"method": "rtn", "bits": 4, "group_size": 64}, bf16),   # int4 kernel
+        _r({"method": "rtn", "bits": 8, "group_size": -1}, bf16),  # int8 kernel
+        _r({"method": "rtn", "bits": 4, "group_size": 64}, bf16),  # int4 kernel
         _r({"method": "rtn", "bits": 3, "group_size": 64}, bf16),
         _r({"method": "gptq", "bits": 3, "group_size": 64}, bf16),
         _r({"method": "smoothquant", "alpha": 0.7}),
-        _r({"method": "wanda", "sparsity": 0.5}),       # prune: unstructured
-        _r({"method": "llm_pruner", "ratio": 0.34}),    # prune: structured, ~20% of all parameters
-        _r({"method": "fwsvd", "ratio": 0.2}),          # low-rank
+        _r({"method": "wanda", "sparsity": 0.5}),  # prune: unstructured
+        _r({"method": "llm_pruner", "ratio": 0.34}),  # prune: structured, ~20% of all parameters
+        _r({"method": "fwsvd", "ratio": 0.2}),  # low-rank
     ]
 
 
@@ -37,10 +38,13 @@ def prune_suite() -> list[Recipe]:
     the joint 50% + 4-bit recipes, structured pruning at ~20% and ~35% of parameters, and
     SVD / FWSVD / LoSparse at 10/20/30% of the decoder Linears' parameters."""
     rows = [_r({"method": "dense", "dtype": "float32"})]
-    rows += [_r({"method": m, "pattern": p}) for m in ("magnitude", "wanda", "sparsegpt")
-             for p in ("unstructured", "2:4")]
-    rows += [_r({"method": "sparsegpt"}, {"method": "gptq", "bits": 4, "group_size": 64}),
-             _r({"method": "wanda"}, {"method": "rtn", "bits": 4, "group_size": 64})]
+    rows += [
+        _r({"method": m, "pattern": p}) for m in ("magnitude", "wanda", "sparsegpt") for p in ("unstructured", "2:4")
+    ]
+    rows += [
+        _r({"method": "sparsegpt"}, {"method": "gptq", "bits": 4, "group_size": 64}),
+        _r({"method": "wanda"}, {"method": "rtn", "bits": 4, "group_size": 64}),
+    ]
     rows += [_r({"method": "llm_pruner", "ratio": r}) for r in (0.34, 0.59)]
     rows += [_r({"method": "llm_pruner", "ratio": 0.25, "head_ratio": 0.333})]
     rows += [_r({"method": m, "ratio": r}) for m in ("svd", "fwsvd", "losparse") for r in (0.1, 0.2, 0.3)]
@@ -53,24 +57,39 @@ def inference_suite() -> list[Recipe]:
     windows (scored token by token through the cache) against a sliding window without sinks,
     and speculative decoding by prompt lookup and by the model's own first 8 layers."""
     bf16 = {"method": "dense", "dtype": "bfloat16"}
-    rows = [_r(bf16), _r({"method": "rtn", "bits": 4, "group_size": 32}, {"method": "int8_embeddings"}, bf16),
-            _r(bf16, {"method": "kv_int8"})]
+    rows = [
+        _r(bf16),
+        _r({"method": "rtn", "bits": 4, "group_size": 32}, {"method": "int8_embeddings"}, bf16),
+        _r(bf16, {"method": "kv_int8"}),
+    ]
     for frac, budget in ((0.5, 256), (0.2, 103)):
-        rows += [_r(bf16, {"method": "h2o", "budget": frac}),
-                 _r(bf16, {"method": "streaming_llm", "budget": budget, "sinks": 4}),
-                 _r(bf16, {"method": "streaming_llm", "budget": budget, "sinks": 0})]
-    rows += [_r(bf16, {"method": "speculative", "draft": "prompt_lookup"}),
-             _r(bf16, {"method": "speculative", "draft": "layers", "draft_layers": 8})]
+        rows += [
+            _r(bf16, {"method": "h2o", "budget": frac}),
+            _r(bf16, {"method": "streaming_llm", "budget": budget, "sinks": 4}),
+            _r(bf16, {"method": "streaming_llm", "budget": budget, "sinks": 0}),
+        ]
+    rows += [
+        _r(bf16, {"method": "speculative", "draft": "prompt_lookup"}),
+        _r(bf16, {"method": "speculative", "draft": "layers", "draft_layers": 8}),
+    ]
     return rows
 
 
 def full_suite() -> list[Recipe]:
     """The default, prune and inference suites, the paper-shape rows, and every registered method at its
     default config (each recipe once)."""
-    moved = [_r({"method": "awq", "bits": 3, "group_size": 64, "n_grid": 10}, {"method": "dense", "dtype": "bfloat16"}),
-             _r({"method": "w8a8"})]  # were in the default suite
-    suite = default_suite() + moved + prune_suite() + inference_suite() + [_r({"method": "rtn", "bits": b, "group_size": 64}) for b in (8, 4, 3)] + [
-        _r({"method": m, "bits": b, "group_size": 64}) for m in ("gptq", "awq") for b in (4, 3)]
+    moved = [
+        _r({"method": "awq", "bits": 3, "group_size": 64, "n_grid": 10}, {"method": "dense", "dtype": "bfloat16"}),
+        _r({"method": "w8a8"}),
+    ]  # were in the default suite
+    suite = (
+        default_suite()
+        + moved
+        + prune_suite()
+        + inference_suite()
+        + [_r({"method": "rtn", "bits": b, "group_size": 64}) for b in (8, 4, 3)]
+        + [_r({"method": m, "bits": b, "group_size": 64}) for m in ("gptq", "awq") for b in (4, 3)]
+    )
     suite += [[m.config_cls()] for m in methods()]
     seen, out = set(), []
     for r in suite:

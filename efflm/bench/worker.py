@@ -3,6 +3,7 @@
 Run by the benchmark runner (``python -m efflm.bench.worker ARGS``), so that a crash or
 out-of-memory in one method fails only its row and peak RSS is this method's own.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,18 @@ from efflm.eval import metrics
 from efflm.pipeline import load_and_apply
 
 
-def run(model_spec: str, recipe: recipes.Recipe, *, seq_len: int, windows: int, prompt_len: int,
-        new_tokens: int, reps: int, calib_samples: int, calib_len: int) -> dict:
+def run(
+    model_spec: str,
+    recipe: recipes.Recipe,
+    *,
+    seq_len: int,
+    windows: int,
+    prompt_len: int,
+    new_tokens: int,
+    reps: int,
+    calib_samples: int,
+    calib_len: int,
+) -> dict:
     from efflm.data import text
     from efflm.io.save import dir_bytes, save
     from efflm.models import load as loader
@@ -57,9 +68,20 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     try:
         recipe = recipes.load(a.recipe_file)
-        out = {"status": "ok", **run(a.model, recipe, seq_len=a.seq_len, windows=a.windows,
-                                     prompt_len=a.prompt_len, new_tokens=a.new_tokens, reps=a.reps,
-                                     calib_samples=a.calib_samples, calib_len=a.calib_len)}
+        out = {
+            "status": "ok",
+            **run(
+                a.model,
+                recipe,
+                seq_len=a.seq_len,
+                windows=a.windows,
+                prompt_len=a.prompt_len,
+                new_tokens=a.new_tokens,
+                reps=a.reps,
+                calib_samples=a.calib_samples,
+                calib_len=a.calib_len,
+            ),
+        }
     except EfflmError as e:
         out = {"status": "failed", "error": str(e)}
     except Exception as e:  # a crash in one method fails its row only

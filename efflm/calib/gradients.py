@@ -3,6 +3,7 @@
 
 Only the decoder Linears' weights take gradients; one backward per calibration sample.
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,9 @@ def check_grad_len(cfg) -> None:
         raise ConfigError(f"{cfg.method}: grad_len must be at least 2 tokens, got {cfg.grad_len}")
 
 
-def linear_gradients(model: nn.Module, calib: torch.Tensor, squares: bool, max_len: int = 0,
-                     desc: str = "gradients") -> dict[str, torch.Tensor]:
+def linear_gradients(
+    model: nn.Module, calib: torch.Tensor, squares: bool, max_len: int = 0, desc: str = "gradients"
+) -> dict[str, torch.Tensor]:
     """Per decoder-Linear path: Σ over samples of ∂L/∂W (``squares=False``), or of (∂L/∂W)²
     (``squares=True``: the empirical Fisher information's diagonal, up to a constant).
     ``max_len`` > 0 uses only the first ``max_len`` tokens of each calibration window."""
@@ -29,8 +31,10 @@ def linear_gradients(model: nn.Module, calib: torch.Tensor, squares: bool, max_l
     linears = dict(decoder_linears(model))
     for lin in linears.values():
         if not isinstance(lin, nn.Linear):
-            raise EfflmError(f"gradients need plain Linear layers; found {type(lin).__name__} "
-                             "(apply this method before quantization)")
+            raise EfflmError(
+                f"gradients need plain Linear layers; found {type(lin).__name__} "
+                "(apply this method before quantization)"
+            )
     saved = {name: p.requires_grad for name, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)

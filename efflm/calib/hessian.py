@@ -6,6 +6,7 @@ H[i, i] = 0), and the upper Cholesky factor of the dampened inverse, with dampin
 when the factorization fails. AWQ and SmoothQuant read the same observer's per-channel
 activation statistics.
 """
+
 from __future__ import annotations
 
 import torch
@@ -47,7 +48,7 @@ def inverse_cholesky(H: torch.Tensor, damp: float, retries: int = 3) -> tuple[to
     """Upper Cholesky factor of (H + λI)⁻¹, λ = damp · mean(diag H), raising λ ×10 on failure."""
     mean_diag = torch.diag(H).mean()
     for attempt in range(retries + 1):
-        lam = damp * 10 ** attempt
+        lam = damp * 10**attempt
         Hd = H + lam * mean_diag * torch.eye(H.shape[0])
         L, info = torch.linalg.cholesky_ex(Hd)
         if info == 0:

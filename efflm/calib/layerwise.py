@@ -8,6 +8,7 @@
 Memory stays at one layer's activations for the calibration batch, not the model's.
 Architecture names come from ``efflm.models.arch`` only.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -59,9 +60,14 @@ def check_finite(name: str, x: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def run(model: nn.Module, calib: torch.Tensor, observe: Callable[[str, nn.Linear], Observer],
-        solve: Callable[[int, nn.Module, dict[str, Observer]], None], batch_size: int = 4,
-        desc: str = "calibrate") -> nn.Module:
+def run(
+    model: nn.Module,
+    calib: torch.Tensor,
+    observe: Callable[[str, nn.Linear], Observer],
+    solve: Callable[[int, nn.Module, dict[str, Observer]], None],
+    batch_size: int = 4,
+    desc: str = "calibrate",
+) -> nn.Module:
     """Calibrate ``model`` layer by layer; ``solve(i, layer, observers)`` compresses layer ``i``.
 
     ``observers`` maps each Linear's path to its observer; Linears reading the same input

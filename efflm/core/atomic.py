@@ -4,6 +4,7 @@ Temporaries are unique siblings of the target (``tempfile``), removed on any fai
 target that exists and is not a regular file (a directory, a device such as /dev/null, a
 FIFO) is refused rather than replaced; and nothing that efflm did not create is deleted.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Where efflm keeps what it builds or converts (models, token caches, compiled kernels)."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Progress bars for long work (shown on a terminal, silent in logs and tests)."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """A recipe is a list of method configs, stored as YAML (``- method: rtn\\n  bits: 4``)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -7,6 +7,7 @@ optional model-dependent validation that runs before any work starts.
 Method files register themselves when imported; ``efflm.methods`` is the one index that
 imports them all (the CLI, pipeline, bench and catalog go through it).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,9 +55,17 @@ class Method:
 _REGISTRY: dict[str, Method] = {}
 
 
-def register(config_cls: type[MethodConfig], *, family: str, title: str, arxiv: str | None,
-             needs_calibration: bool, paper: str, check: Callable | None = None,
-             out_config: Callable | None = None) -> Callable:
+def register(
+    config_cls: type[MethodConfig],
+    *,
+    family: str,
+    title: str,
+    arxiv: str | None,
+    needs_calibration: bool,
+    paper: str,
+    check: Callable | None = None,
+    out_config: Callable | None = None,
+) -> Callable:
     """Decorator for an ``apply`` function: ``@register(RTNConfig, family=...)``."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}")
@@ -65,8 +74,9 @@ def register(config_cls: type[MethodConfig], *, family: str, title: str, arxiv: 
         name = config_cls.method
         if not name or name in _REGISTRY:
             raise ValueError(f"method name {name!r} empty or registered twice")
-        _REGISTRY[name] = Method(name, family, arxiv, title, needs_calibration, config_cls,
-                                 apply_fn, check, paper, out_config)
+        _REGISTRY[name] = Method(
+            name, family, arxiv, title, needs_calibration, config_cls, apply_fn, check, paper, out_config
+        )
         return apply_fn
 
     return wrap

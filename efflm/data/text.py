@@ -11,6 +11,7 @@ can reach both splits. Splits are fixed and disjoint:
 * development: those last ``DEV_TOKENS`` calibration tokens, never drawn as calibration
   windows — where a method's hyper-parameters are tuned (never on the evaluation split).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -126,7 +127,7 @@ def calibration_windows(tokenizer, n_samples: int, seq_len: int, seed: int = 0) 
     ids = _split_tokens(tokenizer, "calib")[:-DEV_TOKENS]
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, ids.numel() - seq_len, (n_samples,), generator=g)
-    return torch.stack([ids[s:s + seq_len] for s in starts.tolist()])
+    return torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
 
 
 def check_calibration(tokenizer, n_samples: int, seq_len: int) -> None:
@@ -135,5 +136,7 @@ def check_calibration(tokenizer, n_samples: int, seq_len: int) -> None:
         raise EfflmError(f"calibration needs positive samples and length, got {n_samples} x {seq_len}")
     ids = _split_tokens(tokenizer, "calib")[:-DEV_TOKENS]
     if ids.numel() < n_samples * seq_len or ids.numel() <= seq_len:
-        raise EfflmError(f"too few calibration tokens: the calibration split has {ids.numel()}, fewer than "
-                         f"the requested {n_samples} samples x {seq_len} tokens")
+        raise EfflmError(
+            f"too few calibration tokens: the calibration split has {ids.numel()}, fewer than "
+            f"the requested {n_samples} samples x {seq_len} tokens"
+        )

@@ -1,4 +1,5 @@
 """The environment every result row records."""
+
 from __future__ import annotations
 
 import os
@@ -22,10 +23,15 @@ def cpu_model() -> str:
 def git_commit() -> str:
     src = Path(__file__).resolve().parents[2]
     try:
-        out = subprocess.run(["git", "-C", str(src), "rev-parse", "--short=12", "HEAD"],
-                             capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        out = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -36,6 +42,13 @@ def environment() -> dict:
 
     import efflm
 
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "efflm": efflm.__version__, "commit": git_commit(), "python": platform.python_version()}
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "efflm": efflm.__version__,
+        "commit": git_commit(),
+        "python": platform.python_version(),
+    }

@@ -20,6 +20,7 @@ Definitions (also in the README):
   (one sequence of ``seq_len · n_windows`` tokens, so eviction really happens), not in windows;
 * ceiling tok/s = memory read bandwidth / bytes read per decoded token.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,19 +39,22 @@ EVAL_SEQ_LEN, EVAL_WINDOWS = 512, 4  # default evaluation: 4 windows of 512 toke
 
 
 @torch.inference_mode()
-def perplexity(model: torch.nn.Module, ids: torch.Tensor, seq_len: int = EVAL_SEQ_LEN,
-               n_windows: int = EVAL_WINDOWS) -> dict:
+def perplexity(
+    model: torch.nn.Module, ids: torch.Tensor, seq_len: int = EVAL_SEQ_LEN, n_windows: int = EVAL_WINDOWS
+) -> dict:
     """Token-level perplexity over non-overlapping windows (paper style); a model with a KV-cache
     method scores each window through that cache (eviction happens inside the window)."""
     available = ids.numel() // seq_len
     if available < 1:
-        raise EfflmError(f"text too short: {ids.numel()} tokens, need at least one window of {seq_len} "
-                         "(lower --seq-len or give more text)")
+        raise EfflmError(
+            f"text too short: {ids.numel()} tokens, need at least one window of {seq_len} "
+            "(lower --seq-len or give more text)"
+        )
     n = min(n_windows, available)
     nll, count = 0.0, 0
     engine = _kv_engine(model)
     for i in progress(range(n), desc="perplexity", total=n):
-        window = ids[i * seq_len:(i + 1) * seq_len].unsqueeze(0)
+        window = ids[i * seq_len : (i + 1) * seq_len].unsqueeze(0)
         if engine is not None:  # token by token through the model's KV-cache method
             engine.start(1, seq_len)
             logits = engine.feed(window, all_logits=True)[0, :-1]
@@ -132,8 +136,14 @@ def hf_greedy_timing(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: i
     model(prompt, use_cache=True)
     prefill = time.perf_counter() - t0
     t0 = time.perf_counter()
-    model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
-                   min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    model.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+    )
     return prefill, max(1e-9, time.perf_counter() - t0 - prefill)
 
 
@@ -148,11 +158,14 @@ def _greedy(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tu
     cfg = SamplingConfig(max_new_tokens=new_tokens)
     spec = drafter_for(model)
     if spec is not None:  # clocks as on the plain path: TTFT to the first token, then per later token
-        out, timing, _ = speculative_ids(model, prompt[0].tolist(), cfg, draft=spec[0], k=spec[1]["k"],
-                                         max_ngram=spec[1]["ngram"])
+        out, timing, _ = speculative_ids(
+            model, prompt[0].tolist(), cfg, draft=spec[0], k=spec[1]["k"], max_ngram=spec[1]["ngram"]
+        )
         if len(out) != new_tokens or timing.new_tokens == 0:
-            raise EfflmError(f"speculative timing: {len(out)} tokens ({timing.new_tokens} after the first step) "
-                             f"for {new_tokens} asked; raise new_tokens")
+            raise EfflmError(
+                f"speculative timing: {len(out)} tokens ({timing.new_tokens} after the first step) "
+                f"for {new_tokens} asked; raise new_tokens"
+            )
         return timing.ttft_s, timing.decode_s * (new_tokens - 1) / timing.new_tokens, None
     engine = Engine(model)
     (res,), timing = generate_ids(model, None, prompt, torch.ones_like(prompt, dtype=torch.bool), cfg, engine=engine)
@@ -161,8 +174,9 @@ def _greedy(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tu
     return timing.ttft_s, timing.decode_s, engine.cache.nbytes()
 
 
-def speed(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int = 32, reps: int = 3,
-          reference: bool = True) -> dict:
+def speed(
+    model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int = 32, reps: int = 3, reference: bool = True
+) -> dict:
     """Prefill latency and decode throughput at batch 1 on efflm's decode path (one warm-up, then
     ``reps`` runs), and transformers' ``generate`` on the same prompt as the reference."""
     if new_tokens < 2:
@@ -172,9 +186,18 @@ def speed(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int = 32, re
     runs = [_greedy(model, prompt, new_tokens) for _ in progress(range(reps), desc="speed", total=reps)]
     prefill = [p * 1000 for p, _, _ in runs]
     tok_s = [(new_tokens - 1) / d for _, d, _ in runs]
-    out = {"ttft_ms": statistics.median(prefill), "ttft_ms_min": min(prefill), "ttft_ms_max": max(prefill),
-           "tok_s": statistics.median(tok_s), "tok_s_min": min(tok_s), "tok_s_max": max(tok_s),
-           "kv_bytes": runs[0][2], "prompt_len": prompt.shape[1], "new_tokens": new_tokens, "reps": reps}
+    out = {
+        "ttft_ms": statistics.median(prefill),
+        "ttft_ms_min": min(prefill),
+        "ttft_ms_max": max(prefill),
+        "tok_s": statistics.median(tok_s),
+        "tok_s_min": min(tok_s),
+        "tok_s_max": max(tok_s),
+        "kv_bytes": runs[0][2],
+        "prompt_len": prompt.shape[1],
+        "new_tokens": new_tokens,
+        "reps": reps,
+    }
     if reference:  # one warm-up and one timed run: a reference, not the row's own number
         hf_greedy_timing(model, prompt, min(new_tokens, 4))
         out["hf_tok_s"] = (new_tokens - 1) / hf_greedy_timing(model, prompt, new_tokens)[1]

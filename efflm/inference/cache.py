@@ -11,6 +11,7 @@ for policies that score tokens) and ``commit``. A KV method's config (a ``KVMeth
 is what its ``apply`` leaves on ``model.config.efflm_kv_cache``; it states its slot count and
 builds its cache, and ``make_cache`` asks it to.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,12 +26,20 @@ KV_ATTR = "efflm_kv_cache"  # model.config attribute a registered KV method sets
 
 
 class KVCache:
-    needs_weights = False   # does ``observe`` want the attention weights?
-    rerotate = False        # keys stored before RoPE and rotated at cache positions each step?
-    evicts = False          # can a slot be reused (no rollback, no multi-token steps once full)
+    needs_weights = False  # does ``observe`` want the attention weights?
+    rerotate = False  # keys stored before RoPE and rotated at cache positions each step?
+    evicts = False  # can a slot be reused (no rollback, no multi-token steps once full)
 
-    def __init__(self, n_layers: int, batch: int, kv_heads: int, size: int, head_dim: int,
-                 dtype: torch.dtype, store_dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        n_layers: int,
+        batch: int,
+        kv_heads: int,
+        size: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        store_dtype: torch.dtype | None = None,
+    ):
         shape = (n_layers, batch, kv_heads, size, head_dim)
         self.k = torch.zeros(shape, dtype=store_dtype or dtype)
         self.v = torch.zeros(shape, dtype=store_dtype or dtype)
@@ -42,20 +51,22 @@ class KVCache:
     def room(self, t: int) -> None:
         """Raise unless ``t`` more tokens fit."""
         if self.length + t > self.size:
-            raise EfflmError(f"KV cache full: {self.length} + {t} tokens exceed its {self.size} slots "
-                             "(raise max_len, or use a bounded cache: streaming_llm / h2o)")
+            raise EfflmError(
+                f"KV cache full: {self.length} + {t} tokens exceed its {self.size} slots "
+                "(raise max_len, or use a bounded cache: streaming_llm / h2o)"
+            )
 
     def begin(self, new_valid: torch.Tensor) -> None:
         """Before the layers run: ``new_valid [B, T]`` marks which new tokens are real."""
         t = new_valid.shape[1]
         self.room(t)
-        self.valid[:, :, self.length:self.length + t] = new_valid[:, None, :]
+        self.valid[:, :, self.length : self.length + t] = new_valid[:, None, :]
         self._mask = None
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int) -> None:
         t = k.shape[2]
-        self.k[layer, :, :, start:start + t] = k
-        self.v[layer, :, :, start:start + t] = v
+        self.k[layer, :, :, start : start + t] = k
+        self.v[layer, :, :, start : start + t] = v
 
     def read(self, layer: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k[layer, :, :, :n], self.v[layer, :, :, :n]
@@ -68,9 +79,9 @@ class KVCache:
         if self._mask is None:  # the same for every layer of this step
             slots = torch.arange(n)
             query = torch.arange(self.length, n)
-            causal = slots[None, :] <= query[:, None]                   # [T, S]
-            mask = self.valid[:, :, None, None, :n] & causal            # [B, H, 1, T, S]
-            self._mask = mask | (slots[None, :] == query[:, None])      # a pad query sees itself (no NaN)
+            causal = slots[None, :] <= query[:, None]  # [T, S]
+            mask = self.valid[:, :, None, None, :n] & causal  # [B, H, 1, T, S]
+            self._mask = mask | (slots[None, :] == query[:, None])  # a pad query sees itself (no NaN)
         return K, V, self._mask
 
     def observe(self, layer: int, weights: torch.Tensor) -> None:
@@ -87,8 +98,10 @@ class KVCache:
     def truncate(self, n: int) -> None:
         """Forget every slot from ``n`` on (speculative decoding's rollback)."""
         if self.evicts:
-            raise EfflmError("this KV-cache policy evicts tokens and cannot roll back "
-                             "(speculative decoding needs the full or int8 cache)")
+            raise EfflmError(
+                "this KV-cache policy evicts tokens and cannot roll back "
+                "(speculative decoding needs the full or int8 cache)"
+            )
         self.valid[:, :, n:] = False
         self.length = n
 
@@ -108,14 +121,13 @@ class KVMethodConfig(MethodConfig):
     """Base of a KV-cache method's config: the method states how many slots a sequence needs
     and builds its own cache; this module names no method."""
 
-    cache: ClassVar[type[KVCache]] = KVCache   # the cache class it builds
+    cache: ClassVar[type[KVCache]] = KVCache  # the cache class it builds
 
     def slots(self, total: int) -> int:
         """Slots the cache needs for a sequence of ``total`` tokens."""
         return total
 
-    def build(self, n_layers: int, batch: int, kv_heads: int, size: int, head_dim: int,
-              dtype: torch.dtype) -> KVCache:
+    def build(self, n_layers: int, batch: int, kv_heads: int, size: int, head_dim: int, dtype: torch.dtype) -> KVCache:
         return self.cache(n_layers, batch, kv_heads, size, head_dim, dtype)
 
 
@@ -127,8 +139,10 @@ def set_kv_spec(model: Any, config: KVMethodConfig) -> Any:
     """What a KV method's ``apply`` does: record the policy on the config (saved with the model)."""
     old = kv_spec(model)
     if old and old["method"] != config.method:
-        raise ConfigError(f"{config.method}: the model already uses KV-cache method {old['method']!r} "
-                          "(one KV-cache method per recipe)")
+        raise ConfigError(
+            f"{config.method}: the model already uses KV-cache method {old['method']!r} "
+            "(one KV-cache method per recipe)"
+        )
     setattr(model.config, KV_ATTR, config.to_dict())
     return model
 

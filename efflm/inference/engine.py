@@ -12,6 +12,7 @@ bf16 arithmetic: fp32 attention measured faster); attention goes through SDPA, o
 computed explicitly where a policy scores tokens (H2O) and needs the weights; left-padded batches mask the pad slots and count positions from each
 sequence's first real token, so a padded row decodes exactly as it would alone.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,9 @@ def rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.rms_norm(x, (x.shape[-1],), norm.weight, eps)
 
 
-def attention(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask: torch.Tensor, scale: float,
-              need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def attention(
+    q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask: torch.Tensor, scale: float, need_weights: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Grouped-query attention of ``q [B, Hq, T, D]`` over ``K, V [B, H, S, D]``. With ``need_weights``
     the mask is ``[B, H, 1, T, S]`` and the weights come back; else SDPA's ``[B, Hq, T, S]`` or None."""
     B, Hq, T, D = q.shape
@@ -49,7 +51,7 @@ def attention(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask: torch.Ten
         w = ((q.reshape(B, H, Hq // H, D) @ K.transpose(-1, -2)) * scale).softmax(dim=-1)
         return (w @ V).reshape(B, Hq, 1, D), None
     qg = q.reshape(B, H, Hq // H, T, D)
-    scores = (qg @ K.unsqueeze(2).transpose(-1, -2)).float() * scale          # [B, H, G, T, S]
+    scores = (qg @ K.unsqueeze(2).transpose(-1, -2)).float() * scale  # [B, H, G, T, S]
     w = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
     out = (w.to(V.dtype) @ V.unsqueeze(2)).reshape(B, Hq, T, D)
     return out, (w if need_weights else None)
@@ -71,12 +73,17 @@ class Engine:
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         attn0 = get_module(self.layers[0], self.layout.attn)
-        self.scale = getattr(attn0, "scaling", self.head_dim ** -0.5)
+        self.scale = getattr(attn0, "scaling", self.head_dim**-0.5)
         self.dtype = self.norm.weight.dtype
         self.vocab = cfg.vocab_size
-        self.mods = [(*(get_module(layer, n) for n in self.layout.norms),
-                      *(get_module(layer, n) for n in self.layout.attn_linears),
-                      get_module(layer, self.layout.mlp)) for layer in self.layers]
+        self.mods = [
+            (
+                *(get_module(layer, n) for n in self.layout.norms),
+                *(get_module(layer, n) for n in self.layout.attn_linears),
+                get_module(layer, self.layout.mlp),
+            )
+            for layer in self.layers
+        ]
         self.cache: KVCache | None = None
         self._mask_key: torch.Tensor | None = None
         self._mask: torch.Tensor | None = None
@@ -91,8 +98,15 @@ class Engine:
         self.pos = torch.zeros(batch, dtype=torch.long)
         return self.cache
 
-    def _layer_eager(self, i: int, mods: tuple, x: torch.Tensor, cos: torch.Tensor,
-                     sin: torch.Tensor, key_rot: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    def _layer_eager(
+        self,
+        i: int,
+        mods: tuple,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        key_rot: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
         norm1, norm2, q_proj, k_proj, v_proj, o_proj, mlp = mods
         B, T, _ = x.shape
         h = rms_norm(norm1, x)
@@ -104,7 +118,7 @@ class Engine:
             k = rope(k.float(), cos, sin)
         K, V, mask = self.cache.update(i, k, v)
         if key_rot is not None:  # keys kept unrotated, rotated at their cache positions now
-            K = rope(K, key_rot[0][:, :K.shape[2]], key_rot[1][:, :K.shape[2]])
+            K = rope(K, key_rot[0][:, : K.shape[2]], key_rot[1][:, : K.shape[2]])
         out, w = attention(q, K, V, self._sdpa_mask(mask, q.shape[1]), self.scale, self.cache.needs_weights)
         if w is not None:
             self.cache.observe(i, w)
@@ -153,8 +167,8 @@ class Engine:
         outs, t = [], 0
         while t < ids.shape[1]:
             n = max(1, min(ids.shape[1] - t, cache.size - cache.length))
-            v = None if valid is None else valid[:, t:t + n]
-            outs.append(self.step(ids[:, t:t + n], v, all_logits))
+            v = None if valid is None else valid[:, t : t + n]
+            outs.append(self.step(ids[:, t : t + n], v, all_logits))
             t += n
         return torch.cat(outs, dim=1) if all_logits else outs[-1]
 

@@ -5,6 +5,7 @@ then top-p, as in transformers' logits warpers; temperature 0 is greedy, a one-h
 Speculative decoding uses the same function for both models, so its acceptance rule
 compares exactly the distributions plain sampling would draw from.
 """
+
 from __future__ import annotations
 
 import time
@@ -59,7 +60,7 @@ def probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     p = logits.softmax(-1)
     if cfg.top_p < 1:
         sp, order = p.sort(dim=-1, descending=True)
-        drop = sp.cumsum(-1) - sp >= cfg.top_p          # tokens after the nucleus is full
+        drop = sp.cumsum(-1) - sp >= cfg.top_p  # tokens after the nucleus is full
         p = p.scatter(-1, order, sp.masked_fill(drop, 0.0))
         p = p / p.sum(-1, keepdim=True)
     return p
@@ -84,8 +85,12 @@ def encode(tok: Any, prompts: list[str], chat: bool = False) -> tuple[torch.Tens
     if chat:
         if not getattr(tok, "chat_template", None):
             raise EfflmError("this model's tokenizer has no chat template (drop --chat)")
-        rows = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                        tokenize=True, return_dict=False) for p in prompts]
+        rows = [
+            tok.apply_chat_template(
+                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+            for p in prompts
+        ]
         rows = [list(r["input_ids"]) if isinstance(r, dict) else list(r) for r in rows]
     else:
         rows = [tok(p, add_special_tokens=True)["input_ids"] for p in prompts]
@@ -96,8 +101,8 @@ def encode(tok: Any, prompts: list[str], chat: bool = False) -> tuple[torch.Tens
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     valid = torch.zeros(len(rows), width, dtype=torch.bool)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        valid[i, width - len(r):] = True
+        ids[i, width - len(r) :] = torch.tensor(r)
+        valid[i, width - len(r) :] = True
     return ids, valid
 
 
@@ -106,14 +111,14 @@ class Generation:
     text: str = ""
     tokens: list[int] = field(default_factory=list)
     prompt_tokens: int = 0
-    finish: str = "length"      # "length", "eos" or "stop"
+    finish: str = "length"  # "length", "eos" or "stop"
 
 
 @dataclass
 class Timing:
-    ttft_s: float = 0.0         # prefill + first token
-    decode_s: float = 0.0       # every later token
-    new_tokens: int = 0         # decode steps after the first token (per sequence)
+    ttft_s: float = 0.0  # prefill + first token
+    decode_s: float = 0.0  # every later token
+    new_tokens: int = 0  # decode steps after the first token (per sequence)
 
     @property
     def tok_s(self) -> float:
@@ -126,8 +131,9 @@ def cache_total(model: Any, prompt_len: int, cfg: SamplingConfig, max_len: int |
     cap = min(max_len or ctx, ctx)
     bounded = evicting(model)
     if prompt_len >= cap and not bounded:
-        raise EfflmError(f"prompt is {prompt_len} tokens, longer than the KV cache ({cap} tokens); "
-                         "shorten it or raise --max-len")
+        raise EfflmError(
+            f"prompt is {prompt_len} tokens, longer than the KV cache ({cap} tokens); shorten it or raise --max-len"
+        )
     return prompt_len + cfg.max_new_tokens if bounded else min(cap, prompt_len + cfg.max_new_tokens)
 
 
@@ -136,18 +142,34 @@ def _stop_at(text: str, stops: tuple[str, ...]) -> int | None:
     return min(hits) if hits else None
 
 
-def generate(model: Any, tok: Any, prompts: list[str], cfg: SamplingConfig, *, chat: bool = False,
-             max_len: int | None = None, engine: Engine | None = None,
-             on_text: Callable[[int, str], None] | None = None) -> tuple[list[Generation], Timing]:
+def generate(
+    model: Any,
+    tok: Any,
+    prompts: list[str],
+    cfg: SamplingConfig,
+    *,
+    chat: bool = False,
+    max_len: int | None = None,
+    engine: Engine | None = None,
+    on_text: Callable[[int, str], None] | None = None,
+) -> tuple[list[Generation], Timing]:
     """Generate for every prompt at once (left padding); ``on_text(i, delta)`` streams text."""
     ids, valid = encode(tok, prompts, chat)
     return generate_ids(model, tok, ids, valid, cfg, max_len=max_len, engine=engine, on_text=on_text)
 
 
 @torch.inference_mode()
-def generate_ids(model: Any, tok: Any, ids: torch.Tensor, valid: torch.Tensor, cfg: SamplingConfig, *,
-                 max_len: int | None = None, engine: Engine | None = None,
-                 on_text: Callable[[int, str], None] | None = None) -> tuple[list[Generation], Timing]:
+def generate_ids(
+    model: Any,
+    tok: Any,
+    ids: torch.Tensor,
+    valid: torch.Tensor,
+    cfg: SamplingConfig,
+    *,
+    max_len: int | None = None,
+    engine: Engine | None = None,
+    on_text: Callable[[int, str], None] | None = None,
+) -> tuple[list[Generation], Timing]:
     engine = engine or Engine(model)
     B, T = ids.shape
     total = cache_total(model, T, cfg, max_len)
@@ -180,7 +202,7 @@ def generate_ids(model: Any, tok: Any, ids: torch.Tensor, valid: torch.Tensor, c
             if cut is not None:
                 text, done[i], outs[i].finish = text[:cut], True, "stop"
             if on_text is not None and len(text) > len(outs[i].text):
-                on_text(i, text[len(outs[i].text):])
+                on_text(i, text[len(outs[i].text) :])
             outs[i].text = text
         if all(done) or step == new - 1:
             break

@@ -11,6 +11,7 @@ grouped-query attention a KV head's score sums the attention of all query heads 
 group; a prompt longer than the budget is fed one token at a time once the cache is full,
 so prefill evicts exactly as decoding does.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,8 @@ class HeavyHitterCache(KVCache):
         self.recent = recent
         self.score = torch.zeros(L, B, H, S)
         self.born = torch.zeros(L, B, H, S, dtype=torch.long)
-        self.lvalid = torch.zeros(L, B, H, S, dtype=torch.bool)   # which slots hold a token, per layer
-        self.t = 0                                                # tokens seen so far
+        self.lvalid = torch.zeros(L, B, H, S, dtype=torch.bool)  # which slots hold a token, per layer
+        self.t = 0  # tokens seen so far
         self._full = False
         self._slot: torch.Tensor | None = None
 
@@ -51,13 +52,13 @@ class HeavyHitterCache(KVCache):
         if not self._full:
             n, t = self.length + k.shape[2], k.shape[2]
             self.lvalid[layer, :, :, :n] = self.valid[:, :, :n]
-            self.born[layer, :, :, self.length:n] = torch.arange(self.t, self.t + t)
+            self.born[layer, :, :, self.length : n] = torch.arange(self.t, self.t + t)
             return super().update(layer, k, v)
         # evict: among slots not in the recent window, the lowest accumulated attention
         # (empty or pad slots first); the new token takes its place
         keep = self.born[layer] > self.t - self.recent
         score = self.score[layer].masked_fill(~self.lvalid[layer], float("-inf"))
-        slot = score.masked_fill(keep & self.lvalid[layer], float("inf")).argmin(-1)   # [B, H]
+        slot = score.masked_fill(keep & self.lvalid[layer], float("inf")).argmin(-1)  # [B, H]
         idx = slot[..., None, None].expand(*slot.shape, 1, k.shape[-1])
         self.k[layer].scatter_(2, idx, k)
         self.v[layer].scatter_(2, idx, v)
@@ -66,12 +67,12 @@ class HeavyHitterCache(KVCache):
         self.born[layer].scatter_(2, s, torch.full_like(s, self.t))
         self.lvalid[layer].scatter_(2, s, self._new_valid[:, None, :].expand_as(s))
         mask = self.lvalid[layer][:, :, None, None, :].clone()
-        mask.scatter_(-1, s[:, :, None, None, :], True)             # the new token sees itself
+        mask.scatter_(-1, s[:, :, None, None, :], True)  # the new token sees itself
         return self.k[layer], self.v[layer], mask
 
     def observe(self, layer: int, weights: torch.Tensor) -> None:
-        acc = weights.sum(dim=(2, 3))                                # [B, H, S]
-        self.score[layer, :, :, :acc.shape[-1]] += acc
+        acc = weights.sum(dim=(2, 3))  # [B, H, S]
+        self.score[layer, :, :, : acc.shape[-1]] += acc
 
     def commit(self, t: int) -> None:
         self.length = min(self.size, self.length + t)
@@ -99,7 +100,9 @@ class H2OConfig(KVMethodConfig):
 
     def __post_init__(self) -> None:
         if not self.budget > 0 or (self.budget > 1 and self.budget != int(self.budget)):
-            raise ConfigError(f"h2o: budget must be a fraction in (0, 1] or a whole number of tokens, got {self.budget}")
+            raise ConfigError(
+                f"h2o: budget must be a fraction in (0, 1] or a whole number of tokens, got {self.budget}"
+            )
         if not 0 < self.recent_ratio < 1:
             raise ConfigError(f"h2o: recent_ratio must be in (0, 1), got {self.recent_ratio}")
 
@@ -111,7 +114,13 @@ class H2OConfig(KVMethodConfig):
         return HeavyHitterCache(*args, recent=max(1, int(args[3] * self.recent_ratio)))
 
 
-@register(H2OConfig, family="inference", title="H2O: heavy-hitter KV-cache eviction", arxiv="2306.14048",
-          needs_calibration=False, paper="h2o")
+@register(
+    H2OConfig,
+    family="inference",
+    title="H2O: heavy-hitter KV-cache eviction",
+    arxiv="2306.14048",
+    needs_calibration=False,
+    paper="h2o",
+)
 def apply(model: Any, config: H2OConfig, calib: Any = None) -> Any:
     return set_kv_spec(model, config)

@@ -9,6 +9,7 @@ This is the simple symmetric per-token scheme (as in vLLM's fp8/int8 KV options 
 per-token key/value quantization of KIVI/KVQuant-style papers, without their per-channel
 key grouping or outlier handling).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,8 +38,8 @@ class Int8Cache(KVCache):
         t = k.shape[2]
         for codes, scales, x in ((self.k, self.ks, k), (self.v, self.vs, v)):
             q, s = quantize_int8(x)
-            codes[layer, :, :, start:start + t] = q
-            scales[layer, :, :, start:start + t] = s
+            codes[layer, :, :, start : start + t] = q
+            scales[layer, :, :, start : start + t] = s
 
     def read(self, layer: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.k[layer, :, :, :n].to(self.dtype) * self.ks[layer, :, :, :n].to(self.dtype)
@@ -57,7 +58,13 @@ class KVInt8Config(KVMethodConfig):
     cache = Int8Cache
 
 
-@register(KVInt8Config, family="inference", title="int8 KV cache (per-token, per-head scales)",
-          arxiv=None, needs_calibration=False, paper="kv-int8")
+@register(
+    KVInt8Config,
+    family="inference",
+    title="int8 KV cache (per-token, per-head scales)",
+    arxiv=None,
+    needs_calibration=False,
+    paper="kv-int8",
+)
 def apply(model: Any, config: KVInt8Config, calib: Any = None) -> Any:
     return set_kv_spec(model, config)

@@ -12,6 +12,7 @@ that followed the latest earlier occurrence of the last n-gram: a deterministic 
 one-hot). Differs from the reference description: batch 1; the rejected tail is dropped
 from both static caches by moving their cursor back (``Engine.rollback``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -51,8 +52,8 @@ def lookup(ctx: list[int], k: int, max_ngram: int = 3) -> list[int]:
     for n in range(min(max_ngram, len(ctx) - 1), 0, -1):
         tail = ctx[-n:]
         for start in range(len(ctx) - n - 1, -1, -1):
-            if ctx[start:start + n] == tail:
-                return ctx[start + n:start + n + k]
+            if ctx[start : start + n] == tail:
+                return ctx[start + n : start + n + k]
     return []
 
 
@@ -80,10 +81,14 @@ def check_compatible(target: Any, draft: Any, tok: Any = None, draft_tok: Any = 
     """Same vocabulary (models or their HF configs) and, if given, the same tokenizer."""
     tv, dv = (getattr(m, "config", m).vocab_size for m in (target, draft))
     if dv != tv:
-        raise EfflmError(f"draft model's vocabulary ({dv} tokens) differs from the "
-                         f"target's ({tv}); speculative decoding needs the same tokenizer")
+        raise EfflmError(
+            f"draft model's vocabulary ({dv} tokens) differs from the "
+            f"target's ({tv}); speculative decoding needs the same tokenizer"
+        )
     if tok is not None and draft_tok is not None and tok.get_vocab() != draft_tok.get_vocab():
-        raise EfflmError("draft model's tokenizer differs from the target's; speculative decoding needs the same tokenizer")
+        raise EfflmError(
+            "draft model's tokenizer differs from the target's; speculative decoding needs the same tokenizer"
+        )
 
 
 @dataclass
@@ -98,9 +103,18 @@ class SpecStats:
 
 
 @torch.inference_mode()
-def speculative_ids(target: Any, prompt: list[int], cfg: SamplingConfig, *, draft: Any = None, k: int = 4,
-                    max_ngram: int = 3, eos: int | None = None, max_len: int | None = None,
-                    on_token: Callable[[int], bool] | None = None) -> tuple[list[int], Timing, SpecStats]:
+def speculative_ids(
+    target: Any,
+    prompt: list[int],
+    cfg: SamplingConfig,
+    *,
+    draft: Any = None,
+    k: int = 4,
+    max_ngram: int = 3,
+    eos: int | None = None,
+    max_len: int | None = None,
+    on_token: Callable[[int], bool] | None = None,
+) -> tuple[list[int], Timing, SpecStats]:
     """Generate after ``prompt`` (token ids, batch 1). Without ``draft``, prompt lookup drafts.
     ``on_token(t)`` may return True to stop (a stop string)."""
     if k < 1:
@@ -135,8 +149,7 @@ def speculative_ids(target: Any, prompt: list[int], cfg: SamplingConfig, *, draf
             q = torch.stack(qs) if qs else torch.zeros(0, target.config.vocab_size)
         else:
             drafted = lookup(ctx, room, max_ngram) if room > 0 else []
-            q = torch.nn.functional.one_hot(torch.tensor(drafted, dtype=torch.long),
-                                            target.config.vocab_size).float()
+            q = torch.nn.functional.one_hot(torch.tensor(drafted, dtype=torch.long), target.config.vocab_size).float()
         logits = te.feed(torch.tensor([[ctx[-1]] + drafted]), all_logits=True)[0]
         p = probs(logits, cfg)
         n, nxt = accept(p, q, torch.tensor(drafted, dtype=torch.long), gen)
@@ -158,20 +171,30 @@ def speculative_ids(target: Any, prompt: list[int], cfg: SamplingConfig, *, draf
                 stop = True
                 break
         if out and not first:  # the decode clock starts when the first step's tokens are out,
-            first = len(out)   # and counts only the tokens after them (as the plain path does)
+            first = len(out)  # and counts only the tokens after them (as the plain path does)
             timing.ttft_s, t0 = time.perf_counter() - t0, time.perf_counter()
         if stop:
             break
         if de is not None and de.cache.length < len(ctx) - 1:  # the draft catches up to ctx[:-1]
-            de.feed(torch.tensor([ctx[de.cache.length:len(ctx) - 1]]))
+            de.feed(torch.tensor([ctx[de.cache.length : len(ctx) - 1]]))
     timing.new_tokens = len(out) - first
     timing.decode_s = time.perf_counter() - t0 if timing.new_tokens else 0.0
     return out, timing, stats
 
 
-def speculative_generate(target: Any, tok: Any, prompt: str, cfg: SamplingConfig, *, draft: Any = None,
-                         chat: bool = False, k: int = 4, max_ngram: int = 3, max_len: int | None = None,
-                         on_text: Callable[[int, str], None] | None = None) -> tuple[Generation, Timing, SpecStats]:
+def speculative_generate(
+    target: Any,
+    tok: Any,
+    prompt: str,
+    cfg: SamplingConfig,
+    *,
+    draft: Any = None,
+    chat: bool = False,
+    k: int = 4,
+    max_ngram: int = 3,
+    max_len: int | None = None,
+    on_text: Callable[[int, str], None] | None = None,
+) -> tuple[Generation, Timing, SpecStats]:
     """Text in, text out (stop strings and streaming as in ``generate``)."""
     from efflm.inference.generate import _stop_at, encode
 
@@ -185,12 +208,21 @@ def speculative_generate(target: Any, tok: Any, prompt: str, cfg: SamplingConfig
         if cut is not None:
             text, res.finish = text[:cut], "stop"
         if on_text is not None and len(text) > len(res.text):
-            on_text(0, text[len(res.text):])
+            on_text(0, text[len(res.text) :])
         res.text = text
         return cut is not None
 
-    tokens, timing, stats = speculative_ids(target, ids[0].tolist(), cfg, draft=draft, k=k, max_ngram=max_ngram,
-                                            eos=tok.eos_token_id, max_len=max_len, on_token=on_token)
+    tokens, timing, stats = speculative_ids(
+        target,
+        ids[0].tolist(),
+        cfg,
+        draft=draft,
+        k=k,
+        max_ngram=max_ngram,
+        eos=tok.eos_token_id,
+        max_len=max_len,
+        on_token=on_token,
+    )
     if res.finish != "stop" and len(tokens) < cfg.max_new_tokens:
         res.finish = "eos"
     return res, timing, stats
@@ -217,13 +249,21 @@ class SpeculativeConfig(MethodConfig):
 
 def _check(hf_config: Any, config: SpeculativeConfig) -> None:
     if config.draft == "layers" and config.draft_layers >= hf_config.num_hidden_layers:
-        raise ConfigError(f"speculative: draft_layers {config.draft_layers} must be below the model's "
-                          f"{hf_config.num_hidden_layers} layers")
+        raise ConfigError(
+            f"speculative: draft_layers {config.draft_layers} must be below the model's "
+            f"{hf_config.num_hidden_layers} layers"
+        )
 
 
-@register(SpeculativeConfig, family="inference", title="Speculative decoding (draft + exact acceptance)",
-          arxiv="2211.17192", needs_calibration=False, paper="fast-inference-transformers-speculative-decoding",
-          check=_check)
+@register(
+    SpeculativeConfig,
+    family="inference",
+    title="Speculative decoding (draft + exact acceptance)",
+    arxiv="2211.17192",
+    needs_calibration=False,
+    paper="fast-inference-transformers-speculative-decoding",
+    check=_check,
+)
 def apply(model: Any, config: SpeculativeConfig, calib: Any = None) -> Any:
     setattr(model.config, SPEC_ATTR, config.to_dict())
     return model

@@ -10,6 +10,7 @@ Differs from the reference code (mit-han-lab/streaming-llm): one static cache of
 ``budget`` slots, written in place, instead of concatenating and slicing transformers'
 dynamic cache; the window shifts by one slot per evicted token.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ class SinkCache(KVCache):
         if new_valid.shape[1] != 1:
             raise ValueError("a full sink cache takes one token per step")
         s = self.sinks
-        self.valid[:, :, s:-1] = self.valid[:, :, s + 1:].clone()
+        self.valid[:, :, s:-1] = self.valid[:, :, s + 1 :].clone()
         self.valid[:, :, -1] = new_valid[:, None, 0]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
@@ -46,7 +47,7 @@ class SinkCache(KVCache):
             return super().update(layer, k, v)
         s = self.sinks
         for buf, new in ((self.k, k), (self.v, v)):
-            buf[layer, :, :, s:-1] = buf[layer, :, :, s + 1:].clone()
+            buf[layer, :, :, s:-1] = buf[layer, :, :, s + 1 :].clone()
             buf[layer, :, :, -1:] = new
         mask = self.valid[:, :, None, None, :].clone()
         mask[..., -1] = True
@@ -83,7 +84,13 @@ class StreamingLLMConfig(KVMethodConfig):
         return SinkCache(*args, sinks=self.sinks)
 
 
-@register(StreamingLLMConfig, family="inference", title="StreamingLLM: attention sinks + recent window",
-          arxiv="2309.17453", needs_calibration=False, paper="streamingllm")
+@register(
+    StreamingLLMConfig,
+    family="inference",
+    title="StreamingLLM: attention sinks + recent window",
+    arxiv="2309.17453",
+    needs_calibration=False,
+    paper="streamingllm",
+)
 def apply(model: Any, config: StreamingLLMConfig, calib: Any = None) -> Any:
     return set_kv_spec(model, config)

@@ -8,6 +8,7 @@ codes (exactly ours: round(w / s) gives back our codes, checked) and packs them 
 vLLM read. Only symmetric grids export: compressed-tensors stores integer zero points, efflm's
 asymmetric grid has float offsets.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,9 +34,13 @@ def quantization_config(groups: dict[tuple[int, int, bool], list[str]]) -> Any:
 
     config_groups = {}
     for i, ((bits, group_size, per_channel), names) in enumerate(sorted(groups.items())):
-        args = QuantizationArgs(num_bits=bits, type="int", symmetric=True,
-                                strategy="channel" if per_channel else "group",
-                                group_size=None if per_channel else group_size)
+        args = QuantizationArgs(
+            num_bits=bits,
+            type="int",
+            symmetric=True,
+            strategy="channel" if per_channel else "group",
+            group_size=None if per_channel else group_size,
+        )
         config_groups[f"group_{i}"] = QuantizationScheme(targets=sorted(names), weights=args)
     return QuantizationConfig(config_groups=config_groups, format="pack-quantized")
 
@@ -44,11 +49,14 @@ def check_recipe(recipe: list) -> None:
     """Refuse, before any work, a recipe this exporter cannot write."""
     for cfg in recipe:
         if hasattr(cfg, "symmetric") and not cfg.symmetric:
-            raise EfflmError(f"compressed-tensors export: {cfg.label()} is asymmetric; "
-                             "use symmetric=true (integer zero points)")
+            raise EfflmError(
+                f"compressed-tensors export: {cfg.label()} is asymmetric; use symmetric=true (integer zero points)"
+            )
         if cfg.method in ("w8a8", "smoothquant", "int8_embeddings"):
-            raise EfflmError(f"compressed-tensors export: {cfg.method} export is not supported yet; "
-                             "weight-only W4A16/W8A16 of the decoder Linears is")
+            raise EfflmError(
+                f"compressed-tensors export: {cfg.method} export is not supported yet; "
+                "weight-only W4A16/W8A16 of the decoder Linears is"
+            )
 
 
 def export(model: torch.nn.Module, tokenizer: Any, out: str | Path) -> Path:
@@ -57,20 +65,25 @@ def export(model: torch.nn.Module, tokenizer: Any, out: str | Path) -> Path:
         from compressed_tensors.compressors import ModelCompressor
         from compressed_tensors.quantization import apply_quantization_config
     except ImportError as e:
-        raise EfflmError("compressed-tensors export needs the compressed-tensors package "
-                         "(pip install 'efflm[interop]')") from e
+        raise EfflmError(
+            "compressed-tensors export needs the compressed-tensors package (pip install 'efflm[interop]')"
+        ) from e
     out = Path(out)
     if out.exists() or out.is_symlink():
         raise EfflmError(f"output exists: {out} (choose another --out)")
     if set(efflm_modules(model)) != set(efflm_modules(model, "weight_grid")):
-        raise EfflmError("compressed-tensors export supports weight-only QuantLinear models "
-                         "(not int8 embeddings, W8A8 or low-rank layers)")
+        raise EfflmError(
+            "compressed-tensors export supports weight-only QuantLinear models "
+            "(not int8 embeddings, W8A8 or low-rank layers)"
+        )
     quantized = efflm_modules(model, "weight_grid")
     if not quantized:
         raise EfflmError("compressed-tensors export needs a quantized model (no QuantLinear found)")
     if any(not m.symmetric for m in quantized.values()):
-        raise EfflmError("compressed-tensors export needs symmetric grids (integer zero points); "
-                         "this model has asymmetric float offsets")
+        raise EfflmError(
+            "compressed-tensors export needs symmetric grids (integer zero points); "
+            "this model has asymmetric float offsets"
+        )
     groups: dict[tuple[int, int, bool], list[str]] = {}
     for name, m in quantized.items():
         groups.setdefault(_scheme_key(m), []).append(name)
@@ -79,8 +92,9 @@ def export(model: torch.nn.Module, tokenizer: Any, out: str | Path) -> Path:
 
     plain = AutoModelForCausalLM.from_config(model.config, dtype=EXPORT_DTYPE)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith(tuple(f"{n}." for n in quantized))}
-    plain.load_state_dict({k: v.to(EXPORT_DTYPE) if v.is_floating_point() else v for k, v in state.items()},
-                          strict=False)
+    plain.load_state_dict(
+        {k: v.to(EXPORT_DTYPE) if v.is_floating_point() else v for k, v in state.items()}, strict=False
+    )
     plain.tie_weights()
     for name, m in quantized.items():
         linear = torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, dtype=EXPORT_DTYPE)
@@ -92,8 +106,10 @@ def export(model: torch.nn.Module, tokenizer: Any, out: str | Path) -> Path:
     for name, m in quantized.items():
         linear = plain.get_submodule(name)
         linear.weight_scale.data = m.scales.to(EXPORT_DTYPE).reshape(linear.weight_scale.shape)
-        codes = linear.weight.float() / linear.weight_scale.float().repeat_interleave(
-            m.group_size, dim=1)[:, :m.in_features]
+        codes = (
+            linear.weight.float()
+            / linear.weight_scale.float().repeat_interleave(m.group_size, dim=1)[:, : m.in_features]
+        )
         if not torch.equal(codes.round(), m.codes().float() - 2 ** (m.bits - 1)):
             raise EfflmError(f"compressed-tensors export: {name} is not on its own grid")
     compressor = ModelCompressor.from_pretrained_model(plain, quantization_format="pack-quantized")

@@ -8,6 +8,7 @@ written. The file itself is written by ``gguf.GGUFWriter``; tokenizer and chat-t
 metadata come from a template GGUF (the file the model was loaded from). Norms are F32, the
 embedding Q8_0 (as llama.cpp ships it) via the library's quantizer, float Linears F16.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,8 +28,9 @@ def check_recipe(recipe: list) -> None:
     """Refuse, before any work, a recipe whose weights cannot become Q4_0/Q8_0 blocks."""
     for cfg in recipe:
         if hasattr(cfg, "bits") and not (cfg.bits in (4, 8) and cfg.group_size == 32 and cfg.symmetric):
-            raise EfflmError(f"GGUF export: {cfg.label()} cannot be written as Q4_0/Q8_0; use bits 4 or 8, "
-                             "group_size 32, symmetric")
+            raise EfflmError(
+                f"GGUF export: {cfg.label()} cannot be written as Q4_0/Q8_0; use bits 4 or 8, group_size 32, symmetric"
+            )
         if cfg.method == "int8_embeddings":
             raise EfflmError("GGUF export: int8_embeddings is not needed: the export writes the embedding as Q8_0")
         if cfg.method in ("w8a8", "smoothquant"):
@@ -44,7 +46,7 @@ def q4_0_blocks(codes: torch.Tensor, scales: torch.Tensor) -> np.ndarray:
     """Q4_0 bytes [rows, blocks·18] from 4-bit codes [rows, in] (0..15) and fp16 scales [rows, in/32]."""
     rows, cols = codes.shape
     q = codes.reshape(rows, cols // 32, 2, 16).to(torch.uint8)
-    qs = (q[:, :, 0] | (q[:, :, 1] << 4)).numpy()                                   # [rows, blocks, 16]
+    qs = (q[:, :, 0] | (q[:, :, 1] << 4)).numpy()  # [rows, blocks, 16]
     d = scales.to(torch.float16).numpy().view(np.uint8).reshape(rows, cols // 32, 2)
     return np.concatenate([d, qs], axis=-1).reshape(rows, -1)
 
@@ -61,9 +63,11 @@ def _quant_tensor(name: str, m: torch.nn.Module, permute_heads: int | None):
     import gguf
 
     if not (m.symmetric and m.group_size == 32 and m.bits in (4, 8)):
-        raise EfflmError(f"GGUF export: {name} is {m.bits}-bit g{m.group_size} "
-                         f"{'symmetric' if m.symmetric else 'asymmetric'}; llama.cpp's Q4_0/Q8_0 need "
-                         "symmetric 4- or 8-bit codes with group_size 32")
+        raise EfflmError(
+            f"GGUF export: {name} is {m.bits}-bit g{m.group_size} "
+            f"{'symmetric' if m.symmetric else 'asymmetric'}; llama.cpp's Q4_0/Q8_0 need "
+            "symmetric 4- or 8-bit codes with group_size 32"
+        )
     codes, scales = m.codes(), m.scales
     if permute_heads:
         codes, scales = rope_permute(codes, permute_heads), rope_permute(scales, permute_heads)
@@ -92,8 +96,9 @@ def _tensors(model: torch.nn.Module):
         if tied and owner == layout.lm_head:
             continue
         module = modules.get(owner)
-        gname = names.get_name(f"{owner}.weight" if role(module) == "weight_grid" else key,
-                               try_suffixes=(".weight", ".bias"))
+        gname = names.get_name(
+            f"{owner}.weight" if role(module) == "weight_grid" else key, try_suffixes=(".weight", ".bias")
+        )
         if gname is None:
             raise EfflmError(f"GGUF export: no llama.cpp name for {key}")
         permute = next((n for suffix, n in heads.items() if owner.endswith(suffix)), None)
@@ -123,10 +128,14 @@ def _copy_metadata(writer, template: Path, model: torch.nn.Module) -> None:
     cfg = model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     override = {
-        "llama.block_count": cfg.num_hidden_layers, "llama.embedding_length": cfg.hidden_size,
-        "llama.feed_forward_length": cfg.intermediate_size, "llama.attention.head_count": cfg.num_attention_heads,
-        "llama.attention.head_count_kv": cfg.num_key_value_heads, "llama.rope.dimension_count": head_dim,
-        "llama.vocab_size": cfg.vocab_size}
+        "llama.block_count": cfg.num_hidden_layers,
+        "llama.embedding_length": cfg.hidden_size,
+        "llama.feed_forward_length": cfg.intermediate_size,
+        "llama.attention.head_count": cfg.num_attention_heads,
+        "llama.attention.head_count_kv": cfg.num_key_value_heads,
+        "llama.rope.dimension_count": head_dim,
+        "llama.vocab_size": cfg.vocab_size,
+    }
     for key, field in reader.fields.items():
         if key.startswith(_SKIP_KEYS):
             continue
@@ -146,22 +155,29 @@ def export(model: torch.nn.Module, template: Path | None, out: str | Path) -> Pa
     if out.suffix != ".gguf":
         raise EfflmError(f"GGUF export: --out must end in .gguf, got {out.name}")
     if template is None:
-        raise EfflmError("GGUF export needs the model's tokenizer metadata from a GGUF file: "
-                         "supported for models loaded from a .gguf (e.g. the default model)")
+        raise EfflmError(
+            "GGUF export needs the model's tokenizer metadata from a GGUF file: "
+            "supported for models loaded from a .gguf (e.g. the default model)"
+        )
     if model.config.model_type not in ("llama", "mistral"):
         raise EfflmError(f"GGUF export supports llama-layout models, not {model.config.model_type!r}")
     other = {n for n, m in efflm_modules(model).items() if role(m) != "weight_grid"}
     if other:
-        raise EfflmError(f"GGUF export writes float or weight-grid layers only, not {sorted(other)[0]} "
-                         f"({type(model.get_submodule(sorted(other)[0])).__name__})")
+        raise EfflmError(
+            f"GGUF export writes float or weight-grid layers only, not {sorted(other)[0]} "
+            f"({type(model.get_submodule(sorted(other)[0])).__name__})"
+        )
     tensors = list(_tensors(model))
     quant = {t for name, _, t in tensors if t is not None and name != "token_embd.weight"}
 
     def write(path: Path) -> None:
         writer = gguf.GGUFWriter(path, "llama")
         _copy_metadata(writer, template, model)
-        file_type = gguf.LlamaFileType.MOSTLY_Q4_0 if gguf.GGMLQuantizationType.Q4_0 in quant else (
-            gguf.LlamaFileType.MOSTLY_Q8_0 if quant else gguf.LlamaFileType.MOSTLY_F16)
+        file_type = (
+            gguf.LlamaFileType.MOSTLY_Q4_0
+            if gguf.GGMLQuantizationType.Q4_0 in quant
+            else (gguf.LlamaFileType.MOSTLY_Q8_0 if quant else gguf.LlamaFileType.MOSTLY_F16)
+        )
         writer.add_file_type(file_type)
         for name, data, qtype in tensors:
             writer.add_tensor(name, data, raw_dtype=qtype)

@@ -1,4 +1,5 @@
 """``load(spec)``: every model spec efflm accepts, compressed efflm directories included."""
+
 from __future__ import annotations
 
 from typing import Any

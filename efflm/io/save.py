@@ -7,6 +7,7 @@ Hugging Face directory. A model holding efflm modules (e.g. ``QuantLinear``) is 
 Either way the directory appears only when complete: written to a temporary sibling, then
 renamed.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,8 @@ def _write(model: torch.nn.Module, tokenizer: Any, out: Path, recipe_yaml: str) 
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     (out / "efflm.json" if modules else out / "efflm-recipe.json").write_text(
-        json.dumps({"recipe": recipe_yaml, "modules": modules}, indent=1))
+        json.dumps({"recipe": recipe_yaml, "modules": modules}, indent=1)
+    )
 
 
 def save(model: torch.nn.Module, tokenizer: Any, out: str | Path, recipe_yaml: str = "") -> Path:
@@ -75,8 +77,10 @@ def load_compressed(path: Path) -> tuple[torch.nn.Module, Any]:
     missing, unexpected = load_model(model, str(weights), strict=False)
     missing = set(missing) - _relink_tied(model, set(missing))
     if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
-        raise EfflmError(f"{path}: weights do not match the saved layout ({len(missing)} missing, "
-                         f"{len(unexpected)} unexpected tensors)")
+        raise EfflmError(
+            f"{path}: weights do not match the saved layout ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected tensors)"
+        )
     if not efflm_modules(model, "embedding"):
         model.tie_weights()
     return model, AutoTokenizer.from_pretrained(path)

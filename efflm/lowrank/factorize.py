@@ -11,6 +11,7 @@ parameters reach (1 − ratio) of the decoder Linears'; a Linear whose rank reac
 in·out/(in + out) stays dense. (Equal relative error for every matrix, also tried, was far
 worse on SmolLM2: perplexity 10.3M against 158k at 20%.)
 """
+
 from __future__ import annotations
 
 import heapq
@@ -32,8 +33,9 @@ def weighted_svd(W: torch.Tensor, row_weight: torch.Tensor | None = None) -> tup
     return torch.linalg.svd(W if row_weight is None else row_weight.float().unsqueeze(1) * W, full_matrices=False)
 
 
-def factorize(W: torch.Tensor, rank: int, row_weight: torch.Tensor | None = None,
-              svd: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def factorize(
+    W: torch.Tensor, rank: int, row_weight: torch.Tensor | None = None, svd: tuple[torch.Tensor, ...] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(A [rank, in], B [out, rank]) minimizing ‖diag(r)(W − BA)‖_F (r = row_weight, default 1);
     ``svd``: a precomputed ``weighted_svd(W, row_weight)``."""
     r = torch.ones(W.shape[0]) if row_weight is None else row_weight.float()
@@ -47,8 +49,12 @@ def breakeven_rank(n_in: int, n_out: int) -> int:
     return n_in * n_out // (n_in + n_out)
 
 
-def allocate_ranks(spectra: dict[str, torch.Tensor], shapes: dict[str, tuple[int, int]], keep_params: float,
-                   extra: dict[str, float] | None = None) -> dict[str, int | None]:
+def allocate_ranks(
+    spectra: dict[str, torch.Tensor],
+    shapes: dict[str, tuple[int, int]],
+    keep_params: float,
+    extra: dict[str, float] | None = None,
+) -> dict[str, int | None]:
     """Rank per Linear (None: stays dense) so the kept parameters are at most ``keep_params``.
 
     Greedy over all matrices' singular components by the share of their matrix's energy
@@ -69,8 +75,10 @@ def allocate_ranks(spectra: dict[str, torch.Tensor], shapes: dict[str, tuple[int
     heap = []
     for p, s in spectra.items():
         energy = (s.double() ** 2) / (s.double() ** 2).sum().clamp_min(1e-30)
-        heap += [(-float(e) / (shapes[p][0] + shapes[p][1]), p, i)
-                 for i, e in enumerate(energy[1:breakeven_rank(*shapes[p])].tolist(), 1)]
+        heap += [
+            (-float(e) / (shapes[p][0] + shapes[p][1]), p, i)
+            for i, e in enumerate(energy[1 : breakeven_rank(*shapes[p])].tolist(), 1)
+        ]
     heapq.heapify(heap)
     while heap:
         _, p, i = heapq.heappop(heap)
@@ -83,8 +91,9 @@ def allocate_ranks(spectra: dict[str, torch.Tensor], shapes: dict[str, tuple[int
 
 def check_lowrank_config(cfg: Any) -> None:
     if not 0 <= cfg.ratio < 1:
-        raise ConfigError(f"{cfg.method}: ratio (fraction of decoder Linear parameters removed) must be in [0, 1), "
-                          f"got {cfg.ratio}")
+        raise ConfigError(
+            f"{cfg.method}: ratio (fraction of decoder Linear parameters removed) must be in [0, 1), got {cfg.ratio}"
+        )
     if cfg.rank < 0:
         raise ConfigError(f"{cfg.method}: rank must be positive, or 0 to choose ranks from ratio, got {cfg.rank}")
 
@@ -96,11 +105,18 @@ def check_lowrank_for_model(hf_config: Any, cfg: Any) -> None:
     outs = out_features(hf_config)
     for name, width in in_features(hf_config).items():
         if cfg.rank > min(width, outs[name]):
-            raise ConfigError(f"{cfg.method}: rank {cfg.rank} exceeds min(in, out) = {min(width, outs[name])} of {name}")
+            raise ConfigError(
+                f"{cfg.method}: rank {cfg.rank} exceeds min(in, out) = {min(width, outs[name])} of {name}"
+            )
 
 
-def factorizations(model: nn.Module, cfg: Any, desc: str, row_weights: dict[str, torch.Tensor] | None = None,
-                   extra: dict[str, float] | None = None) -> Iterator[tuple[str, nn.Linear, torch.Tensor, torch.Tensor]]:
+def factorizations(
+    model: nn.Module,
+    cfg: Any,
+    desc: str,
+    row_weights: dict[str, torch.Tensor] | None = None,
+    extra: dict[str, float] | None = None,
+) -> Iterator[tuple[str, nn.Linear, torch.Tensor, torch.Tensor]]:
     """For every decoder Linear the budget factorizes: ``(path, linear, A, B)`` minimising
     ‖diag(r)(W − BA)‖_F (``row_weights[path]`` = r; default 1).
 
@@ -116,18 +132,23 @@ def factorizations(model: nn.Module, cfg: Any, desc: str, row_weights: dict[str,
             svds[path] = weighted_svd(lin.weight.data, row_weights.get(path))
             shapes[path] = (lin.in_features, lin.out_features)
         total = sum(i * o for i, o in shapes.values())
-        ranks = {p: cfg.rank for p in shapes} if cfg.rank > 0 else \
-            allocate_ranks({p: svd[1] for p, svd in svds.items()}, shapes, (1 - cfg.ratio) * total, extra)
+        ranks = (
+            {p: cfg.rank for p in shapes}
+            if cfg.rank > 0
+            else allocate_ranks({p: svd[1] for p, svd in svds.items()}, shapes, (1 - cfg.ratio) * total, extra)
+        )
         for path, lin in progress(linears, desc=f"{desc}: factorize"):
             svd = svds.pop(path)
             if ranks[path] is not None:
                 yield (path, lin, *factorize(lin.weight.data, ranks[path], row_weights.get(path), svd))
 
 
-def install(model: nn.Module, path: str, linear: nn.Linear, A: torch.Tensor, B: torch.Tensor,
-            sparse: torch.Tensor | None = None) -> None:
+def install(
+    model: nn.Module, path: str, linear: nn.Linear, A: torch.Tensor, B: torch.Tensor, sparse: torch.Tensor | None = None
+) -> None:
     """Replace ``linear`` by a ``LowRankLinear`` holding B·A (+ the nonzeros of ``sparse``, as CSR)."""
     nnz = 0 if sparse is None else int((sparse != 0).sum())
-    new = LowRankLinear(linear.in_features, linear.out_features, A.shape[0], linear.bias is not None, nnz,
-                        linear.weight.dtype)
+    new = LowRankLinear(
+        linear.in_features, linear.out_features, A.shape[0], linear.bias is not None, nnz, linear.weight.dtype
+    )
     set_module(model, path, new.set_factors(A, B, None if linear.bias is None else linear.bias.data, sparse))

@@ -9,6 +9,7 @@ Differences from the reference code: the loss is the language-modelling loss on 
 calibration windows (the paper uses the downstream task's loss); ranks per Linear come from
 the shared global budget (factorize.py), allocated on the weighted spectra.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,9 +47,15 @@ class FWSVDConfig(MethodConfig):
         check_lowrank_config(self)
 
 
-@register(FWSVDConfig, family="lowrank", title="Language Model Compression with Weighted Low-rank Factorization (FWSVD)",
-          arxiv="2207.00112", needs_calibration=True, paper="language-model-compression-weighted-low-rank",
-          check=check_lowrank_for_model)
+@register(
+    FWSVDConfig,
+    family="lowrank",
+    title="Language Model Compression with Weighted Low-rank Factorization (FWSVD)",
+    arxiv="2207.00112",
+    needs_calibration=True,
+    paper="language-model-compression-weighted-low-rank",
+    check=check_lowrank_for_model,
+)
 def apply(model: torch.nn.Module, config: FWSVDConfig, calib: Any) -> torch.nn.Module:
     fisher = linear_gradients(model, calib, squares=True, max_len=config.grad_len, desc="fwsvd: fisher")
     importance = {path: fisher_row_importance(fisher.pop(path)) for path in list(fisher)}

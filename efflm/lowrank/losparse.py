@@ -11,6 +11,7 @@ iteratively while training; here the sensitivity uses calibration gradients once
 ``density`` of each matrix's entries, and ranks come from the shared global budget with
 S's values and int32 column indices counted against it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,16 +58,27 @@ class LoSparseConfig(MethodConfig):
         if not 0 <= self.density < 1:
             raise ConfigError(f"losparse: density must be in [0, 1), got {self.density}")
         if 2 * self.density >= 1 - self.ratio:
-            raise ConfigError(f"losparse: density {self.density} leaves no budget for the low-rank part at ratio "
-                              f"{self.ratio} (need 2·density < 1 − ratio)")
+            raise ConfigError(
+                f"losparse: density {self.density} leaves no budget for the low-rank part at ratio "
+                f"{self.ratio} (need 2·density < 1 − ratio)"
+            )
 
 
-@register(LoSparseConfig, family="lowrank", title="LoSparse: Low-Rank and Sparse Approximation of LLMs",
-          arxiv="2306.11222", needs_calibration=True, paper="losparse", check=check_lowrank_for_model)
+@register(
+    LoSparseConfig,
+    family="lowrank",
+    title="LoSparse: Low-Rank and Sparse Approximation of LLMs",
+    arxiv="2306.11222",
+    needs_calibration=True,
+    paper="losparse",
+    check=check_lowrank_for_model,
+)
 def apply(model: torch.nn.Module, config: LoSparseConfig, calib: Any) -> torch.nn.Module:
     fisher = linear_gradients(model, calib, squares=True, max_len=config.grad_len, desc="losparse: fisher")
-    extra = {p: 2 * round(lin.weight.numel() * config.density) + lin.out_features + 1  # values, cols, row ptrs
-             for p, lin in decoder_linears(model)}
+    extra = {
+        p: 2 * round(lin.weight.numel() * config.density) + lin.out_features + 1  # values, cols, row ptrs
+        for p, lin in decoder_linears(model)
+    }
     for path, linear, A, B in factorizations(model, config, desc="losparse", extra=extra):
         W = linear.weight.data.float()
         install(model, path, linear, A, B, sparse_residual(W - B @ A, fisher.pop(path), config.density))

@@ -5,6 +5,7 @@ low-rank LLM papers). Algorithm: W ≈ U_r Σ_r V_rᵀ, stored as B = U_r Σ_r^�
 A = Σ_r^½ V_rᵀ [r, in]; y = B(Ax). Ranks come from the global parameter budget of
 ``efflm.lowrank.factorize`` (or one fixed rank for every Linear).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,8 +33,15 @@ class SVDConfig(MethodConfig):
         check_lowrank_config(self)
 
 
-@register(SVDConfig, family="lowrank", title="Truncated SVD low-rank factorization (baseline)", arxiv=None,
-          needs_calibration=False, paper="svd-lowrank", check=check_lowrank_for_model)
+@register(
+    SVDConfig,
+    family="lowrank",
+    title="Truncated SVD low-rank factorization (baseline)",
+    arxiv=None,
+    needs_calibration=False,
+    paper="svd-lowrank",
+    check=check_lowrank_for_model,
+)
 def apply(model: nn.Module, config: SVDConfig, calib: Any = None) -> nn.Module:
     for path, linear, A, B in factorizations(model, config, desc="svd"):
         install(model, path, linear, A, B)

@@ -3,6 +3,7 @@
 Every Llama-style decoder (Llama, Mistral, Qwen2) names its blocks and Linears the same
 way; a new layout is one more entry in ``LAYOUTS``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,16 +16,16 @@ from efflm.core.errors import EfflmError
 
 @dataclass(frozen=True)
 class Layout:
-    layers: str                      # attribute path of the decoder layer list
-    embed: str                       # input embedding
+    layers: str  # attribute path of the decoder layer list
+    embed: str  # input embedding
     lm_head: str
-    attn_linears: tuple[str, ...]    # inside one layer
+    attn_linears: tuple[str, ...]  # inside one layer
     mlp_linears: tuple[str, ...]
-    norms: tuple[str, str]           # before attention, before the MLP
+    norms: tuple[str, str]  # before attention, before the MLP
     final_norm: str = "model.norm"
     rotary: str = "model.rotary_emb"  # module(x, position_ids) -> (cos, sin)
     attn: str = "self_attn"
-    mlp: str = "mlp"                  # module(x) -> MLP output, whatever its Linears are
+    mlp: str = "mlp"  # module(x) -> MLP output, whatever its Linears are
 
     @property
     def linears(self) -> tuple[str, ...]:
@@ -45,7 +46,9 @@ class Layout:
 
 
 _LLAMA = Layout(
-    layers="model.layers", embed="model.embed_tokens", lm_head="lm_head",
+    layers="model.layers",
+    embed="model.embed_tokens",
+    lm_head="lm_head",
     attn_linears=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
     mlp_linears=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
     norms=("input_layernorm", "post_attention_layernorm"),
@@ -78,8 +81,15 @@ def out_features(hf_config: Any) -> dict[str, int]:
     kv = (getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads) * head_dim
     q, k, v, o = layout.attn_linears
     gate, up, down = layout.mlp_linears
-    return {q: hf_config.num_attention_heads * head_dim, k: kv, v: kv, o: hf_config.hidden_size,
-            gate: hf_config.intermediate_size, up: hf_config.intermediate_size, down: hf_config.hidden_size}
+    return {
+        q: hf_config.num_attention_heads * head_dim,
+        k: kv,
+        v: kv,
+        o: hf_config.hidden_size,
+        gate: hf_config.intermediate_size,
+        up: hf_config.intermediate_size,
+        down: hf_config.hidden_size,
+    }
 
 
 def get_module(root: nn.Module, path: str) -> nn.Module:

@@ -1,4 +1,5 @@
 """The dense baseline: the model as loaded, optionally cast to another float dtype."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,9 +25,14 @@ class DenseConfig(MethodConfig):
             raise ConfigError(f"dense: dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
 
-@register(DenseConfig, family="baseline", title="Dense baseline (no compression)", arxiv=None,
-          needs_calibration=False,
-          paper="dense-baseline")
+@register(
+    DenseConfig,
+    family="baseline",
+    title="Dense baseline (no compression)",
+    arxiv=None,
+    needs_calibration=False,
+    paper="dense-baseline",
+)
 def apply(model: torch.nn.Module, config: DenseConfig, calib: Any = None) -> torch.nn.Module:
     dtype = DTYPES[config.dtype]
     for module in model.modules():

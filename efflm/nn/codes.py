@@ -6,6 +6,7 @@ The grid (shared by RTN, GPTQ, AWQ and the packed modules):
 with fp16 scales ``s`` and offsets ``o`` of shape [out, in / group_size]. Choosing the grid
 is the quantizers' business (``efflm.quantize.grid``); this module only decodes it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,9 @@ def groups(w: torch.Tensor, group_size: int) -> torch.Tensor:
     return w.reshape(w.shape[0], w.shape[1] // g, g)
 
 
-def dequantize(q: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None, bits: int,
-               group_size: int) -> torch.Tensor:
+def dequantize(
+    q: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None, bits: int, group_size: int
+) -> torch.Tensor:
     """float32 weights from uint8 codes [out, in] in [0, 2^bits − 1] and their grid."""
     qg = groups(q.float(), group_size)
     s = scales.float().unsqueeze(-1)

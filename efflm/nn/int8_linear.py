@@ -9,6 +9,7 @@ so the product runs as fp32 GEMMs over slices of ≤ 1024 inputs — every parti
 integer below 2^24, hence exact in fp32 — summed in int32: bit-identical to ``_int_mm``
 (tested), at fp32-GEMM speed. Weights are stored as int8 + fp32 scales only.
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,7 +33,7 @@ def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return (a.float() @ b.float().t()).to(torch.int32)
     out = None
     for j in range(0, k, EXACT_K):
-        part = (a[:, j:j + EXACT_K].float() @ b[:, j:j + EXACT_K].float().t()).to(torch.int32)
+        part = (a[:, j : j + EXACT_K].float() @ b[:, j : j + EXACT_K].float().t()).to(torch.int32)
         out = part if out is None else out + part
     return out
 

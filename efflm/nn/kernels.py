@@ -10,6 +10,7 @@ The int4 layout is machine-specific, so files always hold efflm's own nibble lay
 ``int4pack_to_codes`` inverts the packing exactly (the permutation is found once per shape
 by packing the digits of each position's index).
 """
+
 from __future__ import annotations
 
 from functools import lru_cache

@@ -13,6 +13,7 @@
 A layout packs codes (uint8 in [0, 2^bits − 1]) into ``qweight``, reads them back, and may
 name a kernel for an input; ``QuantLinear`` dequantizes when none applies.
 """
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -25,7 +26,7 @@ from efflm.nn.codes import pack_codes, unpack_codes
 
 class Layout:
     name: ClassVar[str] = ""
-    portable: ClassVar[bool] = True   # False: files hold the module's portable layout instead
+    portable: ClassVar[bool] = True  # False: files hold the module's portable layout instead
 
     def pack(self, m: Any, codes: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -70,8 +71,7 @@ class Q4Blocks(Layout):
         return "q4" if x.dtype == torch.bfloat16 else None
 
     def matmul(self, m, x):
-        return q4_kernel.q4_mm(x, m.qweight, m.scales, getattr(m, "offsets", None), 2 ** (m.bits - 1),
-                               m.group_size)
+        return q4_kernel.q4_mm(x, m.qweight, m.scales, getattr(m, "offsets", None), 2 ** (m.bits - 1), m.group_size)
 
 
 class Int4Pack(Layout):

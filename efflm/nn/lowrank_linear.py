@@ -4,6 +4,7 @@ an optional sparse residual S held as CSR (values, int32 column indices, int32 r
 Parameters and bytes really shrink: rank·(in + out) factor entries instead of in·out, and
 nnz values + nnz indices for S. The harness counts these tensors as the model's bytes.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -17,11 +18,18 @@ from efflm.nn.registry import register_module
 
 @register_module(role="lowrank")
 class LowRankLinear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = False, nnz: int = 0,
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        bias: bool = False,
+        nnz: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         self.in_features, self.out_features, self.rank, self.nnz = in_features, out_features, rank, nnz
-        self.A = nn.Parameter(torch.zeros(rank, in_features, dtype=dtype))   # [rank, in]
+        self.A = nn.Parameter(torch.zeros(rank, in_features, dtype=dtype))  # [rank, in]
         self.B = nn.Parameter(torch.zeros(out_features, rank, dtype=dtype))  # [out, rank]
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype)) if bias else None
         if nnz:
@@ -30,15 +38,22 @@ class LowRankLinear(nn.Module):
             self.register_buffer("s_crow", torch.zeros(out_features + 1, dtype=torch.int32))
 
     def spec(self) -> dict:
-        return {"in_features": self.in_features, "out_features": self.out_features, "rank": self.rank,
-                "bias": self.bias is not None, "nnz": self.nnz, "dtype": str(self.A.dtype).removeprefix("torch.")}
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "rank": self.rank,
+            "bias": self.bias is not None,
+            "nnz": self.nnz,
+            "dtype": str(self.A.dtype).removeprefix("torch."),
+        }
 
     @classmethod
     def from_spec(cls, spec: dict) -> "LowRankLinear":
         return cls(**{**spec, "dtype": getattr(torch, spec["dtype"])})
 
-    def set_factors(self, A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None = None,
-                    sparse: torch.Tensor | None = None) -> "LowRankLinear":
+    def set_factors(
+        self, A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None = None, sparse: torch.Tensor | None = None
+    ) -> "LowRankLinear":
         """Load factors (and a dense residual whose nonzeros become S); returns self."""
         self.A.data.copy_(A)
         self.B.data.copy_(B)
@@ -58,8 +73,13 @@ class LowRankLinear(nn.Module):
     def sparse_residual(self) -> torch.Tensor | None:
         if not self.nnz:
             return None
-        return torch.sparse_csr_tensor(self.s_crow, self.s_cols, self.s_values.float(),
-                                       (self.out_features, self.in_features), check_invariants=False)
+        return torch.sparse_csr_tensor(
+            self.s_crow,
+            self.s_cols,
+            self.s_values.float(),
+            (self.out_features, self.in_features),
+            check_invariants=False,
+        )
 
     def weight_estimate(self) -> torch.Tensor:
         """The dense matrix this module computes (B·A + S), float32."""

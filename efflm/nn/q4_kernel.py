@@ -10,6 +10,7 @@ Block layout (``to_blocks``): per output row, per 32 inputs, 16 bytes; byte j ho
 quantized to int8 per 32 inputs inside the kernel (llama.cpp's Q8_0 scheme), which is the
 difference from a bf16 matmul: a relative error of about 0.4% per block's dot product.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -26,7 +27,7 @@ import torch
 from efflm.core.paths import cache_dir
 
 SOURCE = Path(__file__).with_name("q4_cpu.c")
-_LIB: list = [None]   # the loaded library, for the hot path (no lookup per call)
+_LIB: list = [None]  # the loaded library, for the hot path (no lookup per call)
 FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC"]
 
 
@@ -111,16 +112,33 @@ def _io(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     return x, torch.empty(*x.shape[:-1], n, dtype=x.dtype), int(x.dtype == torch.bfloat16)
 
 
-def q4_mm(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None,
-          half: float, group_size: int) -> torch.Tensor:
+def q4_mm(
+    x: torch.Tensor,
+    blocks: torch.Tensor,
+    scales: torch.Tensor,
+    offsets: torch.Tensor | None,
+    half: float,
+    group_size: int,
+) -> torch.Tensor:
     """``x [..., K]`` (fp32 or bf16) times the 4-bit weight ``[N, K]``; the result in x's dtype.
 
     ``scales``/``offsets``: contiguous fp16 ``[N, K / group_size]``; offsets (asymmetric
     grids) add ``offset + half·scale`` per group, i.e. w = (c − 8)·s + o + half·s."""
     k, n = x.shape[-1], blocks.shape[0]
     x, y, bf16 = _io(x, n)
-    _LIB[0].efflm_q4_gemm(x.data_ptr(), bf16, x.numel() // k, k, blocks.data_ptr(), scales.data_ptr(),
-                          offsets.data_ptr() if offsets is not None else None, half, n, group_size, y.data_ptr())
+    _LIB[0].efflm_q4_gemm(
+        x.data_ptr(),
+        bf16,
+        x.numel() // k,
+        k,
+        blocks.data_ptr(),
+        scales.data_ptr(),
+        offsets.data_ptr() if offsets is not None else None,
+        half,
+        n,
+        group_size,
+        y.data_ptr(),
+    )
     return y
 
 
@@ -128,6 +146,5 @@ def q8_mm(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.
     """``x [..., K]`` times int8 ``weight [N, K]`` with one contiguous fp16 scale per row (K % 32 == 0)."""
     k, n = x.shape[-1], weight.shape[0]
     x, y, bf16 = _io(x, n)
-    _LIB[0].efflm_q8_gemm(x.data_ptr(), bf16, x.numel() // k, k, weight.data_ptr(), scales.data_ptr(), n,
-                          y.data_ptr())
+    _LIB[0].efflm_q8_gemm(x.data_ptr(), bf16, x.numel() // k, k, weight.data_ptr(), scales.data_ptr(), n, y.data_ptr())
     return y

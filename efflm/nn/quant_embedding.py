@@ -4,6 +4,7 @@ The module of ``efflm.quantize.embedding`` (int8 embedding and lm_head). When th
 embedding is tied to the lm_head it shares that 8-bit per-channel ``QuantLinear``'s codes
 (no copy), so the model stores the matrix once.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,9 @@ from efflm.nn.registry import register_module
 class QuantEmbedding(nn.Module):
     """Embedding rows from int8 codes: ``row = scale[v] · qweight[v]`` (qweight signed int8)."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, tied_to: str | None = None,
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, tied_to: str | None = None, dtype: torch.dtype = torch.float32
+    ):
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.tied_to = num_embeddings, embedding_dim, tied_to
         self.register_buffer("qweight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
@@ -35,8 +37,12 @@ class QuantEmbedding(nn.Module):
         return m
 
     def spec(self) -> dict:
-        return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim,
-                "tied_to": self.tied_to, "dtype": str(self.compute_dtype).removeprefix("torch.")}
+        return {
+            "num_embeddings": self.num_embeddings,
+            "embedding_dim": self.embedding_dim,
+            "tied_to": self.tied_to,
+            "dtype": str(self.compute_dtype).removeprefix("torch."),
+        }
 
     @classmethod
     def from_spec(cls, spec: dict) -> "QuantEmbedding":

@@ -7,6 +7,7 @@ hold the portable layout. ``forward`` uses the layout's kernel where one applies
 otherwise dequantizes and calls ``F.linear`` (tested to agree). The harness counts these
 buffers as the model's bytes.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +23,16 @@ from efflm.nn.registry import register_module
 class QuantLinear(nn.Module):
     """Weight-only quantized Linear: ``W[o, g*G:(g+1)*G] = scale[o,g] * (q - z) (+ offset)``."""
 
-    def __init__(self, in_features: int, out_features: int, bits: int, group_size: int,
-                 symmetric: bool, bias: bool = False, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bits: int,
+        group_size: int,
+        symmetric: bool,
+        bias: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         if in_features % 2:
             raise ValueError("QuantLinear needs an even in_features")
@@ -32,8 +41,9 @@ class QuantLinear(nn.Module):
         self.group_size = group_size if group_size > 0 else in_features
         groups = in_features // self.group_size
         self.layout = layouts.portable(bits, symmetric)
-        self.register_buffer("qweight", self.layout.pack(self, torch.zeros(out_features, in_features,
-                                                                             dtype=torch.uint8)))
+        self.register_buffer(
+            "qweight", self.layout.pack(self, torch.zeros(out_features, in_features, dtype=torch.uint8))
+        )
         self.register_buffer("scales", torch.ones(out_features, groups, dtype=torch.float16))
         if not symmetric:
             self.register_buffer("offsets", torch.zeros(out_features, groups, dtype=torch.float16))
@@ -43,9 +53,15 @@ class QuantLinear(nn.Module):
 
     def spec(self) -> dict:
         """Constructor arguments, saved with the model so a loader can rebuild the shell."""
-        return {"in_features": self.in_features, "out_features": self.out_features, "bits": self.bits,
-                "group_size": self.group_size, "symmetric": self.symmetric,
-                "bias": self.bias is not None, "dtype": str(self.compute_dtype).removeprefix("torch.")}
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bits": self.bits,
+            "group_size": self.group_size,
+            "symmetric": self.symmetric,
+            "bias": self.bias is not None,
+            "dtype": str(self.compute_dtype).removeprefix("torch."),
+        }
 
     @classmethod
     def from_spec(cls, spec: dict) -> "QuantLinear":
@@ -106,5 +122,7 @@ class QuantLinear(nn.Module):
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
-        return (f"in={self.in_features}, out={self.out_features}, bits={self.bits}, "
-                f"group_size={self.group_size}, symmetric={self.symmetric}, layout={self.layout.name}")
+        return (
+            f"in={self.in_features}, out={self.out_features}, bits={self.bits}, "
+            f"group_size={self.group_size}, symmetric={self.symmetric}, layout={self.layout.name}"
+        )

@@ -9,6 +9,7 @@ The ``role`` says what an exporter may rely on:
   ``codes()`` and ``dequantize(dtype)`` (compressed-tensors and GGUF export these);
 * ``"w8a8"``, ``"embedding"``, ``"lowrank"``: saved and loaded by efflm only.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -44,5 +45,4 @@ def role(module: nn.Module) -> str | None:
 
 def efflm_modules(model: nn.Module, role_: str | None = None) -> dict[str, nn.Module]:
     """Every registered module of ``model`` by path (only those of ``role_`` if given)."""
-    return {name: m for name, m in model.named_modules()
-            if role(m) is not None and (role_ is None or role(m) == role_)}
+    return {name: m for name, m in model.named_modules() if role(m) is not None and (role_ is None or role(m) == role_)}

@@ -12,6 +12,7 @@ model whose config says its new sizes — plain transformers loads it; under GQA
 is removed evenly from every key/value group, or as whole groups; no recovery fine-tuning
 here (the finetune family does that).
 """
+
 from __future__ import annotations
 
 import copy
@@ -47,8 +48,10 @@ def head_plan(n_heads: int, n_kv: int, remove: int) -> tuple[str, int]:
     if remove >= n_heads:
         raise ConfigError(f"llm_pruner: head_ratio would remove all {n_heads} heads of every layer")
     valid = [f"{r / n_heads:.3f}" for r in range(1, n_heads) if _plan(n_heads, n_kv, r)]
-    raise ConfigError(f"llm_pruner: removing {remove} of {n_heads} heads breaks GQA grouping ({n_kv} key/value "
-                      f"groups of {n_heads // n_kv}); valid head_ratio values: {', '.join(valid) or 'none'}")
+    raise ConfigError(
+        f"llm_pruner: removing {remove} of {n_heads} heads breaks GQA grouping ({n_kv} key/value "
+        f"groups of {n_heads // n_kv}); valid head_ratio values: {', '.join(valid) or 'none'}"
+    )
 
 
 def _head_dim(hf_config: Any) -> int:
@@ -60,9 +63,14 @@ def pruned_config(hf_config: Any, cfg: "LLMPrunerConfig") -> Any:
     inter = hf_config.intermediate_size
     keep = int(round(inter * (1 - cfg.ratio) / cfg.multiple_of)) * cfg.multiple_of
     if keep < cfg.multiple_of or (cfg.ratio > 0 and keep >= inter):
-        raise ConfigError(f"llm_pruner: ratio {cfg.ratio} keeps {keep} of {inter} MLP channels after rounding to a "
-                          f"multiple of {cfg.multiple_of}; choose another ratio or multiple_of")
-    n_heads, n_kv = hf_config.num_attention_heads, getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads
+        raise ConfigError(
+            f"llm_pruner: ratio {cfg.ratio} keeps {keep} of {inter} MLP channels after rounding to a "
+            f"multiple of {cfg.multiple_of}; choose another ratio or multiple_of"
+        )
+    n_heads, n_kv = (
+        hf_config.num_attention_heads,
+        getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads,
+    )
     remove = int(round(cfg.head_ratio * n_heads))
     kind, count = head_plan(n_heads, n_kv, remove)
     out = copy.deepcopy(hf_config)
@@ -82,8 +90,9 @@ def mlp_keep(elem: dict[str, torch.Tensor], keep: int) -> torch.Tensor:
     return _keep(elem["gate"].sum(1) + elem["up"].sum(1) + elem["down"].sum(0), keep)
 
 
-def heads_keep(elem: dict[str, torch.Tensor], n_heads: int, n_kv: int, head_dim: int,
-               plan: tuple[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def heads_keep(
+    elem: dict[str, torch.Tensor], n_heads: int, n_kv: int, head_dim: int, plan: tuple[str, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept query heads, kept key/value heads), sorted, grouping preserved."""
     per = n_heads // n_kv
     q = elem["q"].reshape(n_heads, head_dim, -1).sum((1, 2)) + elem["o"].reshape(-1, n_heads, head_dim).sum((0, 2))
@@ -123,15 +132,24 @@ class LLMPrunerConfig(MethodConfig):
     def __post_init__(self) -> None:
         check_grad_len(self)
         if not 0 <= self.ratio < 1 or not 0 <= self.head_ratio < 1:
-            raise ConfigError(f"llm_pruner: ratio and head_ratio must be in [0, 1), got {self.ratio}, {self.head_ratio}")
+            raise ConfigError(
+                f"llm_pruner: ratio and head_ratio must be in [0, 1), got {self.ratio}, {self.head_ratio}"
+            )
         if self.importance not in ("taylor", "magnitude"):
             raise ConfigError(f"llm_pruner: importance must be 'taylor' or 'magnitude', got {self.importance!r}")
         if self.multiple_of < 1:
             raise ConfigError(f"llm_pruner: multiple_of must be positive, got {self.multiple_of}")
 
 
-@register(LLMPrunerConfig, family="prune", title="LLM-Pruner: On the Structural Pruning of Large Language Models",
-          arxiv="2305.11627", needs_calibration=True, paper="llm-pruner", out_config=pruned_config)
+@register(
+    LLMPrunerConfig,
+    family="prune",
+    title="LLM-Pruner: On the Structural Pruning of Large Language Models",
+    arxiv="2305.11627",
+    needs_calibration=True,
+    paper="llm-pruner",
+    out_config=pruned_config,
+)
 def apply(model: nn.Module, config: LLMPrunerConfig, calib: Any) -> nn.Module:
     old = model.config
     new_cfg = pruned_config(old, config)
@@ -141,8 +159,11 @@ def apply(model: nn.Module, config: LLMPrunerConfig, calib: Any) -> nn.Module:
     names = {"q": q, "k": k, "v": v, "o": o, "gate": gate, "up": up, "down": down}
     n_heads, n_kv, hd = old.num_attention_heads, old.num_key_value_heads or old.num_attention_heads, _head_dim(old)
     plan = head_plan(n_heads, n_kv, n_heads - new_cfg.num_attention_heads)
-    grads = linear_gradients(model, calib, squares=False, max_len=config.grad_len, desc="llm_pruner") \
-        if config.importance == "taylor" else None
+    grads = (
+        linear_gradients(model, calib, squares=False, max_len=config.grad_len, desc="llm_pruner")
+        if config.importance == "taylor"
+        else None
+    )
     state = model.state_dict()
     for i, layer in enumerate(decoder_layers(model)):
         prefix = f"{layout.layers}.{i}."
@@ -152,8 +173,15 @@ def apply(model: nn.Module, config: LLMPrunerConfig, calib: Any) -> nn.Module:
             elem[key] = (w * grads[prefix + name]).abs() if grads is not None else w * w
         ch = mlp_keep(elem, new_cfg.intermediate_size)
         qh, kvh = heads_keep(elem, n_heads, n_kv, hd, plan)
-        cuts = {gate: (0, ch), up: (0, ch), down: (1, ch), q: (0, _rows(qh, hd)), o: (1, _rows(qh, hd)),
-                k: (0, _rows(kvh, hd)), v: (0, _rows(kvh, hd))}
+        cuts = {
+            gate: (0, ch),
+            up: (0, ch),
+            down: (1, ch),
+            q: (0, _rows(qh, hd)),
+            o: (1, _rows(qh, hd)),
+            k: (0, _rows(kvh, hd)),
+            v: (0, _rows(kvh, hd)),
+        }
         for name, (dim, idx) in cuts.items():
             for suffix in ("weight", "bias"):
                 key = f"{prefix}{name}.{suffix}"

@@ -7,6 +7,7 @@ pattern, within every run of M consecutive inputs of a row (keep the N largest).
 Differences from common code: none in the math; zeros stay stored densely (an ordinary
 Hugging Face model), and the harness reports an "as-sparse" bytes estimate beside it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,8 +28,15 @@ class MagnitudeConfig(SparsityConfig):
     method = "magnitude"
 
 
-@register(MagnitudeConfig, family="prune", title="Magnitude pruning (baseline)", arxiv=None,
-          needs_calibration=False, paper="magnitude-pruning", check=check_sparsity_for_model)
+@register(
+    MagnitudeConfig,
+    family="prune",
+    title="Magnitude pruning (baseline)",
+    arxiv=None,
+    needs_calibration=False,
+    paper="magnitude-pruning",
+    check=check_sparsity_for_model,
+)
 @torch.no_grad()
 def apply(model: torch.nn.Module, config: MagnitudeConfig, calib: Any = None) -> torch.nn.Module:
     for _, linear in progress(decoder_linears(model), desc="magnitude"):

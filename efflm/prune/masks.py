@@ -5,6 +5,7 @@ they give each weight; turning a score into a mask — the lowest ``sparsity`` o
 row, or all but the N highest of every M consecutive inputs — and validating those settings
 is the same for all three, and lives here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,8 +60,10 @@ def check_sparsity_config(cfg: Any) -> None:
         raise ConfigError(f"{cfg.method}: sparsity must be in [0, 1), got {cfg.sparsity}")
     nm = parse_pattern(cfg.pattern)
     if nm is not None and abs(cfg.sparsity - (1 - nm[0] / nm[1])) > 1e-9:
-        raise ConfigError(f"{cfg.method}: pattern {cfg.pattern} means sparsity {1 - nm[0] / nm[1]:g}, "
-                          f"got sparsity {cfg.sparsity} (set sparsity: {1 - nm[0] / nm[1]:g})")
+        raise ConfigError(
+            f"{cfg.method}: pattern {cfg.pattern} means sparsity {1 - nm[0] / nm[1]:g}, "
+            f"got sparsity {cfg.sparsity} (set sparsity: {1 - nm[0] / nm[1]:g})"
+        )
 
 
 def check_sparsity_for_model(hf_config: Any, cfg: Any) -> None:
@@ -70,8 +73,10 @@ def check_sparsity_for_model(hf_config: Any, cfg: Any) -> None:
         return
     for linear, width in in_features(hf_config).items():
         if width % nm[1]:
-            raise ConfigError(f"{cfg.method}: pattern {cfg.pattern}: M={nm[1]} does not divide the input "
-                              f"dimension {width} of {linear}")
+            raise ConfigError(
+                f"{cfg.method}: pattern {cfg.pattern}: M={nm[1]} does not divide the input "
+                f"dimension {width} of {linear}"
+            )
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ block) weights (top-k, not a threshold, so ties cannot change the sparsity); whe
 fails even at raised damping the layer falls back to magnitude pruning and the run records
 it (GPTQ's policy, with magnitude as the no-Hessian fallback).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,9 +40,15 @@ def block_mask(score: torch.Tensor, sparsity: float, row_splits: list[int] | Non
     return torch.cat(parts)
 
 
-def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, pattern: str = "unstructured",
-                    damp: float = 0.01, block_size: int = 128,
-                    row_splits: list[int] | None = None) -> tuple[torch.Tensor, dict]:
+def sparsegpt_prune(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    sparsity: float,
+    pattern: str = "unstructured",
+    damp: float = 0.01,
+    block_size: int = 128,
+    row_splits: list[int] | None = None,
+) -> tuple[torch.Tensor, dict]:
     """Pruned, reconstructed weight (float32, same shape) and an info dict (info["fallback"]).
 
     ``row_splits``: row counts of Linears stacked into ``W`` (they share H); each gets the sparsity."""
@@ -57,10 +64,10 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, pattern: 
         W1, U1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2]
         d2 = torch.diag(U1) ** 2
         err1 = torch.zeros_like(W1)
-        mask1 = block_mask(W1 ** 2 / d2, sparsity, row_splits) if nm is None else torch.zeros_like(W1, dtype=torch.bool)
+        mask1 = block_mask(W1**2 / d2, sparsity, row_splits) if nm is None else torch.zeros_like(W1, dtype=torch.bool)
         for i in range(i2 - i1):
             if nm is not None and i % nm[1] == 0:
-                mask1[:, i:i + nm[1]] = nm_mask(W1[:, i:i + nm[1]] ** 2 / d2[i:i + nm[1]], *nm)
+                mask1[:, i : i + nm[1]] = nm_mask(W1[:, i : i + nm[1]] ** 2 / d2[i : i + nm[1]], *nm)
             err = W1[:, i] * mask1[:, i] / U1[i, i]
             W1[:, i:].addr_(err, U1[i, i:], alpha=-1)
             W1[:, i].masked_fill_(mask1[:, i], 0)  # exactly zero, not zero up to rounding
@@ -91,15 +98,29 @@ class SparseGPTConfig(SparsityConfig):
             raise ConfigError(f"sparsegpt: block_size must be a positive multiple of M, got {self.block_size}")
 
 
-@register(SparseGPTConfig, family="prune", title="SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot",
-          arxiv="2301.00774", needs_calibration=True, paper="sparsegpt", check=check_sparsity_for_model)
+@register(
+    SparseGPTConfig,
+    family="prune",
+    title="SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot",
+    arxiv="2301.00774",
+    needs_calibration=True,
+    paper="sparsegpt",
+    check=check_sparsity_for_model,
+)
 def apply(model: torch.nn.Module, config: SparseGPTConfig, calib: Any) -> torch.nn.Module:
     def solve(i: int, layer: torch.nn.Module, observers: dict) -> None:
         for paths in shared_groups(observers):  # Linears sharing an input share H: one stacked matrix
             linears = [model.get_submodule(p) for p in paths]
             rows = [lin.out_features for lin in linears]
-            W, info = sparsegpt_prune(torch.cat([lin.weight.data for lin in linears]), observers[paths[0]].H,
-                                      config.sparsity, config.pattern, config.dampening, config.block_size, rows)
+            W, info = sparsegpt_prune(
+                torch.cat([lin.weight.data for lin in linears]),
+                observers[paths[0]].H,
+                config.sparsity,
+                config.pattern,
+                config.dampening,
+                config.block_size,
+                rows,
+            )
             if info.get("fallback"):
                 note(model, f"sparsegpt: Cholesky failed for {', '.join(paths)}; magnitude pruning used")
             for linear, w in zip(linears, W.split(rows)):

@@ -8,6 +8,7 @@ on the outputs of the already-pruned layers before it.
 Differences from the reference code: the norms come from the shared layer-by-layer runner
 (one observer per input group, so q/k/v and gate/up share one pass); no "variant" search.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,9 +44,15 @@ class WandaConfig(SparsityConfig):
     method = "wanda"
 
 
-@register(WandaConfig, family="prune", title="Wanda: A Simple and Effective Pruning Approach for LLMs",
-          arxiv="2306.11695", needs_calibration=True, paper="simple-effective-pruning-approach-large-language",
-          check=check_sparsity_for_model)
+@register(
+    WandaConfig,
+    family="prune",
+    title="Wanda: A Simple and Effective Pruning Approach for LLMs",
+    arxiv="2306.11695",
+    needs_calibration=True,
+    paper="simple-effective-pruning-approach-large-language",
+    check=check_sparsity_for_model,
+)
 def apply(model: torch.nn.Module, config: WandaConfig, calib: Any) -> torch.nn.Module:
     def solve(i: int, layer: torch.nn.Module, observers: dict) -> None:
         for path, obs in observers.items():

@@ -14,6 +14,7 @@ reference's per-group partial sums, on all calibration tokens instead of a subsa
 grid is searched coarse-to-fine (every other point, then the best one's neighbours), which
 finds the grid's optimum when the error is unimodal in α.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,8 +44,16 @@ def scale_candidates(x_mean: torch.Tensor, w_mean: torch.Tensor | None, alpha: f
     return s / (s.max() * s.min()).sqrt()
 
 
-def search_scale(W: torch.Tensor, H: torch.Tensor, x_mean: torch.Tensor, bits: int, group_size: int,
-                 symmetric: bool, n_grid: int = 20, duo: bool = False) -> tuple[torch.Tensor, float]:
+def search_scale(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    x_mean: torch.Tensor,
+    bits: int,
+    group_size: int,
+    symmetric: bool,
+    n_grid: int = 20,
+    duo: bool = False,
+) -> tuple[torch.Tensor, float]:
     """Best per-input-channel scale for weight W [out, in] (α = 0 means s = 1: plain RTN)."""
     w_mean = None
     if duo:
@@ -68,14 +77,21 @@ def search_scale(W: torch.Tensor, H: torch.Tensor, x_mean: torch.Tensor, bits: i
     return best_s, best_alpha
 
 
-def search_clip(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, symmetric: bool,
-                n_grid: int = 20, max_shrink: float = 0.5) -> torch.Tensor:
+def search_clip(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    bits: int,
+    group_size: int,
+    symmetric: bool,
+    n_grid: int = 20,
+    max_shrink: float = 0.5,
+) -> torch.Tensor:
     """W clipped per (row, group) to the ratio r of its range that minimises that group's output
     error Δw_g H_gg Δw_gᵀ, r on a grid from 1 down to 1 − max_shrink."""
     out, cols = W.shape
     g = group_size if group_size > 0 else cols
     Wg = W.reshape(out, cols // g, g)
-    Hg = torch.stack([H[j:j + g, j:j + g] for j in range(0, cols, g)])           # [groups, g, g]
+    Hg = torch.stack([H[j : j + g, j : j + g] for j in range(0, cols, g)])  # [groups, g, g]
     lo, hi = Wg.amin(dim=-1, keepdim=True), Wg.amax(dim=-1, keepdim=True)
     best_err = torch.full((out, cols // g), float("inf"))
     best = Wg.clone()
@@ -113,9 +129,15 @@ class AWQConfig(MethodConfig):
             raise ConfigError(f"awq: n_grid must be positive, got {self.n_grid}")
 
 
-@register(AWQConfig, family="quantize", title="AWQ: Activation-aware Weight Quantization",
-          arxiv="2306.00978", needs_calibration=True, paper="awq",
-          check=grid.check_grid_for_model)
+@register(
+    AWQConfig,
+    family="quantize",
+    title="AWQ: Activation-aware Weight Quantization",
+    arxiv="2306.00978",
+    needs_calibration=True,
+    paper="awq",
+    check=grid.check_grid_for_model,
+)
 def apply(model: torch.nn.Module, config: AWQConfig, calib: Any) -> torch.nn.Module:
     layout = layout_for(model.config.model_type)
     no_clip = set(layout.attn_linears[:2])  # q/k: clipping hurts through the softmax (paper §3)

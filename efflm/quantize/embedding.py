@@ -7,6 +7,7 @@ embedding a ``QuantEmbedding`` that looks rows up in int8 codes. When the two ar
 SmolLM2, where this 576×49152 matrix is ~21% of all weights) they keep sharing one set of
 codes, so the model stores it once, at a quarter of its fp32 size.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,8 +32,14 @@ class Int8EmbeddingsConfig(MethodConfig):
     method = "int8_embeddings"
 
 
-@register(Int8EmbeddingsConfig, family="quantize", title="int8 embedding and lm_head (round-to-nearest, per row)",
-          arxiv=None, needs_calibration=False, paper="rtn")
+@register(
+    Int8EmbeddingsConfig,
+    family="quantize",
+    title="int8 embedding and lm_head (round-to-nearest, per row)",
+    arxiv=None,
+    needs_calibration=False,
+    paper="rtn",
+)
 def apply(model: nn.Module, config: Int8EmbeddingsConfig, calib: Any = None) -> nn.Module:
     from efflm.models.arch import layout_for, set_module
 

@@ -12,6 +12,7 @@ three times, then the layer falls back to RTN and the run records it. Weights th
 exactly zero (a pruned model) stay exactly zero on a symmetric grid and the error they
 leave is spread like any other — SparseGPT's joint sparse + quantized setting as a recipe.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from efflm.quantize import grid
 
 def _column(w: torch.Tensor, s: torch.Tensor, o: torch.Tensor | None, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes and dequantized values of one column on per-row float grids (the hot loop: few ops)."""
-    top = 2 ** bits - 1
+    top = 2**bits - 1
     if o is None:
         half = 2 ** (bits - 1)
         q = torch.clamp(torch.round(w / s) + half, 0, top)
@@ -39,8 +40,16 @@ def _column(w: torch.Tensor, s: torch.Tensor, o: torch.Tensor | None, bits: int)
     return q, q * s + o
 
 
-def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, symmetric: bool,
-                  act_order: bool = False, damp: float = 0.01, block_size: int = 128):
+def gptq_quantize(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    bits: int,
+    group_size: int,
+    symmetric: bool,
+    act_order: bool = False,
+    damp: float = 0.01,
+    block_size: int = 128,
+):
     """Return (codes uint8 [out, in], fp16 scales, fp16 offsets | None, info dict); info["fallback"] if RTN."""
     W = W.float().clone()
     out, cols = W.shape
@@ -120,25 +129,45 @@ class GPTQConfig(MethodConfig):
             raise ConfigError(f"gptq: block_size must be positive, got {self.block_size}")
 
 
-@register(GPTQConfig, family="quantize", title="GPTQ: Accurate Quantization for Generative Pre-trained Transformers",
-          arxiv="2210.17323", needs_calibration=True, paper="gptq",
-          check=grid.check_grid_for_model)
+@register(
+    GPTQConfig,
+    family="quantize",
+    title="GPTQ: Accurate Quantization for Generative Pre-trained Transformers",
+    arxiv="2210.17323",
+    needs_calibration=True,
+    paper="gptq",
+    check=grid.check_grid_for_model,
+)
 def apply(model: torch.nn.Module, config: GPTQConfig, calib: Any) -> torch.nn.Module:
     def solve(i: int, layer: torch.nn.Module, observers: dict) -> None:
         for paths in shared_groups(observers):  # Linears sharing an input share H: one stacked matrix
             linears = [model.get_submodule(p) for p in paths]
             W = torch.cat([lin.weight.data for lin in linears])
             codes, scales, offsets, info = gptq_quantize(
-                W, observers[paths[0]].H, config.bits, config.group_size, config.symmetric,
-                config.act_order, config.dampening, config.block_size)
+                W,
+                observers[paths[0]].H,
+                config.bits,
+                config.group_size,
+                config.symmetric,
+                config.act_order,
+                config.dampening,
+                config.block_size,
+            )
             if info.get("fallback"):
                 note(model, f"gptq: Cholesky failed for {', '.join(paths)} even at raised damping; RTN used")
             row = 0
             for path, linear in zip(paths, linears):
                 rows = slice(row, row + linear.out_features)
                 row += linear.out_features
-                ql = QuantLinear(linear.in_features, linear.out_features, config.bits, config.group_size,
-                                 config.symmetric, bias=linear.bias is not None, dtype=linear.weight.dtype)
+                ql = QuantLinear(
+                    linear.in_features,
+                    linear.out_features,
+                    config.bits,
+                    config.group_size,
+                    config.symmetric,
+                    bias=linear.bias is not None,
+                    dtype=linear.weight.dtype,
+                )
                 ql.set_codes(codes[rows], scales[rows], None if offsets is None else offsets[rows])
                 if linear.bias is not None:
                     ql.bias.data.copy_(linear.bias.data)

@@ -8,6 +8,7 @@ algorithm). The grid, as ``efflm.nn.codes`` decodes it:
 Scales and offsets are stored in fp16 and codes are computed against the stored (rounded)
 scales, so dequantization is exact.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,8 +20,16 @@ from efflm.models.arch import in_features
 from efflm.nn.codes import dequantize, groups
 from efflm.nn.quant_linear import QuantLinear
 
-__all__ = ["check_grid_config", "check_grid_for_model", "check_group_size", "dequantize", "fake_quantize",
-           "grid", "quantize", "to_quant_linear"]
+__all__ = [
+    "check_grid_config",
+    "check_grid_for_model",
+    "check_group_size",
+    "dequantize",
+    "fake_quantize",
+    "grid",
+    "quantize",
+    "to_quant_linear",
+]
 
 
 def grid(w: torch.Tensor, bits: int, group_size: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -32,12 +41,13 @@ def grid(w: torch.Tensor, bits: int, group_size: int, symmetric: bool) -> tuple[
         scales = (m / -(2 ** (bits - 1))).half()
         return torch.where(scales == 0, torch.ones_like(scales), scales), None
     lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)
-    scales = ((hi - lo) / (2 ** bits - 1)).half()
+    scales = ((hi - lo) / (2**bits - 1)).half()
     return torch.where(scales == 0, torch.ones_like(scales), scales), lo.half()
 
 
-def quantize(w: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None, bits: int,
-             group_size: int) -> torch.Tensor:
+def quantize(
+    w: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None, bits: int, group_size: int
+) -> torch.Tensor:
     """Integer codes in [0, 2^bits − 1] (uint8, shape of w) on the given grid."""
     wg = groups(w.float(), group_size)
     s = scales.float().unsqueeze(-1)
@@ -45,7 +55,7 @@ def quantize(w: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None
         q = torch.round(wg / s) + 2 ** (bits - 1)
     else:
         q = torch.round((wg - offsets.float().unsqueeze(-1)) / s)
-    return q.clamp_(0, 2 ** bits - 1).to(torch.uint8).reshape(w.shape)
+    return q.clamp_(0, 2**bits - 1).to(torch.uint8).reshape(w.shape)
 
 
 def fake_quantize(w: torch.Tensor, bits: int, group_size: int, symmetric: bool) -> torch.Tensor:
@@ -54,12 +64,20 @@ def fake_quantize(w: torch.Tensor, bits: int, group_size: int, symmetric: bool) 
     return dequantize(quantize(w, scales, offsets, bits, group_size), scales, offsets, bits, group_size).to(w.dtype)
 
 
-def to_quant_linear(linear: torch.nn.Linear, bits: int, group_size: int, symmetric: bool,
-                    weight: torch.Tensor | None = None) -> QuantLinear:
+def to_quant_linear(
+    linear: torch.nn.Linear, bits: int, group_size: int, symmetric: bool, weight: torch.Tensor | None = None
+) -> QuantLinear:
     """Round ``weight`` (default: the Linear's own) onto the grid and pack it into a QuantLinear."""
     w = linear.weight.data if weight is None else weight
-    ql = QuantLinear(linear.in_features, linear.out_features, bits, group_size, symmetric,
-                     bias=linear.bias is not None, dtype=linear.weight.dtype)
+    ql = QuantLinear(
+        linear.in_features,
+        linear.out_features,
+        bits,
+        group_size,
+        symmetric,
+        bias=linear.bias is not None,
+        dtype=linear.weight.dtype,
+    )
     scales, offsets = grid(w, bits, group_size, symmetric)
     ql.set_codes(quantize(w, scales, offsets, bits, ql.group_size), scales, offsets)
     if linear.bias is not None:
@@ -88,5 +106,7 @@ def check_group_size(name: str, hf_config: Any, group_size: int) -> None:
     for linear, width in widths.items():
         if width % group_size:
             ok = [g for g in (16, 32, 64, 128, 256) if all(w % g == 0 for w in widths.values())]
-            raise ConfigError(f"{name}: group_size {group_size} does not divide the input dimension {width} "
-                              f"of {linear}; valid here: {ok or 'per-channel (-1)'}")
+            raise ConfigError(
+                f"{name}: group_size {group_size} does not divide the input dimension {width} "
+                f"of {linear}; valid here: {ok or 'per-channel (-1)'}"
+            )

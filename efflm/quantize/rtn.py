@@ -7,6 +7,7 @@ Algorithm: split each weight row into groups of G inputs; per group pick the sym
 Differences from common code: GPTQ's reference uses an integer zero point for the
 asymmetric grid; the float offset here makes re-quantizing a Q4_1 model exact.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,9 +38,15 @@ class RTNConfig(MethodConfig):
         check_grid_config(self)
 
 
-@register(RTNConfig, family="quantize", title="Round-to-nearest weight quantization (baseline)",
-          arxiv=None, needs_calibration=False, paper="rtn",
-          check=check_grid_for_model)
+@register(
+    RTNConfig,
+    family="quantize",
+    title="Round-to-nearest weight quantization (baseline)",
+    arxiv=None,
+    needs_calibration=False,
+    paper="rtn",
+    check=check_grid_for_model,
+)
 def apply(model: torch.nn.Module, config: RTNConfig, calib: Any = None) -> torch.nn.Module:
     for path, linear in progress(decoder_linears(model), desc="rtn"):
         set_module(model, path, to_quant_linear(linear, config.bits, config.group_size, config.symmetric))

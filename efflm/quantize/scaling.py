@@ -4,6 +4,7 @@
 producer's output channels (a norm's weight, or a Linear's rows and bias) by ``s``, and the
 float model computes the same function while the consumers' weights change scale.
 """
+
 from __future__ import annotations
 
 import torch

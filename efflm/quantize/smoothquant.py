@@ -10,6 +10,7 @@ Differences from the reference code: statistics come from the shared layer-by-la
 norm → gate/up pairs of the reference, the down_proj input is smoothed through up_proj's
 rows (and o_proj's through v_proj's when the shapes allow it, i.e. without GQA).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,9 +58,14 @@ class SmoothQuantConfig(MethodConfig):
             raise ConfigError(f"smoothquant: alpha must be in [0, 1], got {self.alpha}")
 
 
-@register(SmoothQuantConfig, family="quantize",
-          title="SmoothQuant: Accurate and Efficient Post-Training Quantization for LLMs",
-          arxiv="2211.10438", needs_calibration=True, paper="smoothquant")
+@register(
+    SmoothQuantConfig,
+    family="quantize",
+    title="SmoothQuant: Accurate and Efficient Post-Training Quantization for LLMs",
+    arxiv="2211.10438",
+    needs_calibration=True,
+    paper="smoothquant",
+)
 def apply(model: torch.nn.Module, config: SmoothQuantConfig, calib: Any) -> torch.nn.Module:
     layout = layout_for(model.config.model_type)
 
@@ -70,8 +76,7 @@ def apply(model: torch.nn.Module, config: SmoothQuantConfig, calib: Any) -> torc
             source = layer.get_submodule(source_name)
             if source.weight.shape[0] != linears[0].in_features:
                 continue  # o_proj under GQA: nothing to fold into
-            s = smoothing_scales(observers[prefix + group[0]].absmax, [lin.weight for lin in linears],
-                                 config.alpha)
+            s = smoothing_scales(observers[prefix + group[0]].absmax, [lin.weight for lin in linears], config.alpha)
             fold_scales(source, s)
             for lin in linears:
                 lin.weight.data.mul_(s.to(lin.weight.dtype))

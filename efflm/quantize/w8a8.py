@@ -5,6 +5,7 @@ activations are per-token dynamic, which is already kinder than its per-tensor s
 Algorithm: every decoder Linear becomes an ``Int8Linear`` (``efflm.nn.int8_linear``: int8
 per-channel weights, int8 per-token activations, exact int32 accumulation); no smoothing.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,8 +26,14 @@ class W8A8Config(MethodConfig):
     method = "w8a8"
 
 
-@register(W8A8Config, family="quantize", title="Naive W8A8 (int8 weights and activations, no smoothing)",
-          arxiv=None, needs_calibration=False, paper="w8a8")
+@register(
+    W8A8Config,
+    family="quantize",
+    title="Naive W8A8 (int8 weights and activations, no smoothing)",
+    arxiv=None,
+    needs_calibration=False,
+    paper="w8a8",
+)
 def apply(model: torch.nn.Module, config: W8A8Config, calib: Any = None) -> torch.nn.Module:
     for path, linear in progress(decoder_linears(model), desc="w8a8"):
         set_module(model, path, Int8Linear.from_linear(linear))

@@ -15,7 +15,7 @@ def test_perplexity_counts_tokens_and_matches_manual_nll(tiny):
     assert r["eval_tokens"] == 3 * 63 and r["windows"] == 3
     nll = 0.0
     for i in range(3):
-        w = ids[i * 64:(i + 1) * 64]
+        w = ids[i * 64 : (i + 1) * 64]
         logp = torch.log_softmax(model(w[None]).logits[0, :-1].float(), -1)
         nll -= logp.gather(-1, w[1:, None]).sum().item()
     assert r["ppl"] == pytest.approx(math.exp(nll / (3 * 63)), rel=1e-5)

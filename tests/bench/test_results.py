@@ -7,11 +7,31 @@ from efflm.core.errors import EfflmError
 
 
 def _ok(conn, label, ppl, nbytes, tok_s):
-    m = {"ppl": ppl, "eval_tokens": 4088, "seq_len": 512, "bytes": nbytes, "disk_bytes": nbytes,
-         "bytes_per_token": nbytes, "tok_s": tok_s, "tok_s_min": tok_s, "tok_s_max": tok_s, "ttft_ms": 5.0,
-         "ceiling_tok_s": 100.0, "bandwidth_gbs": 20.0, "peak_rss_mb": 500.0}
-    db.insert(conn, status="ok", model="m", label=label, recipe="- method: x\n", families="quantize", metrics=m,
-              env={"commit": "abc123"})
+    m = {
+        "ppl": ppl,
+        "eval_tokens": 4088,
+        "seq_len": 512,
+        "bytes": nbytes,
+        "disk_bytes": nbytes,
+        "bytes_per_token": nbytes,
+        "tok_s": tok_s,
+        "tok_s_min": tok_s,
+        "tok_s_max": tok_s,
+        "ttft_ms": 5.0,
+        "ceiling_tok_s": 100.0,
+        "bandwidth_gbs": 20.0,
+        "peak_rss_mb": 500.0,
+    }
+    db.insert(
+        conn,
+        status="ok",
+        model="m",
+        label=label,
+        recipe="- method: x\n",
+        families="quantize",
+        metrics=m,
+        env={"commit": "abc123"},
+    )
 
 
 def test_failed_rows_carry_no_metrics(tmp_path):

@@ -3,6 +3,7 @@
 Each writes its table to a temporary file; the test checks the table is there and holds a
 row per thing measured (numbers from tiny-llama mean nothing and are not checked).
 """
+
 import importlib.util
 from pathlib import Path
 
@@ -26,8 +27,15 @@ def run(name: str, args: list[str], tmp_path: Path) -> str:
 
 
 def test_every_benchmark_script_has_a_smoke_test():
-    tested = {"vs_llamacpp", "vs_llmcompressor", "speculative_speed", "kv_policies", "structured_speed",
-              "smoothquant_alpha", "gpu_sparse24"}
+    tested = {
+        "vs_llamacpp",
+        "vs_llmcompressor",
+        "speculative_speed",
+        "kv_policies",
+        "structured_speed",
+        "smoothquant_alpha",
+        "gpu_sparse24",
+    }
     assert {p.stem for p in ROOT.glob("*.py")} - {"__init__"} == tested
 
 
@@ -38,15 +46,21 @@ def test_vs_llamacpp(tmp_path):
 
 
 def test_speculative_speed(tmp_path):
-    md = run("speculative_speed", ["--new-tokens", "6", "--rounds", "1", "--dtype", "float32", "--draft-layers", "1"],
-             tmp_path)
+    md = run(
+        "speculative_speed",
+        ["--new-tokens", "6", "--rounds", "1", "--dtype", "float32", "--draft-layers", "1"],
+        tmp_path,
+    )
     assert md.count("| rewrite |") == 5 and md.count("| open |") == 5
     assert "| NO |" not in md  # fp32: every speculative output equals plain decoding
 
 
 def test_kv_policies(tmp_path):
-    md = run("kv_policies", ["--len", "64", "--long", "96", "--window", "32", "--prefill", "8", "--dtype", "float32"],
-             tmp_path)
+    md = run(
+        "kv_policies",
+        ["--len", "64", "--long", "96", "--window", "32", "--prefill", "8", "--dtype", "float32"],
+        tmp_path,
+    )
     assert "H2O 20%" in md and "StreamingLLM 32 slots" in md
 
 
@@ -73,8 +87,11 @@ def test_vs_llmcompressor_efflm_side_without_the_anchor(tmp_path):
 
 def test_vs_llmcompressor_full(tmp_path):
     pytest.importorskip("llmcompressor")
-    md = run("vs_llmcompressor", ["--methods", "wanda", "--calib-samples", "2", "--calib-len", "64", "--windows", "1"],
-             tmp_path)
+    md = run(
+        "vs_llmcompressor",
+        ["--methods", "wanda", "--calib-samples", "2", "--calib-len", "64", "--windows", "1"],
+        tmp_path,
+    )
     assert "| wanda 50% |" in md and "What each side ran" in md
 
 

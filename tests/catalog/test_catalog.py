@@ -35,11 +35,18 @@ def _doc():
 def test_parser_understands_every_line_form():
     by_title = {e["title"]: e for e in _doc()["entries"]}
     gptq = by_title["GPTQ: Accurate Quantization for Generative Pre-trained Transformers"]
-    assert (gptq["id"], gptq["venue"], gptq["year"], gptq["code"]) == ("gptq", "ICLR", 2023, "https://github.com/IST-DASLab/gptq")
+    assert (gptq["id"], gptq["venue"], gptq["year"], gptq["code"]) == (
+        "gptq",
+        "ICLR",
+        2023,
+        "https://github.com/IST-DASLab/gptq",
+    )
     int8 = by_title["GPT3.int8(): 8-bit Matrix Multiplication for Transformers at Scale"]
     assert int8["code"] is None and int8["arxiv"] == "2208.07339" and int8["venue"] == "NeurIPS"
     assert by_title["Instruction Mining: High-Quality Data"]["arxiv"] == "2307.06290"  # link broken over two lines
-    assert by_title["Memorizing Transformers"]["venue"] == "ICLR" and by_title["Memorizing Transformers"]["year"] == 2022
+    assert (
+        by_title["Memorizing Transformers"]["venue"] == "ICLR" and by_title["Memorizing Transformers"]["year"] == 2022
+    )
     nbce = by_title["Naive Bayes-based Context Extension"]
     assert nbce["type"] == "repository" and nbce["code"] == "https://github.com/bojone/NBCE"
     assert by_title["FATE-LLM"]["type"] == "repository" and by_title["vLLM"]["type"] == "framework"
@@ -77,18 +84,21 @@ def test_committed_catalog_lints_clean():
     assert lint.lint(store.load()) == []
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("id", "gptq", "duplicate id"),
-    ("categories", ["model-compression/nope"], "unknown category"),
-    ("url", "htp:/broken", "not an http(s) URL"),
-    ("arxiv", "23.1", "malformed arXiv id"),
-    ("venue", "NeurlPS", "unknown venue"),
-    ("title", "gptq accurate quantization for generative pre trained transformers", "duplicate title"),
-    ("implemented_by", ["no-such-method"], "unregistered method"),
-    ("code", "https://doi.org/10.1/x", "points at a paper"),
-    ("type", "tweet", "unknown type"),
-    ("year", "2023", "field 'year' has type str"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("id", "gptq", "duplicate id"),
+        ("categories", ["model-compression/nope"], "unknown category"),
+        ("url", "htp:/broken", "not an http(s) URL"),
+        ("arxiv", "23.1", "malformed arXiv id"),
+        ("venue", "NeurlPS", "unknown venue"),
+        ("title", "gptq accurate quantization for generative pre trained transformers", "duplicate title"),
+        ("implemented_by", ["no-such-method"], "unregistered method"),
+        ("code", "https://doi.org/10.1/x", "points at a paper"),
+        ("type", "tweet", "unknown type"),
+        ("year", "2023", "field 'year' has type str"),
+    ],
+)
 def test_lint_catches_crafted_bad_records(field, value, message):
     cat = store.load()
     bad = copy.deepcopy(cat.by_id()["sparsegpt"])

@@ -43,10 +43,23 @@ def test_malformed_file_is_one_line_error(capsys, catalog):
 
 
 def test_add_appends_a_validated_entry_with_suggested_category(capsys, catalog):
-    code, out, _ = run(capsys, "papers", "--file", str(catalog), "add", "--title",
-                       "QuIP#: Even Better LLM Quantization with Hadamard Incoherence and Lattice Codebooks",
-                       "--url", "https://arxiv.org/abs/2402.04396", "--year", "2024", "--venue", "ICML",
-                       "--backend", "tfidf")
+    code, out, _ = run(
+        capsys,
+        "papers",
+        "--file",
+        str(catalog),
+        "add",
+        "--title",
+        "QuIP#: Even Better LLM Quantization with Hadamard Incoherence and Lattice Codebooks",
+        "--url",
+        "https://arxiv.org/abs/2402.04396",
+        "--year",
+        "2024",
+        "--venue",
+        "ICML",
+        "--backend",
+        "tfidf",
+    )
     assert code == 0 and "added quip-2 in model-compression/model-quantization" in out  # "quip" is QuIP (2023)
     entry = store.load(catalog).by_id()["quip-2"]
     assert entry["arxiv"] == "2402.04396" and entry["source"] == "added"
@@ -54,13 +67,22 @@ def test_add_appends_a_validated_entry_with_suggested_category(capsys, catalog):
     assert code == 0
 
 
-@pytest.mark.parametrize("args,pattern", [
-    (["--title", "SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot"], "duplicates existing entry 'sparsegpt'"),
-    (["--title", "Something new", "--url", "https://arxiv.org/abs/2301.00774"], "duplicates existing entry 'sparsegpt'"),
-    (["--title", "Something new", "--category", "nope"], "unknown category 'nope'"),
-    (["--title", "Something new", "--url", "ftp//x"], "not an http(s) URL"),
-    (["--title", "Something new", "--venue", "NeurlPS"], "unknown venue"),
-])
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        (
+            ["--title", "SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot"],
+            "duplicates existing entry 'sparsegpt'",
+        ),
+        (
+            ["--title", "Something new", "--url", "https://arxiv.org/abs/2301.00774"],
+            "duplicates existing entry 'sparsegpt'",
+        ),
+        (["--title", "Something new", "--category", "nope"], "unknown category 'nope'"),
+        (["--title", "Something new", "--url", "ftp//x"], "not an http(s) URL"),
+        (["--title", "Something new", "--venue", "NeurlPS"], "unknown venue"),
+    ],
+)
 def test_bad_add_leaves_the_file_untouched(capsys, catalog, args, pattern):
     before = catalog.read_bytes()
     code, _, err = run(capsys, "papers", "--file", str(catalog), "add", "--backend", "tfidf", *args)
@@ -86,6 +108,7 @@ def test_search_and_render_commands(capsys, catalog, tmp_path):
     code, _, err = run(capsys, "papers", "--file", str(catalog), "search", "--category", "nope")
     one_line_error(code, err, "unknown category")
     out_md = tmp_path / "papers.md"
-    code, _, _ = run(capsys, "papers", "--file", str(catalog), "render", "--out", str(out_md), "--db",
-                     str(tmp_path / "none.sqlite"))
+    code, _, _ = run(
+        capsys, "papers", "--file", str(catalog), "render", "--out", str(out_md), "--db", str(tmp_path / "none.sqlite")
+    )
     assert code == 0 and out_md.read_text().startswith("# Efficient-LLM papers")

@@ -1,4 +1,5 @@
 """One parametrized test over every registered method, on tiny-llama."""
+
 import dataclasses
 
 import pytest

@@ -22,16 +22,19 @@ def test_unknown_method_suggests_closest():
         get("rnt")
 
 
-@pytest.mark.parametrize("step,msg", [
-    ({"method": "rtn", "bits": 9}, "bits must be in 2..8"),
-    ({"method": "rtn", "bits": 1}, "bits must be in 2..8"),
-    ({"method": "rtn", "group_size": -5}, "group_size must be positive"),
-    ({"method": "rtn", "bits": "four"}, "bits must be int"),
-    ({"method": "rtn", "bits": True}, "bits must be int"),
-    ({"method": "rtn", "bitz": 4}, "did you mean 'bits'"),
-    ({"method": "dense", "dtype": "int3"}, "dtype must be one of"),
-    ({"bits": 4}, "needs a 'method' key"),
-])
+@pytest.mark.parametrize(
+    "step,msg",
+    [
+        ({"method": "rtn", "bits": 9}, "bits must be in 2..8"),
+        ({"method": "rtn", "bits": 1}, "bits must be in 2..8"),
+        ({"method": "rtn", "group_size": -5}, "group_size must be positive"),
+        ({"method": "rtn", "bits": "four"}, "bits must be int"),
+        ({"method": "rtn", "bits": True}, "bits must be int"),
+        ({"method": "rtn", "bitz": 4}, "did you mean 'bits'"),
+        ({"method": "dense", "dtype": "int3"}, "dtype must be one of"),
+        ({"bits": 4}, "needs a 'method' key"),
+    ],
+)
 def test_invalid_config_values_are_rejected(step, msg):
     with pytest.raises(ConfigError, match=msg):
         config_from_dict(step)

@@ -1,4 +1,5 @@
 """The static-KV-cache decode path against transformers, batching, sampling, stop strings."""
+
 import pytest
 import torch
 
@@ -28,7 +29,7 @@ def test_decode_matches_transformers_step_by_step(name, tiny):
     e = Engine(model)
     e.start(1, 40)
     got = [e.feed(ids[:, :16], all_logits=True)]
-    got += [e.feed(ids[:, t:t + 1]) for t in range(16, 40)]
+    got += [e.feed(ids[:, t : t + 1]) for t in range(16, 40)]
     assert (torch.cat(got, 1) - ref).abs().max() < TOL
 
 
@@ -41,7 +42,7 @@ def test_bf16_packed_model_decodes_like_its_own_forward(tiny):
     ref = model(ids).logits.float()
     e = Engine(model)
     e.start(1, 20)
-    got = torch.cat([e.feed(ids[:, :8], all_logits=True)] + [e.feed(ids[:, t:t + 1]) for t in range(8, 20)], 1)
+    got = torch.cat([e.feed(ids[:, :8], all_logits=True)] + [e.feed(ids[:, t : t + 1]) for t in range(8, 20)], 1)
     assert (got - ref).abs().max() < 0.1 * ref.abs().max()  # bf16 rounding, different op order
     assert (got.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
 
@@ -55,7 +56,7 @@ def test_left_padded_batch_equals_each_sequence_alone(sharp):
         alone, _ = generate(model, tok, [p], cfg)
         assert alone[0].tokens == b.tokens
     ids, valid = encode(tok, prompts)
-    assert valid[1].sum() < valid.shape[1]                  # the second row really is padded
+    assert valid[1].sum() < valid.shape[1]  # the second row really is padded
     e = Engine(model)
     e.start(2, ids.shape[1])
     padded = e.feed(ids, valid, all_logits=True)[1, valid[1]]
@@ -70,14 +71,15 @@ def test_stop_string_truncates_and_finishes(sharp):
     text = full[0].text
     stop = text[5:7]
     cut, _ = generate(model, tok, ["once upon"], SamplingConfig(max_new_tokens=20, stop=(stop,)))
-    assert cut[0].finish == "stop" and cut[0].text == text[:text.find(stop)]
+    assert cut[0].finish == "stop" and cut[0].text == text[: text.find(stop)]
 
 
 def test_streamed_text_equals_final_text(sharp):
     model, tok = sharp
     pieces = []
-    res, timing = generate(model, tok, ["abc"], SamplingConfig(max_new_tokens=10),
-                           on_text=lambda i, d: pieces.append(d))
+    res, timing = generate(
+        model, tok, ["abc"], SamplingConfig(max_new_tokens=10), on_text=lambda i, d: pieces.append(d)
+    )
     assert "".join(pieces) == res[0].text and timing.new_tokens == 9 and timing.tok_s > 0
 
 
@@ -91,7 +93,7 @@ def test_sampling_distribution_math():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
     p = probs(logits, SamplingConfig(temperature=1.0))
     assert torch.allclose(p, logits.softmax(-1))
-    assert probs(logits, SamplingConfig()).tolist() == [[1.0, 0.0, 0.0, 0.0]]          # greedy
+    assert probs(logits, SamplingConfig()).tolist() == [[1.0, 0.0, 0.0, 0.0]]  # greedy
     k2 = probs(logits, SamplingConfig(temperature=1.0, top_k=2))
     assert torch.allclose(k2, torch.tensor([[2.0, 1.0]]).softmax(-1).new_tensor([[0.7311, 0.2689, 0, 0]]), atol=1e-4)
     full = logits.softmax(-1)[0]
@@ -109,11 +111,18 @@ def test_seeded_sampling_is_reproducible(sharp):
     assert a[0].tokens == b[0].tokens
 
 
-@pytest.mark.parametrize("kwargs,pattern", [
-    ({"max_new_tokens": 0}, "max new tokens"), ({"max_new_tokens": -3}, "max new tokens"),
-    ({"top_p": 0.0}, "top-p"), ({"top_p": 1.5}, "top-p"), ({"temperature": -1.0}, "temperature"),
-    ({"top_k": -1}, "top-k"), ({"stop": ("",)}, "stop"),
-])
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        ({"max_new_tokens": 0}, "max new tokens"),
+        ({"max_new_tokens": -3}, "max new tokens"),
+        ({"top_p": 0.0}, "top-p"),
+        ({"top_p": 1.5}, "top-p"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"top_k": -1}, "top-k"),
+        ({"stop": ("",)}, "stop"),
+    ],
+)
 def test_bad_sampling_settings(kwargs, pattern):
     with pytest.raises(EfflmError, match=pattern):
         SamplingConfig(**kwargs)
@@ -132,6 +141,12 @@ def test_prompt_longer_than_cache(tiny):
 
 def test_generation_stops_at_the_cache_end(tiny):
     model, tok = tiny
-    out, _ = generate_ids(model, tok, torch.full((1, 10), 5), torch.ones(1, 10, dtype=torch.bool),
-                          SamplingConfig(max_new_tokens=50), max_len=16)
+    out, _ = generate_ids(
+        model,
+        tok,
+        torch.full((1, 10), 5),
+        torch.ones(1, 10, dtype=torch.bool),
+        SamplingConfig(max_new_tokens=50),
+        max_len=16,
+    )
     assert len(out[0].tokens) <= 6

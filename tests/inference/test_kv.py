@@ -1,4 +1,5 @@
 """KV-cache methods: full budget equals the full cache, bounded memory, int8 error bound, bad budgets."""
+
 import pytest
 import torch
 
@@ -19,7 +20,9 @@ def _with(model, **step):
 def _score(model, ids, total=None, prefill=8):
     e = Engine(model)
     cache = e.start(1, total or ids.shape[1])
-    out = [e.feed(ids[:, :prefill], all_logits=True)] + [e.feed(ids[:, t:t + 1]) for t in range(prefill, ids.shape[1])]
+    out = [e.feed(ids[:, :prefill], all_logits=True)] + [
+        e.feed(ids[:, t : t + 1]) for t in range(prefill, ids.shape[1])
+    ]
     return torch.cat(out, 1), cache
 
 
@@ -28,8 +31,14 @@ def ids():
     return torch.randint(3, 259, (1, 48), generator=torch.Generator().manual_seed(4))
 
 
-@pytest.mark.parametrize("step", [{"method": "h2o", "budget": 1.0}, {"method": "h2o", "budget": 48},
-                                  {"method": "streaming_llm", "budget": 48, "sinks": 4}])
+@pytest.mark.parametrize(
+    "step",
+    [
+        {"method": "h2o", "budget": 1.0},
+        {"method": "h2o", "budget": 48},
+        {"method": "streaming_llm", "budget": 48, "sinks": 4},
+    ],
+)
 def test_full_budget_equals_full_cache(tiny, ids, step):
     model, _ = tiny
     ref, _ = _score(model, ids)
@@ -37,16 +46,22 @@ def test_full_budget_equals_full_cache(tiny, ids, step):
     assert (got - ref).abs().max() < TOL
 
 
-@pytest.mark.parametrize("step", [{"method": "h2o", "budget": 12}, {"method": "streaming_llm", "budget": 12},
-                                  {"method": "streaming_llm", "budget": 12, "sinks": 0}])
+@pytest.mark.parametrize(
+    "step",
+    [
+        {"method": "h2o", "budget": 12},
+        {"method": "streaming_llm", "budget": 12},
+        {"method": "streaming_llm", "budget": 12, "sinks": 0},
+    ],
+)
 def test_bounded_policies_evict_and_keep_constant_memory(tiny, ids, step):
     model, _ = tiny
     ref, full = _score(model, ids)
     got, cache = _score(_with(model, **step), ids)
     assert cache.size == 12 and cache.length == 12 and cache.nbytes() < full.nbytes() / 3
     assert torch.isfinite(got).all()
-    assert (got[:, :12] - ref[:, :12]).abs().max() < TOL      # identical until the first eviction
-    assert (got[:, 12:] - ref[:, 12:]).abs().max() > 1e-3     # then it really attends to fewer tokens
+    assert (got[:, :12] - ref[:, :12]).abs().max() < TOL  # identical until the first eviction
+    assert (got[:, 12:] - ref[:, 12:]).abs().max() > 1e-3  # then it really attends to fewer tokens
 
 
 def test_h2o_keeps_heavy_hitters_and_recent_tokens(tiny):
@@ -56,11 +71,11 @@ def test_h2o_keeps_heavy_hitters_and_recent_tokens(tiny):
     cache = e.start(1, 40)
     ids = torch.randint(3, 259, (1, 30), generator=torch.Generator().manual_seed(5))
     e.feed(ids[:, :8])
-    top_before = cache.score[0, 0].argmax(-1)                # each head's heaviest slot so far
+    top_before = cache.score[0, 0].argmax(-1)  # each head's heaviest slot so far
     for t in range(8, 30):
-        e.feed(ids[:, t:t + 1])
+        e.feed(ids[:, t : t + 1])
     born = cache.born[0, 0]
-    assert (born >= 30 - 4).sum(-1).min() >= 4                # the 4 most recent tokens are all kept
+    assert (born >= 30 - 4).sum(-1).min() >= 4  # the 4 most recent tokens are all kept
     assert all(born[h, top_before[h]] < 8 for h in range(born.shape[0]))  # a heavy hitter survived 22 evictions
 
 
@@ -82,7 +97,7 @@ def test_int8_kv_error_is_bounded(tiny, ids):
     got, cache = _score(_with(model, method="kv_int8"), ids)
     err = (got - ref).abs().max() / ref.abs().max()
     assert 0 < err < 0.02
-    assert cache.nbytes() < 0.3 * full.nbytes()                # int8 + fp16 scale per 16 vs fp32
+    assert cache.nbytes() < 0.3 * full.nbytes()  # int8 + fp16 scale per 16 vs fp32
 
 
 def test_policy_is_saved_with_the_model(tiny, tmp_path):
@@ -125,8 +140,9 @@ def test_bad_kv_settings(tiny):
         e.feed(torch.ones(1, 9, dtype=torch.long))
 
 
-@pytest.mark.parametrize("step", [{"method": "h2o", "budget": 12}, {"method": "streaming_llm", "budget": 12},
-                                  {"method": "kv_int8"}])
+@pytest.mark.parametrize(
+    "step", [{"method": "h2o", "budget": 12}, {"method": "streaming_llm", "budget": 12}, {"method": "kv_int8"}]
+)
 def test_policies_run_on_a_bf16_model(tiny, ids, step):
     model, _ = tiny
     model = _with(_with(model, method="dense", dtype="bfloat16"), **step)

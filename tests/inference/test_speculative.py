@@ -1,4 +1,5 @@
 """Speculative decoding: greedy identity, the exact sampling distribution, drafters, bad input."""
+
 import math
 from collections import Counter
 
@@ -19,7 +20,7 @@ def _greedy(model, tok, prompt, n):
 @pytest.fixture
 def prompt():
     half = torch.randint(3, 60, (24,), generator=torch.Generator().manual_seed(1)).tolist()
-    return half + half   # repeats: prompt lookup finds matches
+    return half + half  # repeats: prompt lookup finds matches
 
 
 @pytest.mark.parametrize("drafter", ["lookup", "first-layer", "other-model", "itself"])
@@ -28,8 +29,7 @@ def test_greedy_output_is_identical_to_the_target(sharp, prompt, drafter):
 
     model, tok = sharp
     other, _ = load("tiny-llama")
-    draft = {"lookup": None, "first-layer": first_layers(model, 1), "other-model": other,
-             "itself": model}[drafter]
+    draft = {"lookup": None, "first-layer": first_layers(model, 1), "other-model": other, "itself": model}[drafter]
     ref = _greedy(model, tok, prompt, 40)
     got, timing, stats = speculative_ids(model, prompt, SamplingConfig(max_new_tokens=40), draft=draft, k=4)
     assert got == ref
@@ -53,7 +53,7 @@ def _exact_joint(model, prompt, cfg):
 def _chi2_ok(counts, joint, n):
     stat = sum((counts.get(c, 0) - n * p) ** 2 / (n * p) for c, p in joint.items())
     dof = len(joint) - 1
-    crit = dof * (1 - 2 / (9 * dof) + 3.719 * math.sqrt(2 / (9 * dof))) ** 3   # Wilson–Hilferty, p = 1e-4
+    crit = dof * (1 - 2 / (9 * dof) + 3.719 * math.sqrt(2 / (9 * dof))) ** 3  # Wilson–Hilferty, p = 1e-4
     return stat < crit and sum(counts.values()) == sum(counts.get(c, 0) for c in joint)
 
 
@@ -61,7 +61,9 @@ def test_sampling_distribution_equals_the_targets(sharp):
     from efflm.io.load import load
 
     model, _ = sharp
-    draft, _ = load("tiny-llama", )            # a poor draft: most of the work is the residual rule
+    draft, _ = load(
+        "tiny-llama",
+    )  # a poor draft: most of the work is the residual rule
     cfg = SamplingConfig(max_new_tokens=2, temperature=1.0, top_k=4, seed=0)
     prompt = [5, 17, 99, 42]
     joint = _exact_joint(model, prompt, cfg)
@@ -85,26 +87,27 @@ def test_sampling_distribution_equals_the_targets(sharp):
 def test_acceptance_rule_on_known_distributions():
     gen = torch.Generator().manual_seed(0)
     p = torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
-    n, nxt = accept(p, p[:1].clone(), torch.tensor([1]), gen)      # q == p: always accepted
+    n, nxt = accept(p, p[:1].clone(), torch.tensor([1]), gen)  # q == p: always accepted
     assert n == 1 and nxt in (0, 1, 2)
-    q = torch.tensor([[0.0, 0.0, 1.0]])                             # drafted a token p gives 0
+    q = torch.tensor([[0.0, 0.0, 1.0]])  # drafted a token p gives 0
     n, nxt = accept(p, q, torch.tensor([2]), gen)
-    assert n == 0 and nxt in (0, 1)                                 # residual max(0, p − q) ∝ p here
+    assert n == 0 and nxt in (0, 1)  # residual max(0, p − q) ∝ p here
     hits = Counter(accept(p, torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([0]), gen)[0] for _ in range(2000))
-    assert abs(hits[1] / 2000 - 0.5) < 0.05                          # accepted with p/q = 0.5
+    assert abs(hits[1] / 2000 - 0.5) < 0.05  # accepted with p/q = 0.5
 
 
 def test_prompt_lookup():
     assert lookup([1, 2, 3, 9, 1, 2, 3], 3) == [9, 1, 2]
-    assert lookup([1, 2, 3, 4, 5, 3], 2) == [4, 5]            # falls back to a 1-gram
+    assert lookup([1, 2, 3, 4, 5, 3], 2) == [4, 5]  # falls back to a 1-gram
     assert lookup([1, 2, 3], 2) == []
 
 
 def test_text_interface_stop_and_stream(sharp):
     model, tok = sharp
     pieces = []
-    res, timing, stats = speculative_generate(model, tok, "abcabcabc", SamplingConfig(max_new_tokens=16),
-                                              on_text=lambda i, d: pieces.append(d))
+    res, timing, stats = speculative_generate(
+        model, tok, "abcabcabc", SamplingConfig(max_new_tokens=16), on_text=lambda i, d: pieces.append(d)
+    )
     assert "".join(pieces) == res.text and len(res.tokens) == 16
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures of the default-model integration tests (computed once per session)."""
+
 import pytest
 from smol_helpers import SEQ, WINDOWS, ppl_after
 

@@ -1,4 +1,5 @@
 """Helpers shared by the default-model integration tests."""
+
 from efflm.eval.metrics import perplexity
 from efflm.io.load import load
 from efflm.methods import check_for_model, config_from_dict, get

@@ -1,4 +1,5 @@
 """Integration tests on the real default model, SmolLM2-135M-Instruct, loaded offline."""
+
 import math
 
 import pytest
@@ -23,7 +24,7 @@ def test_greedy_generation_is_coherent_english(smol):
     chat = [{"role": "user", "content": "What is the capital of France?"}]
     ids = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
     out = model.generate(ids, max_new_tokens=20, do_sample=False)
-    answer = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    answer = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer, answer
 
 
@@ -46,7 +47,9 @@ def test_asymmetric_g32_4bit_is_lossless_on_the_q4_1_default(smol, ppl):
     # The documented trap: the default's weights already lie on this grid.
     dense, _ = ppl
     _, _, ids = smol
-    assert _ppl_after([{"method": "rtn", "bits": 4, "group_size": 32, "symmetric": False}], ids) == pytest.approx(dense, rel=1e-4)
+    assert _ppl_after([{"method": "rtn", "bits": 4, "group_size": 32, "symmetric": False}], ids) == pytest.approx(
+        dense, rel=1e-4
+    )
 
 
 def test_evaluation_text_is_never_in_calibration_windows(smol):

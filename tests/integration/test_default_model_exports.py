@@ -1,4 +1,5 @@
 """Exports of the default model that other engines load: GGUF (llama.cpp) and compressed-tensors."""
+
 import math
 
 import numpy as np
@@ -30,7 +31,7 @@ def llama_cpp_ppl(path, ids, seq_len, windows):
     llm = Llama(model_path=str(path), n_ctx=seq_len, n_threads=2, logits_all=True, verbose=False)
     nll, n = 0.0, 0
     for w in range(windows):
-        x = ids[w * seq_len:(w + 1) * seq_len].tolist()
+        x = ids[w * seq_len : (w + 1) * seq_len].tolist()
         llm.reset()
         llm.eval(x)
         logp = torch.log_softmax(torch.tensor(np.array(llm.scores[:seq_len]), dtype=torch.float64), -1)
@@ -56,7 +57,9 @@ def test_gguf_reads_back_in_transformers_with_the_same_weights(rtn4, gguf_file):
     back = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
     ours = rtn4.model.layers[3].self_attn
     for name in ("q_proj", "k_proj", "v_proj"):
-        assert torch.equal(getattr(back.model.layers[3].self_attn, name).weight, getattr(ours, name).dequantize(torch.float32))
+        assert torch.equal(
+            getattr(back.model.layers[3].self_attn, name).weight, getattr(ours, name).dequantize(torch.float32)
+        )
 
 
 def test_compressed_tensors_checkpoint_loads_in_transformers(smol, rtn4, tmp_path):

@@ -1,6 +1,7 @@
 """Paper shape on the default model (SparseGPT Table / Wanda Table 3): at 50% unstructured the
 perplexity gap to dense of Wanda and of SparseGPT is at most a third of magnitude pruning's
 (LLaMA-7B: dense 5.68, magnitude 17.29, SparseGPT 7.22, Wanda 7.26); at 2:4 both beat magnitude."""
+
 import pytest
 from smol_helpers import ppl_after
 

@@ -1,4 +1,5 @@
 """Paper shapes on the default model: GPTQ (Table 3), AWQ (Table 4), SmoothQuant (W8A8 vs naive)."""
+
 import pytest
 from smol_helpers import ppl_after
 

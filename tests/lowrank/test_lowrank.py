@@ -1,4 +1,5 @@
 """SVD / FWSVD / LoSparse: exactness at full rank, the global budget, weighting, bad input."""
+
 import pytest
 import torch
 
@@ -76,11 +77,14 @@ def test_fisher_weighting_lowers_the_weighted_error():
     assert err["fisher"] < 0.9 * err["plain"]
 
 
-@pytest.mark.parametrize("step,pattern", [
-    ({"method": "svd", "ratio": 1.0}, r"must be in \[0, 1\)"),
-    ({"method": "fwsvd", "rank": -1}, "rank must be positive"),
-    ({"method": "losparse", "density": 0.5}, "leaves no budget"),
-])
+@pytest.mark.parametrize(
+    "step,pattern",
+    [
+        ({"method": "svd", "ratio": 1.0}, r"must be in \[0, 1\)"),
+        ({"method": "fwsvd", "rank": -1}, "rank must be positive"),
+        ({"method": "losparse", "density": 0.5}, "leaves no budget"),
+    ],
+)
 def test_bad_lowrank_settings_are_refused(step, pattern):
     with pytest.raises(ConfigError, match=pattern):
         config_from_dict(step)

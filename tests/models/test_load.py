@@ -52,7 +52,7 @@ def test_truncated_and_fake_gguf(tmp_path):
     fake.write_bytes(b"NOPE" + bytes(100))
     with pytest.raises(EfflmError, match="not a GGUF file"):
         load(str(fake))
-    real = loader.smollm2_gguf().read_bytes()[: 3_000_000]
+    real = loader.smollm2_gguf().read_bytes()[:3_000_000]
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(real)
     with pytest.raises(EfflmError, match="truncated or damaged"):

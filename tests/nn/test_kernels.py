@@ -1,4 +1,5 @@
 """Packed CPU kernels agree with the dequantize path, and storage layouts round-trip."""
+
 import pytest
 import torch
 
@@ -92,8 +93,8 @@ def test_q4_blocks_round_trip_and_match_a_float_matmul():
     assert torch.equal(q4_kernel.from_blocks(q4_kernel.to_blocks(codes), 256), codes)
     s = (torch.rand(64, 4, generator=g) * 0.02 + 0.001).half()
     o = (torch.randn(64, 4, generator=g) * 0.05).half()
-    w = ((codes.float() - 8).reshape(64, 4, 64) * s.float()[..., None] + (o.float() + 8 * s.float())[..., None])
+    w = (codes.float() - 8).reshape(64, 4, 64) * s.float()[..., None] + (o.float() + 8 * s.float())[..., None]
     x = torch.randn(3, 256, generator=g)
     ref = x @ w.reshape(64, 256).t()
     y = q4_kernel.q4_mm(x, q4_kernel.to_blocks(codes), s, o, 8.0, 64)
-    assert (y - ref).norm() / ref.norm() < 0.01      # int8 activations per 32: ~0.5% here
+    assert (y - ref).norm() / ref.norm() < 0.01  # int8 activations per 32: ~0.5% here

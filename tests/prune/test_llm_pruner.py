@@ -1,4 +1,5 @@
 """LLM-Pruner-style structured pruning: a smaller ordinary model, exact structure removal."""
+
 import pytest
 import torch
 
@@ -22,8 +23,8 @@ def _zero_structures(model):
             layer.mlp.up_proj.weight[:32] = 0
             layer.mlp.down_proj.weight[:, :32] = 0
             for h in (1, 3):
-                layer.self_attn.q_proj.weight[h * hd:(h + 1) * hd] = 0
-                layer.self_attn.o_proj.weight[:, h * hd:(h + 1) * hd] = 0
+                layer.self_attn.q_proj.weight[h * hd : (h + 1) * hd] = 0
+                layer.self_attn.o_proj.weight[:, h * hd : (h + 1) * hd] = 0
 
 
 @pytest.mark.parametrize("importance", ["magnitude", "taylor"])
@@ -62,13 +63,16 @@ def test_whole_kv_groups_go_when_per_group_removal_cannot(tiny, tiny_ids):
     assert head_plan(8, 8, 3) == ("groups", 3)  # multi-head attention: heads go with their k/v
 
 
-@pytest.mark.parametrize("kw,pattern", [
-    ({"head_ratio": 0.25}, "breaks GQA grouping"),
-    ({"head_ratio": 0.9}, "would remove all 4 heads"),
-    ({"ratio": 1.0}, r"must be in \[0, 1\)"),
-    ({"ratio": 0.99}, "keeps 0 of 128"),
-    ({"importance": "random"}, "importance must be"),
-])
+@pytest.mark.parametrize(
+    "kw,pattern",
+    [
+        ({"head_ratio": 0.25}, "breaks GQA grouping"),
+        ({"head_ratio": 0.9}, "would remove all 4 heads"),
+        ({"ratio": 1.0}, r"must be in \[0, 1\)"),
+        ({"ratio": 0.99}, "keeps 0 of 128"),
+        ({"importance": "random"}, "importance must be"),
+    ],
+)
 def test_bad_structured_ratios_are_refused_before_any_work(tiny, kw, pattern):
     with pytest.raises(ConfigError, match=pattern):
         check_for_model(tiny[0].config, _cfg(**kw))

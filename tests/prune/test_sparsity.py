@@ -1,5 +1,6 @@
 """Magnitude, Wanda and SparseGPT: exact sparsity and N:M on every matrix, reconstruction
 quality on a layer with correlated inputs, bad settings, and the joint sparse + 4-bit recipe."""
+
 import pytest
 import torch
 
@@ -48,8 +49,9 @@ def test_nm_pattern_holds_in_every_run_of_every_matrix(tiny, name, pattern):
 
 def _layer(out=32, inp=128, tokens=1024, seed=0):
     g = torch.Generator().manual_seed(seed)
-    X = (torch.randn(tokens, inp, generator=g) @ (torch.randn(inp, inp, generator=g) / inp ** 0.5)) \
-        * torch.exp(torch.randn(inp, generator=g))  # correlated inputs, uneven channel norms
+    X = (torch.randn(tokens, inp, generator=g) @ (torch.randn(inp, inp, generator=g) / inp**0.5)) * torch.exp(
+        torch.randn(inp, generator=g)
+    )  # correlated inputs, uneven channel norms
     W = torch.randn(out, inp, generator=g)
     h = Hessian(inp)
     h.add(X)
@@ -66,7 +68,7 @@ def test_wanda_and_sparsegpt_reconstruct_better_than_magnitude(pattern, sparsity
 
     W, X, H = _layer()
     mag = W.masked_fill(prune_mask(W.abs(), sparsity, pattern), 0)
-    wanda = W.masked_fill(prune_mask(wanda_score(W, (X ** 2).sum(0)), sparsity, pattern), 0)
+    wanda = W.masked_fill(prune_mask(wanda_score(W, (X**2).sum(0)), sparsity, pattern), 0)
     sgpt, info = sparsegpt_prune(W, H, sparsity, pattern)
     assert "fallback" not in info
     e_mag, e_wanda, e_sgpt = _err(W, mag, X), _err(W, wanda, X), _err(W, sgpt, X)
@@ -87,15 +89,18 @@ def test_sparsegpt_falls_back_to_magnitude_when_cholesky_fails():
     assert info["fallback"] == "magnitude" and int((Wp == 0).sum()) == 64
 
 
-@pytest.mark.parametrize("step,pattern", [
-    ({"method": "wanda", "sparsity": 1.0}, "sparsity must be in [0, 1)"),
-    ({"method": "magnitude", "sparsity": -0.1}, "sparsity must be in [0, 1)"),
-    ({"method": "sparsegpt", "pattern": "4:4"}, "need 0 < N < M"),
-    ({"method": "wanda", "pattern": "6:4"}, "need 0 < N < M"),
-    ({"method": "wanda", "pattern": "half"}, "'unstructured' or 'N:M'"),
-    ({"method": "magnitude", "pattern": "1:4"}, "pattern 1:4 means sparsity 0.75"),
-    ({"method": "sparsegpt", "pattern": "4:8", "sparsity": 0.5, "block_size": 100}, "multiple of M"),
-])
+@pytest.mark.parametrize(
+    "step,pattern",
+    [
+        ({"method": "wanda", "sparsity": 1.0}, "sparsity must be in [0, 1)"),
+        ({"method": "magnitude", "sparsity": -0.1}, "sparsity must be in [0, 1)"),
+        ({"method": "sparsegpt", "pattern": "4:4"}, "need 0 < N < M"),
+        ({"method": "wanda", "pattern": "6:4"}, "need 0 < N < M"),
+        ({"method": "wanda", "pattern": "half"}, "'unstructured' or 'N:M'"),
+        ({"method": "magnitude", "pattern": "1:4"}, "pattern 1:4 means sparsity 0.75"),
+        ({"method": "sparsegpt", "pattern": "4:8", "sparsity": 0.5, "block_size": 100}, "multiple of M"),
+    ],
+)
 def test_bad_sparsity_settings_are_refused(step, pattern):
     with pytest.raises(ConfigError, match=pattern.replace("[", r"\[").replace(")", r"\)")):
         config_from_dict(step)

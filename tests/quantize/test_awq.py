@@ -12,7 +12,7 @@ from efflm.quantize.scaling import fold_scales
 def _layer(out=64, inp=128, tokens=4096, seed=0):
     g = torch.Generator().manual_seed(seed)
     scale = torch.ones(inp)
-    scale[torch.randperm(inp, generator=g)[:4]] = 30.0          # a few outlier channels, as in LLMs
+    scale[torch.randperm(inp, generator=g)[:4]] = 30.0  # a few outlier channels, as in LLMs
     X = torch.randn(tokens, inp, generator=g) * scale
     W = torch.randn(out, inp, generator=g) * 0.05
     h = Hessian(inp)
@@ -39,7 +39,7 @@ def test_observer_channel_statistics():
 def test_scale_search_beats_rtn_on_outlier_channels():
     W, X, h = _layer()
     s, alpha = search_scale(W, h.H, h.absmean, 3, 32, True)
-    assert alpha > 0                                            # the search moved away from plain RTN
+    assert alpha > 0  # the search moved away from plain RTN
     awq = grid.fake_quantize(W * s, 3, 32, True) / s
     plain = grid.fake_quantize(W, 3, 32, True)
     assert output_error(awq - W, h.H) < 0.7 * output_error(plain - W, h.H)
@@ -51,8 +51,10 @@ def test_clip_search_never_worse_than_no_clip_per_group():
     W, X, h = _layer()
     Wc = search_clip(W, h.H, 3, 32, True)
     assert (Wc.abs() <= W.abs() + 1e-7).all()
-    assert output_error(grid.fake_quantize(Wc, 3, 32, True) - W, h.H) <= output_error(
-        grid.fake_quantize(W, 3, 32, True) - W, h.H) * 1.0001
+    assert (
+        output_error(grid.fake_quantize(Wc, 3, 32, True) - W, h.H)
+        <= output_error(grid.fake_quantize(W, 3, 32, True) - W, h.H) * 1.0001
+    )
 
 
 def test_folding_keeps_the_float_model_equal(tiny, tiny_ids):
@@ -84,6 +86,8 @@ def test_awq_apply_beats_rtn_on_tiny_model(tiny, tiny_ids):
 def test_coarse_to_fine_search_finds_the_full_grid_optimum():
     W, X, h = _layer(seed=3)
     s, alpha = search_scale(W, h.H, h.absmean, 3, 32, True, n_grid=20)
-    errs = [output_error(grid.fake_quantize(W * c, 3, 32, True) / c - W, h.H).item()
-            for c in (scale_candidates(h.absmean, None, i / 20) for i in range(20))]
+    errs = [
+        output_error(grid.fake_quantize(W * c, 3, 32, True) / c - W, h.H).item()
+        for c in (scale_candidates(h.absmean, None, i / 20) for i in range(20))
+    ]
     assert alpha == errs.index(min(errs)) / 20

@@ -19,7 +19,7 @@ def test_tied_matrix_stays_shared_and_shrinks(tiny, tiny_ids):
     model = _apply(model)
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     assert isinstance(emb, QuantEmbedding) and isinstance(head, QuantLinear) and head.bits == 8
-    assert emb.qweight.data_ptr() == head.qweight.data_ptr()           # stored once
+    assert emb.qweight.data_ptr() == head.qweight.data_ptr()  # stored once
     assert before - model_bytes(model) == vocab * hidden * 4 - (vocab * hidden + vocab * 2)
     assert bytes_read_per_token(model) == model_bytes(model)
     rel = (model(tiny_ids).logits - ref).norm() / ref.norm()
@@ -50,6 +50,6 @@ def test_bf16_head_runs_the_int8_kernel(tiny, tiny_ids):
     model, _ = tiny
     model = get("dense").apply(_apply(model), config_from_dict({"method": "dense", "dtype": "bfloat16"}))
     head = model.get_output_embeddings()
-    want = "q8" if q4_kernel.available() else "int8"   # efflm's AVX2 kernel where it builds, else torch's
+    want = "q8" if q4_kernel.available() else "int8"  # efflm's AVX2 kernel where it builds, else torch's
     assert head.kernel(torch.zeros(1, model.config.hidden_size, dtype=torch.bfloat16)) == want
     assert model(tiny_ids).logits.dtype == torch.bfloat16

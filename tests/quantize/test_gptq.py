@@ -9,8 +9,8 @@ from efflm.quantize.gptq import gptq_quantize
 
 def _layer(out=48, inp=128, tokens=2048, seed=0):
     g = torch.Generator().manual_seed(seed)
-    mix = torch.randn(inp, inp, generator=g) / inp ** 0.5  # correlated inputs, as in real activations
-    scale = torch.exp(torch.randn(inp, generator=g))       # and uneven channel magnitudes
+    mix = torch.randn(inp, inp, generator=g) / inp**0.5  # correlated inputs, as in real activations
+    scale = torch.exp(torch.randn(inp, generator=g))  # and uneven channel magnitudes
     X = (torch.randn(tokens, inp, generator=g) @ mix) * scale
     W = torch.randn(out, inp, generator=g) * 0.05
     h = Hessian(inp)
@@ -32,7 +32,7 @@ def test_gptq_output_error_below_rtn(bits, symmetric, act_order):
     Wq = grid.dequantize(codes, scales, offsets, bits, 32)
     W_rtn = grid.fake_quantize(W, bits, 32, symmetric)
     assert _err(W, Wq, X) < 0.8 * _err(W, W_rtn, X)
-    assert codes.max() < 2 ** bits
+    assert codes.max() < 2**bits
     # the result lies on its own grid: re-quantizing with the stored scales changes nothing
     assert torch.equal(grid.quantize(Wq, scales, offsets, bits, 32), codes)
 
@@ -66,5 +66,7 @@ def test_gptq_apply_rejects_missing_calibration_and_non_finite_activations(tiny)
     with torch.no_grad():
         model.model.layers[0].post_attention_layernorm.weight[:] = float("nan")
     calib = torch.randint(3, 259, (2, 32))
-    with pytest.raises(EfflmError, match="NaN or inf in the calibration activations entering model.layers.0.mlp.gate_proj"):
+    with pytest.raises(
+        EfflmError, match="NaN or inf in the calibration activations entering model.layers.0.mlp.gate_proj"
+    ):
         get("gptq").apply(model, cfg, calib)

@@ -18,7 +18,7 @@ def test_at_most_2_pow_bits_levels_per_group(bits, symmetric, group_size):
     wq = grid.fake_quantize(w, bits, group_size, symmetric)
     g = group_size if group_size > 0 else w.shape[1]
     for row in wq.reshape(-1, g):
-        assert row.unique().numel() <= 2 ** bits
+        assert row.unique().numel() <= 2**bits
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
@@ -56,7 +56,7 @@ def test_symmetric_grid_uses_the_extreme_level_exactly():
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
 def test_pack_unpack_round_trip(bits):
-    q = torch.randint(0, 2 ** bits, (5, 64), dtype=torch.uint8)
+    q = torch.randint(0, 2**bits, (5, 64), dtype=torch.uint8)
     packed = pack_codes(q, bits)
     assert packed.numel() == (q.numel() // 2 if bits <= 4 else q.numel())
     assert torch.equal(unpack_codes(packed, bits, 64), q)
