@@ -38,9 +38,9 @@ def git_commit() -> str:
 
 
 def environment() -> dict:
-    import transformers
+    from importlib.metadata import version
 
-    import efflm
+    import transformers
 
     return {
         "cpu": cpu_model(),
@@ -48,7 +48,7 @@ def environment() -> dict:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "efflm": efflm.__version__,
+        "efflm": version("efflm"),
         "commit": git_commit(),
         "python": platform.python_version(),
     }

@@ -142,6 +142,42 @@ def _stop_at(text: str, stops: tuple[str, ...]) -> int | None:
     return min(hits) if hits else None
 
 
+class TextStream:
+    """One sequence's text as its tokens arrive: decoded, cut at the first stop string, and
+    streamed to ``on_text(index, delta)`` only where it can no longer turn out to be the start
+    of a stop string (such a tail is held back until the next token or ``close``)."""
+
+    def __init__(self, gen: Generation, tok: Any, stops: tuple[str, ...], on_text, index: int = 0):
+        self.gen, self.tok, self.stops, self.on_text, self.index = gen, tok, stops, on_text, index
+        self.shown = 0
+
+    def push(self, token: int) -> bool:
+        """Add a token; True when a stop string ended the text."""
+        self.gen.tokens.append(token)
+        text = self.tok.decode(self.gen.tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        cut = _stop_at(text, self.stops)
+        if cut is not None:
+            text, self.gen.finish = text[:cut], "stop"
+        self.gen.text = text
+        held = (
+            0
+            if cut is not None
+            else max(
+                (k for s in self.stops for k in range(1, min(len(s), len(text) + 1)) if text.endswith(s[:k])), default=0
+            )
+        )
+        self._show(len(text) - held)
+        return cut is not None
+
+    def close(self) -> None:
+        self._show(len(self.gen.text))
+
+    def _show(self, upto: int) -> None:
+        if self.on_text is not None and upto > self.shown:
+            self.on_text(self.index, self.gen.text[self.shown : upto])
+            self.shown = upto
+
+
 def generate(
     model: Any,
     tok: Any,
@@ -178,6 +214,7 @@ def generate_ids(
     gen = generator(cfg)
     eos = {tok.eos_token_id} if tok is not None and tok.eos_token_id is not None else set()
     outs = [Generation(prompt_tokens=int(v.sum())) for v in valid]
+    streams = None if tok is None else [TextStream(g, tok, cfg.stop, on_text, i) for i, g in enumerate(outs)]
     done = [False] * B
     timing = Timing()
     t0 = time.perf_counter()
@@ -194,19 +231,15 @@ def generate_ids(
             if t in eos:
                 done[i], outs[i].finish = True, "eos"
                 continue
-            outs[i].tokens.append(t)
-            if tok is None:  # ids only (the harness)
-                continue
-            text = tok.decode(outs[i].tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            cut = _stop_at(text, cfg.stop)
-            if cut is not None:
-                text, done[i], outs[i].finish = text[:cut], True, "stop"
-            if on_text is not None and len(text) > len(outs[i].text):
-                on_text(i, text[len(outs[i].text) :])
-            outs[i].text = text
+            if streams is None:  # ids only (the harness)
+                outs[i].tokens.append(t)
+            elif streams[i].push(t):
+                done[i] = True
         if all(done) or step == new - 1:
             break
         logits = engine.feed(nxt[:, None])[:, -1]
         timing.new_tokens += 1
     timing.decode_s = time.perf_counter() - t0 if timing.new_tokens else 0.0
+    for s in streams or []:
+        s.close()
     return outs, timing

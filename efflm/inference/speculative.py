@@ -196,21 +196,11 @@ def speculative_generate(
     on_text: Callable[[int, str], None] | None = None,
 ) -> tuple[Generation, Timing, SpecStats]:
     """Text in, text out (stop strings and streaming as in ``generate``)."""
-    from efflm.inference.generate import _stop_at, encode
+    from efflm.inference.generate import TextStream, encode
 
     ids, _ = encode(tok, [prompt], chat)
     res = Generation(prompt_tokens=ids.shape[1])
-
-    def on_token(t: int) -> bool:
-        res.tokens.append(t)
-        text = tok.decode(res.tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        cut = _stop_at(text, cfg.stop)
-        if cut is not None:
-            text, res.finish = text[:cut], "stop"
-        if on_text is not None and len(text) > len(res.text):
-            on_text(0, text[len(res.text) :])
-        res.text = text
-        return cut is not None
+    stream = TextStream(res, tok, cfg.stop, on_text)
 
     tokens, timing, stats = speculative_ids(
         target,
@@ -221,8 +211,9 @@ def speculative_generate(
         max_ngram=max_ngram,
         eos=tok.eos_token_id,
         max_len=max_len,
-        on_token=on_token,
+        on_token=stream.push,
     )
+    stream.close()
     if res.finish != "stop" and len(tokens) < cfg.max_new_tokens:
         res.finish = "eos"
     return res, timing, stats

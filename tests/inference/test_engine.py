@@ -70,8 +70,16 @@ def test_stop_string_truncates_and_finishes(sharp):
     full, _ = generate(model, tok, ["once upon"], SamplingConfig(max_new_tokens=20))
     text = full[0].text
     stop = text[5:7]
-    cut, _ = generate(model, tok, ["once upon"], SamplingConfig(max_new_tokens=20, stop=(stop,)))
+    pieces = []
+    cut, _ = generate(
+        model,
+        tok,
+        ["once upon"],
+        SamplingConfig(max_new_tokens=20, stop=(stop,)),
+        on_text=lambda i, d: pieces.append(d),
+    )
     assert cut[0].finish == "stop" and cut[0].text == text[: text.find(stop)]
+    assert "".join(pieces) == cut[0].text  # no piece of the stop string was ever streamed
 
 
 def test_streamed_text_equals_final_text(sharp):
@@ -149,4 +157,4 @@ def test_generation_stops_at_the_cache_end(tiny):
         SamplingConfig(max_new_tokens=50),
         max_len=16,
     )
-    assert len(out[0].tokens) <= 6
+    assert len(out[0].tokens) == 6 and out[0].finish == "length"  # 16 slots − 10 prompt tokens

@@ -87,8 +87,12 @@ def test_sampling_distribution_equals_the_targets(sharp):
 def test_acceptance_rule_on_known_distributions():
     gen = torch.Generator().manual_seed(0)
     p = torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
-    n, nxt = accept(p, p[:1].clone(), torch.tensor([1]), gen)  # q == p: always accepted
-    assert n == 1 and nxt in (0, 1, 2)
+    bonus = Counter()
+    for _ in range(3000):  # q == p: always accepted, and the bonus token is drawn from p's next row
+        n, nxt = accept(p, p[:1].clone(), torch.tensor([1]), gen)
+        assert n == 1
+        bonus[int(nxt)] += 1
+    assert all(abs(bonus[i] / 3000 - p[1, i].item()) < 0.04 for i in range(3))
     q = torch.tensor([[0.0, 0.0, 1.0]])  # drafted a token p gives 0
     n, nxt = accept(p, q, torch.tensor([2]), gen)
     assert n == 0 and nxt in (0, 1)  # residual max(0, p − q) ∝ p here
@@ -108,7 +112,22 @@ def test_text_interface_stop_and_stream(sharp):
     res, timing, stats = speculative_generate(
         model, tok, "abcabcabc", SamplingConfig(max_new_tokens=16), on_text=lambda i, d: pieces.append(d)
     )
-    assert "".join(pieces) == res.text and len(res.tokens) == 16
+    assert "".join(pieces) == res.text and len(res.tokens) == 16 and res.finish == "length"
+    stop = res.text[5:7]  # a stop string the unconstrained output reaches at character 5 at the latest
+    cut = res.text.index(stop)
+    pieces.clear()
+    res2, _, _ = speculative_generate(
+        model, tok, "abcabcabc", SamplingConfig(max_new_tokens=16, stop=(stop,)), on_text=lambda i, d: pieces.append(d)
+    )
+    assert res2.finish == "stop" and res2.text == res.text[:cut] and "".join(pieces) == res2.text
+    assert len(res2.tokens) < 16
+
+
+def test_decode_clock_counts_only_tokens_after_the_first_step(sharp, prompt):
+    model, _ = sharp
+    got, timing, stats = speculative_ids(model, prompt, SamplingConfig(max_new_tokens=20), draft=model, k=4)
+    # drafting with itself, the first step yields k + 1 = 5 tokens: TTFT covers them, decode the other 15
+    assert len(got) == 20 and timing.new_tokens == 15 and timing.ttft_s > 0 and timing.decode_s > 0
 
 
 def test_draft_with_another_vocabulary_is_refused(tiny):

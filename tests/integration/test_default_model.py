@@ -52,8 +52,14 @@ def test_asymmetric_g32_4bit_is_lossless_on_the_q4_1_default(smol, ppl):
     )
 
 
-def test_evaluation_text_is_never_in_calibration_windows(smol):
-    _, tok, _ = smol
+def test_evaluation_and_development_text_are_never_in_calibration_windows(smol):
+    _, tok, ids = smol
     eval_text = text.split_text("eval")
-    for w in text.calibration_windows(tok, 8, 128, seed=0):
-        assert tok.decode(w.tolist()) not in eval_text
+    dev = text.dev_tokens(tok)
+    dev_text = tok.decode(dev.tolist())
+    # positive controls: a window of each split decodes back into that split's text
+    assert tok.decode(ids[1000:1128].tolist()) in eval_text
+    assert tok.decode(dev[1000:1128].tolist()) in dev_text
+    for w in text.calibration_windows(tok, 64, 128, seed=0):
+        piece = tok.decode(w.tolist())
+        assert piece not in eval_text and piece not in dev_text

@@ -46,8 +46,11 @@ def test_gguf_q4_0_runs_in_llama_cpp_within_1_percent(smol, rtn4, gguf_file):
     ours = perplexity(rtn4, ids, SEQ, WINDOWS)["ppl"]
     theirs, llm = llama_cpp_ppl(gguf_file, ids, SEQ, WINDOWS)
     assert abs(theirs / ours - 1) < 0.01, (ours, theirs)
-    text = llm("The capital of France is", max_tokens=8, temperature=0)["choices"][0]["text"]
-    assert len(text.split()) >= 3 and text.isascii(), text
+    prompt = "The capital of France is"
+    text = llm(prompt, max_tokens=8, temperature=0)["choices"][0]["text"]
+    first = rtn4(torch.tensor([llm.tokenize(prompt.encode(), add_bos=False)])).logits[0, -1].argmax().item()
+    assert "Paris" in text, text  # the right answer, from the same 4-bit codes run by llama.cpp
+    assert llm.tokenize(text.encode(), add_bos=False)[0] == first, (text, first)
 
 
 def test_gguf_reads_back_in_transformers_with_the_same_weights(rtn4, gguf_file):
@@ -74,7 +77,7 @@ def test_compressed_tensors_checkpoint_loads_in_transformers(smol, rtn4, tmp_pat
     x = ids[:128][None]
     a, b = rtn4(x).logits, back(x).logits
     assert (a - b).abs().max() < 0.05 * a.abs().max(), (a - b).abs().max()
-    assert torch.equal(a.argmax(-1), b.argmax(-1)) or (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.99
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.99
     size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     assert size < 0.4 * 538e6, size  # packed int4 + fp16 embedding, against 538 MB of fp32
 

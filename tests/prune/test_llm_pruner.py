@@ -55,12 +55,30 @@ def test_pruned_model_reloads_in_plain_transformers_with_the_same_logits(tiny, t
     assert torch.equal(back(tiny_ids).logits, pruned(tiny_ids).logits)
 
 
-def test_whole_kv_groups_go_when_per_group_removal_cannot(tiny, tiny_ids):
-    model, _ = tiny
-    model.config.num_key_value_heads = 2
+def test_whole_kv_groups_go_when_per_group_removal_cannot(tiny_ids):
+    """Multi-head attention (one query head per k/v head): a head can only go with its k/v."""
+    from transformers import LlamaForCausalLM
+
+    from efflm.models.tiny import tiny_config
+
     assert head_plan(4, 2, 2) == ("per_group", 1)
     assert head_plan(6, 3, 4) == ("groups", 2)
-    assert head_plan(8, 8, 3) == ("groups", 3)  # multi-head attention: heads go with their k/v
+    cfg = tiny_config()
+    cfg.num_key_value_heads = cfg.num_attention_heads  # MHA: 4 heads, 4 k/v heads
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    hd = cfg.head_dim
+    with torch.no_grad():  # silence heads 1 and 3 with their keys and values
+        for layer in model.model.layers:
+            for h in (1, 3):
+                for lin in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    lin.weight[h * hd : (h + 1) * hd] = 0
+                layer.self_attn.o_proj.weight[:, h * hd : (h + 1) * hd] = 0
+    ref = model(tiny_ids).logits
+    pruned = get("llm_pruner").apply(model, _cfg(ratio=0.0, head_ratio=0.5, importance="magnitude"), CALIB)
+    assert pruned.config.num_attention_heads == 2 and pruned.config.num_key_value_heads == 2
+    assert pruned.model.layers[0].self_attn.k_proj.weight.shape == (2 * hd, 64)
+    torch.testing.assert_close(pruned(tiny_ids).logits, ref, atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize(

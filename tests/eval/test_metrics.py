@@ -39,9 +39,26 @@ def test_bytes_count_tied_weights_once_and_packed_sizes(tiny):
     assert linears > 0
 
 
-def test_speed_reports_median_and_spread(tiny):
-    r = metrics.speed(tiny[0], torch.arange(3, 19), new_tokens=4, reps=2)
-    assert r["tok_s_min"] <= r["tok_s"] <= r["tok_s_max"] and r["ttft_ms"] > 0
+def test_speed_reports_median_and_spread_of_the_timed_runs(tiny, monkeypatch):
+    calls = []
+    runs = iter([(9.0, 9.0, 1), (0.1, 1.0, 64), (0.3, 0.5, 64), (0.2, 2.0, 64)])  # warm-up first
+
+    def fake(model, prompt, new_tokens):
+        calls.append(new_tokens)
+        return next(runs)
+
+    monkeypatch.setattr(metrics, "_greedy", fake)
+    r = metrics.speed(tiny[0], torch.arange(3, 19), new_tokens=4, reps=3, reference=False)
+    assert calls == [4, 4, 4, 4]  # one warm-up (not counted), then the timed runs
+    assert (r["tok_s"], r["tok_s_min"], r["tok_s_max"]) == (3.0, 1.5, 6.0)  # 3 decode steps / seconds
+    assert r["ttft_ms"] == pytest.approx(200.0) and r["ttft_ms_max"] == pytest.approx(300.0)
+    assert r["kv_bytes"] == 64
+
+
+def test_speed_on_the_decode_path_times_exactly_the_asked_tokens(tiny):
+    r = metrics.speed(tiny[0], torch.arange(3, 19), new_tokens=5, reps=1, reference=False)
+    assert r["new_tokens"] == 5 and r["tok_s"] > 0 and r["ttft_ms"] > 0
+    assert r["kv_bytes"] == 2 * 2 * 2 * (16 + 5) * 16 * 4  # k+v, layers, kv heads, slots, head_dim, fp32
 
 
 def test_bandwidth_is_positive_and_cached(tmp_path, monkeypatch):
@@ -52,5 +69,7 @@ def test_bandwidth_is_positive_and_cached(tmp_path, monkeypatch):
     assert metrics.bandwidth_gbs() == 12.5
 
 
-def test_measured_bandwidth_is_plausible():
-    assert 0.5 < metrics.measure_bandwidth(mib=64, reps=2) < 2000
+def test_measured_bandwidth_is_bytes_over_the_best_time(monkeypatch):
+    times = iter([0.04, 0.02, 0.03])
+    monkeypatch.setattr(metrics, "_timed", lambda fn: next(times))
+    assert metrics.measure_bandwidth(mib=64, reps=3) == pytest.approx(64 * 2**20 / 0.02 / 1e9)
