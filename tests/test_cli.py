@@ -106,8 +106,12 @@ def test_invalid_recipes_rejected_before_work(capsys, tmp_path, recipe, text, pa
 
 
 def test_unknown_method_in_bench_suggests(capsys, tmp_path):
-    code, _, err = run(capsys, "bench", "--model", "tiny-llama", "--methods", "rnt", "--db", str(tmp_path / "d"))
+    code, _, err = run(
+        capsys, "bench", "--model", "tiny-llama", "--methods", "rnt", "--db", str(tmp_path / "d"), "--out-dir",
+        str(tmp_path),
+    )  # fmt: skip
     assert_one_line_error(code, err, "did you mean 'rtn'")
+    assert list(tmp_path.iterdir()) == []  # no database, no leaderboard
 
 
 def test_empty_and_short_text(capsys, tmp_path):

@@ -64,6 +64,11 @@ def run_one(opts: BenchOptions, recipe: recipes.Recipe, conn, env: dict) -> dict
     label = recipes.label(recipe)
     recipe_yaml = recipes.to_yaml(recipe)
     families = ",".join(sorted({get(c.method).family for c in recipe}))
+
+    def fail(error: str) -> None:  # a failed row carries its error and no metrics
+        results.insert(conn, status="failed", model=opts.model, label=label, recipe=recipe_yaml,
+                       families=families, error=error, env=env)  # fmt: skip
+
     with tempfile.TemporaryDirectory(prefix="efflm-bench-") as tmp:
         rfile, out = Path(tmp) / "recipe.yaml", Path(tmp) / "result.json"
         rfile.write_text(recipe_yaml)
@@ -86,29 +91,11 @@ def run_one(opts: BenchOptions, recipe: recipes.Recipe, conn, env: dict) -> dict
         except BaseException:  # Ctrl-C / SIGTERM: stop the worker, record the row as failed
             proc.kill()
             proc.wait()
-            results.insert(
-                conn,
-                status="failed",
-                model=opts.model,
-                label=label,
-                recipe=recipe_yaml,
-                families=families,
-                error="interrupted",
-                env=env,
-            )
+            fail("interrupted")
             raise
         data = json.loads(out.read_text()) if out.is_file() else {"status": "failed", "error": _describe_exit(code)}
     if data["status"] != "ok":
-        results.insert(
-            conn,
-            status="failed",
-            model=opts.model,
-            label=label,
-            recipe=recipe_yaml,
-            families=families,
-            error=data["error"],
-            env=env,
-        )
+        fail(data["error"])
         return data
     extra = {k: v for k, v in data.items() if k not in results.METRICS and k not in ("status", "model_hash")}
     results.insert(

@@ -1,6 +1,8 @@
-"""Method contract: configs, registry, recipes and errors."""
+"""The bottom layer: the method contract (config base, registry decorator), recipes, errors,
+atomic writes, paths and progress. It imports nothing else of efflm; look methods up through
+``efflm.methods``, which imports every method file so that each registers itself."""
 
 from efflm.core.errors import ConfigError, EfflmError
-from efflm.core.registry import MethodConfig, config_from_dict, get, methods, register
+from efflm.core.registry import MethodConfig, register
 
-__all__ = ["ConfigError", "EfflmError", "MethodConfig", "config_from_dict", "get", "methods", "register"]
+__all__ = ["ConfigError", "EfflmError", "MethodConfig", "register"]

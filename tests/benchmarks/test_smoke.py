@@ -35,6 +35,7 @@ def test_every_benchmark_script_has_a_smoke_test():
         "structured_speed",
         "smoothquant_alpha",
         "gpu_sparse24",
+        "render_results",
     }
     assert {p.stem for p in ROOT.glob("*.py")} - {"__init__"} == tested
 
@@ -107,3 +108,11 @@ def test_gpu_sparse24_shapes_and_cpu_refusal(tmp_path):
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
         mod.main(["--model", "tiny-llama", "--out", str(out)])
     assert not out.exists()
+
+
+def test_results_doc_is_the_render_of_the_committed_result_files():
+    mod = script("render_results")
+    root = ROOT.parent
+    assert (root / "docs" / "results.md").read_text() == mod.render(root / "results")
+    named = {name for name, *_ in mod.SECTIONS}
+    assert {p.name for p in (root / "results").glob("*.md")} <= named  # no result file left out

@@ -1,0 +1,120 @@
+"""Build docs/results.md from the committed result files under results/, verbatim.
+
+    python benchmarks/render_results.py [--results results] [--out docs/results.md]
+
+Every table in docs/results.md is a committed result file, embedded as it is, under the
+command that regenerates it; the text around the tables holds no numbers of its own. A test
+checks the committed docs/results.md equals this script's output.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+# (file, heading, the command that regenerates it, what it is for)
+SECTIONS = [
+    (
+        "leaderboard.md",
+        "Leaderboard: every method on the default model",
+        "efflm bench; efflm bench --suite prune; efflm bench --suite inference",
+        "One row per recipe, each measured in its own worker process: quality (perplexity) against cost "
+        "(bytes, decode tok/s, TTFT, peak RSS). Only rows of the current measurement version are shown; the "
+        "footer names the commit the rows were measured at. The plot is [results/pareto.png](../results/pareto.png).",
+    ),
+    (
+        "make_bench_time.md",
+        "How long `make bench` takes",
+        "time make bench",
+        "The main job's wall time on these 2 cores, once the environment exists.",
+    ),
+    (
+        "vs_llamacpp.md",
+        "Decode speed: efflm vs llama.cpp vs transformers",
+        "python benchmarks/vs_llamacpp.py",
+        "Same model, prompt, tokens, threads; interleaved rounds; the same 4-bit codes in efflm and in llama.cpp.",
+    ),
+    (
+        "speculative_speed_bfloat16.md",
+        "Speculative decoding",
+        "python benchmarks/speculative_speed.py --dtype bfloat16",
+        "Plain decoding against four drafters on a copy-heavy and an open-ended workload; both paths do the same work.",
+    ),
+    (
+        "kv_policies.md",
+        "KV-cache methods",
+        "python benchmarks/kv_policies.py",
+        "Perplexity through each cache policy, token by token, at equal budgets; then text longer than the cache.",
+    ),
+    (
+        "vs_llmcompressor.md",
+        "Quantization side by side with llm-compressor",
+        "python benchmarks/vs_llmcompressor.py --methods gptq,awq",
+        "The same model, calibration windows and evaluation, every option set explicitly on both sides, the same "
+        "scope timed.",
+    ),
+    (
+        "vs_llmcompressor_prune.md",
+        "Pruning side by side with llm-compressor",
+        "python benchmarks/vs_llmcompressor.py --methods sparsegpt,wanda,sparsegpt:2:4,wanda:2:4 "
+        "--out results/vs_llmcompressor_prune.md",
+        "As above, for the pruners.",
+    ),
+    (
+        "structured_speed.md",
+        "Structured pruning's speedup",
+        "python benchmarks/structured_speed.py",
+        "LLM-Pruner-style pruned models against dense, timed in interleaved rounds.",
+    ),
+    (
+        "smoothquant_alpha.md",
+        "SmoothQuant's α, chosen on the development split",
+        "python benchmarks/smoothquant_alpha.py",
+        "The α the SmoothQuant config defaults to, chosen where it is not reported on.",
+    ),
+    (
+        "gpu_sparse24.md",
+        "GPU: 2:4 semi-structured sparsity (CUDA)",
+        "python3 benchmarks/gpu_sparse24.py",
+        "Needs a CUDA GPU; not re-measured when no GPU was lent (its first line names the GPU and torch it ran on).",
+    ),
+]
+
+
+def render(results: Path) -> str:
+    out = [
+        "# Results",
+        "",
+        "Every table below is a committed file under `results/`, embedded verbatim by "
+        "`python benchmarks/render_results.py`, under the command that regenerates it (`make reference` runs "
+        "them all). Numbers from a shared 2-core machine vary by about ±15% between runs: compare rows of one "
+        "file, which were measured in one run.",
+        "",
+    ]
+    for name, heading, command, what in SECTIONS:
+        path = results / name
+        out += [f"## {heading}", "", f"`{command}` → [results/{name}](../results/{name}). {what}", ""]
+        if path.is_file():
+            body = path.read_text(encoding="utf-8").strip().splitlines()
+            if body and body[0].startswith("# "):
+                body = body[1:]  # the section heading stands in for the file's own title
+            out += [*[("#" + line if line.startswith("#") else line) for line in body], ""]
+        else:
+            out += ["(not measured yet)", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="benchmarks/render_results.py")
+    p.add_argument("--results", default="results")
+    p.add_argument("--out", default="docs/results.md")
+    a = p.parse_args(argv)
+    from efflm.core.atomic import atomic_write_text
+
+    atomic_write_text(Path(a.out), render(Path(a.results)))
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
