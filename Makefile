@@ -51,9 +51,10 @@ anchors: $(STAMP)
 	$(PIP) -e '.[anchors]'
 
 # Every committed result file, regenerated (about 2 hours on 2 cores; run on a clean tree).
-# The leaderboard rows: the default, prune and inference suites; then each study under benchmarks/.
+# The leaderboard rows: the default, extra, prune and inference suites; then each study under benchmarks/.
 reference: $(STAMP) $(INTEROP) anchors
 	$(BIN)/efflm bench
+	$(BIN)/efflm bench --suite extra
 	$(BIN)/efflm bench --suite prune
 	$(BIN)/efflm bench --suite inference
 	$(BIN)/python benchmarks/smoothquant_alpha.py

@@ -10,6 +10,7 @@ from pathlib import Path
 from efflm.core.errors import EfflmError
 
 DEFAULT_MODEL = "smollm2-135m"
+SUITE_NAMES = ("default", "extra", "prune", "inference", "full")  # efflm.bench.suites.SUITES (tested)
 MODEL_HELP = "smollm2-135m (the default model), tiny-llama, a Hugging Face or efflm model directory, or a .gguf file"
 
 
@@ -269,7 +270,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--methods", help="comma-separated method names, each at its default config")
     b.add_argument(
         "--suite",
-        choices=["default", "prune", "inference", "full"],
+        choices=list(SUITE_NAMES),
         default="default",
         help="the recipes benchmarked when neither --recipe nor --methods is given",
     )

@@ -228,3 +228,10 @@ def test_every_torch_load_passes_weights_only_true():
                     ok = isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True
                     calls.append((path.name, node.lineno, ok))
     assert calls and all(ok for *_, ok in calls), calls
+
+
+def test_cli_suite_choices_are_the_bench_suites():
+    from efflm.bench.suites import SUITES
+    from efflm.cli import SUITE_NAMES
+
+    assert tuple(SUITES) == SUITE_NAMES
