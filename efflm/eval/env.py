@@ -20,14 +20,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+CODE_PATHS = ("efflm", "benchmarks", "pyproject.toml")  # what a measurement depends on
+
+
 def git_commit() -> str:
+    """The commit of efflm's source tree, ``-dirty`` when its code differs from that commit.
+
+    Only the code counts (``CODE_PATHS``): the result files a benchmark run rewrites
+    (results/, docs/) do not make the rows after it "dirty"."""
     src = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(
             ["git", "-C", str(src), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5
         )
         dirty = subprocess.run(
-            ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=normal", "--", *CODE_PATHS],
             capture_output=True,
             text=True,
             timeout=5,

@@ -73,3 +73,31 @@ def test_measured_bandwidth_is_bytes_over_the_best_time(monkeypatch):
     times = iter([0.04, 0.02, 0.03])
     monkeypatch.setattr(metrics, "_timed", lambda fn: next(times))
     assert metrics.measure_bandwidth(mib=64, reps=3) == pytest.approx(64 * 2**20 / 0.02 / 1e9)
+
+
+def test_commit_is_dirty_for_code_changes_only(tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+
+    from efflm.eval import env
+
+    repo = tmp_path / "repo"
+    (repo / "efflm" / "eval").mkdir(parents=True)
+    (repo / "results").mkdir()
+    fake = repo / "efflm" / "eval" / "env.py"
+    shutil.copy(env.__file__, fake)
+    (repo / "results" / "leaderboard.md").write_text("old")
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x")
+    monkeypatch.setattr(env, "__file__", str(fake))
+    clean = env.git_commit()
+    assert len(clean) == 12 and not clean.endswith("-dirty")
+    (repo / "results" / "leaderboard.md").write_text("rewritten by a benchmark run")
+    assert env.git_commit() == clean
+    (repo / "efflm" / "new_method.py").write_text("x = 1\n")
+    assert env.git_commit() == clean + "-dirty"
