@@ -16,7 +16,9 @@ Needs ``pip install 'efflm[anchors]'``. What each side runs (also printed under 
 lm_head is left alone. Each run starts from a fresh copy of the loaded model and the same
 calibration token ids in memory; the clock covers the same scope on both sides, from there
 to the compressed model in memory: efflm validates the config and runs ``apply``;
-llm-compressor wraps the ids in a ``datasets.Dataset`` and runs ``oneshot``. Prints the
+llm-compressor wraps the ids in a ``datasets.Dataset`` and runs ``oneshot``. On a machine
+without an accelerator, llm-compressor's AWQ needs one no-op patch (``cpu_pinning_workaround``,
+said under the table). Prints the
 table and writes ``--out`` (default ``results/vs_llmcompressor.md``).
 """
 
@@ -112,6 +114,18 @@ def efflm_config(method: str) -> dict:
     return {"method": "awq", **grid, "duo_scaling": True, "n_grid": 20, "clip": False}
 
 
+def cpu_pinning_workaround() -> bool:
+    """llm-compressor 0.14's AWQ pins its cached activations (``IntermediatesCache.pin_memory``)
+    unconditionally, and ``Tensor.pin_memory`` raises without an accelerator. Pinning only speeds
+    host-to-device copies, so on a CPU-only machine it is made a no-op; True if it was."""
+    if torch.accelerator.is_available():
+        return False
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    IntermediatesCache.pin_memory = lambda self, batch_index: None
+    return True
+
+
 def run_llmcompressor(model_spec: str, method: str, calib: torch.Tensor) -> tuple[torch.nn.Module, float]:
     from datasets import Dataset
     from llmcompressor import oneshot
@@ -156,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("efflm: error: needs llm-compressor: pip install 'efflm[anchors]'") from None
     for m in [m.strip() for m in a.methods.split(",") if m.strip()]:
         config_from_dict(efflm_config(m))  # bad method names fail before any work
+    pinned = cpu_pinning_workaround()
     _, tok = load(a.model)
     calib = text.calibration_windows(tok, a.calib_samples, a.calib_len, seed=0)
     ids = text.eval_tokens(tok, 512 * a.windows)
@@ -194,6 +209,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"- {_label(m)}: efflm `{efflm_config(m)}`; llm-compressor `{llmc_args(m)[0]}({llmc_args(m)[1]})`"
                 for m in [m.strip() for m in a.methods.split(",") if m.strip()]
             ],
+            *(
+                [
+                    "",
+                    "No accelerator here: llm-compressor's `IntermediatesCache.pin_memory` (which AWQ calls "
+                    "unconditionally and which raises without one) was made a no-op; pinning only speeds "
+                    "host-to-device copies.",
+                ]
+                if pinned
+                else []
+            ),
             "",
             f"Command: `python benchmarks/vs_llmcompressor.py --model {a.model} --methods {a.methods} "
             f"--calib-samples {a.calib_samples} --calib-len {a.calib_len} --windows {a.windows} --out {a.out}`.",
