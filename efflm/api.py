@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from efflm.core import recipe as recipes
-from efflm.core.errors import EfflmError
 from efflm.methods import MethodConfig, config_from_dict
 from efflm.pipeline import CALIB_LEN, CALIB_SAMPLES, load_and_apply
 
@@ -66,6 +65,4 @@ def save(model: Any, tok: Any, out: str | Path, recipe: Any = None) -> Path:
     """Write the model as an efflm directory (atomically; ``out`` must not exist)."""
     from efflm.io.save import save as write
 
-    if Path(out).exists():
-        raise EfflmError(f"output exists: {out}")
     return write(model, tok, out, recipes.to_yaml(as_recipe(recipe)) if recipe is not None else "")

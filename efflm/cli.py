@@ -77,15 +77,6 @@ def cmd_leaderboard(a) -> int:
     return 0
 
 
-def _load_with_recipe(model_spec: str, recipe_path: str | None, a=None):
-    from efflm.pipeline import load_and_apply
-
-    recipe = _recipe_arg(recipe_path)
-    calib = {"calib_samples": a.calib_samples, "calib_len": a.calib_len} if a is not None else {}
-    model, tok = load_and_apply(model_spec, recipe, **calib)
-    return model, tok, recipe
-
-
 def cmd_compress(a) -> int:
     from efflm.core import recipe as recipes
 
@@ -96,9 +87,10 @@ def cmd_compress(a) -> int:
     from efflm import pipeline
     from efflm.io import compressed_tensors, gguf_export
 
-    pipeline.validate(a.model, _recipe_arg(a.recipe), a.calib_samples, a.calib_len)
+    recipe = _recipe_arg(a.recipe)
+    pipeline.validate(a.model, recipe, a.calib_samples, a.calib_len)
     if a.format != "efflm":
-        (gguf_export if a.format == "gguf" else compressed_tensors).check_recipe(_recipe_arg(a.recipe))
+        (gguf_export if a.format == "gguf" else compressed_tensors).check_recipe(recipe)
     if a.format == "gguf":
         from efflm.models.load import gguf_source
 
@@ -117,7 +109,7 @@ def cmd_compress(a) -> int:
             raise EfflmError(
                 "--format compressed-tensors needs the compressed-tensors package (pip install 'efflm[interop]')"
             )
-    model, tok, recipe = _load_with_recipe(a.model, a.recipe, a)
+    model, tok = pipeline.load_and_apply(a.model, recipe, a.calib_samples, a.calib_len)
     if a.format == "gguf":
         gguf_export.export(model, template, out)
     elif a.format == "compressed-tensors":
@@ -175,18 +167,16 @@ def cmd_generate(a) -> int:
         raise EfflmError("speculative decoding runs one prompt at a time")
     from efflm import pipeline
 
-    pipeline.validate(a.model, _recipe_arg(a.recipe), a.calib_samples, a.calib_len)
-    if a.draft_model:  # vocabularies compared from the configs, before any weights load
+    recipe, draft_recipe = _recipe_arg(a.recipe), _recipe_arg(a.draft_recipe)
+    if a.draft_model:  # the draft's recipe and vocabulary are checked before the target's weights load
         from efflm.models.load import model_config
 
-        pipeline.validate(a.draft_model, _recipe_arg(a.draft_recipe), a.calib_samples, a.calib_len)
+        pipeline.validate(a.draft_model, draft_recipe, a.calib_samples, a.calib_len)
         check_compatible(model_config(a.model), model_config(a.draft_model))
-    model, tok, _ = _load_with_recipe(a.model, a.recipe, a)
+    model, tok = pipeline.load_and_apply(a.model, recipe, a.calib_samples, a.calib_len)
     draft = None
     if a.draft_model:
-        from efflm.pipeline import load_and_apply
-
-        draft, draft_tok = load_and_apply(a.draft_model, _recipe_arg(a.draft_recipe), a.calib_samples, a.calib_len)
+        draft, draft_tok = pipeline.load_and_apply(a.draft_model, draft_recipe, a.calib_samples, a.calib_len)
         check_compatible(model, draft, tok, draft_tok)
     elif a.draft_layers:
         draft = first_layers(model, a.draft_layers)

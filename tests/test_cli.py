@@ -167,16 +167,8 @@ def test_unusable_results_database(capsys, tmp_path, kind):
 
 def test_compress_writes_a_loadable_directory(capsys, tmp_path, recipe):
     out = tmp_path / "q4"
-    code, _, _ = run(
-        capsys,
-        "compress",
-        "--model",
-        "tiny-llama",
-        "--recipe",
-        recipe("- method: rtn\n  group_size: 32\n"),
-        "--out",
-        str(out),
-    )
+    w4 = recipe("- method: rtn\n  group_size: 32\n")
+    code, _, _ = run(capsys, "compress", "--model", "tiny-llama", "--recipe", w4, "--out", str(out))
     assert code == 0 and (out / "efflm.json").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     code, out_text, _ = run(capsys, "eval", "--model", str(out), "--seq-len", "64", "--windows", "1")
@@ -206,17 +198,9 @@ def test_compress_bad_calibration_and_export_requests(capsys, tmp_path, recipe, 
 def test_compress_to_compressed_tensors(capsys, tmp_path, recipe):
     pytest.importorskip("compressed_tensors")
     out = tmp_path / "ct"
+    w4 = recipe("- method: rtn\n  group_size: 32\n")
     code, text, err = run(
-        capsys,
-        "compress",
-        "--model",
-        "tiny-llama",
-        "--recipe",
-        recipe("- method: rtn\n  group_size: 32\n"),
-        "--out",
-        str(out),
-        "--format",
-        "compressed-tensors",
+        capsys, "compress", "--model", "tiny-llama", "--recipe", w4, "--out", str(out), "--format", "compressed-tensors"
     )
     assert code == 0, err
     config = json.loads((out / "config.json").read_text())
