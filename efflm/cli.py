@@ -122,6 +122,17 @@ def cmd_compress(a) -> int:
     return 0
 
 
+def _load(a, recipe):
+    """The model after its recipe, with ``--adapter`` applied unmerged when given."""
+    from efflm import pipeline
+
+    if getattr(a, "adapter", None):
+        from efflm import tune
+
+        return tune.load_model(a.model, recipe, a.adapter)
+    return pipeline.load_and_apply(a.model, recipe, a.calib_samples, a.calib_len)
+
+
 def cmd_eval(a) -> int:
     from efflm import pipeline
     from efflm.data import text
@@ -139,7 +150,7 @@ def cmd_eval(a) -> int:
             f"text too short: {ids.numel()} tokens, need at least one window of {a.seq_len} "
             "(lower --seq-len or give more text)"
         )
-    model, tok = pipeline.load_and_apply(a.model, recipe, a.calib_samples, a.calib_len)
+    model, tok = _load(a, recipe)
     r = perplexity(model, ids, seq_len=a.seq_len, n_windows=a.windows)
     where = a.text_file or "Shakespeare evaluation split"
     print(
@@ -173,7 +184,7 @@ def cmd_generate(a) -> int:
 
         pipeline.validate(a.draft_model, draft_recipe, a.calib_samples, a.calib_len)
         check_compatible(model_config(a.model), model_config(a.draft_model))
-    model, tok = pipeline.load_and_apply(a.model, recipe, a.calib_samples, a.calib_len)
+    model, tok = _load(a, recipe)
     draft = None
     if a.draft_model:
         draft, draft_tok = pipeline.load_and_apply(a.draft_model, draft_recipe, a.calib_samples, a.calib_len)
@@ -219,6 +230,27 @@ def cmd_generate(a) -> int:
     if stats is not None:
         line += f"; drafted {stats.proposed}, accepted {stats.acceptance:.0%}, {stats.target_steps} target steps"
     print(line, file=sys.stderr)
+    return 0
+
+
+def cmd_finetune(a) -> int:
+    from efflm import tune
+
+    cfg, train_cfg = tune.read_method_recipe(a.method_recipe, a.steps)
+    r = tune.finetune(a.model, _recipe_arg(a.recipe), cfg, train_cfg, a.data, a.out, resume=a.resume)
+    shown = {k: v for k, v in r.items() if k not in ("losses", "evals")}
+    print(
+        f"wrote {a.out} ({cfg.label()}): "
+        + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+    )
+    return 0
+
+
+def cmd_merge(a) -> int:
+    from efflm import tune
+
+    r = tune.merge(a.model, _recipe_arg(a.recipe), a.adapter, a.out)
+    print(f"wrote {a.out}: {r['note']}")
     return 0
 
 
@@ -302,12 +334,14 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--text-file", help="any UTF-8 text file (default: the Shakespeare evaluation split)")
     e.add_argument("--seq-len", type=_positive, default=EVAL_SEQ_LEN, help="tokens per window")
     e.add_argument("--windows", type=_positive, default=EVAL_WINDOWS, help="windows scored")
+    e.add_argument("--adapter", help="adapter directory (efflm finetune or peft) applied unmerged")
     e.set_defaults(fn=cmd_eval)
 
     g = sub.add_parser("generate", help="generate text on efflm's decode path, streaming; prints tok/s")
     g.add_argument("prompt", nargs="+", help="one or more prompts (several: one left-padded batch)")
     _common(g)
     g.add_argument("--recipe", help="recipe YAML file applied first")
+    g.add_argument("--adapter", help="adapter directory (efflm finetune or peft) applied unmerged")
     g.add_argument("--max-new-tokens", type=_positive, default=128, help="tokens to generate at most")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
@@ -328,6 +362,25 @@ def parser() -> argparse.ArgumentParser:
         "per layer; see docs/results.md)",
     )
     g.set_defaults(fn=cmd_generate)
+
+    f = sub.add_parser("finetune", help="train a parameter-efficient adapter; write it in peft's format")
+    f.add_argument("--model", default=DEFAULT_MODEL, help=f"the base model: {MODEL_HELP}")
+    f.add_argument("--recipe", help="compression recipe applied to the base first (e.g. rtn, llm_pruner)")
+    f.add_argument("--method-recipe", required=True, help="YAML: the fine-tuning method's fields and a 'train' mapping")
+    f.add_argument(
+        "--data", default="domain", help="domain (calibration text), tasks (built-in instruction tasks) or FILE.jsonl"
+    )
+    f.add_argument("--out", required=True, help="output directory (adapter, checkpoints, loss.png); must not exist")
+    f.add_argument("--steps", type=_positive, help="optimizer steps (overrides train.steps)")
+    f.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    f.set_defaults(fn=cmd_finetune)
+
+    m = sub.add_parser("merge", help="fold a LoRA/DoRA/IA3 adapter into the base and save it")
+    m.add_argument("--model", default=DEFAULT_MODEL, help=f"the base model: {MODEL_HELP}")
+    m.add_argument("--recipe", help="compression recipe the adapter's base was made with")
+    m.add_argument("--adapter", required=True, help="adapter directory")
+    m.add_argument("--out", required=True, help="output model directory; must not exist")
+    m.set_defaults(fn=cmd_merge)
 
     from efflm.catalog.commands import add_parser as add_papers
 

@@ -5,6 +5,16 @@ The CLI, the pipeline, the bench and the catalog look methods up here (``get``,
 known wherever one is named. Adding a paper: one line below (see docs/architecture.md).
 """
 
+import efflm.finetune.adalora  # noqa: F401
+import efflm.finetune.dora  # noqa: F401
+import efflm.finetune.dylora  # noqa: F401
+import efflm.finetune.ia3  # noqa: F401
+import efflm.finetune.llama_adapter  # noqa: F401
+import efflm.finetune.lora  # noqa: F401
+import efflm.finetune.lora_fa  # noqa: F401
+import efflm.finetune.prefix_tuning  # noqa: F401
+import efflm.finetune.prompt_tuning  # noqa: F401
+import efflm.finetune.qlora  # noqa: F401
 import efflm.inference.h2o  # noqa: F401
 import efflm.inference.kv_int8  # noqa: F401
 import efflm.inference.speculative  # noqa: F401
@@ -20,6 +30,7 @@ import efflm.prune.wanda  # noqa: F401
 import efflm.quantize.awq  # noqa: F401
 import efflm.quantize.embedding  # noqa: F401
 import efflm.quantize.gptq  # noqa: F401
+import efflm.quantize.nf4  # noqa: F401
 import efflm.quantize.rtn  # noqa: F401
 import efflm.quantize.smoothquant  # noqa: F401
 import efflm.quantize.w8a8  # noqa: F401

@@ -62,6 +62,39 @@ ADDED_ENTRIES = [  # papers the seed lacks that efflm implements, and the baseli
         "categories": ["efficient-inference/kv-cache"],
     },
     {
+        "id": "dora",
+        "type": "paper",
+        "title": "DoRA: Weight-Decomposed Low-Rank Adaptation",
+        "venue": "ICML",
+        "year": 2024,
+        "arxiv": "2402.09353",
+        "url": "https://arxiv.org/abs/2402.09353",
+        "code": "https://github.com/NVlabs/DoRA",
+        "categories": ["efficient-fine-tuning/parameter-efficient"],
+    },
+    {
+        "id": "prompt-tuning",
+        "type": "paper",
+        "title": "The Power of Scale for Parameter-Efficient Prompt Tuning",
+        "venue": "EMNLP",
+        "year": 2021,
+        "arxiv": "2104.08691",
+        "url": "https://arxiv.org/abs/2104.08691",
+        "code": None,
+        "categories": ["efficient-fine-tuning/parameter-efficient"],
+    },
+    {
+        "id": "prefix-tuning",
+        "type": "paper",
+        "title": "Prefix-Tuning: Optimizing Continuous Prompts for Generation",
+        "venue": "ACL",
+        "year": 2021,
+        "arxiv": "2101.00190",
+        "url": "https://arxiv.org/abs/2101.00190",
+        "code": "https://github.com/XiangLi1999/PrefixTuning",
+        "categories": ["efficient-fine-tuning/parameter-efficient"],
+    },
+    {
         "id": "dense-baseline",
         "type": "baseline",
         "title": "Dense baseline (uncompressed model)",
@@ -113,6 +146,9 @@ DATASETS = {  # evaluation data named in the papers' main tables, for the method
 }
 KNOWN_ARXIV = {  # arXiv ids the list omits (it links another host) for papers efflm implements
     "language model compression with weighted low rank factorization": "2207.00112",
+    "lora low rank adaptation of large language models": "2106.09685",
+    "dylora parameter efficient tuning of pretrained models using dynamic search free low rank adaptation": "2210.07558",
+    "few shot parameter efficient fine tuning is better and cheaper than in context learning": "2205.05638",
 }
 STOP = {"a", "an", "the", "of", "for", "and", "to", "in", "on", "with", "via", "is", "are", "by", "from"}
 ARXIV_RE = re.compile(r"(?:arxiv\.org/(?:abs|pdf)/+|10\.48550/arXiv\.)(\d{4}\.\d{4,5})", re.I)

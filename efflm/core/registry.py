@@ -97,6 +97,12 @@ def get(name: str) -> Method:
 
 def _coerce(name: str, field: str, typ: Any, value: Any) -> Any:
     origin = typing.get_origin(typ)
+    if origin is tuple:  # tuple[str, ...] from a YAML list (or one string)
+        item = typing.get_args(typ)[0]
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list | tuple):
+            raise ConfigError(f"{name}: {field} must be a list, got {value!r}")
+        return tuple(_coerce(name, field, item, v) for v in values)
     allowed = typing.get_args(typ) if origin in (typing.Union, types.UnionType) else (typ,)
     for t in allowed:
         if t is type(None) and value is None:

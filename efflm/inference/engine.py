@@ -61,6 +61,15 @@ class Engine:
     """One model's decode state: ``start`` a cache, ``feed`` tokens, read logits."""
 
     def __init__(self, model: torch.nn.Module, compile: bool = False):
+        from efflm.nn.prompts import PROMPT_MODULES
+
+        if any(isinstance(m, PROMPT_MODULES) for m in model.modules()):
+            from efflm.core.errors import EfflmError
+
+            raise EfflmError(
+                "prompt/prefix tuning and LLaMA-Adapter change attention inputs; efflm's decode path does not run "
+                "them yet (evaluate them with `efflm eval --adapter`)"
+            )
         self.model = model
         cfg = model.config
         self.layout = layout_for(cfg.model_type)

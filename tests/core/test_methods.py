@@ -1,6 +1,7 @@
 """One parametrized test over every registered method, on tiny-llama."""
 
 import dataclasses
+import sys
 
 import pytest
 import torch
@@ -9,13 +10,23 @@ from efflm.core import recipe as recipes
 from efflm.methods import check_for_model, get, methods
 
 ALL = [m.name for m in methods()]
+# Fine-tuning methods that start from the base exactly (zero-initialised adapters); prompt and
+# prefix tuning start from random virtual tokens, QLoRA from the NF4-rounded base.
+ZERO_INIT = {"lora", "dora", "lora_fa", "dylora", "adalora", "ia3", "llama_adapter"}
+
+
+def default_config(name: str):
+    """The method's default config; fine-tuning methods at tiny-llama's size (2 layers)."""
+    from tests.finetune.conftest import tiny_config
+
+    return tiny_config(name) if get(name).family == "finetune" else get(name).config_cls()
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_every_method_applies_and_model_still_runs(name, tiny, tiny_ids):
     model, tok = tiny
     m = get(name)
-    cfg = m.config_cls()
+    cfg = default_config(name)
     check_for_model(model.config, cfg)
     calib = None
     if m.needs_calibration:
@@ -25,10 +36,10 @@ def test_every_method_applies_and_model_still_runs(name, tiny, tiny_ids):
     logits = out_model(tiny_ids).logits
     assert logits.shape == ref.shape
     assert torch.isfinite(logits).all()
-    if m.family in ("quantize", "prune", "lowrank"):  # it really changed the weights the model runs on
+    if m.family in ("quantize", "prune", "lowrank") or (m.family == "finetune" and name not in ZERO_INIT):
         assert not torch.equal(logits, ref)
         assert (logits - ref).abs().max() < 10 * ref.abs().max()  # and did not wreck them
-    else:  # baseline fp32 and decode-path methods leave the weights (and a full forward) as they were
+    else:  # baseline, decode-path and zero-initialised adapters leave a full forward as it was
         assert torch.equal(logits, ref)
     assert out_model.generate(tiny_ids, max_new_tokens=3, do_sample=False).shape[1] == tiny_ids.shape[1] + 3
 
@@ -65,6 +76,21 @@ def test_every_method_saves_and_reloads_bit_exactly(name, tiny, tiny_ids, tmp_pa
 
     model, tok = tiny
     m = get(name)
+    if m.family == "finetune":  # adapters are saved in peft's format (tests/finetune)
+        from efflm.finetune.files import load_adapter, save_adapter
+        from efflm.models.tiny import tiny_llama
+        from tests.finetune.conftest import perturb
+
+        cfg = default_config(name)
+        out_model = m.apply(model, cfg, None)
+        perturb(out_model)
+        getattr(sys.modules[m.apply.__module__], "set_rank", lambda *a: None)(
+            out_model, getattr(cfg, "save_rank", 0) or 4
+        )
+        save_adapter(out_model, cfg, tmp_path / "a", {})
+        back, _ = load_adapter(tiny_llama()[0].eval(), tmp_path / "a")
+        assert torch.equal(back(tiny_ids).logits, out_model(tiny_ids).logits)
+        return
     calib = torch.randint(3, 259, (4, 64), generator=torch.Generator().manual_seed(0)) if m.needs_calibration else None
     out_model = m.apply(model, m.config_cls(), calib)
     save(out_model, tok, tmp_path / "m", recipes.to_yaml([m.config_cls()]))

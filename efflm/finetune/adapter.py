@@ -1,0 +1,179 @@
+"""What every parameter-efficient method shares: choosing the target Linears, checking them
+against the model's config before any work, wrapping them, freezing the rest, merging.
+
+Target names are the last component of a decoder Linear's path (``q_proj``…), as in peft;
+``all-linear`` means all seven. The model's own weights are frozen by ``efflm.models.ready``;
+only the adapter tensors ``inject`` creates are trainable.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from efflm.core.errors import ConfigError, EfflmError
+from efflm.core.registry import MethodConfig
+from efflm.models.arch import decoder_layers, get_module, in_features, layout_for, out_features, set_module
+from efflm.nn.adapters import adapter_modules
+
+ALL = "all-linear"
+
+
+def linear_names(hf_config: Any) -> dict[str, str]:
+    """Short name (``q_proj``) -> path inside a layer (``self_attn.q_proj``)."""
+    return {p.rsplit(".", 1)[-1]: p for p in layout_for(hf_config.model_type).linears}
+
+
+def resolve_targets(hf_config: Any, targets: tuple[str, ...], method: str) -> list[str]:
+    """Paths inside a layer of the named targets; unknown names fail with the closest names."""
+    names = linear_names(hf_config)
+    if ALL in targets:
+        return list(names.values())
+    out = []
+    for t in targets:
+        if t not in names:
+            close = difflib.get_close_matches(t, list(names), n=2)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise ConfigError(
+                f"{method}: the model has no target module {t!r}{hint} (its Linears: {', '.join(names)}, or {ALL})"
+            )
+        out.append(names[t])
+    return out
+
+
+def check_targets(hf_config: Any, config: Any) -> None:
+    """Targets exist and the rank fits every targeted Linear (``r`` ≤ min(in, out))."""
+    paths = resolve_targets(hf_config, config.target_modules, config.method)
+    r = getattr(config, "r", None)
+    if r is None:
+        return
+    ins, outs = in_features(hf_config), out_features(hf_config)
+    for p in paths:
+        if r > min(ins[p], outs[p]):
+            raise ConfigError(f"{config.method}: r={r} exceeds {p}'s rank limit min({ins[p]}, {outs[p]})")
+
+
+def inject(model: nn.Module, targets: tuple[str, ...], method: str, make: Callable[[str, nn.Module, int], nn.Module]):
+    """Replace each targeted Linear of every decoder layer with ``make(path, base, index)``."""
+    layers = layout_for(model.config.model_type).layers
+    paths = resolve_targets(model.config, targets, method)
+    n = 0
+    for i in range(len(decoder_layers(model))):
+        for p in paths:
+            full = f"{layers}.{i}.{p}"
+            set_module(model, full, make(full, get_module(model, full), n))
+            n += 1
+    return model
+
+
+def freeze_base(model: nn.Module) -> None:
+    """Freeze every tensor the adapters did not create (called before ``inject``)."""
+    model.requires_grad_(False)
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in trainable_parameters(model).values())
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Fold every adapter Linear into a plain ``nn.Linear`` (dense base weights)."""
+    for path, m in adapter_modules(model).items():
+        w = m.merged_weight()
+        bias = m.merged_bias() if hasattr(m, "merged_bias") else getattr(m.base, "bias", None)
+        lin = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, dtype=torch.float32)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+            if bias is not None:
+                lin.bias.copy_(bias)
+        lin.requires_grad_(False)
+        set_module(model, path, lin)
+    if any(isinstance(m, nn.Module) and hasattr(m, "adaption_gate") for m in model.modules()):
+        raise EfflmError("LLaMA-Adapter's gated prompts are not a weight delta; they cannot be merged")
+    return model
+
+
+@dataclass(frozen=True)
+class AdapterConfig(MethodConfig):
+    """Fields every adapter method shares: the targeted Linears and the init seed."""
+
+    target_modules: tuple[str, ...] = (ALL,)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.target_modules:
+            raise ConfigError(f"{self.method}: target_modules must name at least one Linear (or {ALL})")
+
+
+@dataclass(frozen=True)
+class LowRankAdapterConfig(AdapterConfig):
+    """The LoRA family's fields: rank r, scale alpha (the update is scaled by alpha / r), dropout."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.r <= 0:
+            raise ConfigError(f"{self.method}: r must be positive, got {self.r}")
+        if self.alpha <= 0:
+            raise ConfigError(f"{self.method}: alpha must be positive, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"{self.method}: dropout must be in [0, 1), got {self.dropout}")
+
+    def peft_config(self, hf_config: Any) -> dict:
+        """The fields of peft's LoraConfig this adapter is saved as."""
+        return {
+            "peft_type": "LORA",
+            "r": self.r,
+            "lora_alpha": self.alpha,
+            "lora_dropout": self.dropout,
+            "target_modules": sorted(linear_names(hf_config))
+            if ALL in self.target_modules
+            else list(self.target_modules),
+            "use_dora": False,
+            "bias": "none",
+            "fan_in_fan_out": False,
+            "init_lora_weights": True,
+        }
+
+
+class TrainHooks:
+    """What a method adds to the shared training loop (none by default): a term added to the
+    loss, work before each step (DyLoRA samples its rank) and after each optimizer step
+    (AdaLoRA reallocates its rank budget)."""
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        return None
+
+    def before_step(self, model: nn.Module, step: int, generator: torch.Generator) -> None:
+        pass
+
+    def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        pass
+
+    def finish(self, model: nn.Module) -> None:
+        """After training (e.g. reset a sampled rank to the full one)."""
+
+    def state_dict(self) -> dict:
+        """What a checkpoint must keep for an exact resume."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+HOOKS: dict[str, TrainHooks] = {}
+
+
+def hooks_for(method: str) -> TrainHooks:
+    return HOOKS.get(method, TrainHooks())

@@ -1,0 +1,74 @@
+"""DyLoRA: Dynamic Search-Free Low-Rank Adaptation (Valipour et al.), EACL 2023 (arXiv 2210.07558).
+
+Algorithm: LoRA trained over a range of ranks at once: each step samples b uniformly from
+{1..r} and runs the adapter truncated to A[:b], B[:, :b] at scale α/b, so the factors are
+nested by importance and one run can be truncated to any rank ≤ r afterwards.
+Differs from the paper: it also offers updating only the b-th row/column ("frozen" mode);
+here the whole truncated block is updated (its "unfrozen" mode, the paper's default for
+quality). peft has no DyLoRA type: ``save_rank`` truncates and saves as peft's LoRA at that
+rank (scale α/rank preserved), noted in efflm_adapter.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from efflm.core.errors import ConfigError
+from efflm.core.registry import register
+from efflm.finetune.adapter import HOOKS, LowRankAdapterConfig, TrainHooks, check_targets, inject
+from efflm.nn.adapters import LoraLinear
+
+
+@dataclass(frozen=True)
+class DyLoRAConfig(LowRankAdapterConfig):
+    """DyLoRA: ranks b ~ U{1..r} per step. save_rank: rank the saved adapter keeps (0 = r)."""
+
+    method = "dylora"
+    save_rank: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.save_rank <= self.r:
+            raise ConfigError(f"dylora: save_rank must be in 0..r ({self.r}), got {self.save_rank}")
+
+    def peft_config(self, hf_config: Any) -> dict:
+        return {**super().peft_config(hf_config), "r": self.save_rank or self.r}
+
+
+def set_rank(model: torch.nn.Module, rank: int) -> None:
+    """Truncate every LoRA adapter of ``model`` to its first ``rank`` components."""
+    for m in model.modules():
+        if isinstance(m, LoraLinear):
+            m.set_rank(rank)
+
+
+class DyLoRAHooks(TrainHooks):
+    def before_step(self, model, step, generator):
+        r = next(m.r for m in model.modules() if isinstance(m, LoraLinear))
+        set_rank(model, int(torch.randint(1, r + 1, (1,), generator=generator)))
+
+    def finish(self, model):
+        r = next(m.r for m in model.modules() if isinstance(m, LoraLinear))
+        set_rank(model, r)
+
+
+HOOKS["dylora"] = DyLoRAHooks()
+
+
+@register(
+    DyLoRAConfig,
+    family="finetune",
+    title="DyLoRA: Dynamic Search-Free Low-Rank Adaptation",
+    arxiv="2210.07558",
+    needs_calibration=False,
+    paper="dylora",
+    check=check_targets,
+)
+def apply(model: torch.nn.Module, config: DyLoRAConfig, calib: Any = None) -> torch.nn.Module:
+    def make(path, base, i):
+        return LoraLinear(base, config.r, config.alpha, config.dropout, seed=config.seed * 100003 + i)
+
+    return inject(model, config.target_modules, config.method, make)

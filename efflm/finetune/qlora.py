@@ -1,0 +1,65 @@
+"""QLoRA: Efficient Finetuning of Quantized LLMs (Dettmers et al.), arXiv 2305.14314.
+
+Algorithm: store the frozen base in 4-bit NormalFloat with double-quantized block scales
+(``efflm.nn.nf4_linear``); train LoRA adapters on every Linear in 16/32-bit, back-propagating
+through the dequantized base; the gradient never touches the 4-bit weights.
+Differs from the paper: paged optimizers (a CUDA unified-memory feature) do not apply on
+CPU; the second quantization level is linear int8 (see ``nn/nf4_linear.py``). The adapter
+is saved as peft's LoRA; the NF4 base is saved with ``efflm compress`` (recipe ``nf4``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from efflm.core.errors import ConfigError
+from efflm.core.registry import register
+from efflm.finetune.adapter import ALL, LowRankAdapterConfig, check_targets, inject
+from efflm.models.arch import decoder_linears, in_features, set_module
+from efflm.nn.adapters import LoraLinear
+from efflm.nn.nf4_linear import NF4Linear
+from efflm.nn.registry import role
+
+
+@dataclass(frozen=True)
+class QLoRAConfig(LowRankAdapterConfig):
+    """LoRA on an NF4 base (a base not yet quantized is quantized first; block: NF4 block size)."""
+
+    method = "qlora"
+    target_modules: tuple[str, ...] = (ALL,)
+    block: int = 64
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.block <= 0 or self.block % 2:
+            raise ConfigError(f"qlora: block must be a positive even number, got {self.block}")
+
+
+def check(hf_config: Any, config: QLoRAConfig) -> None:
+    check_targets(hf_config, config)
+    for name, width in in_features(hf_config).items():
+        if width % config.block:
+            raise ConfigError(f"qlora: NF4 block {config.block} does not divide {name}'s {width} inputs")
+
+
+@register(
+    QLoRAConfig,
+    family="finetune",
+    title="QLoRA: Efficient Finetuning of Quantized LLMs",
+    arxiv="2305.14314",
+    needs_calibration=False,
+    paper="qlora",
+    check=check,
+)
+def apply(model: torch.nn.Module, config: QLoRAConfig, calib: Any = None) -> torch.nn.Module:
+    for path, linear in decoder_linears(model):
+        if isinstance(linear, torch.nn.Linear) and role(linear) is None:
+            set_module(model, path, NF4Linear.from_linear(linear, config.block))
+
+    def make(path, base, i):
+        return LoraLinear(base, config.r, config.alpha, config.dropout, seed=config.seed * 100003 + i)
+
+    return inject(model, config.target_modules, config.method, make)

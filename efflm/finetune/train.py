@@ -1,0 +1,212 @@
+"""The one training loop (parameter-efficient methods now; full fine-tuning and distillation
+reuse it): AdamW, warm-up + cosine/linear/constant schedule, gradient accumulation,
+clipping, optional gradient checkpointing and bf16 autocast, a chunked cross-entropy that
+never holds the full ``[tokens, vocab]`` logits, evaluation every K steps, atomic
+checkpoints and exact resume.
+
+Every random choice is a function of ``(seed, step)`` — the batch a step reads, DyLoRA's
+rank, dropout's generator state — so a resumed run reproduces the uninterrupted one.
+It runs under ``accelerate`` (``accelerate launch`` spreads it over processes with DDP): each
+process reads its own slice of the global batch and gradients are averaged by the wrapper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from efflm.core.errors import ConfigError
+from efflm.core.progress import progress
+from efflm.models.arch import get_module, layout_for
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyper-parameters; the defaults train LoRA on the default model in minutes.
+
+    batch: sequences per optimizer step (global, split over processes and grad_accum).
+    seq_len: tokens per sequence. warmup: linear warm-up steps. schedule: cosine, linear or
+    constant after warm-up. max_grad_norm: clipping (0 = off). eval_every: steps between
+    evaluations (0 = only at the end). checkpoint_every: steps between checkpoints.
+    loss_chunk: tokens per cross-entropy chunk (0 = full logits at once).
+    """
+
+    steps: int = 100
+    lr: float = 2e-4
+    schedule: str = "cosine"
+    warmup: int = 10
+    batch: int = 4
+    grad_accum: int = 1
+    seq_len: int = 256
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    seed: int = 0
+    eval_every: int = 0
+    checkpoint_every: int = 25
+    grad_checkpointing: bool = False
+    bf16: bool = False
+    loss_chunk: int = 512
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch", "grad_accum", "seq_len", "checkpoint_every")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train: {name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0 or not math.isfinite(self.lr):
+            raise ConfigError(f"train: lr must be positive, got {self.lr}")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ConfigError(f"train: schedule must be cosine, linear or constant, got {self.schedule!r}")
+        if self.warmup < 0 or self.eval_every < 0 or self.loss_chunk < 0 or self.max_grad_norm < 0:
+            raise ConfigError("train: warmup, eval_every, loss_chunk and max_grad_norm must be >= 0")
+        if self.batch % self.grad_accum:
+            raise ConfigError(f"train: batch {self.batch} must be a multiple of grad_accum {self.grad_accum}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of the peak lr at ``step`` (0-based): linear warm-up, then the schedule to 0."""
+    if step < cfg.warmup:
+        return (step + 1) / (cfg.warmup + 1)
+    if cfg.schedule == "constant":
+        return 1.0
+    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return 0.5 * (1 + math.cos(math.pi * frac)) if cfg.schedule == "cosine" else 1 - frac
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Mean next-token cross-entropy of ``hidden [B, T, H]`` against ``labels`` (−100 ignored),
+    computing the head's logits ``chunk`` tokens at a time and recomputing them in the backward
+    pass, so at most ``chunk × vocab`` logits exist at once."""
+    h, y = hidden[:, :-1].reshape(-1, hidden.shape[-1]), labels[:, 1:].reshape(-1)
+    keep = y != -100
+    h, y = h[keep], y[keep]
+    n = max(int(y.numel()), 1)
+    if chunk <= 0 or h.shape[0] <= chunk:
+        return F.cross_entropy(head(h).float(), y, reduction="sum") / n
+
+    def piece(hc: torch.Tensor, yc: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(head(hc).float(), yc, reduction="sum")
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for i in range(0, h.shape[0], chunk):
+        total = total + checkpoint(piece, h[i : i + chunk], y[i : i + chunk], use_reentrant=False)
+    return total / n
+
+
+class LossModel(nn.Module):
+    """``forward(batch) -> loss``: the decoder stack, then the chunked loss through the head
+    (the unit ``accelerate`` wraps, so DDP sees one forward per micro-batch)."""
+
+    def __init__(self, model: nn.Module, chunk: int, extra: Callable[[nn.Module], Any] | None = None):
+        super().__init__()
+        self.model, self.chunk, self.extra = model, chunk, extra
+        layout = layout_for(model.config.model_type)
+        self.backbone = get_module(model, layout.layers.rsplit(".", 1)[0])
+        self.head = get_module(model, layout.lm_head)
+
+    def forward(self, input_ids, attention_mask, labels):
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        loss = chunked_cross_entropy(hidden, self.head, labels, self.chunk)
+        extra = self.extra(self.model) if self.extra is not None else None
+        return loss if extra is None else loss + extra
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
+    opt = torch.optim.AdamW(trainable(model), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    return opt, sched
+
+
+def train(
+    model: nn.Module,
+    cfg: TrainConfig,
+    batch_at: Callable[[int, int, int], dict[str, torch.Tensor]],
+    *,
+    hooks: Any,
+    state: TrainState | None = None,
+    optimizer_state: dict | None = None,
+    evaluate: Callable[[nn.Module], dict] | None = None,
+    on_checkpoint: Callable[[TrainState, torch.optim.Optimizer, Any], None] | None = None,
+    stop_at: int | None = None,
+) -> TrainState:
+    """Train ``model``'s trainable tensors for ``cfg.steps`` optimizer steps.
+
+    ``batch_at(step, micro, n_micro)`` returns micro-batch ``micro`` of step ``step`` (this
+    process's slice). ``state``/``optimizer_state`` continue a checkpointed run. ``stop_at``
+    ends early at that step, as an interruption would (tests of resume).
+    """
+    from accelerate import Accelerator
+
+    acc = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=not torch.cuda.is_available())
+    state = state or TrainState()
+    if cfg.grad_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    opt, sched = make_optimizer(model, cfg)
+    if optimizer_state is not None:
+        opt.load_state_dict(optimizer_state["optimizer"])
+        sched.load_state_dict(optimizer_state["scheduler"])
+    loss_model, opt = acc.prepare(LossModel(model, cfg.loss_chunk, hooks.extra_loss), opt)
+    n_micro = cfg.grad_accum
+    end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+    bar = progress(range(state.step, end), desc="train", total=end - state.step, leave=True)
+    for step in bar:
+        torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout, per step
+        hooks.before_step(model, step, torch.Generator().manual_seed(cfg.seed * 7919 + step))
+        t0, step_loss, tokens = time.perf_counter(), 0.0, 0
+        for micro in range(n_micro):
+            b = batch_at(step, micro, n_micro)
+            with acc.autocast():
+                loss = loss_model(**b) / n_micro
+            acc.backward(loss)
+            step_loss += float(loss.detach())
+            tokens += int(b["attention_mask"].sum())
+        if cfg.max_grad_norm > 0:
+            acc.clip_grad_norm_(trainable(model), cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        hooks.after_step(model, step, cfg.steps)
+        opt.zero_grad(set_to_none=True)
+        state.seconds += time.perf_counter() - t0
+        state.step, state.tokens = step + 1, state.tokens + tokens
+        state.losses.append(step_loss)
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(
+                loss=f"{step_loss:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}", tok_s=f"{state.tokens / state.seconds:.0f}"
+            )
+        last = state.step == cfg.steps
+        if evaluate is not None and cfg.eval_every and state.step % cfg.eval_every == 0 and not last:
+            model.eval()
+            state.evals.append({"step": state.step, **evaluate(model)})
+            model.train()
+        if on_checkpoint is not None and (state.step % cfg.checkpoint_every == 0 or last or state.step == end):
+            on_checkpoint(state, opt.optimizer if hasattr(opt, "optimizer") else opt, sched)
+    hooks.finish(model)
+    if cfg.grad_checkpointing:
+        model.gradient_checkpointing_disable()
+    model.eval()
+    return state

@@ -1,0 +1,192 @@
+"""The training loop, data and commands on tiny-llama."""
+
+import json
+
+import pytest
+import torch
+
+from efflm import tune
+from efflm.cli import main
+from efflm.data import finetune as ftdata
+from efflm.finetune.train import TrainConfig, chunked_cross_entropy
+from efflm.models.tiny import tiny_tokenizer
+
+RECIPE = "method: {method}\nr: 4\ntrain:\n  steps: 4\n  batch: 2\n  seq_len: 256\n  warmup: 1\n  checkpoint_every: 2\n"
+
+
+@pytest.fixture
+def lora_yaml(tmp_path):
+    p = tmp_path / "lora.yaml"
+    p.write_text(RECIPE.format(method="lora"))
+    return p
+
+
+def test_chunked_cross_entropy_equals_the_full_logits_loss():
+    g = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    h = torch.randn(2, 9, 16, generator=g, requires_grad=True)
+    y = torch.randint(0, 50, (2, 9), generator=g)
+    y[0, :3] = -100
+    full = torch.nn.functional.cross_entropy(head(h)[:, :-1].reshape(-1, 50), y[:, 1:].reshape(-1), ignore_index=-100)
+    (gf,) = torch.autograd.grad(full, h)
+    chunked = chunked_cross_entropy(h, head, y, chunk=4)
+    (gc,) = torch.autograd.grad(chunked, h)
+    torch.testing.assert_close(chunked, full)
+    torch.testing.assert_close(gc, gf)
+
+
+def test_resume_reproduces_the_uninterrupted_loss_curve(lora_yaml, tmp_path):
+    cfg, train_cfg = tune.read_method_recipe(lora_yaml)
+    full = tune.finetune("tiny-llama", [], cfg, train_cfg, "tasks", tmp_path / "a")
+    tune.finetune("tiny-llama", [], cfg, train_cfg, "tasks", tmp_path / "b", stop_at=2)
+    assert not (tmp_path / "b" / "adapter_config.json").exists()  # interrupted: only the checkpoint
+    resumed = tune.finetune("tiny-llama", [], cfg, train_cfg, "tasks", tmp_path / "b", resume=True)
+    assert resumed["losses"] == full["losses"]  # bit-exact: every random choice is f(seed, step)
+    assert (tmp_path / "a" / "loss.png").is_file()
+    meta = json.loads((tmp_path / "a" / "efflm_adapter.json").read_text())
+    assert meta["base"]["spec"] == "tiny-llama" and meta["metrics"]["trainable_params"] > 0
+
+
+def test_training_lowers_the_loss(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"answer {i}"}) + "\n" for i in range(4)))
+    p = tmp_path / "r.yaml"
+    p.write_text("method: lora\nr: 8\ntrain:\n  steps: 30\n  batch: 4\n  seq_len: 256\n  lr: 0.01\n  warmup: 2\n")
+    cfg, train_cfg = tune.read_method_recipe(p)
+    r = tune.finetune("tiny-llama", [], cfg, train_cfg, str(data), tmp_path / "o")
+    # tiny-llama's frozen tied head (embeddings of std 0.02 after a unit RMSNorm) caps its logits near
+    # ±1.3, so even four memorised rows keep a loss near 4.5 nats; the drop from ln(259) ≈ 5.56 is the signal
+    assert sum(r["losses"][-5:]) / 5 < sum(r["losses"][:5]) / 5 - 0.5
+
+
+def test_tasks_are_deterministic_and_train_test_disjoint():
+    a, b = ftdata.tasks("train", 300), ftdata.tasks("train", 300)
+    test = ftdata.tasks("test", 100)
+    assert a == b
+    assert not {t.prompt for t in a} & {t.prompt for t in test}
+    assert {t.kind for t in test} == {"arithmetic", "reverse", "sort", "convert", "weekday"}
+
+
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"prompt": "a"}', "missing fields"),
+        ('{"prompt": "a", "completion": " "}', "empty"),
+        ('{"messages": [{"role": "user", "content": "hi"}]}', "ending with the assistant"),
+        ('{"prompt": "' + "x" * 300 + '", "completion": "y"}', "longer than the limit"),
+    ],
+)
+def test_jsonl_bad_rows_name_file_and_line(tmp_path, line, message):
+    from efflm.core.errors import EfflmError
+
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"prompt": "2+2?", "completion": "4"}\n' + line + "\n")
+    with pytest.raises(EfflmError, match=f"d.jsonl:2: .*{message}"):
+        ftdata.read_jsonl(f, tiny_tokenizer(), max_tokens=256)
+
+
+def test_jsonl_loss_covers_completion_tokens_only(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"prompt": "2+2?", "completion": "4"}\n')
+    ((ids, n_prompt),) = ftdata.read_jsonl(f, tiny_tokenizer())
+    b = ftdata.collate([(ids, n_prompt)], 2, 256)
+    assert (b["labels"][0, :n_prompt] == -100).all() and (b["labels"][0, n_prompt:] != -100).all()
+
+
+@pytest.mark.parametrize(
+    "recipe,extra,message",
+    [
+        ("method: lora\ntarget_modules: [q_prj]\n", [], "did you mean 'q_proj'"),
+        ("method: lora\nr: 100\n", [], "exceeds"),
+        ("method: rtn\n", [], "not a fine-tuning method"),
+        ("method: lora\ntrain:\n  stepz: 3\n", [], "did you mean 'steps'"),
+        ("method: lora\n", ["--data", "nope.txt"], "--data must be"),
+        ("method: lora\n", ["--resume"], "not a fine-tuning output directory"),
+    ],
+)
+def test_finetune_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, recipe, extra, message):
+    p = tmp_path / "r.yaml"
+    p.write_text(recipe)
+    out = tmp_path / "out"
+    rc = main(["finetune", "--model", "tiny-llama", "--method-recipe", str(p), "--out", str(out), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("efflm: error:") and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_resume_with_another_config_is_refused(lora_yaml, tmp_path, capsys):
+    out = tmp_path / "o"
+    cfg, train_cfg = tune.read_method_recipe(lora_yaml)
+    tune.finetune("tiny-llama", [], cfg, train_cfg, "tasks", out, stop_at=2)
+    other = tmp_path / "other.yaml"
+    other.write_text(RECIPE.format(method="dora"))
+    rc = main(
+        [
+            "finetune",
+            "--model",
+            "tiny-llama",
+            "--method-recipe",
+            str(other),
+            "--data",
+            "tasks",
+            "--out",
+            str(out),
+            "--resume",
+        ]
+    )
+    assert rc == 2 and "different base, method" in capsys.readouterr().err
+
+
+def test_finetune_then_eval_generate_and_merge_from_the_command_line(lora_yaml, tmp_path, capsys):
+    out = tmp_path / "ad"
+    assert (
+        main(
+            [
+                "finetune",
+                "--model",
+                "tiny-llama",
+                "--method-recipe",
+                str(lora_yaml),
+                "--data",
+                "tasks",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert main(["eval", "--model", "tiny-llama", "--adapter", str(out), "--seq-len", "64", "--windows", "1"]) == 0
+    assert main(["generate", "hello", "--model", "tiny-llama", "--adapter", str(out), "--max-new-tokens", "3"]) == 0
+    assert main(["merge", "--model", "tiny-llama", "--adapter", str(out), "--out", str(tmp_path / "m")]) == 0
+    assert "merged 14 adapters into the dense base" in capsys.readouterr().out
+    from efflm.io.load import load
+
+    merged, _ = load(str(tmp_path / "m"))
+    base, _ = tune.load_model("tiny-llama", [], out)
+    ids = torch.randint(3, 250, (1, 10))
+    torch.testing.assert_close(merged(ids).logits, base(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_merge_into_a_quantized_base_reports_the_drift(tmp_path, capsys):
+    recipe = tmp_path / "rtn.yaml"
+    recipe.write_text("- method: rtn\n  bits: 4\n  group_size: 32\n")
+    tune_yaml = tmp_path / "l.yaml"
+    tune_yaml.write_text(RECIPE.format(method="lora").replace("steps: 4", "steps: 2"))
+    out = tmp_path / "ad"
+    args = ["--model", "tiny-llama", "--recipe", str(recipe)]
+    assert main(["finetune", *args, "--method-recipe", str(tune_yaml), "--data", "tasks", "--out", str(out)]) == 0
+    assert main(["merge", *args, "--adapter", str(out), "--out", str(tmp_path / "m")]) == 0
+    assert "re-quantized on the base's grid: perplexity" in capsys.readouterr().out
+    # the adapter names its base: loading it on the dense model is refused before any weights load
+    assert main(["eval", "--model", "tiny-llama", "--adapter", str(out), "--seq-len", "64", "--windows", "1"]) == 2
+    assert "another base" in capsys.readouterr().err
+
+
+def test_train_config_validates():
+    from efflm.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="multiple of grad_accum"):
+        TrainConfig(batch=3, grad_accum=2)
+    with pytest.raises(ConfigError, match="schedule"):
+        TrainConfig(schedule="exp")
