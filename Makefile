@@ -65,6 +65,10 @@ reference: $(STAMP) $(INTEROP) anchors
 	$(BIN)/python benchmarks/vs_llmcompressor.py --methods gptq,awq
 	$(BIN)/python benchmarks/vs_llmcompressor.py --methods sparsegpt,wanda,sparsegpt:2:4,wanda:2:4 \
 		--out results/vs_llmcompressor_prune.md
+	$(BIN)/python benchmarks/vs_peft.py
+	$(BIN)/python benchmarks/peft_shapes.py
+	$(BIN)/efflm leaderboard
+	$(BIN)/python benchmarks/render_results.py
 	$(BIN)/efflm papers render
 
 clean:

@@ -73,6 +73,20 @@ SECTIONS = [
         "The α the SmoothQuant config defaults to, chosen where it is not reported on.",
     ),
     (
+        "vs_peft.md",
+        "Fine-tuning side by side with peft",
+        "python benchmarks/vs_peft.py",
+        "The same base, batches, adapter init (one file loaded by both), schedule, optimizer and threads; "
+        "each side in its own process.",
+    ),
+    (
+        "peft_shapes.md",
+        "Fine-tuning: the papers' shapes and recovery of compressed models",
+        "python benchmarks/peft_shapes.py",
+        "DoRA vs LoRA, LoRA-FA's memory, DyLoRA's truncation, prompt tuning and (IA)³ vs LoRA, QLoRA's NF4 base; "
+        "then LoRA on pruned, quantized and low-rank bases (those runs are leaderboard rows too).",
+    ),
+    (
         "gpu_sparse24.md",
         "GPU: 2:4 semi-structured sparsity (CUDA)",
         "python3 benchmarks/gpu_sparse24.py",

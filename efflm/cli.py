@@ -237,7 +237,7 @@ def cmd_finetune(a) -> int:
     from efflm import tune
 
     cfg, train_cfg = tune.read_method_recipe(a.method_recipe, a.steps)
-    r = tune.finetune(a.model, _recipe_arg(a.recipe), cfg, train_cfg, a.data, a.out, resume=a.resume)
+    r = tune.finetune(a.model, _recipe_arg(a.recipe), cfg, train_cfg, a.data, a.out, resume=a.resume, db=a.db)
     shown = {k: v for k, v in r.items() if k not in ("losses", "evals")}
     print(
         f"wrote {a.out} ({cfg.label()}): "
@@ -373,6 +373,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, help="output directory (adapter, checkpoints, loss.png); must not exist")
     f.add_argument("--steps", type=_positive, help="optimizer steps (overrides train.steps)")
     f.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    f.add_argument("--db", default="results/efflm.sqlite", help="results database the run's row is written to")
     f.set_defaults(fn=cmd_finetune)
 
     m = sub.add_parser("merge", help="fold a LoRA/DoRA/IA3 adapter into the base and save it")

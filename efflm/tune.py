@@ -235,8 +235,10 @@ def finetune(
     out: str | Path,
     resume: bool = False,
     stop_at: int | None = None,
+    db: str | Path | None = None,
 ) -> dict:
-    """Train ``tune`` on ``model_spec`` (after ``recipe``), write the adapter to ``out``."""
+    """Train ``tune`` on ``model_spec`` (after ``recipe``), write the adapter to ``out``; with
+    ``db``, measure the adapted model like a bench row and record it there."""
     from efflm import pipeline
     from efflm.core.registry import check_for_model
     from efflm.eval.metrics import model_bytes, peak_rss_mb
@@ -259,8 +261,16 @@ def finetune(
     fingerprint = _fingerprint(base, tune, cfg, data)
     blob = read_checkpoint(out, fingerprint) if resume else None
 
+    import time
+
+    t0 = time.perf_counter()
+    if db is not None:
+        from efflm.bench import db as results
+
+        results.connect(db).close()  # an unusable database fails now, not after training
     model, tok = pipeline.load_and_apply(model_spec, recipe)
     base_bytes = model_bytes(model)
+    base_disk = _disk_bytes(model, tok, recipe) if db is not None else None
     model = get(tune.method).apply(model, tune, None)
     hooks = hooks_for(tune.method)
     state, opt_state = None, None
@@ -318,10 +328,48 @@ def finetune(
             "train": cfg.to_dict(),
             "data": data_spec,
             "metrics": {k: v for k, v in result.items() if k != "losses"},
+            "losses": state.losses,
         }
         save_adapter(model, tune, out, meta, into_existing=True)
         loss_png(state, out / "loss.png", f"{tune.label()} on {base['label']}")
+        if db is not None:
+            record(db, model_spec, recipe, tune, cfg, data_spec, model, tok, t0, base_disk, out, result)
     return result
+
+
+def _disk_bytes(model, tok, recipe) -> int:
+    import tempfile
+
+    from efflm.io.save import dir_bytes, save
+
+    with tempfile.TemporaryDirectory(prefix="efflm-disk-") as tmp:
+        return dir_bytes(save(model, tok, Path(tmp) / "m", recipes.to_yaml(recipe)))
+
+
+def record(db, model_spec, recipe, tune, cfg, data_spec, model, tok, t0, base_disk, out, result) -> None:
+    """One results row for the adapted model, measured like every bench row (the adapter's file
+    counted in its disk bytes), with the training figures in ``extra``."""
+    from efflm.bench import db as results
+    from efflm.bench.worker import measure
+    from efflm.eval.env import environment
+    from efflm.nn.prompts import PROMPT_MODULES
+
+    decodes = not any(isinstance(m, PROMPT_MODULES) for m in model.modules())
+    adapter_file = (out / "adapter_model.safetensors").stat().st_size
+    m = measure(model, tok, model_spec, t0, base_disk + adapter_file, EVAL_SEQ_LEN, EVAL_WINDOWS, 128, 32, 2, decodes)
+    m["peak_rss_mb"] = result["peak_rss_mb"]
+    full = recipe + [tune]
+    label = f"{recipes.label(full)} [{data_spec}, {cfg.steps} steps]"
+    extra = {k: v for k, v in result.items() if k not in results.METRICS and k not in ("losses", "evals")}
+    extra.update({"adapter_bytes": adapter_file, "train": cfg.to_dict(), "data": data_spec})
+    families = ",".join(sorted({get(c.method).family for c in full}))
+    recipe_text = recipes.to_yaml(full) + yaml.safe_dump({"train": cfg.to_dict(), "data": data_spec})
+    conn = results.connect(db)
+    try:
+        results.insert(conn, status="ok", model=model_spec, label=label, recipe=recipe_text, families=families,
+                       model_hash=m.get("model_hash"), metrics=m, env=environment(), extra=extra)  # fmt: skip
+    finally:
+        conn.close()
 
 
 def load_model(model_spec: str, recipe: recipes.Recipe, adapter: str | Path | None = None):

@@ -60,6 +60,7 @@ def table(rows: list) -> tuple[list[str], list[list[str]]]:
     ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: (r["bytes"], r["ppl"]))
     for r in ok + [r for r in rows if r["status"] != "ok"]:
         good = r["status"] == "ok"
+        timed = good and r["tok_s"] is not None  # a fine-tuned row with prompt adapters has no decode speed
         d_ppl = (r["ppl"] / ref["ppl"] - 1) * 100 if good and ref else None
         ratio = r["bytes"] / ref["bytes"] if good and ref else None
         body.append(
@@ -72,8 +73,8 @@ def table(rows: list) -> tuple[list[str], list[list[str]]]:
                 _fmt(ratio, ".3f"),
                 _fmt(r["sparse_bytes"] and r["sparse_bytes"] / 1e6, ".1f"),
                 _fmt(r["disk_bytes"] and r["disk_bytes"] / 1e6, ".1f"),
-                f"{r['tok_s']:.1f} ({r['tok_s_min']:.1f}–{r['tok_s_max']:.1f})" if good else "–",
-                _fmt(r["tok_s"] / r["ceiling_tok_s"] * 100 if good else None, ".0f"),
+                f"{r['tok_s']:.1f} ({r['tok_s_min']:.1f}–{r['tok_s_max']:.1f})" if timed else "–",
+                _fmt(r["tok_s"] / r["ceiling_tok_s"] * 100 if timed else None, ".0f"),
                 _fmt(r["hf_tok_s"], ".1f"),
                 _fmt(r["kv_bytes"] and r["kv_bytes"] / 1e3, ".0f"),
                 _fmt(r["ttft_ms"], ".0f"),
@@ -205,9 +206,10 @@ def plot(model: str, rows: list, path: Path) -> Path:
         (axes[0], "bytes", "model bytes (MB, log)", False),
         (axes[1], "tok_s", "decode tok/s (batch 1)", True),
     ):
-        pts = [((r[key] / 1e6 if key == "bytes" else r[key]), r["ppl"]) for r in ok]
+        drawn = [r for r in ok if r[key] is not None]
+        pts = [((r[key] / 1e6 if key == "bytes" else r[key]), r["ppl"]) for r in drawn]
         front = set(pareto_front(pts, higher))
-        for i, ((x, y), r) in enumerate(zip(pts, ok)):
+        for i, ((x, y), r) in enumerate(zip(pts, drawn)):
             ax.scatter([x], [y], s=60 if i in front else 30, color="tab:red" if i in front else "tab:blue", zorder=3)
             ax.annotate(
                 short_label(r["label"]), (x, y), fontsize=8, xytext=(5, 4 + 10 * (i % 3)), textcoords="offset points"

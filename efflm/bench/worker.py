@@ -33,20 +33,32 @@ def run(
     calib_samples: int,
     calib_len: int,
 ) -> dict:
-    from efflm.data import text
     from efflm.io.save import dir_bytes, save
-    from efflm.models import load as loader
 
     t0 = time.perf_counter()
     model, tok = load_and_apply(model_spec, recipe, calib_samples, calib_len)
+    with tempfile.TemporaryDirectory(prefix="efflm-disk-") as tmp:
+        disk = dir_bytes(save(model, tok, Path(tmp) / "m", recipes.to_yaml(recipe)))
+    return measure(model, tok, model_spec, t0, disk, seq_len, windows, prompt_len, new_tokens, reps)
+
+
+def measure(
+    model, tok, model_spec: str, t0: float, disk_bytes: int, seq_len: int, windows: int, prompt_len: int,
+    new_tokens: int, reps: int, speed: bool = True,
+) -> dict:  # fmt: skip
+    """Every leaderboard metric of a loaded model (``t0``: when its run started); ``speed=False``
+    for a model efflm's decode path cannot run (its speed columns stay empty)."""
+    from efflm.data import text
+    from efflm.models import load as loader
+
     ids = text.eval_tokens(tok, max(seq_len * windows, prompt_len))
     result = metrics.perplexity(model, ids, seq_len=seq_len, n_windows=windows)
     result["bytes"] = metrics.model_bytes(model)
     result["bytes_per_token"] = metrics.bytes_read_per_token(model)
     result["sparse_bytes"] = metrics.as_sparse_bytes(model)
-    with tempfile.TemporaryDirectory(prefix="efflm-disk-") as tmp:
-        result["disk_bytes"] = dir_bytes(save(model, tok, Path(tmp) / "m", recipes.to_yaml(recipe)))
-    result.update(metrics.speed(model, ids[:prompt_len], new_tokens=new_tokens, reps=reps))
+    result["disk_bytes"] = disk_bytes
+    if speed:
+        result.update(metrics.speed(model, ids[:prompt_len], new_tokens=new_tokens, reps=reps))
     result["bandwidth_gbs"] = metrics.bandwidth_gbs()
     result["ceiling_tok_s"] = result["bandwidth_gbs"] * 1e9 / result["bytes_per_token"]
     result["wall_s"] = time.perf_counter() - t0

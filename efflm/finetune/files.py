@@ -182,8 +182,11 @@ def check_base(path: Path, meta: dict, base_hash: str | None) -> None:
         )
 
 
-def load_adapter(model: torch.nn.Module, path: str | Path, base_hash: str | None = None) -> tuple[Any, MethodConfig]:
-    """Apply the adapter's method to ``model`` and load its tensors (shapes checked first)."""
+def load_adapter(
+    model: torch.nn.Module, path: str | Path, base_hash: str | None = None, trainable: bool = False
+) -> tuple[Any, MethodConfig]:
+    """Apply the adapter's method to ``model`` and load its tensors (shapes checked first);
+    ``trainable`` leaves the tensors the method trains trainable (to continue training)."""
     path = Path(path)
     config, meta = read_adapter_config(path)
     check_base(path, meta, base_hash)
@@ -219,5 +222,6 @@ def load_adapter(model: torch.nn.Module, path: str | Path, base_hash: str | None
                     p[:, :rank].copy_(t)
                 else:
                     p.copy_(t)
-    model.requires_grad_(False)
+    if not trainable:
+        model.requires_grad_(False)
     return model.eval(), config

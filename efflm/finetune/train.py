@@ -129,6 +129,7 @@ class TrainState:
     evals: list[dict] = field(default_factory=list)
     tokens: int = 0
     seconds: float = 0.0
+    step_seconds: list[float] = field(default_factory=list)
 
 
 def trainable(model: nn.Module) -> list[nn.Parameter]:
@@ -183,7 +184,8 @@ def train(
             with acc.autocast():
                 loss = loss_model(**b) / n_micro
             acc.backward(loss)
-            step_loss += float(loss.detach())
+            shown = acc.reduce(loss.detach(), reduction="mean") if acc.num_processes > 1 else loss.detach()
+            step_loss += float(shown)  # the global batch's loss on every process
             tokens += int(b["attention_mask"].sum())
         if cfg.max_grad_norm > 0:
             acc.clip_grad_norm_(trainable(model), cfg.max_grad_norm)
@@ -191,7 +193,8 @@ def train(
         sched.step()
         hooks.after_step(model, step, cfg.steps)
         opt.zero_grad(set_to_none=True)
-        state.seconds += time.perf_counter() - t0
+        state.step_seconds.append(time.perf_counter() - t0)
+        state.seconds += state.step_seconds[-1]
         state.step, state.tokens = step + 1, state.tokens + tokens
         state.losses.append(step_loss)
         if hasattr(bar, "set_postfix"):

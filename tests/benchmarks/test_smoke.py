@@ -36,6 +36,8 @@ def test_every_benchmark_script_has_a_smoke_test():
         "smoothquant_alpha",
         "gpu_sparse24",
         "render_results",
+        "vs_peft",
+        "peft_shapes",
     }
     assert {p.stem for p in ROOT.glob("*.py")} - {"__init__"} == tested
 
@@ -116,3 +118,38 @@ def test_results_doc_is_the_render_of_the_committed_result_files():
     assert (root / "docs" / "results.md").read_text() == mod.render(root / "results")
     named = {name for name, *_ in mod.SECTIONS}
     assert {p.name for p in (root / "results").glob("*.md")} <= named  # no result file left out
+
+
+def test_vs_peft(tmp_path):
+    pytest.importorskip("peft")
+    md = run(
+        "vs_peft",
+        [
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--seq-len",
+            "64",
+            "--eval-windows",
+            "1",
+            "--methods",
+            "lora,prompt_tuning,qlora",
+        ],
+        tmp_path,
+    )
+    assert md.count("| efflm |") == 3 and md.count("| peft |") == 3
+    rows = [r.split("|") for r in md.splitlines() if r.startswith("| lora |")]
+    assert rows[0][7] == rows[1][7]  # same init, data and schedule: the same final loss on both sides
+
+
+def test_peft_shapes(tmp_path):
+    db = str(tmp_path / "r.sqlite")
+    only = "lora r=8,qlora r=8,dylora r=8,sparsegpt 50%"
+    md = run(
+        "peft_shapes",
+        ["--steps", "1", "--recovery-steps", "1", "--batch", "2", "--seq-len", "32", "--db", db, "--only", only],
+        tmp_path,
+    )
+    assert "| lora r=8 |" in md and "| qlora r=8 |" in md and "QLoRA: base" in md
+    assert md.count("| 4 |") == 1 and "| sparsegpt 50% |" in md

@@ -109,7 +109,20 @@ def test_finetune_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, rec
     p = tmp_path / "r.yaml"
     p.write_text(recipe)
     out = tmp_path / "out"
-    rc = main(["finetune", "--model", "tiny-llama", "--method-recipe", str(p), "--out", str(out), *extra])
+    rc = main(
+        [
+            "finetune",
+            "--model",
+            "tiny-llama",
+            "--method-recipe",
+            str(p),
+            "--out",
+            str(out),
+            "--db",
+            str(tmp_path / "r.sqlite"),
+            *extra,
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("efflm: error:") and message in err and err.count("\n") == 1
     assert not out.exists()
@@ -175,7 +188,8 @@ def test_merge_into_a_quantized_base_reports_the_drift(tmp_path, capsys):
     tune_yaml.write_text(RECIPE.format(method="lora").replace("steps: 4", "steps: 2"))
     out = tmp_path / "ad"
     args = ["--model", "tiny-llama", "--recipe", str(recipe)]
-    assert main(["finetune", *args, "--method-recipe", str(tune_yaml), "--data", "tasks", "--out", str(out)]) == 0
+    db = ["--db", str(tmp_path / "r.sqlite")]
+    assert main(["finetune", *args, "--method-recipe", str(tune_yaml), "--data", "tasks", "--out", str(out), *db]) == 0
     assert main(["merge", *args, "--adapter", str(out), "--out", str(tmp_path / "m")]) == 0
     assert "re-quantized on the base's grid: perplexity" in capsys.readouterr().out
     # the adapter names its base: loading it on the dense model is refused before any weights load

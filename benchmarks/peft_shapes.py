@@ -1,0 +1,183 @@
+"""The papers' shapes on the default model, and LoRA recovery of compressed models.
+
+    python benchmarks/peft_shapes.py [--study shapes|recovery|both] [--steps 40] [--recovery-steps 100]
+
+Every run is ``efflm finetune --data domain`` in its own process (peak RSS its own); the recovery
+runs are recorded in the results database (``--db``) as leaderboard rows (the shape runs in a
+scratch one), on the same batches (calibration split,
+``batch × seq_len`` tokens per step, seed 0), AdamW with warm-up + cosine. Held-out: perplexity
+on 4 × 512 tokens of the evaluation split, the leaderboard's windows.
+
+Shapes: DoRA against LoRA at r = 4 and 8; LoRA-FA's peak memory against LoRA's at r = 8; one
+DyLoRA run (r = 8) truncated to r ∈ {1, 2, 4, 8} against LoRA trained at each rank; prompt
+tuning and (IA)³ against LoRA; QLoRA (NF4 base) against LoRA on the fp32 base, with base bytes.
+Recovery: LoRA r = 8 on LLM-Pruner −20%, SparseGPT 50%, GPTQ W3 g64 and LoSparse −10%: how much of
+each perplexity gap to the dense model comes back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+LR = {"prompt_tuning": 1e-2, "ia3": 1e-2}
+SHAPES = [
+    ("lora r=1", {"method": "lora", "r": 1, "alpha": 2}),
+    ("lora r=2", {"method": "lora", "r": 2, "alpha": 4}),
+    ("lora r=4", {"method": "lora", "r": 4, "alpha": 8}),
+    ("lora r=8", {"method": "lora", "r": 8, "alpha": 16}),
+    ("dora r=4", {"method": "dora", "r": 4, "alpha": 8}),
+    ("dora r=8", {"method": "dora", "r": 8, "alpha": 16}),
+    ("lora_fa r=8", {"method": "lora_fa", "r": 8, "alpha": 16}),
+    ("dylora r=8", {"method": "dylora", "r": 8, "alpha": 16}),
+    ("qlora r=8", {"method": "qlora", "r": 8, "alpha": 16}),
+    ("ia3", {"method": "ia3"}),
+    ("prompt_tuning n=20", {"method": "prompt_tuning", "n_virtual": 20}),
+]
+RECOVERY = [
+    ("llm_pruner −20%", [{"method": "llm_pruner", "ratio": 0.34}]),
+    ("sparsegpt 50%", [{"method": "sparsegpt", "sparsity": 0.5}]),
+    ("gptq W3 g64", [{"method": "gptq", "bits": 3, "group_size": 64}]),
+    ("losparse −10%", [{"method": "losparse", "ratio": 0.1}]),
+]
+
+
+def finetune(args, tune: dict, steps: int, out: Path, recipe: list | None = None, db: str | None = None) -> dict:
+    """One ``efflm finetune`` process (its row in ``db``, else a scratch database); its metrics."""
+    tmp = out.parent
+    method = {**tune, "train": {"steps": steps, "batch": args.batch, "seq_len": args.seq_len,
+                                "lr": LR.get(tune["method"], args.lr), "warmup": max(1, steps // 10)}}  # fmt: skip
+    (tmp / f"{out.name}.yaml").write_text(yaml.safe_dump(method))
+    cmd = [sys.executable, "-m", "efflm.cli", "finetune", "--model", args.model, "--data", "domain",
+           "--method-recipe", str(tmp / f"{out.name}.yaml"), "--out", str(out), "--db", db or str(tmp / "scratch.sqlite")]  # fmt: skip
+    if recipe:
+        (tmp / f"{out.name}-base.yaml").write_text(yaml.safe_dump(recipe))
+        cmd += ["--recipe", str(tmp / f"{out.name}-base.yaml")]
+    env = {"OMP_NUM_THREADS": str(args.threads)}
+    subprocess.run(cmd, check=True, cwd=ROOT, env={**__import__("os").environ, **env})
+    return json.loads((out / "efflm_adapter.json").read_text())["metrics"]
+
+
+def base_ppl(args, recipe: list) -> tuple[float, int]:
+    """Perplexity (leaderboard windows) and bytes of the base after ``recipe``, no training."""
+    from efflm import pipeline
+    from efflm.core.recipe import from_yaml
+    from efflm.eval.metrics import model_bytes
+    from efflm.tune import EVAL_SEQ_LEN, EVAL_WINDOWS, evaluator
+
+    model, tok = pipeline.load_and_apply(args.model, from_yaml(yaml.safe_dump(recipe)) if recipe else [])
+    return evaluator("domain", tok, final=True)(model)["ppl"], model_bytes(model), (EVAL_SEQ_LEN, EVAL_WINDOWS)
+
+
+def truncated_ppl(args, adapter: Path, rank: int) -> float:
+    from efflm.finetune.dylora import set_rank
+    from efflm.tune import evaluator, load_model
+
+    model, tok = load_model(args.model, [], adapter)
+    set_rank(model, rank)
+    return evaluator("domain", tok, final=True)(model)["ppl"]
+
+
+def shapes(args, tmp: Path) -> str:
+    dense_ppl, dense_bytes, _ = base_ppl(args, [])
+    chosen = [(label, tune) for label, tune in SHAPES if not args.only or label in args.only]
+    runs = {
+        label: finetune(args, tune, args.steps, tmp / label.replace(" ", "_").replace("=", ""))
+        for label, tune in chosen
+    }
+    dy = tmp / "dylora_r8"
+    lines = [
+        f"Model `{args.model}` (fp32 unless noted); {args.steps} steps of {args.batch} × {args.seq_len} tokens of the "
+        f"calibration split; lr {args.lr:g} (prompt tuning and (IA)³ {LR['prompt_tuning']:g}), warm-up + cosine; "
+        f"held-out perplexity on the evaluation split (before training: {dense_ppl:.3f}). One run each.\n",
+        "| run | trainable params | base MB | final train loss | held-out ppl | Δ vs untrained | peak RSS MB | step s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, r in runs.items():
+        base_mb = r["base_bytes"] / 1e6
+        lines.append(
+            f"| {label} | {r['trainable_params']:,} | {base_mb:.0f} | {r['final_loss']:.4f} | "
+            f"{r['ppl']:.3f} | {(r['ppl'] / dense_ppl - 1) * 100:+.1f}% | {r['peak_rss_mb']:.0f} | {r['step_s']:.2f} |"
+        )
+    if "dylora r=8" in runs:
+        lines += ["", "DyLoRA: one run (r = 8) truncated, against LoRA trained at each rank:", "",
+                  "| rank | DyLoRA truncated ppl | LoRA trained at that rank ppl |", "|---|---|---|"]  # fmt: skip
+        for rank in (1, 2, 4, 8):
+            lora = runs.get(f"lora r={rank}", {}).get("ppl")
+            lines.append(f"| {rank} | {truncated_ppl(args, dy, rank):.3f} | {'–' if lora is None else f'{lora:.3f}'} |")
+    if "qlora r=8" not in runs or "lora r=8" not in runs:
+        return "\n".join(lines) + "\n"
+    q, l8 = runs["qlora r=8"], runs["lora r=8"]
+    lines += [
+        "",
+        f"QLoRA: base {q['base_bytes'] / 1e6:.0f} MB (NF4 decoder Linears) vs {l8['base_bytes'] / 1e6:.0f} MB "
+        f"(fp32) = {q['base_bytes'] / l8['base_bytes']:.2f}× the bytes; held-out {q['ppl']:.3f} vs {l8['ppl']:.3f} "
+        f"({(q['ppl'] / l8['ppl'] - 1) * 100:+.1f}%). Dense fp32 model bytes: {dense_bytes / 1e6:.0f} MB.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def recovery(args, tmp: Path) -> str:
+    dense_ppl, _, _ = base_ppl(args, [])
+    lines = [
+        f"Model `{args.model}`; LoRA r = 8 (α 16, all seven projections) on the compressed base, {args.recovery_steps} "
+        f"steps of {args.batch} × {args.seq_len} tokens of the calibration split, lr {args.lr:g}; held-out perplexity "
+        f"on the evaluation split (dense, untrained: {dense_ppl:.3f}). Recovered: the share of the gap to dense "
+        "closed. Each run is also a leaderboard row.\n",
+        "| base | compressed ppl | + LoRA ppl | recovered | adapter params | dense, same LoRA |",
+        "|---|---|---|---|---|---|",
+    ]
+    lora = {"method": "lora", "r": 8, "alpha": 16}
+    dense_tuned = finetune(args, lora, args.recovery_steps, tmp / "recover_dense", db=args.db)["ppl"]
+    for label, recipe in RECOVERY:
+        if args.only and label not in args.only:
+            continue
+        before, _, _ = base_ppl(args, recipe)
+        r = finetune(args, lora, args.recovery_steps, tmp / f"recover_{recipe[0]['method']}", recipe, db=args.db)
+        gap = before - dense_ppl
+        share = (before - r["ppl"]) / gap * 100 if gap > 0 else float("nan")
+        lines.append(
+            f"| {label} | {before:.3f} | {r['ppl']:.3f} | {share:.0f}% | {r['trainable_params']:,} | {dense_tuned:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--study", choices=["shapes", "recovery", "both"], default="both")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--recovery-steps", type=int, default=100)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--db", default=str(ROOT / "results" / "efflm.sqlite"), help="where the recovery rows go")
+    p.add_argument("--out", default=str(ROOT / "results" / "peft_shapes.md"))
+    p.add_argument("--only", type=lambda v: set(v.split(",")), help="comma-separated run labels (default: all)")
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    parts = []
+    with tempfile.TemporaryDirectory(prefix="efflm-shapes-") as tmp:
+        if args.study in ("shapes", "both"):
+            parts.append("### Shapes\n\n" + shapes(args, Path(tmp)))
+        if args.study in ("recovery", "both"):
+            parts.append("### Recovery of compressed models\n\n" + recovery(args, Path(tmp)))
+    md = "\n".join(parts)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
