@@ -25,6 +25,11 @@ def validate(
 
     hf_config = model_config(model_spec)
     for cfg in recipe:
+        if get(cfg.method).family == "finetune":
+            raise EfflmError(
+                f"{cfg.method} is a fine-tuning method: train it with `efflm finetune --method-recipe` "
+                "(a compression recipe holds compression and inference steps only)"
+            )
         hf_config = check_for_model(hf_config, cfg)
     if recipe and recipes.needs_calibration(recipe):
         from efflm.data.text import check_calibration

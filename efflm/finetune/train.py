@@ -21,11 +21,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from efflm.core.errors import ConfigError
 from efflm.core.progress import progress
+from efflm.finetune.loss import chunked_cross_entropy
 from efflm.models.arch import get_module, layout_for
 
 
@@ -82,26 +81,6 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
         return 1.0
     frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return 0.5 * (1 + math.cos(math.pi * frac)) if cfg.schedule == "cosine" else 1 - frac
-
-
-def chunked_cross_entropy(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Mean next-token cross-entropy of ``hidden [B, T, H]`` against ``labels`` (−100 ignored),
-    computing the head's logits ``chunk`` tokens at a time and recomputing them in the backward
-    pass, so at most ``chunk × vocab`` logits exist at once."""
-    h, y = hidden[:, :-1].reshape(-1, hidden.shape[-1]), labels[:, 1:].reshape(-1)
-    keep = y != -100
-    h, y = h[keep], y[keep]
-    n = max(int(y.numel()), 1)
-    if chunk <= 0 or h.shape[0] <= chunk:
-        return F.cross_entropy(head(h).float(), y, reduction="sum") / n
-
-    def piece(hc: torch.Tensor, yc: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(head(hc).float(), yc, reduction="sum")
-
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for i in range(0, h.shape[0], chunk):
-        total = total + checkpoint(piece, h[i : i + chunk], y[i : i + chunk], use_reentrant=False)
-    return total / n
 
 
 class LossModel(nn.Module):

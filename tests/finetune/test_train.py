@@ -8,7 +8,8 @@ import torch
 from efflm import tune
 from efflm.cli import main
 from efflm.data import finetune as ftdata
-from efflm.finetune.train import TrainConfig, chunked_cross_entropy
+from efflm.finetune.loss import chunked_cross_entropy
+from efflm.finetune.train import TrainConfig
 from efflm.models.tiny import tiny_tokenizer
 
 RECIPE = "method: {method}\nr: 4\ntrain:\n  steps: 4\n  batch: 2\n  seq_len: 256\n  warmup: 1\n  checkpoint_every: 2\n"
@@ -21,18 +22,20 @@ def lora_yaml(tmp_path):
     return p
 
 
-def test_chunked_cross_entropy_equals_the_full_logits_loss():
+def test_chunked_cross_entropy_equals_the_full_logits_loss_and_gradients():
     g = torch.Generator().manual_seed(0)
     head = torch.nn.Linear(16, 50, bias=False)
     h = torch.randn(2, 9, 16, generator=g, requires_grad=True)
     y = torch.randint(0, 50, (2, 9), generator=g)
     y[0, :3] = -100
     full = torch.nn.functional.cross_entropy(head(h)[:, :-1].reshape(-1, 50), y[:, 1:].reshape(-1), ignore_index=-100)
-    (gf,) = torch.autograd.grad(full, h)
-    chunked = chunked_cross_entropy(h, head, y, chunk=4)
-    (gc,) = torch.autograd.grad(chunked, h)
-    torch.testing.assert_close(chunked, full)
-    torch.testing.assert_close(gc, gf)
+    want = torch.autograd.grad(full, (h, head.weight))
+    for chunk in (4, 5, 1000, 0):  # chunks that split unevenly, one chunk, and the plain path
+        loss = chunked_cross_entropy(h, head, y, chunk=chunk)
+        got = torch.autograd.grad(3 * loss, (h, head.weight))  # a scaled loss scales both gradients
+        torch.testing.assert_close(loss, full)
+        torch.testing.assert_close(got[0], 3 * want[0])
+        torch.testing.assert_close(got[1], 3 * want[1])
 
 
 def test_resume_reproduces_the_uninterrupted_loss_curve(lora_yaml, tmp_path):
@@ -204,3 +207,10 @@ def test_train_config_validates():
         TrainConfig(batch=3, grad_accum=2)
     with pytest.raises(ConfigError, match="schedule"):
         TrainConfig(schedule="exp")
+
+
+def test_a_finetune_method_in_a_compression_recipe_is_refused(tmp_path, capsys):
+    r = tmp_path / "r.yaml"
+    r.write_text("- method: lora\n")
+    assert main(["eval", "--model", "tiny-llama", "--recipe", str(r)]) == 2
+    assert "train it with `efflm finetune" in capsys.readouterr().err
