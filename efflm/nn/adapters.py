@@ -99,8 +99,9 @@ class LoraLinear(nn.Module):
         lora = F.linear(F.linear(self.dropout(x), A.to(x.dtype)), B.to(x.dtype)) * self.scaling
         if not self.dora:
             return y + lora
-        w = dense_weight(self.base)
-        norm = (w + self.delta().to(w.dtype)).norm(dim=1).detach()
+        with torch.no_grad():  # the norm is a constant of the backward pass (DoRA §4.3): no graph, no saved copy
+            w = dense_weight(self.base)
+            norm = (w + self.delta().to(w.dtype)).norm(dim=1)
         m = (self.lora_magnitude_vector / norm).to(x.dtype)
         bias = getattr(self.base, "bias", None)
         base_out = y if bias is None else y - bias

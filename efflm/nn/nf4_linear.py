@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from efflm.nn.codes import pack_codes, unpack_codes
+from efflm.nn.frozen import frozen_product
 from efflm.nn.registry import register_module
 
 NF4 = torch.tensor(
@@ -130,7 +131,8 @@ class NF4Linear(nn.Module):
         return w.reshape(self.out_features, self.in_features).to(dtype or self.compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dequantize(x.dtype), self.bias)
+        y = frozen_product(x, lambda x: F.linear(x, self.dequantize(x.dtype)), self.dequantize)
+        return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
         return (

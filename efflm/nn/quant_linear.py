@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from efflm.nn import layouts
 from efflm.nn.codes import dequantize, unpack_codes
+from efflm.nn.frozen import frozen_product
 from efflm.nn.registry import register_module
 
 
@@ -115,10 +116,13 @@ class QuantLinear(nn.Module):
         """Name of the packed kernel this input would use, or None for the dequantize path."""
         return self.layout.kernel(self, x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
         if self.layout.kernel(self, x) is None:
-            return F.linear(x, self.dequantize(x.dtype), self.bias)
-        y = self.layout.matmul(self, x)
+            return F.linear(x, self.dequantize(x.dtype))
+        return self.layout.matmul(self, x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = frozen_product(x, self._product, self.dequantize)  # training through it keeps no float weight
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
