@@ -41,21 +41,19 @@ SHAPES = [
     ("ia3", {"method": "ia3"}),
     ("prompt_tuning n=20", {"method": "prompt_tuning", "n_virtual": 20}),
 ]
-RECOVERY = [
-    ("llm_pruner −20%", [{"method": "llm_pruner", "ratio": 0.34}]),
-    ("sparsegpt 50%", [{"method": "sparsegpt", "sparsity": 0.5}]),
-    ("gptq W3 g64", [{"method": "gptq", "bits": 3, "group_size": 64}]),
-    ("losparse −10%", [{"method": "losparse", "ratio": 0.1}]),
-]
+RECOVERY_LABELS = {"llm_pruner": "llm_pruner −20%", "sparsegpt": "sparsegpt 50%", "gptq": "gptq W3 g64",
+                   "losparse": "losparse −10%"}  # fmt: skip
 
 
 def finetune(
-    args, tune: dict, steps: int, out: Path, recipe: list | None = None, db: str | None = None, data: str = "domain"
-) -> dict:
+    args, tune: dict, steps: int, out: Path, recipe: list | None = None, db: str | None = None, data: str = "domain",
+    train: dict | None = None,
+) -> dict:  # fmt: skip
     """One ``efflm finetune`` process (its row in ``db``, else a scratch database); its metrics."""
     tmp = out.parent
-    method = {**tune, "train": {"steps": steps, "batch": args.batch, "seq_len": args.seq_len,
-                                "lr": LR.get(tune["method"], args.lr), "warmup": max(1, steps // 10)}}  # fmt: skip
+    train = train or {"batch": args.batch, "seq_len": args.seq_len, "lr": LR.get(tune["method"], args.lr),
+                      "warmup": max(1, steps // 10)}  # fmt: skip
+    method = {**tune, "train": {**train, "steps": steps}}
     (tmp / f"{out.name}.yaml").write_text(yaml.safe_dump(method))
     cmd = [sys.executable, "-m", "efflm.cli", "finetune", "--model", args.model, "--data", data,
            "--method-recipe", str(tmp / f"{out.name}.yaml"), "--out", str(out), "--db", db or str(tmp / "scratch.sqlite")]  # fmt: skip
@@ -127,22 +125,34 @@ def shapes(args, tmp: Path) -> str:
 
 
 def recovery(args, tmp: Path) -> str:
+    """The runs of ``efflm bench --suite finetune`` (same bases, same LoRA and training), tabulated."""
+    from efflm.bench.suites import finetune_suite
+    from efflm.tune import RECOVERY_TRAIN, RECOVERY_TUNE
+
     dense_ppl, _, _ = base_ppl(args, [])
+    t = RECOVERY_TRAIN
     lines = [
-        f"Model `{args.model}`; LoRA r = 8 (α 16, all seven projections) on the compressed base, {args.recovery_steps} "
-        f"steps of {args.batch} × {args.seq_len} tokens of the calibration split, lr {args.lr:g}; held-out perplexity "
-        f"on the evaluation split (dense, untrained: {dense_ppl:.3f}). Recovered: the share of the gap to dense "
-        "closed. Each run is also a leaderboard row.\n",
+        f"Model `{args.model}`; the recovery runs of `efflm bench --suite finetune`: LoRA r = {RECOVERY_TUNE['r']} (α "
+        f"{RECOVERY_TUNE['alpha']:g}, all seven projections) on each compressed base, {args.recovery_steps} steps of "
+        f"{t['batch']} × {t['seq_len']} tokens of the calibration split, lr {t['lr']:g}; held-out perplexity on the "
+        f"evaluation split (dense, untrained: {dense_ppl:.3f}). Recovered: the share of the gap to dense closed. "
+        "Each run is also a leaderboard row.\n",
         "| base | compressed ppl | + LoRA ppl | recovered | adapter params | dense, same LoRA |",
         "|---|---|---|---|---|---|",
     ]
-    lora = {"method": "lora", "r": 8, "alpha": 16}
-    dense_tuned = finetune(args, lora, args.recovery_steps, tmp / "recover_dense", db=args.db)["ppl"]
-    for label, recipe in RECOVERY:
+    lora, train = dict(RECOVERY_TUNE), dict(RECOVERY_TRAIN)
+    bases = [[c.to_dict() for c in r] for r in finetune_suite()]
+    dense_tuned = finetune(args, lora, args.recovery_steps, tmp / "recover_dense", bases[0], args.db, train=train)[
+        "ppl"
+    ]
+    for recipe in bases[1:]:
+        label = RECOVERY_LABELS[recipe[0]["method"]]
         if args.only and label not in args.only:
             continue
         before, _, _ = base_ppl(args, recipe)
-        r = finetune(args, lora, args.recovery_steps, tmp / f"recover_{recipe[0]['method']}", recipe, db=args.db)
+        r = finetune(
+            args, lora, args.recovery_steps, tmp / f"recover_{recipe[0]['method']}", recipe, args.db, train=train
+        )
         gap = before - dense_ppl
         share = (before - r["ppl"]) / gap * 100 if gap > 0 else float("nan")
         lines.append(
@@ -179,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", choices=["shapes", "tasks", "recovery", "all"], default="all")
     p.add_argument("--task-steps", type=int, default=60)
     p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--recovery-steps", type=int, default=100)
+    p.add_argument("--recovery-steps", type=int, default=100, help="(efflm bench --suite finetune trains 100)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)

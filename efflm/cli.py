@@ -10,7 +10,7 @@ from pathlib import Path
 from efflm.core.errors import EfflmError
 
 DEFAULT_MODEL = "smollm2-135m"
-SUITE_NAMES = ("default", "extra", "prune", "inference", "full")  # efflm.bench.suites.SUITES (tested)
+SUITE_NAMES = ("default", "extra", "prune", "inference", "full", "finetune")  # efflm.bench.suites.SUITES (tested)
 MODEL_HELP = "smollm2-135m (the default model), tiny-llama, a Hugging Face or efflm model directory, or a .gguf file"
 
 
@@ -61,7 +61,13 @@ def cmd_bench(a) -> int:
     }
     opts = runner.BenchOptions(a.model, recipes_, Path(a.db), worker_args)
     runner.install_signal_handlers()
-    runner.bench(opts)
+    if a.suite == "finetune" and not (a.recipe or a.methods):  # LoRA recovery of each base, one process each
+        from efflm import tune
+
+        runner.validate(opts)
+        tune.recovery_suite(a.model, recipes_, Path(a.db))
+    else:
+        runner.bench(opts)
     md, md_path, png = leaderboard.write(Path(a.db), a.model, Path(a.out_dir))
     print(md)
     print(f"wrote {md_path} and {png}")

@@ -352,11 +352,9 @@ def record(db, model_spec, recipe, tune, cfg, data_spec, model, tok, t0, base_di
     from efflm.bench import db as results
     from efflm.bench.worker import measure
     from efflm.eval.env import environment
-    from efflm.nn.prompts import PROMPT_MODULES
 
-    decodes = not any(isinstance(m, PROMPT_MODULES) for m in model.modules())
     adapter_file = (out / "adapter_model.safetensors").stat().st_size
-    m = measure(model, tok, model_spec, t0, base_disk + adapter_file, EVAL_SEQ_LEN, EVAL_WINDOWS, 128, 32, 2, decodes)
+    m = measure(model, tok, model_spec, t0, base_disk + adapter_file, EVAL_SEQ_LEN, EVAL_WINDOWS, 128, 32, 2)
     m["peak_rss_mb"] = result["peak_rss_mb"]
     full = recipe + [tune]
     label = f"{recipes.label(full)} [{data_spec}, {cfg.steps} steps]"
@@ -465,3 +463,29 @@ def merge(model_spec: str, recipe: recipes.Recipe, adapter: str | Path, out: str
         result["note"] = f"merged {len(adapters)} adapters into the dense base"
     save(model, tok, out, recipes.to_yaml(recipe))
     return result
+
+
+RECOVERY_TUNE = {"method": "lora", "r": 8, "alpha": 16.0}
+RECOVERY_TRAIN = {"steps": 100, "batch": 4, "seq_len": 128, "lr": 1e-3, "warmup": 10}
+
+
+def recovery_suite(model_spec: str, bases: list[recipes.Recipe], db: Path) -> None:
+    """``efflm bench --suite finetune``: the same LoRA trained on each compressed base (``efflm
+    finetune --data domain``, one process each, so peak RSS is each run's own); each a results row."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from efflm.core.progress import progress
+
+    with tempfile.TemporaryDirectory(prefix="efflm-recovery-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "tune.yaml").write_text(yaml.safe_dump({**RECOVERY_TUNE, "train": RECOVERY_TRAIN}))
+        for i, base in enumerate(progress(bases, desc="finetune suite", total=len(bases), leave=True)):
+            (tmp / f"base{i}.yaml").write_text(recipes.to_yaml(base))
+            cmd = [sys.executable, "-m", "efflm.cli", "finetune", "--model", model_spec, "--recipe",
+                   str(tmp / f"base{i}.yaml"), "--method-recipe", str(tmp / "tune.yaml"), "--data", "domain",
+                   "--out", str(tmp / f"out{i}"), "--db", str(db)]  # fmt: skip
+            code = subprocess.run(cmd).returncode
+            status = "ok" if code == 0 else f"FAILED (exit {code})"
+            print(f"  {recipes.label(base)} + lora: {status}", file=sys.stderr, flush=True)

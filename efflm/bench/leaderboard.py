@@ -60,7 +60,7 @@ def table(rows: list) -> tuple[list[str], list[list[str]]]:
     ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: (r["bytes"], r["ppl"]))
     for r in ok + [r for r in rows if r["status"] != "ok"]:
         good = r["status"] == "ok"
-        timed = good and r["tok_s"] is not None  # a fine-tuned row with prompt adapters has no decode speed
+        timed = good and r["tok_s"] is not None
         d_ppl = (r["ppl"] / ref["ppl"] - 1) * 100 if good and ref else None
         ratio = r["bytes"] / ref["bytes"] if good and ref else None
         body.append(

@@ -95,7 +95,7 @@ def full_suite() -> list[Recipe]:
         + [_r({"method": "rtn", "bits": b, "group_size": 64}) for b in (8, 4, 3)]
         + [_r({"method": m, "bits": b, "group_size": 64}) for m in ("gptq", "awq") for b in (4, 3)]
     )
-    suite += [[m.config_cls()] for m in methods()]
+    suite += [[m.config_cls()] for m in methods() if m.family != "finetune"]  # those train: --suite finetune
     seen, out = set(), []
     for r in suite:
         key = tuple(c.label() for c in r)
@@ -105,10 +105,24 @@ def full_suite() -> list[Recipe]:
     return out
 
 
+def finetune_suite() -> list[Recipe]:
+    """The compressed bases LoRA recovers (`efflm bench --suite finetune` trains the same LoRA on each
+    with ``efflm finetune``; every run is a row): dense, LLM-Pruner −20%, SparseGPT 50%, GPTQ W3 g64,
+    LoSparse −10% of the decoder Linears' parameters."""
+    return [
+        _r({"method": "dense", "dtype": "float32"}),
+        _r({"method": "llm_pruner", "ratio": 0.34}),
+        _r({"method": "sparsegpt", "sparsity": 0.5}),
+        _r({"method": "gptq", "bits": 3, "group_size": 64}),
+        _r({"method": "losparse", "ratio": 0.1}),
+    ]
+
+
 SUITES = {
     "default": default_suite,
     "extra": extra_suite,
     "prune": prune_suite,
     "inference": inference_suite,
     "full": full_suite,
+    "finetune": finetune_suite,
 }

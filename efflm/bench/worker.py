@@ -44,10 +44,9 @@ def run(
 
 def measure(
     model, tok, model_spec: str, t0: float, disk_bytes: int, seq_len: int, windows: int, prompt_len: int,
-    new_tokens: int, reps: int, speed: bool = True,
+    new_tokens: int, reps: int,
 ) -> dict:  # fmt: skip
-    """Every leaderboard metric of a loaded model (``t0``: when its run started); ``speed=False``
-    for a model efflm's decode path cannot run (its speed columns stay empty)."""
+    """Every leaderboard metric of a loaded model (``t0``: when its run started)."""
     from efflm.data import text
     from efflm.models import load as loader
 
@@ -57,8 +56,7 @@ def measure(
     result["bytes_per_token"] = metrics.bytes_read_per_token(model)
     result["sparse_bytes"] = metrics.as_sparse_bytes(model)
     result["disk_bytes"] = disk_bytes
-    if speed:
-        result.update(metrics.speed(model, ids[:prompt_len], new_tokens=new_tokens, reps=reps))
+    result.update(metrics.speed(model, ids[:prompt_len], new_tokens=new_tokens, reps=reps))
     result["bandwidth_gbs"] = metrics.bandwidth_gbs()
     result["ceiling_tok_s"] = result["bandwidth_gbs"] * 1e9 / result["bytes_per_token"]
     result["wall_s"] = time.perf_counter() - t0

@@ -61,15 +61,6 @@ class Engine:
     """One model's decode state: ``start`` a cache, ``feed`` tokens, read logits."""
 
     def __init__(self, model: torch.nn.Module, compile: bool = False):
-        from efflm.nn.prompts import PROMPT_MODULES
-
-        if any(isinstance(m, PROMPT_MODULES) for m in model.modules()):
-            from efflm.core.errors import EfflmError
-
-            raise EfflmError(
-                "prompt/prefix tuning and LLaMA-Adapter change attention inputs; efflm's decode path does not run "
-                "them yet (evaluate them with `efflm eval --adapter`)"
-            )
         self.model = model
         cfg = model.config
         self.layout = layout_for(cfg.model_type)
@@ -82,17 +73,19 @@ class Engine:
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         attn0 = get_module(self.layers[0], self.layout.attn)
+        attn0 = getattr(attn0, "model", attn0)  # LLaMA-Adapter wraps the attention
         self.scale = getattr(attn0, "scaling", self.head_dim**-0.5)
         self.dtype = self.norm.weight.dtype
         self.vocab = cfg.vocab_size
         self.mods = [
             (
                 *(get_module(layer, n) for n in self.layout.norms),
-                *(get_module(layer, n) for n in self.layout.attn_linears),
+                *(get_module(attention_of(layer, self.layout), n.split(".")[-1]) for n in self.layout.attn_linears),
                 get_module(layer, self.layout.mlp),
             )
             for layer in self.layers
         ]
+        self.prompt = prompt_adapters(model, self)
         self.cache: KVCache | None = None
         self._mask_key: torch.Tensor | None = None
         self._mask: torch.Tensor | None = None
@@ -102,9 +95,11 @@ class Engine:
             self._layer = compiled(self._layer_eager)
 
     def start(self, batch: int, total: int) -> KVCache:
-        """A fresh cache for ``batch`` sequences of up to ``total`` tokens (policies may keep fewer)."""
-        self.cache = make_cache(self.model, batch, total, torch.float32)
+        """A fresh cache for ``batch`` sequences of up to ``total`` tokens (policies may keep fewer);
+        a prompt/prefix-tuned model's virtual tokens take the first slots."""
+        self.cache = make_cache(self.model, batch, total + self.prompt.n_virtual, torch.float32)
         self.pos = torch.zeros(batch, dtype=torch.long)
+        self.prompt.start(self, batch)
         return self.cache
 
     def _layer_eager(
@@ -131,6 +126,8 @@ class Engine:
         out, w = attention(q, K, V, self._sdpa_mask(mask, q.shape[1]), self.scale, self.cache.needs_weights)
         if w is not None:
             self.cache.observe(i, w)
+        if i in self.prompt.gated:  # LLaMA-Adapter: + gate · softmax(q·K_pᵀ)·V_p, through the same o_proj
+            out = out + self.prompt.gated_attention(i, q, self.scale).to(out.dtype)
         x = x + o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim).to(x.dtype))
         return x + mlp(rms_norm(norm2, x))
 
@@ -150,8 +147,11 @@ class Engine:
         cache = self.cache
         B, T = ids.shape
         valid = torch.ones(B, T, dtype=torch.bool) if valid is None else valid.bool()
+        x = self.prompt.embed(self, ids).to(self.dtype)
+        if x.shape[1] != T:  # prompt tuning's virtual tokens, prepended at the first step
+            valid = torch.cat([torch.ones(B, x.shape[1] - T, dtype=torch.bool), valid], dim=1)
+            T = x.shape[1]
         cache.begin(valid)
-        x = self.embed(ids).to(self.dtype)
         key_rot = None
         if cache.rerotate:
             qpos = cache.positions(T)[None].expand(B, T)
@@ -164,6 +164,8 @@ class Engine:
             x = self._layer(i, self.mods[i], x, cos, sin, key_rot)
         self.pos = self.pos + valid.long().sum(1)
         cache.commit(T)
+        if all_logits and T != ids.shape[1]:
+            x = x[:, T - ids.shape[1] :]
         x = rms_norm(self.norm, x if all_logits else x[:, -1:])
         return self.head(x).float()
 
@@ -186,6 +188,70 @@ class Engine:
         drop = self.cache.length - n
         self.cache.truncate(n)
         self.pos = self.pos - drop
+
+
+def attention_of(layer: torch.nn.Module, layout) -> torch.nn.Module:
+    """A layer's attention module (under LLaMA-Adapter's wrapper, the wrapped one)."""
+    attn = get_module(layer, layout.attn)
+    return getattr(attn, "model", attn) if hasattr(attn, "adaption_gate") else attn
+
+
+class PromptAdapters:
+    """The decode path's view of prompt-side adapters: virtual tokens (prompt tuning) prepended at
+    the first step, a prefix (prefix tuning) written into the first cache slots at ``start``,
+    and LLaMA-Adapter's gated prompt attention per layer (its keys and values are constants)."""
+
+    def __init__(self, model: torch.nn.Module, engine: "Engine"):
+        from efflm.nn.prompts import AdaptedAttention, PrefixEncoder, PromptEmbedding
+
+        emb = engine.embed
+        self.tuned = emb if isinstance(emb, PromptEmbedding) else None
+        self.prefix = next((m for m in model.modules() if isinstance(m, PrefixEncoder)), None)
+        self.n_virtual = self.tuned.n_virtual if self.tuned else (self.prefix.n_virtual if self.prefix else 0)
+        self.gated: dict[int, tuple] = {}
+        for i, layer in enumerate(engine.layers):
+            a = get_module(layer, engine.layout.attn)
+            if isinstance(a, AdaptedAttention):
+                with torch.no_grad():
+                    p = a.adaption_prompt.to(engine.dtype)
+                    g = engine.n_heads // engine.kv_heads
+                    k = a.model.k_proj(p).view(1, a.adapter_len, engine.kv_heads, engine.head_dim).transpose(1, 2)
+                    v = a.model.v_proj(p).view(1, a.adapter_len, engine.kv_heads, engine.head_dim).transpose(1, 2)
+                    k, v = k.repeat_interleave(g, dim=1).float(), v.repeat_interleave(g, dim=1).float()
+                self.gated[i] = (k, v, a.adaption_gate.detach().float())
+        self.first = False
+
+    def start(self, engine: "Engine", batch: int) -> None:
+        self.first = self.tuned is not None
+        if self.prefix is None:
+            return
+        with torch.no_grad():
+            kv = self.prefix.cache(batch, torch.float32, engine.model.config)
+        cache = engine.cache
+        cache.begin(torch.ones(batch, self.n_virtual, dtype=torch.bool))
+        for i in range(len(engine.layers)):
+            cache.update(i, kv.layers[i].keys.float(), kv.layers[i].values.float())
+        cache.commit(self.n_virtual)
+        engine.pos = engine.pos + self.n_virtual
+
+    def embed(self, engine: "Engine", ids: torch.Tensor) -> torch.Tensor:
+        if self.tuned is None:
+            return engine.embed(ids)
+        x = self.tuned.base(ids)
+        if self.first:
+            self.first = False
+            p = self.tuned.prompt_embeddings.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+            x = torch.cat([p, x], dim=1)
+        return x
+
+    def gated_attention(self, i: int, q: torch.Tensor, scale: float) -> torch.Tensor:
+        k, v, gate = self.gated[i]
+        w = torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1) * gate
+        return w @ v
+
+
+def prompt_adapters(model: torch.nn.Module, engine: "Engine") -> PromptAdapters:
+    return PromptAdapters(model, engine)
 
 
 def compiled(fn: Any) -> Any:

@@ -96,9 +96,6 @@ class AdaptedAttention(nn.Module):
         return (out + m.o_proj(a), *rest)
 
 
-PROMPT_MODULES = (PromptEmbedding, PrefixEncoder, AdaptedAttention)
-
-
 def _past_len(kwargs: dict) -> int:
     past = kwargs.get("past_key_values")
     return 0 if past is None else past.get_seq_length()

@@ -139,3 +139,17 @@ def test_adapter_for_another_base_is_refused(tmp_path):
 
     with pytest.raises(EfflmError, match="another base"):
         check_base(tmp_path, {"base": {"hash": "aaaa", "spec": "x"}}, "bbbb")
+
+
+@pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
+def test_decode_path_runs_every_adapter_unmerged_like_the_forward(name):
+    from efflm.inference.engine import Engine
+
+    m, _, _ = adapted(name)
+    perturb(m)
+    ids = IDS[:1]
+    want = m(ids).logits
+    engine = Engine(m)
+    engine.start(1, ids.shape[1] + 2)
+    got = torch.cat([engine.feed(ids[:, :8], all_logits=True), engine.feed(ids[:, 8:], all_logits=True)], dim=1)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)  # prefill, then the rest through the cache

@@ -214,3 +214,18 @@ def test_a_finetune_method_in_a_compression_recipe_is_refused(tmp_path, capsys):
     r.write_text("- method: lora\n")
     assert main(["eval", "--model", "tiny-llama", "--recipe", str(r)]) == 2
     assert "train it with `efflm finetune" in capsys.readouterr().err
+
+
+def test_bench_suite_finetune_trains_lora_on_every_base_and_each_is_a_leaderboard_row(tmp_path, capsys):
+    from efflm.bench import db as results
+    from efflm.bench.suites import finetune_suite
+
+    db = tmp_path / "r.sqlite"
+    assert (
+        main(["bench", "--model", "tiny-llama", "--suite", "finetune", "--db", str(db), "--out-dir", str(tmp_path)])
+        == 0
+    )
+    rows = results.open_readonly(db).execute("SELECT label, status, families FROM runs").fetchall()
+    assert len(rows) == len(finetune_suite()) and all(r["status"] == "ok" for r in rows)
+    assert all("finetune" in r["families"] and "lora(" in r["label"] for r in rows)
+    assert "[domain, 100 steps]" in capsys.readouterr().out  # the leaderboard printed after the suite
