@@ -19,6 +19,7 @@ from efflm.core.errors import ConfigError
 from efflm.core.registry import register
 from efflm.finetune.adapter import ALL, LowRankAdapterConfig, check_targets, inject
 from efflm.models.arch import decoder_linears, in_features, set_module
+from efflm.models.load import own_memory
 from efflm.nn.adapters import LoraLinear
 from efflm.nn.nf4_linear import NF4Linear
 from efflm.nn.registry import role
@@ -58,6 +59,7 @@ def apply(model: torch.nn.Module, config: QLoRAConfig, calib: Any = None) -> tor
     for path, linear in decoder_linears(model):
         if isinstance(linear, torch.nn.Linear) and role(linear) is None:
             set_module(model, path, NF4Linear.from_linear(linear, config.block))
+    own_memory(model)  # the replaced fp32 weights' file pages go (else they stay resident)
 
     def make(path, base, i):
         return LoraLinear(base, config.r, config.alpha, config.dropout, seed=config.seed * 100003 + i)

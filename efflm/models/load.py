@@ -185,3 +185,26 @@ def ready(model: Any) -> Any:
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def own_memory(model: Any) -> Any:
+    """Copy every parameter and buffer into memory of the process's own.
+
+    transformers maps safetensors files into memory; a weight that was read (to quantize it) stays
+    resident as file pages for as long as any tensor of the file is alive, even after its module was
+    replaced. Copying the tensors that remain lets the mapping go, so a compressed model's memory is
+    its own size (QLoRA's point). Tied tensors stay tied (each storage is copied once)."""
+    copies: dict[tuple[int, int], torch.Tensor] = {}
+    for module in model.modules():
+        for store in (module._parameters, module._buffers):
+            for name, t in store.items():
+                if t is None:
+                    continue
+                key = (t.data_ptr(), t.numel())
+                if key not in copies:
+                    copies[key] = t.data.clone()
+                if isinstance(t, torch.nn.Parameter):
+                    t.data = copies[key]
+                else:
+                    store[name] = copies[key]
+    return model

@@ -20,6 +20,7 @@ from efflm.core.errors import ConfigError
 from efflm.core.progress import progress
 from efflm.core.registry import MethodConfig, register
 from efflm.models.arch import decoder_linears, in_features, set_module
+from efflm.models.load import own_memory
 from efflm.nn.nf4_linear import NF4Linear
 
 
@@ -49,7 +50,7 @@ def check(hf_config: Any, config: NF4Config) -> None:
 def quantize_linears(model: torch.nn.Module, config: NF4Config) -> torch.nn.Module:
     for path, linear in progress(decoder_linears(model), desc="nf4"):
         set_module(model, path, NF4Linear.from_linear(linear, config.block, config.scale_block))
-    return model
+    return own_memory(model)  # the replaced fp32 weights' file pages go (else they stay resident)
 
 
 @register(

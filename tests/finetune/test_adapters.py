@@ -153,3 +153,15 @@ def test_decode_path_runs_every_adapter_unmerged_like_the_forward(name):
     engine.start(1, ids.shape[1] + 2)
     got = torch.cat([engine.feed(ids[:, :8], all_logits=True), engine.feed(ids[:, 8:], all_logits=True)], dim=1)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)  # prefill, then the rest through the cache
+
+
+def test_own_memory_copies_every_tensor_and_keeps_ties():
+    from efflm.models.load import own_memory
+
+    m = base()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    ptrs = {p.data_ptr() for p in m.parameters()}
+    own_memory(m)
+    assert not ptrs & {p.data_ptr() for p in m.parameters()}  # new storage throughout
+    assert m.lm_head.weight is m.model.embed_tokens.weight  # still tied
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
