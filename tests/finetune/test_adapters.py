@@ -160,8 +160,8 @@ def test_own_memory_copies_every_tensor_and_keeps_ties():
 
     m = base()
     before = {k: v.clone() for k, v in m.state_dict().items()}
-    ptrs = {p.data_ptr() for p in m.parameters()}
+    old = [p.data for p in m.parameters()]  # kept alive, so no address can be reused
     own_memory(m)
-    assert not ptrs & {p.data_ptr() for p in m.parameters()}  # new storage throughout
+    assert not {t.data_ptr() for t in old} & {p.data_ptr() for p in m.parameters()}  # new storage throughout
     assert m.lm_head.weight is m.model.embed_tokens.weight  # still tied
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
