@@ -76,6 +76,12 @@ class AdaptedAttention(nn.Module):
         self.adaption_prompt = nn.Parameter(torch.empty(1, adapter_len, hidden).normal_(generator=g))
         self.adaption_gate = nn.Parameter(torch.zeros(1))
 
+    def __getattr__(self, name: str):  # the wrapped attention's projections stay reachable by path
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["model"], name)
+
     def forward(self, hidden_states: torch.Tensor, position_embeddings=None, **kwargs):
         out, *rest = self.model(hidden_states, position_embeddings=position_embeddings, **kwargs)
         B, T, _ = hidden_states.shape

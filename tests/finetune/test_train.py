@@ -229,3 +229,15 @@ def test_bench_suite_finetune_trains_lora_on_every_base_and_each_is_a_leaderboar
     assert len(rows) == len(finetune_suite()) and all(r["status"] == "ok" for r in rows)
     assert all("finetune" in r["families"] and "lora(" in r["label"] for r in rows)
     assert "[domain, 100 steps]" in capsys.readouterr().out  # the leaderboard printed after the suite
+
+
+def test_merge_refuses_an_adapter_that_is_not_a_weight_update(tmp_path, capsys):
+    p = tmp_path / "a.yaml"
+    p.write_text(
+        "method: llama_adapter\nadapter_len: 4\nadapter_layers: 1\ntrain:\n  steps: 1\n  batch: 1\n  seq_len: 256\n"
+    )
+    out = tmp_path / "ad"
+    assert main(["finetune", "--model", "tiny-llama", "--method-recipe", str(p), "--data", "tasks", "--out", str(out),
+                 "--db", str(tmp_path / "r.sqlite")]) == 0  # fmt: skip
+    assert main(["merge", "--model", "tiny-llama", "--adapter", str(out), "--out", str(tmp_path / "m")]) == 2
+    assert "cannot be merged" in capsys.readouterr().err and not (tmp_path / "m").exists()
