@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from efflm import tune
 from efflm.cli import main
@@ -241,3 +242,22 @@ def test_merge_refuses_an_adapter_that_is_not_a_weight_update(tmp_path, capsys):
                  "--db", str(tmp_path / "r.sqlite")]) == 0  # fmt: skip
     assert main(["merge", "--model", "tiny-llama", "--adapter", str(out), "--out", str(tmp_path / "m")]) == 2
     assert "cannot be merged" in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["lora", "dora", "lora_fa", "dylora", "adalora", "ia3", "prompt_tuning", "prefix_tuning", "llama_adapter", "qlora"],
+)
+def test_every_method_trains_saves_and_is_recorded(name, tmp_path):
+    from efflm.bench import db as results
+    from tests.finetune.conftest import TINY_CONFIGS
+
+    p = tmp_path / "m.yaml"
+    p.write_text(
+        yaml.safe_dump({"method": name, **TINY_CONFIGS[name], "train": {"steps": 2, "batch": 2, "seq_len": 64}})
+    )
+    cfg, train_cfg = tune.read_method_recipe(p)
+    r = tune.finetune("tiny-llama", [], cfg, train_cfg, "domain", tmp_path / "o", db=tmp_path / "r.sqlite")
+    assert r["trainable_params"] > 0 and (tmp_path / "o" / "adapter_model.safetensors").is_file()
+    row = results.open_readonly(tmp_path / "r.sqlite").execute("SELECT status, tok_s, ppl FROM runs").fetchone()
+    assert row["status"] == "ok" and row["tok_s"] > 0 and row["ppl"] > 0  # measured on the decode path too
