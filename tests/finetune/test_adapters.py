@@ -165,3 +165,9 @@ def test_own_memory_copies_every_tensor_and_keeps_ties():
     assert not {t.data_ptr() for t in old} & {p.data_ptr() for p in m.parameters()}  # new storage throughout
     assert m.lm_head.weight is m.model.embed_tokens.weight  # still tied
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_the_matrix_covers_every_fine_tuning_method():
+    from efflm.methods import methods
+
+    assert set(TINY_CONFIGS) == {m.name for m in methods() if m.family == "finetune"}
