@@ -12,6 +12,7 @@ from efflm.data import finetune as ftdata
 from efflm.finetune.loss import chunked_cross_entropy
 from efflm.finetune.train import TrainConfig
 from efflm.models.tiny import tiny_tokenizer
+from tests.finetune.conftest import TINY_CONFIGS
 
 RECIPE = "method: {method}\nr: 4\ntrain:\n  steps: 4\n  batch: 2\n  seq_len: 256\n  warmup: 1\n  checkpoint_every: 2\n"
 
@@ -244,13 +245,9 @@ def test_merge_refuses_an_adapter_that_is_not_a_weight_update(tmp_path, capsys):
     assert "cannot be merged" in capsys.readouterr().err and not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["lora", "dora", "lora_fa", "dylora", "adalora", "ia3", "prompt_tuning", "prefix_tuning", "llama_adapter", "qlora"],
-)
+@pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
 def test_every_method_trains_saves_and_is_recorded(name, tmp_path):
     from efflm.bench import db as results
-    from tests.finetune.conftest import TINY_CONFIGS
 
     p = tmp_path / "m.yaml"
     p.write_text(
