@@ -269,9 +269,14 @@ def finetune(
 
         results.connect(db).close()  # an unusable database fails now, not after training
     model, tok = pipeline.load_and_apply(model_spec, recipe)
-    base_bytes = model_bytes(model)
     base_disk = _disk_bytes(model, tok, recipe) if db is not None else None
     model = get(tune.method).apply(model, tune, None)
+    from efflm.finetune.files import is_adapter_tensor
+
+    # the base as trained on (QLoRA quantizes it inside its apply), without the adapter's tensors
+    base_bytes = model_bytes(model) - sum(
+        p.numel() * p.element_size() for n, p in model.named_parameters() if is_adapter_tensor(n)
+    )
     hooks = hooks_for(tune.method)
     state, opt_state = None, None
     if blob is not None:

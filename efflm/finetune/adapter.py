@@ -59,7 +59,9 @@ def check_targets(hf_config: Any, config: Any) -> None:
 
 
 def inject(model: nn.Module, targets: tuple[str, ...], method: str, make: Callable[[str, nn.Module, int], nn.Module]):
-    """Replace each targeted Linear of every decoder layer with ``make(path, base, index)``."""
+    """Freeze the model, then replace each targeted Linear of every decoder layer with
+    ``make(path, base, index)``: only the adapters' tensors train."""
+    freeze_base(model)
     layers = layout_for(model.config.model_type).layers
     paths = resolve_targets(model.config, targets, method)
     n = 0
@@ -72,7 +74,8 @@ def inject(model: nn.Module, targets: tuple[str, ...], method: str, make: Callab
 
 
 def freeze_base(model: nn.Module) -> None:
-    """Freeze every tensor the adapters did not create (called before ``inject``)."""
+    """Freeze every tensor the adapters did not create (a compressed base's new modules —
+    a pruned Linear, low-rank factors — are created trainable)."""
     model.requires_grad_(False)
 
 

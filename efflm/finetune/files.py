@@ -47,7 +47,7 @@ NEAREST_NOTE = {
 }
 
 
-def _is_adapter_tensor(name: str) -> bool:
+def is_adapter_tensor(name: str) -> bool:
     return any(name == t or name.endswith("." + t) for t in TENSOR_NAMES)
 
 
@@ -60,7 +60,7 @@ def adapter_state(model: torch.nn.Module, config: MethodConfig) -> dict[str, tor
     rank = getattr(config, "save_rank", 0)
     out = {}
     for name, p in model.named_parameters():
-        if not _is_adapter_tensor(name):
+        if not is_adapter_tensor(name):
             continue
         t = p.detach()
         if rank and name.endswith("lora_A.weight"):
@@ -214,7 +214,7 @@ def load_adapter(
     rank = getattr(config, "save_rank", 0)
     with torch.no_grad():
         for name, p in params.items():
-            if _is_adapter_tensor(name):
+            if is_adapter_tensor(name):
                 t = state[_peft_key(name)].to(p.dtype)
                 if rank and name.endswith("lora_A.weight"):
                     p[:rank].copy_(t)

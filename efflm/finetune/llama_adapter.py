@@ -19,6 +19,7 @@ import torch
 
 from efflm.core.errors import ConfigError
 from efflm.core.registry import MethodConfig, register
+from efflm.finetune.adapter import freeze_base
 from efflm.models.arch import decoder_layers, layout_for
 from efflm.nn.prompts import AdaptedAttention
 
@@ -62,6 +63,7 @@ def check(hf_config: Any, config: LlamaAdapterConfig) -> None:
     check=check,
 )
 def apply(model: torch.nn.Module, config: LlamaAdapterConfig, calib: Any = None) -> torch.nn.Module:
+    freeze_base(model)
     cfg, attn = model.config, layout_for(model.config.model_type).attn
     heads = cfg.num_attention_heads
     kv_heads = getattr(cfg, "num_key_value_heads", None) or heads

@@ -18,6 +18,7 @@ import torch
 
 from efflm.core.errors import ConfigError
 from efflm.core.registry import MethodConfig, register
+from efflm.finetune.adapter import freeze_base
 from efflm.models.arch import get_module, layout_for
 from efflm.nn.prompts import PrefixEncoder, attach_prompt_hooks
 
@@ -63,6 +64,7 @@ class PrefixTuningConfig(MethodConfig):
     paper="prefix-tuning",
 )
 def apply(model: torch.nn.Module, config: PrefixTuningConfig, calib: Any = None) -> torch.nn.Module:
+    freeze_base(model)
     kv_heads, head_dim = kv_shape(model.config)
     prefix = PrefixEncoder(config.n_virtual, model.config.num_hidden_layers, kv_heads, head_dim, config.seed)
     backbone = get_module(model, layout_for(model.config.model_type).layers.rsplit(".", 1)[0])

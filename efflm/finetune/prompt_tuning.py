@@ -19,6 +19,7 @@ import torch
 
 from efflm.core.errors import ConfigError
 from efflm.core.registry import MethodConfig, register
+from efflm.finetune.adapter import freeze_base
 from efflm.models.arch import get_module, layout_for, set_module
 from efflm.nn.prompts import PromptEmbedding, attach_prompt_hooks
 
@@ -59,6 +60,7 @@ class PromptTuningConfig(MethodConfig):
     paper="prompt-tuning",
 )
 def apply(model: torch.nn.Module, config: PromptTuningConfig, calib: Any = None) -> torch.nn.Module:
+    freeze_base(model)
     layout = layout_for(model.config.model_type)
     base = get_module(model, layout.embed)
     init = None

@@ -171,3 +171,18 @@ def test_the_matrix_covers_every_fine_tuning_method():
     from efflm.methods import methods
 
     assert set(TINY_CONFIGS) == {m.name for m in methods() if m.family == "finetune"}
+
+
+@pytest.mark.parametrize("name", sorted(set(TINY_CONFIGS) - {"qlora"}))  # NF4 needs inputs divisible by 64
+def test_a_compressed_base_stays_frozen_under_every_adapter(name):
+    from efflm.methods import config_from_dict, get
+    from tests.finetune.conftest import tiny_config
+
+    m = base()
+    m = get("llm_pruner").apply(
+        m, config_from_dict({"method": "llm_pruner", "ratio": 0.25}), torch.randint(3, 250, (2, 32))
+    )
+    assert any(p.requires_grad for p in m.parameters())  # the pruner's new Linears come out trainable
+    m = get(name).apply(m, tiny_config(name), None)
+    names = [n for n, p in m.named_parameters() if p.requires_grad]
+    assert names and all(any(t in n for t in ("lora_", "ia3_l", "prompt_embeddings", "adaption_")) for n in names)
