@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--db", default=str(ROOT / "results" / "efflm.sqlite"), help="where the recovery rows go")
-    p.add_argument("--out", default=str(ROOT / "results" / "peft_shapes.md"))
+    p.add_argument("--out", default=str(ROOT / "results" / "peft_shapes.md"), help="shapes and tasks")
+    p.add_argument("--recovery-out", default=str(ROOT / "results" / "peft_recovery.md"))
     p.add_argument("--only", type=lambda v: set(v.split(",")), help="comma-separated run labels (default: all)")
     args = p.parse_args(argv)
     import torch
@@ -207,12 +208,12 @@ def main(argv: list[str] | None = None) -> int:
             parts.append("### Shapes\n\n" + shapes(args, Path(tmp)))
         if args.study in ("tasks", "all"):
             parts.append("### Instruction tasks\n\n" + tasks(args, Path(tmp)))
-        if args.study in ("recovery", "all"):
-            parts.append("### Recovery of compressed models\n\n" + recovery(args, Path(tmp)))
-    md = "\n".join(parts)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(md)
-    print(md)
+        rec = recovery(args, Path(tmp)) if args.study in ("recovery", "all") else None
+    for path, md in ((args.out, "\n".join(parts)), (args.recovery_out, rec)):
+        if md:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(md)
+            print(md)
     return 0
 
 

@@ -147,6 +147,7 @@ def test_peft_shapes(tmp_path):
     db = str(tmp_path / "r.sqlite")
     only = "lora r=8,qlora r=8,dylora r=8,sparsegpt 50%"
     args = ["--steps", "1", "--recovery-steps", "1", "--task-steps", "1", "--batch", "2", "--seq-len", "256"]
-    md = run("peft_shapes", [*args, "--db", db, "--only", only], tmp_path)
+    md = run("peft_shapes", [*args, "--db", db, "--only", only, "--recovery-out", str(tmp_path / "rec.md")], tmp_path)
+    md += (tmp_path / "rec.md").read_text()
     assert "| lora r=8 |" in md and "| qlora r=8 |" in md and "QLoRA: base" in md
     assert md.count("| 4 |") == 1 and "| sparsegpt 50% |" in md and "| + LoRA r=8 |" in md
