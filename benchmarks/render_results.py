@@ -81,10 +81,20 @@ SECTIONS = [
     ),
     (
         "peft_shapes.md",
-        "Fine-tuning: the papers' shapes and recovery of compressed models",
-        "python benchmarks/peft_shapes.py",
-        "DoRA vs LoRA, LoRA-FA's memory, DyLoRA's truncation, prompt tuning and (IA)³ vs LoRA, QLoRA's NF4 base; "
-        "then LoRA on pruned, quantized and low-rank bases (those runs are leaderboard rows too).",
+        "Fine-tuning: the papers' shapes",
+        "python benchmarks/peft_shapes.py --study shapes",
+        "DoRA vs LoRA, LoRA-FA's memory, DyLoRA's truncation, prompt tuning and (IA)³ vs LoRA, QLoRA's NF4 base, "
+        "and the built-in instruction tasks. Measured at 6d4f5d6, before two fixes of d4f53ad: its QLoRA "
+        "row's base MB was counted before the NF4 quantization (the NF4 base is smaller), and its recovery "
+        "section trained the pruned and low-rank layers of the LLM-Pruner and LoSparse bases too "
+        "(superseded by the table below).",
+    ),
+    (
+        "peft_recovery.md",
+        "Fine-tuning: LoRA recovery of compressed models",
+        "python benchmarks/peft_shapes.py --study recovery",
+        "The runs of `efflm bench --suite finetune`: the same LoRA on each compressed base; each run is a "
+        "leaderboard row too.",
     ),
     (
         "gpu_sparse24.md",
