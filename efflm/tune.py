@@ -425,7 +425,6 @@ def merge(model_spec: str, recipe: recipes.Recipe, adapter: str | Path, out: str
     from efflm.data.text import eval_tokens
     from efflm.eval.metrics import perplexity
     from efflm.io.save import save
-    from efflm.models.arch import set_module
     from efflm.nn.adapters import adapter_modules
     from efflm.nn.registry import role
 
@@ -446,16 +445,10 @@ def merge(model_spec: str, recipe: recipes.Recipe, adapter: str | Path, out: str
     quantized = any(not isinstance(m.base, torch.nn.Linear) for m in adapters.values())
     ids = eval_tokens(tok, EVAL_SEQ_LEN * EVAL_WINDOWS)
     before = perplexity(model, ids, EVAL_SEQ_LEN, EVAL_WINDOWS)["ppl"] if quantized else None
+    from efflm.finetune.adapter import merge as fold
+
     with torch.no_grad():
-        for path, m in adapters.items():
-            w = m.merged_weight()
-            bias = m.merged_bias() if hasattr(m, "merged_bias") else getattr(m.base, "bias", None)
-            lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
-            lin.weight.copy_(w)
-            if bias is not None:
-                lin.bias.copy_(bias)
-            lin.requires_grad_(False)
-            set_module(model, path, _requantize(m, lin))
+        fold(model, _requantize)
     result = {"adapters": len(adapters), "quantized": quantized}
     if quantized:
         after = perplexity(model, ids, EVAL_SEQ_LEN, EVAL_WINDOWS)["ppl"]

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from efflm.core.errors import ConfigError, EfflmError
+from efflm.core.errors import ConfigError
 from efflm.core.registry import MethodConfig
 from efflm.models.arch import decoder_layers, get_module, in_features, layout_for, out_features, set_module
 from efflm.nn.adapters import adapter_modules
@@ -87,8 +87,9 @@ def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in trainable_parameters(model).values())
 
 
-def merge(model: nn.Module) -> nn.Module:
-    """Fold every adapter Linear into a plain ``nn.Linear`` (dense base weights)."""
+def merge(model: nn.Module, store: Callable[[nn.Module, nn.Linear], nn.Module] | None = None) -> nn.Module:
+    """Fold every adapter Linear into a plain ``nn.Linear`` (dense base weights); ``store(adapter,
+    merged)`` may put the merged weight back on the base's own storage (a quantized grid)."""
     for path, m in adapter_modules(model).items():
         w = m.merged_weight()
         bias = m.merged_bias() if hasattr(m, "merged_bias") else getattr(m.base, "bias", None)
@@ -98,10 +99,18 @@ def merge(model: nn.Module) -> nn.Module:
             if bias is not None:
                 lin.bias.copy_(bias)
         lin.requires_grad_(False)
-        set_module(model, path, lin)
-    if any(isinstance(m, nn.Module) and hasattr(m, "adaption_gate") for m in model.modules()):
-        raise EfflmError("LLaMA-Adapter's gated prompts are not a weight delta; they cannot be merged")
+        set_module(model, path, store(m, lin) if store is not None else lin)
     return model
+
+
+def lora_apply(model: nn.Module, config: Any, **kwargs) -> nn.Module:
+    """The LoRA family's ``apply``: a ``LoraLinear`` on every target (kwargs: ``dora``, ``train_a``)."""
+    from efflm.nn.adapters import LoraLinear
+
+    def make(path, base, i):
+        return LoraLinear(base, config.r, config.alpha, config.dropout, seed=config.seed * 100003 + i, **kwargs)
+
+    return inject(model, config.target_modules, config.method, make)
 
 
 @dataclass(frozen=True)

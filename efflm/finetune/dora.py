@@ -16,8 +16,7 @@ from typing import Any
 import torch
 
 from efflm.core.registry import register
-from efflm.finetune.adapter import LowRankAdapterConfig, check_targets, inject
-from efflm.nn.adapters import LoraLinear
+from efflm.finetune.adapter import LowRankAdapterConfig, check_targets, lora_apply
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,4 @@ class DoRAConfig(LowRankAdapterConfig):
     check=check_targets,
 )
 def apply(model: torch.nn.Module, config: DoRAConfig, calib: Any = None) -> torch.nn.Module:
-    def make(path, base, i):
-        return LoraLinear(base, config.r, config.alpha, config.dropout, dora=True, seed=config.seed * 100003 + i)
-
-    return inject(model, config.target_modules, config.method, make)
+    return lora_apply(model, config, dora=True)

@@ -18,7 +18,7 @@ import torch
 
 from efflm.core.errors import ConfigError
 from efflm.core.registry import register
-from efflm.finetune.adapter import HOOKS, LowRankAdapterConfig, TrainHooks, check_targets, inject
+from efflm.finetune.adapter import HOOKS, LowRankAdapterConfig, TrainHooks, check_targets, lora_apply
 from efflm.nn.adapters import LoraLinear
 
 
@@ -68,7 +68,4 @@ HOOKS["dylora"] = DyLoRAHooks()
     check=check_targets,
 )
 def apply(model: torch.nn.Module, config: DyLoRAConfig, calib: Any = None) -> torch.nn.Module:
-    def make(path, base, i):
-        return LoraLinear(base, config.r, config.alpha, config.dropout, seed=config.seed * 100003 + i)
-
-    return inject(model, config.target_modules, config.method, make)
+    return lora_apply(model, config)

@@ -15,8 +15,7 @@ from typing import Any
 import torch
 
 from efflm.core.registry import register
-from efflm.finetune.adapter import LowRankAdapterConfig, check_targets, inject
-from efflm.nn.adapters import LoraLinear
+from efflm.finetune.adapter import LowRankAdapterConfig, check_targets, lora_apply
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,4 @@ class LoRAConfig(LowRankAdapterConfig):
     check=check_targets,
 )
 def apply(model: torch.nn.Module, config: LoRAConfig, calib: Any = None) -> torch.nn.Module:
-    def make(path, base, i):
-        return LoraLinear(base, config.r, config.alpha, config.dropout, seed=config.seed * 100003 + i)
-
-    return inject(model, config.target_modules, config.method, make)
+    return lora_apply(model, config)

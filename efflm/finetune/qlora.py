@@ -17,10 +17,9 @@ import torch
 
 from efflm.core.errors import ConfigError
 from efflm.core.registry import register
-from efflm.finetune.adapter import ALL, LowRankAdapterConfig, check_targets, inject
+from efflm.finetune.adapter import ALL, LowRankAdapterConfig, check_targets, lora_apply
 from efflm.models.arch import decoder_linears, in_features, set_module
 from efflm.models.load import own_memory
-from efflm.nn.adapters import LoraLinear
 from efflm.nn.nf4_linear import NF4Linear
 from efflm.nn.registry import role
 
@@ -61,7 +60,4 @@ def apply(model: torch.nn.Module, config: QLoRAConfig, calib: Any = None) -> tor
             set_module(model, path, NF4Linear.from_linear(linear, config.block))
     own_memory(model)  # the replaced fp32 weights' file pages go (else they stay resident)
 
-    def make(path, base, i):
-        return LoraLinear(base, config.r, config.alpha, config.dropout, seed=config.seed * 100003 + i)
-
-    return inject(model, config.target_modules, config.method, make)
+    return lora_apply(model, config)
