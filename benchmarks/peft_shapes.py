@@ -1,6 +1,6 @@
 """The papers' shapes on the default model, and LoRA recovery of compressed models.
 
-    python benchmarks/peft_shapes.py [--study shapes|recovery|both] [--steps 40] [--recovery-steps 100]
+    python benchmarks/peft_shapes.py [--study shapes,tasks,recovery] [--steps 40] [--recovery-steps 100]
 
 Every run is ``efflm finetune --data domain`` in its own process (peak RSS its own); the recovery
 runs are recorded in the results database (``--db``) as leaderboard rows (the shape runs in a
@@ -183,10 +183,19 @@ def tasks(args, tmp: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _studies(value: str) -> set[str]:
+    chosen = set(value.split(","))
+    if not chosen <= {"shapes", "tasks", "recovery"}:
+        raise argparse.ArgumentTypeError(f"unknown study in {value!r} (shapes, tasks, recovery)")
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--study", choices=["shapes", "tasks", "recovery", "all"], default="all")
+    p.add_argument(
+        "--study", type=_studies, default="shapes,tasks,recovery", help="comma-separated: shapes, tasks, recovery"
+    )
     p.add_argument("--task-steps", type=int, default=60)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--recovery-steps", type=int, default=100, help="(efflm bench --suite finetune trains 100)")
@@ -204,11 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     parts = []
     with tempfile.TemporaryDirectory(prefix="efflm-shapes-") as tmp:
-        if args.study in ("shapes", "all"):
+        if "shapes" in args.study:
             parts.append("### Shapes\n\n" + shapes(args, Path(tmp)))
-        if args.study in ("tasks", "all"):
+        if "tasks" in args.study:
             parts.append("### Instruction tasks\n\n" + tasks(args, Path(tmp)))
-        rec = recovery(args, Path(tmp)) if args.study in ("recovery", "all") else None
+        rec = recovery(args, Path(tmp)) if "recovery" in args.study else None
     for path, md in ((args.out, "\n".join(parts)), (args.recovery_out, rec)):
         if md:
             Path(path).parent.mkdir(parents=True, exist_ok=True)

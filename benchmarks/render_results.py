@@ -82,7 +82,7 @@ SECTIONS = [
     (
         "peft_shapes.md",
         "Fine-tuning: the papers' shapes",
-        "python benchmarks/peft_shapes.py --study shapes",
+        "python benchmarks/peft_shapes.py --study shapes,tasks",
         "DoRA vs LoRA, LoRA-FA's memory, DyLoRA's truncation, prompt tuning and (IA)³ vs LoRA, QLoRA's NF4 base, "
         "and the built-in instruction tasks. Measured at 6d4f5d6, before two fixes of d4f53ad: its QLoRA "
         "row's base MB was counted before the NF4 quantization (the NF4 base is smaller), and its recovery "
