@@ -32,13 +32,15 @@ SECTIONS = [
         "vs_llamacpp.md",
         "Decode speed: efflm vs llama.cpp vs transformers",
         "python benchmarks/vs_llamacpp.py",
-        "Same model, prompt, tokens, threads; interleaved rounds; the same 4-bit codes in efflm and in llama.cpp.",
+        "Same model, prompt, tokens, threads; interleaved rounds; the same 4-bit codes in efflm and in llama.cpp; "
+        "efflm's fused decode step against its reference path in the same run; batched decode; where the time goes.",
     ),
     (
         "speculative_speed_bfloat16.md",
         "Speculative decoding",
         "python benchmarks/speculative_speed.py --dtype bfloat16",
-        "Plain decoding against four drafters on a copy-heavy and an open-ended workload; both paths do the same work.",
+        "Plain decoding against fixed and adaptive drafters on a copy-heavy and an open-ended workload; both paths "
+        "do the same work.",
     ),
     (
         "kv_policies.md",
@@ -84,10 +86,8 @@ SECTIONS = [
         "Fine-tuning: the papers' shapes",
         "python benchmarks/peft_shapes.py --study shapes,tasks",
         "DoRA vs LoRA, LoRA-FA's memory, DyLoRA's truncation, prompt tuning and (IA)³ vs LoRA, QLoRA's NF4 base, "
-        "and the built-in instruction tasks. Measured at 6d4f5d6, before two fixes of d4f53ad: its QLoRA "
-        "row's base MB was counted before the NF4 quantization (the NF4 base is smaller), and its recovery "
-        "section trained the pruned and low-rank layers of the LLM-Pruner and LoSparse bases too "
-        "(superseded by the table below).",
+        "and the built-in instruction tasks. 40 steps each; base MB counted after the method's apply (QLoRA's "
+        "NF4 base).",
     ),
     (
         "peft_recovery.md",

@@ -5,13 +5,15 @@
 Target: the default model in ``--dtype``, greedy, batch 1, on efflm's decode path. Two workloads:
 ``rewrite`` (the chat model is asked to repeat a passage: the output copies the prompt, where
 prompt lookup shines) and ``open`` (a story: nothing to copy). Drafters: none (plain
-decoding), prompt lookup (k = 4 and 8), the target's first ``--draft-layers`` layers, and a
-compressed copy of the target (RTN 4-bit g32 + int8 embeddings). Both paths do the same
+decoding), prompt lookup (k = 4 and 8 fixed; adaptive up to 8 on n-gram matches of 2 or more,
+the default), the target's first ``--draft-layers`` layers, and a compressed copy of the target
+(RTN 4-bit g32 + int8 embeddings), fixed and adaptive. The target runs on the fused decode
+step where it applies (``Engine.fast``), which verifies k + 1 tokens in one call. Both paths do the same
 work: exactly ``--new-tokens`` tokens as ids (no end-of-sequence stop, no detokenizing), one
 untimed warm-up of every path first, then interleaved rounds; the token counts are asserted
-equal. Every speculative output is checked token for token against plain decoding (in bf16
-the (k+1)-token verification rounds differently from one-token steps, so a long greedy run
-can part at a near-tie). Prints wall time for the whole generation (prefill included),
+equal. Every speculative output is checked token for token against plain decoding (on the
+fused step a (k+1)-token verification computes each token exactly as a one-token step does;
+on the reference path bf16 rounds differently, so a long greedy run could part at a near-tie). Prints wall time for the whole generation (prefill included),
 tok/s, speedup over plain and the acceptance rate; writes ``--out`` (default
 ``results/speculative_speed_<dtype>.md``).
 """
@@ -59,11 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         a.model, [c({"method": "rtn", "bits": 4, "group_size": 32}), c({"method": "int8_embeddings"}), bf16]
     )
     layers = min(a.draft_layers, target.config.num_hidden_layers - 1)
-    drafters = {
-        "prompt lookup k=4": (None, 4),
-        "prompt lookup k=8": (None, 8),
-        f"first {layers} layers k=4": (first_layers(target, layers), 4),
-        "RTN-4bit copy k=4": (small, 4),
+    fixed = {"adaptive": False, "min_ngram": 1}
+    drafters = {  # (draft model or None for prompt lookup, speculative_ids options)
+        "prompt lookup k=4 fixed": (None, {"k": 4, **fixed}),
+        "prompt lookup k=8 fixed": (None, {"k": 8, **fixed}),
+        "prompt lookup adaptive k≤8, n-gram≥2 (the default)": (None, {"k": 8, "adaptive": True, "min_ngram": 2}),
+        f"first {layers} layers k=4 fixed": (first_layers(target, layers), {"k": 4, **fixed}),
+        "RTN-4bit copy k=4 fixed": (small, {"k": 4, **fixed}),
+        "RTN-4bit copy adaptive k≤8": (small, {"k": 8, "adaptive": True}),
     }
     cfg = SamplingConfig(max_new_tokens=a.new_tokens)
     lines = []
@@ -73,21 +78,21 @@ def main(argv: list[str] | None = None) -> int:
         def plain_run():
             return generate_ids(target, None, ids, valid, cfg)[0][0].tokens  # ids only, no eos: as speculative
 
-        def spec_run(draft, k):
-            return speculative_ids(target, ids[0].tolist(), cfg, draft=draft, k=k, eos=None)
+        def spec_run(draft, opts):
+            return speculative_ids(target, ids[0].tolist(), cfg, draft=draft, eos=None, **opts)
 
         plain_run()  # warm-up of every path before any timed round
-        for draft, k in drafters.values():
-            spec_run(draft, k)
+        for draft, opts in drafters.values():
+            spec_run(draft, opts)
         times: dict[str, list[float]] = {k: [] for k in ["plain", *drafters]}
         stats, outputs = {}, {}
         for _ in range(a.rounds):
             t0 = time.perf_counter()
             ref = plain_run()
             times["plain"].append(time.perf_counter() - t0)
-            for name, (draft, k) in drafters.items():
+            for name, (draft, opts) in drafters.items():
                 t0 = time.perf_counter()
-                got, _, st = spec_run(draft, k)
+                got, _, st = spec_run(draft, opts)
                 times[name].append(time.perf_counter() - t0)
                 if len(got) != len(ref):
                     raise SystemExit(f"{name}: {len(got)} tokens against plain's {len(ref)}: not the same work")

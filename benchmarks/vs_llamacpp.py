@@ -7,21 +7,27 @@ threads, in interleaved rounds (every engine once per round, so a slow moment of
 machine hits all alike); median over rounds. Rows:
 
 * efflm packed 4-bit: RTN 4-bit g32 (symmetric) + int8 embedding/lm_head, bf16 activations,
-  through efflm's own q4/q8 CPU kernels (torch's int4/int8 kernels where those cannot run), on efflm's static-KV-cache decode path;
+  through efflm's own q4/q8 CPU kernels (torch's int4/int8 kernels where those cannot run), on efflm's
+  static-KV-cache decode path with its fused C decode step (``inference/fast_decode.py``), and the same
+  model on the reference path (``EFFLM_FAST_DECODE=0``: one torch op at a time, as before the fused step);
+* efflm packed 8-bit: RTN 8-bit per channel + int8 embedding/lm_head, bf16, the same path;
 * llama.cpp (llama-cpp-python) on efflm's own Q4_0 export of exactly those 4-bit codes, and
   on the GGUF file the model was loaded from (the default model ships as Q4_1); a model with
   no GGUF source (``tiny-llama``: no tokenizer metadata to export) has no llama.cpp rows;
 * efflm bf16 and fp32 on the decode path; transformers ``generate`` in bf16 and fp32.
 
 Prints decode tok/s, TTFT, ratios to llama.cpp Q4_0 and to transformers bf16, and the
-share of the bandwidth ceiling (measured read bandwidth / bytes read per token), then a
-torch-profiler summary of one efflm 4-bit decode; writes ``--out`` (default
+share of the bandwidth ceiling (measured read bandwidth / bytes read per token); then
+efflm's batched decode (aggregate tok/s at batch 1/2/4/8, the same prompt in every row), the
+split of one 4-bit token's time (fused layers / lm_head / the rest) and a torch-profiler
+summary of what remains outside the fused step; writes ``--out`` (default
 ``results/vs_llamacpp.md``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -36,10 +42,24 @@ ANCHOR = "llama.cpp, efflm's Q4_0 export of the same codes"
 
 
 def efflm_run(model, ids: torch.Tensor, new: int) -> tuple[float, float]:
+    """(TTFT s, aggregate decode tok/s over all rows of ``ids``)."""
     from efflm.inference.generate import SamplingConfig, generate_ids
 
     _, t = generate_ids(model, None, ids, torch.ones_like(ids, dtype=torch.bool), SamplingConfig(max_new_tokens=new))
-    return t.ttft_s, t.tok_s
+    return t.ttft_s, t.tok_s * ids.shape[0]
+
+
+def efflm_reference_run(model, ids: torch.Tensor, new: int) -> tuple[float, float]:
+    """The same, on the engine's reference path (no fused decode step)."""
+    old = os.environ.get("EFFLM_FAST_DECODE")
+    os.environ["EFFLM_FAST_DECODE"] = "0"
+    try:
+        return efflm_run(model, ids, new)
+    finally:
+        if old is None:
+            del os.environ["EFFLM_FAST_DECODE"]
+        else:
+            os.environ["EFFLM_FAST_DECODE"] = old
 
 
 def hf_run(model, ids: torch.Tensor, new: int) -> tuple[float, float]:
@@ -78,37 +98,42 @@ def profile_summary(model, ids: torch.Tensor, steps: int = 16, rows: int = 8) ->
     return out
 
 
-def kernel_split(model, ids: torch.Tensor, steps: int = 32) -> tuple[float, float, int]:
-    """(ms per decoded token, ms of it inside efflm's q4/q8 kernels, kernel calls per token):
-    the kernels are ctypes calls, invisible to torch's profiler, so they are timed directly."""
+def time_split(model, ids: torch.Tensor, steps: int = 32) -> tuple[float, float, float]:
+    """(ms per decoded token, ms of it in the fused decoder layers, ms in the lm_head): timed
+    directly, as the C calls are invisible to torch's profiler."""
+    from efflm.inference import fast_decode
     from efflm.inference.engine import Engine
-    from efflm.nn import q4_kernel
 
-    spent, calls, real = [0.0], [0], (q4_kernel.q4_mm, q4_kernel.q8_mm)
+    spent = {"layers": 0.0, "head": 0.0}
+    real_run = fast_decode.FastDecode.run
 
-    def timed(fn):
-        def inner(*args):
-            t = time.perf_counter()
-            y = fn(*args)
-            spent[0] += time.perf_counter() - t
-            calls[0] += 1
-            return y
+    def timed_run(self, *args):
+        t = time.perf_counter()
+        y = real_run(self, *args)
+        spent["layers"] += time.perf_counter() - t
+        return y
 
-        return inner
-
-    q4_kernel.q4_mm, q4_kernel.q8_mm = timed(real[0]), timed(real[1])
+    e = Engine(model)
+    assert e.fast is not None, e.fast_off
+    started = []
+    pre = e.head.register_forward_pre_hook(lambda *a: started.append(time.perf_counter()))
+    post = e.head.register_forward_hook(
+        lambda *a: spent.__setitem__("head", spent["head"] + time.perf_counter() - started[-1])
+    )
+    fast_decode.FastDecode.run = timed_run
     try:
-        e = Engine(model)
         e.start(1, ids.shape[1] + steps + 1)
         nxt = e.feed(ids).argmax(-1)
-        spent[0], calls[0] = 0.0, 0
+        spent.update(layers=0.0, head=0.0)
         t0 = time.perf_counter()
         for _ in range(steps):
             nxt = e.feed(nxt).argmax(-1)
         total = time.perf_counter() - t0
     finally:
-        q4_kernel.q4_mm, q4_kernel.q8_mm = real
-    return total / steps * 1000, spent[0] / steps * 1000, calls[0] // steps
+        fast_decode.FastDecode.run = real_run
+        pre.remove()
+        post.remove()
+    return total / steps * 1000, spent["layers"] / steps * 1000, spent["head"] / steps * 1000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batches", default="1,2,4,8", help="batch sizes of the batched-decode table")
     p.add_argument("--out", default="results/vs_llamacpp.md")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -135,10 +161,17 @@ def main(argv: list[str] | None = None) -> int:
     q4_0 = gguf_export.export(w4, source, Path(tmp.name) / "w4.gguf") if source is not None else None
     for step in (c({"method": "int8_embeddings"}), bf16):
         w4 = get(step.method).apply(w4, step, None)
+    w8, _ = load_and_apply(
+        a.model, [c({"method": "rtn", "bits": 8, "group_size": -1}), c({"method": "int8_embeddings"}), bf16]
+    )
     m_bf16, _ = load_and_apply(a.model, [bf16])
     m_fp32, _ = load_and_apply(a.model, [fp32])
     ids = text.eval_tokens(tok, a.prompt_len).reshape(1, -1)
-    engines = {"efflm packed 4-bit (W4 g32 + int8 lm_head, bf16)": (efflm_run, w4, bytes_read_per_token(w4))}
+    W4 = "efflm packed 4-bit (W4 g32 + int8 lm_head, bf16)"
+    engines = {
+        W4: (efflm_run, w4, bytes_read_per_token(w4)),
+        "efflm packed 4-bit, reference path (no fused step)": (efflm_reference_run, w4, bytes_read_per_token(w4)),
+    }
     if source is not None:
         from llama_cpp import Llama
 
@@ -154,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         engines[ANCHOR] = (llama_run, llama(q4_0), q4_0.stat().st_size)
         engines[f"llama.cpp, the model's own file ({source.name})"] = (llama_run, llama(source), source.stat().st_size)
     engines |= {
+        "efflm packed 8-bit (W8 per channel + int8 lm_head, bf16)": (efflm_run, w8, bytes_read_per_token(w8)),
         "efflm bf16": (efflm_run, m_bf16, bytes_read_per_token(m_bf16)),
         "efflm fp32": (efflm_run, m_fp32, bytes_read_per_token(m_fp32)),
         "transformers generate bf16": (hf_run, m_bf16, bytes_read_per_token(m_bf16)),
@@ -178,18 +212,33 @@ def main(argv: list[str] | None = None) -> int:
             f"| {name} | {tok_s[name]:.1f} | {ttft:.0f} | {vs_anchor} | {tok_s[name] / hf:.2f}× | "
             f"{nbytes / 1e6:.1f} | {tok_s[name] / ceiling:.0%} |"
         )
+    batches = [int(b) for b in a.batches.split(",")]
+    batched = {k: engines[k] for k in engines if k.startswith("efflm")}
+    agg: dict[tuple[str, int], list[float]] = {(k, b): [] for k in batched for b in batches}
+    for r in range(a.rounds):
+        for b in batches:
+            for name, (fn, m, _) in batched.items():
+                agg[(name, b)].append(fn(m, ids.repeat(b, 1), a.new_tokens)[1])
+        print(f"batched round {r + 1} done", flush=True)
+    brows = []
+    for name in batched:
+        med = [statistics.median(agg[(name, b)]) for b in batches]
+        brows.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in med) + f" | {med[-1] / med[0]:.2f}× |")
     prof = profile_summary(w4, ids)
-    per_tok, in_kernels, n_calls = kernel_split(w4, ids)
+    per_tok, layers_ms, head_ms = time_split(w4, ids)
+    wbytes = bytes_read_per_token(w4)
     split = (
-        f"Per decoded token (efflm 4-bit, 32 steps): {per_tok:.1f} ms, of which {in_kernels:.1f} ms "
-        f"({in_kernels / per_tok:.0%}) inside efflm's q4/q8 kernels ({n_calls} calls, "
-        f"{bytes_read_per_token(w4) / 1e6 / in_kernels:.1f} GB/s over the weights they read) and "
-        f"{per_tok - in_kernels:.1f} ms in everything else: the torch ops below (attention, RoPE, norms, "
-        "casts, cache writes) and Python. The kernels are ctypes calls, so the profiler table omits them."
+        f"Per decoded token (efflm 4-bit, batch 1, 32 steps): {per_tok:.2f} ms, of which {layers_ms:.2f} ms "
+        f"({layers_ms / per_tok:.0%}) in the fused C step over all decoder layers, {head_ms:.2f} ms "
+        f"({head_ms / per_tok:.0%}) in the int8 lm_head, and {per_tok - layers_ms - head_ms:.2f} ms in the rest "
+        f"(embedding, RoPE tables, cache bookkeeping, argmax, Python: the torch ops below). The whole token "
+        f"streams {wbytes / 1e6:.1f} MB: {wbytes / 1e6 / per_tok:.1f} GB/s against the {bw:.1f} GB/s measured."
     )
     md = "\n".join(
         [
-            f"# Decode speed: efflm vs llama.cpp vs transformers — {a.model}, batch 1, {a.threads} threads",
+            f"# Decode speed: efflm vs llama.cpp vs transformers — {a.model}, {a.threads} threads",
+            "",
+            "## Batch 1",
             "",
             f"{a.prompt_len}-token prompt, {a.new_tokens} new tokens, greedy; median of {a.rounds} interleaved rounds. "
             f"Ceiling = {bw:.1f} GB/s measured read bandwidth / MB read per token.",
@@ -198,14 +247,25 @@ def main(argv: list[str] | None = None) -> int:
             "|---|---|---|---|---|---|---|",
             *rows,
             "",
+            f"## Batched decode: aggregate tok/s (same {a.prompt_len}-token prompt in every row, {a.new_tokens} "
+            f"new tokens, median of {a.rounds} interleaved rounds)",
+            "",
+            "| engine | "
+            + " | ".join(f"batch {b}" for b in batches)
+            + f" | batch {batches[-1]} / batch {batches[0]} |",
+            "|---|" + "---|" * (len(batches) + 1),
+            *brows,
+            "",
+            "## Where the time goes",
+            "",
             split,
             "",
-            "Torch ops of the efflm 4-bit decode (torch profiler, 16 decode steps):",
+            "Torch ops of the efflm 4-bit decode (torch profiler, 16 decode steps; the C calls are not listed):",
             "",
             *prof,
             "",
             f"Command: `python benchmarks/vs_llamacpp.py --model {a.model} --prompt-len {a.prompt_len} "
-            f"--new-tokens {a.new_tokens} --rounds {a.rounds}`.",
+            f"--new-tokens {a.new_tokens} --rounds {a.rounds} --batches {a.batches}`.",
         ]
     )
     tmp.cleanup()

@@ -29,6 +29,7 @@ class KVCache:
     needs_weights = False  # does ``observe`` want the attention weights?
     rerotate = False  # keys stored before RoPE and rotated at cache positions each step?
     evicts = False  # can a slot be reused (no rollback, no multi-token steps once full)
+    fused = "fp32"  # the storage the fused decode step reads ("fp32", "int8"); None: reference path only
 
     def __init__(
         self,

@@ -60,7 +60,7 @@ def attention(
 class Engine:
     """One model's decode state: ``start`` a cache, ``feed`` tokens, read logits."""
 
-    def __init__(self, model: torch.nn.Module, compile: bool = False):
+    def __init__(self, model: torch.nn.Module, compile: bool = False, fast: bool = True):
         self.model = model
         cfg = model.config
         self.layout = layout_for(cfg.model_type)
@@ -93,6 +93,10 @@ class Engine:
         self._layer = self._layer_eager
         if compile:
             self._layer = compiled(self._layer_eager)
+        from efflm.inference.fast_decode import FastDecode
+
+        # the fused C step, where the model allows (else why not, for reports)
+        self.fast, self.fast_off = FastDecode.build(self) if fast and not compile else (None, "turned off")
 
     def start(self, batch: int, total: int) -> KVCache:
         """A fresh cache for ``batch`` sequences of up to ``total`` tokens (policies may keep fewer);
@@ -160,8 +164,11 @@ class Engine:
         else:
             qpos = (self.pos[:, None] + valid.long().cumsum(1) - 1).clamp(min=0)
         cos, sin = self.rotary(x.float(), qpos)
-        for i in range(len(self.layers)):
-            x = self._layer(i, self.mods[i], x, cos, sin, key_rot)
+        if self.fast is not None and self.fast.accepts(cache):
+            x = self.fast.run(x, cos, sin, cache)  # every layer in one C call
+        else:
+            for i in range(len(self.layers)):
+                x = self._layer(i, self.mods[i], x, cos, sin, key_rot)
         self.pos = self.pos + valid.long().sum(1)
         cache.commit(T)
         if all_logits and T != ids.shape[1]:

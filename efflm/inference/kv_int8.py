@@ -28,6 +28,8 @@ def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Int8Cache(KVCache):
+    fused = "int8"  # the fused decode step dequantizes inside its attention (``nn/decode_cpu.c``)
+
     def __init__(self, *args):
         super().__init__(*args, store_dtype=torch.int8)
         shape = self.k.shape[:-1] + (1,)

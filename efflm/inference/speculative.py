@@ -10,7 +10,9 @@ Drafters here: another efflm model with the same vocabulary (a compressed copy o
 target, or the target's first n layers, sharing its weights), or prompt lookup (the tokens
 that followed the latest earlier occurrence of the last n-gram: a deterministic draft, q is
 one-hot). Differs from the reference description: batch 1; the rejected tail is dropped
-from both static caches by moving their cursor back (``Engine.rollback``).
+from both static caches by moving their cursor back (``Engine.rollback``); the draft length
+adapts to acceptance (``DraftLength``) and prompt lookup may ignore short n-gram matches
+(``min_ngram``), so drafting where it does not help costs little.
 """
 
 from __future__ import annotations
@@ -47,9 +49,9 @@ def accept(p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, gen: torch.Ge
     return k, int(draw(p[k], gen))
 
 
-def lookup(ctx: list[int], k: int, max_ngram: int = 3) -> list[int]:
-    """Prompt lookup: the ≤ k tokens after the latest earlier match of the last n-gram (n = max..1)."""
-    for n in range(min(max_ngram, len(ctx) - 1), 0, -1):
+def lookup(ctx: list[int], k: int, max_ngram: int = 3, min_ngram: int = 1) -> list[int]:
+    """Prompt lookup: the ≤ k tokens after the latest earlier match of the last n-gram (n = max..min)."""
+    for n in range(min(max_ngram, len(ctx) - 1), min_ngram - 1, -1):
         tail = ctx[-n:]
         for start in range(len(ctx) - n - 1, -1, -1):
             if ctx[start : start + n] == tail:
@@ -92,6 +94,24 @@ def check_compatible(target: Any, draft: Any, tok: Any = None, draft_tok: Any = 
 
 
 @dataclass
+class DraftLength:
+    """Adaptive draft length (the heuristic of transformers' assisted generation): after a fully
+    accepted draft propose two more next time, after a rejection one fewer, within [1, k_max].
+    Where drafts keep failing, each verification is then only 2 tokens: on the fused step about
+    the cost of a plain one."""
+
+    k_max: int
+    k: int = 0
+
+    def __post_init__(self) -> None:
+        self.k = self.k or self.k_max
+
+    def update(self, proposed: int, accepted: int) -> None:
+        if proposed:
+            self.k = min(self.k_max, self.k + 2) if accepted == proposed else max(1, self.k - 1)
+
+
+@dataclass
 class SpecStats:
     proposed: int = 0
     accepted: int = 0
@@ -111,12 +131,15 @@ def speculative_ids(
     draft: Any = None,
     k: int = 4,
     max_ngram: int = 3,
+    min_ngram: int = 1,
+    adaptive: bool = False,
     eos: int | None = None,
     max_len: int | None = None,
     on_token: Callable[[int], bool] | None = None,
 ) -> tuple[list[int], Timing, SpecStats]:
-    """Generate after ``prompt`` (token ids, batch 1). Without ``draft``, prompt lookup drafts.
-    ``on_token(t)`` may return True to stop (a stop string)."""
+    """Generate after ``prompt`` (token ids, batch 1). Without ``draft``, prompt lookup drafts
+    (n-gram matches of ``min_ngram``..``max_ngram`` tokens); ``adaptive``: the draft length
+    follows acceptance (``DraftLength``), up to ``k``. ``on_token(t)`` may return True to stop."""
     if k < 1:
         raise EfflmError(f"draft length k must be ≥ 1, got {k}")
     if draft is not None:
@@ -127,6 +150,7 @@ def speculative_ids(
     if de is not None:
         de.start(1, total)
     gen, stats, timing = generator(cfg), SpecStats(), Timing()
+    length = DraftLength(k)
     ctx, out, first = list(prompt), [], 0
     t0 = time.perf_counter()
     if len(ctx) > 1:
@@ -137,7 +161,7 @@ def speculative_ids(
     budget = cfg.max_new_tokens
     while len(out) < budget:
         n_cached = len(ctx) - 1
-        room = min(k, budget - len(out) - 1)
+        room = min(length.k if adaptive else k, budget - len(out) - 1)
         if de is not None and room > 0:
             drafted, qs = [], []
             x = ctx[-1]
@@ -148,13 +172,14 @@ def speculative_ids(
                 qs.append(qi)
             q = torch.stack(qs) if qs else torch.zeros(0, target.config.vocab_size)
         else:
-            drafted = lookup(ctx, room, max_ngram) if room > 0 else []
+            drafted = lookup(ctx, room, max_ngram, min_ngram) if room > 0 else []
             q = torch.nn.functional.one_hot(torch.tensor(drafted, dtype=torch.long), target.config.vocab_size).float()
         logits = te.feed(torch.tensor([[ctx[-1]] + drafted]), all_logits=True)[0]
         p = probs(logits, cfg)
         n, nxt = accept(p, q, torch.tensor(drafted, dtype=torch.long), gen)
         stats.proposed += len(drafted)
         stats.accepted += n
+        length.update(len(drafted), n)
         stats.target_steps += 1
         te.rollback(n_cached + 1 + n)
         if de is not None:
@@ -192,6 +217,8 @@ def speculative_generate(
     chat: bool = False,
     k: int = 4,
     max_ngram: int = 3,
+    min_ngram: int = 1,
+    adaptive: bool = False,
     max_len: int | None = None,
     on_text: Callable[[int, str], None] | None = None,
 ) -> tuple[Generation, Timing, SpecStats]:
@@ -209,6 +236,8 @@ def speculative_generate(
         draft=draft,
         k=k,
         max_ngram=max_ngram,
+        min_ngram=min_ngram,
+        adaptive=adaptive,
         eos=tok.eos_token_id,
         max_len=max_len,
         on_token=stream.push,
@@ -221,21 +250,26 @@ def speculative_generate(
 
 @dataclass(frozen=True)
 class SpeculativeConfig(MethodConfig):
-    """Decode speculatively: ``draft`` is ``prompt_lookup`` (n-grams of the context, up to ``ngram``)
-    or ``layers`` (the model's own first ``draft_layers`` layers); ``k`` tokens drafted per step."""
+    """Decode speculatively: ``draft`` is ``prompt_lookup`` (n-grams of the context, ``min_ngram`` to
+    ``ngram`` tokens long) or ``layers`` (the model's own first ``draft_layers`` layers); up to ``k``
+    tokens drafted per step, the length following acceptance when ``adaptive``."""
 
     method = "speculative"
     draft: str = "prompt_lookup"
     k: int = 4
     ngram: int = 3
     draft_layers: int = 8
+    min_ngram: int = 2
+    adaptive: bool = True
 
     def __post_init__(self) -> None:
         if self.draft not in ("prompt_lookup", "layers"):
             raise ConfigError(f"speculative: draft must be prompt_lookup or layers, got {self.draft!r}")
-        for name in ("k", "ngram", "draft_layers"):
+        for name in ("k", "ngram", "draft_layers", "min_ngram"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"speculative: {name} must be ≥ 1, got {getattr(self, name)}")
+        if self.min_ngram > self.ngram:
+            raise ConfigError(f"speculative: min_ngram {self.min_ngram} exceeds ngram {self.ngram}")
 
 
 def _check(hf_config: Any, config: SpeculativeConfig) -> None:

@@ -1,8 +1,10 @@
-"""efflm's own 4-bit and 8-bit CPU matmuls (``q4_cpu.c``): built with the system C compiler on first use.
+"""efflm's own CPU kernels, built with the system C compiler on first use: the 4-bit and 8-bit
+matmuls (``q4_cpu.c``) and the fused decode step (``decode_cpu.c``, driven by
+``efflm.inference.fast_decode``), sharing the block arithmetic of ``q4_blocks.h``.
 
-The C file is compiled once per machine into efflm's cache dir (``gcc -O3 -mavx2 -mfma
--mf16c -fopenmp``, about a second) and loaded with ctypes after torch, so its OpenMP loop
-runs on torch's own thread pool. Where there is no compiler, no x86 AVX2/FMA/F16C, or
+The C files are compiled once per machine into one library in efflm's cache dir (``gcc -O3
+-mavx2 -mfma -mf16c -fopenmp -ffp-contract=off``, about two seconds) and loaded with ctypes
+after torch, so their OpenMP loops run on torch's own thread pool. Where there is no compiler, no x86 AVX2/FMA/F16C, or
 ``EFFLM_Q4_KERNEL=0``, ``available()`` is False and ``QuantLinear`` keeps torch's kernels.
 
 Block layout (``to_blocks``): per output row, per 32 inputs, 16 bytes; byte j holds code j
@@ -26,9 +28,12 @@ import torch
 
 from efflm.core.paths import cache_dir
 
-SOURCE = Path(__file__).with_name("q4_cpu.c")
+HERE = Path(__file__).parent
+SOURCES = [HERE / "q4_cpu.c", HERE / "decode_cpu.c"]  # one library; both include q4_blocks.h
+HEADERS = [HERE / "q4_blocks.h"]
 _LIB: list = [None]  # the loaded library, for the hot path (no lookup per call)
-FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC"]
+# no FMA contraction: each multiply and add rounds as torch's elementwise ops do (decode_cpu.c)
+FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC"]
 
 
 def _cpu_ok() -> bool:
@@ -50,7 +55,7 @@ def _build(cc: str, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
     try:
-        subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(tmp), "-lm"], check=True, capture_output=True)
+        subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-o", str(tmp), "-lm"], check=True, capture_output=True)
         out.with_suffix(".sha256").write_text(_sha256(tmp))
         os.replace(tmp, out)
     finally:
@@ -70,7 +75,7 @@ def library() -> ctypes.CDLL | None:
     if cc is None:
         return None
     try:
-        src = SOURCE.read_bytes()
+        src = b"".join(p.read_bytes() for p in SOURCES + HEADERS)
         tag = hashlib.sha256(src + " ".join(FLAGS).encode()).hexdigest()[:16]
         out = cache_dir() / "kernels" / f"q4_cpu-{tag}.so"
         recorded = out.with_suffix(".sha256")
@@ -84,6 +89,8 @@ def library() -> ctypes.CDLL | None:
     lib.efflm_q4_gemm.restype = None
     lib.efflm_q8_gemm.argtypes = [p, i, i, i, p, p, i, p]
     lib.efflm_q8_gemm.restype = None
+    lib.efflm_decode_layers.argtypes = [p, p]
+    lib.efflm_decode_layers.restype = None
     _LIB[0] = lib
     return lib
 

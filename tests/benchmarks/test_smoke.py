@@ -43,8 +43,9 @@ def test_every_benchmark_script_has_a_smoke_test():
 
 
 def test_vs_llamacpp(tmp_path):
-    md = run("vs_llamacpp", ["--prompt-len", "16", "--new-tokens", "4", "--rounds", "1"], tmp_path)
+    md = run("vs_llamacpp", ["--prompt-len", "16", "--new-tokens", "4", "--rounds", "1", "--batches", "1,2"], tmp_path)
     assert "efflm packed 4-bit" in md and "transformers generate fp32" in md
+    assert "reference path" in md and "| batch 1 | batch 2 |" in md and "fused C step" in md
     assert "no GGUF source" in md  # tiny-llama has no GGUF file: no llama.cpp rows, said so
 
 
@@ -54,7 +55,7 @@ def test_speculative_speed(tmp_path):
         ["--new-tokens", "6", "--rounds", "1", "--dtype", "float32", "--draft-layers", "1"],
         tmp_path,
     )
-    assert md.count("| rewrite |") == 5 and md.count("| open |") == 5
+    assert md.count("| rewrite |") == 7 and md.count("| open |") == 7
     assert "| NO |" not in md  # fp32: every speculative output equals plain decoding
 
 

@@ -8,7 +8,14 @@ import torch
 
 from efflm.core.errors import EfflmError
 from efflm.inference.generate import SamplingConfig, generate_ids, probs
-from efflm.inference.speculative import accept, first_layers, lookup, speculative_generate, speculative_ids
+from efflm.inference.speculative import (
+    DraftLength,
+    accept,
+    first_layers,
+    lookup,
+    speculative_generate,
+    speculative_ids,
+)
 
 
 def _greedy(model, tok, prompt, n):
@@ -103,7 +110,33 @@ def test_acceptance_rule_on_known_distributions():
 def test_prompt_lookup():
     assert lookup([1, 2, 3, 9, 1, 2, 3], 3) == [9, 1, 2]
     assert lookup([1, 2, 3, 4, 5, 3], 2) == [4, 5]  # falls back to a 1-gram
+    assert lookup([1, 2, 3, 4, 5, 3], 2, min_ngram=2) == []  # ... unless 1-grams are too short to trust
+    assert lookup([1, 2, 3, 4, 2, 3], 2, min_ngram=2) == [4, 2]
     assert lookup([1, 2, 3], 2) == []
+
+
+def test_draft_length_follows_acceptance():
+    d = DraftLength(8, 4)
+    d.update(4, 4)
+    assert d.k == 6  # all accepted: two more
+    d.update(6, 6)
+    assert d.k == 8  # capped at k_max
+    for _ in range(20):
+        d.update(d.k, 0)
+    assert d.k == 1  # never below one
+    d.update(0, 0)
+    assert d.k == 1  # nothing proposed: unchanged
+
+
+@pytest.mark.parametrize("drafter", ["lookup", "first-layer"])
+def test_adaptive_drafting_keeps_the_targets_greedy_output(sharp, prompt, drafter):
+    model, tok = sharp
+    draft = None if drafter == "lookup" else first_layers(model, 1)
+    ref = _greedy(model, tok, prompt, 40)
+    got, _, stats = speculative_ids(
+        model, prompt, SamplingConfig(max_new_tokens=40), draft=draft, k=8, adaptive=True, min_ngram=2
+    )
+    assert got == ref and stats.proposed > 0
 
 
 def test_text_interface_stop_and_stream(sharp):

@@ -98,3 +98,37 @@ def test_q4_blocks_round_trip_and_match_a_float_matmul():
     ref = x @ w.reshape(64, 256).t()
     y = q4_kernel.q4_mm(x, q4_kernel.to_blocks(codes), s, o, 8.0, 64)
     assert (y - ref).norm() / ref.norm() < 0.01  # int8 activations per 32: ~0.5% here
+
+
+@pytest.mark.parametrize(
+    "n,k,m",
+    [(576, 576, 1), (192, 576, 5), (1536, 576, 8), (576, 1536, 3), (49152, 576, 2), (33, 96, 7), (7, 32, 13)],
+)
+@pytest.mark.parametrize("bits", [4, 8])
+def test_kernels_on_the_default_models_shapes_and_odd_tails(n, k, m, bits):
+    """Up to four activation rows share each unpacked weight block: any number of rows (tails of
+    the 4-row tiles included) gives each row exactly what it gets alone, close to the float matmul."""
+    if not q4_kernel.available():
+        pytest.skip("efflm's AVX2 kernel is not available on this machine")
+    g = torch.Generator().manual_seed(n + k + m)
+    x = torch.randn(m, k, generator=g)
+    if bits == 4:
+        codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=g)
+        s = (torch.rand(n, k // 32, generator=g) * 0.02 + 0.001).half()
+        w = (codes.float() - 8).reshape(n, k // 32, 32) * s.float()[..., None]
+        blocks = q4_kernel.to_blocks(codes)
+
+        def mm(a):
+            return q4_kernel.q4_mm(a, blocks, s, None, 8.0, 32)
+    else:
+        codes = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+        s = (torch.rand(n, 1, generator=g) * 0.02 + 0.001).half()
+        w = codes.float() * s.float()
+
+        def mm(a):
+            return q4_kernel.q8_mm(a, codes, s)
+
+    y = mm(x)
+    ref = x @ w.reshape(n, k).t()
+    assert (y - ref).norm() / ref.norm() < 0.01
+    assert torch.equal(y, torch.cat([mm(x[i : i + 1]) for i in range(m)]))

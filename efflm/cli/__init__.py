@@ -1,0 +1,188 @@
+"""The ``efflm`` command line: the parser and ``main``; every user error is one line on stderr and
+exit code 2. The commands themselves are in ``efflm.cli.commands``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from efflm.cli import commands
+from efflm.core.errors import EfflmError
+
+DEFAULT_MODEL = "smollm2-135m"
+SUITE_NAMES = ("default", "extra", "prune", "inference", "full", "finetune")  # efflm.bench.suites.SUITES (tested)
+MODEL_HELP = "smollm2-135m (the default model), tiny-llama, a Hugging Face or efflm model directory, or a .gguf file"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with efflm's error contract: one line ``efflm: error: ...`` and exit 2, and
+    every option's default shown in ``--help``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"efflm: error: {message}\n")
+
+
+def _positive(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+def _common(p: argparse.ArgumentParser, calib: bool = True) -> None:
+    from efflm.pipeline import CALIB_LEN, CALIB_SAMPLES
+
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"the model: {MODEL_HELP}")
+    if calib:
+        p.add_argument(
+            "--calib-samples",
+            type=_positive,
+            default=CALIB_SAMPLES,
+            help="calibration windows drawn for methods that calibrate",
+        )
+        p.add_argument("--calib-len", type=_positive, default=CALIB_LEN, help="tokens per calibration window")
+
+
+def parser() -> argparse.ArgumentParser:
+    from efflm.eval.metrics import EVAL_SEQ_LEN, EVAL_WINDOWS
+
+    p = Parser(prog="efflm", description="Compress, run and measure LLM efficiency methods.")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    sub.add_parser("methods", help="list registered methods").set_defaults(fn=commands.cmd_methods)
+
+    b = sub.add_parser("bench", help="benchmark recipes side by side, one subprocess each")
+    _common(b)
+    b.add_argument("--recipe", action="append", help="recipe YAML file (repeatable; overrides --methods/--suite)")
+    b.add_argument("--methods", help="comma-separated method names, each at its default config")
+    b.add_argument(
+        "--suite",
+        choices=list(SUITE_NAMES),
+        default="default",
+        help="the recipes benchmarked when neither --recipe nor --methods is given",
+    )
+    b.add_argument("--db", default="results/efflm.sqlite", help="results database (SQLite; created if absent)")
+    b.add_argument("--out-dir", default="results", help="where leaderboard.md and pareto.png are written")
+    for name, default, what in (
+        ("seq-len", EVAL_SEQ_LEN, "tokens per perplexity window"),
+        ("windows", EVAL_WINDOWS, "perplexity windows scored"),
+        ("prompt-len", 128, "prompt tokens for the speed measurement"),
+        ("new-tokens", 32, "tokens decoded for the speed measurement"),
+        ("reps", 2, "timed speed repetitions (median reported)"),
+        ("threads", 2, "torch threads in each worker"),
+    ):
+        b.add_argument(f"--{name}", type=_positive, default=default, help=what)
+    b.set_defaults(fn=commands.cmd_bench)
+
+    lb = sub.add_parser("leaderboard", help="print the leaderboard; write leaderboard.md and pareto.png")
+    lb.add_argument("--model", default=DEFAULT_MODEL, help="whose rows to show")
+    lb.add_argument("--db", default="results/efflm.sqlite", help="results database (opened read-only)")
+    lb.add_argument("--out-dir", default="results", help="where leaderboard.md and pareto.png are written")
+    lb.set_defaults(fn=commands.cmd_leaderboard)
+
+    c = sub.add_parser("compress", help="apply a recipe and save the model directory atomically")
+    _common(c)
+    c.add_argument("--recipe", required=True, help="recipe YAML file")
+    c.add_argument("--out", required=True, help="output directory (or .gguf file); must not exist")
+    c.add_argument(
+        "--format",
+        choices=["efflm", "compressed-tensors", "gguf"],
+        default="efflm",
+        help="efflm directory, compressed-tensors directory (vLLM, transformers), "
+        "or a .gguf file (llama.cpp; symmetric 4/8-bit g32 codes as Q4_0/Q8_0)",
+    )
+    c.set_defaults(fn=commands.cmd_compress)
+
+    e = sub.add_parser("eval", help="perplexity of a model (optionally after a recipe) on a text")
+    _common(e)
+    e.add_argument("--recipe", help="recipe YAML file applied first (default: the model as it is)")
+    e.add_argument("--text-file", help="any UTF-8 text file (default: the Shakespeare evaluation split)")
+    e.add_argument("--seq-len", type=_positive, default=EVAL_SEQ_LEN, help="tokens per window")
+    e.add_argument("--windows", type=_positive, default=EVAL_WINDOWS, help="windows scored")
+    e.add_argument("--adapter", help="adapter directory (efflm finetune or peft) applied unmerged")
+    e.set_defaults(fn=commands.cmd_eval)
+
+    g = sub.add_parser("generate", help="generate text on efflm's decode path, streaming; prints tok/s")
+    g.add_argument("prompt", nargs="+", help="one or more prompts (several: one left-padded batch)")
+    _common(g)
+    g.add_argument("--recipe", help="recipe YAML file applied first")
+    g.add_argument("--adapter", help="adapter directory (efflm finetune or peft) applied unmerged")
+    g.add_argument("--max-new-tokens", type=_positive, default=128, help="tokens to generate at most")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]")
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--seed", type=int, help="sampling seed (default: nondeterministic)")
+    g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    g.add_argument("--max-len", type=_positive, help="KV-cache length (default: prompt + new tokens)")
+    g.add_argument("--draft-model", help="speculative decoding with this draft model (same tokenizer)")
+    g.add_argument("--draft-recipe", help="recipe applied to the draft model (e.g. prune + 4-bit)")
+    g.add_argument("--draft-layers", type=_positive, help="speculative decoding drafting with the first N layers")
+    g.add_argument("--prompt-lookup", action="store_true", help="speculative decoding with prompt lookup")
+    g.add_argument("--k", type=_positive, default=4, help="the most draft tokens per speculative step")
+    g.add_argument("--fixed-k", action="store_true", help="always draft --k tokens (default: follow acceptance)")
+    g.add_argument("--min-ngram", type=_positive, default=2, help="prompt lookup: shortest n-gram match drafted")
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="experimental: torch.compile each decoder layer (measured slower here: it recompiles "
+        "per layer; see docs/results.md)",
+    )
+    g.set_defaults(fn=commands.cmd_generate)
+
+    f = sub.add_parser("finetune", help="train a parameter-efficient adapter; write it in peft's format")
+    f.add_argument("--model", default=DEFAULT_MODEL, help=f"the base model: {MODEL_HELP}")
+    f.add_argument("--recipe", help="compression recipe applied to the base first (e.g. rtn, llm_pruner)")
+    f.add_argument("--method-recipe", required=True, help="YAML: the fine-tuning method's fields and a 'train' mapping")
+    f.add_argument(
+        "--data", default="domain", help="domain (calibration text), tasks (built-in instruction tasks) or FILE.jsonl"
+    )
+    f.add_argument("--out", required=True, help="output directory (adapter, checkpoints, loss.png); must not exist")
+    f.add_argument("--steps", type=_positive, help="optimizer steps (overrides train.steps)")
+    f.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    f.add_argument("--db", default="results/efflm.sqlite", help="results database the run's row is written to")
+    f.set_defaults(fn=commands.cmd_finetune)
+
+    m = sub.add_parser("merge", help="fold a LoRA/DoRA/IA3 adapter into the base and save it")
+    m.add_argument("--model", default=DEFAULT_MODEL, help=f"the base model: {MODEL_HELP}")
+    m.add_argument("--recipe", help="compression recipe the adapter's base was made with")
+    m.add_argument("--adapter", required=True, help="adapter directory")
+    m.add_argument("--out", required=True, help="output model directory; must not exist")
+    m.set_defaults(fn=commands.cmd_merge)
+
+    from efflm.catalog.commands import add_parser as add_papers
+
+    add_papers(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        a = parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error, already printed as one line (2)
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        return a.fn(a)
+    except EfflmError as e:
+        print(f"efflm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("efflm: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if os.environ.get("EFFLM_DEBUG"):
+            raise
+        print(
+            f"efflm: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+            "(set EFFLM_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1

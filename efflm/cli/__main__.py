@@ -1,0 +1,5 @@
+import sys
+
+from efflm.cli import main
+
+sys.exit(main())

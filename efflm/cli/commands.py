@@ -1,0 +1,243 @@
+"""What each ``efflm`` command does once its arguments parsed (``efflm.cli.parser`` wires them)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from efflm.core.errors import EfflmError
+
+
+def _recipe_arg(path: str | None, fallback: str | None = None):
+    from efflm.core import recipe as recipes
+
+    if path:
+        return recipes.load(path)
+    return recipes.from_yaml(fallback) if fallback else []
+
+
+def cmd_methods(a) -> int:
+    from efflm.methods import methods
+
+    rows = [(m.name, m.family, m.arxiv or "–", "yes" if m.needs_calibration else "no", m.title) for m in methods()]
+    head = ("name", "family", "arXiv", "calib", "paper")
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    for r in [head] + rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_bench(a) -> int:
+    from efflm.bench import leaderboard, runner, suites
+    from efflm.methods import get
+
+    if a.recipe:
+        recipes_ = [_recipe_arg(p) for p in a.recipe]
+    elif a.methods:
+        recipes_ = [[get(n.strip()).config_cls()] for n in a.methods.split(",") if n.strip()]
+    else:
+        recipes_ = suites.SUITES[a.suite]()
+    worker_args = {
+        k: getattr(a, k)
+        for k in ("seq_len", "windows", "prompt_len", "new_tokens", "reps", "calib_samples", "calib_len", "threads")
+    }
+    opts = runner.BenchOptions(a.model, recipes_, Path(a.db), worker_args)
+    runner.install_signal_handlers()
+    if a.suite == "finetune" and not (a.recipe or a.methods):  # LoRA recovery of each base, one process each
+        from efflm import tune
+
+        runner.validate(opts)
+        tune.recovery_suite(a.model, recipes_, Path(a.db))
+    else:
+        runner.bench(opts)
+    md, md_path, png = leaderboard.write(Path(a.db), a.model, Path(a.out_dir))
+    print(md)
+    print(f"wrote {md_path} and {png}")
+    return 0
+
+
+def cmd_leaderboard(a) -> int:
+    from efflm.bench import leaderboard
+
+    md, md_path, png = leaderboard.write(Path(a.db), a.model, Path(a.out_dir))
+    print(md)
+    print(f"wrote {md_path} and {png}")
+    return 0
+
+
+def cmd_compress(a) -> int:
+    from efflm.core import recipe as recipes
+
+    out = Path(a.out)
+    if out.exists():
+        raise EfflmError(f"output exists: {out} (choose another --out)")
+    template = None
+    from efflm import pipeline
+    from efflm.io import compressed_tensors, gguf_export
+
+    recipe = _recipe_arg(a.recipe)
+    pipeline.validate(a.model, recipe, a.calib_samples, a.calib_len)
+    if a.format != "efflm":
+        (gguf_export if a.format == "gguf" else compressed_tensors).check_recipe(recipe)
+    if a.format == "gguf":
+        from efflm.models.load import gguf_source
+
+        if out.suffix != ".gguf":
+            raise EfflmError(f"--format gguf writes one file: --out must end in .gguf, got {out.name}")
+        template = gguf_source(a.model)
+        if template is None:
+            raise EfflmError(
+                "GGUF export needs the model's tokenizer metadata from a GGUF file: "
+                "supported for models loaded from a .gguf (e.g. the default model)"
+            )
+    elif a.format == "compressed-tensors":
+        import importlib.util
+
+        if importlib.util.find_spec("compressed_tensors") is None:
+            raise EfflmError(
+                "--format compressed-tensors needs the compressed-tensors package (pip install 'efflm[interop]')"
+            )
+    model, tok = pipeline.load_and_apply(a.model, recipe, a.calib_samples, a.calib_len)
+    if a.format == "gguf":
+        gguf_export.export(model, template, out)
+    elif a.format == "compressed-tensors":
+        compressed_tensors.export(model, tok, out)
+    else:
+        from efflm.io.save import save
+
+        save(model, tok, out, recipes.to_yaml(recipe))
+    print(f"wrote {out} ({recipes.label(recipe)}, {a.format})")
+    return 0
+
+
+def _load(a, recipe):
+    """The model after its recipe, with ``--adapter`` applied unmerged when given."""
+    from efflm import pipeline
+
+    if getattr(a, "adapter", None):
+        from efflm import tune
+
+        return tune.load_model(a.model, recipe, a.adapter)
+    return pipeline.load_and_apply(a.model, recipe, a.calib_samples, a.calib_len)
+
+
+def cmd_eval(a) -> int:
+    from efflm import pipeline
+    from efflm.data import text
+    from efflm.eval.metrics import model_bytes, perplexity
+    from efflm.models.load import load_tokenizer
+
+    recipe = _recipe_arg(a.recipe)
+    pipeline.validate(a.model, recipe, a.calib_samples, a.calib_len)
+    source = text.read_text_file(a.text_file) if a.text_file else None
+    n = a.seq_len * a.windows
+    tok = load_tokenizer(a.model)
+    ids = text.prefix_tokens(tok, source, n) if source is not None else text.eval_tokens(tok, n)
+    if ids.numel() < a.seq_len:
+        raise EfflmError(
+            f"text too short: {ids.numel()} tokens, need at least one window of {a.seq_len} "
+            "(lower --seq-len or give more text)"
+        )
+    model, tok = _load(a, recipe)
+    r = perplexity(model, ids, seq_len=a.seq_len, n_windows=a.windows)
+    where = a.text_file or "Shakespeare evaluation split"
+    print(
+        f"ppl {r['ppl']:.3f} over {r['eval_tokens']} tokens ({r['windows']} windows of {r['seq_len']}) "
+        f"of {where}; model bytes {model_bytes(model) / 1e6:.1f} MB"
+    )
+    return 0
+
+
+def cmd_generate(a) -> int:
+    from efflm.eval.metrics import bandwidth_gbs, bytes_read_per_token
+    from efflm.inference.generate import SamplingConfig, generate
+    from efflm.inference.speculative import check_compatible, first_layers, speculative_generate
+
+    cfg = SamplingConfig(
+        max_new_tokens=a.max_new_tokens,
+        temperature=a.temperature,
+        top_k=a.top_k,
+        top_p=a.top_p,
+        stop=tuple(a.stop or ()),
+        seed=a.seed,
+    )
+    speculative = a.draft_model or a.draft_layers or a.prompt_lookup
+    if speculative and len(a.prompt) > 1:
+        raise EfflmError("speculative decoding runs one prompt at a time")
+    from efflm import pipeline
+
+    recipe, draft_recipe = _recipe_arg(a.recipe), _recipe_arg(a.draft_recipe)
+    if a.draft_model:  # the draft's recipe and vocabulary are checked before the target's weights load
+        from efflm.models.load import model_config
+
+        pipeline.validate(a.draft_model, draft_recipe, a.calib_samples, a.calib_len)
+        check_compatible(model_config(a.model), model_config(a.draft_model))
+    model, tok = _load(a, recipe)
+    draft = None
+    if a.draft_model:
+        draft, draft_tok = pipeline.load_and_apply(a.draft_model, draft_recipe, a.calib_samples, a.calib_len)
+        check_compatible(model, draft, tok, draft_tok)
+    elif a.draft_layers:
+        draft = first_layers(model, a.draft_layers)
+
+    def show(i: int, delta: str) -> None:
+        if len(a.prompt) == 1:
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+
+    stats = None
+    if speculative:
+        res, timing, stats = speculative_generate(
+            model, tok, a.prompt[0], cfg, draft=draft, chat=a.chat, k=a.k, max_len=a.max_len, on_text=show,
+            min_ngram=a.min_ngram, adaptive=not a.fixed_k,
+        )  # fmt: skip
+        results = [res]
+    else:
+        from efflm.inference.engine import Engine
+
+        results, timing = generate(
+            model,
+            tok,
+            a.prompt,
+            cfg,
+            chat=a.chat,
+            max_len=a.max_len,
+            on_text=show,
+            engine=Engine(model, compile=a.compile),
+        )
+    if len(a.prompt) > 1:
+        for i, r in enumerate(results):
+            print(f"[{i}] {r.text}")
+    else:
+        print()
+    ceiling = bandwidth_gbs() * 1e9 / bytes_read_per_token(model)
+    n = sum(len(r.tokens) for r in results)
+    line = (
+        f"{n} tokens; decode {timing.tok_s:.1f} tok/s per sequence, {timing.tok_s / ceiling * 100:.0f}% of the "
+        f"bandwidth ceiling ({ceiling:.0f} tok/s); TTFT {timing.ttft_s * 1000:.0f} ms"
+    )
+    if stats is not None:
+        line += f"; drafted {stats.proposed}, accepted {stats.acceptance:.0%}, {stats.target_steps} target steps"
+    print(line, file=sys.stderr)
+    return 0
+
+
+def cmd_finetune(a) -> int:
+    from efflm import tune
+
+    cfg, train_cfg = tune.read_method_recipe(a.method_recipe, a.steps)
+    r = tune.finetune(a.model, _recipe_arg(a.recipe), cfg, train_cfg, a.data, a.out, resume=a.resume, db=a.db)
+    shown = {k: v for k, v in r.items() if k not in ("losses", "evals")}
+    print(
+        f"wrote {a.out} ({cfg.label()}): "
+        + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+    )
+    return 0
+
+
+def cmd_merge(a) -> int:
+    from efflm import tune
+
+    r = tune.merge(a.model, _recipe_arg(a.recipe), a.adapter, a.out)
+    print(f"wrote {a.out}: {r['note']}")
+    return 0

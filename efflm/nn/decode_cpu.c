@@ -1,0 +1,318 @@
+/* efflm's fused decode step: every decoder layer of a Llama-style model for the T new tokens of
+ * each of B sequences, in one call (AVX2 + FMA + F16C, OpenMP on torch's thread pool): one-token
+ * decode, batched decode, prefill and speculative verification alike.
+ *
+ * Per layer: RMSNorm -> q/k/v (one pass over their rows, the normed input quantized to int8
+ * once and shared) -> RoPE -> the new key/value written into the static cache -> attention
+ * over the valid, causal slots -> o_proj -> residual -> RMSNorm -> gate/up (shared input) -> SiLU * up
+ * -> down_proj -> residual. The cache is fp32 or int8 (codes + one fp16 scale per token and head,
+ * dequantized inside attention). Linear weights may be packed 4-bit blocks (q4_blocks.h), int8
+ * rows with one scale each, or dense fp32/bf16. The residual stream is fp32; with `bf16` set,
+ * every value is rounded to bf16 exactly where efflm's reference path (inference/engine.py)
+ * holds it in bf16, so the two paths compute the same numbers up to summation order. Every
+ * token is computed in the same order whatever B and T are (q4_blocks.h), so a token's result
+ * does not depend on the tokens that share its step.
+ * Compiled with -ffp-contract=off so each multiply and add rounds as torch's elementwise ops do.
+ */
+#include "q4_blocks.h"
+
+enum { DENSE_F32 = 0, DENSE_BF16 = 1, Q4 = 4, Q8 = 8 };
+
+typedef struct {
+    int kind, N, K, group;
+    const void *w;          /* [N, K] f32/bf16, [N, K/2] q4 blocks, or [N, K] int8 */
+    const uint16_t *s, *z;  /* fp16 scales [N, K/group] (q8: [N]); offsets or NULL */
+    float half;             /* q4 asymmetric grids: offset + half * scale */
+    const float *bias;      /* [N] or NULL */
+} efflm_lin;
+
+typedef struct {
+    efflm_lin lin[7];       /* q, k, v, o, gate, up, down */
+    const float *norm1, *norm2;
+    float eps1, eps2;
+} efflm_layer;
+
+typedef struct {
+    int L, B, T, D, Hq, H, Dh, I, S, bf16;  /* T new tokens per sequence; I: the widest MLP of any layer */
+    float scale;
+    float *x;               /* [B * T, D] residual stream, in and out */
+    const float *cos, *sin; /* [B * T, Dh] */
+    void *kc, *vc;          /* [L, B, H, S, Dh]: fp32, or int8 codes with kv_int8 */
+    const uint8_t *valid;   /* [B, H, S]: slots that hold a real token (this step's included) */
+    int slot;               /* the first new token's slot; token t attends over slots [0, slot + t] */
+    int kv_int8;            /* the int8 cache: codes in kc/vc, one fp16 scale per token and head */
+    uint16_t *ks, *vs;      /* [L, B, H, S] scales (kv_int8 only) */
+} efflm_step;
+
+/* Cache row (token s of one head) as fp32: fp32 rows as they are, int8 rows dequantized here,
+ * inside attention (code * scale: exact in fp32, the same values the reference path reads). */
+static inline const float *cache_row(const efflm_step *st, const void *base, const uint16_t *scales, size_t row,
+                                     float *buf) {
+    int Dh = st->Dh;
+    if (!st->kv_int8) return (const float *)base + row * Dh;
+    const int8_t *c = (const int8_t *)base + row * Dh;
+    float sc = _cvtsh_ss(scales[row]);
+    for (int j = 0; j < Dh; j++) buf[j] = (float)c[j] * sc;
+    return buf;
+}
+
+/* Write one token's key or value (one head) into cache row `row`; the int8 cache quantizes it as
+ * kv_int8.quantize_int8 does: s = fp16(max|x| / 127, at least 1e-8), code = round-half-even(x / s). */
+static inline void cache_write(const efflm_step *st, void *base, uint16_t *scales, size_t row, const float *x) {
+    int Dh = st->Dh;
+    if (!st->kv_int8) {
+        for (int j = 0; j < Dh; j++) ((float *)base)[row * Dh + j] = x[j];
+        return;
+    }
+    float amax = 0.0f;
+    for (int j = 0; j < Dh; j++) amax = fmaxf(amax, fabsf(x[j]));
+    float s = amax / 127.0f;
+    if (s < 1e-8f) s = 1e-8f;
+    uint16_t h = _cvtss_sh(s, _MM_FROUND_TO_NEAREST_INT);
+    float sf = _cvtsh_ss(h);
+    scales[row] = h;
+    int8_t *c = (int8_t *)base + row * Dh;
+    for (int j = 0; j < Dh; j++) {
+        float r = nearbyintf(x[j] / sf);
+        c[j] = (int8_t)(r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r));
+    }
+}
+
+static inline float rnd(float v, int bf16) { return bf16 ? round_bf16(v) : v; }
+
+static inline float dot_f32(const float *w, const float *x, int K) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(x + k), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 8), _mm256_loadu_ps(x + k + 8), a1);
+    }
+    float t = hsum8(_mm256_add_ps(a0, a1));
+    for (; k < K; k++) t += w[k] * x[k];
+    return t;
+}
+
+static inline float dot_bf16(const uint16_t *w, const float *x, int K) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        a0 = _mm256_fmadd_ps(load8(w, 1, k), _mm256_loadu_ps(x + k), a0);
+        a1 = _mm256_fmadd_ps(load8(w, 1, k + 8), _mm256_loadu_ps(x + k + 8), a1);
+    }
+    float t = hsum8(_mm256_add_ps(a0, a1));
+    for (; k < K; k++) {
+        union { uint32_t u; float f; } c = {(uint32_t)w[k] << 16};
+        t += c.f * x[k];
+    }
+    return t;
+}
+
+/* The input of a group of Linears: float rows, and their int8 blocks for the quantized kinds. */
+typedef struct {
+    const float *x;
+    int8_t *q;
+    float *d, *dsum;
+    int K;
+} act_t;
+
+static void quantize_act(act_t *a, int B) {
+    int nb = a->K / 32;
+    for (int b = 0; b < B; b++)
+        quantize_row(a->x, 0, (size_t)b * a->K, a->K, a->q + (size_t)b * a->K, a->d + (size_t)b * nb,
+                     a->dsum + (size_t)b * nb);
+}
+
+/* Row n of a Linear for every sequence b < B: v[b]. A quantized row's blocks are unpacked once
+ * per four sequences. */
+static inline void lin_rows(const efflm_lin *l, int n, const act_t *a, int B, float *v) {
+    int K = l->K, nb = K / 32;
+    for (int b = 0; b < B; b += 4) {
+        int T = B - b < 4 ? B - b : 4;
+        const int8_t *q = a->q + (size_t)b * K;
+        const float *d = a->d + (size_t)b * nb, *dsum = a->dsum + (size_t)b * nb;
+        if (l->kind == Q4) {
+            int G = K / l->group;
+            row_q4((const uint8_t *)l->w + (size_t)n * (K / 2), l->s + (size_t)n * G, l->z ? l->z + (size_t)n * G : NULL,
+                   l->group / 32, nb, l->half, T, q, d, dsum, K, v + b, 1);
+        } else if (l->kind == Q8) {
+            row_q8((const int8_t *)l->w + (size_t)n * K, nb, T, q, d, K, v + b, 1);
+            for (int t = 0; t < T; t++) v[b + t] *= _cvtsh_ss(l->s[n]);
+        } else {
+            for (int t = 0; t < T; t++) {
+                const float *x = a->x + (size_t)(b + t) * K;
+                v[b + t] = l->kind == DENSE_BF16 ? dot_bf16((const uint16_t *)l->w + (size_t)n * K, x, K)
+                                                 : dot_f32((const float *)l->w + (size_t)n * K, x, K);
+            }
+        }
+    }
+}
+
+/* The rows b0.. of an input. */
+static inline act_t act_at(const act_t *a, int b0) {
+    int nb = a->K / 32;
+    act_t r = {a->x + (size_t)b0 * a->K, a->q + (size_t)b0 * a->K, a->d + (size_t)b0 * nb, a->dsum + (size_t)b0 * nb,
+               a->K};
+    return r;
+}
+
+static inline int quantized(const efflm_lin *l) { return l->kind == Q4 || l->kind == Q8; }
+
+/* A Linear's output value as the reference path holds it: a packed kernel rounds its product to
+ * bf16 before the bias is added; a dense bf16 Linear rounds once, bias included. */
+static inline float finish(const efflm_lin *l, int n, float v, int bf16) {
+    if (l->bias) v = quantized(l) ? rnd(v, bf16) + l->bias[n] : v + l->bias[n];
+    return rnd(v, bf16);
+}
+
+enum { CHUNK = 64 };  /* rows of tokens per call of lin_rows */
+
+/* y_j[b, n] = lin_j(x[b]) for up to three Linears reading the same input, one parallel loop over all rows. */
+static void linears(const efflm_lin *const *ls, int nl, act_t *a, float *const *ys, int B, int bf16) {
+    int quant = 0, rows = 0, off[4];
+    for (int j = 0; j < nl; j++) {
+        quant |= quantized(ls[j]);
+        off[j] = rows;
+        rows += ls[j]->N;
+    }
+    off[nl] = rows;
+    if (quant) quantize_act(a, B);
+    #pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        int j = 0;
+        while (r >= off[j + 1]) j++;
+        const efflm_lin *l = ls[j];
+        int n = r - off[j];
+        float vals[CHUNK];
+        for (int b0 = 0; b0 < B; b0 += CHUNK) {
+            int m = B - b0 < CHUNK ? B - b0 : CHUNK;
+            act_t sub = act_at(a, b0);
+            lin_rows(l, n, &sub, m, vals);
+            for (int t = 0; t < m; t++) ys[j][(size_t)(b0 + t) * l->N + n] = finish(l, n, vals[t], bf16);
+        }
+    }
+}
+
+/* out[b, n] = silu(gate(x[b])[n]) * up(x[b])[n]: gate and up row n together, SiLU in the same loop. */
+static void gate_up(const efflm_lin *g, const efflm_lin *u, act_t *a, float *out, int B, int bf16) {
+    if (quantized(g) || quantized(u)) quantize_act(a, B);
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < g->N; n++) {
+        float gv[CHUNK], uv[CHUNK];
+        for (int b0 = 0; b0 < B; b0 += CHUNK) {
+            int m = B - b0 < CHUNK ? B - b0 : CHUNK;
+            act_t sub = act_at(a, b0);
+            lin_rows(g, n, &sub, m, gv);
+            lin_rows(u, n, &sub, m, uv);
+            for (int t = 0; t < m; t++) {
+                float gg = finish(g, n, gv[t], bf16), act = rnd(gg / (1.0f + expf(-gg)), bf16);
+                out[(size_t)(b0 + t) * g->N + n] = rnd(act * finish(u, n, uv[t], bf16), bf16);
+            }
+        }
+    }
+}
+
+static void rms_norm(const float *x, const float *w, float eps, int B, int D, float *out, int bf16) {
+    for (int b = 0; b < B; b++) {
+        const float *xb = x + (size_t)b * D;
+        float ss = 0.0f;
+        for (int i = 0; i < D; i++) ss += xb[i] * xb[i];
+        float r = 1.0f / sqrtf(ss / (float)D + eps);
+        for (int i = 0; i < D; i++) out[(size_t)b * D + i] = rnd(xb[i] * r * w[i], bf16);  /* one rounding, as torch does */
+    }
+}
+
+/* x [Dh] rotated in place by cos/sin [Dh] (HF Llama's half-split convention). */
+static void rope(float *x, const float *c, const float *s, int Dh) {
+    int h = Dh / 2;
+    float t[512];
+    for (int j = 0; j < Dh; j++) t[j] = x[j];
+    for (int j = 0; j < Dh; j++) {
+        float rot = j < h ? -t[j + h] : t[j - h];
+        float a = t[j] * c[j], bb = rot * s[j];
+        x[j] = a + bb;
+    }
+}
+
+/* Attention of every new token's query heads over its sequence's valid, causal slots. */
+static void attend(const efflm_step *st, int layer, const float *q, float *out) {
+    int B = st->B, T = st->T, Hq = st->Hq, H = st->H, Dh = st->Dh, S = st->S, G = Hq / H;
+    #pragma omp parallel
+    {
+        float *sc = malloc(sizeof(float) * (size_t)S), buf[512];
+        #pragma omp for schedule(static)
+        for (int rh = 0; rh < B * T * Hq; rh++) {
+            int r = rh / Hq, hq = rh % Hq, b = r / T, kvh = hq / G, n = st->slot + r % T + 1;
+            const float *qv = q + (size_t)r * Hq * Dh + (size_t)hq * Dh;
+            size_t row0 = (((size_t)layer * B + b) * H + kvh) * S;  /* cache row of slot 0 */
+            const uint8_t *ok = st->valid + ((size_t)b * H + kvh) * S;
+            float mx = -INFINITY, sum = 0.0f;
+            for (int s = 0; s < n; s++) {
+                int use = ok[s] || s == n - 1;  /* valid slots, and always its own (a pad query: no NaN) */
+                sc[s] = use ? dot_f32(cache_row(st, st->kc, st->ks, row0 + s, buf), qv, Dh) * st->scale : -INFINITY;
+                if (sc[s] > mx) mx = sc[s];
+            }
+            for (int s = 0; s < n; s++) {
+                sc[s] = sc[s] == -INFINITY ? 0.0f : expf(sc[s] - mx);
+                sum += sc[s];
+            }
+            float *o = out + (size_t)r * Hq * Dh + (size_t)hq * Dh;
+            for (int j = 0; j < Dh; j++) o[j] = 0.0f;
+            for (int s = 0; s < n; s++) {
+                if (sc[s] == 0.0f) continue;
+                float w = sc[s] / sum;
+                const float *vs = cache_row(st, st->vc, st->vs, row0 + s, buf);
+                for (int j = 0; j < Dh; j++) o[j] += w * vs[j];
+            }
+            for (int j = 0; j < Dh; j++) o[j] = rnd(o[j], st->bf16);
+        }
+        free(sc);
+    }
+}
+
+void efflm_decode_layers(const efflm_layer *layers, const efflm_step *st) {
+    int B = st->B * st->T, D = st->D, Hq = st->Hq, H = st->H, Dh = st->Dh, I = st->I, S = st->S, bf = st->bf16;
+    /* from here on B counts rows: every new token of every sequence */
+    int wide = D > I ? D : I;
+    if (Hq * Dh > wide) wide = Hq * Dh;
+    float *h = malloc(sizeof(float) * (size_t)B * wide);
+    float *q = malloc(sizeof(float) * (size_t)B * Hq * Dh), *att = malloc(sizeof(float) * (size_t)B * Hq * Dh);
+    float *k = malloc(sizeof(float) * (size_t)B * H * Dh), *v = malloc(sizeof(float) * (size_t)B * H * Dh);
+    float *gate = malloc(sizeof(float) * (size_t)B * I);  /* silu(gate) * up */
+    float *y = malloc(sizeof(float) * (size_t)B * D);
+    int8_t *q8 = malloc((size_t)B * wide);
+    float *d = malloc(sizeof(float) * (size_t)B * (wide / 32 + 1) * 2), *dsum = d + (size_t)B * (wide / 32 + 1);
+    for (int li = 0; li < st->L; li++) {
+        const efflm_layer *ly = layers + li;
+        const efflm_lin *qkv[3] = {&ly->lin[0], &ly->lin[1], &ly->lin[2]};
+        rms_norm(st->x, ly->norm1, ly->eps1, B, D, h, bf);
+        act_t a = {h, q8, d, dsum, D};
+        float *outs[3] = {q, k, v};
+        linears(qkv, 3, &a, outs, B, bf);
+        for (int r = 0; r < B; r++) {
+            const float *c = st->cos + (size_t)r * Dh, *s = st->sin + (size_t)r * Dh;
+            for (int hh = 0; hh < Hq; hh++) rope(q + ((size_t)r * Hq + hh) * Dh, c, s, Dh);
+            for (int hh = 0; hh < H; hh++) {
+                float *kk = k + ((size_t)r * H + hh) * Dh;
+                rope(kk, c, s, Dh);
+                size_t row = (((size_t)li * st->B + r / st->T) * H + hh) * S + st->slot + r % st->T;
+                cache_write(st, st->kc, st->ks, row, kk);
+                cache_write(st, st->vc, st->vs, row, v + ((size_t)r * H + hh) * Dh);
+            }
+        }
+        attend(st, li, q, att);
+        const efflm_lin *o[1] = {&ly->lin[3]};
+        act_t ao = {att, q8, d, dsum, Hq * Dh};
+        float *yo[1] = {y};
+        linears(o, 1, &ao, yo, B, bf);
+        for (size_t i = 0; i < (size_t)B * D; i++) st->x[i] = rnd(st->x[i] + y[i], bf);
+        rms_norm(st->x, ly->norm2, ly->eps2, B, D, h, bf);
+        int Il = ly->lin[4].N;  /* a structured-pruned layer may be narrower than I */
+        act_t am = {h, q8, d, dsum, D};
+        gate_up(&ly->lin[4], &ly->lin[5], &am, gate, B, bf);
+        const efflm_lin *dn[1] = {&ly->lin[6]};
+        act_t ad = {gate, q8, d, dsum, Il};
+        linears(dn, 1, &ad, yo, B, bf);
+        for (size_t i = 0; i < (size_t)B * D; i++) st->x[i] = rnd(st->x[i] + y[i], bf);
+    }
+    free(h); free(q); free(att); free(k); free(v); free(gate); free(y); free(q8); free(d);
+}

@@ -1,0 +1,122 @@
+/* The block arithmetic shared by efflm's CPU kernels (q4_cpu.c: the matmuls; decode_cpu.c: the
+ * fused decode step): activation quantization to int8 per block of 32 (llama.cpp's Q8_0) and the
+ * 4-bit block dot products. Included, not linked: every function is static inline.
+ */
+#ifndef EFFLM_Q4_BLOCKS_H
+#define EFFLM_Q4_BLOCKS_H
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_hadd_ps(s, s);
+    s = _mm_hadd_ps(s, s);
+    return _mm_cvtss_f32(s);
+}
+
+static inline __m256 load8(const void *x, int bf16, size_t i) {
+    if (!bf16) return _mm256_loadu_ps((const float *)x + i);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)x + i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+static inline uint16_t to_bf16(float v) {   /* round to nearest even (finite inputs) */
+    union { float f; uint32_t u; } c = {v};
+    return (uint16_t)((c.u + 0x7FFF + ((c.u >> 16) & 1)) >> 16);
+}
+
+static inline float round_bf16(float v) {
+    union { uint32_t u; float f; } c = {(uint32_t)to_bf16(v) << 16};
+    return c.f;
+}
+
+static inline void store1(void *y, int bf16, size_t i, float v) {
+    if (!bf16) ((float *)y)[i] = v;
+    else ((uint16_t *)y)[i] = to_bf16(v);
+}
+
+/* x [K] (fp32 or bf16) -> q [K] int8, per-32 scales d [K/32] and d * sum(q) per block. */
+static inline void quantize_row(const void *x, int bf16, size_t off, int K, int8_t *q, float *d, float *dsum) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int b = 0; b < K / 32; b++) {
+        __m256 v[4], mx = _mm256_setzero_ps();
+        for (int i = 0; i < 4; i++) {
+            v[i] = load8(x, bf16, off + (size_t)b * 32 + i * 8);
+            mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, v[i]));
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float amax = _mm_cvtss_f32(m4), scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+        __m256 iv = _mm256_set1_ps(inv);
+        __m256i n[4];
+        for (int i = 0; i < 4; i++) n[i] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[i], iv), _MM_ROUND_NEAREST));
+        __m256i s32 = _mm256_add_epi32(_mm256_add_epi32(n[0], n[1]), _mm256_add_epi32(n[2], n[3]));
+        __m256 sf = _mm256_cvtepi32_ps(s32);
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(n[0], n[1]), _mm256_packs_epi32(n[2], n[3]));
+        _mm256_storeu_si256((__m256i *)(q + b * 32), _mm256_permutevar8x32_epi32(p, perm));
+        d[b] = scale;
+        dsum[b] = scale * hsum8(sf);
+    }
+}
+
+/* 16 bytes -> the block's 32 codes as unsigned bytes 0..15 (low nibbles are codes 0..15). */
+static inline __m256i unpack_q4(const uint8_t *w) {
+    const __m128i low = _mm_set1_epi8(0x0F);
+    __m128i raw = _mm_loadu_si128((const __m128i *)w);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), low), _mm_and_si128(raw, low));
+}
+
+/* sum_i c_i * q_i over one block as 8 float partial sums: unsigned codes times signed int8
+ * (maddubs: 2 * 15 * 128 fits int16, no saturation). The -8 of the code offset is applied
+ * once per block through the activation block's sum (dsum), not per element. */
+static inline __m256 dot_u4(__m256i c, const int8_t *q) {
+    __m256i p = _mm256_maddubs_epi16(c, _mm256_loadu_si256((const __m256i *)q));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
+/* The constant part of block b's weights: w = c * s + o with o = -8 s (+ z + half * s when asymmetric). */
+static inline float offset_q4(const uint16_t *s, const uint16_t *z, int g, float half) {
+    float sg = _cvtsh_ss(s[g]);
+    return (z ? _cvtsh_ss(z[g]) + half * sg : 0.0f) - 8.0f * sg;
+}
+
+/* One 4-bit row against T <= 4 activation rows (row t at q + t K, d/dsum + t nb): each block is
+ * unpacked once for all of them. y[t * ys] = the row's output for activation row t. Each row is
+ * summed in the same order whatever T is, so a token's result does not depend on its neighbours
+ * (batched decode equals solo decode, a speculative verification equals one-token steps). */
+static inline void row_q4(const uint8_t *w, const uint16_t *s, const uint16_t *z, int bpg, int nb, float half,
+                          int T, const int8_t *q, const float *d, const float *dsum, int K, float *y, size_t ys) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    float cor[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int b = 0; b < nb; b++) {
+        __m256i c = unpack_q4(w + b * 16);
+        float sb = _cvtsh_ss(s[b / bpg]), ob = offset_q4(s, z, b / bpg, half);
+        for (int t = 0; t < T; t++) {
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(sb * d[t * nb + b]), dot_u4(c, q + (size_t)t * K + b * 32), acc[t]);
+            cor[t] += ob * dsum[t * nb + b];
+        }
+    }
+    for (int t = 0; t < T; t++) y[t * ys] = hsum8(acc[t]) + cor[t];
+}
+
+/* One int8 row (per-channel scale applied by the caller) against T <= 4 activation rows:
+ * sum_b d_b * (w_b . q_b), |w| computed once per block for all of them. */
+static inline void row_q8(const int8_t *w, int nb, int T, const int8_t *q, const float *d, int K, float *y, size_t ys) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int b = 0; b < nb; b++) {
+        __m256i wv = _mm256_loadu_si256((const __m256i *)(w + b * 32)), aw = _mm256_sign_epi8(wv, wv);
+        for (int t = 0; t < T; t++) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(q + (size_t)t * K + b * 32));
+            __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv)), ones);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d[t * nb + b]), _mm256_cvtepi32_ps(p), acc[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) y[t * ys] = hsum8(acc[t]);
+}
+
+#endif

@@ -1,0 +1,214 @@
+"""A fine-tuning run end to end (``efflm finetune``): check every input, load (and compress) the
+base, apply a fine-tuning method, train with checkpoints, write a peft-format adapter, a loss curve
+and, with ``db``, a results row measured like every bench row; and the recovery suite
+(``efflm bench --suite finetune``) that runs it once per compressed base."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import torch
+import yaml
+
+from efflm.core import recipe as recipes
+from efflm.core.atomic import atomic_write_bytes_from
+from efflm.core.errors import EfflmError
+from efflm.finetune.adapter import count_trainable, hooks_for
+from efflm.finetune.files import save_adapter
+from efflm.finetune.train import TrainConfig, TrainState, train
+from efflm.methods import MethodConfig, get
+from efflm.tune.checkpoints import base_identity, fingerprint_of, read_checkpoint, write_checkpoint
+from efflm.tune.data import EVAL_SEQ_LEN, EVAL_WINDOWS, evaluator, load_data
+
+
+def loss_png(state: TrainState, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, len(state.losses) + 1), state.losses, lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("train loss")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    atomic_write_bytes_from(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def finetune(
+    model_spec: str,
+    recipe: recipes.Recipe,
+    tune: MethodConfig,
+    cfg: TrainConfig,
+    data_spec: str,
+    out: str | Path,
+    resume: bool = False,
+    stop_at: int | None = None,
+    db: str | Path | None = None,
+) -> dict:
+    """Train ``tune`` on ``model_spec`` (after ``recipe``), write the adapter to ``out``; with
+    ``db``, measure the adapted model like a bench row and record it there."""
+    from efflm import pipeline
+    from efflm.core.registry import check_for_model
+    from efflm.eval.metrics import model_bytes, peak_rss_mb
+    from efflm.models.load import load_tokenizer
+
+    out = Path(out)
+    if out.exists() and not resume:
+        raise EfflmError(f"output exists: {out} (choose another --out, or --resume)")
+    if resume and not out.is_dir():
+        raise EfflmError(f"--resume: {out} is not a fine-tuning output directory")
+    hf_config = pipeline.validate(model_spec, recipe)
+    check_for_model(hf_config, tune)
+    tok = load_tokenizer(model_spec)
+    data = load_data(data_spec, tok, cfg)
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if cfg.batch % (cfg.grad_accum * world):
+        raise EfflmError(f"batch {cfg.batch} must divide into grad_accum {cfg.grad_accum} x {world} processes")
+    data.rank, data.world = rank, world
+    base = base_identity(model_spec, recipe)
+    fingerprint = fingerprint_of(base, tune, cfg, data)
+    blob = read_checkpoint(out, fingerprint) if resume else None
+
+    import time
+
+    t0 = time.perf_counter()
+    if db is not None:
+        from efflm.bench import db as results
+
+        results.connect(db).close()  # an unusable database fails now, not after training
+    model, tok = pipeline.load_and_apply(model_spec, recipe)
+    base_disk = _disk_bytes(model, tok, recipe) if db is not None else None
+    model = get(tune.method).apply(model, tune, None)
+    from efflm.finetune.files import is_adapter_tensor
+
+    # the base as trained on (QLoRA quantizes it inside its apply), without the adapter's tensors
+    base_bytes = model_bytes(model) - sum(
+        p.numel() * p.element_size() for n, p in model.named_parameters() if is_adapter_tensor(n)
+    )
+    hooks = hooks_for(tune.method)
+    state, opt_state = None, None
+    if blob is not None:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, t in blob["tensors"].items():
+                params[n].copy_(t)
+        state = TrainState(**blob["state"])
+        opt_state = {"optimizer": blob["optimizer"], "scheduler": blob["scheduler"]}
+        hooks.load_state_dict(blob["hooks"])
+
+    def checkpoint(st, opt, sched):
+        if rank == 0:
+            write_checkpoint(out, model, st, opt, sched, hooks, fingerprint)
+
+    evaluate = evaluator(data_spec, tok, final=False) if cfg.eval_every else None
+    prev = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        state = train(
+            model,
+            cfg,
+            data.batch_at,
+            hooks=hooks,
+            state=state,
+            optimizer_state=opt_state,
+            evaluate=evaluate,
+            on_checkpoint=checkpoint,
+            stop_at=stop_at,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, prev)
+    result = {"steps": state.step, "final_loss": state.losses[-1] if state.losses else None}
+    if state.step < cfg.steps:
+        return result  # stopped early: the checkpoint is the output
+    metrics = evaluator(data_spec, tok, final=True)(model)
+    n_train = count_trainable(model) or sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    result.update(
+        {
+            **metrics,
+            "trainable_params": n_train,
+            "train_tokens": state.tokens,
+            "train_tok_s": state.tokens / max(state.seconds, 1e-9),
+            "step_s": state.seconds / max(state.step - (blob["state"]["step"] if blob else 0), 1),
+            "peak_rss_mb": peak_rss_mb(),
+            "base_bytes": base_bytes,
+            "losses": state.losses,
+            "evals": state.evals,
+        }
+    )
+    if rank == 0:
+        meta = {
+            "base": base,
+            "train": cfg.to_dict(),
+            "data": data_spec,
+            "metrics": {k: v for k, v in result.items() if k != "losses"},
+            "losses": state.losses,
+        }
+        save_adapter(model, tune, out, meta, into_existing=True)
+        loss_png(state, out / "loss.png", f"{tune.label()} on {base['label']}")
+        if db is not None:
+            record(db, model_spec, recipe, tune, cfg, data_spec, model, tok, t0, base_disk, out, result)
+    return result
+
+
+def _disk_bytes(model, tok, recipe) -> int:
+    import tempfile
+
+    from efflm.io.save import dir_bytes, save
+
+    with tempfile.TemporaryDirectory(prefix="efflm-disk-") as tmp:
+        return dir_bytes(save(model, tok, Path(tmp) / "m", recipes.to_yaml(recipe)))
+
+
+def record(db, model_spec, recipe, tune, cfg, data_spec, model, tok, t0, base_disk, out, result) -> None:
+    """One results row for the adapted model, measured like every bench row (the adapter's file
+    counted in its disk bytes), with the training figures in ``extra``."""
+    from efflm.bench import db as results
+    from efflm.bench.worker import measure
+    from efflm.eval.env import environment
+
+    adapter_file = (out / "adapter_model.safetensors").stat().st_size
+    m = measure(model, tok, model_spec, t0, base_disk + adapter_file, EVAL_SEQ_LEN, EVAL_WINDOWS, 128, 32, 2)
+    m["peak_rss_mb"] = result["peak_rss_mb"]
+    full = recipe + [tune]
+    label = f"{recipes.label(full)} [{data_spec}, {cfg.steps} steps]"
+    extra = {k: v for k, v in result.items() if k not in results.METRICS and k not in ("losses", "evals")}
+    extra.update({"adapter_bytes": adapter_file, "train": cfg.to_dict(), "data": data_spec})
+    families = ",".join(sorted({get(c.method).family for c in full}))
+    recipe_text = recipes.to_yaml(full) + yaml.safe_dump({"train": cfg.to_dict(), "data": data_spec})
+    conn = results.connect(db)
+    try:
+        results.insert(conn, status="ok", model=model_spec, label=label, recipe=recipe_text, families=families,
+                       model_hash=m.get("model_hash"), metrics=m, env=environment(), extra=extra)  # fmt: skip
+    finally:
+        conn.close()
+
+
+RECOVERY_TUNE = {"method": "lora", "r": 8, "alpha": 16.0}
+RECOVERY_TRAIN = {"steps": 100, "batch": 4, "seq_len": 128, "lr": 1e-3, "warmup": 10}
+
+
+def recovery_suite(model_spec: str, bases: list[recipes.Recipe], db: Path) -> None:
+    """``efflm bench --suite finetune``: the same LoRA trained on each compressed base (``efflm
+    finetune --data domain``, one process each, so peak RSS is each run's own); each a results row."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from efflm.core.progress import progress
+
+    with tempfile.TemporaryDirectory(prefix="efflm-recovery-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "tune.yaml").write_text(yaml.safe_dump({**RECOVERY_TUNE, "train": RECOVERY_TRAIN}))
+        for i, base in enumerate(progress(bases, desc="finetune suite", total=len(bases), leave=True)):
+            (tmp / f"base{i}.yaml").write_text(recipes.to_yaml(base))
+            cmd = [sys.executable, "-m", "efflm.cli", "finetune", "--model", model_spec, "--recipe",
+                   str(tmp / f"base{i}.yaml"), "--method-recipe", str(tmp / "tune.yaml"), "--data", "domain",
+                   "--out", str(tmp / f"out{i}"), "--db", str(db)]  # fmt: skip
+            code = subprocess.run(cmd).returncode
+            status = "ok" if code == 0 else f"FAILED (exit {code})"
+            print(f"  {recipes.label(base)} + lora: {status}", file=sys.stderr, flush=True)
