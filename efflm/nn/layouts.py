@@ -1,7 +1,7 @@
 """Storage layouts of ``QuantLinear``'s integer codes: one class each, chosen once per module.
 
 * ``Nibble``: two 2..4-bit codes per byte — the file layout for those widths;
-* ``Q4Blocks``: the same bytes in 32-input blocks (llama.cpp's Q4_0 order) for efflm's own
+* ``Q4Blocks``: the same bytes in pairs of 32-input blocks (``q4_kernel.to_blocks``) for efflm's own
   AVX2 kernel (``q4_kernel``), used in bf16 when the group size is a multiple of 32 and the
   kernel runs on this machine;
 * ``Int4Pack``: the order of torch's int4 CPU kernel (bf16, group sizes 32..256), with the
@@ -132,10 +132,10 @@ def portable(bits: int, symmetric: bool) -> Layout:
     return Nibble() if bits <= 4 else (SignedInt8() if symmetric else UInt8())
 
 
-def for_compute(bits: int, symmetric: bool, group_size: int, dtype: torch.dtype) -> Layout:
+def for_compute(bits: int, symmetric: bool, group_size: int, dtype: torch.dtype, in_features: int = 0) -> Layout:
     """The layout a module computing in ``dtype`` keeps in memory (a kernel's, where one applies)."""
     if bits <= 4 and dtype == torch.bfloat16:
-        if group_size % 32 == 0 and q4_kernel.available():
+        if group_size % 32 == 0 and in_features <= q4_kernel.MAX_IN and q4_kernel.available():
             return Q4Blocks()
         if group_size in kernels.INT4_GROUPS:
             return Int4Pack()

@@ -63,7 +63,7 @@ static inline void quantize_row(const void *x, int bf16, size_t off, int K, int8
     }
 }
 
-/* 16 bytes -> the block's 32 codes as unsigned bytes 0..15 (low nibbles are codes 0..15). */
+/* An odd last block, 16 bytes in llama.cpp's Q4_0 order -> its 32 codes as unsigned bytes 0..15. */
 static inline __m256i unpack_q4(const uint8_t *w) {
     const __m128i low = _mm_set1_epi8(0x0F);
     __m128i raw = _mm_loadu_si128((const __m128i *)w);
@@ -71,36 +71,70 @@ static inline __m256i unpack_q4(const uint8_t *w) {
 }
 
 /* sum_i c_i * q_i over one block as 8 float partial sums: unsigned codes times signed int8
- * (maddubs: 2 * 15 * 128 fits int16, no saturation). The -8 of the code offset is applied
+ * (maddubs: 2 * 15 * 127 fits int16, no saturation). The -8 of the code offset is applied
  * once per block through the activation block's sum (dsum), not per element. */
 static inline __m256 dot_u4(__m256i c, const int8_t *q) {
     __m256i p = _mm256_maddubs_epi16(c, _mm256_loadu_si256((const __m256i *)q));
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
 }
 
-/* The constant part of block b's weights: w = c * s + o with o = -8 s (+ z + half * s when asymmetric). */
-static inline float offset_q4(const uint16_t *s, const uint16_t *z, int g, float half) {
-    float sg = _cvtsh_ss(s[g]);
-    return (z ? _cvtsh_ss(z[g]) + half * sg : 0.0f) - 8.0f * sg;
-}
+enum { MAXB = 512 };  /* blocks per row handled on the stack (K <= 16384) */
 
-/* One 4-bit row against T <= 4 activation rows (row t at q + t K, d/dsum + t nb): each block is
- * unpacked once for all of them. y[t * ys] = the row's output for activation row t. Each row is
- * summed in the same order whatever T is, so a token's result does not depend on its neighbours
- * (batched decode equals solo decode, a speculative verification equals one-token steps). */
+/* One 4-bit row against T <= 4 int8 activation rows (row t at q + t K, d/dsum + t nb):
+ *   y_t = sum_b s_b d_tb (c_b . q_tb) + sum_b o_b dsum_tb,  o_b = -8 s_b (+ z_b + half s_b)
+ * Weights come in pairs of blocks (q4_kernel.to_blocks): one 32-byte load and two masks give both
+ * blocks' codes, each pair unpacked once for all T rows. The scale products s_b d_tb and the offset
+ * term are computed 8 blocks at a time before the loop. Each row is summed in the same order
+ * whatever T is, so a token's result does not depend on its neighbours (batched decode equals
+ * solo decode; a speculative verification equals one-token steps). y[t * ys] = row t's output. */
 static inline void row_q4(const uint8_t *w, const uint16_t *s, const uint16_t *z, int bpg, int nb, float half,
                           int T, const int8_t *q, const float *d, const float *dsum, int K, float *y, size_t ys) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    float cor[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int b = 0; b < nb; b++) {
-        __m256i c = unpack_q4(w + b * 16);
-        float sb = _cvtsh_ss(s[b / bpg]), ob = offset_q4(s, z, b / bpg, half);
+    float sf[MAXB], of[MAXB], sd[4][MAXB], cor[4];
+    int b = 0;
+    if (bpg == 1)
+        for (; b + 8 <= nb; b += 8) _mm256_storeu_ps(sf + b, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + b))));
+    for (; b < nb; b++) sf[b] = _cvtsh_ss(s[b / bpg]);
+    const float *o = sf;  /* symmetric: o_b = -8 s_b, the -8 applied to the sum (exact) */
+    if (z) {
+        for (b = 0; b < nb; b++) of[b] = (_cvtsh_ss(z[b / bpg]) + half * sf[b]) - 8.0f * sf[b];
+        o = of;
+    }
+    for (int t = 0; t < T; t++) {
+        const float *dt = d + (size_t)t * nb, *st = dsum + (size_t)t * nb;
+        __m256 c8 = _mm256_setzero_ps();
+        float tail = 0.0f;
+        for (b = 0; b + 8 <= nb; b += 8) {
+            _mm256_storeu_ps(sd[t] + b, _mm256_mul_ps(_mm256_loadu_ps(sf + b), _mm256_loadu_ps(dt + b)));
+            c8 = _mm256_fmadd_ps(_mm256_loadu_ps(o + b), _mm256_loadu_ps(st + b), c8);
+        }
+        for (; b < nb; b++) {
+            sd[t][b] = sf[b] * dt[b];
+            tail += o[b] * st[b];
+        }
+        cor[t] = (hsum8(c8) + tail) * (z ? 1.0f : -8.0f);
+    }
+    const __m256i m = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    __m256 a0[4], a1[4];
+    for (int t = 0; t < T; t++) a0[t] = a1[t] = _mm256_setzero_ps();
+    int pairs = nb / 2 * 2;
+    for (b = 0; b < pairs; b += 2) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(w + (size_t)b * 16));
+        __m256i c0 = _mm256_and_si256(v, m), c1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
         for (int t = 0; t < T; t++) {
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(sb * d[t * nb + b]), dot_u4(c, q + (size_t)t * K + b * 32), acc[t]);
-            cor[t] += ob * dsum[t * nb + b];
+            const int8_t *qt = q + (size_t)t * K + (size_t)b * 32;
+            __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(c0, _mm256_loadu_si256((const __m256i *)qt)), ones);
+            __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(c1, _mm256_loadu_si256((const __m256i *)(qt + 32))), ones);
+            a0[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(sd[t] + b), _mm256_cvtepi32_ps(p0), a0[t]);
+            a1[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(sd[t] + b + 1), _mm256_cvtepi32_ps(p1), a1[t]);
         }
     }
-    for (int t = 0; t < T; t++) y[t * ys] = hsum8(acc[t]) + cor[t];
+    if (nb % 2) {
+        __m256i c = unpack_q4(w + (size_t)pairs * 16);
+        for (int t = 0; t < T; t++)
+            a0[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(sd[t] + pairs), dot_u4(c, q + (size_t)t * K + (size_t)pairs * 32),
+                                    a0[t]);
+    }
+    for (int t = 0; t < T; t++) y[t * ys] = hsum8(_mm256_add_ps(a0[t], a1[t])) + cor[t];
 }
 
 /* One int8 row (per-channel scale applied by the caller) against T <= 4 activation rows:

@@ -7,8 +7,9 @@ The C files are compiled once per machine into one library in efflm's cache dir 
 after torch, so their OpenMP loops run on torch's own thread pool. Where there is no compiler, no x86 AVX2/FMA/F16C, or
 ``EFFLM_Q4_KERNEL=0``, ``available()`` is False and ``QuantLinear`` keeps torch's kernels.
 
-Block layout (``to_blocks``): per output row, per 32 inputs, 16 bytes; byte j holds code j
-(low nibble) and code j + 16 (high nibble) — llama.cpp's Q4_0 order. Activations are
+Block layout (``to_blocks``): per output row, 16 bytes per 32 inputs, stored in pairs of blocks:
+byte j of a pair holds code j of the first block (low nibble) and code j of the second (high
+nibble); an odd last block is in llama.cpp's Q4_0 order. Files keep the portable nibble layout. Activations are
 quantized to int8 per 32 inputs inside the kernel (llama.cpp's Q8_0 scheme), which is the
 difference from a bf16 matmul: a relative error of about 0.4% per block's dot product.
 """
@@ -31,6 +32,7 @@ from efflm.core.paths import cache_dir
 HERE = Path(__file__).parent
 SOURCES = [HERE / "q4_cpu.c", HERE / "decode_cpu.c"]  # one library; both include q4_blocks.h
 HEADERS = [HERE / "q4_blocks.h"]
+MAX_IN = 32 * 512  # in_features the q4 kernel takes (q4_blocks.h: MAXB blocks per row)
 _LIB: list = [None]  # the loaded library, for the hot path (no lookup per call)
 # no FMA contraction: each multiply and add rounds as torch's elementwise ops do (decode_cpu.c)
 FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC"]
@@ -100,16 +102,35 @@ def available() -> bool:
 
 
 def to_blocks(codes: torch.Tensor) -> torch.Tensor:
-    """uint8 nibble codes [N, K] (0..15, centred on 8) -> [N, K/2] in the kernel's block order."""
+    """uint8 nibble codes [N, K] (0..15, centred on 8) -> [N, K/2] in the kernel's order: per pair of
+    32-input blocks, 32 bytes whose low nibbles are the first block's codes and high nibbles the
+    second's (one 32-byte load and two masks unpack both); an odd last block keeps llama.cpp's
+    Q4_0 order (code j low, code j + 16 high)."""
     n, k = codes.shape
-    c = codes.to(torch.uint8).reshape(n, k // 32, 2, 16)
-    return (c[:, :, 0] | (c[:, :, 1] << 4)).reshape(n, k // 2).contiguous()
+    c = codes.to(torch.uint8)
+    nb = k // 32
+    pairs = nb // 2 * 2
+    out = []
+    if pairs:
+        p = c[:, : pairs * 32].reshape(n, pairs // 2, 2, 32)
+        out.append((p[:, :, 0] | (p[:, :, 1] << 4)).reshape(n, pairs * 16))
+    if nb % 2:
+        last = c[:, pairs * 32 :].reshape(n, 2, 16)
+        out.append(last[:, 0] | (last[:, 1] << 4))
+    return torch.cat(out, dim=1).contiguous()
 
 
 def from_blocks(blocks: torch.Tensor, k: int) -> torch.Tensor:
-    n = blocks.shape[0]
-    b = blocks.reshape(n, k // 32, 1, 16)
-    return torch.cat([b & 0x0F, b >> 4], dim=2).reshape(n, k)
+    n, nb = blocks.shape[0], k // 32
+    pairs = nb // 2 * 2
+    out = []
+    if pairs:
+        b = blocks[:, : pairs * 16].reshape(n, pairs // 2, 1, 32)
+        out.append(torch.cat([b & 0x0F, b >> 4], dim=2).reshape(n, pairs * 32))
+    if nb % 2:
+        last = blocks[:, pairs * 16 :].reshape(n, 1, 16)
+        out.append(torch.cat([last & 0x0F, last >> 4], dim=1).reshape(n, 32))
+    return torch.cat(out, dim=1)
 
 
 def _io(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, int]:

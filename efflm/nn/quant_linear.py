@@ -71,7 +71,7 @@ class QuantLinear(nn.Module):
     # --- storage ---------------------------------------------------------------------------
     def _relayout(self) -> None:
         """Move the codes into the layout the compute dtype wants (same codes either way)."""
-        want = layouts.for_compute(self.bits, self.symmetric, self.group_size, self.compute_dtype)
+        want = layouts.for_compute(self.bits, self.symmetric, self.group_size, self.compute_dtype, self.in_features)
         if type(want) is not type(self.layout):
             codes = self.codes()
             self.layout = want
