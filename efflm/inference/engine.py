@@ -164,7 +164,7 @@ class Engine:
         else:
             qpos = (self.pos[:, None] + valid.long().cumsum(1) - 1).clamp(min=0)
         cos, sin = self.rotary(x.float(), qpos)
-        if self.fast is not None and self.fast.accepts(cache):
+        if self.fast is not None and self.fast.takes(B * T, cache):
             x = self.fast.run(x, cos, sin, cache)  # every layer in one C call
         else:
             for i in range(len(self.layers)):

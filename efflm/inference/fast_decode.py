@@ -85,9 +85,13 @@ def _eps(norm: torch.nn.Module) -> float:
     return float(getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6))
 
 
+DENSE_MAX_ROWS = 16  # a dense model's longer steps (prefill) go to torch's GEMMs, faster there (measured)
+
+
 class FastDecode:
-    def __init__(self, engine: Any, layers: list, keep: list, widest: int):
+    def __init__(self, engine: Any, layers: list, keep: list, widest: int, dense: bool = False):
         self.engine = engine
+        self.max_rows = DENSE_MAX_ROWS if dense else None  # tokens per step it takes (None: any)
         self.layers = (Layer * len(layers))(*layers)
         self.keep = keep  # the fp32 copies the structs point into
         self.widest = widest
@@ -107,7 +111,7 @@ class FastDecode:
                 raise Unsupported("prompt-side adapters")
             if engine.head_dim > 512 or engine.head_dim % 2:
                 raise Unsupported(f"head_dim {engine.head_dim}")
-            keep, layers, widest = [], [], 0
+            keep, layers, widest, dense = [], [], 0, False
             for mods in engine.mods:
                 norm1, norm2, q, k, v, o, mlp = mods
                 lins = [q, k, v, o] + [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
@@ -122,11 +126,16 @@ class FastDecode:
                 ):
                     raise Unsupported("per-layer attention widths that differ from the config's")
                 widest = max(widest, described[4].N)
+                dense = dense or any(d.kind in (DENSE_F32, DENSE_BF16) for d in described)
                 layers.append(Layer((Lin * 7)(*described), norms[0].data_ptr(), norms[1].data_ptr(), _eps(norm1),
                                     _eps(norm2)))  # fmt: skip
         except Unsupported as e:
             return None, str(e)
-        return cls(engine, layers, keep, widest), ""
+        return cls(engine, layers, keep, widest, dense), ""
+
+    def takes(self, rows: int, cache: KVCache) -> bool:
+        """Whether a step of ``rows`` tokens (batch × new tokens) over ``cache`` runs here."""
+        return (self.max_rows is None or rows <= self.max_rows) and self.accepts(cache)
 
     @staticmethod
     def accepts(cache: KVCache) -> bool:

@@ -11,9 +11,8 @@
 
 static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_hadd_ps(s, s);
-    s = _mm_hadd_ps(s, s);
-    return _mm_cvtss_f32(s);
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 
 static inline __m256 load8(const void *x, int bf16, size_t i) {
@@ -87,8 +86,10 @@ enum { MAXB = 512 };  /* blocks per row handled on the stack (K <= 16384) */
  * term are computed 8 blocks at a time before the loop. Each row is summed in the same order
  * whatever T is, so a token's result does not depend on its neighbours (batched decode equals
  * solo decode; a speculative verification equals one-token steps). y[t * ys] = row t's output. */
-static inline void row_q4(const uint8_t *w, const uint16_t *s, const uint16_t *z, int bpg, int nb, float half,
-                          int T, const int8_t *q, const float *d, const float *dsum, int K, float *y, size_t ys) {
+static inline __attribute__((always_inline)) void row_q4_t(const uint8_t *w, const uint16_t *s, const uint16_t *z,
+                                                            int bpg, int nb, float half, const int T, const int8_t *q,
+                                                            const float *d, const float *dsum, int K, float *y,
+                                                            size_t ys) {
     float sf[MAXB], of[MAXB], sd[4][MAXB], cor[4];
     int b = 0;
     if (bpg == 1)
@@ -137,9 +138,21 @@ static inline void row_q4(const uint8_t *w, const uint16_t *s, const uint16_t *z
     for (int t = 0; t < T; t++) y[t * ys] = hsum8(_mm256_add_ps(a0[t], a1[t])) + cor[t];
 }
 
+/* row_q4_t with T a compile-time constant (its loops over T unrolled, accumulators in registers). */
+static inline void row_q4(const uint8_t *w, const uint16_t *s, const uint16_t *z, int bpg, int nb, float half, int T,
+                          const int8_t *q, const float *d, const float *dsum, int K, float *y, size_t ys) {
+    switch (T) {
+    case 1: row_q4_t(w, s, z, bpg, nb, half, 1, q, d, dsum, K, y, ys); break;
+    case 2: row_q4_t(w, s, z, bpg, nb, half, 2, q, d, dsum, K, y, ys); break;
+    case 3: row_q4_t(w, s, z, bpg, nb, half, 3, q, d, dsum, K, y, ys); break;
+    default: row_q4_t(w, s, z, bpg, nb, half, 4, q, d, dsum, K, y, ys); break;
+    }
+}
+
 /* One int8 row (per-channel scale applied by the caller) against T <= 4 activation rows:
  * sum_b d_b * (w_b . q_b), |w| computed once per block for all of them. */
-static inline void row_q8(const int8_t *w, int nb, int T, const int8_t *q, const float *d, int K, float *y, size_t ys) {
+static inline __attribute__((always_inline)) void row_q8_t(const int8_t *w, int nb, const int T, const int8_t *q,
+                                                            const float *d, int K, float *y, size_t ys) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int b = 0; b < nb; b++) {
@@ -151,6 +164,15 @@ static inline void row_q8(const int8_t *w, int nb, int T, const int8_t *q, const
         }
     }
     for (int t = 0; t < T; t++) y[t * ys] = hsum8(acc[t]);
+}
+
+static inline void row_q8(const int8_t *w, int nb, int T, const int8_t *q, const float *d, int K, float *y, size_t ys) {
+    switch (T) {
+    case 1: row_q8_t(w, nb, 1, q, d, K, y, ys); break;
+    case 2: row_q8_t(w, nb, 2, q, d, K, y, ys); break;
+    case 3: row_q8_t(w, nb, 3, q, d, K, y, ys); break;
+    default: row_q8_t(w, nb, 4, q, d, K, y, ys); break;
+    }
 }
 
 #endif
