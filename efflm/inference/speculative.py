@@ -97,18 +97,35 @@ def check_compatible(target: Any, draft: Any, tok: Any = None, draft_tok: Any = 
 class DraftLength:
     """Adaptive draft length (the heuristic of transformers' assisted generation): after a fully
     accepted draft propose two more next time, after a rejection one fewer, within [1, k_max].
-    Where drafts keep failing, each verification is then only 2 tokens: on the fused step about
-    the cost of a plain one."""
+    A one-token draft rejected outright pauses drafting for 1, 2, 4 ... 16 plain steps (doubling
+    while such failures repeat, reset by a fully accepted draft), so text with nothing to copy
+    costs about what plain decoding costs."""
 
     k_max: int
     k: int = 0
+    pause: int = 0  # plain steps left before the next draft
+    backoff: int = 0  # the length of the next pause
 
     def __post_init__(self) -> None:
         self.k = self.k or self.k_max
 
+    def allowed(self) -> int:
+        """Tokens to draft this step (0 while paused)."""
+        if self.pause:
+            self.pause -= 1
+            return 0
+        return self.k
+
     def update(self, proposed: int, accepted: int) -> None:
-        if proposed:
-            self.k = min(self.k_max, self.k + 2) if accepted == proposed else max(1, self.k - 1)
+        if not proposed:
+            return
+        if accepted == proposed:
+            self.k, self.backoff = min(self.k_max, self.k + 2), 0
+            return
+        self.k = max(1, self.k - 1)
+        if accepted == 0 and self.k == 1:
+            self.backoff = min(16, max(1, 2 * self.backoff))
+            self.pause = self.backoff
 
 
 @dataclass
@@ -151,17 +168,24 @@ def speculative_ids(
         de.start(1, total)
     gen, stats, timing = generator(cfg), SpecStats(), Timing()
     length = DraftLength(k)
-    ctx, out, first = list(prompt), [], 0
-    t0 = time.perf_counter()
-    if len(ctx) > 1:
-        head = torch.tensor([ctx[:-1]])
-        te.feed(head)
-        if de is not None:
-            de.feed(head)
+    ctx, out = list(prompt), []
     budget = cfg.max_new_tokens
-    while len(out) < budget:
+    t0 = time.perf_counter()
+    # the whole prompt and the first token exactly as plain decoding does them (same steps, same numbers)
+    logits = te.feed(torch.tensor([ctx]))[0, -1]
+    if de is not None:
+        de.feed(torch.tensor([ctx]))
+    x = int(logits.argmax()) if cfg.greedy else int(draw(probs(logits, cfg), gen))
+    stop = x == eos
+    if not stop:
+        out.append(x)
+        ctx.append(x)
+        stop = (on_token is not None and on_token(x)) or len(out) >= budget
+    first = len(out)  # the decode clock counts only the tokens after the first, as the plain path does
+    timing.ttft_s, t0 = time.perf_counter() - t0, time.perf_counter()
+    while not stop and len(out) < budget:
         n_cached = len(ctx) - 1
-        room = min(length.k if adaptive else k, budget - len(out) - 1)
+        room = min(length.allowed() if adaptive else k, budget - len(out) - 1)
         if de is not None and room > 0:
             drafted, qs = [], []
             x = ctx[-1]
@@ -195,9 +219,6 @@ def speculative_ids(
             if (on_token is not None and on_token(t)) or len(out) >= budget:
                 stop = True
                 break
-        if out and not first:  # the decode clock starts when the first step's tokens are out,
-            first = len(out)  # and counts only the tokens after them (as the plain path does)
-            timing.ttft_s, t0 = time.perf_counter() - t0, time.perf_counter()
         if stop:
             break
         if de is not None and de.cache.length < len(ctx) - 1:  # the draft catches up to ctx[:-1]

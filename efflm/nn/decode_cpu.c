@@ -120,19 +120,37 @@ static inline float dot_f32(const float *w, const float *x, int K) {
     return t;
 }
 
-static inline float dot_bf16(const uint16_t *w, const float *x, int K) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+/* One dense row (fp32 or bf16 weights) against T <= 4 float rows x + t K: each 16 weights loaded
+ * (and widened) once for all of them; every row summed in dot_f32's order whatever T is. */
+static inline __attribute__((always_inline)) void dense_rows_t(const void *w, int bf16w, const float *x, int K,
+                                                               const int T, float *y) {
+    __m256 a0[4], a1[4];
+    for (int t = 0; t < T; t++) a0[t] = a1[t] = _mm256_setzero_ps();
     int k = 0;
     for (; k + 16 <= K; k += 16) {
-        a0 = _mm256_fmadd_ps(load8(w, 1, k), _mm256_loadu_ps(x + k), a0);
-        a1 = _mm256_fmadd_ps(load8(w, 1, k + 8), _mm256_loadu_ps(x + k + 8), a1);
+        __m256 w0 = load8(w, bf16w, k), w1 = load8(w, bf16w, k + 8);
+        for (int t = 0; t < T; t++) {
+            a0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + (size_t)t * K + k), a0[t]);
+            a1[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + (size_t)t * K + k + 8), a1[t]);
+        }
     }
-    float t = hsum8(_mm256_add_ps(a0, a1));
-    for (; k < K; k++) {
-        union { uint32_t u; float f; } c = {(uint32_t)w[k] << 16};
-        t += c.f * x[k];
+    for (int t = 0; t < T; t++) {
+        float v = hsum8(_mm256_add_ps(a0[t], a1[t]));
+        for (int j = k; j < K; j++) {
+            union { uint32_t u; float f; } c = {(uint32_t)((const uint16_t *)w)[j] << 16};
+            v += (bf16w ? c.f : ((const float *)w)[j]) * x[(size_t)t * K + j];
+        }
+        y[t] = v;
     }
-    return t;
+}
+
+static inline void dense_rows(const void *w, int bf16w, const float *x, int K, int T, float *y) {
+    switch (T) {
+    case 1: dense_rows_t(w, bf16w, x, K, 1, y); break;
+    case 2: dense_rows_t(w, bf16w, x, K, 2, y); break;
+    case 3: dense_rows_t(w, bf16w, x, K, 3, y); break;
+    default: dense_rows_t(w, bf16w, x, K, 4, y); break;
+    }
 }
 
 /* The input of a group of Linears: float rows, and their int8 blocks for the quantized kinds. */
@@ -166,11 +184,8 @@ static inline void lin_rows(const efflm_lin *l, int n, const act_t *a, int B, fl
             row_q8((const int8_t *)l->w + (size_t)n * K, nb, T, q, d, K, v + b, 1);
             for (int t = 0; t < T; t++) v[b + t] *= _cvtsh_ss(l->s[n]);
         } else {
-            for (int t = 0; t < T; t++) {
-                const float *x = a->x + (size_t)(b + t) * K;
-                v[b + t] = l->kind == DENSE_BF16 ? dot_bf16((const uint16_t *)l->w + (size_t)n * K, x, K)
-                                                 : dot_f32((const float *)l->w + (size_t)n * K, x, K);
-            }
+            int bw = l->kind == DENSE_BF16;
+            dense_rows((const char *)l->w + (size_t)n * K * (bw ? 2 : 4), bw, a->x + (size_t)b * K, K, T, v + b);
         }
     }
 }

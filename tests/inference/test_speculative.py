@@ -115,17 +115,28 @@ def test_prompt_lookup():
     assert lookup([1, 2, 3], 2) == []
 
 
-def test_draft_length_follows_acceptance():
+def test_draft_length_follows_acceptance_and_backs_off():
     d = DraftLength(8, 4)
     d.update(4, 4)
-    assert d.k == 6  # all accepted: two more
+    assert d.allowed() == 6  # all accepted: two more
     d.update(6, 6)
-    assert d.k == 8  # capped at k_max
-    for _ in range(20):
-        d.update(d.k, 0)
-    assert d.k == 1  # never below one
+    assert d.allowed() == 8  # capped at k_max
+    for _ in range(7):
+        d.update(d.k, 1)  # partly accepted: one fewer, no pause
+    assert d.k == 1 and d.pause == 0
     d.update(0, 0)
-    assert d.k == 1  # nothing proposed: unchanged
+    assert d.k == 1 and d.pause == 0  # nothing proposed: unchanged
+    pauses = []
+    for _ in range(6):  # one-token drafts rejected outright: pauses of 1, 2, 4, 8, 16, 16 plain steps
+        d.update(1, 0)
+        n = 0
+        while d.allowed() == 0:
+            n += 1
+        pauses.append(n)
+    assert pauses == [1, 2, 4, 8, 16, 16]
+    d.update(1, 1)  # a fully accepted draft resets the back-off
+    d.update(3, 0)
+    assert d.pause == 0 and d.k == 2
 
 
 @pytest.mark.parametrize("drafter", ["lookup", "first-layer"])
@@ -159,8 +170,8 @@ def test_text_interface_stop_and_stream(sharp):
 def test_decode_clock_counts_only_tokens_after_the_first_step(sharp, prompt):
     model, _ = sharp
     got, timing, stats = speculative_ids(model, prompt, SamplingConfig(max_new_tokens=20), draft=model, k=4)
-    # drafting with itself, the first step yields k + 1 = 5 tokens: TTFT covers them, decode the other 15
-    assert len(got) == 20 and timing.new_tokens == 15 and timing.ttft_s > 0 and timing.decode_s > 0
+    # as on the plain path: TTFT covers the prefill and the first token, decode the other 19
+    assert len(got) == 20 and timing.new_tokens == 19 and timing.ttft_s > 0 and timing.decode_s > 0
 
 
 def test_draft_with_another_vocabulary_is_refused(tiny):
