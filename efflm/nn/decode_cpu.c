@@ -17,6 +17,7 @@
 #include "q4_blocks.h"
 
 enum { DENSE_F32 = 0, DENSE_BF16 = 1, Q4 = 4, Q8 = 8 };
+enum { PAR_ROWS = 8 };  /* per-token loops (norms, quantization, RoPE, residuals) go parallel from this many rows */
 
 typedef struct {
     int kind, N, K, group;
@@ -163,6 +164,7 @@ typedef struct {
 
 static void quantize_act(act_t *a, int B) {
     int nb = a->K / 32;
+    #pragma omp parallel for schedule(static) if (B >= PAR_ROWS)
     for (int b = 0; b < B; b++)
         quantize_row(a->x, 0, (size_t)b * a->K, a->K, a->q + (size_t)b * a->K, a->d + (size_t)b * nb,
                      a->dsum + (size_t)b * nb);
@@ -267,6 +269,7 @@ static void gate_up(const efflm_lin *g, const efflm_lin *u, act_t *a, float *out
 }
 
 static void rms_norm(const float *x, const float *w, float eps, int B, int D, float *out, int bf16) {
+    #pragma omp parallel for schedule(static) if (B >= PAR_ROWS)
     for (int b = 0; b < B; b++) {
         const float *xb = x + (size_t)b * D;
         float ss = 0.0f;
@@ -357,6 +360,7 @@ void efflm_decode_layers(const efflm_layer *layers, const efflm_step *st) {
         act_t a = {h, q8, d, dsum, D};
         float *outs[3] = {q, k, v};
         linears(qkv, 3, &a, outs, B, bf);
+        #pragma omp parallel for schedule(static) if (B >= PAR_ROWS)
         for (int r = 0; r < B; r++) {
             const float *c = st->cos + (size_t)r * Dh, *s = st->sin + (size_t)r * Dh;
             for (int hh = 0; hh < Hq; hh++) rope(q + ((size_t)r * Hq + hh) * Dh, c, s, Dh);
@@ -373,6 +377,7 @@ void efflm_decode_layers(const efflm_layer *layers, const efflm_step *st) {
         act_t ao = {att, q8, d, dsum, Hq * Dh};
         float *yo[1] = {y};
         linears(o, 1, &ao, yo, B, bf);
+        #pragma omp parallel for schedule(static) if (B >= PAR_ROWS)
         for (size_t i = 0; i < (size_t)B * D; i++) st->x[i] = rnd(st->x[i] + y[i], bf);
         rms_norm(st->x, ly->norm2, ly->eps2, B, D, h, bf);
         int Il = ly->lin[4].N;  /* a structured-pruned layer may be narrower than I */
@@ -381,6 +386,7 @@ void efflm_decode_layers(const efflm_layer *layers, const efflm_step *st) {
         const efflm_lin *dn[1] = {&ly->lin[6]};
         act_t ad = {gate, q8, d, dsum, Il};
         linears(dn, 1, &ad, yo, B, bf);
+        #pragma omp parallel for schedule(static) if (B >= PAR_ROWS)
         for (size_t i = 0; i < (size_t)B * D; i++) st->x[i] = rnd(st->x[i] + y[i], bf);
     }
     free(h); free(q); free(att); free(k); free(v); free(gate); free(y); free(q8); free(d);
