@@ -9,7 +9,7 @@ machine hits all alike); median over rounds. Rows:
 * efflm packed 4-bit: RTN 4-bit g32 (symmetric) + int8 embedding/lm_head, bf16 activations,
   through efflm's own q4/q8 CPU kernels (torch's int4/int8 kernels where those cannot run), on efflm's
   static-KV-cache decode path with its fused C decode step (``inference/fast_decode.py``), and the same
-  model on the reference path (``EFFLM_FAST_DECODE=0``: one torch op at a time, as before the fused step);
+  model on the reference path (``Engine(model, fast=False)``: one torch op at a time, as before the fused step);
 * efflm packed 8-bit: RTN 8-bit per channel + int8 embedding/lm_head, bf16, the same path;
 * llama.cpp (llama-cpp-python) on efflm's own Q4_0 export of exactly those 4-bit codes, and
   on the GGUF file the model was loaded from (the default model ships as Q4_1); a model with
@@ -27,7 +27,6 @@ summary of what remains outside the fused step; writes ``--out`` (default
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -41,25 +40,18 @@ from efflm.methods import config_from_dict as c
 ANCHOR = "llama.cpp, efflm's Q4_0 export of the same codes"
 
 
-def efflm_run(model, ids: torch.Tensor, new: int) -> tuple[float, float]:
-    """(TTFT s, aggregate decode tok/s over all rows of ``ids``)."""
+def efflm_run(model, ids: torch.Tensor, new: int, fast: bool = True) -> tuple[float, float]:
+    """(TTFT s, aggregate decode tok/s over all rows of ``ids``); ``fast=False``: the reference path."""
+    from efflm.inference.engine import Engine
     from efflm.inference.generate import SamplingConfig, generate_ids
 
-    _, t = generate_ids(model, None, ids, torch.ones_like(ids, dtype=torch.bool), SamplingConfig(max_new_tokens=new))
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    _, t = generate_ids(model, None, ids, valid, SamplingConfig(max_new_tokens=new), engine=Engine(model, fast=fast))
     return t.ttft_s, t.tok_s * ids.shape[0]
 
 
 def efflm_reference_run(model, ids: torch.Tensor, new: int) -> tuple[float, float]:
-    """The same, on the engine's reference path (no fused decode step)."""
-    old = os.environ.get("EFFLM_FAST_DECODE")
-    os.environ["EFFLM_FAST_DECODE"] = "0"
-    try:
-        return efflm_run(model, ids, new)
-    finally:
-        if old is None:
-            del os.environ["EFFLM_FAST_DECODE"]
-        else:
-            os.environ["EFFLM_FAST_DECODE"] = old
+    return efflm_run(model, ids, new, fast=False)
 
 
 def hf_run(model, ids: torch.Tensor, new: int) -> tuple[float, float]:

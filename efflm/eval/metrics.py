@@ -153,14 +153,14 @@ def _greedy(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tu
     decode seconds for the tokens after the first, KV-cache bytes)."""
     from efflm.inference.engine import Engine
     from efflm.inference.generate import SamplingConfig, generate_ids
-    from efflm.inference.speculative import SpeculativeConfig, drafter_for, speculative_ids
+    from efflm.inference.speculative import drafter_for, speculative_ids
 
     cfg = SamplingConfig(max_new_tokens=new_tokens)
     spec = drafter_for(model)
     if spec is not None:  # clocks as on the plain path: TTFT to the first token, then per later token
-        sc = SpeculativeConfig(**{k: v for k, v in spec[1].items() if k != "method"})
+        draft, sc = spec
         out, timing, _ = speculative_ids(
-            model, prompt[0].tolist(), cfg, draft=spec[0], k=sc.k, max_ngram=sc.ngram, min_ngram=sc.min_ngram,
+            model, prompt[0].tolist(), cfg, draft=draft, k=sc.k, max_ngram=sc.ngram, min_ngram=sc.min_ngram,
             adaptive=sc.adaptive,
         )  # fmt: skip
         if len(out) != new_tokens or timing.new_tokens == 0:

@@ -89,13 +89,12 @@ DENSE_MAX_ROWS = 16  # a dense model's longer steps (prefill) go to torch's GEMM
 
 
 class FastDecode:
-    def __init__(self, engine: Any, layers: list, keep: list, widest: int, dense: bool = False):
-        self.engine = engine
+    def __init__(self, engine: Any, lib: Any, layers: list, keep: list, widest: int, dense: bool = False):
+        self.engine, self.lib = engine, lib
         self.max_rows = DENSE_MAX_ROWS if dense else None  # tokens per step it takes (None: any)
         self.layers = (Layer * len(layers))(*layers)
-        self.keep = keep  # the fp32 copies the structs point into
+        self.keep = keep  # every tensor the structs point into
         self.widest = widest
-        self.lib = q4_kernel.library()
 
     @classmethod
     def build(cls, engine: Any) -> "tuple[FastDecode | None, str]":
@@ -131,7 +130,7 @@ class FastDecode:
                                     _eps(norm2)))  # fmt: skip
         except Unsupported as e:
             return None, str(e)
-        return cls(engine, layers, keep, widest, dense), ""
+        return cls(engine, lib, layers, keep, widest, dense), ""
 
     def takes(self, rows: int, cache: KVCache) -> bool:
         """Whether a step of ``rows`` tokens (batch × new tokens) over ``cache`` runs here."""

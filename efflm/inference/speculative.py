@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from efflm.core.errors import ConfigError, EfflmError
-from efflm.core.registry import MethodConfig, register
+from efflm.core.registry import MethodConfig, config_from_dict, register
 from efflm.inference.engine import Engine
 from efflm.inference.generate import Generation, SamplingConfig, Timing, cache_total, draw, generator, probs
 
@@ -315,9 +315,11 @@ def apply(model: Any, config: SpeculativeConfig, calib: Any = None) -> Any:
     return model
 
 
-def drafter_for(model: Any) -> tuple[Any, dict] | None:
-    """(draft model or None for prompt lookup, spec) if the model decodes speculatively."""
+def drafter_for(model: Any) -> "tuple[Any, SpeculativeConfig] | None":
+    """(draft model or None for prompt lookup, its config) if the model decodes speculatively; a
+    config saved before a field existed gets that field's default."""
     spec = getattr(model.config, SPEC_ATTR, None)
     if not spec:
         return None
-    return (first_layers(model, spec["draft_layers"]) if spec["draft"] == "layers" else None), spec
+    cfg = config_from_dict(spec)
+    return (first_layers(model, cfg.draft_layers) if cfg.draft == "layers" else None), cfg

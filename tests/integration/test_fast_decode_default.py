@@ -6,6 +6,7 @@ import torch
 from efflm.inference.engine import Engine
 from efflm.methods import config_from_dict, get
 from efflm.nn import q4_kernel
+from tests.inference.test_fast_decode import greedy
 
 pytestmark = [
     pytest.mark.integration,
@@ -14,15 +15,9 @@ pytestmark = [
 
 
 def _greedy(model, ids, new, fast):
-    e = Engine(model, fast=fast)
-    e.start(ids.shape[0], ids.shape[1] + new)
-    logits, out = e.feed(ids), []
-    for _ in range(new):
-        t = logits[:, -1].argmax(-1, keepdim=True)
-        out.append(t)
-        logits = e.feed(t)
+    tokens, _, e = greedy(model, ids, new, fast)
     assert (e.fast is not None) == fast, e.fast_off
-    return torch.cat(out, 1)
+    return tokens
 
 
 def test_fp32_fast_step_equals_reference_for_64_tokens(smol):
