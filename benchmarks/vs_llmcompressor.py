@@ -13,7 +13,8 @@ Needs ``pip install 'efflm[anchors]'``. What each side runs (also printed under 
 * SparseGPT: 50% unstructured or the N:M pattern after the colon, dampening 0.01, blocks of
   128, no OWL profile; Wanda: the same sparsity, no OWL profile.
 
-lm_head is left alone. Each run starts from a fresh copy of the loaded model and the same
+GPTQ and SparseGPT run twice on efflm's side: its default (``true_sequential``) and
+llm-compressor's layer order. lm_head is left alone. Each run starts from a fresh copy of the loaded model and the same
 calibration token ids in memory; the clock covers the same scope on both sides, from there
 to the compressed model in memory: efflm validates the config and runs ``apply``;
 llm-compressor wraps the ids in a ``datasets.Dataset`` and runs ``oneshot``. On a machine
@@ -106,12 +107,28 @@ def efflm_config(method: str) -> dict:
     """efflm's side, every option written out (the same settings as ``_llmc_recipe``)."""
     name, pattern = _split(method)
     if name in ("sparsegpt", "wanda"):
-        extra = {"dampening": 0.01, "block_size": 128} if name == "sparsegpt" else {}
+        extra = {"dampening": 0.01, "block_size": 128, "true_sequential": True} if name == "sparsegpt" else {}
         return {"method": name, "sparsity": 0.5, "pattern": pattern, **extra}
     grid = {"bits": 4, "group_size": 64, "symmetric": True}
     if name == "gptq":
-        return {"method": "gptq", **grid, "act_order": True, "dampening": 0.01, "block_size": 128}
+        return {
+            "method": "gptq",
+            **grid,
+            "act_order": True,
+            "dampening": 0.01,
+            "block_size": 128,
+            "true_sequential": True,
+        }
     return {"method": "awq", **grid, "duo_scaling": True, "n_grid": 20, "clip": False}
+
+
+def efflm_runs(method: str) -> list[tuple[str, dict]]:
+    """efflm's runs of a method: its default, and for GPTQ/SparseGPT also llm-compressor's
+    order (observe the whole layer in batches, solve, forward again) for the same algorithm."""
+    cfg = efflm_config(method)
+    if "true_sequential" in cfg:
+        return [("true sequential (default)", cfg), ("layer order", {**cfg, "true_sequential": False})]
+    return [("default", cfg)]
 
 
 def cpu_pinning_workaround() -> bool:
@@ -144,10 +161,10 @@ def run_llmcompressor(model_spec: str, method: str, calib: torch.Tensor) -> tupl
     return model, time.perf_counter() - t0
 
 
-def run_efflm(model_spec: str, method: str, calib: torch.Tensor) -> tuple[torch.nn.Module, float]:
+def run_efflm(model_spec: str, config: dict, calib: torch.Tensor) -> tuple[torch.nn.Module, float]:
     model, _ = load(model_spec)
     t0 = time.perf_counter()
-    cfg = config_from_dict(efflm_config(method))
+    cfg = config_from_dict(config)
     check_for_model(model.config, cfg)
     model = get(cfg.method).apply(model, cfg, calib)
     return model, time.perf_counter() - t0
@@ -177,36 +194,48 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for method in [m.strip() for m in a.methods.split(",") if m.strip()]:
         res, failed = {}, {}
-        for who, fn in (("efflm", run_efflm), ("llm-compressor", run_llmcompressor)):
+        jobs = [(f"efflm {label}", lambda c=cfg: run_efflm(a.model, c, calib)) for label, cfg in efflm_runs(method)]
+        jobs.append(("llm-compressor", lambda: run_llmcompressor(a.model, method, calib)))
+        for who, fn in jobs:
             try:
-                model, secs = fn(a.model, method, calib)
+                model, secs = fn()
                 res[who] = (perplexity(model.eval(), ids, 512, a.windows)["ppl"], secs)
-                print(f"{who:15s} {method}: ppl {res[who][0]:.3f}  {res[who][1]:.1f} s", flush=True)
+                print(f"{who:35s} {method}: ppl {res[who][0]:.3f}  {res[who][1]:.1f} s", flush=True)
             except (EfflmError, RuntimeError, ValueError, TypeError, AttributeError, OSError) as e:
                 failed[who] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
                 print(f"{who} {method} failed: {failed[who]}", flush=True)
-        if failed:
-            cells = [f"{res[w][0]:.3f}" if w in res else f"failed ({failed[w]})" for w in ("efflm", "llm-compressor")]
-            times = [f"{res[w][1]:.1f}" if w in res else "–" for w in ("efflm", "llm-compressor")]
-            rows.append(f"| {_label(method)} | {cells[0]} | {cells[1]} | – | {times[0]} | {times[1]} | – |")
-            continue
-        (pe, te), (pl, tl) = res["efflm"], res["llm-compressor"]
-        rows.append(f"| {_label(method)} | {pe:.3f} | {pl:.3f} | {pe / pl:.3f} | {te:.1f} | {tl:.1f} | {te / tl:.2f} |")
+        ref = res.get("llm-compressor")
+        for who, _ in jobs[:-1]:
+            ours = res.get(who)
+            cells = [
+                f"{ours[0]:.3f}" if ours else f"failed ({failed[who]})",
+                f"{ref[0]:.3f}" if ref else f"failed ({failed['llm-compressor']})",
+                f"{ours[0] / ref[0]:.3f}" if ours and ref else "–",
+                f"{ours[1]:.1f}" if ours else "–",
+                f"{ref[1]:.1f}" if ref else "–",
+                f"{ours[1] / ref[1]:.2f}" if ours and ref else "–",
+            ]
+            rows.append(f"| {_label(method)} | {who.removeprefix('efflm ')} | " + " | ".join(cells) + " |")
     table = "\n".join(
         [
             f"efflm vs llm-compressor on {a.model}: {a.calib_samples} x {a.calib_len} calibration tokens, "
             f"perplexity over {a.windows} x 512 evaluation tokens, {a.threads} threads. Time: the same scope on both "
             "sides, from the loaded model and calibration ids in memory to the compressed model (efflm: config "
-            "validation + apply; llm-compressor: Dataset + oneshot); one run each, efflm then llm-compressor per method.",
+            "validation + apply; llm-compressor: Dataset + oneshot); one run each, efflm's then llm-compressor's per "
+            "method. GPTQ and SparseGPT run twice on efflm's side: its default (true sequential: one forward per "
+            "layer over the whole calibration batch, each Linear group solved as the forward reaches it) and "
+            "llm-compressor's order (the layer observed in batches of 4, solved, then run again).",
             "",
-            "| method | efflm ppl | llm-compressor ppl | ppl ratio | efflm s | llm-compressor s | time ratio |",
-            "|---|---|---|---|---|---|---|",
+            "| method | efflm run | efflm ppl | llm-compressor ppl | ppl ratio | efflm s | llm-compressor s | time ratio |",
+            "|---|---|---|---|---|---|---|---|",
             *rows,
             "",
             "What each side ran:",
             "",
             *[
-                f"- {_label(m)}: efflm `{efflm_config(m)}`; llm-compressor `{llmc_args(m)[0]}({llmc_args(m)[1]})`"
+                f"- {_label(m)}: efflm `{efflm_config(m)}`"
+                + (" (layer order: `true_sequential: False`)" if "true_sequential" in efflm_config(m) else "")
+                + "; llm-compressor `{llmc_args(m)[0]}({llmc_args(m)[1]})`"
                 for m in [m.strip() for m in a.methods.split(",") if m.strip()]
             ],
             *(

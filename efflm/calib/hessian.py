@@ -14,24 +14,41 @@ import torch
 
 class Hessian:
     """Running ``H = 2/n · Σ x xᵀ`` over every calibration token entering a Linear, plus the
-    per-channel mean and max of ``|x|`` (AWQ's and SmoothQuant's activation statistics)."""
+    per-channel mean and max of ``|x|`` (AWQ's and SmoothQuant's activation statistics; left
+    at zero with ``stats=False``)."""
 
-    def __init__(self, n_in: int):
+    def __init__(self, n_in: int, stats: bool = True):
         self.H = torch.zeros(n_in, n_in)
         self.absmean = torch.zeros(n_in)
         self.absmax = torch.zeros(n_in)
+        self.stats = stats
         self.n = 0
 
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).float()
         m = x.shape[0]
-        a = x.abs()
-        self.absmax = torch.maximum(self.absmax, a.amax(dim=0))
-        self.absmean += (a.sum(dim=0) - m * self.absmean) / (self.n + m)
+        if self.stats:
+            a = x.abs()
+            self.absmax = torch.maximum(self.absmax, a.amax(dim=0))
+            self.absmean += (a.sum(dim=0) - m * self.absmean) / (self.n + m)
         self.H *= self.n / (self.n + m)
         self.n += m
         x = x * (2 / self.n) ** 0.5
-        self.H += x.t() @ x
+        self.H += gram(x)
+
+
+def gram(x: torch.Tensor, band: int = 256) -> torch.Tensor:
+    """xᵀx for x [tokens, n], computing only the bands on and above the diagonal (about
+    (1 + 1/bands)/2 of the multiply-adds) and mirroring the rest; on BLAS the result equals
+    ``x.t() @ x`` entry for entry."""
+    n = x.shape[1]
+    if n <= band:
+        return x.t() @ x
+    G = torch.zeros(n, n)
+    for a in range(0, n, band):
+        G[a : a + band, a:] = x[:, a : a + band].t() @ x[:, a:]
+    upper = torch.triu(G)
+    return upper + torch.triu(G, 1).t()
 
 
 def mask_dead_columns(W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 1. Run the calibration batch up to the first decoder layer and keep its inputs.
 2. For each layer: hook the inputs of its Linears into per-Linear observers (a Hessian,
-   activation norms, ...), run the layer, let the method ``solve`` the layer (it may
-   replace Linears), then run the now-compressed layer to get the next layer's inputs.
+   activation norms, ...), run the layer until the last observer has its input (the last
+   Linear itself and what follows it are skipped), let the method ``solve`` the layer (it
+   may replace Linears), then run the now-compressed layer to get the next layer's inputs.
 
 Memory stays at one layer's activations for the calibration batch, not the model's.
 Architecture names come from ``efflm.models.arch`` only.
@@ -55,7 +56,7 @@ def _out(y: Any) -> torch.Tensor:
 
 
 def check_finite(name: str, x: torch.Tensor) -> None:
-    if not torch.isfinite(x).all():
+    if not torch.isfinite(x.sum()):  # one read: a NaN or inf anywhere makes the sum one
         raise EfflmError(f"NaN or inf in the calibration activations entering {name}")
 
 
@@ -67,39 +68,65 @@ def run(
     solve: Callable[[int, nn.Module, dict[str, Observer]], None],
     batch_size: int = 4,
     desc: str = "calibrate",
+    one_pass: bool = False,
+    finish: Callable[[int, nn.Module], None] | None = None,
 ) -> nn.Module:
     """Calibrate ``model`` layer by layer; ``solve(i, layer, observers)`` compresses layer ``i``.
 
     ``observers`` maps each Linear's path to its observer; Linears reading the same input
     (q/k/v, gate/up) share one observer, fed once.
+
+    ``one_pass`` (GPTQ's and SparseGPT's "true sequential" order): the whole calibration batch
+    runs through each layer once; as each input group is reached, its observer is fed and
+    ``solve`` gets that group alone, so the Linears after it see the inputs the already
+    compressed ones produce, and that one forward also yields the next layer's inputs.
+    ``solve`` must then change the group's weights in place (the forward is under way), and
+    ``finish(i, layer)`` — in either mode, after the layer's output is computed — may swap
+    modules (e.g. pack the compressed weights).
     """
     if calib is None or calib.ndim != 2 or calib.shape[0] < 1:
         raise EfflmError("this method needs calibration data: a [samples, tokens] batch of token ids")
     layout = layout_for(model.config.model_type)
-    inputs = _layer0_inputs(model, calib, batch_size)
+    inputs = _layer0_inputs(model, calib, calib.shape[0] if one_pass else batch_size)
     layers = decoder_layers(model)
     for i in progress(range(len(layers)), desc=desc, total=len(layers)):
         layer = layers[i]
         observers: dict[str, Observer] = {}
-        hooks = []
+        hooks, seen = [], set()
         for group in layout.input_groups:
             paths = [f"{layout.layers}.{i}.{name}" for name in group]
             obs = observe(paths[0], layer.get_submodule(group[0]))
             observers.update({p: obs for p in paths})
 
-            def hook(module, args, output, obs=obs, path=paths[0]):
-                check_finite(path, args[0])
+            def hook(module, args, obs=obs, paths=paths):
+                check_finite(paths[0], args[0])
                 obs.add(args[0])
+                if one_pass:
+                    solve(i, layer, {p: obs for p in paths})
+                    return
+                seen.add(paths[0])
+                if len(seen) == len(layout.input_groups):
+                    raise _Stop  # every observer has its input: the rest of the layer is not needed
 
-            hooks.append(layer.get_submodule(group[0]).register_forward_hook(hook))
+            hooks.append(layer.get_submodule(group[0]).register_forward_pre_hook(hook))
         try:
-            for hidden, kwargs in inputs:
-                layer(hidden, **kwargs)
+            if one_pass:
+                inputs = [(_out(layer(hidden, **kwargs)), kwargs) for hidden, kwargs in inputs]
+            else:
+                for hidden, kwargs in inputs:
+                    seen.clear()
+                    try:
+                        layer(hidden, **kwargs)
+                    except _Stop:
+                        pass
         finally:
             for h in hooks:
                 h.remove()
-        solve(i, layer, observers)
-        inputs = [(_out(layer(hidden, **kwargs)), kwargs) for hidden, kwargs in inputs]
+        if not one_pass:
+            solve(i, layer, observers)
+            inputs = [(_out(layer(hidden, **kwargs)), kwargs) for hidden, kwargs in inputs]
+        if finish is not None:
+            finish(i, layer)
     return model
 
 

@@ -1,6 +1,7 @@
 """efflm's own CPU kernels, built with the system C compiler on first use: the 4-bit and 8-bit
 matmuls (``q4_cpu.c``) and the fused decode step (``decode_cpu.c``, driven by
-``efflm.inference.fast_decode``), sharing the block arithmetic of ``q4_blocks.h``.
+``efflm.inference.fast_decode``), sharing the block arithmetic of ``q4_blocks.h``; and the
+GPTQ/SparseGPT column sweep (``sweep_cpu.c``, driven by ``efflm.calib.sweep``).
 
 The C files are compiled once per machine into one library in efflm's cache dir (``gcc -O3
 -mavx2 -mfma -mf16c -fopenmp -ffp-contract=off``, about two seconds) and loaded with ctypes
@@ -30,7 +31,7 @@ import torch
 from efflm.core.paths import cache_dir
 
 HERE = Path(__file__).parent
-SOURCES = [HERE / "q4_cpu.c", HERE / "decode_cpu.c"]  # one library; both include q4_blocks.h
+SOURCES = [HERE / "q4_cpu.c", HERE / "decode_cpu.c", HERE / "sweep_cpu.c"]  # one library
 HEADERS = [HERE / "q4_blocks.h"]
 MAX_IN = 32 * 512  # in_features the q4 kernel takes (q4_blocks.h: MAXB blocks per row)
 _LIB: list = [None]  # the loaded library, for the hot path (no lookup per call)
@@ -93,6 +94,8 @@ def library() -> ctypes.CDLL | None:
     lib.efflm_q8_gemm.restype = None
     lib.efflm_decode_layers.argtypes = [p, p]
     lib.efflm_decode_layers.restype = None
+    lib.efflm_obs_sweep.argtypes = [p, i, i, i, i, p, p, p, p, i, p, p]
+    lib.efflm_obs_sweep.restype = None
     _LIB[0] = lib
     return lib
 

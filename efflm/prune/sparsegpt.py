@@ -6,7 +6,7 @@ factor of H⁻¹. Walk the columns left to right in blocks of 128: at the start 
 (or of every M-column run for N:M) choose the mask by the OBS saliency w² / U[i,i]²; for
 each column zero its masked weights and spread the error over the columns to its right
 (w -= err · U[i, i:] / U[i,i]), lazily across blocks — GPTQ's update with a mask instead
-of a grid.
+of a grid. Layers in order, and by default each group of Linears inside a layer too.
 Differences from the reference code: the mask of a block takes exactly round(s · rows ·
 block) weights (top-k, not a threshold, so ties cannot change the sparsity); when Cholesky
 fails even at raised damping the layer falls back to magnitude pruning and the run records
@@ -22,6 +22,7 @@ import torch
 
 from efflm.calib.hessian import Hessian, inverse_cholesky, mask_dead_columns
 from efflm.calib.layerwise import note, run, shared_groups
+from efflm.calib.sweep import sweep
 from efflm.core.errors import ConfigError
 from efflm.core.registry import register
 from efflm.prune.masks import SparsityConfig, check_sparsity_for_model, nm_mask, parse_pattern, prune_mask
@@ -61,17 +62,18 @@ def sparsegpt_prune(
     nm = parse_pattern(pattern)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
-        W1, U1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2]
+        n = i2 - i1
+        W1 = W[:, i1:i2].clone(memory_format=torch.contiguous_format)
+        U1 = U[i1:i2, i1:i2].contiguous()
         d2 = torch.diag(U1) ** 2
         err1 = torch.zeros_like(W1)
-        mask1 = block_mask(W1**2 / d2, sparsity, row_splits) if nm is None else torch.zeros_like(W1, dtype=torch.bool)
-        for i in range(i2 - i1):
-            if nm is not None and i % nm[1] == 0:
+        if nm is None:  # one mask for the whole block, then one sweep
+            sweep(W1, U1, 0, n, err1, mask=block_mask(W1**2 / d2, sparsity, row_splits))
+        else:  # every M-column run's mask is chosen from its current (updated) values
+            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+            for i in range(0, n, nm[1]):
                 mask1[:, i : i + nm[1]] = nm_mask(W1[:, i : i + nm[1]] ** 2 / d2[i : i + nm[1]], *nm)
-            err = W1[:, i] * mask1[:, i] / U1[i, i]
-            W1[:, i:].addr_(err, U1[i, i:], alpha=-1)
-            W1[:, i].masked_fill_(mask1[:, i], 0)  # exactly zero, not zero up to rounding
-            err1[:, i] = err
+                sweep(W1, U1, i, min(i + nm[1], n), err1, mask=mask1)
         W[:, i1:i2] = W1
         W[:, i2:] -= err1 @ U[i1:i2, i2:]
     return W, {"damp": lam}
@@ -82,12 +84,15 @@ class SparseGPTConfig(SparsityConfig):
     """One-shot pruning with Hessian-based reconstruction of the remaining weights.
 
     sparsity, pattern: see SparsityConfig; dampening: fraction of mean(diag H) added to the diagonal; block_size: lazy-update block
-    (a multiple of M for N:M).
+    (a multiple of M for N:M); true_sequential: one forward per layer over the whole calibration
+    batch, each Linear group pruned as the forward reaches it (off: observe the layer in batches
+    of 4, prune, forward again — llm-compressor's order).
     """
 
     method = "sparsegpt"
     dampening: float = 0.01
     block_size: int = 128
+    true_sequential: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -126,4 +131,5 @@ def apply(model: torch.nn.Module, config: SparseGPTConfig, calib: Any) -> torch.
             for linear, w in zip(linears, W.split(rows)):
                 linear.weight.data.copy_(w)
 
-    return run(model, calib, lambda path, linear: Hessian(linear.in_features), solve, desc="sparsegpt")
+    hessian = lambda path, linear: Hessian(linear.in_features, stats=False)  # noqa: E731
+    return run(model, calib, hessian, solve, desc="sparsegpt", one_pass=config.true_sequential)

@@ -4,8 +4,10 @@ arXiv 2210.17323 (Frantar, Ashkboos, Hoefler, Alistarh; ICLR 2023).
 Algorithm: per Linear, accumulate H = 2XXᵀ over calibration inputs, dampen its diagonal and
 take the upper Cholesky factor of H⁻¹. Quantize columns left to right; after each column
 spread its rounding error over the not-yet-quantized columns (w -= err · H⁻¹[i, i:] / H⁻¹[i,i]),
-lazily in blocks of 128 columns. Optional act-order visits columns by descending H[i,i]
-with "static" groups (grids fixed from the original weights, so packing stays in order).
+lazily in blocks of 128 columns (the sweep inside a block: efflm.calib.sweep, in C).
+Optional act-order visits columns by descending H[i,i] with "static" groups (grids fixed
+from the original weights, so packing stays in order). Layers in order; by default each
+group of Linears inside a layer too ("true sequential"), all in one forward per layer.
 Differences from the reference code: a group's grid is computed from the columns' current
 (error-updated) values inside the block; when Cholesky fails, damping is raised ×10 up to
 three times, then the layer falls back to RTN and the run records it. Weights that are
@@ -22,22 +24,12 @@ import torch
 
 from efflm.calib.hessian import Hessian, inverse_cholesky, mask_dead_columns
 from efflm.calib.layerwise import note, run, shared_groups
+from efflm.calib.sweep import sweep
 from efflm.core.errors import ConfigError
 from efflm.core.registry import MethodConfig, register
 from efflm.models.arch import set_module
 from efflm.nn.quant_linear import QuantLinear
 from efflm.quantize import grid
-
-
-def _column(w: torch.Tensor, s: torch.Tensor, o: torch.Tensor | None, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes and dequantized values of one column on per-row float grids (the hot loop: few ops)."""
-    top = 2**bits - 1
-    if o is None:
-        half = 2 ** (bits - 1)
-        q = torch.clamp(torch.round(w / s) + half, 0, top)
-        return q, (q - half) * s
-    q = torch.clamp(torch.round((w - o) / s), 0, top)
-    return q, q * s + o
 
 
 def gptq_quantize(
@@ -71,33 +63,37 @@ def gptq_quantize(
     zeros = zeros if symmetric and zeros.float().mean() > 0.01 else None
     codes = torch.empty(out, cols)
     col_group = perm // g  # group of each (permuted) column
+    s_col = o_col = None
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
-        W1, Hinv1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2]
-        err1 = torch.zeros_like(W1)
+        n = i2 - i1
+        W1 = W[:, i1:i2].clone(memory_format=torch.contiguous_format)
+        U1 = U[i1:i2, i1:i2].contiguous()
+        err1, codes1 = torch.zeros_like(W1), torch.empty_like(W1)
+        keep = None if zeros is None else zeros[:, i1:i2].contiguous()
         if act_order:  # static groups: this block's per-column grids, gathered once
-            S = scales.float()[:, col_group[i1:i2]]
-            O = None if offsets is None else offsets.float()[:, col_group[i1:i2]]
-        for i in range(i2 - i1):
-            c = i1 + i
-            if not act_order:
+            S = scales.float()[:, col_group[i1:i2]].contiguous()
+            O = None if offsets is None else offsets.float()[:, col_group[i1:i2]].contiguous()
+            sweep(W1, U1, 0, n, err1, bits=bits, scales=S, offsets=O, mask=keep, codes=codes1)
+        else:  # a group's grid comes from its columns' values when the sweep reaches it
+            S = torch.empty_like(W1)
+            O = None if symmetric else torch.empty_like(W1)
+            starts = [0] + [i for i in range(1, n) if (i1 + i) % g == 0]
+            for a, b in zip(starts, starts[1:] + [n]):
+                c = i1 + a
                 if c % g == 0:
-                    current = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :g]
+                    current = torch.cat([W1[:, a:], W[:, i2:]], dim=1)[:, :g]
                     grp_s, grp_o = grid.grid(current, bits, g, symmetric)
                     scales[:, c // g] = grp_s[:, 0]
+                    s_col = grp_s[:, 0].float()
                     if grp_o is not None:
                         offsets[:, c // g] = grp_o[:, 0]
-                    s_col = grp_s[:, 0].float()
-                    o_col = None if grp_o is None else grp_o[:, 0].float()
-            else:
-                s_col, o_col = S[:, i], None if O is None else O[:, i]
-            q, dq = _column(W1[:, i], s_col, o_col, bits)
-            if zeros is not None:  # zero is on the symmetric grid: keep the sparsity mask exact
-                q, dq = q.masked_fill(zeros[:, c], 2 ** (bits - 1)), dq.masked_fill(zeros[:, c], 0)
-            codes[:, c] = q
-            err = (W1[:, i] - dq) / Hinv1[i, i]
-            W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)  # rank-1 update in place
-            err1[:, i] = err
+                        o_col = grp_o[:, 0].float()
+                S[:, a:b] = s_col[:, None]
+                if O is not None:
+                    O[:, a:b] = o_col[:, None]
+                sweep(W1, U1, a, b, err1, bits=bits, scales=S, offsets=O, mask=keep, codes=codes1)
+        codes[:, i1:i2] = codes1
         W[:, i2:] -= err1 @ U[i1:i2, i2:]
     codes = codes.to(torch.uint8)
     codes = codes[:, torch.argsort(perm)]
@@ -110,7 +106,11 @@ class GPTQConfig(MethodConfig):
 
     bits 2..8; group_size (-1 = per channel); symmetric grid; act_order (static groups; on by
     default: on SmolLM2 at 4 bits it is what puts GPTQ below RTN);
-    dampening: fraction of mean(diag H) added to the diagonal; block_size: lazy-update block.
+    dampening: fraction of mean(diag H) added to the diagonal; block_size: lazy-update block;
+    true_sequential (the reference LLaMA script's and AutoGPTQ's option, on by default): one
+    forward per layer over the whole calibration batch, each Linear group quantized as the
+    forward reaches it, so o_proj's Hessian sees the quantized q/k/v's outputs and so on (off:
+    llm-compressor's order — observe the whole layer in batches of 4, quantize, forward again).
     """
 
     method = "gptq"
@@ -120,6 +120,7 @@ class GPTQConfig(MethodConfig):
     act_order: bool = True
     dampening: float = 0.01
     block_size: int = 128
+    true_sequential: bool = True
 
     def __post_init__(self) -> None:
         grid.check_grid_config(self)
@@ -139,6 +140,8 @@ class GPTQConfig(MethodConfig):
     check=grid.check_grid_for_model,
 )
 def apply(model: torch.nn.Module, config: GPTQConfig, calib: Any) -> torch.nn.Module:
+    pending: dict[str, tuple] = {}  # path -> (codes, scales, offsets), packed once the layer is done
+
     def solve(i: int, layer: torch.nn.Module, observers: dict) -> None:
         for paths in shared_groups(observers):  # Linears sharing an input share H: one stacked matrix
             linears = [model.get_submodule(p) for p in paths]
@@ -159,18 +162,28 @@ def apply(model: torch.nn.Module, config: GPTQConfig, calib: Any) -> torch.nn.Mo
             for path, linear in zip(paths, linears):
                 rows = slice(row, row + linear.out_features)
                 row += linear.out_features
-                ql = QuantLinear(
-                    linear.in_features,
-                    linear.out_features,
-                    config.bits,
-                    config.group_size,
-                    config.symmetric,
-                    bias=linear.bias is not None,
-                    dtype=linear.weight.dtype,
-                )
-                ql.set_codes(codes[rows], scales[rows], None if offsets is None else offsets[rows])
-                if linear.bias is not None:
-                    ql.bias.data.copy_(linear.bias.data)
-                set_module(model, path, ql)
+                part = (codes[rows], scales[rows], None if offsets is None else offsets[rows])
+                # the rest of calibration computes with the quantized values (in place: a forward may be under way)
+                linear.weight.data.copy_(grid.dequantize(*part, config.bits, config.group_size))
+                pending[path] = part
 
-    return run(model, calib, lambda path, linear: Hessian(linear.in_features), solve, desc="gptq")
+    def finish(i: int, layer: torch.nn.Module) -> None:
+        for path, (codes, scales, offsets) in pending.items():
+            linear = model.get_submodule(path)
+            ql = QuantLinear(
+                linear.in_features,
+                linear.out_features,
+                config.bits,
+                config.group_size,
+                config.symmetric,
+                bias=linear.bias is not None,
+                dtype=linear.weight.dtype,
+            )
+            ql.set_codes(codes, scales, offsets)
+            if linear.bias is not None:
+                ql.bias.data.copy_(linear.bias.data)
+            set_module(model, path, ql)
+        pending.clear()
+
+    hessian = lambda path, linear: Hessian(linear.in_features, stats=False)  # noqa: E731
+    return run(model, calib, hessian, solve, desc="gptq", one_pass=config.true_sequential, finish=finish)

@@ -84,8 +84,11 @@ def test_vs_llmcompressor_efflm_side_without_the_anchor(tmp_path):
     for method in ("gptq", "awq", "sparsegpt", "wanda:2:4"):
         cfg = mod.efflm_config(method)
         assert cfg["method"] == method.split(":")[0]
-        model, secs = mod.run_efflm("tiny-llama", method, calib)
-        assert secs > 0 and model is not None
+        runs = mod.efflm_runs(method)
+        assert len(runs) == (2 if method in ("gptq", "sparsegpt") else 1) and runs[0][1] == cfg
+        for _, config in runs:
+            model, secs = mod.run_efflm("tiny-llama", config, calib)
+            assert secs > 0 and model is not None
         assert mod.llmc_args(method)[0].endswith("Modifier")
 
 
@@ -93,10 +96,11 @@ def test_vs_llmcompressor_full(tmp_path):
     pytest.importorskip("llmcompressor")
     md = run(
         "vs_llmcompressor",
-        ["--methods", "wanda", "--calib-samples", "2", "--calib-len", "64", "--windows", "1"],
+        ["--methods", "wanda,gptq", "--calib-samples", "2", "--calib-len", "64", "--windows", "1"],
         tmp_path,
     )
-    assert "| wanda 50% |" in md and "What each side ran" in md
+    assert "| wanda 50% | default |" in md and "What each side ran" in md
+    assert "| gptq W4 sym g64 | true sequential (default) |" in md and "| gptq W4 sym g64 | layer order |" in md
 
 
 def test_gpu_sparse24_shapes_and_cpu_refusal(tmp_path):
