@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.efflm-installed
 INTEROP := $(VENV)/.efflm-interop-installed
+BROWSER := $(VENV)/.efflm-browser-installed
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
 .PHONY: setup setup-embeddings bench test lint wheel-check papers anchors reference clean
@@ -21,6 +22,14 @@ $(INTEROP): $(STAMP)
 	CMAKE_BUILD_PARALLEL_LEVEL=2 $(PIP) -e '.[interop]'
 	touch $(INTEROP)
 
+# The playground's browser test drives Debian's chromium (never a downloaded browser).
+$(BROWSER): $(STAMP)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  apt-get install -y --no-install-recommends chromium chromium-driver || \
+	  (apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver) || \
+	  echo "efflm: no chromium here (Debian: apt-get install chromium chromium-driver); the browser test skips"
+	touch $(BROWSER)
+
 setup: $(STAMP)
 
 setup-embeddings: $(STAMP)
@@ -34,7 +43,7 @@ bench: $(STAMP)
 	$(BIN)/efflm bench
 	$(BIN)/efflm papers render
 
-test: $(STAMP) $(INTEROP)
+test: $(STAMP) $(INTEROP) $(BROWSER)
 	$(BIN)/python -m pytest -q
 
 # Layer contracts (import-linter) and lint (ruff): run by .ci/run beside `make test`.
@@ -48,7 +57,7 @@ wheel-check: $(STAMP)
 	bash .ci/wheel-check
 
 anchors: $(STAMP)
-	$(PIP) -e '.[anchors]'
+	$(PIP) -e '.[anchors,serve-anchor]'
 
 # Every committed result file, regenerated (about 2 hours on 2 cores; run on a clean tree).
 # The leaderboard rows: the default, extra, prune and inference suites; then each study under benchmarks/.
@@ -67,6 +76,7 @@ reference: $(STAMP) $(INTEROP) anchors
 		--out results/vs_llmcompressor_prune.md
 	$(BIN)/python benchmarks/vs_peft.py
 	$(BIN)/python benchmarks/peft_shapes.py
+	$(BIN)/python benchmarks/serve_load.py
 	$(BIN)/efflm leaderboard
 	$(BIN)/python benchmarks/render_results.py
 	$(BIN)/efflm papers render

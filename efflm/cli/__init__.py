@@ -158,6 +158,23 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, help="output model directory; must not exist")
     m.set_defaults(fn=commands.cmd_merge)
 
+    s = sub.add_parser("serve", help="an OpenAI-compatible server with continuous batching and a playground at /")
+    _common(s)
+    s.add_argument("--recipe", help="recipe YAML file applied first")
+    s.add_argument("--adapter", help="adapter directory (efflm finetune or peft) applied unmerged")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default)")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on")
+    s.add_argument("--max-batch", type=_positive, default=8, help="sequences decoded together at most")
+    s.add_argument("--max-queue", type=_positive, default=64, help="requests waiting at most; beyond: 429")
+    s.add_argument(
+        "--max-len", type=_positive, help="tokens per sequence, prompt included (default: min(context, 2048))"
+    )
+    s.add_argument("--chunk", type=_positive, default=128, help="prompt tokens prefilled per scheduler step")
+    s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 endpoints")
+    s.add_argument("--served-model-name", help="the model name clients send (default: --model)")
+    s.add_argument("--drain-timeout", type=float, default=30.0, help="seconds in-flight streams get after SIGTERM")
+    s.set_defaults(fn=commands.cmd_serve)
+
     from efflm.catalog.commands import add_parser as add_papers
 
     add_papers(sub)

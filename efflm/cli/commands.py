@@ -241,3 +241,44 @@ def cmd_merge(a) -> int:
     r = tune.merge(a.model, _recipe_arg(a.recipe), a.adapter, a.out)
     print(f"wrote {a.out}: {r['note']}")
     return 0
+
+
+def cmd_serve(a) -> int:
+    import socket
+
+    from efflm import pipeline
+
+    if not 0 < a.port < 65536:
+        raise EfflmError(f"--port must be in 1..65535, got {a.port}")
+    recipe = _recipe_arg(a.recipe)
+    pipeline.validate(a.model, recipe, a.calib_samples, a.calib_len)
+    try:  # a busy port or unknown host is a user error, found before the model loads
+        with socket.socket(socket.AF_INET6 if ":" in a.host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((a.host, a.port))
+    except OSError as e:
+        raise EfflmError(f"cannot listen on {a.host}:{a.port}: {e.strerror or e}") from None
+    model, tok = _load(a, recipe)
+    ctx = getattr(model.config, "max_position_embeddings", None) or 2048
+    max_len = min(a.max_len or min(ctx, 2048), ctx)
+    from efflm import serve
+
+    def ready(server) -> None:
+        print(f"efflm: serving {a.served_model_name or a.model} on http://{a.host}:{a.port} "
+              f"(max batch {a.max_batch}, {max_len} tokens per sequence)", file=sys.stderr, flush=True)  # fmt: skip
+
+    serve.run(
+        model,
+        tok,
+        a.served_model_name or a.model,
+        host=a.host,
+        port=a.port,
+        max_batch=a.max_batch,
+        max_queue=a.max_queue,
+        max_len=max_len,
+        chunk=a.chunk,
+        api_key=a.api_key,
+        drain_s=a.drain_timeout,
+        on_ready=ready,
+    )
+    return 0

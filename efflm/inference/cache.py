@@ -14,6 +14,7 @@ builds its cache, and ``make_cache`` asks it to.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -30,6 +31,7 @@ class KVCache:
     rerotate = False  # keys stored before RoPE and rotated at cache positions each step?
     evicts = False  # can a slot be reused (no rollback, no multi-token steps once full)
     fused = "fp32"  # the storage the fused decode step reads ("fp32", "int8"); None: reference path only
+    storage: ClassVar[tuple[str, ...]] = ("k", "v")  # tensors [layers, batch, kv_heads, size, ...]
 
     def __init__(
         self,
@@ -114,7 +116,20 @@ class KVCache:
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
     def tensors(self) -> list[torch.Tensor]:
-        return [self.k, self.v]
+        return [getattr(self, name) for name in self.storage]
+
+    def rows(self, n: int) -> KVCache:
+        """The first ``n`` sequences as a cache of their own, sharing this one's storage (a
+        continuous-batching server steps only its running sequences). Its cursor starts at this
+        cache's; the caller keeps the two in step. Not for policies that evict or score tokens."""
+        if self.evicts or self.needs_weights or self.rerotate:
+            raise EfflmError("this KV-cache policy keeps per-sequence state; it cannot be split by rows")
+        view = copy.copy(self)
+        for name in self.storage:
+            setattr(view, name, getattr(self, name)[:, :n])
+        view.valid = self.valid[:n]
+        view._mask = None
+        return view
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,8 @@ class Layer(ctypes.Structure):
 class Step(ctypes.Structure):
     _fields_ = [("L", _I), ("B", _I), ("T", _I), ("D", _I), ("Hq", _I), ("H", _I), ("Dh", _I), ("I", _I), ("S", _I),
                 ("bf16", _I), ("scale", _F), ("x", _P), ("cos", _P), ("sin", _P), ("kc", _P), ("vc", _P),
-                ("valid", _P), ("slot", _I), ("kv_int8", _I), ("ks", _P), ("vs", _P)]  # fmt: skip
+                ("valid", _P), ("slot", _I), ("kv_int8", _I), ("ks", _P), ("vs", _P),
+                ("cache_b", _I)]  # fmt: skip
 
 
 class Unsupported(Exception):
@@ -156,6 +157,7 @@ class FastDecode:
                     int(e.dtype == torch.bfloat16), float(e.scale), x32.data_ptr(), cos32.data_ptr(),
                     sin32.data_ptr(), cache.k.data_ptr(), cache.v.data_ptr(), valid.data_ptr(),
                     cache.length, int(cache.fused == "int8"), _ptr(getattr(cache, "ks", None)),
-                    _ptr(getattr(cache, "vs", None)))  # fmt: skip
+                    _ptr(getattr(cache, "vs", None)),
+                    cache.k.stride(0) // cache.k.stride(1))  # fmt: skip
         self.lib.efflm_decode_layers(ctypes.addressof(self.layers), ctypes.addressof(step))
         return x32.to(e.dtype).view(B, T, D)

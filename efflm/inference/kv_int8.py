@@ -29,6 +29,7 @@ def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class Int8Cache(KVCache):
     fused = "int8"  # the fused decode step dequantizes inside its attention (``nn/decode_cpu.c``)
+    storage = ("k", "v", "ks", "vs")
 
     def __init__(self, *args):
         super().__init__(*args, store_dtype=torch.int8)
@@ -47,9 +48,6 @@ class Int8Cache(KVCache):
         k = self.k[layer, :, :, :n].to(self.dtype) * self.ks[layer, :, :, :n].to(self.dtype)
         v = self.v[layer, :, :, :n].to(self.dtype) * self.vs[layer, :, :, :n].to(self.dtype)
         return k, v
-
-    def tensors(self) -> list[torch.Tensor]:
-        return [self.k, self.v, self.ks, self.vs]
 
 
 @dataclass(frozen=True)

@@ -38,11 +38,12 @@ typedef struct {
     float scale;
     float *x;               /* [B * T, D] residual stream, in and out */
     const float *cos, *sin; /* [B * T, Dh] */
-    void *kc, *vc;          /* [L, B, H, S, Dh]: fp32, or int8 codes with kv_int8 */
+    void *kc, *vc;          /* [L, cache_b, H, S, Dh]: fp32, or int8 codes with kv_int8 */
     const uint8_t *valid;   /* [B, H, S]: slots that hold a real token (this step's included) */
     int slot;               /* the first new token's slot; token t attends over slots [0, slot + t] */
     int kv_int8;            /* the int8 cache: codes in kc/vc, one fp16 scale per token and head */
     uint16_t *ks, *vs;      /* [L, B, H, S] scales (kv_int8 only) */
+    int cache_b;            /* sequences the cache tensors hold (>= B: a step over the first B of them) */
 } efflm_step;
 
 /* Cache row (token s of one head) as fp32: fp32 rows as they are, int8 rows dequantized here,
@@ -301,7 +302,7 @@ static void attend(const efflm_step *st, int layer, const float *q, float *out) 
         for (int rh = 0; rh < B * T * Hq; rh++) {
             int r = rh / Hq, hq = rh % Hq, b = r / T, kvh = hq / G, n = st->slot + r % T + 1;
             const float *qv = q + (size_t)r * Hq * Dh + (size_t)hq * Dh;
-            size_t row0 = (((size_t)layer * B + b) * H + kvh) * S;  /* cache row of slot 0 */
+            size_t row0 = (((size_t)layer * st->cache_b + b) * H + kvh) * S;  /* cache row of slot 0 */
             const uint8_t *ok = st->valid + ((size_t)b * H + kvh) * S;
             float mx = -INFINITY, sum;
             for (int s = 0; s < n; s++) {
@@ -367,7 +368,7 @@ void efflm_decode_layers(const efflm_layer *layers, const efflm_step *st) {
             for (int hh = 0; hh < H; hh++) {
                 float *kk = k + ((size_t)r * H + hh) * Dh;
                 rope(kk, c, s, Dh);
-                size_t row = (((size_t)li * st->B + r / st->T) * H + hh) * S + st->slot + r % st->T;
+                size_t row = (((size_t)li * st->cache_b + r / st->T) * H + hh) * S + st->slot + r % st->T;
                 cache_write(st, st->kc, st->ks, row, kk);
                 cache_write(st, st->vc, st->vs, row, v + ((size_t)r * H + hh) * Dh);
             }

@@ -38,8 +38,19 @@ def test_every_benchmark_script_has_a_smoke_test():
         "render_results",
         "vs_peft",
         "peft_shapes",
+        "serve_load",
     }
     assert {p.stem for p in ROOT.glob("*.py")} - {"__init__"} == tested
+
+
+def test_serve_load(tmp_path):
+    md = run(
+        "serve_load",
+        ["--concurrency", "1,2", "--prompt-len", "8", "--max-tokens", "4"],
+        tmp_path,
+    )
+    assert "| efflm serve (W4 g32, max batch 8) | 2 | 4 | 0 |" in md
+    assert "answered 429" in md  # the burst beyond max batch + queue was refused
 
 
 def test_vs_llamacpp(tmp_path):

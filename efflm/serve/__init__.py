@@ -1,0 +1,58 @@
+"""``efflm serve``: an OpenAI-compatible server with continuous batching on efflm's engine.
+
+``batcher`` schedules (iteration-level, Orca-style), ``protocol`` checks request bodies,
+``app`` is the HTTP surface (FastAPI on uvicorn, SSE streaming), ``metrics`` the Prometheus
+side, and ``static/playground.html`` the browser page at ``/``.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+
+def run(
+    model: Any,
+    tok: Any,
+    served: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch: int = 8,
+    max_queue: int = 64,
+    max_len: int = 2048,
+    chunk: int = 128,
+    api_key: str | None = None,
+    drain_s: float = 30.0,
+    on_ready: Any = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT: then stop admitting, let in-flight streams finish within
+    ``drain_s`` seconds, and return."""
+    import uvicorn
+
+    from efflm.serve.app import build_app
+    from efflm.serve.batcher import Batcher
+
+    batcher = Batcher(model, tok, max_batch=max_batch, max_queue=max_queue, max_len=max_len, chunk=chunk)
+    app = build_app(batcher, served, api_key)
+    batcher.start()
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:  # SIGTERM/SIGINT: refuse new work from now on
+            batcher.draining = True
+            super().handle_exit(sig, frame)
+            captured = getattr(self, "_captured_signals", [])
+            if sig == signal.SIGTERM and sig in captured:  # a drained SIGTERM exits 0 (uvicorn re-raises it)
+                captured.remove(sig)
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if on_ready is not None:
+                on_ready(self)
+
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=int(drain_s), access_log=False
+    )
+    try:
+        Server(config).run()
+    finally:
+        batcher.shutdown(0.0)

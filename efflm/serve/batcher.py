@@ -1,0 +1,331 @@
+"""Continuous batching (Orca, OSDI'22: iteration-level scheduling) on efflm's engine.
+
+One thread owns the model. Every iteration it
+1. drops cancelled requests (a disconnected client's row is free at this step);
+2. moves waiting requests into prefill while rows are free; a prompt is prefilled in chunks
+   of ``chunk`` tokens into a one-sequence cache of its own, one chunk per iteration, so the
+   running sequences never wait longer than one chunk;
+3. when a prompt is done: samples its first token and copies its cache into the next free row
+   of the shared batch cache, its slots ending at the shared cursor;
+4. runs one decode step, ``[n, 1]``, over the first n rows (``KVCache.rows``): every running
+   sequence advances one token with its own sampling parameters, seed and stop strings.
+
+Rows stay packed: a finished sequence's row is refilled by the last running one. Every
+sequence writes its next token at the shared cursor; when the cursor reaches the end of the
+cache, each row's valid slots are moved to the front. Keys are stored rotated at their own
+positions, so attention depends only on which slots are valid and their order.
+
+Models whose KV policy evicts or scores tokens, or that carry prompt adapters, are served one
+request at a time through ``generate_ids`` (their per-sequence state cannot share rows).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from efflm.core.errors import EfflmError
+from efflm.inference.cache import KVCache, make_cache
+from efflm.inference.engine import Engine
+from efflm.inference.generate import Generation, SamplingConfig, TextStream, draw, generate_ids, generator, probs
+
+
+class QueueFull(EfflmError):
+    """The waiting queue is at ``max_queue``."""
+
+
+class Draining(EfflmError):
+    """The server is shutting down and admits nothing new."""
+
+
+@dataclass(eq=False)
+class Request:
+    """One completion. ``emit(kind, value)`` is called from the batcher thread: ("text", delta)
+    as text becomes final, then ("done", Generation) or ("error", message) once."""
+
+    ids: list[int]
+    sampling: SamplingConfig
+    emit: Callable[[str, Any], None]
+    cancelled: bool = False
+    gen: Generation = field(default_factory=Generation)
+    t_submit: float = field(default_factory=time.perf_counter)
+    t_first: float | None = None
+    t_last: float | None = None
+    _stream: TextStream | None = None
+    _rng: torch.Generator | None = None
+    _cache: KVCache | None = None  # the prompt's own cache while it is prefilled
+    _pos: torch.Tensor | None = None
+    _done: int = 0  # prompt tokens prefilled
+    _last: int = 0  # the token to feed next
+
+
+class Batcher:
+    """The scheduler thread; ``submit`` from any thread. ``stats`` callbacks feed the metrics."""
+
+    def __init__(
+        self,
+        model: Any,
+        tok: Any,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        max_len: int = 2048,
+        chunk: int = 128,
+        on_step: Callable[[dict], None] | None = None,
+    ):
+        self.model, self.tok = model, tok
+        self.max_batch, self.max_queue, self.max_len, self.chunk = max_batch, max_queue, max_len, chunk
+        self.on_step = on_step or (lambda info: None)
+        self.engine = Engine(model)
+        self.eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+        probe = make_cache(model, 1, 1, torch.float32)
+        self.batched = not (probe.evicts or probe.needs_weights or probe.rerotate) and not (
+            self.engine.prompt.n_virtual or self.engine.prompt.gated
+        )
+        self.waiting: deque[Request] = deque()
+        self.prefill: Request | None = None
+        self.running: list[Request] = []
+        self.cache: KVCache | None = None
+        self.pos = torch.zeros(max_batch, dtype=torch.long)
+        self.cursor = 0
+        self.draining = False
+        self._cv = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="efflm-batcher", daemon=True)
+
+    # -- from the server -------------------------------------------------------------------
+    def start(self) -> None:
+        if self.batched:
+            self.cache = make_cache(self.model, self.max_batch, self.max_len, torch.float32)
+        self._thread.start()
+
+    def submit(self, req: Request) -> None:
+        with self._cv:
+            if self.draining:
+                raise Draining("the server is shutting down")
+            if len(self.waiting) >= self.max_queue:
+                raise QueueFull(f"the waiting queue is full ({self.max_queue} requests)")
+            req._stream = TextStream(req.gen, self.tok, req.sampling.stop, lambda i, d: req.emit("text", d))
+            req._rng = None if req.sampling.greedy else generator(req.sampling)
+            req.gen.prompt_tokens = len(req.ids)
+            self.waiting.append(req)
+            self._cv.notify()
+
+    def cancel(self, req: Request) -> None:
+        with self._cv:
+            req.cancelled = True
+            self._cv.notify()
+
+    def counts(self) -> tuple[int, int]:
+        """(running incl. prefill, waiting)."""
+        return len(self.running) + (self.prefill is not None), len(self.waiting)
+
+    def slots_in_use(self) -> int:
+        """Batch-cache slots holding a token of a running sequence."""
+        n = len(self.running)
+        return int(self.cache.valid[:n, 0].sum()) if self.cache is not None and n else 0
+
+    def idle(self) -> bool:
+        return not (self.waiting or self.running or self.prefill)
+
+    def shutdown(self, deadline_s: float) -> None:
+        """Stop admitting; let in-flight requests finish until the deadline, then cancel them."""
+        with self._cv:
+            self.draining = True
+        end = time.monotonic() + deadline_s
+        while not self.idle() and time.monotonic() < end:
+            time.sleep(0.02)
+        with self._cv:
+            for r in [*self.waiting, *self.running, *([self.prefill] if self.prefill else [])]:
+                r.cancelled = True
+            self._stop = True
+            self._cv.notify()
+        self._thread.join(timeout=5)
+
+    # -- the thread ------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stop and self.idle():
+                    self._cv.wait()
+                if self._stop:
+                    return
+            try:
+                self._iteration() if self.batched else self._solo()
+            except Exception as e:  # a failed step fails its requests, never the server
+                for r in [*self.running, *([self.prefill] if self.prefill else [])]:
+                    r.emit("error", f"{type(e).__name__}: {e}")
+                self.running, self.prefill = [], None
+                self.cursor = 0
+                if self.cache is not None:
+                    self.cache.valid.zero_()
+
+    def _drop_cancelled(self) -> None:
+        with self._cv:
+            gone = [r for r in self.waiting if r.cancelled]
+            for r in gone:
+                self.waiting.remove(r)
+        if self.prefill is not None and self.prefill.cancelled:
+            self.prefill = None
+        for i in reversed(range(len(self.running))):
+            if self.running[i].cancelled:
+                self._free(i)
+
+    def _iteration(self) -> None:
+        self._drop_cancelled()
+        if self.prefill is None and len(self.running) < self.max_batch:
+            with self._cv:
+                if self.waiting:
+                    self.prefill = self.waiting.popleft()
+        t0 = time.perf_counter()
+        prefilled = self._prefill_chunk() if self.prefill is not None else 0
+        t1 = time.perf_counter()
+        if self.running:
+            self._decode()
+        self.on_step(
+            {"prefill_tokens": prefilled, "prefill_s": t1 - t0, "decode_rows": len(self.running), "slots": self.cursor}
+        )
+
+    @torch.inference_mode()
+    def _prefill_chunk(self) -> int:
+        req, e = self.prefill, self.engine
+        if req._cache is None:
+            req._cache = make_cache(self.model, 1, len(req.ids), torch.float32)
+            req._pos = torch.zeros(1, dtype=torch.long)
+        piece = req.ids[req._done : req._done + self.chunk]
+        e.cache, e.pos = req._cache, req._pos
+        logits = e.step(torch.tensor([piece]))[:, -1]
+        req._pos, req._done = e.pos, req._done + len(piece)
+        if req._done < len(req.ids):
+            return len(piece)
+        self.prefill = None
+        if self._emit_token(req, logits[0]):
+            self._finish(req)
+        else:
+            self._splice(req)
+        return len(piece)
+
+    def _splice(self, req: Request) -> None:
+        """Copy a prefilled prompt into row n of the batch cache, its slots ending at the cursor."""
+        n, P = len(self.running), len(req.ids)
+        if self.cursor < P:
+            self.cursor = P  # the other rows get a gap of invalid slots
+        if self.cursor + 1 > self.cache.size:
+            self._compact()
+            self.cursor = max(self.cursor, P)
+        lo = self.cursor - P
+        for dst, src in zip(self.cache.tensors(), req._cache.tensors()):
+            dst[:, n, :, lo : self.cursor] = src[:, 0, :, :P]
+        self.cache.valid[n] = False
+        self.cache.valid[n, :, lo : self.cursor] = True
+        self.pos[n] = P
+        req._cache = None
+        self.running.append(req)
+
+    def _compact(self) -> None:
+        """Move each row's valid slots to the front, in order; the cursor becomes the longest row."""
+        c = self.cache
+        longest = 0
+        for r in range(len(self.running)):
+            idx = c.valid[r, 0, : self.cursor].nonzero().flatten()
+            m = idx.numel()
+            for t in c.tensors():
+                t[:, r, :, :m] = t[:, r, :, idx]
+            c.valid[r] = False
+            c.valid[r, :, :m] = True
+            longest = max(longest, m)
+        self.cursor = longest
+
+    @torch.inference_mode()
+    def _decode(self) -> None:
+        if self.cursor + 1 > self.cache.size:
+            self._compact()
+        n, e = len(self.running), self.engine
+        view = self.cache.rows(n)
+        view.length = self.cursor
+        e.cache, e.pos = view, self.pos[:n].clone()
+        logits = e.step(torch.tensor([[r._last] for r in self.running]))[:, -1]
+        self.pos[:n] = e.pos
+        self.cursor = view.length
+        for i in reversed(range(n)):
+            req = self.running[i]
+            if req.cancelled or self._emit_token(req, logits[i]):
+                self._finish(req)
+                self._free(i)
+
+    def _free(self, i: int) -> None:
+        """Remove running row i; the last row moves into its place."""
+        last = len(self.running) - 1
+        if i != last:
+            for t in self.cache.tensors():
+                t[:, i, :, : self.cursor] = t[:, last, :, : self.cursor]
+            self.cache.valid[i] = self.cache.valid[last]
+            self.pos[i] = self.pos[last]
+            self.running[i] = self.running[last]
+        self.cache.valid[last] = False
+        self.running.pop()
+        if not self.running:
+            self.cursor = 0
+
+    def _emit_token(self, req: Request, logits: torch.Tensor) -> bool:
+        """Sample the next token of ``req``; True when it finished (eos, stop string or length)."""
+        cfg = req.sampling
+        t = int(logits.argmax(-1)) if cfg.greedy else int(draw(probs(logits[None], cfg), req._rng)[0])
+        now = time.perf_counter()
+        req.t_first = req.t_first or now
+        req.t_last = now
+        if t in self.eos:
+            req.gen.finish = "eos"
+            return True
+        if req._stream.push(t):
+            return True
+        req._last = t
+        # the prompt plus every sampled token must fit in the cache (checked at admission too)
+        return len(req.gen.tokens) >= cfg.max_new_tokens or len(req.ids) + len(req.gen.tokens) >= self.max_len
+
+    def _finish(self, req: Request) -> None:
+        req._stream.close()
+        if req.gen.finish not in ("eos", "stop"):
+            req.gen.finish = "length"
+        req.emit("done", req.gen)
+
+    def _solo(self) -> None:
+        """One request at a time through generate_ids (KV policies with per-sequence state)."""
+        self._drop_cancelled()
+        with self._cv:
+            if not self.waiting:
+                return
+            req = self.prefill = self.waiting.popleft()
+
+        class Cancelled(Exception):
+            pass
+
+        def on_text(i: int, delta: str) -> None:
+            if req.cancelled:
+                raise Cancelled
+            req.t_first = req.t_first or time.perf_counter()
+            req.emit("text", delta)
+
+        try:
+            outs, _ = generate_ids(
+                self.model,
+                self.tok,
+                torch.tensor([req.ids]),
+                torch.ones(1, len(req.ids), dtype=torch.bool),
+                req.sampling,
+                max_len=self.max_len,
+                engine=self.engine,
+                on_text=on_text,
+            )
+            req.gen.tokens, req.gen.text, req.gen.finish = outs[0].tokens, outs[0].text, outs[0].finish
+            req.t_last = time.perf_counter()
+            req.emit("done", req.gen)
+        except Cancelled:
+            pass
+        finally:
+            self.prefill = None

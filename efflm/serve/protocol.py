@@ -1,0 +1,150 @@
+"""The OpenAI request bodies efflm serves, checked field by field into one ``Job``.
+
+Every problem raises ``ApiError`` carrying the status and the OpenAI error shape
+(``{"error": {"message", "type", "param", "code"}}``); nothing here touches the model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from efflm.core.errors import EfflmError
+from efflm.inference.generate import SamplingConfig
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None, kind: str = ""):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.kind = kind or {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}.get(
+            status, "server_error" if status >= 500 else "invalid_request_error"
+        )
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+@dataclass(frozen=True)
+class Job:
+    chat: bool
+    prompt_ids: list[int]
+    sampling: SamplingConfig
+    stream: bool
+    include_usage: bool
+    model: str
+
+
+def parse_json(raw: bytes) -> dict:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return body
+
+
+def _get(body: dict, name: str, kinds: tuple[type, ...], default: Any, label: str) -> Any:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        raise ApiError(400, f"'{name}' must be {label}, got {json.dumps(value)[:60]}", param=name)
+    return value
+
+
+def _num(body: dict, name: str, default: float, lo: float, hi: float, lo_open: bool = False) -> float:
+    v = float(_get(body, name, (int, float), default, "a number"))
+    if v < lo or v > hi or (lo_open and v == lo):
+        bound = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
+        raise ApiError(400, f"'{name}' must be in {bound}, got {v}", param=name)
+    return v
+
+
+def _stop(body: dict) -> tuple[str, ...]:
+    stop = body.get("stop")
+    if stop is None:
+        return ()
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > 4:
+        raise ApiError(400, "'stop' must be a non-empty string or a list of up to 4 of them", param="stop")
+    return tuple(stops)
+
+
+def _messages(body: dict) -> list[dict]:
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise ApiError(400, "'messages' must be a non-empty list", param="messages")
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "developer"):
+            raise ApiError(400, f"messages[{i}] needs a role: system, user, assistant or developer", param="messages")
+        content = m.get("content")
+        if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+            if not all(
+                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+            ):
+                raise ApiError(400, f"messages[{i}].content: only text parts are served", param="messages")
+            content = "".join(p["text"] for p in content)
+        if not isinstance(content, str):
+            raise ApiError(400, f"messages[{i}].content must be a string", param="messages")
+        out.append({"role": "system" if m["role"] == "developer" else m["role"], "content": content})
+    return out
+
+
+def job(body: dict, chat: bool, tok: Any, served: str, max_len: int) -> Job:
+    """The request as efflm runs it, or ApiError (400/404)."""
+    model = _get(body, "model", (str,), served, "a string")
+    if model != served:
+        raise ApiError(
+            400, f"the model '{model}' does not exist; this server serves '{served}'", "model", "model_not_found"
+        )
+    if _get(body, "n", (int,), 1, "an integer") != 1:
+        raise ApiError(400, "only n = 1 is served", param="n")
+    stream = _get(body, "stream", (bool,), False, "a boolean")
+    opts = _get(body, "stream_options", (dict,), {}, "an object")
+    include_usage = bool(_get(opts, "include_usage", (bool,), False, "a boolean"))
+    name = "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens"
+    max_tokens = _get(body, name, (int,), 16 if not chat else None, "an integer")
+    if chat:
+        msgs = _messages(body)
+        if not getattr(tok, "chat_template", None):
+            raise ApiError(400, "this model's tokenizer has no chat template: use /v1/completions", param="messages")
+        ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
+        ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1:
+            prompt = prompt[0]
+        if not isinstance(prompt, str) or not prompt:
+            raise ApiError(400, "'prompt' must be a non-empty string (one prompt per request)", param="prompt")
+        ids = list(tok(prompt, add_special_tokens=True)["input_ids"])
+    if not ids:
+        raise ApiError(400, "the prompt encodes to zero tokens", param="messages" if chat else "prompt")
+    if max_tokens is None:
+        max_tokens = max(1, max_len - len(ids))
+    if max_tokens < 1:
+        raise ApiError(400, f"'{name}' must be at least 1, got {max_tokens}", param=name)
+    if len(ids) + max_tokens > max_len:
+        raise ApiError(
+            400,
+            f"the prompt ({len(ids)} tokens) plus {name} ({max_tokens}) exceed the context this server holds "
+            f"({max_len} tokens)",
+            param=name,
+            code="context_length_exceeded",
+        )
+    seed = _get(body, "seed", (int,), None, "an integer")
+    try:
+        sampling = SamplingConfig(
+            max_new_tokens=max_tokens,
+            temperature=_num(body, "temperature", 1.0, 0.0, 2.0),
+            top_p=_num(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
+            top_k=int(_get(body, "top_k", (int,), 0, "an integer")),
+            stop=_stop(body),
+            seed=None if seed is None else seed % 2**63,
+        )
+    except EfflmError as e:
+        raise ApiError(400, str(e)) from None
+    return Job(chat, ids, sampling, stream, include_usage, served)

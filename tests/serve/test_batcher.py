@@ -1,0 +1,88 @@
+"""Continuous batching without HTTP: joins, leaves, compaction, KV methods."""
+
+import threading
+
+import pytest
+import torch
+
+from efflm.inference.generate import SamplingConfig, generate_ids
+from efflm.methods import config_from_dict, get
+from efflm.serve.batcher import Batcher, QueueFull, Request
+
+
+def _serve_all(b, jobs):
+    """Submit every (ids, n) at once; return each request's tokens and finish reason."""
+    done = [threading.Event() for _ in jobs]
+    reqs = []
+    for i, (ids, n) in enumerate(jobs):
+
+        def emit(kind, value, i=i):
+            if kind != "text":
+                done[i].set()
+
+        reqs.append(Request(ids, SamplingConfig(max_new_tokens=n), emit))
+    for r in reqs:
+        b.submit(r)
+    assert all(d.wait(60) for d in done)
+    return [(r.gen.tokens, r.gen.finish) for r in reqs]
+
+
+def _solo(model, tok, ids, n):
+    out, _ = generate_ids(model, tok, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.bool),
+                          SamplingConfig(max_new_tokens=n))  # fmt: skip
+    return out[0].tokens, out[0].finish
+
+
+def _jobs():
+    g = torch.Generator().manual_seed(0)
+    lengths = [3, 12, 7, 20, 5, 9, 15]
+    news = [34, 20, 30, 18, 33, 28, 22]
+    return [(torch.randint(3, 259, (p,), generator=g).tolist(), n) for p, n in zip(lengths, news)]
+
+
+@pytest.mark.parametrize("kv", [None, "kv_int8"])
+def test_joins_leaves_and_compaction_equal_solo(tiny, kv):
+    model, tok = tiny
+    if kv:
+        model = get(kv).apply(model, config_from_dict({"method": kv}))
+    b = Batcher(model, tok, max_batch=3, max_queue=16, max_len=40, chunk=4)  # 7 requests over 3 rows
+    compactions = []
+    original = b._compact
+    b._compact = lambda: (compactions.append(b.cursor), original())
+    b.start()
+    try:
+        assert b.batched
+        got = _serve_all(b, _jobs())
+    finally:
+        b.shutdown(1)
+    assert compactions, "the cursor never reached the end of the 40-slot cache"
+    assert got == [_solo(model, tok, ids, n) for ids, n in _jobs()]
+    assert b.cache.valid.sum() == 0
+
+
+def test_evicting_kv_methods_are_served_one_at_a_time(tiny):
+    model, tok = tiny
+    model = get("streaming_llm").apply(model, config_from_dict({"method": "streaming_llm", "sinks": 2, "budget": 16}))
+    b = Batcher(model, tok, max_batch=3, max_len=64)
+    b.start()
+    try:
+        assert not b.batched
+        jobs = _jobs()[:3]
+        got = _serve_all(b, jobs)
+    finally:
+        b.shutdown(1)
+    assert got == [_solo(model, tok, ids, n) for ids, n in jobs]
+
+
+def test_queue_bound_and_drain():
+    from efflm.io.load import load
+
+    model, tok = load("tiny-llama")
+    b = Batcher(model, tok, max_queue=2)
+    for _ in range(2):
+        b.submit(Request([5, 6], SamplingConfig(max_new_tokens=1), lambda k, v: None))
+    with pytest.raises(QueueFull):
+        b.submit(Request([5, 6], SamplingConfig(max_new_tokens=1), lambda k, v: None))
+    b.start()
+    b.shutdown(5)
+    assert b.idle()
