@@ -6,7 +6,8 @@ Both servers run on loopback at the same time (idle between their turns) with 2 
 * efflm: ``efflm serve`` with the recipe RTN W4 g32 + int8 embeddings + bf16 (the packed
   4-bit model of ``vs_llamacpp.py``), ``--max-batch 8``;
 * llama.cpp: ``python -m llama_cpp.server`` on efflm's Q4_0 export of exactly those codes
-  (``n_threads = n_threads_batch = 2``); it serves one request at a time.
+  (``n_threads = n_threads_batch = 2``, ``interrupt_requests = False``: its default lets a new
+  request cut off the one streaming); it serves one request at a time.
 
 An asyncio client (httpx, SSE) sends, for each concurrency level c, 2c requests (at least 4)
 from c concurrent streams: fixed prompts (evaluation text, ``--prompt-len`` tokens), fixed
@@ -130,7 +131,8 @@ def start_efflm(model: str, recipe: Path, port: int, threads: int, extra: list[s
 
 def start_llama(gguf: Path, port: int, threads: int, n_ctx: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "llama", "--port", str(port),
-           "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(n_ctx), "--verbose", "False"]  # fmt: skip
+           "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(n_ctx), "--verbose", "False",
+           "--interrupt_requests", "False"]  # fmt: skip
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

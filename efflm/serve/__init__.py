@@ -8,6 +8,7 @@ side, and ``static/playground.html`` the browser page at ``/``.
 from __future__ import annotations
 
 import signal
+import threading
 from typing import Any
 
 
@@ -34,7 +35,6 @@ def run(
 
     batcher = Batcher(model, tok, max_batch=max_batch, max_queue=max_queue, max_len=max_len, chunk=chunk)
     app = build_app(batcher, served, api_key)
-    batcher.start()
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:  # SIGTERM/SIGINT: refuse new work from now on
@@ -52,7 +52,22 @@ def run(
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=int(drain_s), access_log=False
     )
+    server = Server(config)
+    if threading.current_thread() is not threading.main_thread():  # embedded (tests): scheduler in a thread
+        batcher.start()
+        try:
+            server.run()
+        finally:
+            batcher.shutdown(0.0)
+        return
+    # the model steps on the main thread (see Batcher.run_here), HTTP in a thread of its own
+    http = threading.Thread(target=server.run, name="efflm-http", daemon=True)
+    previous = {sig: signal.signal(sig, server.handle_exit) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        Server(config).run()
+        http.start()
+        batcher.run_here(done=lambda: not http.is_alive())
     finally:
-        batcher.shutdown(0.0)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.should_exit = True
+        http.join(timeout=drain_s + 5)

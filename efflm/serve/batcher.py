@@ -148,12 +148,12 @@ class Batcher:
         self._thread.join(timeout=5)
 
     # -- the thread ------------------------------------------------------------------------
-    def _loop(self) -> None:
+    def _loop(self, done: Callable[[], bool] | None = None) -> None:
         while True:
             with self._cv:
-                while not self._stop and self.idle():
-                    self._cv.wait()
-                if self._stop:
+                while not self._stop and self.idle() and not (done and done()):
+                    self._cv.wait(0.1)
+                if self._stop or (done and done() and self.idle()):
                     return
             try:
                 self._iteration() if self.batched else self._solo()
@@ -164,6 +164,16 @@ class Batcher:
                 self.cursor = 0
                 if self.cache is not None:
                     self.cache.valid.zero_()
+
+    def run_here(self, done: Callable[[], bool]) -> None:
+        """Run the scheduler in the calling thread until ``done()`` and nothing is in flight.
+
+        The CLI runs it on the main thread (the HTTP server in another): OpenMP keeps one
+        thread pool per calling thread, and a second pool makes libgomp stop spinning between
+        the fused step's many parallel regions — each step then costs about 2.5× as much."""
+        if self.batched and self.cache is None:
+            self.cache = make_cache(self.model, self.max_batch, self.max_len, torch.float32)
+        self._loop(done)
 
     def _drop_cancelled(self) -> None:
         with self._cv:
