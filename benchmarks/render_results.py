@@ -49,6 +49,13 @@ SECTIONS = [
         "Perplexity through each cache policy, token by token, at equal budgets; then text longer than the cache.",
     ),
     (
+        "serve_load.md",
+        "Serving: efflm serve vs llama-cpp-python's server",
+        "python benchmarks/serve_load.py",
+        "Both servers on loopback with 2 threads on the same 4-bit codes, an asyncio SSE client at 1–32 "
+        "concurrent streams, greedy; then a burst beyond the queue.",
+    ),
+    (
         "vs_llmcompressor.md",
         "Quantization side by side with llm-compressor",
         "python benchmarks/vs_llmcompressor.py --methods gptq,awq",

@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             *[
                 f"- {_label(m)}: efflm `{efflm_config(m)}`"
                 + (" (layer order: `true_sequential: False`)" if "true_sequential" in efflm_config(m) else "")
-                + "; llm-compressor `{llmc_args(m)[0]}({llmc_args(m)[1]})`"
+                + f"; llm-compressor `{llmc_args(m)[0]}({llmc_args(m)[1]})`"
                 for m in [m.strip() for m in a.methods.split(",") if m.strip()]
             ],
             *(

@@ -23,6 +23,7 @@ import os
 import platform
 import shutil
 import subprocess
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -85,7 +86,11 @@ def library() -> ctypes.CDLL | None:
         if not (out.is_file() and recorded.is_file() and recorded.read_text().strip() == _sha256(out)):
             _build(cc, out)
         lib = ctypes.CDLL(str(out))
-    except (OSError, subprocess.CalledProcessError):
+    except subprocess.CalledProcessError as e:  # a compiler that rejects the source is worth saying
+        first = (e.stderr or b"").decode(errors="replace").strip().splitlines()[:1]
+        warnings.warn(f"efflm: the C kernels did not build ({first[0] if first else e}); using torch's", stacklevel=2)
+        return None
+    except OSError:
         return None
     p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
     lib.efflm_q4_gemm.argtypes = [p, i, i, i, p, p, p, f, i, i, p]

@@ -16,7 +16,8 @@ cache, each row's valid slots are moved to the front. Keys are stored rotated at
 positions, so attention depends only on which slots are valid and their order.
 
 Models whose KV policy evicts or scores tokens, or that carry prompt adapters, are served one
-request at a time through ``generate_ids`` (their per-sequence state cannot share rows).
+request at a time through ``generate_ids`` (their per-sequence state cannot share rows); a
+recipe with a ``speculative`` step is served one request at a time through speculative decoding.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from efflm.core.errors import EfflmError
 from efflm.inference.cache import KVCache, make_cache
 from efflm.inference.engine import Engine
 from efflm.inference.generate import Generation, SamplingConfig, TextStream, draw, generate_ids, generator, probs
+from efflm.inference.speculative import drafter_for, speculative_ids
 
 
 class QueueFull(EfflmError):
@@ -84,8 +86,11 @@ class Batcher:
         self.engine = Engine(model)
         self.eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
         probe = make_cache(model, 1, 1, torch.float32)
-        self.batched = not (probe.evicts or probe.needs_weights or probe.rerotate) and not (
-            self.engine.prompt.n_virtual or self.engine.prompt.gated
+        self.speculative = drafter_for(model)  # (draft or None, SpeculativeConfig) from the recipe
+        self.batched = (
+            self.speculative is None
+            and not (probe.evicts or probe.needs_weights or probe.rerotate)
+            and not (self.engine.prompt.n_virtual or self.engine.prompt.gated)
         )
         self.waiting: deque[Request] = deque()
         self.prefill: Request | None = None
@@ -305,7 +310,8 @@ class Batcher:
         req.emit("done", req.gen)
 
     def _solo(self) -> None:
-        """One request at a time through generate_ids (KV policies with per-sequence state)."""
+        """One request at a time: through speculative decoding when the recipe asks for it, else
+        through generate_ids (KV policies with per-sequence state)."""
         self._drop_cancelled()
         with self._cv:
             if not self.waiting:
@@ -315,24 +321,50 @@ class Batcher:
         class Cancelled(Exception):
             pass
 
-        def on_text(i: int, delta: str) -> None:
+        def live() -> None:
             if req.cancelled:
                 raise Cancelled
             req.t_first = req.t_first or time.perf_counter()
+
+        def on_text(i: int, delta: str) -> None:
+            live()
             req.emit("text", delta)
 
+        def on_token(t: int) -> bool:
+            live()
+            return req._stream.push(t)
+
         try:
-            outs, _ = generate_ids(
-                self.model,
-                self.tok,
-                torch.tensor([req.ids]),
-                torch.ones(1, len(req.ids), dtype=torch.bool),
-                req.sampling,
-                max_len=self.max_len,
-                engine=self.engine,
-                on_text=on_text,
-            )
-            req.gen.tokens, req.gen.text, req.gen.finish = outs[0].tokens, outs[0].text, outs[0].finish
+            if self.speculative is not None:
+                draft, sc = self.speculative
+                tokens, _, _ = speculative_ids(
+                    self.model,
+                    req.ids,
+                    req.sampling,
+                    draft=draft,
+                    k=sc.k,
+                    max_ngram=sc.ngram,
+                    min_ngram=sc.min_ngram,
+                    adaptive=sc.adaptive,
+                    eos=self.tok.eos_token_id,
+                    max_len=self.max_len,
+                    on_token=on_token,
+                )
+                req._stream.close()
+                if req.gen.finish != "stop":
+                    req.gen.finish = "length" if len(tokens) >= req.sampling.max_new_tokens else "eos"
+            else:
+                outs, _ = generate_ids(
+                    self.model,
+                    self.tok,
+                    torch.tensor([req.ids]),
+                    torch.ones(1, len(req.ids), dtype=torch.bool),
+                    req.sampling,
+                    max_len=self.max_len,
+                    engine=self.engine,
+                    on_text=on_text,
+                )
+                req.gen.tokens, req.gen.text, req.gen.finish = outs[0].tokens, outs[0].text, outs[0].finish
             req.t_last = time.perf_counter()
             req.emit("done", req.gen)
         except Cancelled:

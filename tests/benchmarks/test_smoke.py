@@ -112,6 +112,7 @@ def test_vs_llmcompressor_full(tmp_path):
     )
     assert "| wanda 50% | default |" in md and "What each side ran" in md
     assert "| gptq W4 sym g64 | true sequential (default) |" in md and "| gptq W4 sym g64 | layer order |" in md
+    assert "llm-compressor `GPTQModifier({" in md and "{llmc_args" not in md
 
 
 def test_gpu_sparse24_shapes_and_cpu_refusal(tmp_path):

@@ -132,3 +132,19 @@ def test_kernels_on_the_default_models_shapes_and_odd_tails(n, k, m, bits):
     ref = x @ w.reshape(n, k).t()
     assert (y - ref).norm() / ref.norm() < 0.01
     assert torch.equal(y, torch.cat([mm(x[i : i + 1]) for i in range(m)]))
+
+
+@pytest.mark.skipif(not q4_kernel._cpu_ok(), reason="no AVX2/FMA/F16C here")
+def test_a_kernel_source_that_does_not_compile_is_said_not_hidden(tmp_path, monkeypatch):
+    bad = tmp_path / "bad.c"
+    bad.write_text("int efflm_broken(void) { return undeclared_name; }\n")
+    monkeypatch.setenv("EFFLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(q4_kernel, "SOURCES", [*q4_kernel.SOURCES, bad])
+    q4_kernel.library.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="the C kernels did not build"):
+            assert q4_kernel.library() is None
+    finally:
+        monkeypatch.undo()
+        q4_kernel.library.cache_clear()
+        q4_kernel.library()  # the real library again, for the tests after this one

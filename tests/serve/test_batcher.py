@@ -74,6 +74,24 @@ def test_evicting_kv_methods_are_served_one_at_a_time(tiny):
     assert got == [_solo(model, tok, ids, n) for ids, n in jobs]
 
 
+def test_a_speculative_recipe_is_served_speculatively_with_plain_greedy_tokens(tiny, monkeypatch):
+    import efflm.serve.batcher as batcher_module
+
+    model, tok = tiny
+    plain = [_solo(model, tok, ids, n) for ids, n in _jobs()[:3]]
+    model = get("speculative").apply(model, config_from_dict({"method": "speculative", "k": 4}))
+    calls, real = [], batcher_module.speculative_ids
+    monkeypatch.setattr(batcher_module, "speculative_ids", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    b = Batcher(model, tok, max_batch=3, max_len=64)
+    b.start()
+    try:
+        assert not b.batched and b.speculative is not None
+        got = _serve_all(b, _jobs()[:3])
+    finally:
+        b.shutdown(1)
+    assert len(calls) == 3 and got == plain
+
+
 def test_queue_bound_and_drain():
     from efflm.io.load import load
 
