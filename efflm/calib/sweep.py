@@ -69,27 +69,17 @@ def _c_ok(*tensors: torch.Tensor | None) -> bool:
     return all(t is None or (t.is_contiguous() and t.device.type == "cpu") for t in tensors)
 
 
-def sweep(
-    W: torch.Tensor,
-    U: torch.Tensor,
-    a: int,
-    b: int,
-    err: torch.Tensor,
-    *,
-    bits: int = 0,
-    scales: torch.Tensor | None = None,
-    offsets: torch.Tensor | None = None,
-    mask: torch.Tensor | None = None,
-    codes: torch.Tensor | None = None,
-) -> None:
-    """``sweep_torch``'s contract, in C where the kernel library is available (float32
-    contiguous tensors; ``EFFLM_SWEEP_KERNEL=0`` keeps the torch loop)."""
+def sweep(W: torch.Tensor, U: torch.Tensor, a: int, b: int, err: torch.Tensor, **kw) -> None:
+    """``sweep_torch``'s contract and keywords, in C where the kernel library is available
+    (float32 contiguous tensors; ``EFFLM_SWEEP_KERNEL=0`` keeps the torch loop)."""
+    bits, mask = kw.get("bits", 0), kw.get("mask")
+    scales, offsets, codes = kw.get("scales"), kw.get("offsets"), kw.get("codes")
     if not bits and mask is None:
         raise ValueError("sweep: pruning needs a mask")
     lib = None if os.environ.get("EFFLM_SWEEP_KERNEL", "1") == "0" else q4_kernel.library()
     tensors = (W, U, err, scales, offsets, codes)
     if lib is None or not _c_ok(*tensors, mask) or any(t is not None and t.dtype != torch.float32 for t in tensors):
-        sweep_torch(W, U, a, b, err, bits=bits, scales=scales, offsets=offsets, mask=mask, codes=codes)
+        sweep_torch(W, U, a, b, err, **kw)
         return
     m = None if mask is None else mask.to(torch.uint8).contiguous()
     rows, n = W.shape

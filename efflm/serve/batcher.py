@@ -38,6 +38,10 @@ from efflm.inference.generate import Generation, SamplingConfig, TextStream, dra
 from efflm.inference.speculative import drafter_for, speculative_ids
 
 
+class _Cancelled(Exception):
+    """Raised inside a one-at-a-time generation whose client went away."""
+
+
 class QueueFull(EfflmError):
     """The waiting queue is at ``max_queue``."""
 
@@ -104,9 +108,12 @@ class Batcher:
         self._thread = threading.Thread(target=self._loop, name="efflm-batcher", daemon=True)
 
     # -- from the server -------------------------------------------------------------------
-    def start(self) -> None:
-        if self.batched:
+    def _ensure_cache(self) -> None:
+        if self.batched and self.cache is None:
             self.cache = make_cache(self.model, self.max_batch, self.max_len, torch.float32)
+
+    def start(self) -> None:
+        self._ensure_cache()
         self._thread.start()
 
     def submit(self, req: Request) -> None:
@@ -176,8 +183,7 @@ class Batcher:
         The CLI runs it on the main thread (the HTTP server in another): OpenMP keeps one
         thread pool per calling thread, and a second pool makes libgomp stop spinning between
         the fused step's many parallel regions — each step then costs about 2.5× as much."""
-        if self.batched and self.cache is None:
-            self.cache = make_cache(self.model, self.max_batch, self.max_len, torch.float32)
+        self._ensure_cache()
         self._loop(done)
 
     def _drop_cancelled(self) -> None:
@@ -318,12 +324,9 @@ class Batcher:
                 return
             req = self.prefill = self.waiting.popleft()
 
-        class Cancelled(Exception):
-            pass
-
         def live() -> None:
             if req.cancelled:
-                raise Cancelled
+                raise _Cancelled
             req.t_first = req.t_first or time.perf_counter()
 
         def on_text(i: int, delta: str) -> None:
@@ -367,7 +370,7 @@ class Batcher:
                 req.gen.tokens, req.gen.text, req.gen.finish = outs[0].tokens, outs[0].text, outs[0].finish
             req.t_last = time.perf_counter()
             req.emit("done", req.gen)
-        except Cancelled:
+        except _Cancelled:
             pass
         finally:
             self.prefill = None

@@ -1,11 +1,9 @@
 """`efflm serve` on the default model, packed 4-bit, through the openai client: a chat answer, and
 concurrent greedy completions equal to the same requests served alone."""
 
-import threading
-
 import pytest
 
-from tests.serve.conftest import Running
+from tests.serve.conftest import Running, concurrently
 
 pytestmark = pytest.mark.integration
 
@@ -28,17 +26,14 @@ def test_default_model_serves_chat_and_concurrent_completions():
         prompts = ["The history of Rome", "def fibonacci(n):", "Water boils at", "My favourite book is"]
         solo = [c.completions.create(model="smollm2-135m", prompt=p, max_tokens=20, temperature=0).choices[0].text
                 for p in prompts]  # fmt: skip
-        got = [None] * len(prompts)
-
-        def one(i):
-            got[i] = c.completions.create(model="smollm2-135m", prompt=prompts[i], max_tokens=20, temperature=0)
-            got[i] = got[i].choices[0].text
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        got = concurrently(
+            lambda i: (
+                c.completions.create(model="smollm2-135m", prompt=prompts[i], max_tokens=20, temperature=0)
+                .choices[0]
+                .text
+            ),
+            len(prompts),
+        )
         assert got == solo
     finally:
         s.stop()

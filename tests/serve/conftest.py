@@ -11,6 +11,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def concurrently(fn, n: int, timeout: float = 120) -> list:
+    """``[fn(0), ..., fn(n - 1)]``, each call in its own thread, all started before any is joined."""
+    got = [None] * n
+
+    def one(i):
+        got[i] = fn(i)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return got
+
+
 class Running:
     """An in-process `efflm serve` on a free loopback port (uvicorn in a thread)."""
 

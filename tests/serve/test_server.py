@@ -1,12 +1,13 @@
 """`efflm serve` through the official openai client (and raw HTTP for malformed bodies)."""
 
 import json
-import threading
 
 import httpx
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.serve.conftest import concurrently
 
 PROMPTS = ["The quick brown fox", "Once upon a time", "In the beginning", "A B C D E F G", "Hello there, how"]
 
@@ -71,16 +72,7 @@ def test_concurrent_greedy_requests_equal_their_solo_answers(server):
     c = server.client()
     lengths = [40, 7, 25, 33, 12]
     solo = [_complete(c, p, n=n).choices[0].text for p, n in zip(PROMPTS, lengths)]
-    got = [None] * len(PROMPTS)
-
-    def one(i):
-        got[i] = _complete(server.client(), PROMPTS[i], n=lengths[i]).choices[0].text
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(PROMPTS))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    got = concurrently(lambda i: _complete(server.client(), PROMPTS[i], n=lengths[i]).choices[0].text, len(PROMPTS))
     assert got == solo
 
 
