@@ -76,10 +76,11 @@ def heldout_ppl(model, tok, seq_len: int = 512, windows: int = 2) -> float:
 
 def worker(args) -> int:
     from efflm import tune
-    from efflm.finetune.adapter import hooks_for
     from efflm.finetune.files import load_adapter
+    from efflm.finetune.hooks import hooks_for
     from efflm.finetune.train import lr_factor, train
     from efflm.io.load import load
+    from efflm.methods import config_from_dict
 
     torch.set_num_threads(args.threads)
     cfg = train_config(args, args.method)
@@ -87,7 +88,7 @@ def worker(args) -> int:
     data = tune.load_data("domain", tok, cfg)
     if args.worker == "efflm":
         model, _ = load_adapter(model, args.init, trainable=True)
-        state = train(model, cfg, data.batch_at, hooks=hooks_for(args.method))
+        state = train(model, cfg, data.batch_at, hooks=hooks_for(config_from_dict(METHODS[args.method])))
         losses, times = state.losses, state.step_seconds
         evaluated = model
     else:

@@ -5,13 +5,19 @@ The CLI, the pipeline, the bench and the catalog look methods up here (``get``,
 known wherever one is named. Adding a paper: one line below (see docs/architecture.md).
 """
 
+import efflm.distill.gkd  # noqa: F401
+import efflm.distill.kd  # noqa: F401
+import efflm.finetune.adalomo  # noqa: F401
 import efflm.finetune.adalora  # noqa: F401
 import efflm.finetune.dora  # noqa: F401
 import efflm.finetune.dylora  # noqa: F401
+import efflm.finetune.full  # noqa: F401
 import efflm.finetune.ia3  # noqa: F401
 import efflm.finetune.llama_adapter  # noqa: F401
+import efflm.finetune.lomo  # noqa: F401
 import efflm.finetune.lora  # noqa: F401
 import efflm.finetune.lora_fa  # noqa: F401
+import efflm.finetune.mezo  # noqa: F401
 import efflm.finetune.prefix_tuning  # noqa: F401
 import efflm.finetune.prompt_tuning  # noqa: F401
 import efflm.finetune.qlora  # noqa: F401

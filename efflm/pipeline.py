@@ -25,9 +25,9 @@ def validate(
 
     hf_config = model_config(model_spec)
     for cfg in recipe:
-        if get(cfg.method).family == "finetune":
+        if get(cfg.method).family in ("finetune", "distill"):
             raise EfflmError(
-                f"{cfg.method} is a fine-tuning method: train it with `efflm finetune --method-recipe` "
+                f"{cfg.method} is a {get(cfg.method).family} method: train it with `efflm finetune --method-recipe` "
                 "(a compression recipe holds compression and inference steps only)"
             )
         hf_config = check_for_model(hf_config, cfg)

@@ -138,14 +138,21 @@ def parser() -> argparse.ArgumentParser:
     )
     g.set_defaults(fn=commands.cmd_generate)
 
-    f = sub.add_parser("finetune", help="train a parameter-efficient adapter; write it in peft's format")
+    f = sub.add_parser(
+        "finetune",
+        help="fine-tune or distill: an adapter in peft's format, or (full-parameter methods) the whole model",
+    )
     f.add_argument("--model", default=DEFAULT_MODEL, help=f"the base model: {MODEL_HELP}")
     f.add_argument("--recipe", help="compression recipe applied to the base first (e.g. rtn, llm_pruner)")
     f.add_argument("--method-recipe", required=True, help="YAML: the fine-tuning method's fields and a 'train' mapping")
     f.add_argument(
         "--data", default="domain", help="domain (calibration text), tasks (built-in instruction tasks) or FILE.jsonl"
     )
-    f.add_argument("--out", required=True, help="output directory (adapter, checkpoints, loss.png); must not exist")
+    f.add_argument("--teacher", help=f"distillation methods (kd, gkd): the teacher, {MODEL_HELP}; same tokenizer")
+    f.add_argument("--teacher-recipe", help="recipe applied to the teacher first")
+    f.add_argument(
+        "--out", required=True, help="output directory (adapter or model/, checkpoints, loss.png); must not exist"
+    )
     f.add_argument("--steps", type=_positive, help="optimizer steps (overrides train.steps)")
     f.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     f.add_argument("--db", default="results/efflm.sqlite", help="results database the run's row is written to")

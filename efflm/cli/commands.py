@@ -226,7 +226,13 @@ def cmd_finetune(a) -> int:
     from efflm import tune
 
     cfg, train_cfg = tune.read_method_recipe(a.method_recipe, a.steps)
-    r = tune.finetune(a.model, _recipe_arg(a.recipe), cfg, train_cfg, a.data, a.out, resume=a.resume, db=a.db)
+    if a.teacher_recipe and not a.teacher:
+        raise EfflmError("--teacher-recipe needs --teacher")
+    teacher_recipe = _recipe_arg(a.teacher_recipe)
+    r = tune.finetune(
+        a.model, _recipe_arg(a.recipe), cfg, train_cfg, a.data, a.out, resume=a.resume, db=a.db,
+        teacher=a.teacher, teacher_recipe=teacher_recipe,
+    )  # fmt: skip
     shown = {k: v for k, v in r.items() if k not in ("losses", "evals")}
     print(
         f"wrote {a.out} ({cfg.label()}): "

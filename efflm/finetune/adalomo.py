@@ -12,10 +12,16 @@ per parameter (each parameter is updated once per step, so it equals the global 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from efflm.core.errors import ConfigError
+from efflm.core.registry import register
+from efflm.finetune.full_params import FullConfig, FullHooks, one_process, trainable_of, unfreeze
 from efflm.finetune.fused_update import FusedUpdate
+from efflm.finetune.hooks import HOOKS
 
 
 class AdaLomoRule:
@@ -69,3 +75,48 @@ def adalomo(
 ) -> FusedUpdate:
     """AdaLomo over ``params``: call ``.step(loss, lr)`` in place of backward + step."""
     return FusedUpdate(params, AdaLomoRule(weight_decay=weight_decay, **kw), max_grad_norm)
+
+
+@dataclass(frozen=True)
+class AdaLomoConfig(FullConfig):
+    """Every weight trained by AdaLomo inside the backward pass. clip_threshold: the grouped
+    update normalization's d; decay_rate: c in β₂ₜ = 1 − tᶜ; eps2: the smallest relative step
+    scale. train.lr is the relative step size, train.max_grad_norm optional clipping (0 = off)."""
+
+    method = "adalomo"
+    clip_threshold: float = 1.0
+    decay_rate: float = -0.8
+    eps2: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.clip_threshold <= 0 or self.eps2 <= 0:
+            raise ConfigError("adalomo: clip_threshold and eps2 must be > 0")
+        if not -1 <= self.decay_rate < 0:
+            raise ConfigError(f"adalomo: decay_rate must be in [-1, 0), got {self.decay_rate}")
+
+
+class AdaLomoHooks(FullHooks):
+    def check_train(self, cfg: Any, world: int) -> None:
+        one_process("adalomo", cfg, world, accumulate=False)
+
+    def updater(self, model: torch.nn.Module, cfg: Any) -> FusedUpdate:
+        c = self.config
+        return adalomo(
+            trainable_of(model), cfg.weight_decay, cfg.max_grad_norm, eps=(1e-30, c.eps2),
+            clip_threshold=c.clip_threshold, decay_rate=c.decay_rate,
+        )  # fmt: skip
+
+
+HOOKS["adalomo"] = AdaLomoHooks
+
+
+@register(
+    AdaLomoConfig,
+    family="finetune",
+    title="AdaLomo: Low-memory Optimization with Adaptive Learning Rate",
+    arxiv="2310.10195",
+    needs_calibration=False,
+    paper="adalomo",
+)
+def apply(model: torch.nn.Module, config: AdaLomoConfig, calib: Any = None) -> torch.nn.Module:
+    return unfreeze(model, config)

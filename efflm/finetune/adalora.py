@@ -19,7 +19,8 @@ import torch
 
 from efflm.core.errors import ConfigError
 from efflm.core.registry import register
-from efflm.finetune.adapter import HOOKS, AdapterConfig, TrainHooks, check_targets, inject, linear_names
+from efflm.finetune.adapter import AdapterConfig, check_targets, inject, linear_names
+from efflm.finetune.hooks import HOOKS, TrainHooks
 from efflm.nn.adapters import SVDLinear
 
 
@@ -85,7 +86,8 @@ def budget(step: int, total: int, cfg: AdaLoRAConfig, n_adapters: int) -> int:
 
 
 class AdaLoRAHooks(TrainHooks):
-    def __init__(self):
+    def __init__(self, config=None):
+        super().__init__(config)
         self.ipt: dict[str, torch.Tensor] = {}
         self.unc: dict[str, torch.Tensor] = {}
 
@@ -141,7 +143,7 @@ class AdaLoRAHooks(TrainHooks):
                 m.lora_E.masked_fill_((s <= threshold).unsqueeze(1), 0.0)
 
 
-HOOKS["adalora"] = AdaLoRAHooks()
+HOOKS["adalora"] = AdaLoRAHooks
 
 
 @register(
@@ -154,7 +156,6 @@ HOOKS["adalora"] = AdaLoRAHooks()
     check=check_targets,
 )
 def apply(model: torch.nn.Module, config: AdaLoRAConfig, calib: Any = None) -> torch.nn.Module:
-    HOOKS["adalora"] = AdaLoRAHooks()  # fresh importance state per run
     model._efflm_adalora = config
     return inject(
         model,

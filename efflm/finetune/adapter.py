@@ -157,35 +157,3 @@ class LowRankAdapterConfig(AdapterConfig):
             "fan_in_fan_out": False,
             "init_lora_weights": True,
         }
-
-
-class TrainHooks:
-    """What a method adds to the shared training loop (none by default): a term added to the
-    loss, work before each step (DyLoRA samples its rank) and after each optimizer step
-    (AdaLoRA reallocates its rank budget)."""
-
-    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
-        return None
-
-    def before_step(self, model: nn.Module, step: int, generator: torch.Generator) -> None:
-        pass
-
-    def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
-        pass
-
-    def finish(self, model: nn.Module) -> None:
-        """After training (e.g. reset a sampled rank to the full one)."""
-
-    def state_dict(self) -> dict:
-        """What a checkpoint must keep for an exact resume."""
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
-HOOKS: dict[str, TrainHooks] = {}
-
-
-def hooks_for(method: str) -> TrainHooks:
-    return HOOKS.get(method, TrainHooks())

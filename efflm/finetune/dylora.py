@@ -18,7 +18,8 @@ import torch
 
 from efflm.core.errors import ConfigError
 from efflm.core.registry import register
-from efflm.finetune.adapter import HOOKS, LowRankAdapterConfig, TrainHooks, check_targets, lora_apply
+from efflm.finetune.adapter import LowRankAdapterConfig, check_targets, lora_apply
+from efflm.finetune.hooks import HOOKS, TrainHooks
 from efflm.nn.adapters import LoraLinear
 
 
@@ -55,7 +56,7 @@ class DyLoRAHooks(TrainHooks):
         set_rank(model, r)
 
 
-HOOKS["dylora"] = DyLoRAHooks()
+HOOKS["dylora"] = DyLoRAHooks
 
 
 @register(

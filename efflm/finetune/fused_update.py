@@ -21,6 +21,8 @@ Rule = Callable[[torch.nn.Parameter, torch.Tensor, float], None]
 
 
 class FusedUpdate:
+    kind = "fused"  # for the training loop: ``step(loss, lr)`` replaces backward + optimizer step
+
     def __init__(self, params: Iterable[torch.nn.Parameter], rule: Rule, max_grad_norm: float = 0.0):
         self.params = [p for p in params if p.requires_grad]
         self.rule, self.max_grad_norm = rule, max_grad_norm
@@ -51,6 +53,19 @@ class FusedUpdate:
             self._scale = min(1.0, self.max_grad_norm / (norm + 1e-6))
         loss.backward()
         return norm
+
+    def state_dict(self) -> dict:
+        """The rule's per-parameter state (AdaLomo's moments), keyed by parameter position."""
+        state = getattr(self.rule, "state", None)
+        if state is None:
+            return {}
+        return {i: state[id(p)] for i, p in enumerate(self.params) if id(p) in state}
+
+    def load_state_dict(self, saved: dict) -> None:
+        state = getattr(self.rule, "state", None)
+        if state is not None:
+            state.clear()
+            state.update({id(self.params[int(i)]): s for i, s in saved.items()})
 
     def close(self) -> None:
         for h in self._handles:

@@ -12,10 +12,15 @@ autocast); the hooks are torch's post-accumulate-grad hooks rather than per-tens
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from efflm.core.registry import register
+from efflm.finetune.full_params import FullConfig, FullHooks, one_process, trainable_of, unfreeze
 from efflm.finetune.fused_update import FusedUpdate
+from efflm.finetune.hooks import HOOKS
 
 
 def sgd_rule(weight_decay: float = 0.0):
@@ -32,3 +37,34 @@ def sgd_rule(weight_decay: float = 0.0):
 def lomo(params: Iterable[torch.nn.Parameter], weight_decay: float = 0.0, max_grad_norm: float = 0.0) -> FusedUpdate:
     """LOMO's fused SGD over ``params``: call ``.step(loss, lr)`` in place of backward + step."""
     return FusedUpdate(params, sgd_rule(weight_decay), max_grad_norm)
+
+
+@dataclass(frozen=True)
+class LomoConfig(FullConfig):
+    """Every weight trained by SGD inside the backward pass (train.lr, weight_decay; clipping by
+    train.max_grad_norm takes the paper's extra backward pass, 0 turns it off)."""
+
+    method = "lomo"
+
+
+class LomoHooks(FullHooks):
+    def check_train(self, cfg: Any, world: int) -> None:
+        one_process("lomo", cfg, world, accumulate=False)
+
+    def updater(self, model: torch.nn.Module, cfg: Any) -> FusedUpdate:
+        return lomo(trainable_of(model), cfg.weight_decay, cfg.max_grad_norm)
+
+
+HOOKS["lomo"] = LomoHooks
+
+
+@register(
+    LomoConfig,
+    family="finetune",
+    title="Full Parameter Fine-tuning for Large Language Models with Limited Resources",
+    arxiv="2306.09782",
+    needs_calibration=False,
+    paper="full-parameter-fine-tuning-large-language",
+)
+def apply(model: torch.nn.Module, config: LomoConfig, calib: Any = None) -> torch.nn.Module:
+    return unfreeze(model, config)

@@ -1,5 +1,5 @@
-"""The one training loop (parameter-efficient methods now; full fine-tuning and distillation
-reuse it): AdamW, warm-up + cosine/linear/constant schedule, gradient accumulation,
+"""The one training loop (parameter-efficient, full-parameter and distillation runs alike): AdamW
+by default (a method may bring its own updater: LOMO, AdaLomo, MeZO), warm-up + cosine/linear/constant schedule, gradient accumulation,
 clipping, optional gradient checkpointing and bf16 autocast, a chunked cross-entropy that
 never holds the full ``[tokens, vocab]`` logits, evaluation every K steps, atomic
 checkpoints and exact resume.
@@ -85,18 +85,31 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 class LossModel(nn.Module):
     """``forward(batch) -> loss``: the decoder stack, then the chunked loss through the head
-    (the unit ``accelerate`` wraps, so DDP sees one forward per micro-batch)."""
+    (the unit ``accelerate`` wraps, so DDP sees one forward per micro-batch). ``objective``
+    (a method's ``TrainHooks.loss``) replaces the cross-entropy, e.g. by a distillation loss."""
 
-    def __init__(self, model: nn.Module, chunk: int, extra: Callable[[nn.Module], Any] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        chunk: int,
+        extra: Callable[[nn.Module], Any] | None = None,
+        objective: Callable[[nn.Module, dict], torch.Tensor | None] | None = None,
+    ):
         super().__init__()
-        self.model, self.chunk, self.extra = model, chunk, extra
+        self.model, self.chunk, self.extra, self.objective = model, chunk, extra, objective
         layout = layout_for(model.config.model_type)
         self.backbone = get_module(model, layout.layers.rsplit(".", 1)[0])
         self.head = get_module(model, layout.lm_head)
 
+    def hidden(self, input_ids, attention_mask, **kw):
+        return self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kw)
+
     def forward(self, input_ids, attention_mask, labels):
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        loss = chunked_cross_entropy(hidden, self.head, labels, self.chunk)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        loss = self.objective(self, batch) if self.objective is not None else None
+        if loss is None:
+            hidden = self.hidden(input_ids, attention_mask).last_hidden_state
+            loss = chunked_cross_entropy(hidden, self.head, labels, self.chunk)
         extra = self.extra(self.model) if self.extra is not None else None
         return loss if extra is None else loss + extra
 
@@ -121,6 +134,22 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Opti
     return opt, sched
 
 
+class AdamW:
+    """The default updater: backward per micro-batch, clip, AdamW step, schedule."""
+
+    kind = "backward"
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig):
+        self.opt, self.sched = make_optimizer(model, cfg)
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+
+
 def train(
     model: nn.Module,
     cfg: TrainConfig,
@@ -128,16 +157,19 @@ def train(
     *,
     hooks: Any,
     state: TrainState | None = None,
-    optimizer_state: dict | None = None,
+    updater_state: dict | None = None,
     evaluate: Callable[[nn.Module], dict] | None = None,
-    on_checkpoint: Callable[[TrainState, torch.optim.Optimizer, Any], None] | None = None,
+    on_checkpoint: Callable[[TrainState, Any], None] | None = None,
     stop_at: int | None = None,
 ) -> TrainState:
     """Train ``model``'s trainable tensors for ``cfg.steps`` optimizer steps.
 
     ``batch_at(step, micro, n_micro)`` returns micro-batch ``micro`` of step ``step`` (this
-    process's slice). ``state``/``optimizer_state`` continue a checkpointed run. ``stop_at``
-    ends early at that step, as an interruption would (tests of resume).
+    process's slice). ``state``/``updater_state`` continue a checkpointed run. ``stop_at``
+    ends early at that step, as an interruption would (tests of resume). The method's
+    ``hooks.updater`` decides how weights change: AdamW after backward (the default), inside
+    the backward pass (``kind == "fused"``: ``step(loss, lr)``) or from forward passes only
+    (``kind == "zeroth"``: ``step(loss_fn, lr) -> (loss, projected gradient)``).
     """
     from accelerate import Accelerator
 
@@ -146,47 +178,62 @@ def train(
     if cfg.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    opt, sched = make_optimizer(model, cfg)
-    if optimizer_state is not None:
-        opt.load_state_dict(optimizer_state["optimizer"])
-        sched.load_state_dict(optimizer_state["scheduler"])
-    loss_model, opt = acc.prepare(LossModel(model, cfg.loss_chunk, hooks.extra_loss), opt)
+    updater = hooks.updater(model, cfg) or AdamW(model, cfg)
+    if updater_state is not None:
+        updater.load_state_dict(updater_state)
+    loss_model = LossModel(model, cfg.loss_chunk, hooks.extra_loss, hooks.loss)
+    if updater.kind == "backward":
+        loss_model, opt = acc.prepare(loss_model, updater.opt)
     n_micro = cfg.grad_accum
     end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
     bar = progress(range(state.step, end), desc="train", total=end - state.step, leave=True)
     for step in bar:
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout, per step
         hooks.before_step(model, step, torch.Generator().manual_seed(cfg.seed * 7919 + step))
-        t0, step_loss, tokens = time.perf_counter(), 0.0, 0
-        for micro in range(n_micro):
-            b = batch_at(step, micro, n_micro)
+        t0, lr = time.perf_counter(), cfg.lr * lr_factor(step, cfg)
+        batches = [hooks.batch(model, batch_at(step, m, n_micro), step) for m in range(n_micro)]
+        tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        if updater.kind == "backward":
+            step_loss = 0.0
+            for b in batches:
+                with acc.autocast():
+                    loss = loss_model(**b) / n_micro
+                acc.backward(loss)
+                shown = acc.reduce(loss.detach(), reduction="mean") if acc.num_processes > 1 else loss.detach()
+                step_loss += float(shown)  # the global batch's loss on every process
+            if cfg.max_grad_norm > 0:
+                acc.clip_grad_norm_(trainable(model), cfg.max_grad_norm)
+            opt.step()
+            updater.sched.step()
+            hooks.after_step(model, step, cfg.steps)
+            opt.zero_grad(set_to_none=True)
+        elif updater.kind == "fused":  # one micro-batch (checked by the method's check_train)
             with acc.autocast():
-                loss = loss_model(**b) / n_micro
-            acc.backward(loss)
-            shown = acc.reduce(loss.detach(), reduction="mean") if acc.num_processes > 1 else loss.detach()
-            step_loss += float(shown)  # the global batch's loss on every process
-            tokens += int(b["attention_mask"].sum())
-        if cfg.max_grad_norm > 0:
-            acc.clip_grad_norm_(trainable(model), cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        hooks.after_step(model, step, cfg.steps)
-        opt.zero_grad(set_to_none=True)
+                loss = loss_model(**batches[0])
+            updater.step(loss, lr)
+            step_loss = float(loss.detach())
+            hooks.after_step(model, step, cfg.steps)
+        else:
+
+            def loss_fn():
+                with acc.autocast():
+                    return sum(loss_model(**b) for b in batches) / n_micro
+
+            step_loss, _ = updater.step(loss_fn, lr)
+            hooks.after_step(model, step, cfg.steps)
         state.step_seconds.append(time.perf_counter() - t0)
         state.seconds += state.step_seconds[-1]
         state.step, state.tokens = step + 1, state.tokens + tokens
         state.losses.append(step_loss)
         if hasattr(bar, "set_postfix"):
-            bar.set_postfix(
-                loss=f"{step_loss:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}", tok_s=f"{state.tokens / state.seconds:.0f}"
-            )
+            bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{state.tokens / state.seconds:.0f}")
         last = state.step == cfg.steps
         if evaluate is not None and cfg.eval_every and state.step % cfg.eval_every == 0 and not last:
             model.eval()
             state.evals.append({"step": state.step, **evaluate(model)})
             model.train()
         if on_checkpoint is not None and (state.step % cfg.checkpoint_every == 0 or last or state.step == end):
-            on_checkpoint(state, opt.optimizer if hasattr(opt, "optimizer") else opt, sched)
+            on_checkpoint(state, updater)
     hooks.finish(model)
     if cfg.grad_checkpointing:
         model.gradient_checkpointing_disable()

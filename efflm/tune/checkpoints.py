@@ -26,8 +26,9 @@ def base_identity(model_spec: str, recipe: recipes.Recipe) -> dict:
     return {"spec": model_spec, "hash": h, "recipe": recipes.to_yaml(recipe), "label": recipes.label(recipe) or "dense"}
 
 
-def fingerprint_of(base: dict, tune: MethodConfig, cfg: TrainConfig, data: Data) -> str:
-    blob = json.dumps([base["hash"], tune.to_dict(), cfg.to_dict(), data.fingerprint], sort_keys=True, default=str)
+def fingerprint_of(base: dict, tune: MethodConfig, cfg: TrainConfig, data: Data, teacher: dict | None = None) -> str:
+    parts = [base["hash"], tune.to_dict(), cfg.to_dict(), data.fingerprint] + ([teacher["hash"]] if teacher else [])
+    blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -38,7 +39,7 @@ def latest_checkpoint(out: Path) -> Path | None:
     return cks[-1] if cks else None
 
 
-def write_checkpoint(out: Path, model, state: TrainState, opt, sched, hooks, fingerprint: str) -> None:
+def write_checkpoint(out: Path, model, state: TrainState, updater, hooks, fingerprint: str) -> None:
     tensors = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad or "lora_A" in n}
     target = out / f"checkpoint-{state.step}"
     if target.exists():
@@ -47,8 +48,7 @@ def write_checkpoint(out: Path, model, state: TrainState, opt, sched, hooks, fin
         torch.save(
             {
                 "tensors": tensors,
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
+                "updater": updater.state_dict(),
                 "hooks": hooks.state_dict(),
                 "state": dataclasses.asdict(state),
                 "fingerprint": fingerprint,

@@ -47,8 +47,8 @@ def read_method_recipe(path: str | Path, steps: int | None = None) -> tuple[Meth
     if not isinstance(train_d, dict):
         raise ConfigError(f"{p}: 'train' must be a mapping of training options")
     cfg = config_from_dict(data)
-    if get(cfg.method).family != "finetune":
-        raise ConfigError(f"{p}: {cfg.method} is not a fine-tuning method (see `efflm methods`)")
+    if get(cfg.method).family not in ("finetune", "distill"):
+        raise ConfigError(f"{p}: {cfg.method} is not a fine-tuning or distillation method (see `efflm methods`)")
     if steps is not None:
         train_d["steps"] = steps
     return cfg, train_config_from_dict(dict(train_d), str(p))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import statistics
 from pathlib import Path
 
 import torch
@@ -15,8 +16,9 @@ import yaml
 from efflm.core import recipe as recipes
 from efflm.core.atomic import atomic_write_bytes_from
 from efflm.core.errors import EfflmError
-from efflm.finetune.adapter import count_trainable, hooks_for
+from efflm.finetune.adapter import count_trainable
 from efflm.finetune.files import save_adapter
+from efflm.finetune.hooks import hooks_for
 from efflm.finetune.train import TrainConfig, TrainState, train
 from efflm.methods import MethodConfig, get
 from efflm.tune.checkpoints import base_identity, fingerprint_of, read_checkpoint, write_checkpoint
@@ -49,9 +51,13 @@ def finetune(
     resume: bool = False,
     stop_at: int | None = None,
     db: str | Path | None = None,
+    teacher: str | None = None,
+    teacher_recipe: recipes.Recipe | None = None,
 ) -> dict:
-    """Train ``tune`` on ``model_spec`` (after ``recipe``), write the adapter to ``out``; with
-    ``db``, measure the adapted model like a bench row and record it there."""
+    """Train ``tune`` on ``model_spec`` (after ``recipe``), write the adapter (or, for a
+    full-parameter method, the whole model under ``out/model``) to ``out``; with ``db``, measure
+    the trained model like a bench row and record it there. A distillation method learns from
+    ``teacher`` (after ``teacher_recipe``), which must share the student's tokenizer."""
     from efflm import pipeline
     from efflm.core.registry import check_for_model
     from efflm.eval.metrics import model_bytes, peak_rss_mb
@@ -65,13 +71,25 @@ def finetune(
     hf_config = pipeline.validate(model_spec, recipe)
     check_for_model(hf_config, tune)
     tok = load_tokenizer(model_spec)
+    distill = get(tune.method).family == "distill"
+    if distill != (teacher is not None):
+        raise EfflmError(
+            f"{tune.method} distills from a teacher: give --teacher"
+            if distill
+            else f"--teacher is for distillation methods; {tune.method} is not one"
+        )
+    if teacher is not None:
+        check_teacher(teacher, teacher_recipe or [], hf_config, tok)
     data = load_data(data_spec, tok, cfg)
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if cfg.batch % (cfg.grad_accum * world):
         raise EfflmError(f"batch {cfg.batch} must divide into grad_accum {cfg.grad_accum} x {world} processes")
+    hooks = hooks_for(tune)
+    hooks.check_train(cfg, world)
     data.rank, data.world = rank, world
     base = base_identity(model_spec, recipe)
-    fingerprint = fingerprint_of(base, tune, cfg, data)
+    teacher_id = base_identity(teacher, teacher_recipe or []) if teacher is not None else None
+    fingerprint = fingerprint_of(base, tune, cfg, data, teacher_id)
     blob = read_checkpoint(out, fingerprint) if resume else None
 
     import time
@@ -84,26 +102,27 @@ def finetune(
     model, tok = pipeline.load_and_apply(model_spec, recipe)
     base_disk = _disk_bytes(model, tok, recipe) if db is not None else None
     model = get(tune.method).apply(model, tune, None)
+    if teacher is not None:
+        hooks.attach(pipeline.load_and_apply(teacher, teacher_recipe or [])[0])
     from efflm.finetune.files import is_adapter_tensor
 
     # the base as trained on (QLoRA quantizes it inside its apply), without the adapter's tensors
     base_bytes = model_bytes(model) - sum(
         p.numel() * p.element_size() for n, p in model.named_parameters() if is_adapter_tensor(n)
     )
-    hooks = hooks_for(tune.method)
-    state, opt_state = None, None
+    state, updater_state = None, None
     if blob is not None:
         params = dict(model.named_parameters())
         with torch.no_grad():
             for n, t in blob["tensors"].items():
                 params[n].copy_(t)
         state = TrainState(**blob["state"])
-        opt_state = {"optimizer": blob["optimizer"], "scheduler": blob["scheduler"]}
+        updater_state = blob["updater"]
         hooks.load_state_dict(blob["hooks"])
 
-    def checkpoint(st, opt, sched):
+    def checkpoint(st, updater):
         if rank == 0:
-            write_checkpoint(out, model, st, opt, sched, hooks, fingerprint)
+            write_checkpoint(out, model, st, updater, hooks, fingerprint)
 
     evaluate = evaluator(data_spec, tok, final=False) if cfg.eval_every else None
     prev = signal.getsignal(signal.SIGTERM)
@@ -115,7 +134,7 @@ def finetune(
             data.batch_at,
             hooks=hooks,
             state=state,
-            optimizer_state=opt_state,
+            updater_state=updater_state,
             evaluate=evaluate,
             on_checkpoint=checkpoint,
             stop_at=stop_at,
@@ -127,6 +146,8 @@ def finetune(
         return result  # stopped early: the checkpoint is the output
     metrics = evaluator(data_spec, tok, final=True)(model)
     n_train = count_trainable(model) or sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    if hooks.output == "model":
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     result.update(
         {
             **metrics,
@@ -134,6 +155,7 @@ def finetune(
             "train_tokens": state.tokens,
             "train_tok_s": state.tokens / max(state.seconds, 1e-9),
             "step_s": state.seconds / max(state.step - (blob["state"]["step"] if blob else 0), 1),
+            "step_s_median": statistics.median(state.step_seconds[1:] or state.step_seconds),
             "peak_rss_mb": peak_rss_mb(),
             "base_bytes": base_bytes,
             "losses": state.losses,
@@ -148,11 +170,46 @@ def finetune(
             "metrics": {k: v for k, v in result.items() if k != "losses"},
             "losses": state.losses,
         }
-        save_adapter(model, tune, out, meta, into_existing=True)
+        if teacher_id is not None:
+            meta["teacher"] = teacher_id
+        if hooks.output == "model":
+            save_model(model, tok, out, recipe + [tune], meta)
+        else:
+            save_adapter(model, getattr(hooks, "adapter_config", None) or tune, out, meta, into_existing=True)
         loss_png(state, out / "loss.png", f"{tune.label()} on {base['label']}")
         if db is not None:
             record(db, model_spec, recipe, tune, cfg, data_spec, model, tok, t0, base_disk, out, result)
     return result
+
+
+def check_teacher(teacher: str, teacher_recipe: recipes.Recipe, student_config, student_tok) -> None:
+    """Teacher and student must share a tokenizer: checked from configs and tokenizer files,
+    before any weights load."""
+    from efflm import pipeline
+    from efflm.models.load import load_tokenizer
+
+    t_config = pipeline.validate(teacher, teacher_recipe)
+    tv, sv = getattr(t_config, "vocab_size", None), getattr(student_config, "vocab_size", None)
+    if tv != sv:
+        raise EfflmError(f"teacher {teacher} has a vocabulary of {tv} tokens, the student {sv}: they must match")
+    if load_tokenizer(teacher).get_vocab() != student_tok.get_vocab():
+        raise EfflmError(f"teacher {teacher} and the student have different tokenizers")
+
+
+def save_model(model, tok, out: Path, full_recipe: recipes.Recipe, meta: dict) -> None:
+    """A full-parameter run's output: the whole trained model under ``out/model`` (loadable by
+    every command's --model), and the run's record beside it."""
+    import json
+
+    from efflm.core.atomic import atomic_write_text
+    from efflm.io.save import save
+
+    if (out / "model").exists():
+        import shutil
+
+        shutil.rmtree(out / "model")  # a resumed run that had finished once
+    save(model, tok, out / "model", recipes.to_yaml(full_recipe))
+    atomic_write_text(out / "efflm_finetune.json", json.dumps(meta, indent=1, default=str))
 
 
 def _disk_bytes(model, tok, recipe) -> int:
@@ -170,14 +227,17 @@ def record(db, model_spec, recipe, tune, cfg, data_spec, model, tok, t0, base_di
     from efflm.bench import db as results
     from efflm.bench.worker import measure
     from efflm.eval.env import environment
+    from efflm.io.save import dir_bytes
 
-    adapter_file = (out / "adapter_model.safetensors").stat().st_size
-    m = measure(model, tok, model_spec, t0, base_disk + adapter_file, EVAL_SEQ_LEN, EVAL_WINDOWS, 128, 32, 2)
+    whole = (out / "model").is_dir()  # a full-parameter run saved every weight
+    adapter_file = 0 if whole else (out / "adapter_model.safetensors").stat().st_size
+    disk = dir_bytes(out / "model") if whole else base_disk + adapter_file
+    m = measure(model, tok, model_spec, t0, disk, EVAL_SEQ_LEN, EVAL_WINDOWS, 128, 32, 2)
     m["peak_rss_mb"] = result["peak_rss_mb"]
     full = recipe + [tune]
     label = f"{recipes.label(full)} [{data_spec}, {cfg.steps} steps]"
     extra = {k: v for k, v in result.items() if k not in results.METRICS and k not in ("losses", "evals")}
-    extra.update({"adapter_bytes": adapter_file, "train": cfg.to_dict(), "data": data_spec})
+    extra.update({"train": cfg.to_dict(), "data": data_spec, **({} if whole else {"adapter_bytes": adapter_file})})
     families = ",".join(sorted({get(c.method).family for c in full}))
     recipe_text = recipes.to_yaml(full) + yaml.safe_dump({"train": cfg.to_dict(), "data": data_spec})
     conn = results.connect(db)

@@ -12,14 +12,16 @@ from efflm.methods import check_for_model, get, methods
 ALL = [m.name for m in methods()]
 # Fine-tuning methods that start from the base exactly (zero-initialised adapters); prompt and
 # prefix tuning start from random virtual tokens, QLoRA from the NF4-rounded base.
+# Full-parameter methods and distillation (a LoRA student) change nothing until trained.
 ZERO_INIT = {"lora", "dora", "lora_fa", "dylora", "adalora", "ia3", "llama_adapter"}
+ZERO_INIT |= {"full", "lomo", "adalomo", "mezo", "kd", "gkd"}
 
 
 def default_config(name: str):
     """The method's default config; fine-tuning methods at tiny-llama's size (2 layers)."""
     from tests.finetune.conftest import tiny_config
 
-    return tiny_config(name) if get(name).family == "finetune" else get(name).config_cls()
+    return tiny_config(name) if get(name).family in ("finetune", "distill") else get(name).config_cls()
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -36,7 +38,8 @@ def test_every_method_applies_and_model_still_runs(name, tiny, tiny_ids):
     logits = out_model(tiny_ids).logits
     assert logits.shape == ref.shape
     assert torch.isfinite(logits).all()
-    if m.family in ("quantize", "prune", "lowrank") or (m.family == "finetune" and name not in ZERO_INIT):
+    trains = m.family in ("finetune", "distill")
+    if m.family in ("quantize", "prune", "lowrank") or (trains and name not in ZERO_INIT):
         assert not torch.equal(logits, ref)
         assert (logits - ref).abs().max() < 10 * ref.abs().max()  # and did not wreck them
     else:  # baseline, decode-path and zero-initialised adapters leave a full forward as it was
@@ -76,13 +79,25 @@ def test_every_method_saves_and_reloads_bit_exactly(name, tiny, tiny_ids, tmp_pa
 
     model, tok = tiny
     m = get(name)
-    if m.family == "finetune":  # adapters are saved in peft's format (tests/finetune)
+    from efflm.finetune.hooks import hooks_for
+
+    if m.family in ("finetune", "distill") and hooks_for(default_config(name)).output == "model":
+        from tests.finetune.conftest import perturb
+
+        out_model = m.apply(model, default_config(name), None)
+        perturb(out_model)  # a trained model is saved whole, as any model
+        save(out_model, tok, tmp_path / "m")
+        back, _ = load(str(tmp_path / "m"))
+        assert torch.equal(back(tiny_ids).logits, out_model(tiny_ids).logits)
+        return
+    if m.family in ("finetune", "distill"):  # adapters are saved in peft's format (tests/finetune)
         from efflm.finetune.files import load_adapter, save_adapter
         from efflm.models.tiny import tiny_llama
         from tests.finetune.conftest import perturb
 
         cfg = default_config(name)
         out_model = m.apply(model, cfg, None)
+        cfg = getattr(hooks_for(cfg), "adapter_config", None) or cfg  # distillation trains a LoRA
         perturb(out_model)
         getattr(sys.modules[m.apply.__module__], "set_rank", lambda *a: None)(
             out_model, getattr(cfg, "save_rank", 0) or 4

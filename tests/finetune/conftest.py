@@ -20,8 +20,14 @@ TINY_CONFIGS = {
 }
 
 
+# Every method that trains the whole model (saved whole) or distills (a teacher needed).
+FULL_CONFIGS = {"full": {}, "lomo": {}, "adalomo": {}, "mezo": {}}
+DISTILL_CONFIGS = {"kd": {"r": 4}, "gkd": {"r": 4}}
+
+
 def tiny_config(name: str):
-    return config_from_dict({"method": name, **TINY_CONFIGS[name]})
+    fields = {**TINY_CONFIGS, **FULL_CONFIGS, **DISTILL_CONFIGS}[name]
+    return config_from_dict({"method": name, **fields})
 
 
 @pytest.fixture

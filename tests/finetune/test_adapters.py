@@ -169,8 +169,10 @@ def test_own_memory_copies_every_tensor_and_keeps_ties():
 
 def test_the_matrix_covers_every_fine_tuning_method():
     from efflm.methods import methods
+    from tests.finetune.conftest import DISTILL_CONFIGS, FULL_CONFIGS
 
-    assert set(TINY_CONFIGS) == {m.name for m in methods() if m.family == "finetune"}
+    assert set(TINY_CONFIGS) | set(FULL_CONFIGS) == {m.name for m in methods() if m.family == "finetune"}
+    assert set(DISTILL_CONFIGS) == {m.name for m in methods() if m.family == "distill"}
 
 
 @pytest.mark.parametrize("name", sorted(set(TINY_CONFIGS) - {"qlora"}))  # NF4 needs inputs divisible by 64

@@ -104,7 +104,7 @@ def test_jsonl_loss_covers_completion_tokens_only(tmp_path):
     [
         ("method: lora\ntarget_modules: [q_prj]\n", [], "did you mean 'q_proj'"),
         ("method: lora\nr: 100\n", [], "exceeds"),
-        ("method: rtn\n", [], "not a fine-tuning method"),
+        ("method: rtn\n", [], "not a fine-tuning or distillation method"),
         ("method: lora\ntrain:\n  stepz: 3\n", [], "did you mean 'steps'"),
         ("method: lora\n", ["--data", "nope.txt"], "--data must be"),
         ("method: lora\n", ["--resume"], "not a fine-tuning output directory"),
