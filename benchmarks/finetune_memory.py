@@ -6,8 +6,8 @@ against the ``lomo-optim`` package on the same run.
 
 Every row is its own subprocess (peak RSS is that process's ``ru_maxrss``, model load
 included), on the same model (fp32), batches (``efflm.tune.Data.batch_at`` on the domain
-data), sequence length, threads, warm-up + cosine schedule, no gradient checkpointing and the
-same loss (efflm's chunked cross-entropy, 512 tokens per chunk); only the updater differs.
+data), sequence length, threads, warm-up + cosine schedule, activation checkpointing on
+(transformers' non-reentrant; two rows without it, for scale) and the same loss (efflm's chunked cross-entropy, 512 tokens per chunk); only the updater differs.
 ``inference`` is one no-grad forward of the same batch through transformers (full logits).
 lomo-optim runs its ``Lomo``/``AdaLomo`` with ``fused_backward`` in a plain loop over the same
 loss module (its ``AdaLomo`` allocates its state with ``.cuda()``; on this CPU-only machine
@@ -41,12 +41,17 @@ ROWS = {
     "lomo_optim_adalomo": ("lomo-optim AdaLomo", "AdaLomo", 5e-4, {"max_grad_norm": 0.0}),
     "mezo": ("efflm mezo (all weights)", {"method": "mezo", "eps": 1e-3}, 1e-6, {"max_grad_norm": 0.0}),
     "lora": ("efflm lora r=8 (AdamW)", {"method": "lora", "r": 8, "alpha": 16}, 1e-3, {"max_grad_norm": 1.0}),
-}
+    "adamw_nockpt": ("efflm full (AdamW), no checkpointing", {"method": "full"}, 1e-5,
+                     {"max_grad_norm": 1.0, "grad_checkpointing": False}),
+    "lomo_nockpt": ("efflm lomo (no clipping), no checkpointing", {"method": "lomo"}, 1e-2,
+                    {"max_grad_norm": 0.0, "grad_checkpointing": False}),
+}  # fmt: skip
 
 
 def train_config(args, lr: float, extra: dict):
     from efflm.finetune.train import TrainConfig
 
+    extra = {"grad_checkpointing": True, **extra}  # every training row checkpoints activations unless it says not
     return TrainConfig(steps=args.steps, lr=lr, warmup=max(1, args.steps // 10), batch=args.batch,
                        seq_len=args.seq_len, checkpoint_every=10**6, **extra)  # fmt: skip
 
@@ -83,6 +88,8 @@ def run_lomo_optim(args, cls_name: str, lr: float, extra: dict) -> dict:
     model, tok = load(args.model)
     data = tune.load_data("domain", tok, cfg)
     unfreeze(model, FullConfig())
+    if cfg.grad_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     lm = LossModel(model, cfg.loss_chunk)
     cuda = torch.Tensor.cuda
@@ -134,7 +141,7 @@ def table(args, res: dict) -> str:
         "# Full-parameter fine-tuning memory: efflm's LOMO, AdaLomo and MeZO against AdamW, inference and lomo-optim",
         "",
         f"{args.model}, fp32, batch {args.batch} × {args.seq_len} tokens, {args.steps} steps, {args.threads} threads, "
-        "no gradient checkpointing, chunked cross-entropy on every side; each row its own process (peak RSS "
+        "activation checkpointing on every training row unless it says otherwise, chunked cross-entropy on every side; each row its own process (peak RSS "
         "includes the model load). Held-out loss = ln(perplexity) on the evaluation split after the run.",
         "",
         "| run | lr | peak RSS MB | × inference | × AdamW | step s (median) | first → last train loss | held-out loss |",

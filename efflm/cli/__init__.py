@@ -150,6 +150,7 @@ def parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--teacher", help=f"distillation methods (kd, gkd): the teacher, {MODEL_HELP}; same tokenizer")
     f.add_argument("--teacher-recipe", help="recipe applied to the teacher first")
+    f.add_argument("--teacher-cache", help="kd: the teacher's top-k log-probabilities from `efflm distill-cache`")
     f.add_argument(
         "--out", required=True, help="output directory (adapter or model/, checkpoints, loss.png); must not exist"
     )
@@ -157,6 +158,20 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     f.add_argument("--db", default="results/efflm.sqlite", help="results database the run's row is written to")
     f.set_defaults(fn=commands.cmd_finetune)
+
+    dc = sub.add_parser(
+        "distill-cache",
+        help="one teacher pass over a run's batches: top-k log-probabilities for `finetune --teacher-cache`",
+    )
+    dc.add_argument("--teacher", required=True, help=f"the teacher: {MODEL_HELP}")
+    dc.add_argument("--teacher-recipe", help="recipe applied to the teacher first")
+    dc.add_argument("--model", default=DEFAULT_MODEL, help="the student (its tokenizer must be the teacher's)")
+    dc.add_argument("--method-recipe", required=True, help="the distillation run's method recipe (its 'train' shape)")
+    dc.add_argument("--data", default="domain", help="the run's --data")
+    dc.add_argument("--steps", type=_positive, help="optimizer steps (overrides train.steps)")
+    dc.add_argument("--k", type=_positive, default=64, help="log-probabilities kept per token")
+    dc.add_argument("--out", required=True, help="cache file to write; must not exist")
+    dc.set_defaults(fn=commands.cmd_distill_cache)
 
     m = sub.add_parser("merge", help="fold a LoRA/DoRA/IA3 adapter into the base and save it")
     m.add_argument("--model", default=DEFAULT_MODEL, help=f"the base model: {MODEL_HELP}")

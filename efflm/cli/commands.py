@@ -231,12 +231,26 @@ def cmd_finetune(a) -> int:
     teacher_recipe = _recipe_arg(a.teacher_recipe)
     r = tune.finetune(
         a.model, _recipe_arg(a.recipe), cfg, train_cfg, a.data, a.out, resume=a.resume, db=a.db,
-        teacher=a.teacher, teacher_recipe=teacher_recipe,
+        teacher=a.teacher, teacher_recipe=teacher_recipe, teacher_cache=a.teacher_cache,
     )  # fmt: skip
     shown = {k: v for k, v in r.items() if k not in ("losses", "evals")}
     print(
         f"wrote {a.out} ({cfg.label()}): "
         + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+    )
+    return 0
+
+
+def cmd_distill_cache(a) -> int:
+    from efflm import tune
+    from efflm.methods import get
+
+    cfg, train_cfg = tune.read_method_recipe(a.method_recipe, a.steps)
+    if get(cfg.method).family != "distill":
+        raise EfflmError(f"{a.method_recipe}: {cfg.method} is not a distillation method")
+    r = tune.build_cache(a.teacher, _recipe_arg(a.teacher_recipe), a.model, train_cfg, a.data, a.out, a.k)
+    print(
+        f"wrote {a.out}: {r['tokens']} tokens, top-{r['k']}, {r['bytes']} bytes ({r['bytes_per_token']:.1f} per token)"
     )
     return 0
 

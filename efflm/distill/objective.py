@@ -22,6 +22,7 @@ from efflm.core.registry import MethodConfig
 from efflm.distill import divergence as div
 from efflm.distill.chunked import chunked_divergence
 from efflm.distill.hidden import hidden_mse
+from efflm.distill.topk import TopKCache, cached_divergence, packed
 from efflm.finetune.full_params import FullConfig, unfreeze
 from efflm.finetune.hooks import TrainHooks
 from efflm.finetune.loss import chunked_cross_entropy, head_weight
@@ -107,6 +108,7 @@ class DistillHooks(TrainHooks):
     def __init__(self, config: DistillConfig | None = None):
         super().__init__(config)
         self.teacher: nn.Module | None = None
+        self.cache: TopKCache | None = None
         self.adapter_config = config.adapter() if config is not None else None
         self.output = "adapter" if self.adapter_config is not None else "model"
 
@@ -116,22 +118,36 @@ class DistillHooks(TrainHooks):
         self._t_backbone = get_module(teacher, layout.layers.rsplit(".", 1)[0])
         self._t_head = get_module(teacher, layout.lm_head)
 
+    def use_cache(self, cache: TopKCache) -> None:
+        """Read the teacher from a top-k cache instead of running it (``efflm distill-cache``)."""
+        self.cache = cache
+
+    def batch(self, model: nn.Module, batch: dict, step: int) -> dict:
+        if self.cache is None:
+            return batch
+        index, logp = self.cache.lookup(step, batch["input_ids"])
+        return {**batch, "teacher_index": index, "teacher_logp": logp}
+
     def loss(self, loss_model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         cfg: DistillConfig = self.config
-        if self.teacher is None:
+        if self.teacher is None and "teacher_index" not in batch:
             raise ConfigError(f"{cfg.method}: a distillation run needs a teacher (--teacher)")
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         hidden_too = cfg.hidden_weight > 0
         out = loss_model.hidden(ids, mask, output_hidden_states=hidden_too)
         keep = labels[:, 1:] != -100  # the positions whose next token counts
         h = out.last_hidden_state[:, :-1][keep]
-        with torch.no_grad():
-            t_out = self._t_backbone(
-                input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=hidden_too
-            )
-            t_logits = self._t_head(t_out.last_hidden_state[:, :-1][keep])
-        w = head_weight(loss_model.head)
         divergence = cfg.divergence_fn()
+        if "teacher_index" in batch:  # cached top-k: k + 1 buckets, the tail's mass explicit
+            t_logits = packed(batch["teacher_index"][keep], batch["teacher_logp"][keep])
+            divergence = cached_divergence(divergence)
+        else:
+            with torch.no_grad():
+                t_out = self._t_backbone(
+                    input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=hidden_too
+                )
+                t_logits = self._t_head(t_out.last_hidden_state[:, :-1][keep])
+        w = head_weight(loss_model.head)
         if w is None:  # a quantized head: its own forward, full logits
             kd = divergence(loss_model.head(h), t_logits)
         else:

@@ -104,8 +104,8 @@ class LossModel(nn.Module):
     def hidden(self, input_ids, attention_mask, **kw):
         return self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kw)
 
-    def forward(self, input_ids, attention_mask, labels):
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    def forward(self, input_ids, attention_mask, labels, **extra):
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **extra}
         loss = self.objective(self, batch) if self.objective is not None else None
         if loss is None:
             hidden = self.hidden(input_ids, attention_mask).last_hidden_state

@@ -23,6 +23,7 @@ from efflm.finetune.train import TrainConfig, TrainState, train
 from efflm.methods import MethodConfig, get
 from efflm.tune.checkpoints import base_identity, fingerprint_of, read_checkpoint, write_checkpoint
 from efflm.tune.data import EVAL_SEQ_LEN, EVAL_WINDOWS, evaluator, load_data
+from efflm.tune.teacher import check_teacher, open_cache
 
 
 def loss_png(state: TrainState, path: Path, title: str) -> None:
@@ -53,11 +54,13 @@ def finetune(
     db: str | Path | None = None,
     teacher: str | None = None,
     teacher_recipe: recipes.Recipe | None = None,
+    teacher_cache: str | Path | None = None,
 ) -> dict:
     """Train ``tune`` on ``model_spec`` (after ``recipe``), write the adapter (or, for a
     full-parameter method, the whole model under ``out/model``) to ``out``; with ``db``, measure
     the trained model like a bench row and record it there. A distillation method learns from
-    ``teacher`` (after ``teacher_recipe``), which must share the student's tokenizer."""
+    ``teacher`` (after ``teacher_recipe``), which must share the student's tokenizer, or from its
+    top-k log-probabilities cached by ``efflm distill-cache`` (``teacher_cache``)."""
     from efflm import pipeline
     from efflm.core.registry import check_for_model
     from efflm.eval.metrics import model_bytes, peak_rss_mb
@@ -72,15 +75,18 @@ def finetune(
     check_for_model(hf_config, tune)
     tok = load_tokenizer(model_spec)
     distill = get(tune.method).family == "distill"
-    if distill != (teacher is not None):
+    if teacher is not None and teacher_cache is not None:
+        raise EfflmError("give --teacher or --teacher-cache, not both")
+    if distill != (teacher is not None or teacher_cache is not None):
         raise EfflmError(
-            f"{tune.method} distills from a teacher: give --teacher"
+            f"{tune.method} distills from a teacher: give --teacher (or --teacher-cache)"
             if distill
             else f"--teacher is for distillation methods; {tune.method} is not one"
         )
     if teacher is not None:
         check_teacher(teacher, teacher_recipe or [], hf_config, tok)
     data = load_data(data_spec, tok, cfg)
+    cache = open_cache(teacher_cache, tune, cfg, data, hf_config, tok) if teacher_cache is not None else None
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if cfg.batch % (cfg.grad_accum * world):
         raise EfflmError(f"batch {cfg.batch} must divide into grad_accum {cfg.grad_accum} x {world} processes")
@@ -89,6 +95,8 @@ def finetune(
     data.rank, data.world = rank, world
     base = base_identity(model_spec, recipe)
     teacher_id = base_identity(teacher, teacher_recipe or []) if teacher is not None else None
+    if cache is not None:
+        teacher_id = {**cache.header["teacher"], "cache": str(teacher_cache)}
     fingerprint = fingerprint_of(base, tune, cfg, data, teacher_id)
     blob = read_checkpoint(out, fingerprint) if resume else None
 
@@ -104,6 +112,8 @@ def finetune(
     model = get(tune.method).apply(model, tune, None)
     if teacher is not None:
         hooks.attach(pipeline.load_and_apply(teacher, teacher_recipe or [])[0])
+    elif cache is not None:
+        hooks.use_cache(cache)
     from efflm.finetune.files import is_adapter_tensor
 
     # the base as trained on (QLoRA quantizes it inside its apply), without the adapter's tensors
@@ -180,20 +190,6 @@ def finetune(
         if db is not None:
             record(db, model_spec, recipe, tune, cfg, data_spec, model, tok, t0, base_disk, out, result)
     return result
-
-
-def check_teacher(teacher: str, teacher_recipe: recipes.Recipe, student_config, student_tok) -> None:
-    """Teacher and student must share a tokenizer: checked from configs and tokenizer files,
-    before any weights load."""
-    from efflm import pipeline
-    from efflm.models.load import load_tokenizer
-
-    t_config = pipeline.validate(teacher, teacher_recipe)
-    tv, sv = getattr(t_config, "vocab_size", None), getattr(student_config, "vocab_size", None)
-    if tv != sv:
-        raise EfflmError(f"teacher {teacher} has a vocabulary of {tv} tokens, the student {sv}: they must match")
-    if load_tokenizer(teacher).get_vocab() != student_tok.get_vocab():
-        raise EfflmError(f"teacher {teacher} and the student have different tokenizers")
 
 
 def save_model(model, tok, out: Path, full_recipe: recipes.Recipe, meta: dict) -> None:
