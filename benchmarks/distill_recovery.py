@@ -2,7 +2,7 @@
 alone, by knowledge distillation (forward KL, Hinton) and by GKD (on-policy, generalized JSD),
 from the dense model as teacher; held-out perplexity before and after each.
 
-    python benchmarks/distill_recovery.py [--model smollm2-135m] [--steps 50] [--students all]
+    python benchmarks/distill_recovery.py [--model smollm2-135m] [--steps 50] [--students all] [--qat-rows 128]
 
 Every student is the compressed model made on the fly by ``efflm finetune --recipe``; every run
 trains the same LoRA (r 8, α 16, all seven projections; lr 1e-3, warm-up + cosine, batch 4 × 128
@@ -10,6 +10,10 @@ tokens of the calibration split, the same seed and batches), each in its own pro
 read the dense model as ``--teacher``; GKD replaces a batch by the student's own continuations
 of its first half with probability λ = 0.5 (β 0.5, τ 0.9, trl's defaults). Perplexity is on the
 evaluation split (efflm's evaluator), the same for every row.
+
+LLM-QAT (``--qat-rows`` > 0): the dense model writes data-free text (``efflm distill-data``), then
+``llm_qat`` at W4 and W3 (group 64) trains on it from the dense model and is packed; it is
+compared with GPTQ at the same grid.
 """
 
 from __future__ import annotations
@@ -30,7 +34,13 @@ STUDENTS = {
     "sparsegpt 2:4": [{"method": "sparsegpt", "pattern": "2:4"}],
     "gptq W3 g64": [{"method": "gptq", "bits": 3, "group_size": 64}],
 }
+EXTRA = {"gptq W4 g64": [{"method": "gptq", "bits": 4, "group_size": 64}]}  # LLM-QAT's W4 reference
 LORA = {"r": 8, "alpha": 16}
+QAT = {  # LLM-QAT at the bits of a GPTQ student, on the teacher's data-free text
+    4: {"method": "llm_qat", "bits": 4, "group_size": 64},
+    3: {"method": "llm_qat", "bits": 3, "group_size": 64},
+}
+QAT_LR = 2e-5
 RUNS = {
     "CE": {"method": "lora", **LORA},
     "KD (forward KL)": {"method": "kd", "divergence": "forward_kl", **LORA},
@@ -43,7 +53,9 @@ def worker(args) -> int:
     from efflm import pipeline, tune
     from efflm.core import recipe as recipes
 
-    recipe = recipes.from_yaml(yaml.safe_dump(STUDENTS[args.student]))
+    if args.run == "qat":
+        return qat_worker(args)
+    recipe = recipes.from_yaml(yaml.safe_dump({**STUDENTS, **EXTRA}[args.student]))
     if args.run == "before":
         model, tok = pipeline.load_and_apply(args.model, recipe)
         ppl = tune.evaluator("domain", tok, final=True)(model)["ppl"]
@@ -62,6 +74,33 @@ def worker(args) -> int:
     return 0
 
 
+def qat_worker(args) -> int:
+    """LLM-QAT at ``args.student`` bits from the dense model, on the teacher's data-free text."""
+    from efflm import tune
+
+    train = {"steps": args.steps, "batch": 4, "seq_len": 128, "lr": QAT_LR, "warmup": max(1, args.steps // 10),
+             "checkpoint_every": 10**6}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="efflm-qat-") as tmp:
+        p = Path(tmp) / "m.yaml"
+        p.write_text(yaml.safe_dump({**QAT[int(args.student)], "train": train}))
+        cfg, train_cfg = tune.read_method_recipe(p)
+        r = tune.finetune(args.model, [], cfg, train_cfg, args.data, Path(tmp) / "o", teacher=args.model)
+    print("RESULT " + json.dumps({"ppl": r["ppl"], "step_s": r["step_s_median"], "peak_rss_mb": r["peak_rss_mb"],
+                                  "losses": r["losses"]}), flush=True)  # fmt: skip
+    return 0
+
+
+def run(args, student: str, what: str, data: str | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--student", student, "--run", what, "--model", args.model,
+           "--steps", str(args.steps), *(["--data", data] if data else [])]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if p.returncode or line is None:
+        sys.stderr.write(p.stderr[-3000:])
+        raise SystemExit(f"{student} / {what}: worker failed (exit {p.returncode})")
+    return json.loads(line[7:])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -71,6 +110,8 @@ def main() -> int:
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--student", help=argparse.SUPPRESS)
     ap.add_argument("--run", help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
+    ap.add_argument("--qat-rows", type=int, default=128, help="rows of data-free teacher text for LLM-QAT")
     args = ap.parse_args()
     if args.worker:
         return worker(args)
@@ -79,16 +120,20 @@ def main() -> int:
     names = list(STUDENTS) if args.students == "all" else args.students.split(",")
     jobs = [(s, r) for s in names for r in ["before", *RUNS]]
     res: dict = {}
-    for student, run in tqdm(jobs, desc="runs"):
-        cmd = [sys.executable, __file__, "--worker", "--student", student, "--run", run, "--model", args.model,
-               "--steps", str(args.steps)]  # fmt: skip
-        p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if p.returncode or line is None:
-            sys.stderr.write(p.stderr[-3000:])
-            raise SystemExit(f"{student} / {run}: worker failed (exit {p.returncode})")
-        res.setdefault(student, {})[run] = json.loads(line[7:])
-        tqdm.write(f"{student} / {run}: ppl {res[student][run]['ppl']:.3f}")
+    for student, name in tqdm(jobs, desc="runs"):
+        res.setdefault(student, {})[name] = run(args, student, name)
+        tqdm.write(f"{student} / {name}: ppl {res[student][name]['ppl']:.3f}")
+    qat: dict = {}
+    if args.qat_rows:
+        with tempfile.TemporaryDirectory(prefix="efflm-qat-data-") as tmp:
+            data = str(Path(tmp) / "free.jsonl")
+            gen = [sys.executable, "-m", "efflm.cli", "distill-data", "--teacher", args.model, "--n",
+                   str(args.qat_rows), "--max-new-tokens", "127", "--out", data]  # fmt: skip
+            subprocess.run(gen, check=True, cwd=ROOT)
+            for bits in tqdm(QAT, desc="llm-qat"):
+                qat[bits] = {"qat": run(args, str(bits), "qat", data)}
+                gptq = next((k for k in STUDENTS if k.startswith(f"gptq W{bits}")), None)
+                qat[bits]["gptq"] = res.get(gptq, {}).get("before") or run(args, f"gptq W{bits} g64", "before")
     lines = [
         "# Healing compressed models: cross-entropy vs knowledge distillation vs GKD",
         "",
@@ -108,14 +153,29 @@ def main() -> int:
                      + f" | {best.split(' ')[0]} | {times} |")  # fmt: skip
     kd_wins = sum(r["KD (forward KL)"]["ppl"] < r["CE"]["ppl"] for r in res.values())
     gkd_wins = sum(r["GKD (λ 0.5, JSD β 0.5)"]["ppl"] < r["KD (forward KL)"]["ppl"] for r in res.values())
+    if qat:
+        lines += [
+            "",
+            f"LLM-QAT: the dense model trained through fake quantization for {args.steps} steps of 4 × 128 tokens of "
+            f"the teacher's own data-free text ({args.qat_rows} rows; lr {QAT_LR:g}, every weight, KD from the dense "
+            "model), then packed; against GPTQ (post-training, 128 calibration windows) at the same grid.",
+            "",
+            "| bits, group 64 | GPTQ ppl | LLM-QAT ppl | better |",
+            "|---|---|---|---|",
+        ]
+        for bits, r in qat.items():
+            better = "LLM-QAT" if r["qat"]["ppl"] < r["gptq"]["ppl"] else "GPTQ"
+            lines.append(f"| W{bits} | {r['gptq']['ppl']:.3f} | {r['qat']['ppl']:.3f} | {better} |")
     lines += [
         "",
         f"Paper shapes: KD beats CE-only on the same tokens for {kd_wins} of {len(res)} students; GKD (on-policy) "
-        f"beats off-policy KD in held-out perplexity for {gkd_wins} of {len(res)}.",
-    ]
+        f"beats off-policy KD in held-out perplexity for {gkd_wins} of {len(res)}."
+        + (f" LLM-QAT beats GPTQ at {sum(r['qat']['ppl'] < r['gptq']['ppl'] for r in qat.values())} of {len(qat)} "
+           "bit widths." if qat else ""),
+    ]  # fmt: skip
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
-    Path(args.out).with_suffix(".json").write_text(json.dumps({"args": vars(args), "rows": res}, indent=1))
+    Path(args.out).with_suffix(".json").write_text(json.dumps({"args": vars(args), "rows": res, "qat": qat}, indent=1))
     print(text)
     return 0
 

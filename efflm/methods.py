@@ -7,6 +7,7 @@ known wherever one is named. Adding a paper: one line below (see docs/architectu
 
 import efflm.distill.gkd  # noqa: F401
 import efflm.distill.kd  # noqa: F401
+import efflm.distill.llm_qat  # noqa: F401
 import efflm.finetune.adalomo  # noqa: F401
 import efflm.finetune.adalora  # noqa: F401
 import efflm.finetune.dora  # noqa: F401

@@ -95,7 +95,7 @@ def full_suite() -> list[Recipe]:
         + [_r({"method": "rtn", "bits": b, "group_size": 64}) for b in (8, 4, 3)]
         + [_r({"method": m, "bits": b, "group_size": 64}) for m in ("gptq", "awq") for b in (4, 3)]
     )
-    suite += [[m.config_cls()] for m in methods() if m.family != "finetune"]  # those train: --suite finetune
+    suite += [[m.config_cls()] for m in methods() if m.family not in ("finetune", "distill")]  # those train
     seen, out = set(), []
     for r in suite:
         key = tuple(c.label() for c in r)
@@ -118,6 +118,13 @@ def finetune_suite() -> list[Recipe]:
     ]
 
 
+def recover_suite() -> list[Recipe]:
+    """The compressed bases distillation heals (`efflm bench --suite recover` trains the same LoRA on
+    each with ``efflm finetune`` by KD from the dense model; every run is a row): the finetune
+    suite's compressed bases."""
+    return finetune_suite()[1:]
+
+
 SUITES = {
     "default": default_suite,
     "extra": extra_suite,
@@ -125,4 +132,5 @@ SUITES = {
     "inference": inference_suite,
     "full": full_suite,
     "finetune": finetune_suite,
+    "recover": recover_suite,
 }

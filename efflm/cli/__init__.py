@@ -11,7 +11,15 @@ from efflm.cli import commands
 from efflm.core.errors import EfflmError
 
 DEFAULT_MODEL = "smollm2-135m"
-SUITE_NAMES = ("default", "extra", "prune", "inference", "full", "finetune")  # efflm.bench.suites.SUITES (tested)
+SUITE_NAMES = (
+    "default",
+    "extra",
+    "prune",
+    "inference",
+    "full",
+    "finetune",
+    "recover",
+)  # efflm.bench.suites.SUITES (tested)
 MODEL_HELP = "smollm2-135m (the default model), tiny-llama, a Hugging Face or efflm model directory, or a .gguf file"
 
 
@@ -172,6 +180,22 @@ def parser() -> argparse.ArgumentParser:
     dc.add_argument("--k", type=_positive, default=64, help="log-probabilities kept per token")
     dc.add_argument("--out", required=True, help="cache file to write; must not exist")
     dc.set_defaults(fn=commands.cmd_distill_cache)
+
+    dd = sub.add_parser(
+        "distill-data", help="training text written by a teacher: LLM-QAT's data-free text, or sequence-level KD"
+    )
+    dd.add_argument("--teacher", required=True, help=f"the teacher: {MODEL_HELP}")
+    dd.add_argument("--teacher-recipe", help="recipe applied to the teacher first")
+    dd.add_argument("--prompts", help="JSONL of {prompt} rows to complete (sequence-level KD); default: data-free text")
+    dd.add_argument("--n", type=_positive, default=64, help="data-free rows to write (ignored with --prompts)")
+    dd.add_argument("--max-new-tokens", type=_positive, default=128, help="tokens the teacher writes per row at most")
+    dd.add_argument(
+        "--greedy-first", type=int, default=3, help="data-free: tokens after the random first one taken greedily"
+    )
+    dd.add_argument("--temperature", type=float, default=1.0, help="sampling temperature after them (0 = greedy)")
+    dd.add_argument("--seed", type=int, default=0, help="random first tokens and sampling")
+    dd.add_argument("--out", required=True, help="JSONL file to write (for finetune --data); must not exist")
+    dd.set_defaults(fn=commands.cmd_distill_data)
 
     m = sub.add_parser("merge", help="fold a LoRA/DoRA/IA3 adapter into the base and save it")
     m.add_argument("--model", default=DEFAULT_MODEL, help=f"the base model: {MODEL_HELP}")

@@ -43,11 +43,11 @@ def cmd_bench(a) -> int:
     }
     opts = runner.BenchOptions(a.model, recipes_, Path(a.db), worker_args)
     runner.install_signal_handlers()
-    if a.suite == "finetune" and not (a.recipe or a.methods):  # LoRA recovery of each base, one process each
+    if a.suite in ("finetune", "recover") and not (a.recipe or a.methods):  # training runs, one process each
         from efflm import tune
 
         runner.validate(opts)
-        tune.recovery_suite(a.model, recipes_, Path(a.db))
+        tune.recovery_suite(a.model, recipes_, Path(a.db), distill=a.suite == "recover")
     else:
         runner.bench(opts)
     md, md_path, png = leaderboard.write(Path(a.db), a.model, Path(a.out_dir))
@@ -252,6 +252,17 @@ def cmd_distill_cache(a) -> int:
     print(
         f"wrote {a.out}: {r['tokens']} tokens, top-{r['k']}, {r['bytes']} bytes ({r['bytes_per_token']:.1f} per token)"
     )
+    return 0
+
+
+def cmd_distill_data(a) -> int:
+    from efflm import tune
+
+    r = tune.generate_data(
+        a.teacher, _recipe_arg(a.teacher_recipe), a.out, a.n, a.max_new_tokens, prompts=a.prompts,
+        greedy_first=a.greedy_first, temperature=a.temperature, seed=a.seed,
+    )  # fmt: skip
+    print(f"wrote {r['out']}: {r['rows']} rows")
     return 0
 
 

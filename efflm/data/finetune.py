@@ -130,7 +130,15 @@ def read_jsonl(path: str | Path, tokenizer: Any, max_tokens: int = MAX_ROW_TOKEN
         except ValueError:
             raise EfflmError(f"{where}: not valid JSON") from None
         if not isinstance(row, dict):
-            raise EfflmError(f"{where}: expected an object with prompt/completion or messages")
+            raise EfflmError(f"{where}: expected an object with prompt/completion, messages or text")
+        if "text" in row and "prompt" not in row and "messages" not in row:  # plain text: every token counts
+            if not isinstance(row["text"], str) or not row["text"].strip():
+                raise EfflmError(f"{where}: text must be a non-empty string")
+            ids = list(tokenizer(row["text"], add_special_tokens=False)["input_ids"])
+            if len(ids) > max_tokens:
+                raise EfflmError(f"{where}: {len(ids)} tokens, longer than the limit of {max_tokens}")
+            out.append((ids, 0))
+            continue
         if "messages" in row:
             msgs = row["messages"]
             ok = (
@@ -149,7 +157,7 @@ def read_jsonl(path: str | Path, tokenizer: Any, max_tokens: int = MAX_ROW_TOKEN
             if not isinstance(prompt, str) or not isinstance(completion, str):
                 raise EfflmError(f"{where}: prompt and completion must be strings")
         else:
-            raise EfflmError(f"{where}: missing fields: need prompt and completion, or messages")
+            raise EfflmError(f"{where}: missing fields: need prompt and completion, messages, or text")
         if not completion.strip() or (isinstance(prompt, str) and not prompt.strip()):
             raise EfflmError(f"{where}: empty prompt or completion")
         ids, n_prompt = encode_chat(tokenizer, prompt, completion)

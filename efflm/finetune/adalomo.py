@@ -41,33 +41,63 @@ class AdaLomoRule:
 
     @staticmethod
     def rms(x: torch.Tensor) -> torch.Tensor:
-        return x.norm(2) / x.numel() ** 0.5
+        return torch.linalg.vector_norm(x) / x.numel() ** 0.5
 
     def __call__(self, p: torch.nn.Parameter, g: torch.Tensor, lr: float) -> None:
-        g = g.float()
         st = self.state.setdefault(id(p), {"t": 0})
         st["t"] += 1
         beta2 = 1.0 - st["t"] ** self.decay_rate
-        sq = g * g + self.eps[0]
-        if g.dim() >= 2:
-            if "row" not in st:
-                st["row"], st["col"] = torch.zeros(g.shape[:-1]), torch.zeros(g.shape[:-2] + g.shape[-1:])
-            st["row"].mul_(beta2).add_(sq.mean(dim=-1), alpha=1 - beta2)
-            st["col"].mul_(beta2).add_(sq.mean(dim=-2), alpha=1 - beta2)
-            r = (st["row"] / st["row"].mean(dim=-1, keepdim=True)).rsqrt().unsqueeze(-1)
-            u = r * st["col"].unsqueeze(-2).rsqrt() * g
-        else:
-            if "v" not in st:
-                st["v"] = torch.zeros_like(g)
-            st["v"].mul_(beta2).add_(sq, alpha=1 - beta2)
-            u = st["v"].rsqrt() * g
+        if g.dim() == 2:
+            self._matrix(p, g, lr, st, beta2)
+            return
+        g = g.float()
+        if "v" not in st:
+            st["v"] = torch.zeros_like(g)
+        st["v"].mul_(beta2).add_(g * g + self.eps[0], alpha=1 - beta2)
+        u = st["v"].rsqrt() * g
         u = u / (self.rms(u) / self.clip_threshold).clamp(min=1.0)
-        w = p.float()
-        step = lr * max(self.eps[1], float(self.rms(w)))
-        if self.weight_decay:
-            w.mul_(1 - step * self.weight_decay)
-        w.add_(u, alpha=-step)
-        p.copy_(w.to(p.dtype))
+        self._apply(p, iter([(slice(None), u)]), lr)
+
+    def _rows(self, g: torch.Tensor):
+        """Row blocks of about ``BLOCK`` elements: no temporary is ever the size of the matrix (the
+        embedding's gradient alone is 113 MB in the default model)."""
+        step = max(1, BLOCK // g.shape[1])
+        return [slice(i, i + step) for i in range(0, g.shape[0], step)]
+
+    def _matrix(self, p: torch.nn.Parameter, g: torch.Tensor, lr: float, st: dict, beta2: float) -> None:
+        """Factored second moments: row and column means of g² + ε₁, decayed by β₂ₜ; u = g / √v̂
+        with v̂ = row·col / mean(row); u scaled down to RMS ≤ clip_threshold. Done a block of rows
+        at a time (three passes: the means, RMS(u), the update)."""
+        R, C = g.shape
+        if "row" not in st:
+            st["row"], st["col"] = torch.zeros(R), torch.zeros(C)
+        col_sum = torch.zeros(C)
+        row_mean = torch.empty(R)
+        blocks = self._rows(g)
+        for b in blocks:
+            sq = g[b].float().square().add_(self.eps[0])  # out of place: g[b] may be g itself
+            row_mean[b] = sq.mean(dim=1)
+            col_sum += sq.sum(dim=0)
+        st["row"].mul_(beta2).add_(row_mean, alpha=1 - beta2)
+        st["col"].mul_(beta2).add_(col_sum / R, alpha=1 - beta2)
+        r = (st["row"] / st["row"].mean()).rsqrt()
+        c = st["col"].rsqrt()
+        u_sq = sum(float((g[b].float() * r[b, None] * c).square_().sum()) for b in blocks)
+        scale = 1.0 / max(1.0, (u_sq / (R * C)) ** 0.5 / self.clip_threshold)
+        self._apply(p, ((b, g[b].float() * (r[b, None] * scale) * c) for b in blocks), lr)
+
+    def _apply(self, p: torch.nn.Parameter, updates, lr: float) -> None:
+        """θ ← θ·(1 − step·wd) − step·u with step = lr·max(ε₂, RMS(θ)); ``updates`` yields
+        (rows, u[rows]) so a matrix's update is made and applied one block at a time."""
+        step = lr * max(self.eps[1], float(self.rms(p.detach().float())))
+        for rows, u in updates:
+            w = p[rows]
+            if self.weight_decay:
+                w.mul_(1 - step * self.weight_decay)
+            w.add_(u.to(p.dtype), alpha=-step)
+
+
+BLOCK = 1 << 20  # elements per row block of a matrix's update
 
 
 def adalomo(

@@ -30,7 +30,9 @@ class _FusedHeadCE(torch.autograd.Function):
             g[torch.arange(g.shape[0]), yc] -= 1.0
             g = g.to(h.dtype)
             grad_h[i : i + chunk] = g @ w
-            if grad_w is not None:
+            if grad_w is not None and g.dtype == grad_w.dtype:
+                grad_w.addmm_(g.T, hc)  # in place: no [vocab, hidden] temporary per chunk
+            elif grad_w is not None:
                 grad_w += (g.T @ hc).float()
         ctx.save_for_backward(grad_h, grad_w if grad_w is not None else torch.empty(0))
         ctx.n = n

@@ -90,7 +90,7 @@ class MeZO:
         for pid in pids:
             i, p = self.params[pid]
             saved.append((p, p.data))
-            p.data = p.data + sign * self.eps * self.z(i, p, step_seed)
+            p.data = self.z(i, p, step_seed).mul_(sign * self.eps).add_(p.data)  # one new tensor, no temporaries
         return saved
 
     @staticmethod

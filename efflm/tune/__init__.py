@@ -11,12 +11,13 @@ from efflm.tune.data import Data, evaluator, load_data
 from efflm.tune.merge import load_model, merge
 from efflm.tune.recipe import read_method_recipe, train_config_from_dict
 from efflm.tune.run import finetune, recovery_suite
-from efflm.tune.teacher import build_cache
+from efflm.tune.teacher import build_cache, generate_data
 
 __all__ = [
     "Data",
     "build_cache",
     "evaluator",
+    "generate_data",
     "finetune",
     "load_data",
     "load_model",

@@ -245,12 +245,14 @@ def record(db, model_spec, recipe, tune, cfg, data_spec, model, tok, t0, base_di
 
 
 RECOVERY_TUNE = {"method": "lora", "r": 8, "alpha": 16.0}
+RECOVERY_KD = {"method": "kd", "divergence": "forward_kl", "r": 8, "alpha": 16.0}
 RECOVERY_TRAIN = {"steps": 100, "batch": 4, "seq_len": 128, "lr": 1e-3, "warmup": 10}
 
 
-def recovery_suite(model_spec: str, bases: list[recipes.Recipe], db: Path) -> None:
+def recovery_suite(model_spec: str, bases: list[recipes.Recipe], db: Path, distill: bool = False) -> None:
     """``efflm bench --suite finetune``: the same LoRA trained on each compressed base (``efflm
-    finetune --data domain``, one process each, so peak RSS is each run's own); each a results row."""
+    finetune --data domain``, one process each, so peak RSS is each run's own); each a results row.
+    ``distill`` (``--suite recover``): the same LoRA trained by KD from the dense model instead."""
     import subprocess
     import sys
     import tempfile
@@ -259,12 +261,16 @@ def recovery_suite(model_spec: str, bases: list[recipes.Recipe], db: Path) -> No
 
     with tempfile.TemporaryDirectory(prefix="efflm-recovery-") as tmp:
         tmp = Path(tmp)
-        (tmp / "tune.yaml").write_text(yaml.safe_dump({**RECOVERY_TUNE, "train": RECOVERY_TRAIN}))
-        for i, base in enumerate(progress(bases, desc="finetune suite", total=len(bases), leave=True)):
+        tune_fields = RECOVERY_KD if distill else RECOVERY_TUNE
+        (tmp / "tune.yaml").write_text(yaml.safe_dump({**tune_fields, "train": RECOVERY_TRAIN}))
+        teacher = ["--teacher", model_spec] if distill else []
+        for i, base in enumerate(
+            progress(bases, desc="recover suite" if distill else "finetune suite", total=len(bases), leave=True)
+        ):
             (tmp / f"base{i}.yaml").write_text(recipes.to_yaml(base))
             cmd = [sys.executable, "-m", "efflm.cli", "finetune", "--model", model_spec, "--recipe",
                    str(tmp / f"base{i}.yaml"), "--method-recipe", str(tmp / "tune.yaml"), "--data", "domain",
-                   "--out", str(tmp / f"out{i}"), "--db", str(db)]  # fmt: skip
+                   "--out", str(tmp / f"out{i}"), "--db", str(db), *teacher]  # fmt: skip
             code = subprocess.run(cmd).returncode
             status = "ok" if code == 0 else f"FAILED (exit {code})"
-            print(f"  {recipes.label(base)} + lora: {status}", file=sys.stderr, flush=True)
+            print(f"  {recipes.label(base)} + {tune_fields['method']}: {status}", file=sys.stderr, flush=True)

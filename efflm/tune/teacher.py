@@ -105,3 +105,89 @@ def build_cache(
     write(out, torch.stack(ids), torch.stack(index), torch.stack(logp), header)
     tokens = cfg.steps * cfg.batch * (cfg.seq_len - 1)
     return {"bytes": out.stat().st_size, "tokens": tokens, "bytes_per_token": out.stat().st_size / tokens, "k": k}
+
+
+def generate_data(
+    teacher: str, teacher_recipe: recipes.Recipe, out: str | Path, n: int, max_new_tokens: int,
+    prompts: str | None = None, greedy_first: int = 3, temperature: float = 1.0, seed: int = 0, batch: int = 8,
+) -> dict:  # fmt: skip
+    """Training text written by the teacher, as JSONL for ``--data``. Without ``prompts``:
+    LLM-QAT's data-free text — each row starts from a random vocabulary token, takes the next
+    ``greedy_first`` tokens greedily and samples the rest (``{"text"}`` rows). With ``prompts`` (a
+    JSONL of ``{"prompt"}`` rows): sequence-level KD — the teacher's completion of each prompt
+    through the chat template (``{"prompt", "completion"}`` rows; greedy at temperature 0)."""
+    import json
+
+    from efflm import pipeline
+    from efflm.core.atomic import atomic_write_text
+    from efflm.core.progress import progress
+    from efflm.inference.generate import SamplingConfig, encode, generate_ids
+    from efflm.models.load import load_tokenizer
+
+    out = Path(out)
+    if out.exists():
+        raise EfflmError(f"output exists: {out} (choose another --out)")
+    if not out.name.endswith(".jsonl"):
+        raise EfflmError(f"--out must name a .jsonl file, got {out}")
+    if temperature < 0 or greedy_first < 0:
+        raise EfflmError("--temperature and --greedy-first must be >= 0")
+    pipeline.validate(teacher, teacher_recipe)
+    tok = load_tokenizer(teacher)
+    texts = _read_prompts(prompts) if prompts is not None else None
+    if texts is not None:
+        n = len(texts)
+    model, _ = pipeline.load_and_apply(teacher, teacher_recipe)
+    g = torch.Generator().manual_seed(seed)
+    special = set(tok.all_special_ids)
+    vocab = [i for i in range(len(tok)) if i not in special]
+    rows = []
+    for start in progress(range(0, n, batch), desc="teacher data", total=-(-n // batch), leave=True):
+        size = min(batch, n - start)
+        if texts is not None:
+            ids, valid = encode(tok, texts[start : start + size], chat=bool(getattr(tok, "chat_template", None)))
+            cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + start)
+            outs, _ = generate_ids(model, tok, ids, valid, cfg)
+            rows += [{"prompt": p, "completion": o.text} for p, o in zip(texts[start : start + size], outs)]
+            continue
+        first = torch.tensor([vocab[int(i)] for i in torch.randint(len(vocab), (size,), generator=g)])[:, None]
+        ids, valid = first, torch.ones_like(first, dtype=torch.bool)
+        if greedy_first:
+            outs, _ = generate_ids(model, None, ids, valid, SamplingConfig(max_new_tokens=greedy_first))
+            width = 1 + max(len(o.tokens) for o in outs)
+            ids = torch.full((size, width), tok.pad_token_id or 0)
+            valid = torch.zeros(size, width, dtype=torch.bool)
+            for i, o in enumerate(outs):  # left-padded: the prompt ends at the last column
+                row = [int(first[i])] + o.tokens
+                ids[i, width - len(row) :], valid[i, width - len(row) :] = torch.tensor(row), True
+        cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + start)
+        outs, _ = generate_ids(model, None, ids, valid, cfg)
+        for i, o in enumerate(outs):
+            text = tok.decode(ids[i][valid[i]].tolist() + o.tokens, skip_special_tokens=True)
+            if text.strip():
+                rows.append({"text": text})
+    if not rows:
+        raise EfflmError("the teacher wrote no text")
+    atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return {"rows": len(rows), "out": str(out)}
+
+
+def _read_prompts(path: str) -> list[str]:
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        raise EfflmError(f"prompts file not found: {p}")
+    texts = []
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise EfflmError(f"{p}:{i}: not valid JSON") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise EfflmError(f"{p}:{i}: expected an object with a non-empty prompt")
+        texts.append(row["prompt"])
+    if not texts:
+        raise EfflmError(f"{p}: no prompts")
+    return texts

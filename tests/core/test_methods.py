@@ -86,6 +86,7 @@ def test_every_method_saves_and_reloads_bit_exactly(name, tiny, tiny_ids, tmp_pa
 
         out_model = m.apply(model, default_config(name), None)
         perturb(out_model)  # a trained model is saved whole, as any model
+        hooks_for(default_config(name)).finish(out_model)  # as the training loop ends (LLM-QAT packs)
         save(out_model, tok, tmp_path / "m")
         back, _ = load(str(tmp_path / "m"))
         assert torch.equal(back(tiny_ids).logits, out_model(tiny_ids).logits)

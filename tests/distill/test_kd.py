@@ -142,3 +142,54 @@ def test_bad_distillation_input_is_one_line_and_writes_nothing(tmp_path, capsys,
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("efflm: error:") and message in err and err.count("\n") == 1, err
     assert not out.exists() and not (tmp_path / "r.sqlite").exists()
+
+
+def test_bench_suite_recover_distills_every_base_and_each_is_a_leaderboard_row(tmp_path, capsys):
+    from efflm.bench import db as results
+    from efflm.bench.suites import recover_suite
+
+    db = tmp_path / "r.sqlite"
+    code = main(["bench", "--model", "tiny-llama", "--suite", "recover", "--db", str(db), "--out-dir", str(tmp_path)])
+    assert code == 0
+    rows = results.open_readonly(db).execute("SELECT label, status, families FROM runs").fetchall()
+    assert len(rows) == len(recover_suite()) and all(r["status"] == "ok" for r in rows)
+    assert all("distill" in r["families"] and "kd(" in r["label"] for r in rows)
+    assert "kd(" in capsys.readouterr().out  # the leaderboard printed after the suite
+
+
+def test_llm_qat_trains_through_fake_quantization_and_packs_into_the_real_format(tmp_path):
+    from efflm.io.load import load
+    from efflm.nn import efflm_modules
+
+    p = tmp_path / "q.yaml"
+    train = {**TRAIN, "steps": 8, "lr": 1e-4}
+    p.write_text(yaml.safe_dump({"method": "llm_qat", "bits": 3, "group_size": 32, "train": train}))
+    cfg, train_cfg = tune.read_method_recipe(p)
+    r = tune.finetune("tiny-llama", [], cfg, train_cfg, "domain", tmp_path / "o", teacher="tiny-llama")
+    assert max(r["losses"][-3:]) < r["losses"][0]  # the fake-quantized student moves towards the teacher
+    model, _ = load(str(tmp_path / "o" / "model"))
+    kinds = {type(m).__name__ for m in efflm_modules(model).values()}
+    assert kinds == {"QuantLinear"} and len(efflm_modules(model)) == 14  # 2 layers × 7 Linears, packed
+
+
+def test_teacher_written_data_trains_as_jsonl(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "free.jsonl"
+    assert main(["distill-data", "--teacher", "tiny-llama", "--n", "5", "--max-new-tokens", "12",
+                 "--out", str(out)]) == 0  # fmt: skip
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert 1 <= len(rows) <= 5 and all(set(r) == {"text"} for r in rows)
+    from efflm.data.finetune import read_jsonl
+    from efflm.models.tiny import tiny_tokenizer
+
+    assert all(n_prompt == 0 and ids for ids, n_prompt in read_jsonl(out, tiny_tokenizer()))  # every token trains
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "one two"}\n{"prompt": "three"}\n')
+    seq = tmp_path / "seq.jsonl"
+    assert main(["distill-data", "--teacher", "tiny-llama", "--prompts", str(prompts), "--temperature", "0",
+                 "--max-new-tokens", "6", "--out", str(seq)]) == 0  # fmt: skip
+    rows = [json.loads(x) for x in seq.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["one two", "three"] and all("completion" in r for r in rows)
+    assert main(["distill-data", "--teacher", "tiny-llama", "--out", str(tmp_path / "x.txt")]) == 2
+    assert "must name a .jsonl file" in capsys.readouterr().err

@@ -22,7 +22,7 @@ TINY_CONFIGS = {
 
 # Every method that trains the whole model (saved whole) or distills (a teacher needed).
 FULL_CONFIGS = {"full": {}, "lomo": {}, "adalomo": {}, "mezo": {}}
-DISTILL_CONFIGS = {"kd": {"r": 4}, "gkd": {"r": 4}}
+DISTILL_CONFIGS = {"kd": {"r": 4}, "gkd": {"r": 4}, "llm_qat": {"bits": 4, "group_size": 32}}
 
 
 def tiny_config(name: str):

@@ -67,3 +67,31 @@ def test_no_gradient_outlives_its_parameters_update(tiny):
     opt.close()
     assert len(alive) == len(params) and max(alive) == 0  # the hook drops .grad before the rule runs
     assert all(p.grad is None for p in params)
+
+
+def _adalomo_reference(p, g, lr, st, eps=(1e-30, 1e-3), clip=1.0, decay=-0.8, wd=0.01):
+    """AdaLomo's update written whole-matrix at once (the paper's equations, as lomo-optim has them)."""
+    st["t"] = st.get("t", 0) + 1
+    beta2 = 1.0 - st["t"] ** decay
+    sq = g * g + eps[0]
+    st.setdefault("row", torch.zeros(g.shape[0])).mul_(beta2).add_(sq.mean(-1), alpha=1 - beta2)
+    st.setdefault("col", torch.zeros(g.shape[1])).mul_(beta2).add_(sq.mean(-2), alpha=1 - beta2)
+    u = (st["row"] / st["row"].mean()).rsqrt()[:, None] * st["col"].rsqrt()[None, :] * g
+    u = u / ((u.norm() / u.numel() ** 0.5) / clip).clamp(min=1.0)
+    step = lr * max(eps[1], float(p.norm() / p.numel() ** 0.5))
+    return p * (1 - step * wd) - step * u
+
+
+def test_adalomo_block_by_block_update_equals_the_whole_matrix_equations(monkeypatch):
+    import efflm.finetune.adalomo as mod
+
+    monkeypatch.setattr(mod, "BLOCK", 7 * 16)  # 7 rows per block of a [50, 16] matrix: uneven blocks
+    g0 = torch.Generator().manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(50, 16, generator=g0))
+    rule, ref_state, want = AdaLomoRule(weight_decay=0.01), {}, p.detach().clone()
+    for _ in range(3):
+        g = torch.randn(50, 16, generator=g0)
+        want = _adalomo_reference(want, g, 1e-2, ref_state)
+        with torch.no_grad():
+            rule(p, g, 1e-2)
+        torch.testing.assert_close(p.detach(), want, rtol=1e-5, atol=1e-6)
