@@ -77,6 +77,10 @@ reference: $(STAMP) $(INTEROP) anchors
 	$(BIN)/python benchmarks/vs_peft.py
 	$(BIN)/python benchmarks/peft_shapes.py
 	$(BIN)/python benchmarks/serve_load.py
+	$(BIN)/python benchmarks/finetune_memory.py
+	$(BIN)/python benchmarks/distill_recovery.py
+	$(BIN)/python benchmarks/vs_trl_gkd.py
+	$(BIN)/efflm bench --suite recover
 	$(BIN)/efflm leaderboard
 	$(BIN)/python benchmarks/render_results.py
 	$(BIN)/efflm papers render

@@ -10,7 +10,8 @@ data), sequence length, threads, warm-up + cosine schedule, activation checkpoin
 (transformers' non-reentrant; two rows without it, for scale) and the same loss (efflm's chunked cross-entropy, 512 tokens per chunk); only the updater differs.
 ``inference`` is one no-grad forward of the same batch through transformers (full logits).
 lomo-optim runs its ``Lomo``/``AdaLomo`` with ``fused_backward`` in a plain loop over the same
-loss module (its ``AdaLomo`` allocates its state with ``.cuda()``; on this CPU-only machine
+loss module. Every row fixes glibc's mmap threshold at 128 KB (``efflm.core.memory``, as ``efflm
+finetune`` does), so freed tensors are returned and peak RSS is memory in use (its ``AdaLomo`` allocates its state with ``.cuda()``; on this CPU-only machine
 that call is made a no-op while it is constructed). Held-out loss is ln(perplexity) on the evaluation split (efflm's evaluator).
 Step time is the median over the steps after the first. The rows run in the order listed.
 """
@@ -122,6 +123,9 @@ def run_efflm(args, fields: dict, lr: float, extra: dict) -> dict:
 
 
 def worker(args) -> int:
+    from efflm.core.memory import return_freed_memory
+
+    return_freed_memory()  # every row, anchors included (efflm finetune does this itself)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     what, fields, lr, extra = ROWS[args.worker]
@@ -141,7 +145,8 @@ def table(args, res: dict) -> str:
         "# Full-parameter fine-tuning memory: efflm's LOMO, AdaLomo and MeZO against AdamW, inference and lomo-optim",
         "",
         f"{args.model}, fp32, batch {args.batch} × {args.seq_len} tokens, {args.steps} steps, {args.threads} threads, "
-        "activation checkpointing on every training row unless it says otherwise, chunked cross-entropy on every side; each row its own process (peak RSS "
+        "activation checkpointing on every training row unless it says otherwise, chunked cross-entropy on every side, "
+        "glibc's mmap threshold fixed at 128 KB in every process; each row its own process (peak RSS "
         "includes the model load). Held-out loss = ln(perplexity) on the evaluation split after the run (untrained: "
         "ln 36.676 = 3.602).",
         "",

@@ -104,6 +104,26 @@ SECTIONS = [
         "leaderboard row too.",
     ),
     (
+        "finetune_memory.md",
+        "Full-parameter fine-tuning in inference-sized memory: LOMO, AdaLomo, MeZO vs AdamW and lomo-optim",
+        "python benchmarks/finetune_memory.py",
+        "Each row its own process on the same model, batches, schedule, threads and loss; only the updater "
+        "differs. lomo-optim's Lomo/AdaLomo run in the same loop over the same loss module.",
+    ),
+    (
+        "distill_recovery.md",
+        "Distillation: healing compressed models (CE vs KD vs GKD), and LLM-QAT vs GPTQ",
+        "python benchmarks/distill_recovery.py",
+        "The same LoRA on each compressed student, the same batches and steps; the dense model is the teacher. "
+        "LLM-QAT trains on the teacher's own data-free text.",
+    ),
+    (
+        "vs_trl_gkd.md",
+        "GKD side by side with trl's GKDTrainer",
+        "python benchmarks/vs_trl_gkd.py",
+        "The same student, teacher, LoRA, chat rows, steps, λ/β/τ and optimizer; each side in its own process.",
+    ),
+    (
         "gpu_sparse24.md",
         "GPU: 2:4 semi-structured sparsity (CUDA)",
         "python3 benchmarks/gpu_sparse24.py",

@@ -24,9 +24,12 @@ class _FusedHeadCE(torch.autograd.Function):
         for i in range(0, h.shape[0], chunk):
             hc, yc = h[i : i + chunk], y[i : i + chunk]
             logits = (hc @ w.T).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, yc[:, None]).squeeze(1)).sum()
-            g = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+            target = logits.gather(1, yc[:, None]).squeeze(1)
+            top = logits.amax(dim=-1, keepdim=True)
+            g = logits.sub_(top).exp_()  # softmax made in place: no second [chunk, vocab] tensor
+            norm = g.sum(dim=-1, keepdim=True)
+            total += (top.squeeze(1) + norm.log().squeeze(1) - target).sum()
+            g.div_(norm)
             g[torch.arange(g.shape[0]), yc] -= 1.0
             g = g.to(h.dtype)
             grad_h[i : i + chunk] = g @ w
@@ -63,4 +66,8 @@ def chunked_cross_entropy(hidden: torch.Tensor, head: nn.Module, labels: torch.T
     w = head_weight(head)
     if chunk <= 0 or w is None:  # a quantized or biased head: its own forward, full logits
         return F.cross_entropy(head(h).float(), y, reduction="sum") / n
+    if not torch.is_grad_enabled():  # the loss only (MeZO's evaluations): no gradient made or held
+        total = sum(float(F.cross_entropy((h[i : i + chunk] @ w.T).float(), y[i : i + chunk], reduction="sum"))
+                    for i in range(0, h.shape[0], chunk))  # fmt: skip
+        return torch.tensor(total / n)
     return _FusedHeadCE.apply(h, w, y, chunk, n)

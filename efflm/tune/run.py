@@ -102,6 +102,9 @@ def finetune(
 
     import time
 
+    from efflm.core.memory import return_freed_memory
+
+    return_freed_memory()  # training's large short-lived tensors are given back when freed
     t0 = time.perf_counter()
     if db is not None:
         from efflm.bench import db as results

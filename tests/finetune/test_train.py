@@ -258,3 +258,22 @@ def test_every_method_trains_saves_and_is_recorded(name, tmp_path):
     assert r["trainable_params"] > 0 and (tmp_path / "o" / "adapter_model.safetensors").is_file()
     row = results.open_readonly(tmp_path / "r.sqlite").execute("SELECT status, tok_s, ppl FROM runs").fetchone()
     assert row["status"] == "ok" and row["tok_s"] > 0 and row["ppl"] > 0  # measured on the decode path too
+
+
+def test_chunked_cross_entropy_without_grad_is_the_same_loss():
+    g = torch.Generator().manual_seed(1)
+    head = torch.nn.Linear(16, 40, bias=False)
+    hidden, labels = torch.randn(2, 9, 16, generator=g), torch.randint(0, 40, (2, 9), generator=g)
+    labels[0, :3] = -100
+    want = chunked_cross_entropy(hidden, head, labels, 4)
+    with torch.no_grad():  # MeZO's evaluations: the loss alone, no gradient made
+        got = chunked_cross_entropy(hidden, head, labels, 4)
+    torch.testing.assert_close(got, want.detach())
+
+
+def test_freed_memory_is_returned_on_glibc():
+    import platform
+
+    from efflm.core.memory import return_freed_memory
+
+    assert return_freed_memory() == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
