@@ -50,9 +50,12 @@ RUNS = {
 
 def worker(args) -> int:
     """One run, printed as RESULT json: ``before`` (the compressed model's perplexity) or a training run."""
+    import torch
+
     from efflm import pipeline, tune
     from efflm.core import recipe as recipes
 
+    torch.set_num_threads(args.threads)
     if args.run == "qat":
         return qat_worker(args)
     recipe = recipes.from_yaml(yaml.safe_dump({**STUDENTS, **EXTRA}[args.student]))
@@ -92,7 +95,7 @@ def qat_worker(args) -> int:
 
 def run(args, student: str, what: str, data: str | None = None) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--student", student, "--run", what, "--model", args.model,
-           "--steps", str(args.steps), *(["--data", data] if data else [])]  # fmt: skip
+           "--steps", str(args.steps), "--threads", str(args.threads), *(["--data", data] if data else [])]  # fmt: skip
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
     if p.returncode or line is None:
@@ -101,10 +104,11 @@ def run(args, student: str, what: str, data: str | None = None) -> dict:
     return json.loads(line[7:])
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--students", default="all", help="comma-separated names of STUDENTS, or all")
     ap.add_argument("--qat-bits", default="3,4", help="LLM-QAT bit widths")
     ap.add_argument("--out", default=str(ROOT / "results" / "distill_recovery.md"))
@@ -113,7 +117,7 @@ def main() -> int:
     ap.add_argument("--run", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--qat-rows", type=int, default=128, help="rows of data-free teacher text for LLM-QAT")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.worker:
         return worker(args)
     from tqdm import tqdm

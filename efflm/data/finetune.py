@@ -135,9 +135,7 @@ def read_jsonl(path: str | Path, tokenizer: Any, max_tokens: int = MAX_ROW_TOKEN
             if not isinstance(row["text"], str) or not row["text"].strip():
                 raise EfflmError(f"{where}: text must be a non-empty string")
             ids = list(tokenizer(row["text"], add_special_tokens=False)["input_ids"])
-            if len(ids) > max_tokens:
-                raise EfflmError(f"{where}: {len(ids)} tokens, longer than the limit of {max_tokens}")
-            out.append((ids, 0))
+            out.append((ids[:max_tokens], 0))  # plain text is cut to the sequence length, as LM data is
             continue
         if "messages" in row:
             msgs = row["messages"]

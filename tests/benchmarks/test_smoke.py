@@ -39,6 +39,9 @@ def test_every_benchmark_script_has_a_smoke_test():
         "vs_peft",
         "peft_shapes",
         "serve_load",
+        "finetune_memory",
+        "distill_recovery",
+        "vs_trl_gkd",
     }
     assert {p.stem for p in ROOT.glob("*.py")} - {"__init__"} == tested
 
@@ -168,3 +171,30 @@ def test_peft_shapes(tmp_path):
     md += (tmp_path / "rec.md").read_text()
     assert "| lora r=8 |" in md and "| qlora r=8 |" in md and "QLoRA: base" in md
     assert md.count("| 4 |") == 1 and "| sparsegpt 50% |" in md and "| + LoRA r=8 |" in md
+
+
+def test_finetune_memory(tmp_path):
+    rows = "inference,adamw,lomo,adalomo,mezo"
+    if importlib.util.find_spec("lomo_optim"):
+        rows += ",lomo_optim_lomo,lomo_optim_adalomo"
+    md = run("finetune_memory", ["--steps", "2", "--batch", "2", "--seq-len", "32", "--rows", rows], tmp_path)
+    assert "| efflm lomo (no clipping) |" in md and "| efflm mezo (all weights) |" in md
+    assert "| MeZO peak ≤ 1.1× inference |" in md and "| lomo peak ≤ 0.5× AdamW |" in md
+
+
+def test_distill_recovery(tmp_path):
+    args = ["--steps", "2", "--students", "gptq W3 g64", "--qat-rows", "2", "--qat-bits", "3"]
+    md = run("distill_recovery", args, tmp_path)
+    assert "| gptq W3 g64 |" in md and "| W3 |" in md and "Paper shapes" in md
+
+
+def test_vs_trl_gkd_efflm_side(tmp_path):
+    from types import SimpleNamespace
+
+    from efflm.models.tiny import tiny_tokenizer
+
+    mod = script("vs_trl_gkd")
+    data = tmp_path / "rows.jsonl"
+    mod.rows_file(tiny_tokenizer(), data, 8)
+    r = mod.run_efflm(SimpleNamespace(model="tiny-llama", steps=2), data)
+    assert r["ppl"] > 0 and 0 <= r["task_acc"] <= 1 and len(r["losses"]) == 2
