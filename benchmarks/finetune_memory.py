@@ -57,14 +57,9 @@ def train_config(args, lr: float, extra: dict):
                        seq_len=args.seq_len, checkpoint_every=10**6, **extra)  # fmt: skip
 
 
-def peak_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run_inference(args) -> dict:
     from efflm import tune
+    from efflm.eval.metrics import peak_rss_mb
     from efflm.io.load import load
 
     model, tok = load(args.model)
@@ -74,13 +69,14 @@ def run_inference(args) -> dict:
         t0 = time.perf_counter()
         model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
         s = time.perf_counter() - t0
-    return {"peak_rss_mb": peak_mb(), "step_s": s}
+    return {"peak_rss_mb": peak_rss_mb(), "step_s": s}
 
 
 def run_lomo_optim(args, cls_name: str, lr: float, extra: dict) -> dict:
     import lomo_optim
 
     from efflm import tune
+    from efflm.eval.metrics import peak_rss_mb
     from efflm.finetune.full_params import FullConfig, unfreeze
     from efflm.finetune.train import LossModel, lr_factor
     from efflm.io.load import load
@@ -108,7 +104,7 @@ def run_lomo_optim(args, cls_name: str, lr: float, extra: dict) -> dict:
         losses.append(float(loss.detach()))
     model.eval()
     ppl = tune.evaluator("domain", tok, final=True)(model)["ppl"]
-    return {"peak_rss_mb": peak_mb(), "step_s": statistics.median(times[1:]), "losses": losses, "ppl": ppl}
+    return {"peak_rss_mb": peak_rss_mb(), "step_s": statistics.median(times[1:]), "losses": losses, "ppl": ppl}
 
 
 def run_efflm(args, fields: dict, lr: float, extra: dict) -> dict:

@@ -50,12 +50,6 @@ def rows_file(tok, path: Path, n: int) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def peak_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def evaluate(model, tok) -> dict:
     from efflm import tune
 
@@ -89,12 +83,12 @@ def run_trl(args, data: Path) -> dict:
 
     from efflm import pipeline
     from efflm.core import recipe as recipes
+    from efflm.eval.metrics import peak_rss_mb
     from efflm.finetune.adapter import linear_names
 
     student, tok = pipeline.load_and_apply(args.model, recipes.from_yaml(yaml.safe_dump(STUDENT)))
     teacher, _ = pipeline.load_and_apply(args.model, [])
     student.requires_grad_(True)
-    peak_before_eval = None
     ds = datasets.Dataset.from_list([json.loads(x) for x in data.read_text().splitlines()])
     times: list[float] = []
 
@@ -119,7 +113,7 @@ def run_trl(args, data: Path) -> dict:
         trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         merged = trainer.model.merge_and_unload().eval()
-        peak_before_eval = peak_mb()  # training's peak, before the evaluation below
+        peak_before_eval = peak_rss_mb()  # training's peak, before the evaluation below
     out = evaluate(merged, tok)
     return {"step_s": statistics.median(times[1:]), "peak_rss_mb": peak_before_eval, "ppl": out["ppl"],
             "task_acc": out["task_acc"], "losses": losses}  # fmt: skip

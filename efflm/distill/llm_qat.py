@@ -37,8 +37,7 @@ class FakeQuantLinear(nn.Linear):
     the rounding to the full-precision weight."""
 
     def __init__(self, linear: nn.Linear, bits: int, group_size: int, symmetric: bool):
-        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                         dtype=linear.weight.dtype)  # fmt: skip
+        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
         self.weight = linear.weight
         self.bias = linear.bias
         self.bits, self.group_size, self.symmetric = bits, group_size, symmetric

@@ -26,7 +26,7 @@ from efflm.distill.topk import TopKCache, cached_divergence, packed
 from efflm.finetune.full_params import FullConfig, unfreeze
 from efflm.finetune.hooks import TrainHooks
 from efflm.finetune.loss import chunked_cross_entropy, head_weight
-from efflm.models.arch import get_module, layout_for
+from efflm.finetune.train import LossModel
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 ADAPT = ("lora", "full")
@@ -114,9 +114,7 @@ class DistillHooks(TrainHooks):
 
     def attach(self, teacher: nn.Module) -> None:
         self.teacher = teacher.eval().requires_grad_(False)
-        layout = layout_for(teacher.config.model_type)
-        self._t_backbone = get_module(teacher, layout.layers.rsplit(".", 1)[0])
-        self._t_head = get_module(teacher, layout.lm_head)
+        self._teacher = LossModel(teacher, 0)  # its decoder stack and head, found as the student's are
 
     def use_cache(self, cache: TopKCache) -> None:
         """Read the teacher from a top-k cache instead of running it (``efflm distill-cache``)."""
@@ -143,10 +141,8 @@ class DistillHooks(TrainHooks):
             divergence = cached_divergence(divergence)
         else:
             with torch.no_grad():
-                t_out = self._t_backbone(
-                    input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=hidden_too
-                )
-                t_logits = self._t_head(t_out.last_hidden_state[:, :-1][keep])
+                t_out = self._teacher.hidden(ids, mask, output_hidden_states=hidden_too)
+                t_logits = self._teacher.head(t_out.last_hidden_state[:, :-1][keep])
         w = head_weight(loss_model.head)
         if w is None:  # a quantized head: its own forward, full logits
             kd = divergence(loss_model.head(h), t_logits)

@@ -19,7 +19,7 @@ import torch
 
 from efflm.core.errors import ConfigError
 from efflm.core.registry import register
-from efflm.finetune.full_params import FullConfig, FullHooks, one_process, trainable_of, unfreeze
+from efflm.finetune.full_params import FullConfig, FullHooks, one_process, unfreeze
 from efflm.finetune.fused_update import FusedUpdate
 from efflm.finetune.hooks import HOOKS
 
@@ -132,7 +132,7 @@ class AdaLomoHooks(FullHooks):
     def updater(self, model: torch.nn.Module, cfg: Any) -> FusedUpdate:
         c = self.config
         return adalomo(
-            trainable_of(model), cfg.weight_decay, cfg.max_grad_norm, eps=(1e-30, c.eps2),
+            model.parameters(), cfg.weight_decay, cfg.max_grad_norm, eps=(1e-30, c.eps2),
             clip_threshold=c.clip_threshold, decay_rate=c.decay_rate,
         )  # fmt: skip
 

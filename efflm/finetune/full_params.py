@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import torch.nn as nn
 
 from efflm.core.errors import ConfigError
@@ -67,7 +66,3 @@ def one_process(method: str, cfg: Any, world: int, accumulate: bool = True) -> N
         raise ConfigError(f"{method}: runs in one process (its updates are not synchronized across processes)")
     if not accumulate and cfg.grad_accum != 1:
         raise ConfigError(f"{method}: train.grad_accum must be 1 (each gradient is applied inside the backward pass)")
-
-
-def trainable_of(model: nn.Module) -> list[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]

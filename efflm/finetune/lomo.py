@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from efflm.core.registry import register
-from efflm.finetune.full_params import FullConfig, FullHooks, one_process, trainable_of, unfreeze
+from efflm.finetune.full_params import FullConfig, FullHooks, one_process, unfreeze
 from efflm.finetune.fused_update import FusedUpdate
 from efflm.finetune.hooks import HOOKS
 
@@ -52,7 +52,7 @@ class LomoHooks(FullHooks):
         one_process("lomo", cfg, world, accumulate=False)
 
     def updater(self, model: torch.nn.Module, cfg: Any) -> FusedUpdate:
-        return lomo(trainable_of(model), cfg.weight_decay, cfg.max_grad_norm)
+        return lomo(model.parameters(), cfg.weight_decay, cfg.max_grad_norm)
 
 
 HOOKS["lomo"] = LomoHooks

@@ -14,6 +14,7 @@ stays bit-identical.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -79,8 +80,7 @@ class MeZO:
         self._owned: dict[str, list[int]] = {}
         self._global: list[int] = []
         for pid, paths in owners.items():
-            parts = [p.split(".") if p else [] for p in paths]
-            common = [a for a, *rest in zip(*parts) if all(a == r for r in rest)] if len(parts) > 1 else parts[0]
+            common = os.path.commonprefix([p.split(".") if p else [] for p in paths])  # list-wise
             at = anchor(".".join(common))
             (self._owned.setdefault(at, []) if at is not None else self._global).append(pid)
         self._modules = modules
