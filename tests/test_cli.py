@@ -209,13 +209,15 @@ def test_compress_to_compressed_tensors(capsys, tmp_path, recipe):
 
 
 def _children(pid: int) -> list[int]:
+    """The bench's worker subprocesses (not the short-lived `git` it runs to stamp rows)."""
     kids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(fields[1]) == pid:
+        if int(fields[1]) == pid and b"efflm.bench.worker" in cmdline:
             kids.append(int(stat.parent.name))
     return kids
 
