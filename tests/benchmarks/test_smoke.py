@@ -186,6 +186,7 @@ def test_distill_recovery(tmp_path):
     args = ["--steps", "2", "--students", "gptq W3 g64", "--qat-rows", "2", "--qat-bits", "3"]
     md = run("distill_recovery", args, tmp_path)
     assert "| gptq W3 g64 |" in md and "| W3 |" in md and "Paper shapes" in md
+    assert md.count("| gptq W3 g64 |") == 2 and "generation KL to the teacher" in md
 
 
 def test_vs_trl_gkd_efflm_side(tmp_path):
