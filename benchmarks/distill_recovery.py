@@ -54,6 +54,8 @@ def torch_no_grad(fn):
             return fn(*a, **kw)
 
     return wrapped
+
+
 RUNS = {
     "CE": {"method": "lora", **LORA},
     "KD (forward KL)": {"method": "kd", "divergence": "forward_kl", **LORA},
