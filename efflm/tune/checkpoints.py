@@ -39,8 +39,15 @@ def latest_checkpoint(out: Path) -> Path | None:
     return cks[-1] if cks else None
 
 
+def _own(p: torch.Tensor) -> torch.Tensor:
+    """``p`` as saved: itself (no copy: a full model's checkpoint would double its memory), or
+    a compact copy when it is a view into a larger storage (torch.save writes whole storages)."""
+    t = p.detach()
+    return t if t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()
+
+
 def write_checkpoint(out: Path, model, state: TrainState, updater, hooks, fingerprint: str) -> None:
-    tensors = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad or "lora_A" in n}
+    tensors = {n: _own(p) for n, p in model.named_parameters() if p.requires_grad or "lora_A" in n}
     target = out / f"checkpoint-{state.step}"
     if target.exists():
         return

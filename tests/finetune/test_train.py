@@ -277,3 +277,14 @@ def test_freed_memory_is_returned_on_glibc():
     from efflm.core.memory import return_freed_memory
 
     assert return_freed_memory() == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
+def test_checkpoint_saves_parameters_without_copying_them_and_views_compactly():
+    from efflm.tune.checkpoints import _own
+
+    whole = torch.nn.Parameter(torch.randn(4, 3))
+    assert _own(whole).data_ptr() == whole.data_ptr()  # a full model's checkpoint adds no copy of it
+    view = torch.randn(8, 3)[2:4]
+    saved = _own(view)
+    assert saved.data_ptr() != view.data_ptr() and saved.untyped_storage().nbytes() == 2 * 3 * 4
+    assert torch.equal(saved, view)
