@@ -4,7 +4,7 @@ from the dense model as teacher; held-out perplexity before and after each.
 
     python benchmarks/distill_recovery.py [--model smollm2-135m] [--steps 50] [--students all] [--qat-rows 128]
 
-Every student is the compressed model made on the fly by ``efflm finetune --recipe``; every run
+Every student is compressed once by ``efflm compress`` and loaded from that directory; every run
 trains the same LoRA (r 8, α 16, all seven projections; lr 1e-3, warm-up + cosine, batch 4 × 128
 tokens of the calibration split, the same seed and batches), each in its own process. KD and GKD
 read the dense model as ``--teacher``; GKD replaces a batch by the student's own continuations
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -74,8 +75,11 @@ def worker(args) -> int:
     if args.run == "qat":
         return qat_worker(args)
     recipe = recipes.from_yaml(yaml.safe_dump({**STUDENTS, **EXTRA}[args.student]))
+    spec = args.model
+    if args.student_dir:  # the student compressed once, saved by `efflm compress`
+        spec, recipe = args.student_dir, []
     if args.run == "before":
-        model, tok = pipeline.load_and_apply(args.model, recipe)
+        model, tok = pipeline.load_and_apply(spec, recipe)
         ppl = tune.evaluator("domain", tok, final=True)(model)["ppl"]
         print("RESULT " + json.dumps({"ppl": ppl, "policy_kl": policy_kl(model, tok, args.model)}), flush=True)
         return 0
@@ -86,8 +90,8 @@ def worker(args) -> int:
         p.write_text(yaml.safe_dump({**RUNS[args.run], "train": train}))
         cfg, train_cfg = tune.read_method_recipe(p)
         teacher = args.model if cfg.method in ("kd", "gkd") else None
-        r = tune.finetune(args.model, recipe, cfg, train_cfg, "domain", Path(tmp) / "o", teacher=teacher)
-        model, tok = tune.load_model(args.model, recipe, Path(tmp) / "o")
+        r = tune.finetune(spec, recipe, cfg, train_cfg, "domain", Path(tmp) / "o", teacher=teacher)
+        model, tok = tune.load_model(spec, recipe, Path(tmp) / "o")
         kl = policy_kl(model, tok, args.model)
     print("RESULT " + json.dumps({"ppl": r["ppl"], "policy_kl": kl, "step_s": r["step_s_median"],
                                   "peak_rss_mb": r["peak_rss_mb"], "losses": r["losses"]}), flush=True)  # fmt: skip
@@ -143,9 +147,10 @@ def qat_worker(args) -> int:
     return 0
 
 
-def run(args, student: str, what: str, data: str | None = None) -> dict:
+def run(args, student: str, what: str, data: str | None = None, student_dir: str | None = None) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--student", student, "--run", what, "--model", args.model,
-           "--steps", str(args.steps), "--threads", str(args.threads), *(["--data", data] if data else [])]  # fmt: skip
+           "--steps", str(args.steps), "--threads", str(args.threads), *(["--data", data] if data else []),
+           *(["--student-dir", student_dir] if student_dir else [])]  # fmt: skip
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
     if p.returncode or line is None:
@@ -166,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--student", help=argparse.SUPPRESS)
     ap.add_argument("--run", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
+    ap.add_argument("--student-dir", help=argparse.SUPPRESS)
     ap.add_argument("--qat-rows", type=int, default=128, help="rows of data-free teacher text for LLM-QAT")
     args = ap.parse_args(argv)
     if args.worker:
@@ -175,9 +181,17 @@ def main(argv: list[str] | None = None) -> int:
     names = list(STUDENTS) if args.students == "all" else args.students.split(",")
     jobs = [(s, r) for s in names for r in ["before", *RUNS]]
     res: dict = {}
-    for student, name in tqdm(jobs, desc="runs"):
-        res.setdefault(student, {})[name] = run(args, student, name)
-        tqdm.write(f"{student} / {name}: ppl {res[student][name]['ppl']:.3f}")
+    with tempfile.TemporaryDirectory(prefix="efflm-students-") as tmp:
+        for student, name in tqdm(jobs, desc="runs"):
+            saved = Path(tmp) / str(names.index(student))
+            if not saved.exists():  # compress each student once; its four runs load it
+                rfile = Path(tmp) / "recipe.yaml"
+                rfile.write_text(yaml.safe_dump(STUDENTS[student]))
+                compress = [sys.executable, "-m", "efflm.cli", "compress", "--model", args.model, "--recipe",
+                            str(rfile), "--out", str(saved)]  # fmt: skip
+                subprocess.run(compress, check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+            res.setdefault(student, {})[name] = run(args, student, name, student_dir=str(saved))
+            tqdm.write(f"{student} / {name}: ppl {res[student][name]['ppl']:.3f}")
     qat: dict = {}
     if args.qat_rows:
         with tempfile.TemporaryDirectory(prefix="efflm-qat-data-") as tmp:
