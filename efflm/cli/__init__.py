@@ -116,7 +116,26 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--seq-len", type=_positive, default=EVAL_SEQ_LEN, help="tokens per window")
     e.add_argument("--windows", type=_positive, default=EVAL_WINDOWS, help="windows scored")
     e.add_argument("--adapter", help="adapter directory (efflm finetune or peft) applied unmerged")
+    e.add_argument(
+        "--tasks",
+        help="lm-evaluation-harness tasks instead of perplexity, comma-separated "
+        "(efflm's offline tasks: efflm_cloze, efflm_nextline, efflm_instruct; or any lm-eval task)",
+    )
+    e.add_argument("--limit", type=_positive, help="with --tasks: at most this many examples per task")
+    e.add_argument("--batch-size", type=_positive, default=8, help="with --tasks: rows scored at once")
+    e.add_argument("--chat", action="store_true", help="with --tasks: prompts through the chat template")
+    e.add_argument("--out", help="with --tasks: also write the scores as JSON here")
     e.set_defaults(fn=commands.cmd_eval)
+
+    le = sub.add_parser(
+        "lm-eval",
+        help="lm-evaluation-harness's own command line, with --model efflm and "
+        "efflm's offline tasks registered (e.g. lm-eval --model efflm --model_args "
+        "model=SPEC,recipe=FILE,adapter=DIR --tasks efflm_cloze)",
+        add_help=False,
+    )
+    le.add_argument("args", nargs=argparse.REMAINDER, help="lm_eval's arguments")
+    le.set_defaults(fn=commands.cmd_lm_eval)
 
     g = sub.add_parser("generate", help="generate text on efflm's decode path, streaming; prints tok/s")
     g.add_argument("prompt", nargs="+", help="one or more prompts (several: one left-padded batch)")
@@ -228,8 +247,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        a = parser().parse_args(argv)
+        if argv[:1] == ["lm-eval"]:  # lm-eval's own options, passed through unparsed
+            a = argparse.Namespace(fn=commands.cmd_lm_eval, args=argv[1:])
+        else:
+            a = parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error, already printed as one line (2)
         return e.code if isinstance(e.code, int) else 2
     try:

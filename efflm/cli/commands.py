@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -129,6 +130,10 @@ def cmd_eval(a) -> int:
 
     recipe = _recipe_arg(a.recipe)
     pipeline.validate(a.model, recipe, a.calib_samples, a.calib_len)
+    if a.tasks:
+        return _eval_tasks(a, recipe)
+    if a.limit or a.chat or a.out:
+        raise EfflmError("--limit, --chat and --out go with --tasks")
     source = text.read_text_file(a.text_file) if a.text_file else None
     n = a.seq_len * a.windows
     tok = load_tokenizer(a.model)
@@ -146,6 +151,38 @@ def cmd_eval(a) -> int:
         f"of {where}; model bytes {model_bytes(model) / 1e6:.1f} MB"
     )
     return 0
+
+
+def _eval_tasks(a, recipe) -> int:
+    from efflm.core.atomic import atomic_write_text, check_target
+    from efflm.eval import lm_eval_run
+
+    names = lm_eval_run.check_tasks(a.tasks)
+    if a.text_file:
+        raise EfflmError("--text-file is for perplexity; tasks bring their own data")
+    if a.out:
+        check_target(Path(a.out))
+    model, tok = _load(a, recipe)
+    scores = lm_eval_run.run_tasks(model, tok, names, limit=a.limit, batch_size=a.batch_size, chat=a.chat)
+    from efflm.eval.offline_tasks import RANDOM_BASELINE
+
+    print("| task | metric | value | ± stderr | random baseline |")
+    print("|---|---|---|---|---|")
+    for task, m in scores.items():
+        name, value, err = lm_eval_run.headline(m)
+        base = RANDOM_BASELINE.get(task)
+        print(f"| {task} | {name} | {value:.4f} | {err or 0:.4f} | {'' if base is None else f'{base:.2f}'} |")
+    if a.out:
+        atomic_write_text(Path(a.out), json.dumps({"model": a.model, "recipe": a.recipe, "adapter": a.adapter,
+                                                   "limit": a.limit, "scores": scores}, indent=1))  # fmt: skip
+        print(f"wrote {a.out}")
+    return 0
+
+
+def cmd_lm_eval(a) -> int:
+    from efflm.eval import lm_eval_run
+
+    return lm_eval_run.cli(a.args)
 
 
 def cmd_generate(a) -> int:
