@@ -37,13 +37,36 @@ def _fmt(v, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
 
+def task_scores(row) -> dict:
+    """A row's lm-eval task scores (``efflm bench --tasks``): ``{task: {metric, value, stderr}}``."""
+    return json.loads(row["extra"] or "{}").get("tasks", {}) if row["status"] == "ok" else {}
+
+
+def task_columns(rows: list) -> list[tuple[str, str]]:
+    """``(task, metric)`` of every task some row was scored on, in order of first appearance."""
+    seen: dict[tuple[str, str], None] = {}
+    for r in rows:
+        for task, s in task_scores(r).items():
+            seen[(task, s["metric"])] = None
+    return list(seen)
+
+
+def _task_cell(row, task: str) -> str:
+    s = task_scores(row).get(task)
+    if not s or s["value"] is None:
+        return "–"
+    return f"{s['value']:.3f} ± {s['stderr']:.3f}" if s.get("stderr") is not None else f"{s['value']:.3f}"
+
+
 def table(rows: list) -> tuple[list[str], list[list[str]]]:
     ref = dense_row(rows)
+    tasks = task_columns(rows)
     head = [
         "method",
         "family",
         "ppl",
         "Δppl vs dense",
+        *(f"{task} {metric}" for task, metric in tasks),
         "MB",
         "× dense",
         "as-sparse MB",
@@ -69,6 +92,7 @@ def table(rows: list) -> tuple[list[str], list[list[str]]]:
                 r["families"] or "",
                 _fmt(r["ppl"], ".2f"),
                 "–" if d_ppl is None else f"{d_ppl:+.1f}%",
+                *(_task_cell(r, task) for task, _ in tasks),
                 _fmt(r["bytes"] and r["bytes"] / 1e6, ".1f"),
                 _fmt(ratio, ".3f"),
                 _fmt(r["sparse_bytes"] and r["sparse_bytes"] / 1e6, ".1f"),
@@ -116,6 +140,15 @@ def markdown(model: str, rows: list, stale: list | None = None) -> str:
             f"Stale: {len(stale)} older row(s) of {len(labels)} recipe(s), measured with an older "
             f"harness (measurement version < {results.MEASUREMENT}), stay in the database and are not shown.",
         ]
+    if task_columns(ok):
+        limits = {s.get("limit") for r in ok for s in task_scores(r).values()}
+        lines += [
+            "",
+            "Tasks: lm-evaluation-harness on efflm's forward and decode path (`efflm bench --tasks`), value ± "
+            "standard error" + (f", the first {', '.join(str(x) for x in sorted(x for x in limits if x))} examples "
+                                "of each task" if limits - {None} else "") + "; random baselines: efflm_cloze 0, "
+            "efflm_nextline 0.25, efflm_instruct ~0.",
+        ]  # fmt: skip
     if any(r["sparse_bytes"] for r in ok):
         lines += [
             "",

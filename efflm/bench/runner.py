@@ -24,7 +24,7 @@ class BenchOptions:
     model: str
     recipes: list[recipes.Recipe]
     db_path: Path = results.DEFAULT_DB
-    worker_args: dict[str, int] = field(default_factory=dict)
+    worker_args: dict[str, int | str] = field(default_factory=dict)  # --tasks is the one string
 
 
 def validate(opts: BenchOptions) -> None:

@@ -32,6 +32,8 @@ def run(
     reps: int,
     calib_samples: int,
     calib_len: int,
+    tasks: str = "",
+    task_limit: int = 0,
 ) -> dict:
     from efflm.io.save import dir_bytes, save
 
@@ -39,7 +41,22 @@ def run(
     model, tok = load_and_apply(model_spec, recipe, calib_samples, calib_len)
     with tempfile.TemporaryDirectory(prefix="efflm-disk-") as tmp:
         disk = dir_bytes(save(model, tok, Path(tmp) / "m", recipes.to_yaml(recipe)))
-    return measure(model, tok, model_spec, t0, disk, seq_len, windows, prompt_len, new_tokens, reps)
+    result = measure(model, tok, model_spec, t0, disk, seq_len, windows, prompt_len, new_tokens, reps)
+    if tasks:
+        result["tasks"] = task_scores(model, tok, tasks.split(","), task_limit or None)
+        result["peak_rss_mb"] = metrics.peak_rss_mb()
+    return result
+
+
+def task_scores(model, tok, names: list[str], limit: int | None) -> dict:
+    """``{task: {"metric", "value", "stderr", "limit"}}``: each task's headline score (lm-eval)."""
+    from efflm.eval import lm_eval_run
+
+    out = {}
+    for task, m in lm_eval_run.run_tasks(model, tok, names, limit=limit).items():
+        name, value, err = lm_eval_run.headline(m)
+        out[task] = {"metric": name, "value": value, "stderr": err, "limit": limit}
+    return out
 
 
 def measure(
@@ -73,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     for name in ("seq-len", "windows", "prompt-len", "new-tokens", "reps", "calib-samples", "calib-len", "threads"):
         p.add_argument(f"--{name}", type=int, required=name != "threads", default=0)
+    p.add_argument("--tasks", default="")
+    p.add_argument("--task-limit", type=int, default=0)
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -90,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                 reps=a.reps,
                 calib_samples=a.calib_samples,
                 calib_len=a.calib_len,
+                tasks=a.tasks,
+                task_limit=a.task_limit,
             ),
         }
     except EfflmError as e:

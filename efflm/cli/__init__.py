@@ -88,6 +88,12 @@ def parser() -> argparse.ArgumentParser:
         ("threads", 2, "torch threads in each worker"),
     ):
         b.add_argument(f"--{name}", type=_positive, default=default, help=what)
+    b.add_argument(
+        "--tasks",
+        help="also score each row on these lm-evaluation-harness tasks (comma-separated, "
+        "e.g. efflm_nextline); task accuracy becomes leaderboard columns",
+    )
+    b.add_argument("--task-limit", type=_positive, help="with --tasks: at most this many examples per task")
     b.set_defaults(fn=commands.cmd_bench)
 
     lb = sub.add_parser("leaderboard", help="print the leaderboard; write leaderboard.md and pareto.png")

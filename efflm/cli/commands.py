@@ -42,6 +42,14 @@ def cmd_bench(a) -> int:
         k: getattr(a, k)
         for k in ("seq_len", "windows", "prompt_len", "new_tokens", "reps", "calib_samples", "calib_len", "threads")
     }
+    if a.task_limit and not a.tasks:
+        raise EfflmError("--task-limit goes with --tasks")
+    if a.tasks:
+        from efflm.eval.lm_eval_run import check_tasks
+
+        worker_args["tasks"] = ",".join(check_tasks(a.tasks))
+        if a.task_limit:
+            worker_args["task_limit"] = a.task_limit
     opts = runner.BenchOptions(a.model, recipes_, Path(a.db), worker_args)
     runner.install_signal_handlers()
     if a.suite in ("finetune", "recover") and not (a.recipe or a.methods):  # training runs, one process each

@@ -6,7 +6,7 @@ from efflm.bench import db, leaderboard
 from efflm.core.errors import EfflmError
 
 
-def _ok(conn, label, ppl, nbytes, tok_s):
+def _ok(conn, label, ppl, nbytes, tok_s, extra=None):
     m = {
         "ppl": ppl,
         "eval_tokens": 4088,
@@ -31,6 +31,7 @@ def _ok(conn, label, ppl, nbytes, tok_s):
         families="quantize",
         metrics=m,
         env={"commit": "abc123"},
+        extra=extra,
     )
 
 
@@ -111,3 +112,15 @@ def test_pareto_front():
     assert leaderboard.pareto_front(pts, higher_x_better=False) == [0, 1, 3]
     assert leaderboard.pareto_front(pts, higher_x_better=True) == [3]
     assert leaderboard.pareto_front([(1, 1), (2, 2)], higher_x_better=True) == [0, 1]
+
+
+def test_task_scores_become_leaderboard_columns(tmp_path):
+    conn = db.connect(tmp_path / "r.sqlite")
+    task = {"efflm_nextline": {"metric": "acc_norm", "value": 0.4125, "stderr": 0.0246, "limit": None}}
+    _ok(conn, "dense(dtype=float32)", 40.0, 500_000_000, 12.0, extra={"tasks": task})
+    _ok(conn, "rtn", 50.0, 150_000_000, 8.0)  # benched without --tasks: a dash, not a zero
+    md, _, _ = leaderboard.write(tmp_path / "r.sqlite", "m", tmp_path / "out")
+    assert "| method | family | ppl | Δppl vs dense | efflm_nextline acc_norm | MB |" in md
+    assert "| dense(dtype=float32) | quantize | 40.00 | +0.0% | 0.412 ± 0.025 | 500.0 |" in md
+    assert "| rtn | quantize | 50.00 | +25.0% | – | 150.0 |" in md
+    assert "Tasks: lm-evaluation-harness" in md and "efflm_nextline 0.25" in md

@@ -166,3 +166,29 @@ def test_model_args_apply_the_recipe_and_the_adapter(tmp_path, tiny):
         torch.testing.assert_close(lm.model(ids).logits, want.eval()(ids).logits)
         assert not torch.allclose(lm.model(ids).logits, tiny[0](ids).logits, atol=1e-3)
     assert type(lm.model.model.layers[0].mlp.up_proj).__name__ == "LoraLinear"
+
+
+def test_bench_tasks_scores_each_row_and_the_leaderboard_shows_it(tmp_path, capsys):
+    args = ["bench", "--model", "tiny-llama", "--methods", "dense,rtn", "--db", str(tmp_path / "db.sqlite"),
+            "--out-dir", str(tmp_path), "--seq-len", "64", "--windows", "1", "--reps", "1", "--new-tokens", "4",
+            "--tasks", "efflm_nextline", "--task-limit", "4"]  # fmt: skip
+    assert main(args) == 0
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "efflm_nextline acc_norm" in md and "the first 4 examples of each task" in md
+    rows = [line for line in md.splitlines() if line.startswith(("| dense(", "| rtn("))]
+    assert len(rows) == 2 and all(" ± " in r for r in rows)
+
+
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        (["--tasks", "nope_task"], "unknown task 'nope_task'"),
+        (["--task-limit", "4"], "--task-limit goes with --tasks"),
+    ],
+)
+def test_bench_tasks_bad_input_before_any_work(tmp_path, capsys, args, pattern):
+    db = tmp_path / "db.sqlite"
+    assert main(["bench", "--model", "tiny-llama", "--methods", "dense", "--db", str(db), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("efflm: error: ") and pattern in err and err.count("\n") == 1
+    assert not db.exists()
