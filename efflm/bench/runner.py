@@ -25,6 +25,9 @@ class BenchOptions:
     recipes: list[recipes.Recipe]
     db_path: Path = results.DEFAULT_DB
     worker_args: dict[str, int | str] = field(default_factory=dict)  # --tasks is the one string
+    executor: str = "subprocess"  # or "ray" (efflm.bench.ray_executor)
+    address: str | None = None  # Ray: join this cluster (else start a local instance)
+    gpus_per_row: float = 0.0  # Ray: GPUs each row's task declares
 
 
 def validate(opts: BenchOptions) -> None:
@@ -60,42 +63,43 @@ def _describe_exit(code: int) -> str:
     return f"worker exited with code {code} without a result"
 
 
-def run_one(opts: BenchOptions, recipe: recipes.Recipe, conn, env: dict) -> dict:
-    label = recipes.label(recipe)
-    recipe_yaml = recipes.to_yaml(recipe)
-    families = ",".join(sorted({get(c.method).family for c in recipe}))
-
-    def fail(error: str) -> None:  # a failed row carries its error and no metrics
-        results.insert(conn, status="failed", model=opts.model, label=label, recipe=recipe_yaml,
-                       families=families, error=error, env=env)  # fmt: skip
-
+def run_worker(model: str, recipe_yaml: str, worker_args: dict, python: str | None = None) -> dict:
+    """One row's measurement in its own ``efflm.bench.worker`` process: its result, or a failed
+    result saying how the process died. Ctrl-C / SIGTERM kill the worker and propagate."""
     with tempfile.TemporaryDirectory(prefix="efflm-bench-") as tmp:
         rfile, out = Path(tmp) / "recipe.yaml", Path(tmp) / "result.json"
         rfile.write_text(recipe_yaml)
         cmd = [
-            sys.executable,
+            python or sys.executable,
             "-m",
             "efflm.bench.worker",
             "--model",
-            opts.model,
+            model,
             "--recipe-file",
             str(rfile),
             "--out",
             str(out),
         ]
-        for k, v in opts.worker_args.items():
+        for k, v in worker_args.items():
             cmd += [f"--{k.replace('_', '-')}", str(v)]
         proc = subprocess.Popen(cmd)
         try:
             code = proc.wait()
-        except BaseException:  # Ctrl-C / SIGTERM: stop the worker, record the row as failed
+        except BaseException:
             proc.kill()
             proc.wait()
-            fail("interrupted")
             raise
-        data = json.loads(out.read_text()) if out.is_file() else {"status": "failed", "error": _describe_exit(code)}
+        return json.loads(out.read_text()) if out.is_file() else {"status": "failed", "error": _describe_exit(code)}
+
+
+def record(opts: BenchOptions, recipe: recipes.Recipe, conn, env: dict, data: dict) -> dict:
+    """Write one row: ``ok`` with its metrics (the rest of the result in ``extra``), or ``failed``
+    with its error and no metrics."""
+    label, recipe_yaml = recipes.label(recipe), recipes.to_yaml(recipe)
+    families = ",".join(sorted({get(c.method).family for c in recipe}))
     if data["status"] != "ok":
-        fail(data["error"])
+        results.insert(conn, status="failed", model=opts.model, label=label, recipe=recipe_yaml,
+                       families=families, error=data["error"], env=env)  # fmt: skip
         return data
     extra = {k: v for k, v in data.items() if k not in results.METRICS and k not in ("status", "model_hash")}
     results.insert(
@@ -113,11 +117,34 @@ def run_one(opts: BenchOptions, recipe: recipes.Recipe, conn, env: dict) -> dict
     return data
 
 
+def run_one(opts: BenchOptions, recipe: recipes.Recipe, conn, env: dict) -> dict:
+    try:
+        data = run_worker(opts.model, recipes.to_yaml(recipe), opts.worker_args)
+    except BaseException:  # Ctrl-C / SIGTERM: the running row is recorded as failed
+        record(opts, recipe, conn, env, {"status": "failed", "error": "interrupted"})
+        raise
+    return record(opts, recipe, conn, env, data)
+
+
 def bench(opts: BenchOptions) -> list[dict]:
     validate(opts)
+    if opts.executor == "ray" and opts.address:
+        from efflm.bench.ray_executor import check_address
+
+        check_address(opts.address)  # before the database is touched
     conn = results.connect(opts.db_path)
     env = environment()
     out = []
+    if opts.executor == "ray":
+        from efflm.bench import ray_executor
+
+        def on_row(recipe, data):
+            out.append(record(opts, recipe, conn, env, data))
+            status = "ok" if data["status"] == "ok" else f"FAILED: {data['error']}"
+            print(f"  {recipes.label(recipe):40s} {status}", file=sys.stderr, flush=True)
+
+        ray_executor.run(opts.model, opts.recipes, opts.worker_args, on_row, opts.address, opts.gpus_per_row)
+        return out
     for recipe in progress(opts.recipes, desc=f"bench {opts.model}", total=len(opts.recipes), leave=True):
         data = run_one(opts, recipe, conn, env)
         status = "ok" if data["status"] == "ok" else f"FAILED: {data['error']}"

@@ -94,6 +94,15 @@ def parser() -> argparse.ArgumentParser:
         "e.g. efflm_nextline); task accuracy becomes leaderboard columns",
     )
     b.add_argument("--task-limit", type=_positive, help="with --tasks: at most this many examples per task")
+    b.add_argument(
+        "--executor",
+        choices=["subprocess", "ray"],
+        default="subprocess",
+        help="where rows run: local subprocesses one after another, or Ray tasks (a local Ray "
+        "instance, or the cluster at --address)",
+    )
+    b.add_argument("--address", help="with --executor ray: join the Ray cluster at HOST:PORT")
+    b.add_argument("--gpus-per-row", type=float, default=0.0, help="with --executor ray: GPUs each row declares")
     b.set_defaults(fn=commands.cmd_bench)
 
     lb = sub.add_parser("leaderboard", help="print the leaderboard; write leaderboard.md and pareto.png")

@@ -50,7 +50,13 @@ def cmd_bench(a) -> int:
         worker_args["tasks"] = ",".join(check_tasks(a.tasks))
         if a.task_limit:
             worker_args["task_limit"] = a.task_limit
-    opts = runner.BenchOptions(a.model, recipes_, Path(a.db), worker_args)
+    if a.executor != "ray" and (a.address or a.gpus_per_row):
+        raise EfflmError("--address and --gpus-per-row go with --executor ray")
+    if a.gpus_per_row < 0:
+        raise EfflmError(f"--gpus-per-row must be ≥ 0, got {a.gpus_per_row:g}")
+    if a.executor == "ray" and a.suite in ("finetune", "recover") and not (a.recipe or a.methods):
+        raise EfflmError(f"--suite {a.suite} trains one run after another; --executor ray is for bench rows")
+    opts = runner.BenchOptions(a.model, recipes_, Path(a.db), worker_args, a.executor, a.address, a.gpus_per_row)
     runner.install_signal_handlers()
     if a.suite in ("finetune", "recover") and not (a.recipe or a.methods):  # training runs, one process each
         from efflm import tune
