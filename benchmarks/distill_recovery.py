@@ -3,6 +3,7 @@ alone, by knowledge distillation (forward KL, Hinton) and by GKD (on-policy, gen
 from the dense model as teacher; held-out perplexity before and after each.
 
     python benchmarks/distill_recovery.py [--model smollm2-135m] [--steps 50] [--students all] [--qat-rows 128]
+                                          [--cache runs.json]
 
 Every student is compressed once by ``efflm compress`` and loaded from that directory; every run
 trains the same LoRA (r 8, α 16, all seven projections; lr 1e-3, warm-up + cosine, batch 4 × 128
@@ -147,6 +148,25 @@ def qat_worker(args) -> int:
     return 0
 
 
+def cached(args, key: str, compute):
+    """``compute()``, or its result from ``--cache`` when this run was already measured at this
+    same clean commit (a long sweep can stop and go on; a dirty tree never reuses a run)."""
+    from efflm.eval.env import git_commit
+
+    commit = git_commit()
+    if not args.cache or commit.endswith("-dirty") or commit == "unknown":
+        return compute()
+    path = Path(args.cache)
+    store = json.loads(path.read_text()) if path.is_file() else {}
+    full = f"{commit}|{args.model}|{args.steps}|{args.qat_rows}|{key}"
+    if full not in store:
+        store[full] = compute()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(store, indent=1))
+        os.replace(tmp, path)
+    return store[full]
+
+
 def run(args, student: str, what: str, data: str | None = None, student_dir: str | None = None) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--student", student, "--run", what, "--model", args.model,
            "--steps", str(args.steps), "--threads", str(args.threads), *(["--data", data] if data else []),
@@ -173,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--student-dir", help=argparse.SUPPRESS)
     ap.add_argument("--qat-rows", type=int, default=128, help="rows of data-free teacher text for LLM-QAT")
+    ap.add_argument(
+        "--cache", help="JSON file of finished runs: rerun at the same clean commit, it goes on where it stopped"
+    )
     args = ap.parse_args(argv)
     if args.worker:
         return worker(args)
@@ -184,13 +207,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="efflm-students-") as tmp:
         for student, name in tqdm(jobs, desc="runs"):
             saved = Path(tmp) / str(names.index(student))
-            if not saved.exists():  # compress each student once; its four runs load it
-                rfile = Path(tmp) / "recipe.yaml"
-                rfile.write_text(yaml.safe_dump(STUDENTS[student]))
-                compress = [sys.executable, "-m", "efflm.cli", "compress", "--model", args.model, "--recipe",
-                            str(rfile), "--out", str(saved)]  # fmt: skip
-                subprocess.run(compress, check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
-            res.setdefault(student, {})[name] = run(args, student, name, student_dir=str(saved))
+
+            def measure(student=student, name=name, saved=saved):
+                if not saved.exists():  # compress each student once; its four runs load it
+                    rfile = Path(tmp) / "recipe.yaml"
+                    rfile.write_text(yaml.safe_dump(STUDENTS[student]))
+                    compress = [sys.executable, "-m", "efflm.cli", "compress", "--model", args.model, "--recipe",
+                                str(rfile), "--out", str(saved)]  # fmt: skip
+                    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+                    subprocess.run(compress, check=True, cwd=ROOT, env=env)
+                return run(args, student, name, student_dir=str(saved))
+
+            res.setdefault(student, {})[name] = cached(args, f"{student}|{name}", measure)
             tqdm.write(f"{student} / {name}: ppl {res[student][name]['ppl']:.3f}")
     qat: dict = {}
     if args.qat_rows:
@@ -198,11 +226,18 @@ def main(argv: list[str] | None = None) -> int:
             data = str(Path(tmp) / "free.jsonl")
             gen = [sys.executable, "-m", "efflm.cli", "distill-data", "--teacher", args.model, "--n",
                    str(args.qat_rows), "--max-new-tokens", "127", "--out", data]  # fmt: skip
-            subprocess.run(gen, check=True, cwd=ROOT)
+
+            def qat_run(bits: int) -> dict:
+                if not Path(data).exists():  # the teacher's text, written once (only if a run needs it)
+                    subprocess.run(gen, check=True, cwd=ROOT)
+                return run(args, str(bits), "qat", data)
+
             for bits in tqdm([int(b) for b in args.qat_bits.split(",")], desc="llm-qat"):
-                qat[bits] = {"qat": run(args, str(bits), "qat", data)}
+                qat[bits] = {"qat": cached(args, f"qat|{bits}", lambda bits=bits: qat_run(bits))}
                 gptq = next((k for k in STUDENTS if k.startswith(f"gptq W{bits}")), None)
-                qat[bits]["gptq"] = res.get(gptq, {}).get("before") or run(args, f"gptq W{bits} g64", "before")
+                qat[bits]["gptq"] = res.get(gptq, {}).get("before") or cached(
+                    args, f"gptq W{bits} g64|before", lambda bits=bits: run(args, f"gptq W{bits} g64", "before")
+                )
     lines = [
         "# Healing compressed models: cross-entropy vs knowledge distillation vs GKD",
         "",

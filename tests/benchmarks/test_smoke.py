@@ -189,6 +189,25 @@ def test_distill_recovery(tmp_path):
     assert md.count("| gptq W3 g64 |") == 2 and "generation KL to the teacher" in md
 
 
+def test_distill_recovery_cache_reuses_runs_only_at_the_same_clean_commit(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import efflm.eval.env
+
+    mod = script("distill_recovery")
+    args = SimpleNamespace(cache=str(tmp_path / "runs.json"), model="m", steps=3, qat_rows=0)
+    calls = []
+    compute = lambda: calls.append(1) or {"ppl": float(len(calls))}  # noqa: E731
+    monkeypatch.setattr(efflm.eval.env, "git_commit", lambda: "abc123")
+    assert mod.cached(args, "s|CE", compute) == {"ppl": 1.0}
+    assert mod.cached(args, "s|CE", compute) == {"ppl": 1.0} and len(calls) == 1  # reused
+    monkeypatch.setattr(efflm.eval.env, "git_commit", lambda: "def456")
+    assert mod.cached(args, "s|CE", compute) == {"ppl": 2.0}  # another commit measures again
+    monkeypatch.setattr(efflm.eval.env, "git_commit", lambda: "def456-dirty")
+    assert mod.cached(args, "s|CE", compute) == {"ppl": 3.0}  # a dirty tree never reuses
+    assert mod.cached(args, "s|CE", compute) == {"ppl": 4.0}
+
+
 def test_vs_trl_gkd_efflm_side(tmp_path):
     from types import SimpleNamespace
 
