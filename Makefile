@@ -41,6 +41,7 @@ papers: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/efflm bench
+	$(BIN)/efflm report
 	$(BIN)/efflm papers render
 
 test: $(STAMP) $(INTEROP) $(BROWSER)
@@ -82,6 +83,7 @@ reference: $(STAMP) $(INTEROP) anchors
 	$(BIN)/python benchmarks/vs_trl_gkd.py
 	$(BIN)/efflm bench --suite recover
 	$(BIN)/efflm leaderboard
+	$(BIN)/efflm report
 	$(BIN)/python benchmarks/render_results.py
 	$(BIN)/efflm papers render
 

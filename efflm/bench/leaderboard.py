@@ -235,6 +235,9 @@ def plot(model: str, rows: list, path: Path) -> Path:
     off = sorted((r for r in ok if r["ppl"] > cap), key=lambda r: r["ppl"])
     ok = [r for r in ok if r["ppl"] <= cap]
     fig, axes = plt.subplots(1, 2, figsize=(14, 6))
+    families = sorted({r["families"] or "" for r in ok})
+    palette = plt.get_cmap("tab10").colors
+    colours = {fam: palette[i % len(palette)] for i, fam in enumerate(families)}
     for ax, key, xlabel, higher in (
         (axes[0], "bytes", "model bytes (MB, log)", False),
         (axes[1], "tok_s", "decode tok/s (batch 1)", True),
@@ -242,13 +245,16 @@ def plot(model: str, rows: list, path: Path) -> Path:
         drawn = [r for r in ok if r[key] is not None]
         pts = [((r[key] / 1e6 if key == "bytes" else r[key]), r["ppl"]) for r in drawn]
         front = set(pareto_front(pts, higher))
-        for i, ((x, y), r) in enumerate(zip(pts, drawn)):
-            ax.scatter([x], [y], s=60 if i in front else 30, color="tab:red" if i in front else "tab:blue", zorder=3)
-            ax.annotate(
-                short_label(r["label"]), (x, y), fontsize=8, xytext=(5, 4 + 10 * (i % 3)), textcoords="offset points"
-            )
+        for fam in families:  # one colour per family, with a legend; only the front's points are named
+            mine = [i for i, r in enumerate(drawn) if (r["families"] or "") == fam]
+            ax.scatter([pts[i][0] for i in mine], [pts[i][1] for i in mine], s=[60 if i in front else 28 for i in mine],
+                       color=colours[fam], edgecolors=["black" if i in front else "none" for i in mine], zorder=3,
+                       label=fam or "(none)")  # fmt: skip
+        for n, i in enumerate(sorted(front, key=lambda i: pts[i][0])):
+            ax.annotate(short_label(drawn[i]["label"]), pts[i], fontsize=8, xytext=(5, 5 + 9 * (n % 2)),
+                        textcoords="offset points")  # fmt: skip
         fx = sorted((pts[i] for i in front), key=lambda p: p[0])
-        ax.plot([p[0] for p in fx], [p[1] for p in fx], "--", color="tab:red", alpha=0.6, label="Pareto front")
+        ax.plot([p[0] for p in fx], [p[1] for p in fx], "--", color="black", alpha=0.5, label="Pareto front")
         if key == "bytes":
             ax.set_xscale("log")
         ax.set_yscale("log")

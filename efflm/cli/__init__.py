@@ -111,6 +111,12 @@ def parser() -> argparse.ArgumentParser:
     lb.add_argument("--out-dir", default="results", help="where leaderboard.md and pareto.png are written")
     lb.set_defaults(fn=commands.cmd_leaderboard)
 
+    rp = sub.add_parser("report", help="the results as one self-contained interactive HTML page")
+    rp.add_argument("--model", default=DEFAULT_MODEL, help="whose rows to show")
+    rp.add_argument("--db", default="results/efflm.sqlite", help="results database (opened read-only)")
+    rp.add_argument("--out", default="results/report.html", help="the HTML file written")
+    rp.set_defaults(fn=commands.cmd_report)
+
     c = sub.add_parser("compress", help="apply a recipe and save the model directory atomically")
     _common(c)
     c.add_argument("--recipe", required=True, help="recipe YAML file")

@@ -80,6 +80,14 @@ def cmd_leaderboard(a) -> int:
     return 0
 
 
+def cmd_report(a) -> int:
+    from efflm import report
+
+    out = report.write(Path(a.db), a.model, Path(a.out))
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained; open it in a browser)")
+    return 0
+
+
 def cmd_compress(a) -> int:
     from efflm.core import recipe as recipes
 
