@@ -125,6 +125,19 @@ def recover_suite() -> list[Recipe]:
     return finetune_suite()[1:]
 
 
+TASKS_SUITE_TASKS = "efflm_cloze,efflm_nextline"
+
+
+def tasks_suite() -> list[Recipe]:
+    """Task accuracy beside perplexity (``efflm bench --suite tasks`` scores every row on
+    ``TASKS_SUITE_TASKS``, ~5 minutes a row on 2 cores, so it is not in the default suite): dense,
+    the 8/4/3-bit rows, unstructured and structured pruning — the cases where the papers ("Do
+    Emergent Abilities Exist in Quantized LLMs", the pruning papers' zero-shot tables) report
+    task accuracy falling later or sooner than perplexity."""
+    d = default_suite()
+    return [d[0], d[2], d[3], d[4], d[5], d[7], d[8]]
+
+
 SUITES = {
     "default": default_suite,
     "extra": extra_suite,
@@ -133,4 +146,5 @@ SUITES = {
     "full": full_suite,
     "finetune": finetune_suite,
     "recover": recover_suite,
+    "tasks": tasks_suite,
 }

@@ -19,6 +19,7 @@ SUITE_NAMES = (
     "full",
     "finetune",
     "recover",
+    "tasks",
 )  # efflm.bench.suites.SUITES (tested)
 MODEL_HELP = "smollm2-135m (the default model), tiny-llama, a Hugging Face or efflm model directory, or a .gguf file"
 

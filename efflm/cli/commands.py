@@ -42,6 +42,8 @@ def cmd_bench(a) -> int:
         k: getattr(a, k)
         for k in ("seq_len", "windows", "prompt_len", "new_tokens", "reps", "calib_samples", "calib_len", "threads")
     }
+    if a.suite == "tasks" and not (a.recipe or a.methods or a.tasks):
+        a.tasks = suites.TASKS_SUITE_TASKS  # the tasks suite scores its rows on tasks
     if a.task_limit and not a.tasks:
         raise EfflmError("--task-limit goes with --tasks")
     if a.tasks:

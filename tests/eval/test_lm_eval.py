@@ -192,3 +192,16 @@ def test_bench_tasks_bad_input_before_any_work(tmp_path, capsys, args, pattern):
     err = capsys.readouterr().err
     assert err.startswith("efflm: error: ") and pattern in err and err.count("\n") == 1
     assert not db.exists()
+
+
+def test_suite_tasks_scores_its_rows_on_the_suites_tasks(tmp_path, monkeypatch):
+    from efflm.bench import leaderboard, runner, suites
+
+    seen = {}
+    monkeypatch.setattr(runner, "bench", lambda opts: seen.setdefault("opts", opts))
+    monkeypatch.setattr(leaderboard, "write", lambda *a: ("", tmp_path / "l.md", tmp_path / "p.png"))
+    assert main(["bench", "--model", "tiny-llama", "--suite", "tasks", "--task-limit", "3", "--db",
+                 str(tmp_path / "db.sqlite")]) == 0  # fmt: skip
+    opts = seen["opts"]
+    assert opts.worker_args["tasks"] == suites.TASKS_SUITE_TASKS and opts.worker_args["task_limit"] == 3
+    assert [r[0].method for r in opts.recipes] == ["dense", "rtn", "rtn", "rtn", "gptq", "wanda", "llm_pruner"]
