@@ -43,8 +43,9 @@ def run(
         disk = dir_bytes(save(model, tok, Path(tmp) / "m", recipes.to_yaml(recipe)))
     result = measure(model, tok, model_spec, t0, disk, seq_len, windows, prompt_len, new_tokens, reps)
     if tasks:
+        # after the row's own metrics (its peak RSS stays the measurement's); scoring's peak kept apart
         result["tasks"] = task_scores(model, tok, tasks.split(","), task_limit or None)
-        result["peak_rss_mb"] = metrics.peak_rss_mb()
+        result["tasks_peak_rss_mb"] = metrics.peak_rss_mb()
     return result
 
 
@@ -53,7 +54,8 @@ def task_scores(model, tok, names: list[str], limit: int | None) -> dict:
     from efflm.eval import lm_eval_run
 
     out = {}
-    for task, m in lm_eval_run.run_tasks(model, tok, names, limit=limit).items():
+    names, extra = lm_eval_run.check_tasks(",".join(names))
+    for task, m in lm_eval_run.run_tasks(model, tok, names, limit=limit, extra=extra).items():
         name, value, err = lm_eval_run.headline(m)
         out[task] = {"metric": name, "value": value, "stderr": err, "limit": limit}
     return out

@@ -49,7 +49,9 @@ def cmd_bench(a) -> int:
     if a.tasks:
         from efflm.eval.lm_eval_run import check_tasks
 
-        worker_args["tasks"] = ",".join(check_tasks(a.tasks))
+        check_tasks(a.tasks)  # before any row runs; each worker resolves them again
+        worker_args["tasks"] = ",".join(str(Path(t.strip()).resolve()) if t.strip().endswith((".yaml", ".yml"))
+                                        else t.strip() for t in a.tasks.split(",") if t.strip())  # fmt: skip
         if a.task_limit:
             worker_args["task_limit"] = a.task_limit
     if a.executor != "ray" and (a.address or a.gpus_per_row):
@@ -181,13 +183,13 @@ def _eval_tasks(a, recipe) -> int:
     from efflm.core.atomic import atomic_write_text, check_target
     from efflm.eval import lm_eval_run
 
-    names = lm_eval_run.check_tasks(a.tasks)
+    names, extra = lm_eval_run.check_tasks(a.tasks)
     if a.text_file:
         raise EfflmError("--text-file is for perplexity; tasks bring their own data")
     if a.out:
         check_target(Path(a.out))
     model, tok = _load(a, recipe)
-    scores = lm_eval_run.run_tasks(model, tok, names, limit=a.limit, batch_size=a.batch_size, chat=a.chat)
+    scores = lm_eval_run.run_tasks(model, tok, names, limit=a.limit, batch_size=a.batch_size, chat=a.chat, extra=extra)
     from efflm.eval.offline_tasks import RANDOM_BASELINE
 
     print("| task | metric | value | ± stderr | random baseline |")

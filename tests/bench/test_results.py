@@ -124,3 +124,16 @@ def test_task_scores_become_leaderboard_columns(tmp_path):
     assert "| dense(dtype=float32) | quantize | 40.00 | +0.0% | 0.412 ± 0.025 | 500.0 |" in md
     assert "| rtn | quantize | 50.00 | +25.0% | – | 150.0 |" in md
     assert "Tasks: lm-evaluation-harness" in md and "efflm_nextline 0.25" in md
+
+
+def test_a_row_measured_before_a_config_field_existed_is_superseded_by_the_same_recipe(tmp_path):
+    from efflm.core import recipe as recipes
+
+    conn = db.connect(tmp_path / "r.sqlite")
+    recipe = "- method: gptq\n  bits: 3\n  group_size: 64\n"
+    today = recipes.label(recipes.from_yaml(recipe))
+    for label, ppl in (("gptq(bits=3,group_size=64)", 65.1), (today, 65.9)):  # an older efflm's label, then today's
+        m = {"ppl": ppl, "bytes": 1e8, "tok_s": 90.0, "ceiling_tok_s": 100.0, "tok_s_min": 90.0, "tok_s_max": 90.0}
+        db.insert(conn, status="ok", model="m", label=label, recipe=recipe, families="quantize", metrics=m)
+    (row,) = leaderboard.latest(db.rows(conn))
+    assert row["label"] == today and row["ppl"] == 65.9

@@ -112,10 +112,25 @@ def test_efflm_eval_tasks_prints_the_table_and_writes_json(tmp_path, capsys):
     assert 0 <= scores["efflm_nextline"]["acc"] <= 1 and scores["efflm_cloze"]["perplexity"] > 1
 
 
+def test_a_task_file_of_ones_own_runs_like_a_named_task(tmp_path, capsys):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"q": f"Two plus {i} is", "a": f" {2 + i}"}) + "\n" for i in range(3)))
+    task = tmp_path / "my_task.yaml"
+    task.write_text(f"task: my_sums\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {rows}\n"
+                    "output_type: loglikelihood\ntest_split: test\ndoc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\n"
+                    "target_delimiter: ''\nmetric_list:\n  - metric: acc\n")  # fmt: skip
+    assert main(["eval", "--model", "tiny-llama", "--tasks", f"{task},efflm_cloze", "--limit", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| my_sums | acc |" in out and "| efflm_cloze | acc |" in out
+
+
 @pytest.mark.parametrize(
     "args,pattern",
     [
         (["--tasks", "efflm_clozee"], "unknown task 'efflm_clozee'; closest: efflm_cloze"),
+        (["--tasks", "missing.yaml"], "task file not found: missing.yaml"),
+        (["--tasks", "BAD"], "task file does not parse"),
+        (["--tasks", "NONAME"], "task file does not parse: no `task:` name in it"),
         (["--tasks", ","], "--tasks: give at least one task name"),
         (["--limit", "3"], "--limit, --chat and --out go with --tasks"),
         (["--tasks", "efflm_cloze", "--limit", "0"], "argument --limit: expected a positive integer"),
@@ -123,6 +138,9 @@ def test_efflm_eval_tasks_prints_the_table_and_writes_json(tmp_path, capsys):
 )
 def test_eval_tasks_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, pattern):
     out = tmp_path / "s.json"
+    (tmp_path / "bad.yaml").write_text("task: [unclosed\n  - x: : y\n")
+    (tmp_path / "noname.yaml").write_text("output_type: loglikelihood\n")
+    args = [{"BAD": str(tmp_path / "bad.yaml"), "NONAME": str(tmp_path / "noname.yaml")}.get(x, x) for x in args]
     assert main(["eval", "--model", "tiny-llama", *args, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("efflm: error: ") and pattern in err and err.count("\n") == 1
