@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -31,29 +32,32 @@ def _rows(db):
     return {r["label"]: dict(r) for r in conn.execute("SELECT * FROM runs")}
 
 
-def _bench_workers() -> list[tuple[int, int]]:
-    """(pid, parent pid) of every running efflm bench worker process."""
+def _bench_workers(tag: str) -> list[tuple[int, int]]:
+    """(pid, parent pid) of this test's running efflm bench worker processes: those whose
+    environment carries ``tag`` (Ray's workers inherit the driver's), never another sweep's."""
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             cmd = (stat.parent / "cmdline").read_bytes()
+            mine = f"EFFLM_TEST_SWEEP={tag}".encode() in (stat.parent / "environ").read_bytes()
             ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
-        if b"efflm.bench.worker" in cmd:
+        if b"efflm.bench.worker" in cmd and mine:
             out.append((int(stat.parent.name), ppid))
     return out
 
 
 def test_ray_sweep_gives_the_subprocess_rows_and_a_task_dying_in_ray_is_a_failed_row(tmp_path):
     assert main(_args(tmp_path, "sub.sqlite")) == 0
-    env = {**os.environ, "EFFLM_PROGRESS": "0"}
+    tag = uuid.uuid4().hex
+    env = {**os.environ, "EFFLM_PROGRESS": "0", "EFFLM_TEST_SWEEP": tag}
     cmd = [sys.executable, "-m", "efflm.cli", *_args(tmp_path, "ray.sqlite"), "--executor", "ray"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
-    while not _bench_workers() and time.time() < deadline and proc.poll() is None:
+    while not _bench_workers(tag) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    (worker, ray_worker), *_ = _bench_workers()
+    (worker, ray_worker), *_ = _bench_workers(tag)
     os.kill(ray_worker, signal.SIGKILL)  # the Ray worker process running the task dies
     os.kill(worker, signal.SIGKILL)
     out, err = proc.communicate(timeout=300)
