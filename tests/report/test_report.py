@@ -1,14 +1,12 @@
 """``efflm report``: one self-contained HTML page, checked in a real headless browser (Debian's
 chromium driven by Selenium), and its bad input."""
 
-import shutil
-
 import pytest
 
 from efflm.bench import db
 from efflm.cli import main
+from tests.browser import chromium, console_errors, needs_chromium
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 ROWS = [  # label, recipe, family, ppl, bytes, tok/s, tasks
     ("dense(dtype=float32)", "- method: dense\n", "baseline", 36.7, 538e6, 40.0, {"efflm_nextline": 0.41}),
     ("rtn(bits=4,group_size=64,symmetric=True)", "- method: rtn\n", "quantize", 46.9, 113e6, 96.0, {}),
@@ -41,30 +39,16 @@ def test_report_is_self_contained_and_carries_every_row(tmp_path, capsys):
     assert "https://arxiv.org/abs/2210.17323" in page and "efflm/quantize/gptq.py" in page
 
 
-@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver (make test)")
+@needs_chromium
 def test_report_in_chromium_shows_a_point_per_row_and_filters_by_family(tmp_path):
     pytest.importorskip("selenium")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     out = tmp_path / "report.html"
     assert main(["report", "--model", "m", "--db", str(_db(tmp_path / "r.sqlite")), "--out", str(out)]) == 0
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1300,1000",
-    ):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
     points = "return document.querySelectorAll('#chart .scatterlayer .point').length"
-    try:
+    with chromium("1300,1000") as driver:
         driver.get(out.resolve().as_uri())
         WebDriverWait(driver, 30).until(lambda d: d.execute_script(points) > 0)
         n_points = driver.execute_script(points)
@@ -79,9 +63,7 @@ def test_report_in_chromium_shows_a_point_per_row_and_filters_by_family(tmp_path
         first = driver.find_element(By.CSS_SELECTOR, "#rows tbody tr td").text
         shot = tmp_path / "report.png"
         driver.save_screenshot(str(shot))
-        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-    finally:
-        driver.quit()
+        errors = console_errors(driver)
     assert not errors, errors
     assert n_points == n_rows == len(ROWS)  # one point per (ok) row
     assert task_points == 2  # only the rows scored on the task

@@ -1,29 +1,18 @@
 """The playground page in a real headless browser: Debian's chromium driven by Selenium."""
 
-import shutil
-
 import pytest
 
+from tests.browser import chromium, console_errors, needs_chromium
+
 selenium = pytest.importorskip("selenium")
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver (make test installs them)"
-)
+pytestmark = needs_chromium
 
 
 def test_playground_streams_an_answer_without_console_errors(server, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,700"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    try:
+    with chromium() as driver:
         driver.get(server.url + "/")
         assert driver.title == "efflm playground"
         for knob, value in (("max_tokens", "24"), ("temperature", "1"), ("seed", "3")):  # greedy: only newlines
@@ -42,9 +31,7 @@ def test_playground_streams_an_answer_without_console_errors(server, tmp_path):
         stats = driver.find_element(By.ID, "stats").text
         shot = tmp_path / "playground.png"
         driver.save_screenshot(str(shot))
-        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-    finally:
-        driver.quit()
+        errors = console_errors(driver)
     assert answer.strip() and not answer.startswith("error")
     assert "TTFT:" in stats and "ms" in stats and "tokens: " in stats
     assert not errors, errors
