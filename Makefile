@@ -81,6 +81,7 @@ reference: $(STAMP) $(INTEROP) anchors
 	$(BIN)/python benchmarks/finetune_memory.py
 	$(BIN)/python benchmarks/distill_recovery.py
 	$(BIN)/python benchmarks/vs_trl_gkd.py
+	$(BIN)/python benchmarks/dedup_quality.py
 	$(BIN)/efflm bench --suite recover
 	$(BIN)/efflm leaderboard
 	$(BIN)/efflm report

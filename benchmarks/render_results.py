@@ -124,6 +124,14 @@ SECTIONS = [
         "The same student, teacher, LoRA, chat rows, steps, λ/β/τ and optimizer; each side in its own process.",
     ),
     (
+        "dedup_quality.md",
+        "Data: deduplication against planted near-duplicates",
+        "python benchmarks/dedup_quality.py",
+        "Precision and recall of `efflm data dedup` (exact and MinHash at several thresholds) and of datatrove's "
+        "MinHash pipeline on the same real text with planted copies at known edit rates; documents/s and peak RSS, "
+        "JSONL in to JSONL out, each row its own process.",
+    ),
+    (
         "gpu_sparse24.md",
         "GPU: 2:4 semi-structured sparsity (CUDA)",
         "python3 benchmarks/gpu_sparse24.py",

@@ -5,6 +5,7 @@ The CLI, the pipeline, the bench and the catalog look methods up here (``get``,
 known wherever one is named. Adding a paper: one line below (see docs/architecture.md).
 """
 
+import efflm.datasel.dedup  # noqa: F401
 import efflm.distill.gkd  # noqa: F401
 import efflm.distill.kd  # noqa: F401
 import efflm.distill.llm_qat  # noqa: F401

@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from efflm.core import recipe as recipes
+from efflm.core.defaults import CALIB_LEN, CALIB_SAMPLES
 from efflm.core.errors import EfflmError
 from efflm.methods import check_for_model, get
 
-CALIB_SAMPLES, CALIB_LEN = 8, 512  # default calibration: 8 windows of 512 tokens
+__all__ = ["CALIB_LEN", "CALIB_SAMPLES", "load_and_apply", "validate"]
 
 
 def validate(
@@ -25,6 +26,8 @@ def validate(
 
     hf_config = model_config(model_spec)
     for cfg in recipe:
+        if get(cfg.method).family == "data":
+            raise EfflmError(f"{cfg.method} is a data method: run it with `efflm data` (a recipe transforms a model)")
         if get(cfg.method).family in ("finetune", "distill"):
             raise EfflmError(
                 f"{cfg.method} is a {get(cfg.method).family} method: train it with `efflm finetune --method-recipe` "

@@ -95,7 +95,9 @@ def full_suite() -> list[Recipe]:
         + [_r({"method": "rtn", "bits": b, "group_size": 64}) for b in (8, 4, 3)]
         + [_r({"method": m, "bits": b, "group_size": 64}) for m in ("gptq", "awq") for b in (4, 3)]
     )
-    suite += [[m.config_cls()] for m in methods() if m.family not in ("finetune", "distill")]  # those train
+    suite += [
+        [m.config_cls()] for m in methods() if m.family not in ("finetune", "distill", "data")
+    ]  # train / not a model
     seen, out = set(), []
     for r in suite:
         key = tuple(c.label() for c in r)

@@ -15,6 +15,13 @@ ADDED_TAXONOMY = {
 }
 ENRICH = {  # seed entries completed by hand (normalized title -> fields)
     "gptq accurate quantization for generative pre trained transformers": {"arxiv": "2210.17323"},
+    "deduplicating training data makes language models better": {
+        "arxiv": "2107.06499",
+        "venue": "ACL",
+        "year": 2022,
+        "url": "https://arxiv.org/abs/2107.06499",
+        "code": "https://github.com/google-research/deduplicate-text-datasets",
+    },
     "fast inference from transformers via speculative decoding": {
         "arxiv": "2211.17192",
         "venue": "ICML",

@@ -47,7 +47,7 @@ def _positive(v: str) -> int:
 
 
 def _common(p: argparse.ArgumentParser, calib: bool = True) -> None:
-    from efflm.pipeline import CALIB_LEN, CALIB_SAMPLES
+    from efflm.core.defaults import CALIB_LEN, CALIB_SAMPLES
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"the model: {MODEL_HELP}")
     if calib:
@@ -61,7 +61,7 @@ def _common(p: argparse.ArgumentParser, calib: bool = True) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    from efflm.eval.metrics import EVAL_SEQ_LEN, EVAL_WINDOWS
+    from efflm.core.defaults import EVAL_SEQ_LEN, EVAL_WINDOWS
 
     p = Parser(prog="efflm", description="Compress, run and measure LLM efficiency methods.")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -263,8 +263,10 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=commands.cmd_serve)
 
     from efflm.catalog.commands import add_parser as add_papers
+    from efflm.cli.data import add_parser as add_data
 
     add_papers(sub)
+    add_data(sub)
     return p
 
 

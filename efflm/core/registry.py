@@ -2,7 +2,8 @@
 
 A method is a frozen dataclass config (validated in ``__post_init__``) plus an
 ``apply(model, config, calib) -> model`` function. ``check(hf_config, config)`` is an
-optional model-dependent validation that runs before any work starts.
+optional model-dependent validation that runs before any work starts. A ``data`` method's
+``apply(texts, config, scorer)`` reads rows' texts instead of a model (``efflm.datasel``).
 
 Method files register themselves when imported; ``efflm.methods`` is the one index that
 imports them all (the CLI, pipeline, bench and catalog go through it).
@@ -20,7 +21,7 @@ from typing import Any, ClassVar
 
 from efflm.core.errors import ConfigError, EfflmError
 
-FAMILIES = ("baseline", "quantize", "prune", "lowrank", "distill", "finetune", "inference")
+FAMILIES = ("baseline", "quantize", "prune", "lowrank", "distill", "finetune", "inference", "data")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ can reach both splits. Splits are fixed and disjoint:
 from __future__ import annotations
 
 import importlib.util
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -140,3 +141,10 @@ def check_calibration(tokenizer, n_samples: int, seq_len: int) -> None:
             f"too few calibration tokens: the calibration split has {ids.numel()}, fewer than "
             f"the requested {n_samples} samples x {seq_len} tokens"
         )
+
+
+def paragraphs(split: str, min_words: int = 40) -> list[str]:
+    """The split's blank-line separated paragraphs of at least ``min_words`` words, whitespace
+    collapsed, in corpus order: real documents for the data methods' measurements."""
+    blocks = re.split(r"\n\s*\n", split_text(split))
+    return [" ".join(b.split()) for b in blocks if len(b.split()) >= min_words]

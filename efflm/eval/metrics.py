@@ -32,10 +32,9 @@ from typing import Any
 
 import torch
 
+from efflm.core.defaults import EVAL_SEQ_LEN, EVAL_WINDOWS
 from efflm.core.errors import EfflmError
 from efflm.core.progress import progress
-
-EVAL_SEQ_LEN, EVAL_WINDOWS = 512, 4  # default evaluation: 4 windows of 512 tokens (2,044 scored)
 
 
 @torch.inference_mode()

@@ -10,12 +10,12 @@ from typing import Any
 
 import torch
 
+from efflm.core.defaults import EVAL_SEQ_LEN, EVAL_WINDOWS
 from efflm.core.errors import EfflmError
 from efflm.data import finetune as ftdata
 from efflm.finetune.train import TrainConfig
 
 N_TRAIN_TASKS, N_TEST_TASKS, N_EVAL_TASKS_PERIODIC = 2000, 100, 32
-EVAL_SEQ_LEN, EVAL_WINDOWS = 512, 4
 
 
 @dataclass

@@ -42,6 +42,7 @@ def test_every_benchmark_script_has_a_smoke_test():
         "finetune_memory",
         "distill_recovery",
         "vs_trl_gkd",
+        "dedup_quality",
     }
     assert {p.stem for p in ROOT.glob("*.py")} - {"__init__"} == tested
 
@@ -218,3 +219,13 @@ def test_vs_trl_gkd_efflm_side(tmp_path):
     mod.rows_file(tiny_tokenizer(), data, 8)
     r = mod.run_efflm(SimpleNamespace(model="tiny-llama", steps=2), data)
     assert r["ppl"] > 0 and 0 <= r["task_acc"] <= 1 and len(r["losses"]) == 2
+
+
+def test_dedup_quality(tmp_path):
+    out = tmp_path / "dq.md"
+    rows = "exact,minhash_0.8,minhash_dt,datatrove"
+    assert script("dedup_quality").main(["--docs", "40", "--rounds", "1", "--rows", rows, "--out", str(out)]) == 0
+    table = out.read_text()
+    for row in rows.split(",")[:3]:  # datatrove is an optional anchor
+        assert f"| {row} |" in table
+    assert '"precision"' in (tmp_path / "dq.json").read_text()

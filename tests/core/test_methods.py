@@ -10,6 +10,8 @@ from efflm.core import recipe as recipes
 from efflm.methods import check_for_model, get, methods
 
 ALL = [m.name for m in methods()]
+MODEL = [m.name for m in methods() if m.family != "data"]  # data methods read texts, not a model
+DATA = [m.name for m in methods() if m.family == "data"]
 # Fine-tuning methods that start from the base exactly (zero-initialised adapters); prompt and
 # prefix tuning start from random virtual tokens, QLoRA from the NF4-rounded base.
 # Full-parameter methods and distillation (a LoRA student) change nothing until trained.
@@ -24,7 +26,7 @@ def default_config(name: str):
     return tiny_config(name) if get(name).family in ("finetune", "distill") else get(name).config_cls()
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", MODEL)
 def test_every_method_applies_and_model_still_runs(name, tiny, tiny_ids):
     model, tok = tiny
     m = get(name)
@@ -72,7 +74,7 @@ def test_every_method_file_names_its_paper_and_catalog_entry(name):
         assert entry["arxiv"] == m.arxiv
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", MODEL)
 def test_every_method_saves_and_reloads_bit_exactly(name, tiny, tiny_ids, tmp_path):
     from efflm.io.load import load
     from efflm.io.save import save
@@ -112,3 +114,13 @@ def test_every_method_saves_and_reloads_bit_exactly(name, tiny, tiny_ids, tmp_pa
     save(out_model, tok, tmp_path / "m", recipes.to_yaml([m.config_cls()]))
     back, _ = load(str(tmp_path / "m"))
     assert torch.equal(back(tiny_ids).logits, out_model(tiny_ids).logits)
+
+
+@pytest.mark.parametrize("name", DATA)
+def test_every_data_method_runs_on_real_text(name):
+    from efflm.data.text import paragraphs
+
+    texts = paragraphs("eval")[:20]
+    out = list(get(name).apply(texts + texts[:3], get(name).config_cls(), None))
+    assert len(out) == 23 and out[:20] == [None] * 20  # one decision per text, in order
+    assert out[20:] == [0, 1, 2]  # a repeated text is recognised as the one it repeats

@@ -170,6 +170,8 @@ def test_finetune_then_eval_generate_and_merge_from_the_command_line(lora_yaml, 
                 "tasks",
                 "--out",
                 str(out),
+                "--db",
+                str(tmp_path / "r.sqlite"),
             ]
         )
         == 0
