@@ -41,13 +41,13 @@ def report_path(a) -> Path:
     return Path(a.report) if a.report else Path(a.out).with_name(Path(a.out).name + ".report.json")
 
 
-def _prepare(a) -> tuple[int, Path, Path]:
+def _prepare(a, pairs: bool = False) -> tuple[int, Path, Path]:
     """Every check before any work: the input parses (first bad line named), outputs are writable."""
     out = jsonl.check_output(a.out, [a.input])
     rep = jsonl.check_output(report_path(a), [a.input, a.out])
     if rep == out:
         raise EfflmError("--report must differ from --out")
-    return jsonl.check_input(a.input, a.field), out, rep
+    return jsonl.check_input(a.input, a.field, pairs), out, rep
 
 
 def _finish(rep: Path, report: dict, lines: list[str]) -> int:
@@ -97,6 +97,92 @@ def cmd_dedup(a) -> int:
     return _finish(rep, report, lines)
 
 
+SELECTORS = {"dsir": "dsir", "ppl_filter": "ppl_filter", "ifd": "ifd", "random": "random_select"}
+
+
+def _select_config(a):
+    from efflm.methods import config_from_dict, get
+
+    name = SELECTORS[a.method]
+    fields = {"seed": a.seed, "keep": a.keep, "max_len": a.max_len}
+    known = {f for f in get(name).config_cls.__dataclass_fields__}
+    if a.keep is not None and "keep" not in known:
+        raise EfflmError(f"--keep is for ppl_filter, not {a.method}")
+    if a.target and name != "dsir":
+        raise EfflmError(f"--target is for dsir, not {a.method}")
+    if name == "dsir" and not a.target:
+        raise EfflmError("dsir needs a target sample: --target FILE.jsonl")
+    return config_from_dict({"method": name, **{k: v for k, v in fields.items() if k in known and v is not None}})
+
+
+def cmd_select(a) -> int:
+    from efflm.datasel.budget import rows_for_fraction, select
+    from efflm.datasel.context import DataContext
+
+    cfg = _select_config(a)
+    pairs = getattr(cfg, "reads", "text") == "pair"
+    n, out, rep = _prepare(a, pairs)
+    target = []
+    if a.target:
+        jsonl.check_input(a.target, a.target_field)
+        target = [t for _, t in jsonl.iter_rows(a.target, a.target_field)]
+    needs_model = cfg.method in ("ppl_filter", "ifd")
+    tok = None
+    if needs_model or a.budget_tokens:
+        from efflm.core import recipe as recipes
+        from efflm.models.load import load_tokenizer
+        from efflm.pipeline import validate
+
+        recipe = recipes.load(a.recipe) if a.recipe else []
+        validate(a.model, recipe)  # a model or recipe that cannot load fails here, before any work
+        tok = load_tokenizer(a.model)
+    items = [t for _, t in jsonl.iter_rows(a.input, a.field, pairs)]
+    texts = ["\n".join(t) if pairs else t for t in items]
+    costs = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts] if tok is not None else None
+    if a.budget_tokens and a.budget_tokens > sum(costs):
+        raise EfflmError(f"--budget-tokens {a.budget_tokens} is larger than the input ({sum(costs)} tokens)")
+    ctx = DataContext(target=target)
+    if needs_model:
+        from efflm.pipeline import load_and_apply
+
+        ctx.model, ctx.tokenizer = load_and_apply(a.model, recipe)
+    t0 = time.perf_counter()
+    from efflm.methods import get
+
+    scores = get(cfg.method).apply(items, cfg, ctx)
+    if a.budget_tokens:
+        kept = select(scores, costs=costs, max_cost=a.budget_tokens)
+    else:
+        kept = select(scores, k=rows_for_fraction(n, a.budget))
+    keep = set(kept)
+    written = jsonl.write_rows(
+        out, (row for i, (row, _) in enumerate(jsonl.iter_rows(a.input, a.field, pairs)) if i in keep)
+    )
+    seconds = time.perf_counter() - t0
+    words_in = sum(len(t.split()) for t in texts)
+    words_out = sum(len(texts[i].split()) for i in kept)
+    report = {
+        "command": "select",
+        "config": cfg.to_dict(),
+        "model": a.model if needs_model else None,
+        "recipe": a.recipe if needs_model else None,
+        "input": str(a.input),
+        "output": str(out),
+        "budget": {"fraction": a.budget} if not a.budget_tokens else {"tokens": a.budget_tokens},
+        "rows_in": n,
+        "rows_out": written,
+        "words_in": words_in,
+        "words_out": words_out,
+        "tokens_in": sum(costs) if costs else None,
+        "tokens_out": sum(costs[i] for i in kept) if costs else None,
+        "kept": kept,
+        "scores": scores,
+        "seconds": round(seconds, 3),
+    }
+    lines = [f"{cfg.label()}: {n} rows in, {written} kept ({words_out} of {words_in} words)", f"wrote {out}"]
+    return _finish(rep, report, lines)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="JSONL file: one JSON object per line")
     p.add_argument("--out", required=True, help="JSONL file written (atomically)")
@@ -105,7 +191,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("data", help="data-centric methods on JSONL: dedup")
+    p = sub.add_parser("data", help="data-centric methods on JSONL: dedup, select")
     ps = p.add_subparsers(dest="data_cmd", required=True, metavar="SUBCOMMAND")
 
     d = ps.add_parser("dedup", help="remove exact or near-duplicate rows (MinHash LSH); keeps first occurrences")
@@ -117,3 +203,22 @@ def add_parser(sub) -> None:
     d.add_argument("--seed", type=int, default=1, help="MinHash seed")
     d.add_argument("--bands", type=_int_at_least(0), default=0, help="LSH bands (0: chosen for the threshold)")
     d.set_defaults(fn=cmd_dedup)
+
+    s = ps.add_parser("select", help="keep a budget of rows: DSIR, perplexity filtering, IFD, or random")
+    _common(s)
+    s.add_argument("--method", choices=tuple(SELECTORS), required=True, help="the selector")
+    b = s.add_mutually_exclusive_group(required=True)
+    b.add_argument("--budget", type=_fraction, help="fraction of the rows kept, in (0, 1]")
+    b.add_argument("--budget-tokens", type=_int_at_least(1), help="tokens kept (--model's tokenizer)")
+    s.add_argument("--target", help="dsir: JSONL sample of the target domain")
+    s.add_argument("--target-field", default="text", help="the target sample's text field")
+    s.add_argument(
+        "--model", default="smollm2-135m", help="ppl_filter/ifd: the scoring model; its tokenizer counts tokens"
+    )
+    s.add_argument("--recipe", help="ppl_filter/ifd: compress the scoring model first (a cheap scorer)")
+    s.add_argument(
+        "--keep", choices=("low", "middle", "high"), help="ppl_filter: which perplexities are kept (default low)"
+    )
+    s.add_argument("--max-len", type=_int_at_least(4), help="ppl_filter/ifd: tokens scored per row (default 512)")
+    s.add_argument("--seed", type=int, help="dsir/random: the seed (default 0)")
+    s.set_defaults(fn=cmd_select)

@@ -33,9 +33,25 @@ def row_text(row: dict[str, Any], field: str = "text", where: str = "row") -> st
     raise EfflmError(f"{where}: missing text field {field!r} (or prompt/completion, messages)")
 
 
-def iter_rows(path: str | Path, field: str = "text") -> Iterator[tuple[dict[str, Any], str]]:
-    """``(row, text)`` for every non-blank line of a JSONL file, streamed (one line in memory).
-    A line that is not a JSON object, or has no text, stops with its line number."""
+def row_pair(row: dict[str, Any], where: str = "row") -> tuple[str, str]:
+    """(instruction, response) of an instruction row: prompt/completion, or messages ending with
+    the assistant's (the earlier messages' contents joined as the instruction)."""
+    if isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
+        return row["prompt"], row["completion"]
+    msgs = row.get("messages")
+    if isinstance(msgs, list) and len(msgs) >= 2 and all(isinstance(m, dict) for m in msgs):
+        parts = [m.get("content") for m in msgs]
+        if all(isinstance(p, str) for p in parts) and msgs[-1].get("role") == "assistant":
+            return "\n".join(parts[:-1]), parts[-1]
+    raise EfflmError(
+        f"{where}: an instruction row needs prompt and completion, or messages ending with the assistant's"
+    )
+
+
+def iter_rows(path: str | Path, field: str = "text", pairs: bool = False) -> Iterator[tuple[dict[str, Any], Any]]:
+    """``(row, text)`` for every non-blank line of a JSONL file, streamed (one line in memory);
+    with ``pairs``, ``(row, (instruction, response))``. A line that is not a JSON object, or has
+    no text, stops with its line number."""
     p = Path(path)
     if not p.is_file():
         raise EfflmError(f"input not found: {p}")
@@ -51,15 +67,15 @@ def iter_rows(path: str | Path, field: str = "text") -> Iterator[tuple[dict[str,
                     raise EfflmError(f"{where}: invalid JSON ({e.msg})") from None
                 if not isinstance(row, dict):
                     raise EfflmError(f"{where}: expected a JSON object, got {type(row).__name__}")
-                yield row, row_text(row, field, where)
+                yield row, (row_pair(row, where) if pairs else row_text(row, field, where))
         except UnicodeDecodeError:
             raise EfflmError(f"{p}: not UTF-8 text") from None
 
 
-def check_input(path: str | Path, field: str = "text") -> int:
+def check_input(path: str | Path, field: str = "text", pairs: bool = False) -> int:
     """Read the whole input once before any work: the first bad line is reported and nothing is
     written; an input with no rows is refused. Returns the number of rows."""
-    n = sum(1 for _ in iter_rows(path, field))
+    n = sum(1 for _ in iter_rows(path, field, pairs))
     if n == 0:
         raise EfflmError(f"{path}: no rows (empty input)")
     return n

@@ -111,7 +111,7 @@ class Deduplicator:
     needs_calibration=False,
     paper="deduplicating-training-data-makes-language-models",
 )
-def apply(texts: Iterable[str], config: DedupConfig, scorer=None) -> Iterator[int | None]:
+def apply(texts: Iterable[str], config: DedupConfig, ctx=None) -> Iterator[int | None]:
     """For each text in order: None if kept, else the index of the kept text it duplicates."""
     d = Deduplicator(config)
     for t in texts:
