@@ -8,8 +8,11 @@ known wherever one is named. Adding a paper: one line below (see docs/architectu
 import efflm.datasel.dedup  # noqa: F401
 import efflm.datasel.dsir  # noqa: F401
 import efflm.datasel.ifd  # noqa: F401
+import efflm.datasel.llmlingua  # noqa: F401
 import efflm.datasel.ppl_filter  # noqa: F401
 import efflm.datasel.random_select  # noqa: F401
+import efflm.datasel.selective_context  # noqa: F401
+import efflm.datasel.truncate_prompt  # noqa: F401
 import efflm.distill.gkd  # noqa: F401
 import efflm.distill.kd  # noqa: F401
 import efflm.distill.llm_qat  # noqa: F401

@@ -211,6 +211,22 @@ def cmd_lm_eval(a) -> int:
     return lm_eval_run.cli(a.args)
 
 
+def compress_prompts(a, model, tok) -> list[str]:
+    """``--compress-prompt``: each prompt's context compressed (its last line kept whole as the
+    question) by the compressor's small LM — the model itself unless ``--compressor-model``."""
+    from efflm.cli.data import compressor_config, load_scorer
+    from efflm.datasel.context import DataContext
+    from efflm.datasel.prompt_parts import n_tokens, split_question
+    from efflm.methods import get
+
+    cfg = compressor_config(a.compressor, a.compress_prompt)
+    small, stok = load_scorer(a.compressor_model, a.compressor_recipe, True) if a.compressor_model else (model, tok)
+    out = get(cfg.method).apply([split_question(p) for p in a.prompt], cfg, DataContext(small, stok))
+    before, after = sum(n_tokens(tok, p) for p in a.prompt), sum(n_tokens(tok, p) for p in out)
+    print(f"efflm: {cfg.label()}: prompt {before} → {after} tokens", file=sys.stderr)
+    return out
+
+
 def cmd_generate(a) -> int:
     from efflm.eval.metrics import bandwidth_gbs, bytes_read_per_token
     from efflm.inference.generate import SamplingConfig, generate
@@ -235,7 +251,13 @@ def cmd_generate(a) -> int:
 
         pipeline.validate(a.draft_model, draft_recipe, a.calib_samples, a.calib_len)
         check_compatible(model_config(a.model), model_config(a.draft_model))
+    if a.compress_prompt and a.compressor_model:
+        from efflm.cli.data import load_scorer
+
+        load_scorer(a.compressor_model, a.compressor_recipe, weights=False)  # checked before the model loads
     model, tok = _load(a, recipe)
+    if a.compress_prompt:
+        a.prompt = compress_prompts(a, model, tok)
     draft = None
     if a.draft_model:
         draft, draft_tok = pipeline.load_and_apply(a.draft_model, draft_recipe, a.calib_samples, a.calib_len)

@@ -41,13 +41,13 @@ def report_path(a) -> Path:
     return Path(a.report) if a.report else Path(a.out).with_name(Path(a.out).name + ".report.json")
 
 
-def _prepare(a, pairs: bool = False) -> tuple[int, Path, Path]:
+def _prepare(a, reads: str = "text") -> tuple[int, Path, Path]:
     """Every check before any work: the input parses (first bad line named), outputs are writable."""
     out = jsonl.check_output(a.out, [a.input])
     rep = jsonl.check_output(report_path(a), [a.input, a.out])
     if rep == out:
         raise EfflmError("--report must differ from --out")
-    return jsonl.check_input(a.input, a.field, pairs), out, rep
+    return jsonl.check_input(a.input, a.field, reads), out, rep
 
 
 def _finish(rep: Path, report: dict, lines: list[str]) -> int:
@@ -120,8 +120,9 @@ def cmd_select(a) -> int:
     from efflm.datasel.context import DataContext
 
     cfg = _select_config(a)
-    pairs = getattr(cfg, "reads", "text") == "pair"
-    n, out, rep = _prepare(a, pairs)
+    reads = getattr(cfg, "reads", "text")
+    pairs = reads == "pair"
+    n, out, rep = _prepare(a, reads)
     target = []
     if a.target:
         jsonl.check_input(a.target, a.target_field)
@@ -129,23 +130,15 @@ def cmd_select(a) -> int:
     needs_model = cfg.method in ("ppl_filter", "ifd")
     tok = None
     if needs_model or a.budget_tokens:
-        from efflm.core import recipe as recipes
-        from efflm.models.load import load_tokenizer
-        from efflm.pipeline import validate
-
-        recipe = recipes.load(a.recipe) if a.recipe else []
-        validate(a.model, recipe)  # a model or recipe that cannot load fails here, before any work
-        tok = load_tokenizer(a.model)
-    items = [t for _, t in jsonl.iter_rows(a.input, a.field, pairs)]
+        _, tok = load_scorer(a.model, a.recipe, weights=False)  # a model that cannot load fails here
+    items = [t for _, t in jsonl.iter_rows(a.input, a.field, reads)]
     texts = ["\n".join(t) if pairs else t for t in items]
     costs = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts] if tok is not None else None
     if a.budget_tokens and a.budget_tokens > sum(costs):
         raise EfflmError(f"--budget-tokens {a.budget_tokens} is larger than the input ({sum(costs)} tokens)")
     ctx = DataContext(target=target)
     if needs_model:
-        from efflm.pipeline import load_and_apply
-
-        ctx.model, ctx.tokenizer = load_and_apply(a.model, recipe)
+        ctx.model, ctx.tokenizer = load_scorer(a.model, a.recipe, weights=True)
     t0 = time.perf_counter()
     from efflm.methods import get
 
@@ -156,7 +149,7 @@ def cmd_select(a) -> int:
         kept = select(scores, k=rows_for_fraction(n, a.budget))
     keep = set(kept)
     written = jsonl.write_rows(
-        out, (row for i, (row, _) in enumerate(jsonl.iter_rows(a.input, a.field, pairs)) if i in keep)
+        out, (row for i, (row, _) in enumerate(jsonl.iter_rows(a.input, a.field, reads)) if i in keep)
     )
     seconds = time.perf_counter() - t0
     words_in = sum(len(t.split()) for t in texts)
@@ -183,6 +176,77 @@ def cmd_select(a) -> int:
     return _finish(rep, report, lines)
 
 
+COMPRESSORS = ("selective_context", "llmlingua", "truncate")
+
+
+def _ratio(v: str) -> float:
+    try:
+        x = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {v!r}") from None
+    if not x >= 1:
+        raise argparse.ArgumentTypeError(f"a compression ratio must be ≥ 1, got {v}")
+    return x
+
+
+def compressor_config(method: str, ratio: float, unit: str | None = None, keep: str | None = None):
+    from efflm.methods import config_from_dict
+
+    extra = {"unit": unit} if method == "selective_context" and unit else {}
+    if method == "truncate" and keep:
+        extra["keep"] = keep
+    return config_from_dict({"method": method, "ratio": ratio, **extra})
+
+
+def load_scorer(model: str, recipe_file: str | None, weights: bool):
+    """The small LM (and its tokenizer) a data method reads: checked before loading (a model or
+    recipe that cannot load is one line), loaded only when ``weights``."""
+    from efflm.core import recipe as recipes
+    from efflm.models.load import load_tokenizer
+    from efflm.pipeline import load_and_apply, validate
+
+    recipe = recipes.load(recipe_file) if recipe_file else []
+    validate(model, recipe)
+    if not weights:
+        return None, load_tokenizer(model)
+    return load_and_apply(model, recipe)
+
+
+def cmd_compress_prompt(a) -> int:
+    from efflm.datasel.context import DataContext
+    from efflm.datasel.prompt_parts import PromptParts, n_tokens
+    from efflm.methods import get
+
+    cfg = compressor_config(a.method, a.ratio, a.unit, a.keep)
+    n, out, rep = _prepare(a, "prompt")
+    model, tok = load_scorer(a.model, a.recipe, weights=a.method != "truncate")
+    rows = list(jsonl.iter_rows(a.input, a.field, "prompt"))
+    prompts = [PromptParts(*p) for _, p in rows]
+    t0 = time.perf_counter()
+    compressed = get(cfg.method).apply(progress(prompts, "compressing", total=n), cfg, DataContext(model, tok))
+    seconds = time.perf_counter() - t0
+    before = [n_tokens(tok, p.join()) for p in prompts]
+    after = [n_tokens(tok, c) for c in compressed]
+    jsonl.write_rows(out, ({**row, "compressed_prompt": c} for (row, _), c in zip(rows, compressed)))
+    report = {
+        "command": "compress-prompt",
+        "config": cfg.to_dict(),
+        "model": a.model,
+        "recipe": a.recipe,
+        "input": str(a.input),
+        "output": str(out),
+        "rows": n,
+        "tokens_in": before,
+        "tokens_out": after,
+        "ratio_achieved": round(sum(before) / max(1, sum(after)), 3),
+        "over_budget": [i for i, (b, x) in enumerate(zip(before, after)) if x > b // cfg.ratio],
+        "seconds": round(seconds, 3),
+    }
+    lines = [f"{cfg.label()}: {n} prompts, {sum(before)} → {sum(after)} tokens ({report['ratio_achieved']}×)",
+             f"wrote {out}"]  # fmt: skip
+    return _finish(rep, report, lines)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="JSONL file: one JSON object per line")
     p.add_argument("--out", required=True, help="JSONL file written (atomically)")
@@ -191,7 +255,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("data", help="data-centric methods on JSONL: dedup, select")
+    p = sub.add_parser("data", help="data-centric methods on JSONL: dedup, select, compress-prompt")
     ps = p.add_subparsers(dest="data_cmd", required=True, metavar="SUBCOMMAND")
 
     d = ps.add_parser("dedup", help="remove exact or near-duplicate rows (MinHash LSH); keeps first occurrences")
@@ -222,3 +286,19 @@ def add_parser(sub) -> None:
     s.add_argument("--max-len", type=_int_at_least(4), help="ppl_filter/ifd: tokens scored per row (default 512)")
     s.add_argument("--seed", type=int, help="dsir/random: the seed (default 0)")
     s.set_defaults(fn=cmd_select)
+
+    c = ps.add_parser("compress-prompt", help="shorten prompts' contexts: Selective Context, LLMLingua, truncation")
+    _common(c)
+    c.add_argument("--method", choices=COMPRESSORS, default="llmlingua", help="the compressor")
+    c.add_argument("--ratio", type=_ratio, default=2.0, help="the prompt's tokens ÷ the compressed prompt's (≥ 1)")
+    c.add_argument(
+        "--model", default="smollm2-135m", help="the small LM that scores tokens (its tokenizer counts them)"
+    )
+    c.add_argument("--recipe", help="compress the small LM first (e.g. a 4-bit copy of the target)")
+    c.add_argument(
+        "--unit", choices=("word", "sentence"), help="selective_context: the units dropped (default sentence)"
+    )
+    c.add_argument(
+        "--keep", choices=("start", "end"), help="truncate: which end of the context is kept (default start)"
+    )
+    c.set_defaults(fn=cmd_compress_prompt)

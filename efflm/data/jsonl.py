@@ -48,10 +48,33 @@ def row_pair(row: dict[str, Any], where: str = "row") -> tuple[str, str]:
     )
 
 
-def iter_rows(path: str | Path, field: str = "text", pairs: bool = False) -> Iterator[tuple[dict[str, Any], Any]]:
+def row_prompt(row: dict[str, Any], field: str = "text", where: str = "row") -> tuple[str, str, str]:
+    """(instruction, context, question) of a prompt row: ``context`` (else the text field) is what
+    a compressor may shorten; ``instruction`` and ``question`` are optional and kept whole."""
+    parts = []
+    for name in ("instruction", "question"):
+        value = row.get(name, "")
+        if not isinstance(value, str):
+            raise EfflmError(f"{where}: field {name!r} is not a string")
+        parts.append(value)
+    context = row["context"] if "context" in row else row_text(row, field, where)
+    if not isinstance(context, str):
+        raise EfflmError(f"{where}: field 'context' is not a string")
+    return parts[0], context, parts[1]
+
+
+READERS = {
+    "text": row_text,
+    "pair": lambda row, field, where: row_pair(row, where),
+    "prompt": row_prompt,
+}
+
+
+def iter_rows(path: str | Path, field: str = "text", reads: str = "text") -> Iterator[tuple[dict[str, Any], Any]]:
     """``(row, text)`` for every non-blank line of a JSONL file, streamed (one line in memory);
-    with ``pairs``, ``(row, (instruction, response))``. A line that is not a JSON object, or has
-    no text, stops with its line number."""
+    ``reads`` "pair" gives ``(row, (instruction, response))``, "prompt" ``(row, (instruction,
+    context, question))``. A line that is not a JSON object, or lacks its text, stops with its
+    line number."""
     p = Path(path)
     if not p.is_file():
         raise EfflmError(f"input not found: {p}")
@@ -67,15 +90,15 @@ def iter_rows(path: str | Path, field: str = "text", pairs: bool = False) -> Ite
                     raise EfflmError(f"{where}: invalid JSON ({e.msg})") from None
                 if not isinstance(row, dict):
                     raise EfflmError(f"{where}: expected a JSON object, got {type(row).__name__}")
-                yield row, (row_pair(row, where) if pairs else row_text(row, field, where))
+                yield row, READERS[reads](row, field, where)
         except UnicodeDecodeError:
             raise EfflmError(f"{p}: not UTF-8 text") from None
 
 
-def check_input(path: str | Path, field: str = "text", pairs: bool = False) -> int:
+def check_input(path: str | Path, field: str = "text", reads: str = "text") -> int:
     """Read the whole input once before any work: the first bad line is reported and nothing is
     written; an input with no rows is refused. Returns the number of rows."""
-    n = sum(1 for _ in iter_rows(path, field, pairs))
+    n = sum(1 for _ in iter_rows(path, field, reads))
     if n == 0:
         raise EfflmError(f"{path}: no rows (empty input)")
     return n

@@ -35,3 +35,17 @@ def text_nll(model: Any, tokenizer: Any, texts: Sequence[str], max_len: int) -> 
         ids = (bos(tokenizer) + tokenizer(t, add_special_tokens=False)["input_ids"])[:max_len]
         out.append(mean_nll(model, ids, 1) if len(ids) > 1 else float("nan"))
     return out
+
+
+@torch.no_grad()
+def self_information(model: Any, ids: Sequence[int], prefix: Sequence[int] = ()) -> list[float]:
+    """−log p(token | everything before it) for each of ``ids``, after ``prefix`` (nats). The
+    first token with an empty prefix has no context: it gets +inf (always kept)."""
+    full = list(prefix) + list(ids)
+    if len(full) < 2:
+        return [float("inf")] * len(ids)
+    x = torch.tensor([full])
+    logp = torch.log_softmax(model(x).logits[0, :-1].float(), dim=-1)
+    info = (-logp.gather(1, x[0, 1:, None])[:, 0]).tolist()
+    info = [float("inf")] + info  # info[i] for full[i]
+    return info[len(prefix) :]

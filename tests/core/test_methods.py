@@ -124,8 +124,13 @@ def test_every_data_method_runs_on_real_text(name, tiny):
 
     m = get(name)
     texts = paragraphs("eval")[:12]
-    if getattr(m.config_cls, "reads", "text") == "pair":
+    reads = getattr(m.config_cls, "reads", "text")
+    if reads == "pair":
         texts = [(t[:80], t[80:200]) for t in texts]
+    if reads == "prompt":
+        from efflm.datasel.prompt_parts import PromptParts
+
+        texts = [PromptParts("Answer.", t[:300], "Who?") for t in texts[:3]]
     ctx = DataContext(*tiny, target=paragraphs("eval")[20:26])
     out = list(m.apply(texts, m.config_cls(), ctx))
     assert len(out) == len(texts)
