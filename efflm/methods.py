@@ -5,11 +5,14 @@ The CLI, the pipeline, the bench and the catalog look methods up here (``get``,
 known wherever one is named. Adding a paper: one line below (see docs/architecture.md).
 """
 
+import efflm.datasel.calibrate_before_use  # noqa: F401
 import efflm.datasel.dedup  # noqa: F401
 import efflm.datasel.dsir  # noqa: F401
 import efflm.datasel.ifd  # noqa: F401
+import efflm.datasel.kate  # noqa: F401
 import efflm.datasel.llmlingua  # noqa: F401
 import efflm.datasel.ppl_filter  # noqa: F401
+import efflm.datasel.random_demos  # noqa: F401
 import efflm.datasel.random_select  # noqa: F401
 import efflm.datasel.selective_context  # noqa: F401
 import efflm.datasel.truncate_prompt  # noqa: F401

@@ -29,6 +29,19 @@ ENRICH = {  # seed entries completed by hand (normalized title -> fields)
         "url": "https://arxiv.org/abs/2302.03169",
         "code": "https://github.com/p-lambda/dsir",
     },
+    "calibrate before use improving few shot performance of language models": {
+        "arxiv": "2102.09690",
+        "venue": "ICML",
+        "year": 2021,
+        "url": "https://arxiv.org/abs/2102.09690",
+        "code": "https://github.com/tonyzhaozh/few-shot-learning",
+    },
+    "what makes good in context examples for gpt 3": {
+        "arxiv": "2101.06804",
+        "venue": "arXiv",
+        "year": 2021,
+        "url": "https://arxiv.org/abs/2101.06804",
+    },
     "fast inference from transformers via speculative decoding": {
         "arxiv": "2211.17192",
         "venue": "ICML",
@@ -153,6 +166,12 @@ ADDED_ENTRIES = [  # papers the seed lacks that efflm implements, and the baseli
         "type": "baseline",
         "title": "Naive prompt truncation",
         "categories": ["data-centric/prompt-engineering/prompt-compression"],
+    },
+    {
+        "id": "baseline-random-demonstrations",
+        "type": "baseline",
+        "title": "Random in-context demonstrations",
+        "categories": ["data-centric/prompt-engineering/few-shot-prompting"],
     },
     {
         "id": "baseline-random-selection",

@@ -247,6 +247,71 @@ def cmd_compress_prompt(a) -> int:
     return _finish(rep, report, lines)
 
 
+def _labelled(path: str, labels: list[str], required: bool) -> list[tuple[dict, str, str | None]]:
+    """(row, text, label) of a classification file; a label outside ``labels`` names its line."""
+    jsonl.check_input(path)
+    out = []
+    for n, (row, text) in enumerate(jsonl.iter_rows(path), 1):
+        label = row.get("label")
+        if label is None and not required:
+            out.append((row, text, None))
+            continue
+        if not isinstance(label, str) or label not in labels:
+            raise EfflmError(f"{path}: row {n}: label {label!r} is not one of --labels {','.join(labels)}")
+        out.append((row, text, label))
+    return out
+
+
+def cmd_icl(a) -> int:
+    from efflm.datasel.calibrate_before_use import ContextualCalibrationConfig
+    from efflm.datasel.context import DataContext
+    from efflm.datasel.icl import Template, predict
+    from efflm.methods import config_from_dict, get
+
+    labels = [x.strip() for x in a.labels.split(",") if x.strip()]
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise EfflmError(f"--labels needs at least two distinct labels, got {a.labels!r}")
+    name = {"kate": "kate", "random": "random_demos"}[a.select]
+    cfg = config_from_dict(
+        {"method": name, "k": a.k, **({"backend": a.backend} if name == "kate" else {"seed": a.seed})}
+    )
+    n, out, rep = _prepare(a)
+    tests = _labelled(a.input, labels, required=False)
+    pool = _labelled(a.pool, labels, required=True)
+    if a.k > len(pool):
+        raise EfflmError(f"--k {a.k} is more than the pool's {len(pool)} rows")
+    model, tok = load_scorer(a.model, a.recipe, weights=True)
+    pool_pairs = [(t, lab) for _, t, lab in pool]
+    queries = [t for _, t, _ in tests]
+    t0 = time.perf_counter()
+    demos = get(name).apply(queries, cfg, DataContext(pool=[t for t, _ in pool_pairs]))
+    calibration = ContextualCalibrationConfig() if a.calibrate else None
+    template = Template(a.input_prefix, a.label_prefix)
+    probs = predict(model, tok, queries, demos, pool_pairs, labels, template, calibration)
+    preds = [labels[max(range(len(labels)), key=lambda j: p[j])] for p in probs]
+    seconds = time.perf_counter() - t0
+    jsonl.write_rows(out, ({**row, "demonstrations": d, "prediction": y, "probs": dict(zip(labels, p))}
+                           for (row, _, _), d, y, p in zip(tests, demos, preds, probs)))  # fmt: skip
+    gold = [(y, lab) for y, (_, _, lab) in zip(preds, tests) if lab is not None]
+    acc = sum(y == lab for y, lab in gold) / len(gold) if gold else None
+    report = {
+        "command": "icl",
+        "select": cfg.to_dict(),
+        "calibrate": a.calibrate,
+        "model": a.model,
+        "recipe": a.recipe,
+        "labels": labels,
+        "rows": n,
+        "scored": len(gold),
+        "accuracy": acc,
+        "predicted": {lab: preds.count(lab) for lab in labels},
+        "seconds": round(seconds, 3),
+    }
+    acc_text = f", accuracy {acc:.3f} on {len(gold)} labelled rows" if acc is not None else ""
+    lines = [f"{cfg.label()}{' + contextual calibration' if a.calibrate else ''}: {n} rows{acc_text}", f"wrote {out}"]
+    return _finish(rep, report, lines)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="JSONL file: one JSON object per line")
     p.add_argument("--out", required=True, help="JSONL file written (atomically)")
@@ -255,7 +320,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("data", help="data-centric methods on JSONL: dedup, select, compress-prompt")
+    p = sub.add_parser("data", help="data-centric methods on JSONL: dedup, select, compress-prompt, icl")
     ps = p.add_subparsers(dest="data_cmd", required=True, metavar="SUBCOMMAND")
 
     d = ps.add_parser("dedup", help="remove exact or near-duplicate rows (MinHash LSH); keeps first occurrences")
@@ -302,3 +367,22 @@ def add_parser(sub) -> None:
         "--keep", choices=("start", "end"), help="truncate: which end of the context is kept (default start)"
     )
     c.set_defaults(fn=cmd_compress_prompt)
+
+    i = ps.add_parser(
+        "icl", help="in-context classification: demonstrations by KATE or at random, optionally calibrated"
+    )
+    i.add_argument("input", help="JSONL of inputs: text (and label, to score accuracy)")
+    i.add_argument("--out", required=True, help="JSONL written: each row + demonstrations, prediction, probs")
+    i.add_argument("--report", help="report JSON (default: OUT.report.json)")
+    i.add_argument("--pool", required=True, help="JSONL of labelled examples (text, label) to draw demonstrations from")
+    i.add_argument("--labels", required=True, help="comma-separated label words")
+    i.add_argument("--select", choices=("kate", "random"), default="kate", help="how demonstrations are chosen")
+    i.add_argument("--k", type=_int_at_least(0), default=4, help="demonstrations per input")
+    i.add_argument("--calibrate", action="store_true", help="contextual calibration (content-free inputs)")
+    i.add_argument("--backend", choices=("auto", "minilm", "tfidf"), default="auto", help="kate: the encoder")
+    i.add_argument("--seed", type=int, default=0, help="random: the seed")
+    i.add_argument("--model", default="smollm2-135m", help="the model that classifies")
+    i.add_argument("--recipe", help="recipe applied to the model first")
+    i.add_argument("--input-prefix", default="Input: ", help="text before each input")
+    i.add_argument("--label-prefix", default="Label:", help="text before each label (labels follow a space)")
+    i.set_defaults(fn=cmd_icl, field="text")

@@ -131,7 +131,11 @@ def test_every_data_method_runs_on_real_text(name, tiny):
         from efflm.datasel.prompt_parts import PromptParts
 
         texts = [PromptParts("Answer.", t[:300], "Who?") for t in texts[:3]]
-    ctx = DataContext(*tiny, target=paragraphs("eval")[20:26])
+    if reads == "icl":
+        from efflm.datasel.calibrate_before_use import ICLItem
+
+        texts = [ICLItem(f"Input: {t[:60]}\nLabel:", ("Input: N/A\nLabel:",)) for t in texts[:3]]
+    ctx = DataContext(*tiny, target=paragraphs("eval")[20:26], pool=paragraphs("eval")[30:40], labels=[" yes", " no"])
     out = list(m.apply(texts, m.config_cls(), ctx))
     assert len(out) == len(texts)
     assert list(m.apply(texts, m.config_cls(), ctx)) == out
