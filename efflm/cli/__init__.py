@@ -264,6 +264,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--chunk", type=_positive, default=128, help="prompt tokens prefilled per scheduler step")
     s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 endpoints")
     s.add_argument("--served-model-name", help="the model name clients send (default: --model)")
+    s.add_argument("--compress-prompt", type=_ratio, help="compress each prompt's context by this ratio first (≥ 1)")
+    s.add_argument("--compressor", choices=COMPRESSORS, default="llmlingua", help="the prompt compressor")
+    s.add_argument("--compressor-model", help="the compressor's small LM (default: a second copy of --model)")
+    s.add_argument("--compressor-recipe", help="recipe applied to the compressor's small LM (e.g. 4-bit)")
     s.add_argument("--drain-timeout", type=float, default=30.0, help="seconds in-flight streams get after SIGTERM")
     s.set_defaults(fn=commands.cmd_serve)
 

@@ -374,7 +374,20 @@ def cmd_serve(a) -> int:
             s.bind((a.host, a.port))
     except OSError as e:
         raise EfflmError(f"cannot listen on {a.host}:{a.port}: {e.strerror or e}") from None
+    compressor = None
+    if a.compress_prompt:
+        from efflm.cli.data import compressor_config, load_scorer
+
+        cfg = compressor_config(a.compressor, a.compress_prompt)
+        load_scorer(a.compressor_model or a.model, a.compressor_recipe, weights=False)  # checked first
     model, tok = _load(a, recipe)
+    if a.compress_prompt:  # its own copy of the small LM: it runs beside the batcher's thread
+        from efflm.datasel.context import DataContext
+        from efflm.datasel.prompt_parts import split_question
+        from efflm.methods import get
+
+        small = DataContext(*load_scorer(a.compressor_model or a.model, a.compressor_recipe, weights=True))
+        compressor = lambda text: get(cfg.method).apply([split_question(text)], cfg, small)[0]  # noqa: E731
     ctx = getattr(model.config, "max_position_embeddings", None) or 2048
     max_len = min(a.max_len or min(ctx, 2048), ctx)
     from efflm import serve
@@ -396,5 +409,6 @@ def cmd_serve(a) -> int:
         api_key=a.api_key,
         drain_s=a.drain_timeout,
         on_ready=ready,
+        compress=compressor,
     )
     return 0

@@ -25,6 +25,7 @@ def run(
     api_key: str | None = None,
     drain_s: float = 30.0,
     on_ready: Any = None,
+    compress: Any = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT: then stop admitting, let in-flight streams finish within
     ``drain_s`` seconds, and return."""
@@ -34,7 +35,7 @@ def run(
     from efflm.serve.batcher import Batcher
 
     batcher = Batcher(model, tok, max_batch=max_batch, max_queue=max_queue, max_len=max_len, chunk=chunk)
-    app = build_app(batcher, served, api_key)
+    app = build_app(batcher, served, api_key, compress=compress)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:  # SIGTERM/SIGINT: refuse new work from now on

@@ -29,7 +29,8 @@ def _error(e: ApiError, headers: dict | None = None) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
 
-def build_app(batcher: Batcher, served: str, api_key: str | None = None, retry_after_s: int = 1) -> FastAPI:
+def build_app(batcher: Batcher, served: str, api_key: str | None = None, retry_after_s: int = 1,
+              compress: Any = None) -> FastAPI:  # fmt: skip
     app = FastAPI(title="efflm", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = Metrics(batcher, served)
     app.state.metrics, app.state.batcher = metrics, batcher
@@ -81,7 +82,12 @@ def build_app(batcher: Batcher, served: str, api_key: str | None = None, retry_a
     async def complete(request: Request, chat: bool) -> Response:
         try:
             check_key(request)
-            spec = job(parse_json(await request.body()), chat, batcher.tok, served, batcher.max_len)
+            body = parse_json(await request.body())
+            if compress is None:
+                spec = job(body, chat, batcher.tok, served, batcher.max_len)
+            else:  # the compressor runs a small LM: off the event loop
+                loop = asyncio.get_running_loop()
+                spec = await loop.run_in_executor(None, job, body, chat, batcher.tok, served, batcher.max_len, compress)
         except ApiError as e:
             return _error(e)
         loop = asyncio.get_running_loop()

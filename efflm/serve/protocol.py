@@ -94,8 +94,9 @@ def _messages(body: dict) -> list[dict]:
     return out
 
 
-def job(body: dict, chat: bool, tok: Any, served: str, max_len: int) -> Job:
-    """The request as efflm runs it, or ApiError (400/404)."""
+def job(body: dict, chat: bool, tok: Any, served: str, max_len: int, compress: Any = None) -> Job:
+    """The request as efflm runs it, or ApiError (400/404). ``compress(text) -> text`` (``efflm
+    serve --compress-prompt``) shortens the prompt, or the last user message, first."""
     model = _get(body, "model", (str,), served, "a string")
     if model != served:
         raise ApiError(
@@ -110,6 +111,10 @@ def job(body: dict, chat: bool, tok: Any, served: str, max_len: int) -> Job:
     max_tokens = _get(body, name, (int,), 16 if not chat else None, "an integer")
     if chat:
         msgs = _messages(body)
+        if compress is not None:
+            last = max((i for i, m in enumerate(msgs) if m["role"] == "user"), default=None)
+            if last is not None and isinstance(msgs[last]["content"], str):
+                msgs = [*msgs[:last], {**msgs[last], "content": compress(msgs[last]["content"])}, *msgs[last + 1 :]]
         if not getattr(tok, "chat_template", None):
             raise ApiError(400, "this model's tokenizer has no chat template: use /v1/completions", param="messages")
         ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
@@ -120,6 +125,8 @@ def job(body: dict, chat: bool, tok: Any, served: str, max_len: int) -> Job:
             prompt = prompt[0]
         if not isinstance(prompt, str) or not prompt:
             raise ApiError(400, "'prompt' must be a non-empty string (one prompt per request)", param="prompt")
+        if compress is not None:
+            prompt = compress(prompt)
         ids = list(tok(prompt, add_special_tokens=True)["input_ids"])
     if not ids:
         raise ApiError(400, "the prompt encodes to zero tokens", param="messages" if chat else "prompt")

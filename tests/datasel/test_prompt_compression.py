@@ -133,3 +133,5 @@ def test_generate_compresses_the_prompt_first(capsys):
                  "--max-new-tokens", "2", prompt]) == 0  # fmt: skip
     assert "selective_context(ratio=2.0,unit=sentence): prompt" in capsys.readouterr().err
     assert main(["generate", "--model", "tiny-llama", "--compress-prompt", "0.5", "x"]) == 2
+    assert main(["serve", "--model", "tiny-llama", "--compress-prompt", "0.9"]) == 2
+    assert "a compression ratio must be ≥ 1" in capsys.readouterr().err

@@ -181,3 +181,26 @@ def test_queue_full_is_429_with_retry_after():
     assert r.status_code == 429 and r.headers["retry-after"] == "1"
     assert r.json()["error"]["type"] == "rate_limit_error"
     json.dumps(r.json())
+
+
+def test_compress_prompt_shortens_prompts_and_last_user_messages_before_tokenizing():
+    from efflm.serve.protocol import job
+
+    from efflm.io.load import load
+
+    _, tok = load("tiny-llama")
+    seen = []
+
+    def compress(text):
+        seen.append(text)
+        return text[-5:]
+
+    spec = job({"model": "m", "prompt": "a long prompt here", "max_tokens": 2}, False, tok, "m", 64, compress)
+    assert spec.prompt_ids == list(tok("prompt here"[-5:], add_special_tokens=True)["input_ids"])
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    msgs = [{"role": "user", "content": "first question"}, {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "the last question"}]  # fmt: skip
+    spec = job({"model": "m", "messages": msgs, "max_tokens": 2}, True, tok, "m", 64, compress)
+    assert seen == ["a long prompt here", "the last question"]
+    assert spec.prompt_ids == list(tok.apply_chat_template(
+        [*msgs[:2], {"role": "user", "content": "stion"}], add_generation_prompt=True, tokenize=True, return_dict=False))  # fmt: skip
