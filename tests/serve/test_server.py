@@ -184,9 +184,8 @@ def test_queue_full_is_429_with_retry_after():
 
 
 def test_compress_prompt_shortens_prompts_and_last_user_messages_before_tokenizing():
-    from efflm.serve.protocol import job
-
     from efflm.io.load import load
+    from efflm.serve.protocol import job
 
     _, tok = load("tiny-llama")
     seen = []
