@@ -132,6 +132,20 @@ SECTIONS = [
         "JSONL in to JSONL out, each row its own process.",
     ),
     (
+        "prompt_compression.md",
+        "Data: prompt compression on pass-key retrieval",
+        "python benchmarks/prompt_compression.py",
+        "Selective Context, LLMLingua and truncation at 2/4/8× on real text with a planted pass key: accuracy, "
+        "the TTFT each saves and what compressing costs, and accuracy by the key's depth.",
+    ),
+    (
+        "icl_demos.md",
+        "Data: in-context demonstrations (KATE, contextual calibration)",
+        "python benchmarks/icl_demos.py",
+        "k-shot accuracy on which play a passage comes from: random vs KATE demonstrations, with and without "
+        "contextual calibration.",
+    ),
+    (
         "gpu_sparse24.md",
         "GPU: 2:4 semi-structured sparsity (CUDA)",
         "python3 benchmarks/gpu_sparse24.py",

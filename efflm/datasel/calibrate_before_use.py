@@ -58,16 +58,23 @@ def label_ids(tok: Any, prompt: str, label: str) -> tuple[list[int], list[int]]:
 @torch.no_grad()
 def label_probs(model: Any, tok: Any, prompt: str, labels: Sequence[str]) -> np.ndarray:
     """The label distribution after ``prompt`` (BOS first where the tokenizer has one): each
-    label's full token likelihood, normalized over the labels."""
+    label's full token likelihood, normalized over the labels. The prompt runs once; each label
+    continues from its KV cache, cut back after it."""
     bos = [tok.bos_token_id] if getattr(tok, "bos_token_id", None) is not None else []
-    out = []
+    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    out = model(torch.tensor([bos + p]), use_cache=True)
+    cache, first = out.past_key_values, torch.log_softmax(out.logits[0, -1].float(), -1)
+    n = len(bos) + len(p)
+    scores = []
     for label in labels:
-        p, lab = label_ids(tok, prompt, label)
-        x = torch.tensor([bos + p + lab])
-        start = len(bos) + len(p)
-        logp = torch.log_softmax(model(x).logits[0, start - 1 : -1].float(), -1)
-        out.append(logp.gather(1, x[0, start:, None]).sum().item())
-    lp = np.array(out)
+        lab = label_ids(tok, prompt, label)[1]
+        lp = first[lab[0]].item()
+        if len(lab) > 1:
+            rest = model(torch.tensor([lab[:-1]]), past_key_values=cache, use_cache=True).logits[0].float()
+            lp += torch.log_softmax(rest, -1).gather(1, torch.tensor(lab[1:])[:, None]).sum().item()
+            cache.crop(n)
+        scores.append(lp)
+    lp = np.array(scores)
     e = np.exp(lp - lp.max())
     return e / e.sum()
 

@@ -43,6 +43,8 @@ def test_every_benchmark_script_has_a_smoke_test():
         "distill_recovery",
         "vs_trl_gkd",
         "dedup_quality",
+        "prompt_compression",
+        "icl_demos",
     }
     assert {p.stem for p in ROOT.glob("*.py")} - {"__init__"} == tested
 
@@ -229,3 +231,15 @@ def test_dedup_quality(tmp_path):
     for row in rows.split(",")[:3]:  # datatrove is an optional anchor
         assert f"| {row} |" in table
     assert '"precision"' in (tmp_path / "dq.json").read_text()
+
+
+def test_prompt_compression(tmp_path):
+    table = run("prompt_compression", ["--haystacks", "1", "--paragraphs", "2", "--ratios", "2"], tmp_path)
+    for row in ("| none | 1× |", "| truncate | 2× |", "| selective_context | 2× |", "| llmlingua | 2× |"):
+        assert row in table
+    assert "| llmlingua 2× |" in table  # the depth table
+
+
+def test_icl_demos(tmp_path):
+    table = run("icl_demos", ["--per-label", "1", "--ks", "0,1"], tmp_path)
+    assert "| 0 | — | no |" in table and "| 1 | KATE | yes |" in table and "| 1 | random | no |" in table
