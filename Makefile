@@ -82,6 +82,8 @@ reference: $(STAMP) $(INTEROP) anchors
 	$(BIN)/python benchmarks/distill_recovery.py
 	$(BIN)/python benchmarks/vs_trl_gkd.py
 	$(BIN)/python benchmarks/dedup_quality.py
+	$(BIN)/python benchmarks/data_effect.py --study dedup
+	$(BIN)/python benchmarks/data_effect.py --study select
 	$(BIN)/python benchmarks/prompt_compression.py
 	$(BIN)/python benchmarks/icl_demos.py
 	$(BIN)/efflm bench --suite recover

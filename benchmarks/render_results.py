@@ -132,6 +132,20 @@ SECTIONS = [
         "JSONL in to JSONL out, each row its own process.",
     ),
     (
+        "dedup_effect.md",
+        "Data: what deduplication does to fine-tuning",
+        "python benchmarks/data_effect.py --study dedup",
+        "The same LoRA trained on a corpus with repeated documents and on it deduplicated: held-out perplexity and "
+        "how much of the repeated documents the model reproduces verbatim.",
+    ),
+    (
+        "selection_effect.md",
+        "Data: what selection does to fine-tuning toward a target domain",
+        "python benchmarks/data_effect.py --study select",
+        "The same LoRA trained on 10% of a pool chosen by DSIR, by perplexity, at random, and on the whole pool: "
+        "perplexity on held-out text of the target domain (the Sonnets).",
+    ),
+    (
         "prompt_compression.md",
         "Data: prompt compression on pass-key retrieval",
         "python benchmarks/prompt_compression.py",

@@ -45,6 +45,7 @@ def test_every_benchmark_script_has_a_smoke_test():
         "dedup_quality",
         "prompt_compression",
         "icl_demos",
+        "data_effect",
     }
     assert {p.stem for p in ROOT.glob("*.py")} - {"__init__"} == tested
 
@@ -243,3 +244,16 @@ def test_prompt_compression(tmp_path):
 def test_icl_demos(tmp_path):
     table = run("icl_demos", ["--per-label", "1", "--ks", "0,1"], tmp_path)
     assert "| 0 | — | no |" in table and "| 1 | KATE | yes |" in table and "| 1 | random | no |" in table
+
+
+def test_data_effect_dedup(tmp_path):
+    table = run("data_effect", ["--study", "dedup", "--steps", "2", "--docs", "12", "--repeated", "2", "--copies", "3"],
+                tmp_path)  # fmt: skip
+    assert "| trained on the repeated corpus | 16 |" in table and "| trained on it deduplicated | 12 |" in table
+
+
+def test_data_effect_select(tmp_path):
+    table = run("data_effect", ["--study", "select", "--steps", "2", "--pool-limit", "40"], tmp_path)
+    for row in ("| whole pool (100%) | 40 |", "| random 10% | 4 |", "| DSIR 10%", "| perplexity filter 10%",
+                "| all problems (100%) | 40 |", "| IFD 10% (highest) | 4 |"):  # fmt: skip
+        assert row in table
