@@ -64,7 +64,6 @@ def label_probs(model: Any, tok: Any, prompt: str, labels: Sequence[str]) -> np.
     p = tok(prompt, add_special_tokens=False)["input_ids"]
     out = model(torch.tensor([bos + p]), use_cache=True)
     cache, first = out.past_key_values, torch.log_softmax(out.logits[0, -1].float(), -1)
-    n = len(bos) + len(p)
     scores = []
     for label in labels:
         lab = label_ids(tok, prompt, label)[1]
@@ -72,7 +71,7 @@ def label_probs(model: Any, tok: Any, prompt: str, labels: Sequence[str]) -> np.
         if len(lab) > 1:
             rest = model(torch.tensor([lab[:-1]]), past_key_values=cache, use_cache=True).logits[0].float()
             lp += torch.log_softmax(rest, -1).gather(1, torch.tensor(lab[1:])[:, None]).sum().item()
-            cache.crop(n)
+            cache.crop(-(len(lab) - 1))  # back to the prompt's n tokens
         scores.append(lp)
     lp = np.array(scores)
     e = np.exp(lp - lp.max())
