@@ -62,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     from efflm.core.atomic import publish
     from efflm.data.embed import encoder
     from efflm.datasel import kate, random_demos
-    from efflm.datasel.calibrate_before_use import ContextualCalibrationConfig, calibrate, label_probs
+    from efflm.datasel.calibrate_before_use import ContextualCalibrationConfig, calibrate, probs_and_bias
     from efflm.datasel.context import DataContext
-    from efflm.datasel.icl import Template
+    from efflm.datasel.icl import Template, item
     from efflm.io.load import load
 
     model, tok = load(args.model)
@@ -83,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         for sel, demos in selectors:
             raw, cal = [], []
             for q, d in zip(queries, demos):
-                shots = [pool[i] for i in d]
-                p = label_probs(model, tok, template.query(shots, q), words)
-                p_cf = np.mean([label_probs(model, tok, template.query(shots, c), words) for c in cf], axis=0)
+                p, p_cf = probs_and_bias(model, tok, item(template, [pool[i] for i in d], q, cf), words)
                 raw.append(labels[int(np.argmax(p))])
                 cal.append(labels[int(np.argmax(calibrate(p, p_cf)))])
             gold = [lab for _, lab in test]

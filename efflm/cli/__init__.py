@@ -8,7 +8,7 @@ import os
 import sys
 
 from efflm.cli import commands
-from efflm.cli.data import COMPRESSORS, _ratio
+from efflm.cli.compressor import COMPRESSORS, ratio
 from efflm.core.errors import EfflmError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -180,7 +180,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--k", type=_positive, default=4, help="the most draft tokens per speculative step")
     g.add_argument("--fixed-k", action="store_true", help="always draft --k tokens (default: follow acceptance)")
     g.add_argument("--min-ngram", type=_positive, default=2, help="prompt lookup: shortest n-gram match drafted")
-    g.add_argument("--compress-prompt", type=_ratio, help="compress each prompt's context by this ratio first (≥ 1)")
+    g.add_argument("--compress-prompt", type=ratio, help="compress each prompt's context by this ratio first (≥ 1)")
     g.add_argument("--compressor", choices=COMPRESSORS, default="llmlingua", help="the prompt compressor")
     g.add_argument("--compressor-model", help="the compressor's small LM (default: the model itself)")
     g.add_argument("--compressor-recipe", help="recipe applied to the compressor's small LM (e.g. 4-bit)")
@@ -264,7 +264,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--chunk", type=_positive, default=128, help="prompt tokens prefilled per scheduler step")
     s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 endpoints")
     s.add_argument("--served-model-name", help="the model name clients send (default: --model)")
-    s.add_argument("--compress-prompt", type=_ratio, help="compress each prompt's context by this ratio first (≥ 1)")
+    s.add_argument("--compress-prompt", type=ratio, help="compress each prompt's context by this ratio first (≥ 1)")
     s.add_argument("--compressor", choices=COMPRESSORS, default="llmlingua", help="the prompt compressor")
     s.add_argument("--compressor-model", help="the compressor's small LM (default: a second copy of --model)")
     s.add_argument("--compressor-recipe", help="recipe applied to the compressor's small LM (e.g. 4-bit)")

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from efflm.cli import compressor
 from efflm.core.errors import EfflmError
 
 
@@ -211,22 +212,6 @@ def cmd_lm_eval(a) -> int:
     return lm_eval_run.cli(a.args)
 
 
-def compress_prompts(a, model, tok) -> list[str]:
-    """``--compress-prompt``: each prompt's context compressed (its last line kept whole as the
-    question) by the compressor's small LM — the model itself unless ``--compressor-model``."""
-    from efflm.cli.data import compressor_config, load_scorer
-    from efflm.datasel.context import DataContext
-    from efflm.datasel.prompt_parts import n_tokens, split_question
-    from efflm.methods import get
-
-    cfg = compressor_config(a.compressor, a.compress_prompt)
-    small, stok = load_scorer(a.compressor_model, a.compressor_recipe, True) if a.compressor_model else (model, tok)
-    out = get(cfg.method).apply([split_question(p) for p in a.prompt], cfg, DataContext(small, stok))
-    before, after = sum(n_tokens(tok, p) for p in a.prompt), sum(n_tokens(tok, p) for p in out)
-    print(f"efflm: {cfg.label()}: prompt {before} → {after} tokens", file=sys.stderr)
-    return out
-
-
 def cmd_generate(a) -> int:
     from efflm.eval.metrics import bandwidth_gbs, bytes_read_per_token
     from efflm.inference.generate import SamplingConfig, generate
@@ -251,13 +236,16 @@ def cmd_generate(a) -> int:
 
         pipeline.validate(a.draft_model, draft_recipe, a.calib_samples, a.calib_len)
         check_compatible(model_config(a.model), model_config(a.draft_model))
-    if a.compress_prompt and a.compressor_model:
-        from efflm.cli.data import load_scorer
-
-        load_scorer(a.compressor_model, a.compressor_recipe, weights=False)  # checked before the model loads
+    compressor.check(a, None)
     model, tok = _load(a, recipe)
     if a.compress_prompt:
-        a.prompt = compress_prompts(a, model, tok)
+        from efflm.datasel.prompt_parts import n_tokens
+
+        fn = compressor.prompt_compressor(a, model, tok, own_copy=False)
+        short = [fn(p) for p in a.prompt]
+        before, after = sum(n_tokens(tok, p) for p in a.prompt), sum(n_tokens(tok, p) for p in short)
+        print(f"efflm: {fn.label}: prompt {before} → {after} tokens", file=sys.stderr)
+        a.prompt = short
     draft = None
     if a.draft_model:
         draft, draft_tok = pipeline.load_and_apply(a.draft_model, draft_recipe, a.calib_samples, a.calib_len)
@@ -374,20 +362,9 @@ def cmd_serve(a) -> int:
             s.bind((a.host, a.port))
     except OSError as e:
         raise EfflmError(f"cannot listen on {a.host}:{a.port}: {e.strerror or e}") from None
-    compressor = None
-    if a.compress_prompt:
-        from efflm.cli.data import compressor_config, load_scorer
-
-        cfg = compressor_config(a.compressor, a.compress_prompt)
-        load_scorer(a.compressor_model or a.model, a.compressor_recipe, weights=False)  # checked first
+    compressor.check(a, a.model)
     model, tok = _load(a, recipe)
-    if a.compress_prompt:  # its own copy of the small LM: it runs beside the batcher's thread
-        from efflm.datasel.context import DataContext
-        from efflm.datasel.prompt_parts import split_question
-        from efflm.methods import get
-
-        small = DataContext(*load_scorer(a.compressor_model or a.model, a.compressor_recipe, weights=True))
-        compressor = lambda text: get(cfg.method).apply([split_question(text)], cfg, small)[0]  # noqa: E731
+    compress = compressor.prompt_compressor(a, model, tok, own_copy=True) if a.compress_prompt else None
     ctx = getattr(model.config, "max_position_embeddings", None) or 2048
     max_len = min(a.max_len or min(ctx, 2048), ctx)
     from efflm import serve
@@ -409,6 +386,6 @@ def cmd_serve(a) -> int:
         api_key=a.api_key,
         drain_s=a.drain_timeout,
         on_ready=ready,
-        compress=compressor,
+        compress=compress,
     )
     return 0

@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+from efflm.cli.compressor import COMPRESSORS, compressor_config, load_scorer, ratio
 from efflm.core.atomic import atomic_write_text
 from efflm.core.errors import EfflmError
 from efflm.core.progress import progress
@@ -176,42 +177,6 @@ def cmd_select(a) -> int:
     return _finish(rep, report, lines)
 
 
-COMPRESSORS = ("selective_context", "llmlingua", "truncate")
-
-
-def _ratio(v: str) -> float:
-    try:
-        x = float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {v!r}") from None
-    if not x >= 1:
-        raise argparse.ArgumentTypeError(f"a compression ratio must be ≥ 1, got {v}")
-    return x
-
-
-def compressor_config(method: str, ratio: float, unit: str | None = None, keep: str | None = None):
-    from efflm.methods import config_from_dict
-
-    extra = {"unit": unit} if method == "selective_context" and unit else {}
-    if method == "truncate" and keep:
-        extra["keep"] = keep
-    return config_from_dict({"method": method, "ratio": ratio, **extra})
-
-
-def load_scorer(model: str, recipe_file: str | None, weights: bool):
-    """The small LM (and its tokenizer) a data method reads: checked before loading (a model or
-    recipe that cannot load is one line), loaded only when ``weights``."""
-    from efflm.core import recipe as recipes
-    from efflm.models.load import load_tokenizer
-    from efflm.pipeline import load_and_apply, validate
-
-    recipe = recipes.load(recipe_file) if recipe_file else []
-    validate(model, recipe)
-    if not weights:
-        return None, load_tokenizer(model)
-    return load_and_apply(model, recipe)
-
-
 def cmd_compress_prompt(a) -> int:
     from efflm.datasel.context import DataContext
     from efflm.datasel.prompt_parts import PromptParts, n_tokens
@@ -355,7 +320,7 @@ def add_parser(sub) -> None:
     c = ps.add_parser("compress-prompt", help="shorten prompts' contexts: Selective Context, LLMLingua, truncation")
     _common(c)
     c.add_argument("--method", choices=COMPRESSORS, default="llmlingua", help="the compressor")
-    c.add_argument("--ratio", type=_ratio, default=2.0, help="the prompt's tokens ÷ the compressed prompt's (≥ 1)")
+    c.add_argument("--ratio", type=ratio, default=2.0, help="the prompt's tokens ÷ the compressed prompt's (≥ 1)")
     c.add_argument(
         "--model", default="smollm2-135m", help="the small LM that scores tokens (its tokenizer counts them)"
     )

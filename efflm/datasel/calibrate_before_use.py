@@ -78,6 +78,14 @@ def label_probs(model: Any, tok: Any, prompt: str, labels: Sequence[str]) -> np.
     return e / e.sum()
 
 
+def probs_and_bias(model: Any, tok: Any, item: ICLItem, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The item's label distribution and its prompt's bias p_cf: the mean distribution over the
+    content-free prompts (None without them)."""
+    p = label_probs(model, tok, item.prompt, labels)
+    cf = [label_probs(model, tok, c, labels) for c in item.content_free]
+    return p, (np.mean(cf, axis=0) if cf else None)
+
+
 def calibrate(p: np.ndarray, p_cf: np.ndarray) -> np.ndarray:
     q = p / np.maximum(p_cf, 1e-12)
     return q / q.sum()
@@ -99,8 +107,6 @@ def apply(
         raise EfflmError("contextual_calibration needs a model and the label words (--labels)")
     out = []
     for item in items:
-        p = label_probs(ctx.model, ctx.tokenizer, item.prompt, ctx.labels)
-        cf = item.content_free or ()
-        p_cf = np.mean([label_probs(ctx.model, ctx.tokenizer, c, ctx.labels) for c in cf], axis=0) if cf else None
+        p, p_cf = probs_and_bias(ctx.model, ctx.tokenizer, item, ctx.labels)
         out.append((calibrate(p, p_cf) if p_cf is not None else p).tolist())
     return out

@@ -8,10 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from efflm.core.progress import progress
-from efflm.datasel.calibrate_before_use import ContextualCalibrationConfig, ICLItem, calibrate, label_probs
+from efflm.datasel.calibrate_before_use import ContextualCalibrationConfig, ICLItem, calibrate, probs_and_bias
 
 
 @dataclass(frozen=True)
@@ -33,12 +31,13 @@ def predict(model: Any, tok: Any, queries: Sequence[str], demos: Sequence[Sequen
     space); with ``calibration``, divided by the same prompt's content-free distribution."""
     words = [" " + lab for lab in labels]
     out = []
+    cf = calibration.content_free if calibration is not None else ()
     for q, d in progress(list(zip(queries, demos)), "ICL", total=len(queries)):
-        shots = [pool[i] for i in d]
-        p = label_probs(model, tok, template.query(shots, q), words)
-        if calibration is not None:
-            item = ICLItem(template.query(shots, q), tuple(template.query(shots, c) for c in calibration.content_free))
-            p_cf = np.mean([label_probs(model, tok, c, words) for c in item.content_free], axis=0)
-            p = calibrate(p, p_cf)
-        out.append(p.tolist())
+        p, p_cf = probs_and_bias(model, tok, item(template, [pool[i] for i in d], q, cf), words)
+        out.append((calibrate(p, p_cf) if p_cf is not None else p).tolist())
     return out
+
+
+def item(template: Template, shots: Sequence[tuple[str, str]], query: str, content_free: Sequence[str] = ()) -> ICLItem:
+    """The k-shot prompt for ``query`` and the same prompt around each content-free input."""
+    return ICLItem(template.query(shots, query), tuple(template.query(shots, c) for c in content_free))
