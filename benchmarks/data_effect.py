@@ -133,6 +133,18 @@ def study_dedup(args, tmp: Path) -> str:
     return "\n".join(lines)
 
 
+def selections(
+    args, pool: Path, tmp: Path, prefix: str, selectors: list[tuple[str, list[str]]]
+) -> list[tuple[str, Path]]:
+    """(label, file) of 10% of ``pool`` kept by each selector through ``efflm data select``."""
+    runs = []
+    for label, extra in selectors:
+        out = tmp / (prefix + label.split()[0].lower() + ".jsonl")
+        efflm("data", "select", str(pool), "--out", str(out), "--budget", "0.1", *extra, threads=args.threads)
+        runs.append((label, out))
+    return runs
+
+
 def sonnets() -> tuple[list[str], list[str]]:
     from efflm.data.text import texts
 
@@ -154,13 +166,11 @@ def study_select(args, tmp: Path) -> str:
         ]
     pool = pool[: args.pool_limit] if args.pool_limit else pool
     pool_file, target = write_jsonl(tmp / "pool.jsonl", pool), write_jsonl(tmp / "target.jsonl", sample)
-    runs = [("whole pool (100%)", pool_file)]
-    for label, extra in (("random 10%", ["--method", "random"]), ("DSIR 10% (toward the sample)",
-                         ["--method", "dsir", "--target", str(target)]),
-                         ("perplexity filter 10% (lowest)", ["--method", "ppl_filter", "--model", args.model])):  # fmt: skip
-        out = tmp / (label.split()[0].lower() + ".jsonl")
-        efflm("data", "select", str(pool_file), "--out", str(out), "--budget", "0.1", *extra, threads=args.threads)
-        runs.append((label, out))
+    runs = [("whole pool (100%)", pool_file)] + selections(args, pool_file, tmp, "", [
+        ("random 10%", ["--method", "random"]),
+        ("DSIR 10% (toward the sample)", ["--method", "dsir", "--target", str(target)]),
+        ("perplexity filter 10% (lowest)", ["--method", "ppl_filter", "--model", args.model]),
+    ])  # fmt: skip
     held_text = "\n\n".join(held)
     base, tok = model_with(args, None)
     lines = [
@@ -194,14 +204,10 @@ def study_ifd(args, tmp: Path) -> list[str]:
     train_rows = tasks("train", args.pool_limit or N_TRAIN_TASKS)
     pool = tmp / "tasks.jsonl"
     pool.write_text("".join(json.dumps({"prompt": t.prompt, "completion": t.answer}) + "\n" for t in train_rows))
-    runs = [("all problems (100%)", pool)]
-    for label, extra in (
+    runs = [("all problems (100%)", pool)] + selections(args, pool, tmp, "tasks_", [
         ("random 10%", ["--method", "random"]),
         ("IFD 10% (highest)", ["--method", "ifd", "--model", args.model]),
-    ):
-        out = tmp / ("tasks_" + label.split()[0].lower() + ".jsonl")
-        efflm("data", "select", str(pool), "--out", str(out), "--budget", "0.1", *extra, threads=args.threads)
-        runs.append((label, out))
+    ])  # fmt: skip
     base, tok = model_with(args, None)
     acc = evaluator("tasks", tok, final=True)
     lines = [
