@@ -46,10 +46,10 @@ class ICLItem:
     content_free: tuple[str, ...] = ()
 
 
-def label_ids(tok: Any, prompt: str, label: str) -> tuple[list[int], list[int]]:
-    """The prompt's ids and the label's as they continue it (the label tokenized alone where
-    tokenizing prompt + label merges across the boundary)."""
-    p = tok(prompt, add_special_tokens=False)["input_ids"]
+def label_ids(tok: Any, prompt: str, label: str, p: list[int] | None = None) -> tuple[list[int], list[int]]:
+    """The prompt's ids (``p``, if already tokenized) and the label's as they continue it (the
+    label tokenized alone where tokenizing prompt + label merges across the boundary)."""
+    p = tok(prompt, add_special_tokens=False)["input_ids"] if p is None else p
     full = tok(prompt + label, add_special_tokens=False)["input_ids"]
     lab = full[len(p) :] if full[: len(p)] == p else tok(label, add_special_tokens=False)["input_ids"]
     return p, lab
@@ -66,7 +66,7 @@ def label_probs(model: Any, tok: Any, prompt: str, labels: Sequence[str]) -> np.
     cache, first = out.past_key_values, torch.log_softmax(out.logits[0, -1].float(), -1)
     scores = []
     for label in labels:
-        lab = label_ids(tok, prompt, label)[1]
+        lab = label_ids(tok, prompt, label, p)[1]
         lp = first[lab[0]].item()
         if len(lab) > 1:
             rest = model(torch.tensor([lab[:-1]]), past_key_values=cache, use_cache=True).logits[0].float()
