@@ -8,6 +8,10 @@ Kernel: ``torch._int_mm`` is exact but measured 3–13× slower than an fp32 GEM
 so the product runs as fp32 GEMMs over slices of ≤ 1024 inputs — every partial sum is an
 integer below 2^24, hence exact in fp32 — summed in int32: bit-identical to ``_int_mm``
 (tested), at fp32-GEMM speed. Weights are stored as int8 + fp32 scales only.
+LLM.int8()'s mixed-precision decomposition (``outlier_threshold`` > 0, ``efflm.quantize.llm_int8``):
+the input columns where any token has |x| above the threshold leave the int8 product and are
+multiplied in floating point by those columns of the (dequantized) int8 weight, as
+bitsandbytes' ``Linear8bitLt`` does; the per-token scales come from the remaining columns.
 """
 
 from __future__ import annotations
@@ -42,23 +46,27 @@ def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class Int8Linear(nn.Module):
     """``y = int8(x) · int8(W)ᵀ`` rescaled; activations quantized per token at run time."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, outlier_threshold: float = 0.0):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+        self.outlier_threshold = float(outlier_threshold)
         self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("wscale", torch.ones(out_features))
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, weight: torch.Tensor | None = None) -> "Int8Linear":
-        m = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
+    def from_linear(
+        cls, linear: nn.Linear, weight: torch.Tensor | None = None, outlier_threshold: float = 0.0
+    ) -> "Int8Linear":
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, outlier_threshold)
         m.qweight, m.wscale = quantize_rows(linear.weight.data if weight is None else weight)
         if linear.bias is not None:
             m.bias.data.copy_(linear.bias.data.float())
         return m
 
     def spec(self) -> dict:
-        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None}
+        spec = {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None}
+        return spec | ({"outlier_threshold": self.outlier_threshold} if self.outlier_threshold else {})
 
     @classmethod
     def from_spec(cls, spec: dict) -> "Int8Linear":
@@ -70,12 +78,22 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).float()
+        outliers = None
+        if self.outlier_threshold > 0:
+            cols = (x2.abs() > self.outlier_threshold).any(dim=0).nonzero().squeeze(1)
+            if cols.numel():  # LLM.int8(): these columns in floating point, the rest in int8
+                w_out = self.qweight[:, cols].float() * self.wscale[:, None]
+                outliers = x2[:, cols] @ w_out.t()
+                x2 = x2.index_fill(1, cols, 0.0)
         sx = (x2.abs().amax(dim=-1) / 127).clamp(min=1e-12)
         qx = torch.round(x2 / sx[:, None]).clamp(-127, 127).to(torch.int8)
         y = int8_mm(qx, self.qweight).float() * sx[:, None] * self.wscale[None, :]
+        if outliers is not None:
+            y = y + outliers
         if self.bias is not None:
             y = y + self.bias
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, W8A8 per-channel/per-token"
+        mixed = f", fp outlier columns above {self.outlier_threshold:g}" if self.outlier_threshold else ""
+        return f"in={self.in_features}, out={self.out_features}, W8A8 per-channel/per-token{mixed}"

@@ -1,0 +1,48 @@
+"""Small floating-point formats as storage codes: FP8 (E4M3, E5M2) and FP4 (E2M1).
+
+E4M3 is OCP's ``float8_e4m3fn`` (no infinities, max 448), E5M2 IEEE-like (max 57344); both
+are torch dtypes, and a code is the byte of the value. E2M1 (FP4, max 6) has the 8
+magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6; a code is sign·8 + magnitude index, two per byte.
+Values are scaled into range by the caller; ``encode`` saturates at the format's maximum
+(a float8 cast alone would give NaN or ∞) and rounds to nearest (E2M1 ties toward zero).
+"""
+
+from __future__ import annotations
+
+import torch
+
+E2M1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+_E2M1_MID = (E2M1[1:] + E2M1[:-1]) / 2
+FP8 = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
+MAX = {"e4m3": 448.0, "e5m2": 57344.0, "e2m1": 6.0}
+BITS = {"e4m3": 8, "e5m2": 8, "e2m1": 4}
+
+
+def encode(x: torch.Tensor, fmt: str) -> torch.Tensor:
+    """uint8 codes of ``x`` (already scaled into the format's range) in format ``fmt``."""
+    x = x.float().clamp(-MAX[fmt], MAX[fmt])
+    if fmt in FP8:
+        return x.to(FP8[fmt]).view(torch.uint8)
+    idx = torch.bucketize(x.abs(), _E2M1_MID.to(x.device))
+    return (idx + 8 * (x < 0)).to(torch.uint8)
+
+
+def decode(codes: torch.Tensor, fmt: str) -> torch.Tensor:
+    """float32 values of uint8 codes."""
+    if fmt in FP8:
+        return codes.view(FP8[fmt]).float()
+    mag = E2M1.to(codes.device)[(codes & 7).long()]
+    return torch.where(codes >= 8, -mag, mag)
+
+
+def round_to(x: torch.Tensor, fmt: str) -> torch.Tensor:
+    """``x`` rounded onto the format (float32), for run-time activation quantization."""
+    if fmt in FP8:
+        return x.float().clamp(-MAX[fmt], MAX[fmt]).to(FP8[fmt]).float()
+    return decode(encode(x, fmt), fmt)
+
+
+def scale_for(absmax: torch.Tensor, fmt: str, pow2: bool = False) -> torch.Tensor:
+    """Scale putting ``absmax`` at the format's maximum (rounded up to a power of two if ``pow2``)."""
+    s = absmax.float().clamp(min=1e-12) / MAX[fmt]
+    return torch.exp2(torch.ceil(torch.log2(s))) if pow2 else s
