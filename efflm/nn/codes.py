@@ -46,3 +46,22 @@ def unpack_codes(packed: torch.Tensor, bits: int, in_features: int) -> torch.Ten
     out[:, 0::2] = packed & 0x0F
     out[:, 1::2] = packed >> 4
     return out
+
+
+def pack_bits(q: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 codes [rows, in] of ``bits`` each (in divisible by 8) -> [rows, in·bits/8] bytes:
+    every 8 codes fill ``bits`` bytes, code j at bit offset bits·j (little-endian), no padding."""
+    rows, cols = q.shape
+    word = torch.zeros(rows, cols // 8, dtype=torch.int64, device=q.device)
+    for j, part in enumerate(q.to(torch.int64).reshape(rows, cols // 8, 8).unbind(-1)):
+        word |= part << (bits * j)
+    return torch.stack([(word >> (8 * i)) & 0xFF for i in range(bits)], dim=-1).to(torch.uint8).reshape(rows, -1)
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, in_features: int) -> torch.Tensor:
+    """Inverse of ``pack_bits``: uint8 codes [rows, in_features]."""
+    rows = packed.shape[0]
+    b = packed.to(torch.int64).reshape(rows, in_features // 8, bits)
+    word = sum(b[..., i] << (8 * i) for i in range(bits))
+    mask = (1 << bits) - 1
+    return torch.stack([(word >> (bits * j)) & mask for j in range(8)], dim=-1).to(torch.uint8).reshape(rows, -1)

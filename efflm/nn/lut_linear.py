@@ -1,0 +1,121 @@
+"""``LUTLinear``: non-uniform weight codes looked up in a per-row table, plus a sparse set of
+full-precision corrections — the dense-and-sparse storage of SqueezeLLM.
+
+``W[o, i] = lut[o, code[o, i]] (+ sparse[o, i])``. Codes of ``bits`` bits are packed tightly
+(8 codes in ``bits`` bytes, ``codes.pack_bits``); each row has its own 2^bits fp16 centroids;
+the sparse part (if any) is CSR — int32 row pointers, int16 column indices, fp16 values — holding, for
+each kept weight, its value minus the table's, so those weights are reproduced to fp16.
+Every buffer is counted in the bits per weight (``bits_per_weight``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from efflm.nn.codes import pack_bits, unpack_bits
+from efflm.nn.frozen import frozen_product
+from efflm.nn.registry import register_module
+
+
+@register_module(role="lut")
+class LUTLinear(nn.Module):
+    """Lookup-table quantized Linear with optional sparse fp16 outliers."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bits: int,
+        nnz: int = 0,
+        bias: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__()
+        if in_features % 8 or in_features > 32767:
+            raise ValueError("LUTLinear needs in_features divisible by 8 and below 32768")
+        self.in_features, self.out_features, self.bits, self.nnz = in_features, out_features, bits, nnz
+        self.register_buffer("qweight", torch.zeros(out_features, in_features * bits // 8, dtype=torch.uint8))
+        self.register_buffer("lut", torch.zeros(out_features, 2**bits, dtype=torch.float16))
+        self.register_buffer("sp_rows", torch.zeros(out_features + 1 if nnz else 0, dtype=torch.int32))
+        self.register_buffer("sp_cols", torch.zeros(nnz, dtype=torch.int16))
+        self.register_buffer("sp_vals", torch.zeros(nnz, dtype=torch.float16))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
+        self.compute_dtype = dtype
+
+    @classmethod
+    def from_parts(
+        cls,
+        codes: torch.Tensor,
+        lut: torch.Tensor,
+        sparse: torch.Tensor | None,
+        bits: int,
+        bias: torch.Tensor | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> "LUTLinear":
+        """From uint8 codes [out, in], a table [out, 2^bits] and a dense tensor of sparse
+        corrections (zero where none; None for no sparse part)."""
+        out_f, in_f = codes.shape
+        vals = None if sparse is None else sparse.half()
+        rows, cols = (None, None) if vals is None else (vals != 0).nonzero().unbind(1)  # row-major order
+        m = cls(in_f, out_f, bits, 0 if rows is None else rows.numel(), bias is not None, dtype)
+        m.qweight.copy_(pack_bits(codes, bits))
+        m.lut.copy_(lut.half())
+        if m.nnz:
+            counts = torch.bincount(rows, minlength=out_f)
+            m.sp_rows.copy_(torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]).to(torch.int32))
+            m.sp_cols.copy_(cols.to(torch.int16))
+            m.sp_vals.copy_(vals[rows, cols])
+        if bias is not None:
+            m.bias.data.copy_(bias)
+        return m
+
+    def spec(self) -> dict:
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bits": self.bits,
+            "nnz": self.nnz,
+            "bias": self.bias is not None,
+            "dtype": str(self.compute_dtype).removeprefix("torch."),
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "LUTLinear":
+        return cls(**{**spec, "dtype": getattr(torch, spec["dtype"])})
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> None:
+        self.compute_dtype = dtype
+        if self.bias is not None:
+            self.bias.data = self.bias.data.to(dtype)
+
+    def codes(self) -> torch.Tensor:
+        return unpack_bits(self.qweight, self.bits, self.in_features)
+
+    def sparse_dense(self) -> torch.Tensor:
+        """The sparse corrections as a dense float32 [out, in] tensor."""
+        w = torch.zeros(self.out_features, self.in_features)
+        rows = torch.repeat_interleave(torch.arange(self.out_features), self.sp_rows.diff().long())
+        w[rows, self.sp_cols.long()] = self.sp_vals.float()
+        return w
+
+    def bits_per_weight(self) -> float:
+        stored = sum(b.numel() * b.element_size() for b in self.buffers())
+        return 8 * stored / (self.in_features * self.out_features)
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        w = self.lut.float().gather(1, self.codes().long())
+        if self.nnz:
+            w = w + self.sparse_dense()
+        return w.to(dtype or self.compute_dtype)
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantize(x.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = frozen_product(x, self._product, self.dequantize)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, bits={self.bits} (table per row), sparse={self.nnz}"
