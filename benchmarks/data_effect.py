@@ -3,7 +3,7 @@ documents, and data selection toward a target domain — each judged by fine-tun
 on what it keeps, for the same steps.
 
     python benchmarks/data_effect.py --study dedup   [--model smollm2-135m] [--steps 120]
-    python benchmarks/data_effect.py --study select  [--model smollm2-135m] [--steps 120]
+    python benchmarks/data_effect.py --study select  [--model smollm2-135m] [--steps 120] [--cache runs.json]
 
 dedup: the first ``--docs`` paragraphs of at least 64 words of the calibration split
 (Shakespeare, all distinct), ``--repeated`` of them repeated ``--copies`` times each, shuffled (seeded); against the same corpus
@@ -35,9 +35,12 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+
+from efflm.bench.run_cache import cached
 
 ROOT = Path(__file__).resolve().parents[1]
 LORA = {"method": "lora", "r": 8, "alpha": 16, "target_modules": ["all-linear"]}
@@ -135,14 +138,16 @@ def study_dedup(args, tmp: Path) -> str:
 
 def selections(
     args, pool: Path, tmp: Path, prefix: str, selectors: list[tuple[str, list[str]]]
-) -> list[tuple[str, Path]]:
-    """(label, file) of 10% of ``pool`` kept by each selector through ``efflm data select``."""
-    runs = []
-    for label, extra in selectors:
+) -> list[tuple[str, Callable[[], Path]]]:
+    """(label, a function making the file) of 10% of ``pool`` kept by each selector through
+    ``efflm data select``; a selection is made only when a run needs it (not when cached)."""
+
+    def make(label: str, extra: list[str]) -> Path:
         out = tmp / (prefix + label.split()[0].lower() + ".jsonl")
         efflm("data", "select", str(pool), "--out", str(out), "--budget", "0.1", *extra, threads=args.threads)
-        runs.append((label, out))
-    return runs
+        return out
+
+    return [(label, lambda label=label, extra=extra: make(label, extra)) for label, extra in selectors]
 
 
 def sonnets() -> tuple[list[str], list[str]]:
@@ -166,13 +171,20 @@ def study_select(args, tmp: Path) -> str:
         ]
     pool = pool[: args.pool_limit] if args.pool_limit else pool
     pool_file, target = write_jsonl(tmp / "pool.jsonl", pool), write_jsonl(tmp / "target.jsonl", sample)
-    runs = [("whole pool (100%)", pool_file)] + selections(args, pool_file, tmp, "", [
+    runs = [("whole pool (100%)", lambda: pool_file)] + selections(args, pool_file, tmp, "", [
         ("random 10%", ["--method", "random"]),
         ("DSIR 10% (toward the sample)", ["--method", "dsir", "--target", str(target)]),
         ("perplexity filter 10% (lowest)", ["--method", "ppl_filter", "--model", args.model]),
     ])  # fmt: skip
     held_text = "\n\n".join(held)
-    base, tok = model_with(args, None)
+
+    def measure(data: Path | None) -> dict:
+        model, tok = model_with(args, None if data is None else train(args, data, tmp / ("run_" + data.stem)))
+        rows = None if data is None else sum(1 for _ in data.open())
+        return {"rows": rows, "held": ppl_on(model, tok, held_text), "eval": eval_ppl(model, tok)}
+
+    key = f"{args.model}|{args.steps}|{args.pool_limit}|select"
+    base = cached(args.cache, f"{key}|untrained", lambda: measure(None))
     lines = [
         "# Data selection's effect on fine-tuning toward a target domain",
         "",
@@ -184,12 +196,11 @@ def study_select(args, tmp: Path) -> str:
         "",
         "| training data | rows | held-out sonnets ppl | evaluation-split ppl |",
         "|---|---|---|---|",
-        f"| none (untrained) | — | {ppl_on(base, tok, held_text):.3f} | {eval_ppl(base, tok):.3f} |",
+        f"| none (untrained) | — | {base['held']:.3f} | {base['eval']:.3f} |",
     ]
     for label, data in runs:
-        model, tok = model_with(args, train(args, data, tmp / ("run_" + data.stem)))
-        rows = sum(1 for _ in data.open())
-        lines.append(f"| {label} | {rows} | {ppl_on(model, tok, held_text):.3f} | {eval_ppl(model, tok):.3f} |")
+        r = cached(args.cache, f"{key}|{label}", lambda data=data: measure(data()))
+        lines.append(f"| {label} | {r['rows']} | {r['held']:.3f} | {r['eval']:.3f} |")
     lines += ["", *study_ifd(args, tmp)]
     return "\n".join(lines)
 
@@ -204,12 +215,17 @@ def study_ifd(args, tmp: Path) -> list[str]:
     train_rows = tasks("train", args.pool_limit or N_TRAIN_TASKS)
     pool = tmp / "tasks.jsonl"
     pool.write_text("".join(json.dumps({"prompt": t.prompt, "completion": t.answer}) + "\n" for t in train_rows))
-    runs = [("all problems (100%)", pool)] + selections(args, pool, tmp, "tasks_", [
+    runs = [("all problems (100%)", lambda: pool)] + selections(args, pool, tmp, "tasks_", [
         ("random 10%", ["--method", "random"]),
         ("IFD 10% (highest)", ["--method", "ifd", "--model", args.model]),
     ])  # fmt: skip
-    base, tok = model_with(args, None)
-    acc = evaluator("tasks", tok, final=True)
+
+    def measure(data: Path | None) -> dict:
+        model, tok = model_with(args, None if data is None else train(args, data, tmp / ("run_" + data.stem)))
+        rows = None if data is None else sum(1 for _ in data.open())
+        return {"rows": rows, "acc": evaluator("tasks", tok, final=True)(model)["task_acc"]}
+
+    key = f"{args.model}|{args.steps}|{args.pool_limit}|ifd"
     lines = [
         f"Instruction data (IFD scores instruction/answer pairs): efflm's built-in instruction tasks — generated "
         f"arithmetic, sorting and unit-conversion problems, not real text — {len(train_rows)} training problems; "
@@ -217,11 +233,11 @@ def study_ifd(args, tmp: Path) -> list[str]:
         "",
         "| training data | rows | held-out task accuracy |",
         "|---|---|---|",
-        f"| none (untrained) | — | {acc(base)['task_acc']:.3f} |",
+        f"| none (untrained) | — | {cached(args.cache, f'{key}|untrained', lambda: measure(None))['acc']:.3f} |",
     ]
     for label, data in runs:
-        model, tok = model_with(args, train(args, data, tmp / ("run_" + data.stem)))
-        lines.append(f"| {label} | {sum(1 for _ in data.open())} | {acc(model)['task_acc']:.3f} |")
+        r = cached(args.cache, f"{key}|{label}", lambda data=data: measure(data()))
+        lines.append(f"| {label} | {r['rows']} | {r['acc']:.3f} |")
     return lines
 
 
@@ -235,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--copies", type=int, default=50, help="dedup: copies of each repeated document")
     ap.add_argument("--pool-limit", type=int, default=0, help="select: pool paragraphs used (0: all)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cache", help="select: JSON file of finished runs; rerun at the same clean commit, it goes on")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     import torch

@@ -46,6 +46,7 @@ def test_every_benchmark_script_has_a_smoke_test():
         "prompt_compression",
         "icl_demos",
         "data_effect",
+        "quant_bits",
     }
     assert {p.stem for p in ROOT.glob("*.py")} - {"__init__"} == tested
 
@@ -257,3 +258,12 @@ def test_data_effect_select(tmp_path):
     for row in ("| whole pool (100%) | 40 |", "| random 10% | 4 |", "| DSIR 10%", "| perplexity filter 10%",
                 "| all problems (100%) | 40 |", "| IFD 10% (highest) | 4 |"):  # fmt: skip
         assert row in table
+
+
+def test_quant_bits(tmp_path):
+    only = "rtn W4 g64,squeezellm 3-bit dense-only,zeroquant_fp W4A8 (FP4 + FP8 e4m3),llm_int8 (threshold 6)"
+    md = run("quant_bits", ["--windows", "1", "--seq-len", "32", "--only", only], tmp_path)
+    for label in [*only.split(","), "dense (fp32 linears)"]:
+        assert f"| {label} | efflm |" in md
+    assert "no llama.cpp rows" in md  # tiny-llama has no GGUF source
+    assert (tmp_path / "quant_bits.png").is_file() and (tmp_path / "quant_bits.json").is_file()
