@@ -5,7 +5,10 @@ full-precision corrections — the dense-and-sparse storage of SqueezeLLM.
 (8 codes in ``bits`` bytes, ``codes.pack_bits``); each row has its own 2^bits fp16 centroids;
 the sparse part (if any) is CSR — int32 row pointers, int16 column indices, fp16 values — holding, for
 each kept weight, its value minus the table's, so those weights are reproduced to fp16.
-Every buffer is counted in the bits per weight (``bits_per_weight``).
+Every buffer is counted in the bits per weight (``bits_per_weight``). Decoding (a few rows of
+input) runs on efflm's lookup-table kernel (``lut_cpu.c``: the table lives in AVX2 registers,
+codes are unpacked 8 at a time, the sparse part is added per row); longer inputs dequantize
+once and call ``F.linear``.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from efflm.nn import q4_kernel
 from efflm.nn.codes import pack_bits, unpack_bits
 from efflm.nn.frozen import frozen_product
 from efflm.nn.registry import register_module
+
+KERNEL_MAX_ROWS = 16  # beyond this, dequantizing once and one GEMM is faster
 
 
 @register_module(role="lut")
@@ -110,7 +116,15 @@ class LUTLinear(nn.Module):
             w = w + self.sparse_dense()
         return w.to(dtype or self.compute_dtype)
 
+    def kernel(self, x: torch.Tensor) -> str | None:
+        """ "lut" when efflm's lookup-table kernel takes this input (codes of ≤ 4 bits, at most
+        ``KERNEL_MAX_ROWS`` rows: decoding), else None: dequantize and ``F.linear``."""
+        rows = x.numel() // self.in_features
+        return "lut" if self.bits <= 4 and rows <= KERNEL_MAX_ROWS and q4_kernel.available() else None
+
     def _product(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel(x) == "lut":
+            return q4_kernel.lut_mm(x, self)
         return F.linear(x, self.dequantize(x.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

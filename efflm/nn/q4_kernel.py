@@ -1,7 +1,8 @@
 """efflm's own CPU kernels, built with the system C compiler on first use: the 4-bit and 8-bit
 matmuls (``q4_cpu.c``) and the fused decode step (``decode_cpu.c``, driven by
 ``efflm.inference.fast_decode``), sharing the block arithmetic of ``q4_blocks.h``; and the
-GPTQ/SparseGPT column sweep (``sweep_cpu.c``, driven by ``efflm.calib.sweep``).
+GPTQ/SparseGPT column sweep (``sweep_cpu.c``, driven by ``efflm.calib.sweep``); and the
+lookup-table matmul of SqueezeLLM's codes (``lut_cpu.c``, ``lut_mm`` below).
 
 The C files are compiled once per machine into one library in efflm's cache dir (``gcc -O3
 -mavx2 -mfma -mf16c -fopenmp -ffp-contract=off``, about two seconds) and loaded with ctypes
@@ -32,7 +33,7 @@ import torch
 from efflm.core.paths import cache_dir
 
 HERE = Path(__file__).parent
-SOURCES = [HERE / "q4_cpu.c", HERE / "decode_cpu.c", HERE / "sweep_cpu.c"]  # one library
+SOURCES = [HERE / "q4_cpu.c", HERE / "decode_cpu.c", HERE / "sweep_cpu.c", HERE / "lut_cpu.c"]  # one library
 HEADERS = [HERE / "q4_blocks.h"]
 MAX_IN = 32 * 512  # in_features the q4 kernel takes (q4_blocks.h: MAXB blocks per row)
 _LIB: list = [None]  # the loaded library, for the hot path (no lookup per call)
@@ -101,6 +102,8 @@ def library() -> ctypes.CDLL | None:
     lib.efflm_decode_layers.restype = None
     lib.efflm_obs_sweep.argtypes = [p, i, i, i, i, p, p, p, p, i, p, p]
     lib.efflm_obs_sweep.restype = None
+    lib.efflm_lut_gemm.argtypes = [p, i, i, p, i, p, p, p, p, i, p]
+    lib.efflm_lut_gemm.restype = None
     _LIB[0] = lib
     return lib
 
@@ -184,3 +187,25 @@ def q8_mm(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.
     x, y, bf16 = _io(x, n)
     _LIB[0].efflm_q8_gemm(x.data_ptr(), bf16, x.numel() // k, k, weight.data_ptr(), scales.data_ptr(), n, y.data_ptr())
     return y
+
+
+def lut_mm(x: torch.Tensor, m) -> torch.Tensor:
+    """``x [..., K]`` times a ``LUTLinear``'s weight (codes of 2..4 bits, its table and sparse part)."""
+    k, n = x.shape[-1], m.out_features
+    xf = x.float().contiguous()
+    y = torch.empty(*x.shape[:-1], n, dtype=torch.float32)
+    sparse = m.nnz > 0
+    _LIB[0].efflm_lut_gemm(
+        xf.data_ptr(),
+        xf.numel() // k,
+        k,
+        m.qweight.data_ptr(),
+        m.bits,
+        m.lut.data_ptr(),
+        m.sp_rows.data_ptr() if sparse else None,
+        m.sp_cols.data_ptr() if sparse else None,
+        m.sp_vals.data_ptr() if sparse else None,
+        n,
+        y.data_ptr(),
+    )
+    return y.to(x.dtype)

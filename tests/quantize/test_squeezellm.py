@@ -103,3 +103,22 @@ def test_squeezellm_on_tiny_llama_uses_calibration_fisher(tiny, tiny_ids):
 def test_bad_config(bad, match):
     with pytest.raises(ConfigError, match=match):
         config_from_dict({"method": "squeezellm", **bad})
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("rows", [1, 3, 6])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_lookup_table_kernel_equals_the_dequantized_matmul(bits, rows, sparse):
+    from efflm.nn import q4_kernel
+
+    if not q4_kernel.available():
+        pytest.skip("efflm's C kernels do not build here")
+    w, x, fisher = layer()
+    frac = 0.004 if sparse else 0.0
+    m = LUTLinear.from_parts(*squeeze(w, fisher, bits, frac, frac / 8, 10), bits, bias=torch.randn(256))
+    assert (m.nnz > 0) == sparse
+    xs = x[:rows].reshape(rows, 1, 512)
+    assert m.kernel(xs) == "lut" and m.kernel(x) is None  # 256 rows: dequantize + GEMM
+    torch.testing.assert_close(m(xs), xs @ m.dequantize().t() + m.bias, rtol=1e-5, atol=1e-4)
+    m.set_compute_dtype(torch.bfloat16)
+    assert m(xs.bfloat16()).dtype == torch.bfloat16
