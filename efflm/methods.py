@@ -50,6 +50,7 @@ import efflm.quantize.embedding  # noqa: F401
 import efflm.quantize.gptq  # noqa: F401
 import efflm.quantize.llm_int8  # noqa: F401
 import efflm.quantize.nf4  # noqa: F401
+import efflm.quantize.quip  # noqa: F401
 import efflm.quantize.rtn  # noqa: F401
 import efflm.quantize.smoothquant  # noqa: F401
 import efflm.quantize.squeezellm  # noqa: F401

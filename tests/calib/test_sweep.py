@@ -8,7 +8,7 @@ from efflm.calib.hessian import gram
 from efflm.calib.sweep import sweep, sweep_torch
 from efflm.nn import q4_kernel
 from efflm.prune.sparsegpt import sparsegpt_prune
-from efflm.quantize.gptq import gptq_quantize
+from efflm.quantize.ldlq import gptq_quantize
 
 needs_kernel = pytest.mark.skipif(q4_kernel.library() is None, reason="no C compiler / AVX2 here")
 

@@ -4,7 +4,7 @@ import torch
 from efflm.calib.hessian import Hessian, inverse_cholesky
 from efflm.methods import config_from_dict, get
 from efflm.quantize import grid
-from efflm.quantize.gptq import gptq_quantize
+from efflm.quantize.ldlq import gptq_quantize
 
 
 def _layer(out=48, inp=128, tokens=2048, seed=0):

@@ -1,0 +1,115 @@
+"""QuIP: 2-Bit Quantization of Large Language Models With Guarantees.
+
+arXiv 2307.13304 (Chee, Cai, Kuleshov, De Sa; NeurIPS 2023).
+Algorithm: (1) incoherence processing — multiply each weight by random orthogonal matrices on
+both sides, Ŵ = U W Vᵀ, and its proxy Hessian accordingly, H ← V H Vᵀ, so that no weight and
+no Hessian direction stands out (the outliers that wreck 2-bit grids are spread over all
+entries); (2) LDLQ — round Ŵ column by column with the error fed forward through H's LDL
+factor, which is GPTQ's solver (``efflm.quantize.ldlq``); (3) at run time x ↦ x Vᵀ before the
+quantized matmul and U after it (``efflm.nn.incoherent_linear``).
+Differences from the reference code: the transforms are randomized Hadamard ⊗ small random
+orthogonal factors (QuIP#'s kind; the paper's Kronecker product of two random orthogonal
+matrices where the size has no factor of two); Ŵ is rounded onto efflm's per-group grids
+(the paper: one grid per row of the rotated weight) and without its diagonal rescaling or
+greedy passes; the transforms are not folded into neighbouring layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from efflm.calib.hessian import Hessian
+from efflm.calib.layerwise import note, run, shared_groups
+from efflm.core.errors import ConfigError
+from efflm.core.registry import MethodConfig, register
+from efflm.models.arch import set_module
+from efflm.nn import incoherence
+from efflm.nn.incoherent_linear import IncoherentLinear
+from efflm.quantize import grid
+from efflm.quantize.ldlq import gptq_quantize
+
+
+@dataclass(frozen=True)
+class QuIPConfig(MethodConfig):
+    """QuIP of every decoder Linear: random orthogonal transforms on both sides, then LDLQ.
+
+    bits 2..8 (2 is the paper's headline); group_size of the grid on the rotated weight (-1:
+    one per row); symmetric grid or min/max (default, kinder at 2 bits); dampening of H's
+    diagonal; seed of the random transforms (each Linear draws its own from it).
+    """
+
+    method = "quip"
+    bits: int = 2
+    group_size: int = 64
+    symmetric: bool = False
+    dampening: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        grid.check_grid_config(self)
+        if not 0 < self.dampening < 1:
+            raise ConfigError(f"quip: dampening must be in (0, 1), got {self.dampening}")
+
+
+@register(
+    QuIPConfig,
+    family="quantize",
+    title="QuIP: incoherence processing + LDLQ (2-bit)",
+    arxiv="2307.13304",
+    needs_calibration=True,
+    paper="quip",
+    check=grid.check_grid_for_model,
+)
+def apply(model: torch.nn.Module, config: QuIPConfig, calib: Any) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(config.seed)
+    pending: dict[str, IncoherentLinear] = {}
+
+    def transform(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return incoherence.random_signs(n, gen), incoherence.random_orthogonal(incoherence.split(n)[1], gen)
+
+    def solve(i: int, layer: torch.nn.Module, observers: dict) -> None:
+        for paths in shared_groups(observers):  # one input transform V for Linears sharing an input
+            linears = [model.get_submodule(p) for p in paths]
+            s_in, q_in = transform(linears[0].in_features)
+            outs = [transform(lin.out_features) for lin in linears]
+            W = torch.cat([
+                incoherence.rotate_weight(lin.weight.data, s_out, q_out, s_in, q_in)
+                for lin, (s_out, q_out) in zip(linears, outs)
+            ])  # fmt: skip
+            H = incoherence.rotate_hessian(observers[paths[0]].H, s_in, q_in)
+            codes, scales, offsets, info = gptq_quantize(
+                W, H, config.bits, config.group_size, config.symmetric, act_order=False, damp=config.dampening
+            )
+            if info.get("fallback"):
+                note(model, f"quip: Cholesky failed for {', '.join(paths)} even at raised damping; RTN used")
+            row = 0
+            for path, linear, (s_out, q_out) in zip(paths, linears, outs):
+                rows = slice(row, row + linear.out_features)
+                row += linear.out_features
+                m = IncoherentLinear(
+                    linear.in_features,
+                    linear.out_features,
+                    config.bits,
+                    config.group_size,
+                    config.symmetric,
+                    bias=linear.bias is not None,
+                    dtype=linear.weight.dtype,
+                )
+                m.q.set_codes(codes[rows], scales[rows], None if offsets is None else offsets[rows])
+                m.signs_in.copy_(s_in), m.q_in.copy_(q_in), m.signs_out.copy_(s_out), m.q_out.copy_(q_out)
+                if linear.bias is not None:
+                    m.bias.data.copy_(linear.bias.data)
+                # the rest of calibration sees the quantized weight (in place: a forward may be under way)
+                linear.weight.data.copy_(m.dequantize(torch.float32))
+                pending[path] = m
+
+    def finish(i: int, layer: torch.nn.Module) -> None:
+        for path, m in pending.items():
+            set_module(model, path, m)
+        pending.clear()
+
+    hessian = lambda path, linear: Hessian(linear.in_features, stats=False)  # noqa: E731
+    return run(model, calib, hessian, solve, desc="quip", one_pass=True, finish=finish)
