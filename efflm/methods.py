@@ -53,6 +53,7 @@ import efflm.quantize.nf4  # noqa: F401
 import efflm.quantize.quip  # noqa: F401
 import efflm.quantize.rtn  # noqa: F401
 import efflm.quantize.smoothquant  # noqa: F401
+import efflm.quantize.spqr  # noqa: F401
 import efflm.quantize.squeezellm  # noqa: F401
 import efflm.quantize.w8a8  # noqa: F401
 import efflm.quantize.zeroquant_fp  # noqa: F401

@@ -2,6 +2,6 @@
 
 from efflm.nn.registry import efflm_modules, module_class, register_module, role  # noqa: I001 (first)
 from efflm.nn import fp_linear, incoherent_linear, int8_linear, lowrank_linear, lut_linear, nf4_linear  # noqa: F401
-from efflm.nn import quant_embedding, quant_linear  # noqa: F401
+from efflm.nn import quant_embedding, quant_linear, spqr_linear  # noqa: F401
 
 __all__ = ["efflm_modules", "module_class", "register_module", "role"]
