@@ -41,6 +41,14 @@ ROWS: dict[str, list[dict]] = {
     "squeezellm 4-bit (0.45% sparse)": [{"method": "squeezellm", "bits": 4}],
     "squeezellm 3-bit (0.45% sparse)": [{"method": "squeezellm", "bits": 3}],
     "squeezellm 3-bit dense-only": [{"method": "squeezellm", "bits": 3, "outliers": 0.0, "sensitive": 0.0}],
+    "quip W2 g64": [{"method": "quip", "bits": 2, **G64}],
+    "quip W3 g64": [{"method": "quip", "bits": 3, **G64}],
+    "quip W4 g64": [{"method": "quip", "bits": 4, **G64}],
+    "spqr 3-bit (g16, 3-bit stats, outliers)": [{"method": "spqr", "bits": 3}],
+    "spqr 4-bit (g16, 3-bit stats, outliers)": [{"method": "spqr", "bits": 4}],
+    "spqr 2-bit (g16, 3-bit stats, outliers)": [{"method": "spqr", "bits": 2}],
+    "zeroquant W4A8 + LKD": [{"method": "zeroquant", "bits": 4, **G64, "act_bits": 8}],
+    "zeroquant W8A8 (no LKD)": [{"method": "zeroquant", "bits": 8, **G64, "act_bits": 8, "lkd_steps": 0}],
     "zeroquant_fp W4 FP4 (weight-only)": [{"method": "zeroquant_fp", "weight_format": "e2m1", "act_format": "none"}],
     "zeroquant_fp W4A8 (FP4 + FP8 e4m3)": [{"method": "zeroquant_fp", "weight_format": "e2m1", "act_format": "e4m3"}],
     "zeroquant_fp W8A8 (FP8 e4m3)": [{"method": "zeroquant_fp", "weight_format": "e4m3", "act_format": "e4m3"}],
@@ -215,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(rows[-1]), file=sys.stderr)
     dense = next(r["ppl"] for r in rows if r["label"] == "dense (fp32 linears)")
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     plot(rows, out.with_suffix(".png"))
     publish(out.with_suffix(".json"), json.dumps(rows, indent=1) + "\n")
     return publish(out, table(args, rows, dense))

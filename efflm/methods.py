@@ -56,6 +56,7 @@ import efflm.quantize.smoothquant  # noqa: F401
 import efflm.quantize.spqr  # noqa: F401
 import efflm.quantize.squeezellm  # noqa: F401
 import efflm.quantize.w8a8  # noqa: F401
+import efflm.quantize.zeroquant  # noqa: F401
 import efflm.quantize.zeroquant_fp  # noqa: F401
 from efflm.core.registry import FAMILIES, Method, MethodConfig, check_for_model, config_from_dict, get, methods
 

@@ -55,6 +55,17 @@ def _out(y: Any) -> torch.Tensor:
     return y[0] if isinstance(y, tuple) else y
 
 
+def first_layer_inputs(model: nn.Module, calib: torch.Tensor, batch_size: int = 4) -> list[tuple[torch.Tensor, dict]]:
+    """(hidden states, keyword arguments) entering the first decoder layer, per batch of ``calib``."""
+    with torch.no_grad():
+        return _layer0_inputs(model, calib, batch_size)
+
+
+def layer_output(layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """The hidden states a decoder layer returns for these inputs."""
+    return _out(layer(hidden, **kwargs))
+
+
 def check_finite(name: str, x: torch.Tensor) -> None:
     if not torch.isfinite(x.sum()):  # one read: a NaN or inf anywhere makes the sum one
         raise EfflmError(f"NaN or inf in the calibration activations entering {name}")

@@ -15,6 +15,9 @@ ADDED_TAXONOMY = {
 }
 ENRICH = {  # seed entries completed by hand (normalized title -> fields)
     "gptq accurate quantization for generative pre trained transformers": {"arxiv": "2210.17323"},
+    "zeroquant efficient and affordable post training quantization for large scale transformers": {
+        "arxiv": "2206.01861"
+    },
     "deduplicating training data makes language models better": {
         "arxiv": "2107.06499",
         "venue": "ACL",

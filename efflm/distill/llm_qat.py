@@ -29,23 +29,8 @@ from efflm.distill.objective import DistillConfig, DistillHooks, check
 from efflm.finetune.full_params import FullConfig, unfreeze
 from efflm.finetune.hooks import HOOKS
 from efflm.models.arch import decoder_linears, set_module
-from efflm.quantize.grid import check_grid_config, check_grid_for_model, fake_quantize, to_quant_linear
-
-
-class FakeQuantLinear(nn.Linear):
-    """A Linear computing with its weight rounded onto the grid; gradients pass straight through
-    the rounding to the full-precision weight."""
-
-    def __init__(self, linear: nn.Linear, bits: int, group_size: int, symmetric: bool):
-        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
-        self.weight = linear.weight
-        self.bias = linear.bias
-        self.bits, self.group_size, self.symmetric = bits, group_size, symmetric
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        q = fake_quantize(w.detach(), self.bits, self.group_size, self.symmetric)
-        return F.linear(x, w + (q - w).detach(), self.bias)
+from efflm.quantize.fake_quant import FakeQuantLinear
+from efflm.quantize.grid import check_grid_config, check_grid_for_model, to_quant_linear
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ def describe(m: torch.nn.Module, dtype: torch.dtype, keep: list) -> Lin:
     if getattr(m, "bias", None) is not None:
         bias = m.bias.detach().float().contiguous()
         keep.append(bias)
-    if isinstance(m, QuantLinear):
+    if type(m) is QuantLinear:  # not its subclasses (ActQuantLinear quantizes its inputs too)
         if m.compute_dtype != dtype:
             raise Unsupported(f"a QuantLinear computing in {m.compute_dtype} inside a {dtype} model")
         if isinstance(m.layout, Q4Blocks):
