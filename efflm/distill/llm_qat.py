@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from efflm.core.errors import ConfigError
 from efflm.core.registry import register
