@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -144,7 +145,7 @@ def table(args, rows: list[dict], dense_ppl: float) -> str:
         "# Perplexity against bits per weight",
         "",
         f"`python benchmarks/quant_bits.py --model {args.model} --windows {args.windows} --seq-len {args.seq_len}"
-        + (f" --text-file {args.text_file} --text-name {args.text_name}`" if args.text_file else "`")
+        + (f" --text-file {args.text_file} --text-name {shlex.quote(args.text_name)}`" if args.text_file else "`")
         + f". Text: {text}; {args.windows} windows of {args.seq_len} tokens, the same token ids on both sides. "
         "Every row's embedding/lm_head is int8 (efflm: `int8_embeddings`; llama.cpp: `token_embedding_type` "
         "Q8_0). llama.cpp rows: the dense model exported to GGUF (f16 linears) and quantized by llama.cpp's "

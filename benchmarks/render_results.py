@@ -141,9 +141,24 @@ SECTIONS = [
     (
         "selection_effect.md",
         "Data: what selection does to fine-tuning toward a target domain",
-        "python benchmarks/data_effect.py --study select",
+        "python benchmarks/data_effect.py --study select --steps 60",
         "The same LoRA trained on 10% of a pool chosen by DSIR, by perplexity, at random, and on the whole pool: "
         "perplexity on held-out text of the target domain (the Sonnets).",
+    ),
+    (
+        "quant_bits.md",
+        "Quantization II: perplexity against bits per weight, beside llama.cpp's k-quants",
+        "python benchmarks/quant_bits.py",
+        "Every quantizer at 2, 3, 4 and 8 bits (RTN, GPTQ, AWQ, SqueezeLLM, QuIP, SpQR, ZeroQuant, ZeroQuant-FP, "
+        "LLM.int8(), W8A8, SmoothQuant) and llama.cpp's own k-quants of the same model, on the same token ids; "
+        "bits per weight count every stored byte (plot: results/quant_bits.png).",
+    ),
+    (
+        "quant_bits_gpl.md",
+        "Quantization II on a second text (the GNU GPL v3)",
+        "python benchmarks/quant_bits.py --text-file /usr/share/common-licenses/GPL-3 --text-name 'GNU GPL v3' "
+        "--out results/quant_bits_gpl.md",
+        "The same table on legal prose outside the Shakespeare splits, so no method is tuned to the evaluation split.",
     ),
     (
         "prompt_compression.md",

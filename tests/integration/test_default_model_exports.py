@@ -89,3 +89,27 @@ def test_cli_gguf_export_refuses_a_grid_llama_cpp_lacks(tmp_path, capsys):
     assert main(["compress", "--recipe", str(recipe), "--format", "gguf", "--out", str(tmp_path / "x.gguf")]) == 2
     assert "Q4_0" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.gguf*"))
+
+
+def test_k_quant_rows_come_from_llama_cpp_itself(smol, ppl, tmp_path):
+    """benchmarks/quant_bits.py's anchor path: the dense model exported, quantized by llama.cpp's
+    own llama_model_quantize to Q4_K_M, read back as k-quant tensors and scored by llama.cpp."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make test`")
+    import importlib.util
+    from pathlib import Path
+
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "quant_bits.py"
+    spec = importlib.util.spec_from_file_location("bench_quant_bits", path)
+    qb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(qb)
+    model, _, ids = smol
+    dense = export(model, smollm2_gguf(), tmp_path / "dense.gguf")
+    q = qb.k_quant(dense, "Q4_K_M", tmp_path, threads=2)
+    types = {t.name: t.tensor_type for t in GGUFReader(q).tensors}
+    assert types["blk.0.ffn_down.weight"] in (GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q6_K)  # 1536 inputs
+    assert types["token_embd.weight"] == GGMLQuantizationType.Q8_0  # as the benchmark asks
+    row = qb.llama_cpp_row(q, "Q4_K_M", ids, SEQ, WINDOWS, threads=2)
+    assert 4 < row["linear_bpw"] < 6 and row["model_bpw"] > 4
+    assert 1.0 < row["ppl"] / ppl[0] < 1.3, (row, ppl[0])  # 4-bit k-quants: close to dense, not equal
