@@ -29,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from efflm.bench import run_cache
+
 ROOT = Path(__file__).resolve().parents[1]
 STUDENTS = {
     "llm_pruner −20%": [{"method": "llm_pruner", "ratio": 0.34}],  # MLP ratio → share of all parameters
@@ -151,20 +153,7 @@ def qat_worker(args) -> int:
 def cached(args, key: str, compute):
     """``compute()``, or its result from ``--cache`` when this run was already measured at this
     same clean commit (a long sweep can stop and go on; a dirty tree never reuses a run)."""
-    from efflm.eval.env import git_commit
-
-    commit = git_commit()
-    if not args.cache or commit.endswith("-dirty") or commit == "unknown":
-        return compute()
-    path = Path(args.cache)
-    store = json.loads(path.read_text()) if path.is_file() else {}
-    full = f"{commit}|{args.model}|{args.steps}|{args.qat_rows}|{key}"
-    if full not in store:
-        store[full] = compute()
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(store, indent=1))
-        os.replace(tmp, path)
-    return store[full]
+    return run_cache.cached(args.cache, f"{args.model}|{args.steps}|{args.qat_rows}|{key}", compute)
 
 
 def run(args, student: str, what: str, data: str | None = None, student_dir: str | None = None) -> dict:

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from efflm.core.errors import EfflmError
 from efflm.core.progress import progress
-from efflm.models.arch import decoder_layers, layout_for
+from efflm.models.arch import decoder_layers, layout_for, set_module
 
 
 class Observer(Protocol):
@@ -147,6 +147,32 @@ def shared_groups(observers: dict[str, Observer]) -> list[list[str]]:
     for path, obs in observers.items():
         groups.setdefault(id(obs), []).append(path)
     return list(groups.values())
+
+
+def run_hessian_groups(
+    model: nn.Module,
+    calib: torch.Tensor,
+    solve: Callable[[list[str], list[nn.Linear], torch.Tensor], dict[str, nn.Module]],
+    desc: str,
+) -> nn.Module:
+    """``run`` in one pass with a Hessian per input group, for GPTQ-like methods:
+    ``solve(paths, linears, H)`` quantizes one group (updating the Linears' weights in place, as
+    the forward under way needs) and returns their replacement modules, installed after the layer."""
+    from efflm.calib.hessian import Hessian
+
+    pending: dict[str, nn.Module] = {}
+
+    def each_group(i: int, layer: nn.Module, observers: dict) -> None:
+        for paths in shared_groups(observers):
+            pending.update(solve(paths, [model.get_submodule(p) for p in paths], observers[paths[0]].H))
+
+    def finish(i: int, layer: nn.Module) -> None:
+        for path, m in pending.items():
+            set_module(model, path, m)
+        pending.clear()
+
+    hessian = lambda path, linear: Hessian(linear.in_features, stats=False)  # noqa: E731
+    return run(model, calib, hessian, each_group, desc=desc, one_pass=True, finish=finish)
 
 
 def note(model: nn.Module, text: str) -> None:

@@ -21,11 +21,9 @@ from typing import Any
 
 import torch
 
-from efflm.calib.hessian import Hessian
-from efflm.calib.layerwise import note, run, shared_groups
+from efflm.calib.layerwise import note, run_hessian_groups
 from efflm.core.errors import ConfigError
 from efflm.core.registry import MethodConfig, register
-from efflm.models.arch import set_module
 from efflm.nn import incoherence
 from efflm.nn.incoherent_linear import IncoherentLinear
 from efflm.quantize import grid
@@ -65,51 +63,37 @@ class QuIPConfig(MethodConfig):
 )
 def apply(model: torch.nn.Module, config: QuIPConfig, calib: Any) -> torch.nn.Module:
     gen = torch.Generator().manual_seed(config.seed)
-    pending: dict[str, IncoherentLinear] = {}
 
     def transform(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         return incoherence.random_signs(n, gen), incoherence.random_orthogonal(incoherence.split(n)[1], gen)
 
-    def solve(i: int, layer: torch.nn.Module, observers: dict) -> None:
-        for paths in shared_groups(observers):  # one input transform V for Linears sharing an input
-            linears = [model.get_submodule(p) for p in paths]
-            s_in, q_in = transform(linears[0].in_features)
-            outs = [transform(lin.out_features) for lin in linears]
-            W = torch.cat([
-                incoherence.rotate_weight(lin.weight.data, s_out, q_out, s_in, q_in)
-                for lin, (s_out, q_out) in zip(linears, outs)
-            ])  # fmt: skip
-            H = incoherence.rotate_hessian(observers[paths[0]].H, s_in, q_in)
-            codes, scales, offsets, info = gptq_quantize(
-                W, H, config.bits, config.group_size, config.symmetric, act_order=False, damp=config.dampening
-            )
-            if info.get("fallback"):
-                note(model, f"quip: Cholesky failed for {', '.join(paths)} even at raised damping; RTN used")
-            row = 0
-            for path, linear, (s_out, q_out) in zip(paths, linears, outs):
-                rows = slice(row, row + linear.out_features)
-                row += linear.out_features
-                m = IncoherentLinear(
-                    linear.in_features,
-                    linear.out_features,
-                    config.bits,
-                    config.group_size,
-                    config.symmetric,
-                    bias=linear.bias is not None,
-                    dtype=linear.weight.dtype,
-                )
-                m.q.set_codes(codes[rows], scales[rows], None if offsets is None else offsets[rows])
-                m.signs_in.copy_(s_in), m.q_in.copy_(q_in), m.signs_out.copy_(s_out), m.q_out.copy_(q_out)
-                if linear.bias is not None:
-                    m.bias.data.copy_(linear.bias.data)
-                # the rest of calibration sees the quantized weight (in place: a forward may be under way)
-                linear.weight.data.copy_(m.dequantize(torch.float32))
-                pending[path] = m
+    def solve(paths: list[str], linears: list, H: torch.Tensor) -> dict[str, IncoherentLinear]:
+        s_in, q_in = transform(linears[0].in_features)  # one input transform V for Linears sharing an input
+        outs = [transform(lin.out_features) for lin in linears]
+        W = torch.cat([
+            incoherence.rotate_weight(lin.weight.data, s_out, q_out, s_in, q_in)
+            for lin, (s_out, q_out) in zip(linears, outs)
+        ])  # fmt: skip
+        codes, scales, offsets, info = gptq_quantize(
+            W, incoherence.rotate_hessian(H, s_in, q_in), config.bits, config.group_size, config.symmetric,
+            act_order=False, damp=config.dampening,
+        )  # fmt: skip
+        if info.get("fallback"):
+            note(model, f"quip: Cholesky failed for {', '.join(paths)} even at raised damping; RTN used")
+        done, row = {}, 0
+        for path, linear, (s_out, q_out) in zip(paths, linears, outs):
+            rows = slice(row, row + linear.out_features)
+            row += linear.out_features
+            m = IncoherentLinear(
+                linear.in_features, linear.out_features, config.bits, config.group_size, config.symmetric,
+                bias=linear.bias is not None, dtype=linear.weight.dtype,
+            )  # fmt: skip
+            m.q.set_codes(codes[rows], scales[rows], None if offsets is None else offsets[rows])
+            m.signs_in.copy_(s_in), m.q_in.copy_(q_in), m.signs_out.copy_(s_out), m.q_out.copy_(q_out)
+            if linear.bias is not None:
+                m.bias.data.copy_(linear.bias.data)
+            linear.weight.data.copy_(m.dequantize(torch.float32))  # the rest of calibration sees it
+            done[path] = m
+        return done
 
-    def finish(i: int, layer: torch.nn.Module) -> None:
-        for path, m in pending.items():
-            set_module(model, path, m)
-        pending.clear()
-
-    hessian = lambda path, linear: Hessian(linear.in_features, stats=False)  # noqa: E731
-    return run(model, calib, hessian, solve, desc="quip", one_pass=True, finish=finish)
+    return run_hessian_groups(model, calib, solve, desc="quip")

@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from efflm.calib.hessian import Hessian, inverse_cholesky, mask_dead_columns
-from efflm.calib.layerwise import note, run, shared_groups
+from efflm.calib.hessian import inverse_cholesky, mask_dead_columns
+from efflm.calib.layerwise import note, run_hessian_groups
 from efflm.core.errors import ConfigError
 from efflm.core.registry import MethodConfig, register
-from efflm.models.arch import in_features, out_features, set_module
+from efflm.models.arch import in_features, out_features
 from efflm.nn.spqr_linear import SpQRLinear
 
 
@@ -173,42 +173,33 @@ def check(hf_config: Any, config: SpQRConfig) -> None:
     check=check,
 )
 def apply(model: torch.nn.Module, config: SpQRConfig, calib: Any) -> torch.nn.Module:
-    pending: dict[str, SpQRLinear] = {}
     tau = config.outlier_threshold if config.outliers else None
 
-    def solve(i: int, layer: torch.nn.Module, observers: dict) -> None:
-        for paths in shared_groups(observers):  # Linears sharing an input share H: one stacked matrix
-            linears = [model.get_submodule(p) for p in paths]
-            parts, _, info = spqr_quantize(
-                torch.cat([lin.weight.data for lin in linears]), observers[paths[0]].H, config.bits,
-                config.group_size, config.stat_bits, config.stat_group, tau, config.act_order,
-                config.dampening, config.block_size,
+    def solve(paths: list[str], linears: list, H: torch.Tensor) -> dict[str, SpQRLinear]:
+        parts, _, info = spqr_quantize(
+            torch.cat([lin.weight.data for lin in linears]), H, config.bits, config.group_size, config.stat_bits,
+            config.stat_group, tau, config.act_order, config.dampening, config.block_size,
+        )  # fmt: skip
+        if info.get("fallback"):
+            note(model, f"spqr: Cholesky failed for {', '.join(paths)}; quantized without error feedback")
+        done, row = {}, 0
+        for path, linear in zip(paths, linears):
+            rows = slice(row, row + linear.out_features)
+            blocks = slice(row // config.stat_group, (row + linear.out_features) // config.stat_group)
+            row += linear.out_features
+            sparse = parts["sparse"][rows]
+            m = SpQRLinear(
+                linear.in_features, linear.out_features, config.bits, config.group_size, config.stat_bits,
+                config.stat_group, int((sparse.half() != 0).sum()), linear.bias is not None, linear.weight.dtype,
             )  # fmt: skip
-            if info.get("fallback"):
-                note(model, f"spqr: Cholesky failed for {', '.join(paths)}; quantized without error feedback")
-            row = 0
-            for path, linear in zip(paths, linears):
-                rows = slice(row, row + linear.out_features)
-                blocks = slice(row // config.stat_group, (row + linear.out_features) // config.stat_group)
-                row += linear.out_features
-                sparse = parts["sparse"][rows]
-                m = SpQRLinear(
-                    linear.in_features, linear.out_features, config.bits, config.group_size, config.stat_bits,
-                    config.stat_group, int((sparse.half() != 0).sum()), linear.bias is not None, linear.weight.dtype,
-                )  # fmt: skip
-                m.set_parts(
-                    parts["codes"][rows], parts["perm"], parts["scale_codes"][:, rows], parts["scale_stats"][:, blocks],
-                    parts["zero_codes"][:, rows], parts["zero_stats"][:, blocks], sparse,
-                )  # fmt: skip
-                if linear.bias is not None:
-                    m.bias.data.copy_(linear.bias.data)
-                linear.weight.data.copy_(m.dequantize(torch.float32))  # the rest of calibration sees it
-                pending[path] = m
+            m.set_parts(
+                parts["codes"][rows], parts["perm"], parts["scale_codes"][:, rows], parts["scale_stats"][:, blocks],
+                parts["zero_codes"][:, rows], parts["zero_stats"][:, blocks], sparse,
+            )  # fmt: skip
+            if linear.bias is not None:
+                m.bias.data.copy_(linear.bias.data)
+            linear.weight.data.copy_(m.dequantize(torch.float32))  # the rest of calibration sees it
+            done[path] = m
+        return done
 
-    def finish(i: int, layer: torch.nn.Module) -> None:
-        for path, m in pending.items():
-            set_module(model, path, m)
-        pending.clear()
-
-    hessian = lambda path, linear: Hessian(linear.in_features, stats=False)  # noqa: E731
-    return run(model, calib, hessian, solve, desc="spqr", one_pass=True, finish=finish)
+    return run_hessian_groups(model, calib, solve, desc="spqr")
