@@ -67,6 +67,7 @@ reference: $(STAMP) $(INTEROP) anchors
 	$(BIN)/efflm bench --suite extra
 	$(BIN)/efflm bench --suite prune
 	$(BIN)/efflm bench --suite inference
+	$(BIN)/efflm bench --suite quant2
 	$(BIN)/python benchmarks/smoothquant_alpha.py
 	$(BIN)/python benchmarks/vs_llamacpp.py
 	$(BIN)/python benchmarks/speculative_speed.py --dtype bfloat16

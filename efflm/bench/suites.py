@@ -127,6 +127,25 @@ def recover_suite() -> list[Recipe]:
     return finetune_suite()[1:]
 
 
+def quant2_suite() -> list[Recipe]:
+    """Quantization II on the leaderboard (bytes, decode tok/s and peak memory beside perplexity,
+    so the Pareto plot shows what each costs to run): SqueezeLLM 3/4-bit, QuIP and GPTQ at 2 bits,
+    SpQR 3-bit, ZeroQuant W4A8 with LKD and W8A8, ZeroQuant-FP W4A8, LLM.int8(). Perplexity
+    against bits per weight, with llama.cpp's k-quants, is ``benchmarks/quant_bits.py``."""
+    g64 = {"group_size": 64}
+    return [
+        _r({"method": "squeezellm", "bits": 3}),
+        _r({"method": "squeezellm", "bits": 4}),
+        _r({"method": "quip", "bits": 2, **g64}),
+        _r({"method": "gptq", "bits": 2, **g64}),
+        _r({"method": "spqr", "bits": 3}),
+        _r({"method": "zeroquant", "bits": 4, **g64, "act_bits": 8}),
+        _r({"method": "zeroquant", "bits": 8, **g64, "act_bits": 8, "lkd_steps": 0}),
+        _r({"method": "zeroquant_fp"}),
+        _r({"method": "llm_int8"}),
+    ]
+
+
 TASKS_SUITE_TASKS = "efflm_cloze,efflm_nextline"
 
 
@@ -148,5 +167,6 @@ SUITES = {
     "full": full_suite,
     "finetune": finetune_suite,
     "recover": recover_suite,
+    "quant2": quant2_suite,
     "tasks": tasks_suite,
 }

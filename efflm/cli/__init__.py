@@ -20,6 +20,7 @@ SUITE_NAMES = (
     "full",
     "finetune",
     "recover",
+    "quant2",
     "tasks",
 )  # efflm.bench.suites.SUITES (tested)
 MODEL_HELP = "smollm2-135m (the default model), tiny-llama, a Hugging Face or efflm model directory, or a .gguf file"
