@@ -76,11 +76,11 @@ def test_import_of_a_seed_file_is_deterministic_merges_and_lints():
     b = seed_import.import_file(SEED, _method_papers())
     assert a == b
     assert lint.lint(store.from_doc(a)) == []
-    # 31 listed lines, SparseGPT and GPTQ listed twice each (merged: 29 entries), plus the 20 entries the
+    # 37 listed lines, SparseGPT and GPTQ listed twice each (merged: 35 entries), plus the 20 entries the
     # importer adds for what efflm implements and the seed lacks (baselines, StreamingLLM, DoRA, prompt
     # and prefix tuning, AdaLomo, Hinton's KD, perplexity filtering, Cherry's IFD, random selection,
     # Selective Context, LLMLingua, prompt truncation, random demonstrations)
-    assert len(a["entries"]) == 49 and [m["merged"] for m in a["merged"]] == [2, 2]
+    assert len(a["entries"]) == 55 and [m["merged"] for m in a["merged"]] == [2, 2]
     lora = next(e for e in a["entries"] if e["id"] == "lora")
     assert lora["arxiv"] == "2106.09685" and lora["implemented_by"] == ["lora"]  # arXiv id the list omits
     sparsegpt = next(e for e in a["entries"] if e["title"].startswith("SparseGPT"))
