@@ -65,3 +65,20 @@ def unpack_bits(packed: torch.Tensor, bits: int, in_features: int) -> torch.Tens
     word = sum(b[..., i] << (8 * i) for i in range(bits))
     mask = (1 << bits) - 1
     return torch.stack([(word >> (bits * j)) & mask for j in range(8)], dim=-1).to(torch.uint8).reshape(rows, -1)
+
+
+def to_csr(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The nonzeros of ``dense`` [rows, cols], rounded to fp16 first (an entry that rounds to 0 is
+    dropped), as CSR: int32 row pointers [rows + 1], int16 columns, fp16 values."""
+    vals = dense.half()
+    rows, cols = (vals != 0).nonzero().unbind(1)  # row-major order
+    counts = torch.bincount(rows, minlength=dense.shape[0])
+    pointers = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]).to(torch.int32)
+    return pointers, cols.to(torch.int16), vals[rows, cols]
+
+
+def add_csr(w: torch.Tensor, pointers: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+    """``w`` [rows, cols] with the CSR entries added in place (and returned)."""
+    rows = torch.repeat_interleave(torch.arange(w.shape[0]), pointers.diff().long())
+    w[rows, cols.long()] += vals.float()
+    return w

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from efflm.nn import q4_kernel
-from efflm.nn.codes import pack_bits, unpack_bits
+from efflm.nn.codes import add_csr, pack_bits, to_csr, unpack_bits
 from efflm.nn.frozen import frozen_product
 from efflm.nn.registry import register_module
 
@@ -63,16 +63,12 @@ class LUTLinear(nn.Module):
         """From uint8 codes [out, in], a table [out, 2^bits] and a dense tensor of sparse
         corrections (zero where none; None for no sparse part)."""
         out_f, in_f = codes.shape
-        vals = None if sparse is None else sparse.half()
-        rows, cols = (None, None) if vals is None else (vals != 0).nonzero().unbind(1)  # row-major order
-        m = cls(in_f, out_f, bits, 0 if rows is None else rows.numel(), bias is not None, dtype)
+        csr = None if sparse is None else to_csr(sparse)
+        m = cls(in_f, out_f, bits, 0 if csr is None else csr[2].numel(), bias is not None, dtype)
         m.qweight.copy_(pack_bits(codes, bits))
         m.lut.copy_(lut.half())
         if m.nnz:
-            counts = torch.bincount(rows, minlength=out_f)
-            m.sp_rows.copy_(torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]).to(torch.int32))
-            m.sp_cols.copy_(cols.to(torch.int16))
-            m.sp_vals.copy_(vals[rows, cols])
+            m.sp_rows.copy_(csr[0]), m.sp_cols.copy_(csr[1]), m.sp_vals.copy_(csr[2])
         if bias is not None:
             m.bias.data.copy_(bias)
         return m
@@ -101,10 +97,7 @@ class LUTLinear(nn.Module):
 
     def sparse_dense(self) -> torch.Tensor:
         """The sparse corrections as a dense float32 [out, in] tensor."""
-        w = torch.zeros(self.out_features, self.in_features)
-        rows = torch.repeat_interleave(torch.arange(self.out_features), self.sp_rows.diff().long())
-        w[rows, self.sp_cols.long()] = self.sp_vals.float()
-        return w
+        return add_csr(torch.zeros(self.out_features, self.in_features), self.sp_rows, self.sp_cols, self.sp_vals)
 
     def bits_per_weight(self) -> float:
         stored = sum(b.numel() * b.element_size() for b in self.buffers())

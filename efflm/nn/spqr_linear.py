@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from efflm.nn.codes import pack_bits, unpack_bits
+from efflm.nn.codes import add_csr, pack_bits, to_csr, unpack_bits
 from efflm.nn.frozen import frozen_product
 from efflm.nn.registry import register_module
 
@@ -84,12 +84,8 @@ class SpQRLinear(nn.Module):
         self.scale_stats.copy_(scale_stats.half())
         self.zero_stats.copy_(zero_stats.half())
         if self.nnz:
-            vals = sparse.half()
-            rows, cols = (vals != 0).nonzero().unbind(1)
-            counts = torch.bincount(rows, minlength=self.out_features)
-            self.sp_rows.copy_(torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]).to(torch.int32))
-            self.sp_cols.copy_(cols.to(torch.int16))
-            self.sp_vals.copy_(vals[rows, cols])
+            pointers, cols, vals = to_csr(sparse)
+            self.sp_rows.copy_(pointers), self.sp_cols.copy_(cols), self.sp_vals.copy_(vals)
 
     def grid(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-group scales and zeros [out, groups], as the codes decode them."""
@@ -115,8 +111,7 @@ class SpQRLinear(nn.Module):
         g = self.group_size
         w = ((q.reshape(self.out_features, -1, g) - z[..., None]) * s[..., None]).reshape(q.shape)
         if self.nnz:
-            rows = torch.repeat_interleave(torch.arange(self.out_features), self.sp_rows.diff().long())
-            w[rows, self.sp_cols.long()] += self.sp_vals.float()
+            add_csr(w, self.sp_rows, self.sp_cols, self.sp_vals)
         w = w[:, torch.argsort(self.perm.long())]  # back to the input order
         return w.to(dtype or self.compute_dtype)
 
