@@ -17,6 +17,7 @@ import torch
 
 from efflm.core.errors import ConfigError
 from efflm.models.arch import in_features
+from efflm.nn.act_quant_linear import ActQuantLinear
 from efflm.nn.codes import dequantize, groups
 from efflm.nn.quant_linear import QuantLinear
 
@@ -65,19 +66,19 @@ def fake_quantize(w: torch.Tensor, bits: int, group_size: int, symmetric: bool) 
 
 
 def to_quant_linear(
-    linear: torch.nn.Linear, bits: int, group_size: int, symmetric: bool, weight: torch.Tensor | None = None
+    linear: torch.nn.Linear,
+    bits: int,
+    group_size: int,
+    symmetric: bool,
+    weight: torch.Tensor | None = None,
+    act_bits: int = 0,
 ) -> QuantLinear:
-    """Round ``weight`` (default: the Linear's own) onto the grid and pack it into a QuantLinear."""
+    """Round ``weight`` (default: the Linear's own) onto the grid and pack it into a QuantLinear
+    (an ``ActQuantLinear`` quantizing its inputs per token when ``act_bits`` > 0)."""
     w = linear.weight.data if weight is None else weight
-    ql = QuantLinear(
-        linear.in_features,
-        linear.out_features,
-        bits,
-        group_size,
-        symmetric,
-        bias=linear.bias is not None,
-        dtype=linear.weight.dtype,
-    )
+    args = (linear.in_features, linear.out_features, bits, group_size, symmetric)
+    kwargs = {"bias": linear.bias is not None, "dtype": linear.weight.dtype}
+    ql = ActQuantLinear(*args, **kwargs, act_bits=act_bits) if act_bits else QuantLinear(*args, **kwargs)
     scales, offsets = grid(w, bits, group_size, symmetric)
     ql.set_codes(quantize(w, scales, offsets, bits, ql.group_size), scales, offsets)
     if linear.bias is not None:

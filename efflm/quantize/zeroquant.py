@@ -27,7 +27,6 @@ from efflm.core.errors import ConfigError, EfflmError
 from efflm.core.progress import progress
 from efflm.core.registry import MethodConfig, register
 from efflm.models.arch import decoder_layers, layout_for, set_module
-from efflm.nn.act_quant_linear import ActQuantLinear
 from efflm.quantize import grid
 from efflm.quantize.fake_quant import FakeQuantLinear
 
@@ -57,22 +56,6 @@ class ZeroQuantConfig(MethodConfig):
             raise ConfigError(f"zeroquant: lkd_steps must be ≥ 0, got {self.lkd_steps}")
         if not self.lkd_lr > 0:
             raise ConfigError(f"zeroquant: lkd_lr must be positive, got {self.lkd_lr}")
-
-
-def pack(linear: torch.nn.Linear, config: ZeroQuantConfig) -> torch.nn.Module:
-    """The Linear's (trained) weight on the grid: a QuantLinear, or an ActQuantLinear with act_bits."""
-    if not config.act_bits:
-        return grid.to_quant_linear(linear, config.bits, config.group_size, config.symmetric)
-    w = linear.weight.data
-    m = ActQuantLinear(
-        linear.in_features, linear.out_features, config.bits, config.group_size, config.symmetric,
-        bias=linear.bias is not None, dtype=w.dtype, act_bits=config.act_bits,
-    )  # fmt: skip
-    scales, offsets = grid.grid(w, config.bits, m.group_size, config.symmetric)
-    m.set_codes(grid.quantize(w, scales, offsets, config.bits, m.group_size), scales, offsets)
-    if linear.bias is not None:
-        m.bias.data.copy_(linear.bias.data)
-    return m
 
 
 def distill_layer(layer, fakes, batches, targets, steps: int, lr: float) -> float:
@@ -124,7 +107,10 @@ def apply(model: torch.nn.Module, config: ZeroQuantConfig, calib: Any) -> torch.
             if config.lkd_steps:
                 distill_layer(layer, fakes, inputs, targets, config.lkd_steps, config.lkd_lr)
             for path, fake in zip(paths, fakes):
-                set_module(model, path, pack(fake, config))
+                packed = grid.to_quant_linear(
+                    fake, config.bits, config.group_size, config.symmetric, act_bits=config.act_bits
+                )
+                set_module(model, path, packed)
             inputs = [(t, kw) for t, (_, kw) in zip(targets, inputs)]
     finally:
         for name, p in model.named_parameters():
