@@ -85,9 +85,7 @@ reference: $(STAMP) $(INTEROP) anchors
 	$(BIN)/python benchmarks/dedup_quality.py
 	$(BIN)/python benchmarks/data_effect.py --study dedup
 	$(BIN)/python benchmarks/data_effect.py --study select --steps 60
-	$(BIN)/python benchmarks/quant_bits.py
-	$(BIN)/python benchmarks/quant_bits.py --text-file /usr/share/common-licenses/GPL-3 --text-name 'GNU GPL v3' \
-		--out results/quant_bits_gpl.md
+	$(BIN)/python benchmarks/quant_bits.py --extra-text 'GNU GPL v3=/usr/share/common-licenses/GPL-3'
 	$(BIN)/python benchmarks/prompt_compression.py
 	$(BIN)/python benchmarks/icl_demos.py
 	$(BIN)/efflm bench --suite recover

@@ -2,7 +2,8 @@
 llama.cpp's own k-quants of the same model, scored on the same token windows.
 
     python benchmarks/quant_bits.py [--model smollm2-135m] [--windows 4] [--seq-len 512]
-                                    [--text-file PATH --text-name NAME] [--only LABEL,...] [--no-llama-cpp]
+                                    [--text-file PATH --text-name NAME] [--extra-text NAME=PATH ...]
+                                    [--only LABEL,...] [--no-llama-cpp] [--cache FILE]
 
 efflm rows: each recipe applied by efflm's pipeline (calibration: efflm's default windows),
 plus ``int8_embeddings`` on every row, so the tied embedding/lm_head is int8 on both sides.
@@ -12,8 +13,10 @@ type with ``token_embedding_type`` Q8_0, and scored by llama.cpp on exactly the 
 ids. Bits per weight: ``linear bpw`` counts every stored byte of the decoder Linears (codes,
 scales, tables, outliers; for GGUF, the tensors' bytes as written) over their weights;
 ``model bpw`` is the whole model's bytes over its parameters (llama.cpp's own
-``llama_model_size``/``llama_model_n_params`` for its rows). Writes ``--out`` (default
-``results/quant_bits.md``) and a bits-vs-perplexity plot beside it.
+``llama_model_size``/``llama_model_n_params`` for its rows). ``--extra-text`` scores every
+quantized model on further texts too (a column each), so a second text costs no second
+quantization. Writes ``--out`` (default ``results/quant_bits.md``) and a bits-vs-perplexity plot
+beside it; ``--cache FILE`` keeps each finished row (per clean commit) so a run can resume.
 """
 
 from __future__ import annotations
@@ -73,17 +76,22 @@ def linear_bpw(model) -> float:
     return bits / weights
 
 
-def efflm_row(args, label: str, ids) -> dict:
+def scores(model_ppl, texts: dict) -> tuple[float, dict]:
+    """The first text's perplexity, and every further text's by name."""
+    (first, *rest) = texts.items()
+    return model_ppl(first[1]), {name: model_ppl(ids) for name, ids in rest}
+
+
+def efflm_row(args, label: str, texts: dict) -> dict:
     from efflm.core import recipe as recipes
     from efflm.eval.metrics import model_bytes, perplexity
     from efflm.pipeline import load_and_apply
 
     steps = ROWS[label] + [{"method": "int8_embeddings"}]
     model, _ = load_and_apply(args.model, recipes.from_yaml(json.dumps(steps)))
-    ppl = perplexity(model, ids, args.seq_len, args.windows)["ppl"]
-    params = args.n_params
-    return {"label": label, "side": "efflm", "ppl": ppl, "linear_bpw": linear_bpw(model),
-            "model_bpw": 8 * model_bytes(model) / params}  # fmt: skip
+    ppl, extra = scores(lambda ids: perplexity(model, ids, args.seq_len, args.windows)["ppl"], texts)
+    return {"label": label, "side": "efflm", "ppl": ppl, "extra_ppl": extra, "linear_bpw": linear_bpw(model),
+            "model_bpw": 8 * model_bytes(model) / args.n_params}  # fmt: skip
 
 
 def dense_gguf(args, source: Path, tmp: Path) -> Path:
@@ -119,12 +127,11 @@ def gguf_linear_bpw(path: Path) -> float:
     return bits / weights
 
 
-def llama_cpp_row(path: Path, name: str, ids, seq_len: int, windows: int, threads: int) -> dict:
-    import llama_cpp
+def llama_cpp_ppl(llm, ids, seq_len: int, windows: int) -> float:
+    """llama.cpp's perplexity over the same windows efflm's ``perplexity`` scores."""
     import numpy as np
     import torch
 
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=seq_len, n_threads=threads, logits_all=True, verbose=False)
     n = min(windows, ids.numel() // seq_len)
     nll, count = 0.0, 0
     for w in range(n):
@@ -134,31 +141,45 @@ def llama_cpp_row(path: Path, name: str, ids, seq_len: int, windows: int, thread
         logp = torch.log_softmax(torch.tensor(np.array(llm.scores[:seq_len]), dtype=torch.float64), -1)
         nll -= logp[:-1].gather(1, torch.tensor(x[1:])[:, None]).sum().item()
         count += seq_len - 1
+    return math.exp(nll / count)
+
+
+def llama_cpp_row(path: Path, name: str, ids, seq_len: int, windows: int, threads: int, extra=None) -> dict:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=seq_len, n_threads=threads, logits_all=True, verbose=False)
+    ppl, extra = scores(lambda t: llama_cpp_ppl(llm, t, seq_len, windows), {"": ids, **(extra or {})})
     model_bpw = 8 * llama_cpp.llama_model_size(llm.model) / llama_cpp.llama_model_n_params(llm.model)
-    return {"label": f"llama.cpp {name}", "side": "llama.cpp", "ppl": math.exp(nll / count),
+    return {"label": f"llama.cpp {name}", "side": "llama.cpp", "ppl": ppl, "extra_ppl": extra,
             "linear_bpw": gguf_linear_bpw(path), "model_bpw": model_bpw}  # fmt: skip
 
 
-def table(args, rows: list[dict], dense_ppl: float) -> str:
+def table(args, rows: list[dict]) -> str:
     text = args.text_name or "the evaluation split"
     lines = [
         "# Perplexity against bits per weight",
         "",
         f"`python benchmarks/quant_bits.py --model {args.model} --windows {args.windows} --seq-len {args.seq_len}"
-        + (f" --text-file {args.text_file} --text-name {shlex.quote(args.text_name)}`" if args.text_file else "`")
-        + f". Text: {text}; {args.windows} windows of {args.seq_len} tokens, the same token ids on both sides. "
+        + (f" --text-file {args.text_file} --text-name {shlex.quote(args.text_name)}" if args.text_file else "")
+        + "".join(f" --extra-text {shlex.quote(e)}" for e in args.extra_text)
+        + f"`. Text: {text}"
+        + "".join(f", and {name} (its own columns)" for name in args.extra)
+        + f"; {args.windows} windows of {args.seq_len} tokens, the same token ids on both sides. "
         "Every row's embedding/lm_head is int8 (efflm: `int8_embeddings`; llama.cpp: `token_embedding_type` "
         "Q8_0). llama.cpp rows: the dense model exported to GGUF (f16 linears) and quantized by llama.cpp's "
         "`llama_model_quantize`; llama.cpp falls back to other block types for tensors whose rows are not a "
         "multiple of 256, which its linear bpw shows."
         + (" This model has no GGUF source to export from: no llama.cpp rows." if args.no_gguf else ""),
         "",
-        "| method | side | linear bpw | model bpw | ppl | Δppl vs dense |",
-        "|---|---|---|---|---|---|",
+        "| method | side | linear bpw | model bpw | ppl | Δppl vs dense |"
+        + "".join(f" ppl ({name}) | Δ ({name}) |" for name in args.extra),
+        "|---|---|---|---|---|---|" + "---|---|" * len(args.extra),
     ]
+    dense = next(r for r in rows if r["label"] == "dense (fp32 linears)")
     for r in sorted(rows, key=lambda r: (-r["linear_bpw"], r["ppl"])):
-        lines.append(f"| {r['label']} | {r['side']} | {r['linear_bpw']:.2f} | {r['model_bpw']:.2f} | "
-                     f"{r['ppl']:.2f} | {100 * (r['ppl'] / dense_ppl - 1):+.1f}% |")  # fmt: skip
+        cells = [(r["ppl"], dense["ppl"])] + [(r["extra_ppl"][n], dense["extra_ppl"][n]) for n in args.extra]
+        lines.append(f"| {r['label']} | {r['side']} | {r['linear_bpw']:.2f} | {r['model_bpw']:.2f} |"
+                     + "".join(f" {p:.2f} | {100 * (p / d - 1):+.1f}% |" for p, d in cells))  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -187,6 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--text-file", help="score this text instead of the evaluation split")
     ap.add_argument("--text-name", help="the text's name, for the table")
+    ap.add_argument(
+        "--extra-text",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="also score every model on this text (repeatable)",
+    )
+    ap.add_argument("--cache", help="JSON file keeping finished rows, per clean commit")
     ap.add_argument("--only", help="comma-separated labels (efflm rows and/or K-quant names)")
     ap.add_argument("--no-llama-cpp", action="store_true")
     ap.add_argument("--threads", type=int, default=2, help="torch and llama.cpp threads")
@@ -194,10 +223,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.text_file and not args.text_name:
         ap.error("--text-file needs --text-name")
+    for e in args.extra_text:
+        name, sep, path = e.partition("=")
+        if not (sep and name and Path(path).is_file()):
+            ap.error(f"--extra-text {e!r}: expected NAME=PATH of a readable file")
+    args.extra = [e.partition("=")[0] for e in args.extra_text]
     only = set(args.only.split(",")) if args.only else None
     import torch
     from tqdm import tqdm
 
+    from efflm.bench.run_cache import cached
     from efflm.core.atomic import publish
     from efflm.data.text import eval_tokens, tokenize
     from efflm.io.load import load
@@ -207,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     model, tok = load(args.model)
     args.n_params = sum(p.numel() for p in model.parameters())
     ids = tokenize(tok, Path(args.text_file).read_text()).flatten() if args.text_file else eval_tokens(tok)
+    extra = {}
+    for e in args.extra_text:
+        name, _, path = e.partition("=")
+        extra[name] = tokenize(tok, Path(path).read_text()).flatten()
     del model
     labels = [x for x in ROWS if only is None or x in only or x == "dense (fp32 linears)"]
     source = gguf_source(args.model)
@@ -216,18 +255,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         src = dense_gguf(args, source, Path(tmp)) if quants else None
         for item in tqdm([*labels, *quants], desc="quant_bits"):
+            key = json.dumps([args.model, args.windows, args.seq_len, args.text_file, args.extra_text, item])
             if item in ROWS:
-                rows.append(efflm_row(args, item, ids))
+                rows.append(cached(args.cache, key, lambda: efflm_row(args, item, {"": ids, **extra})))
             else:
-                path = k_quant(src, item, Path(tmp), args.threads)
-                rows.append(llama_cpp_row(path, item, ids, args.seq_len, args.windows, args.threads))
+                rows.append(cached(args.cache, key, lambda: llama_cpp_row(
+                    k_quant(src, item, Path(tmp), args.threads), item, ids, args.seq_len, args.windows,
+                    args.threads, extra)))  # fmt: skip
             print(json.dumps(rows[-1]), file=sys.stderr)
-    dense = next(r["ppl"] for r in rows if r["label"] == "dense (fp32 linears)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     plot(rows, out.with_suffix(".png"))
     publish(out.with_suffix(".json"), json.dumps(rows, indent=1) + "\n")
-    return publish(out, table(args, rows, dense))
+    return publish(out, table(args, rows))
 
 
 if __name__ == "__main__":

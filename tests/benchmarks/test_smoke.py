@@ -5,6 +5,7 @@ row per thing measured (numbers from tiny-llama mean nothing and are not checked
 """
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -262,8 +263,14 @@ def test_data_effect_select(tmp_path):
 
 def test_quant_bits(tmp_path):
     only = "rtn W4 g64,squeezellm 3-bit dense-only,zeroquant_fp W4A8 (FP4 + FP8 e4m3),llm_int8 (threshold 6)"
-    md = run("quant_bits", ["--windows", "1", "--seq-len", "32", "--only", only], tmp_path)
+    extra = tmp_path / "other.txt"
+    extra.write_text("A second text, scored by every quantized model beside the first. " * 20)
+    md = run("quant_bits", ["--windows", "1", "--seq-len", "32", "--only", only, "--extra-text", f"other={extra}"],
+             tmp_path)  # fmt: skip
     for label in [*only.split(","), "dense (fp32 linears)"]:
         assert f"| {label} | efflm |" in md
+    assert "| ppl (other) | Δ (other) |" in md and "| dense (fp32 linears) | efflm |" in md
+    rows = json.loads((tmp_path / "quant_bits.json").read_text())
+    assert all(r["extra_ppl"]["other"] > 1 and r["extra_ppl"]["other"] != r["ppl"] for r in rows)
     assert "no llama.cpp rows" in md  # tiny-llama has no GGUF source
     assert (tmp_path / "quant_bits.png").is_file() and (tmp_path / "quant_bits.json").is_file()
