@@ -59,12 +59,19 @@ def pack_bits(q: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def unpack_bits(packed: torch.Tensor, bits: int, in_features: int) -> torch.Tensor:
-    """Inverse of ``pack_bits``: uint8 codes [rows, in_features]."""
+    """Inverse of ``pack_bits``: uint8 codes [rows, in_features] (one broadcast shift, in the
+    narrowest integer type that holds 8 codes: it runs once per forward of a packed Linear)."""
     rows = packed.shape[0]
-    b = packed.to(torch.int64).reshape(rows, in_features // 8, bits)
-    word = sum(b[..., i] << (8 * i) for i in range(bits))
-    mask = (1 << bits) - 1
-    return torch.stack([(word >> (bits * j)) & mask for j in range(8)], dim=-1).to(torch.uint8).reshape(rows, -1)
+    if 8 % bits == 0:  # whole codes per byte (1, 2, 4, 8 bits): no word to assemble
+        shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
+        return ((packed[..., None] >> shifts) & ((1 << bits) - 1)).reshape(rows, in_features)
+    dtype = torch.int32 if bits < 4 else torch.int64
+    b = packed.reshape(rows, in_features // 8, bits).to(dtype)
+    word = b[..., 0]
+    for i in range(1, bits):
+        word = word | (b[..., i] << (8 * i))
+    shifts = torch.arange(0, 8 * bits, bits, dtype=dtype, device=packed.device)
+    return ((word[..., None] >> shifts) & ((1 << bits) - 1)).to(torch.uint8).reshape(rows, in_features)
 
 
 def to_csr(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,6 +1,9 @@
 """Storage layouts of ``QuantLinear``'s integer codes: one class each, chosen once per module.
 
-* ``Nibble``: two 2..4-bit codes per byte — the file layout for those widths;
+* ``BitPacked``: 2- and 3-bit codes packed with no padding bits (8 codes in ``bits`` bytes, the
+  inputs padded to a multiple of 8) — the file layout for those widths, and the in-memory one
+  unless a kernel's layout applies;
+* ``Nibble``: two 4-bit codes per byte — the file layout for 4 bits;
 * ``Q4Blocks``: the same bytes in pairs of 32-input blocks (``q4_kernel.to_blocks``) for efflm's own
   AVX2 kernel (``q4_kernel``), used in bf16 when the group size is a multiple of 32 and the
   kernel runs on this machine;
@@ -21,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 
 from efflm.nn import kernels, q4_kernel
-from efflm.nn.codes import pack_codes, unpack_codes
+from efflm.nn.codes import pack_bits, pack_codes, unpack_bits, unpack_codes
 
 
 class Layout:
@@ -55,6 +58,17 @@ class Nibble(Layout):
 
     def unpack(self, m, qweight):
         return unpack_codes(qweight, m.bits, m.in_features)
+
+
+class BitPacked(Layout):
+    name = "bitpacked"
+
+    def pack(self, m, codes):
+        pad = -codes.shape[1] % 8
+        return pack_bits(torch.nn.functional.pad(codes.to(torch.uint8), (0, pad)), m.bits)
+
+    def unpack(self, m, qweight):
+        return unpack_bits(qweight, m.bits, m.in_features + (-m.in_features % 8))[:, : m.in_features]
 
 
 class Q4Blocks(Layout):
@@ -129,7 +143,9 @@ class UInt8(Layout):
 
 def portable(bits: int, symmetric: bool) -> Layout:
     """The layout files hold for these codes."""
-    return Nibble() if bits <= 4 else (SignedInt8() if symmetric else UInt8())
+    if bits <= 4:
+        return BitPacked() if bits < 4 else Nibble()
+    return SignedInt8() if symmetric else UInt8()
 
 
 def for_compute(bits: int, symmetric: bool, group_size: int, dtype: torch.dtype, in_features: int = 0) -> Layout:

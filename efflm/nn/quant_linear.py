@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from efflm.nn import layouts
-from efflm.nn.codes import dequantize, unpack_codes
+from efflm.nn.codes import dequantize
 from efflm.nn.frozen import frozen_product
 from efflm.nn.registry import register_module
 
@@ -103,7 +103,8 @@ class QuantLinear(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "qweight"
         if not self.layout.portable and key in state_dict:
-            state_dict[key] = self.layout.pack(self, unpack_codes(state_dict[key], self.bits, self.in_features))
+            codes = layouts.portable(self.bits, self.symmetric).unpack(self, state_dict[key])
+            state_dict[key] = self.layout.pack(self, codes)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.layout.attach(self)
 

@@ -55,6 +55,20 @@ def test_int8_kernel_matches_dequantized_forward(kernel, monkeypatch):
     torch.testing.assert_close(ql(x).float(), ref, rtol=3e-2, atol=3e-2)
 
 
+@pytest.mark.parametrize("bits,k", [(2, 128), (3, 128), (3, 70), (4, 128), (8, 128)])
+def test_stored_codes_take_exactly_their_bits(bits, k, tmp_path):
+    """2- and 3-bit codes are stored bit-packed (not in nibbles): the file and the fp32 module hold
+    ceil(k / 8) · bits bytes a row, and read back the same codes."""
+    lin = torch.nn.Linear(k, 96, bias=False)
+    ql = grid.to_quant_linear(lin, bits, -1, True)
+    assert ql.qweight.numel() * ql.qweight.element_size() == 96 * -(-k // 8) * 8 * bits // 8
+    torch.save(ql.state_dict(), tmp_path / "q.pt")
+    again = QuantLinear.from_spec(ql.spec())
+    again.load_state_dict(torch.load(tmp_path / "q.pt"))
+    assert torch.equal(again.codes(), ql.codes()) and again.codes().max() <= 2**bits - 1
+    assert ql.codes().float().std() > 0  # real codes, not all one value
+
+
 def test_int4pack_inverse_is_exact():
     q = torch.randint(0, 16, (192, 576), dtype=torch.uint8)
     assert torch.equal(kernels.int4pack_to_codes(kernels.int4pack(q), 192, 576), q)
