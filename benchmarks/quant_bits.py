@@ -46,6 +46,7 @@ ROWS: dict[str, list[dict]] = {
     "squeezellm 3-bit (0.45% sparse)": [{"method": "squeezellm", "bits": 3}],
     "squeezellm 3-bit dense-only": [{"method": "squeezellm", "bits": 3, "outliers": 0.0, "sensitive": 0.0}],
     "quip W2 g64": [{"method": "quip", "bits": 2, **G64}],
+    "quip W2 g64 (min/max grid)": [{"method": "quip", "bits": 2, **G64, "symmetric": False}],
     "quip W3 g64": [{"method": "quip", "bits": 3, **G64}],
     "quip W4 g64": [{"method": "quip", "bits": 4, **G64}],
     "spqr 3-bit (g16, 3-bit stats, outliers)": [{"method": "spqr", "bits": 3}],

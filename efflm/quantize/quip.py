@@ -35,14 +35,15 @@ class QuIPConfig(MethodConfig):
     """QuIP of every decoder Linear: random orthogonal transforms on both sides, then LDLQ.
 
     bits 2..8 (2 is the paper's headline); group_size of the grid on the rotated weight (-1:
-    one per row); symmetric grid or min/max (default, kinder at 2 bits); dampening of H's
-    diagonal; seed of the random transforms (each Linear draws its own from it).
+    one per row); symmetric grid (default) or min/max — at 2 bits on the default model the symmetric
+    grid is far better (results/quant_bits.md, the two quip W2 g64 rows); dampening of H's diagonal;
+    seed of the random transforms (each Linear draws its own from it).
     """
 
     method = "quip"
     bits: int = 2
     group_size: int = 64
-    symmetric: bool = False
+    symmetric: bool = True
     dampening: float = 0.01
     seed: int = 0
 
