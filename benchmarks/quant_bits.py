@@ -27,6 +27,7 @@ import math
 import shlex
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,16 +66,23 @@ K_QUANTS = ["Q2_K", "Q3_K_S", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K"]
 LINEAR_NAMES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
 
-def linear_bpw(model) -> float:
-    """Stored bits per weight of the decoder Linears (every buffer and weight they hold)."""
+def stored_as(counts: Counter) -> str:
+    return ", ".join(f"{name} ×{n}" for name, n in counts.most_common())
+
+
+def linear_bpw(model) -> tuple[float, str]:
+    """Stored bits per weight of the decoder Linears (every buffer and weight they hold), and
+    which modules hold them."""
     from efflm.models.arch import decoder_linears
 
     bits = weights = 0
+    kinds = Counter()
     for _, m in decoder_linears(model):
+        kinds[type(m).__name__] += 1
         weights += m.in_features * m.out_features
         tensors = {id(t): t for t in [*m.buffers(), *m.parameters()] if t is not getattr(m, "bias", None)}
         bits += 8 * sum(t.numel() * t.element_size() for t in tensors.values())
-    return bits / weights
+    return bits / weights, stored_as(kinds)
 
 
 def scores(model_ppl, texts: dict) -> tuple[float, dict]:
@@ -91,8 +99,9 @@ def efflm_row(args, label: str, texts: dict) -> dict:
     steps = ROWS[label] + [{"method": "int8_embeddings"}]
     model, _ = load_and_apply(args.model, recipes.from_yaml(json.dumps(steps)))
     ppl, extra = scores(lambda ids: perplexity(model, ids, args.seq_len, args.windows)["ppl"], texts)
-    return {"label": label, "side": "efflm", "ppl": ppl, "extra_ppl": extra, "linear_bpw": linear_bpw(model),
-            "model_bpw": 8 * model_bytes(model) / args.n_params}  # fmt: skip
+    bpw, kinds = linear_bpw(model)
+    return {"label": label, "side": "efflm", "ppl": ppl, "extra_ppl": extra, "linear_bpw": bpw,
+            "stored_as": kinds, "model_bpw": 8 * model_bytes(model) / args.n_params}  # fmt: skip
 
 
 def dense_gguf(args, source: Path, tmp: Path) -> Path:
@@ -117,15 +126,18 @@ def k_quant(src: Path, name: str, tmp: Path, threads: int) -> Path:
     return out
 
 
-def gguf_linear_bpw(path: Path) -> float:
+def gguf_linear_bpw(path: Path) -> tuple[float, str]:
+    """The decoder Linears' bits per weight as written, and the tensor types llama.cpp chose."""
     from gguf import GGUFReader
 
     bits = weights = 0
+    kinds = Counter()
     for t in GGUFReader(path).tensors:
         if t.name.startswith("blk.") and t.name.split(".")[2] in LINEAR_NAMES:
             bits += 8 * int(t.n_bytes)
             weights += int(t.n_elements)
-    return bits / weights
+            kinds[t.tensor_type.name] += 1
+    return bits / weights, stored_as(kinds)
 
 
 def llama_cpp_ppl(llm, ids, seq_len: int, windows: int) -> float:
@@ -151,8 +163,9 @@ def llama_cpp_row(path: Path, name: str, ids, seq_len: int, windows: int, thread
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=seq_len, n_threads=threads, logits_all=True, verbose=False)
     ppl, extra = scores(lambda t: llama_cpp_ppl(llm, t, seq_len, windows), {"": ids, **(extra or {})})
     model_bpw = 8 * llama_cpp.llama_model_size(llm.model) / llama_cpp.llama_model_n_params(llm.model)
+    bpw, kinds = gguf_linear_bpw(path)
     return {"label": f"llama.cpp {name}", "side": "llama.cpp", "ppl": ppl, "extra_ppl": extra,
-            "linear_bpw": gguf_linear_bpw(path), "model_bpw": model_bpw}  # fmt: skip
+            "linear_bpw": bpw, "stored_as": kinds, "model_bpw": model_bpw}  # fmt: skip
 
 
 def table(args, rows: list[dict]) -> str:
@@ -169,18 +182,20 @@ def table(args, rows: list[dict]) -> str:
         "Every row's embedding/lm_head is int8 (efflm: `int8_embeddings`; llama.cpp: `token_embedding_type` "
         "Q8_0). llama.cpp rows: the dense model exported to GGUF (f16 linears) and quantized by llama.cpp's "
         "`llama_model_quantize`; llama.cpp falls back to other block types for tensors whose rows are not a "
-        "multiple of 256, which its linear bpw shows."
+        "multiple of 256, which its linear bpw and the last column (the tensor types it wrote) show."
         + (" This model has no GGUF source to export from: no llama.cpp rows." if args.no_gguf else ""),
         "",
         "| method | side | linear bpw | model bpw | ppl | Δppl vs dense |"
-        + "".join(f" ppl ({name}) | Δ ({name}) |" for name in args.extra),
-        "|---|---|---|---|---|---|" + "---|---|" * len(args.extra),
+        + "".join(f" ppl ({name}) | Δ ({name}) |" for name in args.extra)
+        + " decoder Linears stored as |",
+        "|---|---|---|---|---|---|" + "---|---|" * len(args.extra) + "---|",
     ]
     dense = next(r for r in rows if r["label"] == "dense (fp32 linears)")
     for r in sorted(rows, key=lambda r: (-r["linear_bpw"], r["ppl"])):
         cells = [(r["ppl"], dense["ppl"])] + [(r["extra_ppl"][n], dense["extra_ppl"][n]) for n in args.extra]
         lines.append(f"| {r['label']} | {r['side']} | {r['linear_bpw']:.2f} | {r['model_bpw']:.2f} |"
-                     + "".join(f" {p:.2f} | {100 * (p / d - 1):+.1f}% |" for p, d in cells))  # fmt: skip
+                     + "".join(f" {p:.2f} | {100 * (p / d - 1):+.1f}% |" for p, d in cells)
+                     + f" {r['stored_as']} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -112,4 +112,5 @@ def test_k_quant_rows_come_from_llama_cpp_itself(smol, ppl, tmp_path):
     assert types["token_embd.weight"] == GGMLQuantizationType.Q8_0  # as the benchmark asks
     row = qb.llama_cpp_row(q, "Q4_K_M", ids, SEQ, WINDOWS, threads=2)
     assert 4 < row["linear_bpw"] < 6 and row["model_bpw"] > 4
+    assert "Q4_K" in row["stored_as"] and row["stored_as"].count("×") >= 2  # k-quants and fallbacks
     assert 1.0 < row["ppl"] / ppl[0] < 1.3, (row, ppl[0])  # 4-bit k-quants: close to dense, not equal
