@@ -239,29 +239,27 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.text_file and not args.text_name:
         ap.error("--text-file needs --text-name")
+    args.extra = {}  # name -> path
     for e in args.extra_text:
         name, sep, path = e.partition("=")
         if not (sep and name and Path(path).is_file()):
             ap.error(f"--extra-text {e!r}: expected NAME=PATH of a readable file")
-    args.extra = [e.partition("=")[0] for e in args.extra_text]
+        args.extra[name] = path
     only = set(args.only.split(",")) if args.only else None
     import torch
     from tqdm import tqdm
 
     from efflm.bench.run_cache import cached
     from efflm.core.atomic import publish
-    from efflm.data.text import eval_tokens, tokenize
+    from efflm.data.text import eval_tokens, read_text_file, tokenize
     from efflm.io.load import load
     from efflm.models.load import gguf_source
 
     torch.set_num_threads(args.threads)
     model, tok = load(args.model)
     args.n_params = sum(p.numel() for p in model.parameters())
-    ids = tokenize(tok, Path(args.text_file).read_text()).flatten() if args.text_file else eval_tokens(tok)
-    extra = {}
-    for e in args.extra_text:
-        name, _, path = e.partition("=")
-        extra[name] = tokenize(tok, Path(path).read_text()).flatten()
+    ids = tokenize(tok, read_text_file(args.text_file)).flatten() if args.text_file else eval_tokens(tok)
+    extra = {name: tokenize(tok, read_text_file(path)).flatten() for name, path in args.extra.items()}
     del model
     labels = [x for x in ROWS if only is None or x in only or x == "dense (fp32 linears)"]
     source = gguf_source(args.model)
