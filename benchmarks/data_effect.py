@@ -184,7 +184,7 @@ def study_select(args, tmp: Path) -> str:
         return {"rows": rows, "held": ppl_on(model, tok, held_text), "eval": eval_ppl(model, tok)}
 
     key = f"{args.model}|{args.steps}|{args.pool_limit}|select"
-    base = cached(args.cache, f"{key}|untrained", lambda: measure(None))
+    base = cached(args.cache, f"{key}|untrained", lambda: measure(None), __file__)
     lines = [
         "# Data selection's effect on fine-tuning toward a target domain",
         "",
@@ -199,7 +199,7 @@ def study_select(args, tmp: Path) -> str:
         f"| none (untrained) | — | {base['held']:.3f} | {base['eval']:.3f} |",
     ]
     for label, data in runs:
-        r = cached(args.cache, f"{key}|{label}", lambda data=data: measure(data()))
+        r = cached(args.cache, f"{key}|{label}", lambda data=data: measure(data()), __file__)
         lines.append(f"| {label} | {r['rows']} | {r['held']:.3f} | {r['eval']:.3f} |")
     lines += ["", *study_ifd(args, tmp)]
     return "\n".join(lines)
@@ -233,10 +233,10 @@ def study_ifd(args, tmp: Path) -> list[str]:
         "",
         "| training data | rows | held-out task accuracy |",
         "|---|---|---|",
-        f"| none (untrained) | — | {cached(args.cache, f'{key}|untrained', lambda: measure(None))['acc']:.3f} |",
+        f"| none (untrained) | — | {cached(args.cache, f'{key}|untrained', lambda: measure(None), __file__)['acc']:.3f} |",
     ]
     for label, data in runs:
-        r = cached(args.cache, f"{key}|{label}", lambda data=data: measure(data()))
+        r = cached(args.cache, f"{key}|{label}", lambda data=data: measure(data()), __file__)
         lines.append(f"| {label} | {r['rows']} | {r['acc']:.3f} |")
     return lines
 

@@ -25,6 +25,8 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -48,6 +50,7 @@ QAT = {  # LLM-QAT at the bits of a GPTQ student, on the teacher's data-free tex
 }
 QAT_LR = 2e-5
 PROMPTS = 16  # held-out prompts for the on-policy generation metric
+_COMPRESS_LOCKS: dict = {}
 
 
 def torch_no_grad(fn):
@@ -153,7 +156,7 @@ def qat_worker(args) -> int:
 def cached(args, key: str, compute):
     """``compute()``, or its result from ``--cache`` when this run was already measured at this
     same clean commit (a long sweep can stop and go on; a dirty tree never reuses a run)."""
-    return run_cache.cached(args.cache, f"{args.model}|{args.steps}|{args.qat_rows}|{key}", compute)
+    return run_cache.cached(args.cache, f"{args.model}|{args.steps}|{args.qat_rows}|{key}", compute, __file__)
 
 
 def run(args, student: str, what: str, data: str | None = None, student_dir: str | None = None) -> dict:
@@ -168,11 +171,59 @@ def run(args, student: str, what: str, data: str | None = None, student_dir: str
     return json.loads(line[7:])
 
 
+def student_task(args, tmp: str, names: list[str], student: str, name: str, res: dict):
+    """One run of one student, as a callable for the worker pool; each student is compressed once
+    (by the first of its runs to start) and every run loads that directory."""
+    saved = Path(tmp) / str(names.index(student))
+
+    def measure():
+        with _COMPRESS_LOCKS.setdefault(student, threading.Lock()):
+            if not saved.exists():
+                rfile = Path(tmp) / f"recipe-{names.index(student)}.yaml"
+                rfile.write_text(yaml.safe_dump(STUDENTS[student]))
+                compress = [sys.executable, "-m", "efflm.cli", "compress", "--model", args.model, "--recipe",
+                            str(rfile), "--out", str(saved)]  # fmt: skip
+                env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+                subprocess.run(compress, check=True, cwd=ROOT, env=env, capture_output=True)
+        return run(args, student, name, student_dir=str(saved))
+
+    def task() -> str:
+        res[student][name] = cached(args, f"{student}|{name}", measure)
+        return f"{student} / {name}: ppl {res[student][name]['ppl']:.3f}"
+
+    return task
+
+
+def qat_tasks(args, tmp: str, res: dict, qat: dict) -> list:
+    """LLM-QAT at each bit width on the teacher's data-free text (written once, by the first run
+    that needs it), and GPTQ's post-training row at the same grid when no student is one."""
+    data = str(Path(tmp) / "free.jsonl")
+    gen = [sys.executable, "-m", "efflm.cli", "distill-data", "--teacher", args.model, "--n",
+           str(args.qat_rows), "--max-new-tokens", "127", "--out", data]  # fmt: skip
+    lock = threading.Lock()
+
+    def qat_run(bits: int) -> dict:
+        with lock:
+            if not Path(data).exists():
+                subprocess.run(gen, check=True, cwd=ROOT, capture_output=True)
+        return run(args, str(bits), "qat", data)
+
+    def task(bits: int) -> str:
+        qat.setdefault(bits, {})["qat"] = cached(args, f"qat|{bits}", lambda: qat_run(bits))
+        if f"gptq W{bits} g64" not in res:
+            key = f"gptq W{bits} g64|before"
+            qat[bits]["gptq_extra"] = cached(args, key, lambda: run(args, f"gptq W{bits} g64", "before"))
+        return f"llm_qat W{bits}: ppl {qat[bits]['qat']['ppl']:.3f}"
+
+    return [lambda bits=int(b): task(bits) for b in args.qat_bits.split(",")]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of each worker")
+    ap.add_argument("--jobs", type=int, default=1, help="workers at once (each its own process)")
     ap.add_argument("--students", default="all", help="comma-separated names of STUDENTS, or all")
     ap.add_argument("--qat-bits", default="3,4", help="LLM-QAT bit widths")
     ap.add_argument("--out", default=str(ROOT / "results" / "distill_recovery.md"))
@@ -191,48 +242,29 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     names = list(STUDENTS) if args.students == "all" else args.students.split(",")
-    jobs = [(s, r) for s in names for r in ["before", *RUNS]]
-    res: dict = {}
-    with tempfile.TemporaryDirectory(prefix="efflm-students-") as tmp:
-        for student, name in tqdm(jobs, desc="runs"):
-            saved = Path(tmp) / str(names.index(student))
-
-            def measure(student=student, name=name, saved=saved):
-                if not saved.exists():  # compress each student once; its four runs load it
-                    rfile = Path(tmp) / "recipe.yaml"
-                    rfile.write_text(yaml.safe_dump(STUDENTS[student]))
-                    compress = [sys.executable, "-m", "efflm.cli", "compress", "--model", args.model, "--recipe",
-                                str(rfile), "--out", str(saved)]  # fmt: skip
-                    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-                    subprocess.run(compress, check=True, cwd=ROOT, env=env)
-                return run(args, student, name, student_dir=str(saved))
-
-            res.setdefault(student, {})[name] = cached(args, f"{student}|{name}", measure)
-            tqdm.write(f"{student} / {name}: ppl {res[student][name]['ppl']:.3f}")
+    res: dict = {s: {} for s in names}
     qat: dict = {}
-    if args.qat_rows:
-        with tempfile.TemporaryDirectory(prefix="efflm-qat-data-") as tmp:
-            data = str(Path(tmp) / "free.jsonl")
-            gen = [sys.executable, "-m", "efflm.cli", "distill-data", "--teacher", args.model, "--n",
-                   str(args.qat_rows), "--max-new-tokens", "127", "--out", data]  # fmt: skip
-
-            def qat_run(bits: int) -> dict:
-                if not Path(data).exists():  # the teacher's text, written once (only if a run needs it)
-                    subprocess.run(gen, check=True, cwd=ROOT)
-                return run(args, str(bits), "qat", data)
-
-            for bits in tqdm([int(b) for b in args.qat_bits.split(",")], desc="llm-qat"):
-                qat[bits] = {"qat": cached(args, f"qat|{bits}", lambda bits=bits: qat_run(bits))}
-                gptq = next((k for k in STUDENTS if k.startswith(f"gptq W{bits}")), None)
-                qat[bits]["gptq"] = res.get(gptq, {}).get("before") or cached(
-                    args, f"gptq W{bits} g64|before", lambda bits=bits: run(args, f"gptq W{bits} g64", "before")
-                )
+    with tempfile.TemporaryDirectory(prefix="efflm-students-") as tmp:
+        order = [*reversed(RUNS), "before"]  # the longest runs first, so parallel workers end together
+        tasks = [student_task(args, tmp, names, s, r, res) for r in order for s in names]
+        if args.qat_rows:
+            tasks += qat_tasks(args, tmp, res, qat)
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for line in tqdm(pool.map(lambda t: t(), tasks), total=len(tasks), desc="runs"):
+                tqdm.write(line)
+        for bits, r in qat.items():  # the GPTQ row at the same grid: the student's own, when it is one
+            r["gptq"] = res.get(f"gptq W{bits} g64", {}).get("before") or r.pop("gptq_extra")
     lines = [
         "# Healing compressed models: cross-entropy vs knowledge distillation vs GKD",
         "",
         f"Model `{args.model}` (also the teacher, dense); each student trains LoRA r 8 for {args.steps} steps of "
         "4 × 128 tokens of the calibration split (lr 1e-3), the same batches for every run; held-out perplexity "
-        "on the evaluation split.",
+        "on the evaluation split."
+        + (
+            f" Runs went {args.jobs} at a time ({args.threads} threads each): step times in the JSON share the machine."
+            if args.jobs > 1
+            else ""
+        ),
         "",
         "| student | compressed ppl | + CE ppl | + KD ppl | + GKD ppl | best |",
         "|---|---|---|---|---|---|",
@@ -268,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             "| bits, group 64 | GPTQ ppl | LLM-QAT ppl | better |",
             "|---|---|---|---|",
         ]
-        for bits, r in qat.items():
+        for bits, r in sorted(qat.items()):
             better = "LLM-QAT" if r["qat"]["ppl"] < r["gptq"]["ppl"] else "GPTQ"
             lines.append(f"| W{bits} | {r['gptq']['ppl']:.3f} | {r['qat']['ppl']:.3f} | {better} |")
     lines += [

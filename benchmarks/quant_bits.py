@@ -271,11 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         for item in tqdm([*labels, *quants], desc="quant_bits"):
             key = json.dumps([args.model, args.windows, args.seq_len, args.text_file, args.extra_text, item])
             if item in ROWS:
-                rows.append(cached(args.cache, key, lambda: efflm_row(args, item, {"": ids, **extra})))
+                rows.append(cached(args.cache, key, lambda: efflm_row(args, item, {"": ids, **extra}), __file__))
             else:
                 rows.append(cached(args.cache, key, lambda: llama_cpp_row(
                     k_quant(src, item, Path(tmp), args.threads), item, ids, args.seq_len, args.windows,
-                    args.threads, extra)))  # fmt: skip
+                    args.threads, extra), __file__))  # fmt: skip
             print(json.dumps(rows[-1]), file=sys.stderr)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -189,27 +189,32 @@ def test_finetune_memory(tmp_path):
 
 
 def test_distill_recovery(tmp_path):
-    args = ["--steps", "2", "--students", "gptq W3 g64", "--qat-rows", "2", "--qat-bits", "3"]
+    args = ["--steps", "2", "--students", "gptq W3 g64", "--qat-rows", "2", "--qat-bits", "3", "--jobs", "2"]
     md = run("distill_recovery", args, tmp_path)
     assert "| gptq W3 g64 |" in md and "| W3 |" in md and "Paper shapes" in md
     assert md.count("| gptq W3 g64 |") == 2 and "generation KL to the teacher" in md
 
 
-def test_distill_recovery_cache_reuses_runs_only_at_the_same_clean_commit(tmp_path, monkeypatch):
+def test_distill_recovery_cache_reuses_runs_only_on_the_same_clean_code(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    import efflm.eval.env
+    from efflm.bench import run_cache
 
     mod = script("distill_recovery")
     args = SimpleNamespace(cache=str(tmp_path / "runs.json"), model="m", steps=3, qat_rows=0)
-    calls = []
+    calls, scripts = [], []
     compute = lambda: calls.append(1) or {"ppl": float(len(calls))}  # noqa: E731
-    monkeypatch.setattr(efflm.eval.env, "git_commit", lambda: "abc123")
+
+    def version(v):
+        monkeypatch.setattr(run_cache, "code_version", lambda script=None: scripts.append(script) or v)
+
+    version("abc123")
     assert mod.cached(args, "s|CE", compute) == {"ppl": 1.0}
     assert mod.cached(args, "s|CE", compute) == {"ppl": 1.0} and len(calls) == 1  # reused
-    monkeypatch.setattr(efflm.eval.env, "git_commit", lambda: "def456")
-    assert mod.cached(args, "s|CE", compute) == {"ppl": 2.0}  # another commit measures again
-    monkeypatch.setattr(efflm.eval.env, "git_commit", lambda: "def456-dirty")
+    assert scripts[-1].endswith("distill_recovery.py")  # the benchmark script is part of the code
+    version("def456")
+    assert mod.cached(args, "s|CE", compute) == {"ppl": 2.0}  # other code measures again
+    version("def456-dirty")
     assert mod.cached(args, "s|CE", compute) == {"ppl": 3.0}  # a dirty tree never reuses
     assert mod.cached(args, "s|CE", compute) == {"ppl": 4.0}
 
