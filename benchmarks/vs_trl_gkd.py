@@ -59,7 +59,10 @@ def evaluate(model, tok) -> dict:
 def run_efflm(args, data: Path) -> dict:
     from efflm import tune
     from efflm.core import recipe as recipes
+    from efflm.distill import gkd
 
+    generate, on_policy = gkd.on_policy, []
+    gkd.on_policy = lambda *a: on_policy.append(1) or generate(*a)  # counted, else as is
     train = {"steps": args.steps, "batch": BATCH, "seq_len": SEQ_LEN, "lr": LR, "warmup": max(1, args.steps // 10),
              "max_grad_norm": 1.0, "checkpoint_every": 10**6}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="efflm-gkd-") as tmp:
@@ -72,7 +75,7 @@ def run_efflm(args, data: Path) -> dict:
         model, tok = tune.load_model(args.model, recipe, Path(tmp) / "o")
     out = evaluate(model, tok)
     return {"step_s": r["step_s_median"], "peak_rss_mb": peak, "ppl": out["ppl"], "task_acc": out["task_acc"],
-            "losses": r["losses"]}  # fmt: skip
+            "losses": r["losses"], "on_policy": len(on_policy)}  # fmt: skip
 
 
 def run_trl(args, data: Path) -> dict:
@@ -110,13 +113,15 @@ def run_trl(args, data: Path) -> dict:
                               target_modules=sorted(linear_names(student.config)), task_type="CAUSAL_LM")  # fmt: skip
         trainer = GKDTrainer(model=student, teacher_model=teacher, args=cfg, train_dataset=ds, processing_class=tok,
                              peft_config=peft_cfg, callbacks=[Timer()])  # fmt: skip
+        generate, on_policy = trainer.generate_on_policy_outputs, []
+        trainer.generate_on_policy_outputs = lambda *a: on_policy.append(1) or generate(*a)  # counted, else as is
         trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         merged = trainer.model.merge_and_unload().eval()
         peak_before_eval = peak_rss_mb()  # training's peak, before the evaluation below
     out = evaluate(merged, tok)
     return {"step_s": statistics.median(times[1:]), "peak_rss_mb": peak_before_eval, "ppl": out["ppl"],
-            "task_acc": out["task_acc"], "losses": losses}  # fmt: skip
+            "task_acc": out["task_acc"], "losses": losses, "on_policy": len(on_policy)}  # fmt: skip
 
 
 def worker(args) -> int:
@@ -162,12 +167,12 @@ def main(argv: list[str] | None = None) -> int:
         f"λ 0.5, β 0.5, τ 0.9, ≤ {NEW_TOKENS} new tokens per continuation, AdamW lr {LR:g}, {args.threads} threads, "
         "fp32; each side its own process. The on-policy draws are each side's own.",
         "",
-        "| side | what ran | step s (median) | peak RSS MB | held-out ppl | task accuracy |",
-        "|---|---|---|---|---|---|",
-        f"| efflm | `efflm finetune` gkd (chunked divergence, efflm decode) | {e['step_s']:.2f} | "
-        f"{e['peak_rss_mb']:.0f} | {e['ppl']:.3f} | {e['task_acc']:.0%} |",
-        f"| trl | `GKDTrainer` + peft LoRA (full logits, HF generate) | {t['step_s']:.2f} | {t['peak_rss_mb']:.0f} | "
-        f"{t['ppl']:.3f} | {t['task_acc']:.0%} |",
+        "| side | what ran | on-policy steps | step s (median) | peak RSS MB | held-out ppl | task accuracy |",
+        "|---|---|---|---|---|---|---|",
+        f"| efflm | `efflm finetune` gkd (chunked divergence, efflm decode) | {e['on_policy']} of {args.steps} | "
+        f"{e['step_s']:.2f} | {e['peak_rss_mb']:.0f} | {e['ppl']:.3f} | {e['task_acc']:.0%} |",
+        f"| trl | `GKDTrainer` + peft LoRA (full logits, HF generate) | {t['on_policy']} of {args.steps} | "
+        f"{t['step_s']:.2f} | {t['peak_rss_mb']:.0f} | {t['ppl']:.3f} | {t['task_acc']:.0%} |",
         "",
         f"efflm / trl: step time {e['step_s'] / t['step_s']:.2f}×, peak RSS {e['peak_rss_mb'] / t['peak_rss_mb']:.2f}×.",
     ]) + "\n"  # fmt: skip

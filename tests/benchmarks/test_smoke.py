@@ -229,6 +229,7 @@ def test_vs_trl_gkd_efflm_side(tmp_path):
     mod.rows_file(tiny_tokenizer(), data, 8)
     r = mod.run_efflm(SimpleNamespace(model="tiny-llama", steps=2), data)
     assert r["ppl"] > 0 and 0 <= r["task_acc"] <= 1 and len(r["losses"]) == 2
+    assert r["on_policy"] == 1  # efflm's λ 0.5 draws at seed 0: step 0 on-policy, step 1 not
 
 
 def test_dedup_quality(tmp_path):
