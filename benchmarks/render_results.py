@@ -113,9 +113,11 @@ SECTIONS = [
     (
         "distill_recovery.md",
         "Distillation: healing compressed models (CE vs KD vs GKD), and LLM-QAT vs GPTQ",
-        "python benchmarks/distill_recovery.py",
+        "python benchmarks/distill_recovery.py --jobs 2 --threads 1 --cache results/distill_recovery_runs.json",
         "The same LoRA on each compressed student, the same batches and steps; the dense model is the teacher. "
-        "LLM-QAT trains on the teacher's own data-free text.",
+        "LLM-QAT trains on the teacher's own data-free text. The sweep takes hours, so its finished runs are "
+        "committed in `results/distill_recovery_runs.json`, keyed by the code they ran: on the same code the "
+        "command reuses them, on changed code it measures again.",
     ),
     (
         "vs_trl_gkd.md",
