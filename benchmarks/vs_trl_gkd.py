@@ -92,6 +92,8 @@ def run_trl(args, data: Path) -> dict:
     student, tok = pipeline.load_and_apply(args.model, recipes.from_yaml(yaml.safe_dump(STUDENT)))
     teacher, _ = pipeline.load_and_apply(args.model, [])
     student.requires_grad_(True)
+    if tok.pad_token is None:  # trl's collator wants one (SmolLM2 has none); pads are masked out either way
+        tok.pad_token = tok.eos_token
     ds = datasets.Dataset.from_list([json.loads(x) for x in data.read_text().splitlines()])
     times: list[float] = []
 
