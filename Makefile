@@ -61,7 +61,9 @@ anchors: $(STAMP)
 	$(PIP) -e '.[anchors,serve-anchor]'
 
 # Every committed result file, regenerated (about 2 hours on 2 cores; run on a clean tree).
-# The leaderboard rows: the default, extra, prune and inference suites; then each study under benchmarks/.
+# The leaderboard rows (appended to the committed results/efflm.sqlite; the latest row per recipe
+# is shown): the default, extra, prune, inference and quant2 suites; then each study under
+# benchmarks/; then the tasks and recover suites, and the recover suite's compressed bases alone.
 reference: $(STAMP) $(INTEROP) anchors
 	$(BIN)/efflm bench
 	$(BIN)/efflm bench --suite extra
@@ -88,11 +90,13 @@ reference: $(STAMP) $(INTEROP) anchors
 	$(BIN)/python benchmarks/quant_bits.py --extra-text 'GNU GPL v3=/usr/share/common-licenses/GPL-3'
 	$(BIN)/python benchmarks/prompt_compression.py
 	$(BIN)/python benchmarks/icl_demos.py
+	$(BIN)/efflm bench --suite tasks
 	$(BIN)/efflm bench --suite recover
+	$(BIN)/efflm bench $(foreach f,$(wildcard benchmarks/recipes/recover_base_*.yaml),--recipe $(f))
 	$(BIN)/efflm leaderboard
 	$(BIN)/efflm report
 	$(BIN)/python benchmarks/render_results.py
 	$(BIN)/efflm papers render
 
-clean:
-	rm -rf $(VENV) results
+clean:  # the environment and the uncommitted report; committed result files stay
+	rm -rf $(VENV) results/report.html

@@ -17,10 +17,14 @@ SECTIONS = [
     (
         "leaderboard.md",
         "Leaderboard: every method on the default model",
-        "efflm bench; efflm bench --suite prune; efflm bench --suite inference",
+        "efflm bench; efflm bench --suite quant2; efflm bench --suite tasks; efflm bench --suite recover; "
+        "efflm bench --recipe F for each benchmarks/recipes/recover_base_*.yaml; efflm leaderboard",
         "One row per recipe, each measured in its own worker process: quality (perplexity) against cost "
-        "(bytes, decode tok/s, TTFT, peak RSS). Only rows of the current measurement version are shown; the "
-        "footer names the commit the rows were measured at. The plot is [results/pareto.png](../results/pareto.png).",
+        "(bytes, decode tok/s, TTFT, peak RSS). Rows accumulate in the committed results/efflm.sqlite and the "
+        "latest row per recipe is shown; only rows of the current measurement version count, and the footer "
+        "names the commits the rows were measured at. `--suite recover` rows (a compressed base + LoRA trained "
+        "by KD from the dense model) stand beside their unhealed bases. The plot is "
+        "[results/pareto.png](../results/pareto.png).",
     ),
     (
         "make_bench_time.md",

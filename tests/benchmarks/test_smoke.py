@@ -280,3 +280,18 @@ def test_quant_bits(tmp_path):
     assert all(r["extra_ppl"]["other"] > 1 and r["extra_ppl"]["other"] != r["ppl"] for r in rows)
     assert "no llama.cpp rows" in md  # tiny-llama has no GGUF source
     assert (tmp_path / "quant_bits.png").is_file() and (tmp_path / "quant_bits.json").is_file()
+
+
+def test_recover_base_recipes_are_the_recover_suites_bases():
+    """``make reference`` benchmarks each compressed base of ``--suite recover`` alone from these
+    files (the dense-trained LLM-Pruner base is already a default-suite row), so the leaderboard
+    shows every healed model beside its unhealed base; they must not drift from the suite."""
+    from efflm.bench.suites import default_suite, recover_suite
+    from efflm.core import recipe as recipes
+
+    files = sorted((ROOT / "recipes").glob("recover_base_*.yaml"))
+    labels = {recipes.label(recipes.from_yaml(p.read_text())) for p in files}
+    default = {recipes.label(r) for r in default_suite()}
+    bases = {recipes.label(r) for r in recover_suite()}
+    assert len(labels) == len(files) and not labels & default
+    assert labels | (bases & default) == bases
