@@ -2,7 +2,7 @@
 AdamW, LOMO, AdaLomo and MeZO against plain inference and a LoRA run, and efflm's LOMO/AdaLomo
 against the ``lomo-optim`` package on the same run.
 
-    python benchmarks/finetune_memory.py [--model smollm2-135m] [--steps 30] [--batch 4] [--seq-len 256]
+    python benchmarks/finetune_memory.py [--model smollm2-135m] [--steps 12] [--batch 4] [--seq-len 256]
 
 Every row is its own subprocess (peak RSS is that process's ``ru_maxrss``, model load
 included), on the same model (fp32), batches (``efflm.tune.Data.batch_at`` on the domain
@@ -181,7 +181,7 @@ def table(args, res: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
