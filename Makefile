@@ -8,7 +8,7 @@ INTEROP := $(VENV)/.efflm-interop-installed
 BROWSER := $(VENV)/.efflm-browser-installed
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: setup setup-embeddings bench test lint wheel-check papers anchors reference clean
+.PHONY: setup setup-embeddings bench test test-fast lint wheel-check papers anchors reference clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,13 +39,22 @@ papers: $(STAMP)
 	$(BIN)/efflm papers lint
 	$(BIN)/efflm papers render
 
+# A run's database, leaderboard.md, pareto.png, report.html and papers.md land in runs/ (git-ignored).
 bench: $(STAMP)
 	$(BIN)/efflm bench
 	$(BIN)/efflm report
-	$(BIN)/efflm papers render
+	$(BIN)/efflm papers render --db runs/efflm.sqlite --out runs/papers.md
+
+# Two pytest workers (pytest-xdist), one test file each at a time; each worker runs torch on one thread.
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test: $(STAMP) $(INTEROP) $(BROWSER)
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
+
+# The inner loop: no default model (integration), no browser, no other engines (llama.cpp,
+# compressed-tensors, Ray); needs only `make setup`.
+test-fast: $(STAMP)
+	$(PYTEST) -m "not integration and not browser and not engines"
 
 # Layer contracts (import-linter) and lint (ruff): run by .ci/run beside `make test`.
 lint: $(STAMP)
@@ -60,16 +69,18 @@ wheel-check: $(STAMP)
 anchors: $(STAMP)
 	$(PIP) -e '.[anchors,serve-anchor]'
 
+REF := --db results/efflm.sqlite --out-dir results
+
 # Every committed result file, regenerated (about 2 hours on 2 cores; run on a clean tree).
 # The leaderboard rows (appended to the committed results/efflm.sqlite; the latest row per recipe
 # is shown): the default, extra, prune, inference and quant2 suites; then each study under
 # benchmarks/; then the tasks and recover suites, and the recover suite's compressed bases alone.
 reference: $(STAMP) $(INTEROP) anchors
-	$(BIN)/efflm bench
-	$(BIN)/efflm bench --suite extra
-	$(BIN)/efflm bench --suite prune
-	$(BIN)/efflm bench --suite inference
-	$(BIN)/efflm bench --suite quant2
+	$(BIN)/efflm bench $(REF)
+	$(BIN)/efflm bench $(REF) --suite extra
+	$(BIN)/efflm bench $(REF) --suite prune
+	$(BIN)/efflm bench $(REF) --suite inference
+	$(BIN)/efflm bench $(REF) --suite quant2
 	$(BIN)/python benchmarks/smoothquant_alpha.py
 	$(BIN)/python benchmarks/vs_llamacpp.py
 	$(BIN)/python benchmarks/speculative_speed.py --dtype bfloat16
@@ -90,11 +101,11 @@ reference: $(STAMP) $(INTEROP) anchors
 	$(BIN)/python benchmarks/quant_bits.py --extra-text 'GNU GPL v3=/usr/share/common-licenses/GPL-3'
 	$(BIN)/python benchmarks/prompt_compression.py
 	$(BIN)/python benchmarks/icl_demos.py
-	$(BIN)/efflm bench --suite tasks
-	$(BIN)/efflm bench --suite recover
-	$(BIN)/efflm bench $(foreach f,$(wildcard benchmarks/recipes/recover_base_*.yaml),--recipe $(f))
-	$(BIN)/efflm leaderboard
-	$(BIN)/efflm report
+	$(BIN)/efflm bench $(REF) --suite tasks
+	$(BIN)/efflm bench $(REF) --suite recover
+	$(BIN)/efflm bench $(REF) $(foreach f,$(wildcard benchmarks/recipes/recover_base_*.yaml),--recipe $(f))
+	$(BIN)/efflm leaderboard $(REF)
+	$(BIN)/efflm report --db results/efflm.sqlite --out results/report.html
 	$(BIN)/python benchmarks/render_results.py
 	$(BIN)/efflm papers render
 

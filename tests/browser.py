@@ -6,9 +6,15 @@ from contextlib import contextmanager
 import pytest
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-needs_chromium = pytest.mark.skipif(
+_skip = pytest.mark.skipif(
     not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver (make test installs them)"
 )
+BROWSER = [pytest.mark.browser, _skip]  # a module's ``pytestmark``
+
+
+def needs_chromium(test):
+    """A browser test: marked ``browser`` (left out of ``make test-fast``), skipped without chromium."""
+    return pytest.mark.browser(_skip(test))
 
 
 @contextmanager

@@ -205,6 +205,7 @@ def test_compress_bad_calibration_and_export_requests(capsys, tmp_path, recipe, 
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in tmp_path.glob("r*.yaml"))
 
 
+@pytest.mark.engines
 def test_compress_to_compressed_tensors(capsys, tmp_path, recipe):
     pytest.importorskip("compressed_tensors")
     out = tmp_path / "ct"

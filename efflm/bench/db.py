@@ -14,9 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from efflm.core.defaults import RUNS_DB
 from efflm.core.errors import EfflmError
 
-DEFAULT_DB = Path("results") / "efflm.sqlite"
+DEFAULT_DB = Path(RUNS_DB)
 # 1: speed timed on transformers' generate (before the decode path); 2: speed on efflm's decode
 # path, speculative rows clocked like plain rows, SmoothQuant's alpha chosen on a development split.
 MEASUREMENT = 2

@@ -25,7 +25,7 @@ def canonical_label(row) -> str:
     from efflm.core import recipe as recipes
 
     try:
-        return recipes.label(recipes.from_yaml(row["recipe"]))
+        return recipes.stored_label(row["recipe"])
     except Exception:  # a recipe today's efflm cannot read (a method since removed): its stored label
         return row["label"]
 
@@ -48,6 +48,12 @@ def dense_row(rows: list):
 
 def _fmt(v, spec: str) -> str:
     return "–" if v is None else format(v, spec)
+
+
+def _tok_cell(row) -> str:
+    """Decode tok/s with its spread over repetitions, where the row recorded one."""
+    spread = row["tok_s_min"] is not None and row["tok_s_max"] is not None
+    return f"{row['tok_s']:.1f}" + (f" ({row['tok_s_min']:.1f}–{row['tok_s_max']:.1f})" if spread else "")
 
 
 def task_scores(row) -> dict:
@@ -110,8 +116,8 @@ def table(rows: list) -> tuple[list[str], list[list[str]]]:
                 _fmt(ratio, ".3f"),
                 _fmt(r["sparse_bytes"] and r["sparse_bytes"] / 1e6, ".1f"),
                 _fmt(r["disk_bytes"] and r["disk_bytes"] / 1e6, ".1f"),
-                f"{r['tok_s']:.1f} ({r['tok_s_min']:.1f}–{r['tok_s_max']:.1f})" if timed else "–",
-                _fmt(r["tok_s"] / r["ceiling_tok_s"] * 100 if timed else None, ".0f"),
+                _tok_cell(r) if timed else "–",
+                _fmt(r["tok_s"] / r["ceiling_tok_s"] * 100 if timed and r["ceiling_tok_s"] else None, ".0f"),
                 _fmt(r["hf_tok_s"], ".1f"),
                 _fmt(r["kv_bytes"] and r["kv_bytes"] / 1e3, ".0f"),
                 _fmt(r["ttft_ms"], ".0f"),
@@ -146,6 +152,13 @@ def markdown(model: str, rows: list, stale: list | None = None) -> str:
             f"model hash {r['model_hash']}; measurement version {results.MEASUREMENT}, rows measured at "
             f"efflm commit{'s' if len(commits(ok)) > 1 else ''} {', '.join(commits(ok))}.",
         ]
+        if env.get("kernels"):  # rows from before efflm recorded them have none
+            k, sets = env["kernels"], env.get("settings", {})
+            lines.append(
+                f"Kernels: q4 matmul {k.get('q4', '?')}, column sweep {k.get('sweep', '?')}"
+                + "".join(f", {n}={v}" for n, v in sets.items())
+                + "; each row's decode step (`c` or why `torch`) is in its `env`."
+            )
     if stale:
         labels = sorted({r["label"] for r in stale})
         lines += [

@@ -15,7 +15,7 @@ from efflm.bench import db as results
 from efflm.core import recipe as recipes
 from efflm.core.errors import EfflmError
 from efflm.core.progress import progress
-from efflm.eval.env import environment
+from efflm.eval.env import environment, row_env
 from efflm.methods import get
 
 
@@ -101,7 +101,8 @@ def record(opts: BenchOptions, recipe: recipes.Recipe, conn, env: dict, data: di
         results.insert(conn, status="failed", model=opts.model, label=label, recipe=recipe_yaml,
                        families=families, error=data["error"], env=env)  # fmt: skip
         return data
-    extra = {k: v for k, v in data.items() if k not in results.METRICS and k not in ("status", "model_hash")}
+    env = row_env(env, data)
+    extra = {k: v for k, v in data.items() if k not in results.METRICS and k not in ("status", "model_hash", "kernels")}
     results.insert(
         conn,
         status="ok",

@@ -14,10 +14,10 @@ give the same codes and weights (tests/calib/test_sweep.py).
 from __future__ import annotations
 
 import ctypes
-import os
 
 import torch
 
+from efflm.core import settings
 from efflm.nn import q4_kernel
 
 
@@ -76,7 +76,7 @@ def sweep(W: torch.Tensor, U: torch.Tensor, a: int, b: int, err: torch.Tensor, *
     scales, offsets, codes = kw.get("scales"), kw.get("offsets"), kw.get("codes")
     if not bits and mask is None:
         raise ValueError("sweep: pruning needs a mask")
-    lib = None if os.environ.get("EFFLM_SWEEP_KERNEL", "1") == "0" else q4_kernel.library()
+    lib = q4_kernel.library() if settings.sweep_kernel() else None
     tensors = (W, U, err, scales, offsets, codes)
     if lib is None or not _c_ok(*tensors, mask) or any(t is not None and t.dtype != torch.float32 for t in tensors):
         sweep_torch(W, U, a, b, err, **kw)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from efflm.catalog import lint as linter
 from efflm.catalog import store
+from efflm.core.defaults import REFERENCE_DB
 from efflm.core.errors import EfflmError
 
 DEFAULT_SEED = Path("../shared/seed/000_690c9ae7716e6f54.txt")
@@ -164,7 +165,9 @@ def add_parser(sub) -> None:
 
     r = ps.add_parser("render", help="write docs/papers.md")
     r.add_argument("--out", default="docs/papers.md", help="Markdown file written")
-    r.add_argument("--db", default="results/efflm.sqlite", help="results database (opened read-only)")
+    r.add_argument(
+        "--db", default=REFERENCE_DB, help="results database (opened read-only; default: the committed reference)"
+    )
     r.add_argument("--model", default="smollm2-135m", help="whose measured rows to link")
     r.set_defaults(fn=cmd_render)
 

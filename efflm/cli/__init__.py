@@ -4,11 +4,11 @@ exit code 2. The commands themselves are in ``efflm.cli.commands``."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from efflm.cli import commands
 from efflm.cli.compressor import COMPRESSORS, ratio
+from efflm.core import settings
 from efflm.core.errors import EfflmError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -63,12 +63,19 @@ def _common(p: argparse.ArgumentParser, calib: bool = True) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    from efflm.core.defaults import EVAL_SEQ_LEN, EVAL_WINDOWS
+    from efflm.core.defaults import EVAL_SEQ_LEN, EVAL_WINDOWS, RUNS_DB, RUNS_DIR
 
     p = Parser(prog="efflm", description="Compress, run and measure LLM efficiency methods.")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    sub.add_parser("methods", help="list registered methods").set_defaults(fn=commands.cmd_methods)
+    ms = sub.add_parser("methods", help="list registered methods, or show one method's options")
+    ms.add_argument(
+        "name",
+        nargs="?",
+        default=argparse.SUPPRESS,
+        help="a method's name: its paper, and each option with its type, default and what it does",
+    )
+    ms.set_defaults(fn=commands.cmd_methods)
 
     b = sub.add_parser("bench", help="benchmark recipes side by side, one subprocess each")
     _common(b)
@@ -80,8 +87,8 @@ def parser() -> argparse.ArgumentParser:
         default="default",
         help="the recipes benchmarked when neither --recipe nor --methods is given",
     )
-    b.add_argument("--db", default="results/efflm.sqlite", help="results database (SQLite; created if absent)")
-    b.add_argument("--out-dir", default="results", help="where leaderboard.md and pareto.png are written")
+    b.add_argument("--db", default=RUNS_DB, help="results database (SQLite; created if absent)")
+    b.add_argument("--out-dir", default=RUNS_DIR, help="where leaderboard.md and pareto.png are written")
     for name, default, what in (
         ("seq-len", EVAL_SEQ_LEN, "tokens per perplexity window"),
         ("windows", EVAL_WINDOWS, "perplexity windows scored"),
@@ -110,14 +117,14 @@ def parser() -> argparse.ArgumentParser:
 
     lb = sub.add_parser("leaderboard", help="print the leaderboard; write leaderboard.md and pareto.png")
     lb.add_argument("--model", default=DEFAULT_MODEL, help="whose rows to show")
-    lb.add_argument("--db", default="results/efflm.sqlite", help="results database (opened read-only)")
-    lb.add_argument("--out-dir", default="results", help="where leaderboard.md and pareto.png are written")
+    lb.add_argument("--db", default=RUNS_DB, help="results database (opened read-only)")
+    lb.add_argument("--out-dir", default=RUNS_DIR, help="where leaderboard.md and pareto.png are written")
     lb.set_defaults(fn=commands.cmd_leaderboard)
 
     rp = sub.add_parser("report", help="the results as one self-contained interactive HTML page")
     rp.add_argument("--model", default=DEFAULT_MODEL, help="whose rows to show")
-    rp.add_argument("--db", default="results/efflm.sqlite", help="results database (opened read-only)")
-    rp.add_argument("--out", default="results/report.html", help="the HTML file written")
+    rp.add_argument("--db", default=RUNS_DB, help="results database (opened read-only)")
+    rp.add_argument("--out", default=f"{RUNS_DIR}/report.html", help="the HTML file written")
     rp.set_defaults(fn=commands.cmd_report)
 
     c = sub.add_parser("compress", help="apply a recipe and save the model directory atomically")
@@ -188,8 +195,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--compile",
         action="store_true",
-        help="experimental: torch.compile each decoder layer (measured slower here: it recompiles "
-        "per layer; see docs/results.md)",
+        help="experimental: torch.compile each decoder layer (recompiles per layer and turns the fused "
+        "decode step off; see docs/methods.md)",
     )
     g.set_defaults(fn=commands.cmd_generate)
 
@@ -211,7 +218,7 @@ def parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--steps", type=_positive, help="optimizer steps (overrides train.steps)")
     f.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    f.add_argument("--db", default="results/efflm.sqlite", help="results database the run's row is written to")
+    f.add_argument("--db", default=RUNS_DB, help="results database the run's row is written to")
     f.set_defaults(fn=commands.cmd_finetune)
 
     dc = sub.add_parser(
@@ -290,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a usage error, already printed as one line (2)
         return e.code if isinstance(e.code, int) else 2
     try:
+        settings.check()  # a bad EFFLM_* value is one line before any work
         return a.fn(a)
     except EfflmError as e:
         print(f"efflm: error: {e}", file=sys.stderr)
@@ -298,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         print("efflm: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        if os.environ.get("EFFLM_DEBUG"):
+        if settings.debug():
             raise
         print(
             f"efflm: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "

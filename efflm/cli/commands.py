@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,8 +20,18 @@ def _recipe_arg(path: str | None, fallback: str | None = None):
 
 
 def cmd_methods(a) -> int:
-    from efflm.methods import methods
+    from efflm.core.fields import describe
+    from efflm.methods import get, methods
 
+    if getattr(a, "name", None):
+        m = get(a.name)
+        extra = []
+        if m.family in ("finetune", "distill"):
+            from efflm.finetune.train import TrainConfig
+
+            extra = [("train (the method recipe's train: mapping)", TrainConfig)]
+        print("\n".join(describe(m, extra, width=shutil.get_terminal_size().columns - 1)))
+        return 0
     rows = [(m.name, m.family, m.arxiv or "–", "yes" if m.needs_calibration else "no", m.title) for m in methods()]
     head = ("name", "family", "arXiv", "calib", "paper")
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]

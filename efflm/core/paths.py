@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from efflm.core import settings
 
 
 def cache_dir() -> Path:
-    """``$EFFLM_CACHE``, else ``~/.cache/efflm``."""
-    return Path(os.environ.get("EFFLM_CACHE", Path.home() / ".cache" / "efflm"))
+    """``$EFFLM_CACHE``, else ``~/.cache/efflm`` (``efflm.core.settings``)."""
+    return settings.cache_dir()

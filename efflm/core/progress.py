@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from typing import TypeVar
 
 from tqdm.auto import tqdm
+
+from efflm.core import settings
 
 T = TypeVar("T")
 
@@ -16,5 +17,6 @@ def progress(
 ) -> Iterable[T]:
     """A bar over ``it`` (or, with ``it`` None, one updated by hand up to ``total``)."""
     if not disable:
-        disable = None if os.environ.get("EFFLM_PROGRESS", "auto") == "auto" else os.environ["EFFLM_PROGRESS"] == "0"
+        show = settings.progress()  # EFFLM_PROGRESS: None shows bars on a terminal only
+        disable = None if show is None else not show
     return tqdm(it, desc=desc, total=total, leave=leave, disable=disable, dynamic_ncols=True)

@@ -6,7 +6,9 @@ optional model-dependent validation that runs before any work starts. A ``data``
 ``apply(texts, config, ctx)`` reads rows' texts instead of a model (``efflm.datasel``).
 
 Method files register themselves when imported; ``efflm.methods`` is the one index that
-imports them all (the CLI, pipeline, bench and catalog go through it).
+finds and imports them all (the CLI, pipeline, bench and catalog go through it). A trained
+method passes its ``TrainHooks`` subclass as ``hooks=``; the registry records it (and the
+module ``apply`` lives in) without importing any method family.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class Method:
     check: Callable[[Any, MethodConfig], None] | None = None
     paper: str = ""  # id of the catalog entry (efflm/catalog/papers.yaml) this method implements
     out_config: Callable[[Any, MethodConfig], Any] | None = None  # the config after apply, if it changes
+    hooks: type | None = None  # a trained method's TrainHooks subclass (efflm.finetune.hooks)
+    module: str = ""  # the method file that registered it (apply's module)
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -66,8 +70,13 @@ def register(
     paper: str,
     check: Callable | None = None,
     out_config: Callable | None = None,
+    hooks: type | None = None,
 ) -> Callable:
-    """Decorator for an ``apply`` function: ``@register(RTNConfig, family=...)``."""
+    """Decorator for an ``apply`` function: ``@register(RTNConfig, family=...)``.
+
+    ``hooks`` is a trained method's ``TrainHooks`` subclass (what it adds to the training loop,
+    ``efflm.finetune.hooks.hooks_for``); typed loosely because the registry imports no method.
+    """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}")
 
@@ -76,7 +85,18 @@ def register(
         if not name or name in _REGISTRY:
             raise ValueError(f"method name {name!r} empty or registered twice")
         _REGISTRY[name] = Method(
-            name, family, arxiv, title, needs_calibration, config_cls, apply_fn, check, paper, out_config
+            name,
+            family,
+            arxiv,
+            title,
+            needs_calibration,
+            config_cls,
+            apply_fn,
+            check,
+            paper,
+            out_config,
+            hooks,
+            apply_fn.__module__,
         )
         return apply_fn
 

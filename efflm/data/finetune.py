@@ -110,12 +110,17 @@ def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
     return ids[:n_prompt]
 
 
-def read_jsonl(path: str | Path, tokenizer: Any, max_tokens: int = MAX_ROW_TOKENS) -> list[tuple[list[int], int]]:
-    """Examples of a JSONL file; any bad row fails naming the file and line."""
+def read_jsonl(
+    path: str | Path, tokenizer: Any, max_tokens: int = MAX_ROW_TOKENS
+) -> tuple[list[tuple[list[int], int]], int]:
+    """Examples of a JSONL file and how many were truncated; any bad row fails naming the file
+    and line. A row longer than ``max_tokens`` (``train.seq_len``) keeps its first ``max_tokens``
+    tokens, as trl's SFT truncates; a row whose prompt alone fills them has nothing left to learn
+    from and fails, naming ``train.seq_len``."""
     p = Path(path)
     if not p.is_file():
         raise EfflmError(f"data file not found: {p}")
-    out = []
+    out, truncated = [], 0
     with p.open(encoding="utf-8", errors="strict") as f:
         try:
             lines = list(f)
@@ -135,7 +140,8 @@ def read_jsonl(path: str | Path, tokenizer: Any, max_tokens: int = MAX_ROW_TOKEN
             if not isinstance(row["text"], str) or not row["text"].strip():
                 raise EfflmError(f"{where}: text must be a non-empty string")
             ids = list(tokenizer(row["text"], add_special_tokens=False)["input_ids"])
-            out.append((ids[:max_tokens], 0))  # plain text is cut to the sequence length, as LM data is
+            truncated += len(ids) > max_tokens
+            out.append((ids[:max_tokens], 0))
             continue
         if "messages" in row:
             msgs = row["messages"]
@@ -159,12 +165,16 @@ def read_jsonl(path: str | Path, tokenizer: Any, max_tokens: int = MAX_ROW_TOKEN
         if not completion.strip() or (isinstance(prompt, str) and not prompt.strip()):
             raise EfflmError(f"{where}: empty prompt or completion")
         ids, n_prompt = encode_chat(tokenizer, prompt, completion)
-        if len(ids) > max_tokens:
-            raise EfflmError(f"{where}: {len(ids)} tokens, longer than the limit of {max_tokens}")
-        out.append((ids, n_prompt))
+        if n_prompt >= max_tokens:
+            raise EfflmError(
+                f"{where}: the prompt is {n_prompt} tokens, leaving no completion token within "
+                f"train.seq_len {max_tokens} (raise train.seq_len in the method recipe)"
+            )
+        truncated += len(ids) > max_tokens
+        out.append((ids[:max_tokens], n_prompt))
     if not out:
         raise EfflmError(f"{p}: no rows")
-    return out
+    return out, truncated
 
 
 def collate(examples: list[tuple[list[int], int]], pad_id: int, seq_len: int) -> dict[str, torch.Tensor]:

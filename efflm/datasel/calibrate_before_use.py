@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from efflm.core.errors import ConfigError, EfflmError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig, register
 from efflm.datasel.context import DataContext
 
@@ -30,7 +31,10 @@ class ContextualCalibrationConfig(MethodConfig):
 
     method = "contextual_calibration"
     reads: ClassVar[str] = "icl"
-    content_free: tuple[str, ...] = ("N/A", "", "[MASK]")
+    content_free: tuple[str, ...] = opt(
+        ("N/A", "", "[MASK]"),
+        "content-free inputs (at least one) whose mean label distribution under the prompt estimates its bias",
+    )
 
     def __post_init__(self) -> None:
         if not self.content_free:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig, register
 from efflm.datasel.shingles import shingles, text_key
 
@@ -34,12 +35,14 @@ class DedupConfig(MethodConfig):
     threshold)."""
 
     method = "dedup"
-    mode: str = "minhash"
-    threshold: float = 0.8
-    num_perm: int = 128
-    ngram: int = 5
-    seed: int = 1
-    bands: int = 0
+    mode: str = opt("minhash", "exact (normalized text) or minhash (near duplicates)")
+    threshold: float = opt(0.8, "minhash: estimated Jaccard similarity, in (0, 1], at which two rows are duplicates")
+    num_perm: int = opt(128, "minhash: hash permutations per signature, 16..4096")
+    ngram: int = opt(5, "minhash: words per shingle (≥ 1)")
+    seed: int = opt(1, "minhash: seed of the hash permutations")
+    bands: int = opt(
+        0, "minhash: LSH bands of num_perm / bands rows (must divide num_perm); 0: datasketch's choice for threshold"
+    )
 
     def __post_init__(self) -> None:
         if self.mode not in ("exact", "minhash"):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from efflm.core.errors import ConfigError, EfflmError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig, register
 from efflm.datasel.context import DataContext
 from efflm.datasel.shingles import words
@@ -30,11 +31,13 @@ class DSIRConfig(MethodConfig):
     bucket; ``resample``: Gumbel top-k (the paper) or the top log weights."""
 
     method = "dsir"
-    buckets: int = 10_000
-    ngram: int = 2
-    smoothing: float = 1.0
-    resample: bool = True
-    seed: int = 0
+    buckets: int = opt(10_000, "hashed features of the bag-of-n-grams models (≥ 16)")
+    ngram: int = opt(2, "word 1..ngram-grams are counted: 1, 2 or 3")
+    smoothing: float = opt(1.0, "pseudocount added to every bucket of both models (> 0)")
+    resample: bool = opt(
+        True, "importance resampling by Gumbel top-k (the paper); false: the highest log weights, deterministic"
+    )
+    seed: int = opt(0, "seed of the Gumbel noise")
 
     def __post_init__(self) -> None:
         if self.buckets < 16:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from efflm.core.errors import ConfigError, EfflmError
+from efflm.core.fields import opt
 from efflm.core.progress import progress
 from efflm.core.registry import MethodConfig, register
 from efflm.data.finetune import encode_chat
@@ -35,8 +36,8 @@ class IFDConfig(MethodConfig):
 
     method = "ifd"
     reads: ClassVar[str] = "pair"
-    max_len: int = 512
-    drop_misaligned: bool = True
+    max_len: int = opt(512, "tokens scored per pair (≥ 4); the prompt is cut from the left to fit")
+    drop_misaligned: bool = opt(True, "pairs with IFD ≥ 1 (the instruction does not help) rank last")
 
     def __post_init__(self) -> None:
         if self.max_len < 4:

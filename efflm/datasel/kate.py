@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from efflm.core.errors import ConfigError, EfflmError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig, register
 from efflm.data.embed import encoder
 from efflm.datasel.context import DataContext
@@ -28,9 +29,9 @@ class KATEConfig(MethodConfig):
     nearest_last (the paper) or nearest_first."""
 
     method = "kate"
-    k: int = 4
-    backend: str = "auto"
-    order: str = "nearest_last"
+    k: int = opt(4, "demonstrations per input (≥ 0)")
+    backend: str = opt("auto", "sentence embeddings: minilm, tfidf, or auto (MiniLM where installed, else TF-IDF)")
+    order: str = opt("nearest_last", "nearest_last (the paper: the most similar next to the input) or nearest_first")
 
     def __post_init__(self) -> None:
         if self.k < 0:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from efflm.core.errors import ConfigError, EfflmError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig, register
 from efflm.datasel.context import DataContext
 from efflm.datasel.lm_score import bos, mean_nll, self_information
@@ -36,10 +37,16 @@ class LLMLinguaConfig(MethodConfig):
 
     method = "llmlingua"
     reads: ClassVar[str] = "prompt"
-    ratio: float = 2.0
-    coarse: float = 2.0
-    segment: int = 100
-    question_aware: bool = True
+    ratio: float = opt(2.0, "the prompt's tokens ÷ the compressed prompt's (≥ 1)")
+    coarse: float = opt(
+        2.0,
+        "the coarse stage keeps context chunks up to this multiple of the context's budget (≥ 1; 1: the coarse "
+        "stage is the whole selection)",
+    )
+    segment: int = opt(100, "tokens per step of the iterative token-level stage (≥ 8)")
+    question_aware: bool = opt(
+        True, "rank chunks by how well they predict the question (LongLLMLingua); false: by their own perplexity"
+    )
 
     def __post_init__(self) -> None:
         check_ratio("llmlingua", self.ratio)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from efflm.core.errors import ConfigError, EfflmError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig, register
 from efflm.datasel.context import DataContext
 from efflm.datasel.lm_score import text_nll
@@ -28,8 +29,8 @@ class PerplexityFilterConfig(MethodConfig):
     """``keep``: low, middle or high perplexity under the reference model; ``max_len`` tokens scored."""
 
     method = "ppl_filter"
-    keep: str = "low"
-    max_len: int = 512
+    keep: str = opt("low", "which texts rank first by perplexity under the reference model: low, middle or high")
+    max_len: int = opt(512, "tokens of each text scored, from its start (≥ 2)")
 
     def __post_init__(self) -> None:
         if self.keep not in ("low", "middle", "high"):

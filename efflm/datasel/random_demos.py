@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from efflm.core.errors import ConfigError, EfflmError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig, register
 from efflm.datasel.context import DataContext
 
@@ -19,8 +20,8 @@ class RandomDemosConfig(MethodConfig):
     """``k`` uniformly drawn demonstrations per input (``seed``)."""
 
     method = "random_demos"
-    k: int = 4
-    seed: int = 0
+    k: int = opt(4, "demonstrations per input, drawn without replacement (≥ 0)")
+    seed: int = opt(0, "seed of the draws (each input's also depends on its position)")
 
     def __post_init__(self) -> None:
         if self.k < 0:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig, register
 from efflm.datasel.context import DataContext
 
@@ -18,7 +19,7 @@ class RandomSelectConfig(MethodConfig):
     """A uniform random subset (``seed``)."""
 
     method = "random_select"
-    seed: int = 0
+    seed: int = opt(0, "seed of the uniform random scores the subset is taken by")
 
 
 @register(

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from efflm.core.errors import ConfigError, EfflmError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig, register
 from efflm.datasel.context import DataContext
 from efflm.datasel.prompt_parts import (
@@ -39,8 +40,8 @@ class SelectiveContextConfig(MethodConfig):
 
     method = "selective_context"
     reads: ClassVar[str] = "prompt"
-    ratio: float = 2.0
-    unit: str = "sentence"
+    ratio: float = opt(2.0, "the prompt's tokens ÷ the compressed prompt's (≥ 1)")
+    unit: str = opt("sentence", "what is kept or dropped whole, by its summed self-information: word or sentence")
 
     def __post_init__(self) -> None:
         check_ratio("selective_context", self.ratio)

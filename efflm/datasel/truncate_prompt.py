@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from efflm.core.errors import ConfigError, EfflmError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig, register
 from efflm.datasel.context import DataContext
 from efflm.datasel.prompt_parts import PromptParts, budgets, check_ratio, fit_prompt
@@ -21,8 +22,8 @@ class TruncateConfig(MethodConfig):
 
     method = "truncate"
     reads: ClassVar[str] = "prompt"
-    ratio: float = 2.0
-    keep: str = "start"
+    ratio: float = opt(2.0, "the prompt's tokens ÷ the truncated prompt's (≥ 1)")
+    keep: str = opt("start", "which end of the context is kept: start or end")
 
     def __post_init__(self) -> None:
         check_ratio("truncate", self.ratio)

@@ -18,21 +18,23 @@ from typing import Any
 import torch
 
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import register
 from efflm.distill.objective import DistillConfig, DistillHooks, check, prepare_student
-from efflm.finetune.hooks import HOOKS
 
 
 @dataclass(frozen=True)
 class GKDConfig(DistillConfig):
-    """lmbda: probability of an on-policy (student-generated) batch, in [0, 1]; the
-    continuations are sampled at ``temperature`` (trl's defaults: β 0.5, λ 0.5, τ 0.9)."""
+    """GKD: KD's fields, plus on-policy batches sampled from the student (the defaults are trl's:
+    β 0.5, λ 0.5, τ 0.9)."""
 
     method = "gkd"
-    divergence: str = "jsd"
-    temperature: float = 0.9
-    lmbda: float = 0.5
-    seed: int = 0
+    divergence: str = opt("jsd", "forward_kl, reverse_kl, or jsd (the generalized JSD with beta; GKD's default)")
+    temperature: float = opt(
+        0.9, "τ > 0: the on-policy continuations are sampled at it, and it divides both models' logits"
+    )
+    lmbda: float = opt(0.5, "probability in [0, 1] that a step trains on the student's own continuations")
+    seed: int = opt(0, "seed of the on-policy draws and of the sampling (per step, so a resumed run repeats them)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -91,9 +93,6 @@ class GKDHooks(DistillHooks):
         return on_policy(model, batch, cfg.temperature, cfg.seed * 7919 + step)
 
 
-HOOKS["gkd"] = GKDHooks
-
-
 @register(
     GKDConfig,
     family="distill",
@@ -102,6 +101,7 @@ HOOKS["gkd"] = GKDHooks
     needs_calibration=False,
     paper="gkd",
     check=check,
+    hooks=GKDHooks,
 )
 def apply(model: torch.nn.Module, config: GKDConfig, calib: Any = None) -> torch.nn.Module:
     return prepare_student(model, config)

@@ -18,7 +18,6 @@ import torch
 
 from efflm.core.registry import register
 from efflm.distill.objective import DistillConfig, DistillHooks, check, prepare_student
-from efflm.finetune.hooks import HOOKS
 
 
 @dataclass(frozen=True)
@@ -26,9 +25,6 @@ class KDConfig(DistillConfig):
     """Token-level knowledge distillation on the training data (off-policy)."""
 
     method = "kd"
-
-
-HOOKS["kd"] = DistillHooks
 
 
 @register(
@@ -39,6 +35,7 @@ HOOKS["kd"] = DistillHooks
     needs_calibration=False,
     paper="hinton-kd",
     check=check,
+    hooks=DistillHooks,
 )
 def apply(model: torch.nn.Module, config: KDConfig, calib: Any = None) -> torch.nn.Module:
     return prepare_student(model, config)

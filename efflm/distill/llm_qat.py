@@ -23,10 +23,10 @@ import torch
 import torch.nn as nn
 
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import register
 from efflm.distill.objective import DistillConfig, DistillHooks, check
 from efflm.finetune.full_params import FullConfig, unfreeze
-from efflm.finetune.hooks import HOOKS
 from efflm.models.arch import decoder_linears, set_module
 from efflm.quantize.fake_quant import FakeQuantLinear
 from efflm.quantize.grid import check_grid_config, check_grid_for_model, to_quant_linear
@@ -34,14 +34,16 @@ from efflm.quantize.grid import check_grid_config, check_grid_for_model, to_quan
 
 @dataclass(frozen=True)
 class LLMQATConfig(DistillConfig):
-    """bits, group_size, symmetric: the weight grid trained for and packed into (as rtn/gptq);
-    the distillation fields as kd (forward KL at temperature 1 by default); every weight trains."""
+    """LLM-QAT: the distillation fields as kd (forward KL at temperature 1 by default), every
+    weight trained through the weight grid it is then packed onto."""
 
     method = "llm_qat"
-    adapt: str = "full"
-    bits: int = 4
-    group_size: int = 64
-    symmetric: bool = True
+    adapt: str = opt("full", "must be full: quantization-aware training trains every weight")
+    bits: int = opt(4, "bits per weight code of the grid trained for and packed into, 2..8")
+    group_size: int = opt(
+        64, "consecutive inputs sharing one scale; -1: one scale per output channel; must divide every input width"
+    )
+    symmetric: bool = opt(True, "true: zero-centred grid (a scale only); false: min/max grid with a float offset")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -64,9 +66,6 @@ class LLMQATHooks(DistillHooks):
                     set_module(model, path, to_quant_linear(m, m.bits, m.group_size, m.symmetric))
 
 
-HOOKS["llm_qat"] = LLMQATHooks
-
-
 @register(
     LLMQATConfig,
     family="distill",
@@ -75,6 +74,7 @@ HOOKS["llm_qat"] = LLMQATHooks
     needs_calibration=False,
     paper="llm-qat",
     check=check_model,
+    hooks=LLMQATHooks,
 )
 def apply(model: torch.nn.Module, config: LLMQATConfig, calib: Any = None) -> torch.nn.Module:
     unfreeze(model, FullConfig(keep_sparsity=False))

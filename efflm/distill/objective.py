@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig
 from efflm.distill import divergence as div
 from efflm.distill.chunked import chunked_divergence
@@ -34,22 +35,32 @@ ADAPT = ("lora", "full")
 
 @dataclass(frozen=True)
 class DistillConfig(MethodConfig):
-    """divergence: forward_kl (Hinton), reverse_kl or jsd (GKD's generalized JSD with beta in
-    [0, 1]); temperature > 0 scales both distributions; ce_weight in [0, 1] mixes in the
-    cross-entropy on the data's tokens: (1 − w)·divergence + w·CE. adapt: what the student
-    trains — a LoRA adapter of rank r (any base, packed ones included) or every weight ("full",
-    a pruned matrix keeping its zeros). hidden_weight > 0 adds the hidden-state MSE on
-    hidden_layers (empty: every student layer), mapped onto the teacher's layers."""
+    """The distillation methods' shared fields: the divergence from the teacher, what the student
+    trains, and the optional cross-entropy and hidden-state terms."""
 
-    divergence: str = "forward_kl"
-    beta: float = 0.5
-    temperature: float = 1.0
-    ce_weight: float = 0.0
-    adapt: str = "lora"
-    r: int = 8
-    alpha: float = 16.0
-    hidden_weight: float = 0.0
-    hidden_layers: tuple[int, ...] = ()
+    divergence: str = opt(
+        "forward_kl",
+        "the student's divergence from the teacher's next-token distribution: forward_kl (Hinton, ×τ²), "
+        "reverse_kl, or jsd (GKD's generalized JSD with beta)",
+    )
+    beta: float = opt(0.5, "jsd only: the generalized JSD's β in [0, 1] (0: forward KL, 1: reverse KL)")
+    temperature: float = opt(1.0, "τ > 0 dividing both models' logits before the divergence")
+    ce_weight: float = opt(
+        0.0, "w in [0, 1] mixing in the cross-entropy on the data's tokens: (1 − w)·divergence + w·CE"
+    )
+    adapt: str = opt(
+        "lora",
+        "what the student trains: lora (an adapter of rank r on any base, packed ones included) or full "
+        "(every weight; a pruned matrix keeps its zeros)",
+    )
+    r: int = opt(8, "adapt: lora: the adapter's rank (> 0)")
+    alpha: float = opt(16.0, "adapt: lora: the adapter's scale; its update is multiplied by alpha / r (> 0)")
+    hidden_weight: float = opt(
+        0.0, "weight (≥ 0) of a hidden-state MSE towards the teacher's mapped layers, added to the loss; 0: off"
+    )
+    hidden_layers: tuple[int, ...] = opt(
+        (), "student layer indices the hidden-state term covers (empty: every layer), mapped onto the teacher's"
+    )
 
     def __post_init__(self) -> None:
         name = self.method

@@ -44,10 +44,34 @@ def git_commit() -> str:
         return "unknown"
 
 
+def kernels() -> dict:
+    """Which kernels are in effect here: whether efflm's C library loaded, and so which q4 matmul,
+    column sweep and decode step run (``c`` or ``torch``; a row's worker refines ``fast_decode``
+    with the choice made for its model, see ``row_env``)."""
+    from efflm.core import settings
+    from efflm.nn import q4_kernel
+
+    c = q4_kernel.available()
+    return {
+        "c_library": c,
+        "q4": "c" if c else "torch",
+        "sweep": "c" if c and settings.sweep_kernel() else "torch",
+        "fast_decode": "c" if c and settings.fast_decode() else "torch",
+    }
+
+
+def row_env(env: dict, data: dict) -> dict:
+    """``env`` for one result row: the kernel choices its worker reported (``data["kernels"]``) over
+    the process-wide ones."""
+    return {**env, "kernels": {**env.get("kernels", {}), **data.get("kernels", {})}}
+
+
 def environment() -> dict:
     from importlib.metadata import version
 
     import transformers
+
+    from efflm.core import settings
 
     return {
         "cpu": cpu_model(),
@@ -58,4 +82,6 @@ def environment() -> dict:
         "efflm": version("efflm"),
         "commit": git_commit(),
         "python": platform.python_version(),
+        "settings": settings.recorded(),  # the EFFLM_* values that change kernels or numerics
+        "kernels": kernels(),
     }

@@ -175,6 +175,15 @@ def _greedy(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tu
     return timing.ttft_s, timing.decode_s, engine.cache.nbytes()
 
 
+def decode_path(model: torch.nn.Module) -> str:
+    """The decode step efflm's decode path runs for ``model``: ``c`` (the fused C step) or
+    ``torch (why not C)``, from ``Engine.fast_off``."""
+    from efflm.inference.engine import Engine
+
+    engine = Engine(model)
+    return "c" if engine.fast is not None else f"torch ({engine.fast_off})"
+
+
 def speed(
     model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int = 32, reps: int = 3, reference: bool = True
 ) -> dict:

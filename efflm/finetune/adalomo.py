@@ -18,10 +18,10 @@ from typing import Any
 import torch
 
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import register
 from efflm.finetune.full_params import FullConfig, FullHooks, one_process, unfreeze
 from efflm.finetune.fused_update import FusedUpdate
-from efflm.finetune.hooks import HOOKS
 
 
 class AdaLomoRule:
@@ -109,14 +109,15 @@ def adalomo(
 
 @dataclass(frozen=True)
 class AdaLomoConfig(FullConfig):
-    """Every weight trained by AdaLomo inside the backward pass. clip_threshold: the grouped
-    update normalization's d; decay_rate: c in β₂ₜ = 1 − tᶜ; eps2: the smallest relative step
-    scale. train.lr is the relative step size, train.max_grad_norm optional clipping (0 = off)."""
+    """Every weight trained by AdaLomo inside the backward pass. train.lr is the relative step
+    size, train.max_grad_norm optional clipping (0 = off)."""
 
     method = "adalomo"
-    clip_threshold: float = 1.0
-    decay_rate: float = -0.8
-    eps2: float = 1e-3
+    clip_threshold: float = opt(1.0, "d > 0 of the grouped update normalization: each update's RMS is capped at d")
+    decay_rate: float = opt(-0.8, "c in [-1, 0) of the second moments' decay β₂ₜ = 1 − tᶜ")
+    eps2: float = opt(
+        1e-3, "floor (> 0) of the weight RMS the relative step is scaled by: step = lr · max(eps2, RMS(W))"
+    )
 
     def __post_init__(self) -> None:
         if self.clip_threshold <= 0 or self.eps2 <= 0:
@@ -137,9 +138,6 @@ class AdaLomoHooks(FullHooks):
         )  # fmt: skip
 
 
-HOOKS["adalomo"] = AdaLomoHooks
-
-
 @register(
     AdaLomoConfig,
     family="finetune",
@@ -147,6 +145,7 @@ HOOKS["adalomo"] = AdaLomoHooks
     arxiv="2310.10195",
     needs_calibration=False,
     paper="adalomo",
+    hooks=AdaLomoHooks,
 )
 def apply(model: torch.nn.Module, config: AdaLomoConfig, calib: Any = None) -> torch.nn.Module:
     return unfreeze(model, config)

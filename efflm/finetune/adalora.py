@@ -18,26 +18,27 @@ from typing import Any
 import torch
 
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import register
 from efflm.finetune.adapter import AdapterConfig, check_targets, inject, linear_names
-from efflm.finetune.hooks import HOOKS, TrainHooks
+from efflm.finetune.hooks import TrainHooks
 from efflm.nn.adapters import SVDLinear
 
 
 @dataclass(frozen=True)
 class AdaLoRAConfig(AdapterConfig):
-    """init_r → target_r triplets per adapter on average; budget schedule tinit/tfinal/delta_t."""
+    """AdaLoRA: SVD-form adapters whose rank budget falls from init_r to target_r per adapter."""
 
     method = "adalora"
-    init_r: int = 12
-    target_r: int = 8
-    alpha: float = 16.0
-    tinit: int = 10
-    tfinal: int = 10
-    delta_t: int = 1
-    beta1: float = 0.85
-    beta2: float = 0.85
-    orth_reg_weight: float = 0.5
+    init_r: int = opt(12, "rank each adapter starts with (the triplets P·diag(λ)·Q it holds)")
+    target_r: int = opt(8, "average rank per adapter the budget falls to, in 1..init_r")
+    alpha: float = opt(16.0, "scale of the update: the adapter's output is multiplied by alpha / r (> 0)")
+    tinit: int = opt(10, "warm-up steps at the initial budget before any pruning (≥ 0)")
+    tfinal: int = opt(10, "final steps at the target budget, pruning fixed (≥ 0)")
+    delta_t: int = opt(1, "steps between budget reallocations (> 0)")
+    beta1: float = opt(0.85, "EMA factor of the triplets' sensitivity |w·∂L/∂w|, in [0, 1)")
+    beta2: float = opt(0.85, "EMA factor of the sensitivity's uncertainty, in [0, 1)")
+    orth_reg_weight: float = opt(0.5, "weight of the penalty ‖PᵀP − I‖² + ‖QQᵀ − I‖² added to the loss")
 
     @property
     def r(self) -> int:
@@ -143,9 +144,6 @@ class AdaLoRAHooks(TrainHooks):
                 m.lora_E.masked_fill_((s <= threshold).unsqueeze(1), 0.0)
 
 
-HOOKS["adalora"] = AdaLoRAHooks
-
-
 @register(
     AdaLoRAConfig,
     family="finetune",
@@ -154,6 +152,7 @@ HOOKS["adalora"] = AdaLoRAHooks
     needs_calibration=False,
     paper="adaptive-budget-allocation-parameter-efficient-fine",
     check=check_targets,
+    hooks=AdaLoRAHooks,
 )
 def apply(model: torch.nn.Module, config: AdaLoRAConfig, calib: Any = None) -> torch.nn.Module:
     model._efflm_adalora = config

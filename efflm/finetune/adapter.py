@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig
 from efflm.models.arch import decoder_layers, get_module, in_features, layout_for, out_features, set_module
 from efflm.nn.adapters import adapter_modules
@@ -117,8 +118,12 @@ def lora_apply(model: nn.Module, config: Any, **kwargs) -> nn.Module:
 class AdapterConfig(MethodConfig):
     """Fields every adapter method shares: the targeted Linears and the init seed."""
 
-    target_modules: tuple[str, ...] = (ALL,)
-    seed: int = 0
+    target_modules: tuple[str, ...] = opt(
+        (ALL,),
+        "short names of the decoder Linears that get an adapter in every layer (q_proj, k_proj, v_proj, "
+        "o_proj, gate_proj, up_proj, down_proj), or all-linear for all of them",
+    )
+    seed: int = opt(0, "seed of the adapters' random initialization")
 
     def __post_init__(self) -> None:
         if not self.target_modules:
@@ -129,9 +134,9 @@ class AdapterConfig(MethodConfig):
 class LowRankAdapterConfig(AdapterConfig):
     """The LoRA family's fields: rank r, scale alpha (the update is scaled by alpha / r), dropout."""
 
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
+    r: int = opt(8, "rank of each adapter's update BA (> 0, at most min(in, out) of every target)")
+    alpha: float = opt(16.0, "scale of the update: the adapter's output is multiplied by alpha / r (> 0)")
+    dropout: float = opt(0.0, "dropout probability on the adapter's input while training, in [0, 1)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -17,18 +17,19 @@ from typing import Any
 import torch
 
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import register
 from efflm.finetune.adapter import LowRankAdapterConfig, check_targets, lora_apply
-from efflm.finetune.hooks import HOOKS, TrainHooks
+from efflm.finetune.hooks import TrainHooks
 from efflm.nn.adapters import LoraLinear
 
 
 @dataclass(frozen=True)
 class DyLoRAConfig(LowRankAdapterConfig):
-    """DyLoRA: ranks b ~ U{1..r} per step. save_rank: rank the saved adapter keeps (0 = r)."""
+    """DyLoRA: LoRA trained at a rank b ~ U{1..r} drawn each step."""
 
     method = "dylora"
-    save_rank: int = 0
+    save_rank: int = opt(0, "rank the saved adapter is truncated to, in 0..r (0: r)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -56,9 +57,6 @@ class DyLoRAHooks(TrainHooks):
         set_rank(model, r)
 
 
-HOOKS["dylora"] = DyLoRAHooks
-
-
 @register(
     DyLoRAConfig,
     family="finetune",
@@ -67,6 +65,7 @@ HOOKS["dylora"] = DyLoRAHooks
     needs_calibration=False,
     paper="dylora",
     check=check_targets,
+    hooks=DyLoRAHooks,
 )
 def apply(model: torch.nn.Module, config: DyLoRAConfig, calib: Any = None) -> torch.nn.Module:
     return lora_apply(model, config)

@@ -16,7 +16,6 @@ import torch
 
 from efflm.core.registry import register
 from efflm.finetune.full_params import FullConfig, FullHooks, unfreeze
-from efflm.finetune.hooks import HOOKS
 
 
 @dataclass(frozen=True)
@@ -26,9 +25,6 @@ class FullFinetuneConfig(FullConfig):
     method = "full"
 
 
-HOOKS["full"] = FullHooks
-
-
 @register(
     FullFinetuneConfig,
     family="finetune",
@@ -36,6 +32,7 @@ HOOKS["full"] = FullHooks
     arxiv=None,
     needs_calibration=False,
     paper="full-fine-tuning",
+    hooks=FullHooks,
 )
 def apply(model: torch.nn.Module, config: FullFinetuneConfig, calib: Any = None) -> torch.nn.Module:
     return unfreeze(model, config)

@@ -16,6 +16,7 @@ from typing import Any
 import torch.nn as nn
 
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig
 from efflm.finetune.hooks import TrainHooks
 from efflm.models.arch import layout_for
@@ -25,11 +26,14 @@ SPARSE = 0.25  # a 2-D weight with at least this share of exact zeros is treated
 
 @dataclass(frozen=True)
 class FullConfig(MethodConfig):
-    """Every weight trained. keep_sparsity: a pruned matrix's zeros stay zero. train_embeddings:
-    also train the input embedding (and a head tied to it)."""
+    """Every weight trained (the full-parameter methods' shared fields)."""
 
-    keep_sparsity: bool = True
-    train_embeddings: bool = True
+    keep_sparsity: bool = opt(
+        True,
+        "a weight matrix at least 25% exact zeros (a pruned one) keeps them: its gradient (MeZO: its "
+        "perturbation) is masked, so an N:M pattern survives training",
+    )
+    train_embeddings: bool = opt(True, "also train the input embedding (and a head tied to it)")
 
 
 def unfreeze(model: nn.Module, config: FullConfig) -> nn.Module:

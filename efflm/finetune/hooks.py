@@ -1,8 +1,9 @@
 """What a method adds to the one training loop (``efflm.finetune.train``), looked up by name.
 
-A method file registers a ``TrainHooks`` subclass in ``HOOKS``; each run gets a fresh instance
-made from its config (``hooks_for``), so state such as AdaLoRA's importance scores never
-leaks from one run into the next. Every hook is optional:
+A method file passes its ``TrainHooks`` subclass to ``@register(..., hooks=...)``; each run
+gets a fresh instance made from its config (``hooks_for``, through the registry), so state
+such as AdaLoRA's importance scores never leaks from one run into the next. Every hook is
+optional:
 
 * ``updater`` — how the step changes the weights: ``None`` means AdamW after a backward pass;
   LOMO and AdaLomo update inside the backward pass, MeZO from two forward passes.
@@ -19,6 +20,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+
+from efflm.core.registry import get
 
 
 class TrainHooks:
@@ -59,9 +62,7 @@ class TrainHooks:
         pass
 
 
-HOOKS: dict[str, type[TrainHooks]] = {}
-
-
 def hooks_for(config: Any) -> TrainHooks:
-    """A fresh hooks object for one run of ``config``'s method."""
-    return HOOKS.get(config.method, TrainHooks)(config)
+    """A fresh hooks object for one run of ``config``'s method (its ``@register(hooks=...)``;
+    the plain ``TrainHooks`` where it gave none)."""
+    return (get(config.method).hooks or TrainHooks)(config)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import register
 from efflm.finetune.adapter import AdapterConfig, check_targets, inject, linear_names
 from efflm.nn.adapters import IA3Linear
@@ -27,8 +28,14 @@ class IA3Config(AdapterConfig):
     """(IA)³: a learned vector on each target's output, or input for feedforward_modules."""
 
     method = "ia3"
-    target_modules: tuple[str, ...] = ("k_proj", "v_proj", "down_proj")
-    feedforward_modules: tuple[str, ...] = ("down_proj",)
+    target_modules: tuple[str, ...] = opt(
+        ("k_proj", "v_proj", "down_proj"),
+        "short names of the decoder Linears that get a learned scaling vector in every layer, or all-linear",
+    )
+    seed: int = opt(0, "unused: (IA)³'s vectors start at ones, so nothing is drawn")
+    feedforward_modules: tuple[str, ...] = opt(
+        ("down_proj",), "those of target_modules whose input is scaled instead of their output"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

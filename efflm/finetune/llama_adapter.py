@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig, register
 from efflm.finetune.adapter import freeze_base
 from efflm.models.arch import decoder_layers, layout_for
@@ -26,12 +27,12 @@ from efflm.nn.prompts import AdaptedAttention
 
 @dataclass(frozen=True)
 class LlamaAdapterConfig(MethodConfig):
-    """adapter_len prompt vectors in each of the top adapter_layers layers, zero-gated."""
+    """Learned prompt vectors in the top layers' attention, zero-gated."""
 
     method = "llama_adapter"
-    adapter_len: int = 10
-    adapter_layers: int = 8
-    seed: int = 0
+    adapter_len: int = opt(10, "adaption prompt vectors per adapted layer (> 0)")
+    adapter_layers: int = opt(8, "how many of the top decoder layers get them (> 0)")
+    seed: int = opt(0, "seed of the prompts' random initialization")
 
     def __post_init__(self) -> None:
         if self.adapter_len <= 0 or self.adapter_layers <= 0:

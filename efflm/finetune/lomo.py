@@ -20,7 +20,6 @@ import torch
 from efflm.core.registry import register
 from efflm.finetune.full_params import FullConfig, FullHooks, one_process, unfreeze
 from efflm.finetune.fused_update import FusedUpdate
-from efflm.finetune.hooks import HOOKS
 
 
 def sgd_rule(weight_decay: float = 0.0):
@@ -55,9 +54,6 @@ class LomoHooks(FullHooks):
         return lomo(model.parameters(), cfg.weight_decay, cfg.max_grad_norm)
 
 
-HOOKS["lomo"] = LomoHooks
-
-
 @register(
     LomoConfig,
     family="finetune",
@@ -65,6 +61,7 @@ HOOKS["lomo"] = LomoHooks
     arxiv="2306.09782",
     needs_calibration=False,
     paper="full-parameter-fine-tuning-large-language",
+    hooks=LomoHooks,
 )
 def apply(model: torch.nn.Module, config: LomoConfig, calib: Any = None) -> torch.nn.Module:
     return unfreeze(model, config)

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import config_from_dict, get, register
 from efflm.finetune.full_params import FullConfig, FullHooks, one_process, unfreeze
-from efflm.finetune.hooks import HOOKS
 
 
 class MeZO:
@@ -142,15 +142,17 @@ class MeZO:
 
 @dataclass(frozen=True)
 class MeZOConfig(FullConfig):
-    """SPSA with perturbation scale eps (train.lr is the step size: the paper uses 1e-6 to 1e-7
-    over all weights, 1e-4 to 1e-2 over an adapter). over: "all" weights, or the name of a
-    parameter-efficient method (lora, prefix_tuning, …) whose fresh adapter is the trainable
-    set; r is that adapter's rank where it has one."""
+    """MeZO: SPSA from two forward passes (train.lr is the step size: the paper uses 1e-6 to 1e-7
+    over all weights, 1e-4 to 1e-2 over an adapter)."""
 
     method = "mezo"
-    eps: float = 1e-3
-    over: str = "all"
-    r: int = 8
+    eps: float = opt(1e-3, "perturbation scale ε (> 0): the loss is evaluated at θ ± εz")
+    over: str = opt(
+        "all",
+        "the trainable set: all (every weight), or the name of a parameter-efficient method (lora, "
+        "prefix_tuning, …) whose fresh adapter is trained",
+    )
+    r: int = opt(8, "the adapter's rank when over names a method that has one (> 0)")
 
     def __post_init__(self) -> None:
         if not self.eps > 0:
@@ -190,9 +192,6 @@ class MeZOHooks(FullHooks):
         return MeZO(model, self.config.eps, cfg.weight_decay, seed=cfg.seed)
 
 
-HOOKS["mezo"] = MeZOHooks
-
-
 @register(
     MeZOConfig,
     family="finetune",
@@ -201,6 +200,7 @@ HOOKS["mezo"] = MeZOHooks
     needs_calibration=False,
     paper="fine-tuning-language-models-just-forward",
     check=check,
+    hooks=MeZOHooks,
 )
 def apply(model: torch.nn.Module, config: MeZOConfig, calib: Any = None) -> torch.nn.Module:
     adapter = config.adapter()

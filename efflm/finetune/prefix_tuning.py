@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig, register
 from efflm.finetune.adapter import freeze_base
 from efflm.models.arch import get_module, layout_for
@@ -31,11 +32,11 @@ def kv_shape(hf_config: Any) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class PrefixTuningConfig(MethodConfig):
-    """n_virtual trainable key/value vectors per layer."""
+    """Trainable key/value prefixes in every layer."""
 
     method = "prefix_tuning"
-    n_virtual: int = 16
-    seed: int = 0
+    n_virtual: int = opt(16, "virtual tokens: trainable key and value vectors per layer (> 0)")
+    seed: int = opt(0, "seed of their random initialization")
 
     def __post_init__(self) -> None:
         if self.n_virtual <= 0:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig, register
 from efflm.finetune.adapter import freeze_base
 from efflm.models.arch import get_module, layout_for, set_module
@@ -26,12 +27,12 @@ from efflm.nn.prompts import PromptEmbedding, attach_prompt_hooks
 
 @dataclass(frozen=True)
 class PromptTuningConfig(MethodConfig):
-    """n_virtual soft-prompt tokens; init "vocab" (embeddings of real tokens) or "random"."""
+    """A trainable soft prompt before the input."""
 
     method = "prompt_tuning"
-    n_virtual: int = 20
-    init: str = "vocab"
-    seed: int = 0
+    n_virtual: int = opt(20, "soft-prompt tokens prepended to every input (> 0)")
+    init: str = opt("vocab", "their start: vocab (embeddings of randomly drawn real tokens) or random")
+    seed: int = opt(0, "seed of the drawn tokens or random vectors")
 
     def __post_init__(self) -> None:
         if self.n_virtual <= 0:

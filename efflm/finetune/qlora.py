@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import register
 from efflm.finetune.adapter import ALL, LowRankAdapterConfig, check_targets, lora_apply
 from efflm.models.arch import decoder_linears, in_features, set_module
@@ -26,11 +27,15 @@ from efflm.nn.registry import role
 
 @dataclass(frozen=True)
 class QLoRAConfig(LowRankAdapterConfig):
-    """LoRA on an NF4 base (a base not yet quantized is quantized first; block: NF4 block size)."""
+    """LoRA on an NF4 base (a base not yet quantized is quantized first)."""
 
     method = "qlora"
-    target_modules: tuple[str, ...] = (ALL,)
-    block: int = 64
+    target_modules: tuple[str, ...] = opt(
+        (ALL,),
+        "short names of the decoder Linears given a LoRA adapter in every layer, or all-linear (every decoder "
+        "Linear is stored in NF4 either way)",
+    )
+    block: int = opt(64, "NF4 block: consecutive weights sharing one absmax (positive, even, dividing every input)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.progress import progress
 from efflm.finetune.loss import chunked_cross_entropy
 from efflm.models.arch import get_module, layout_for
@@ -30,30 +31,32 @@ from efflm.models.arch import get_module, layout_for
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training hyper-parameters; the defaults train LoRA on the default model in minutes.
+    """Training hyper-parameters (a method recipe's ``train:`` mapping); the defaults train LoRA
+    on the default model."""
 
-    batch: sequences per optimizer step (global, split over processes and grad_accum).
-    seq_len: tokens per sequence. warmup: linear warm-up steps. schedule: cosine, linear or
-    constant after warm-up. max_grad_norm: clipping (0 = off). eval_every: steps between
-    evaluations (0 = only at the end). checkpoint_every: steps between checkpoints.
-    loss_chunk: tokens per cross-entropy chunk (0 = full logits at once).
-    """
-
-    steps: int = 100
-    lr: float = 2e-4
-    schedule: str = "cosine"
-    warmup: int = 10
-    batch: int = 4
-    grad_accum: int = 1
-    seq_len: int = 256
-    max_grad_norm: float = 1.0
-    weight_decay: float = 0.0
-    seed: int = 0
-    eval_every: int = 0
-    checkpoint_every: int = 25
-    grad_checkpointing: bool = False
-    bf16: bool = False
-    loss_chunk: int = 512
+    steps: int = opt(100, "optimizer steps (> 0; `efflm finetune --steps` overrides it)")
+    lr: float = opt(
+        2e-4, "peak learning rate (> 0) after warm-up; LOMO/MeZO: the SGD step size, AdaLomo: the relative step"
+    )
+    schedule: str = opt("cosine", "learning-rate decay after warm-up: cosine, linear or constant")
+    warmup: int = opt(10, "steps of linear warm-up from 0 to lr (≥ 0)")
+    batch: int = opt(4, "sequences per optimizer step, global: split over processes and grad_accum (> 0)")
+    grad_accum: int = opt(1, "micro-batches per optimizer step (> 0, dividing batch; LOMO and AdaLomo: 1)")
+    seq_len: int = opt(256, "tokens per training sequence (> 0)")
+    max_grad_norm: float = opt(1.0, "clip the gradients' global norm to this (≥ 0; 0: no clipping)")
+    weight_decay: float = opt(0.0, "decoupled weight decay (AdamW's; LOMO, AdaLomo, MeZO apply it too)")
+    seed: int = opt(0, "seed of every random choice, each a function of (seed, step): batches, dropout, ranks")
+    eval_every: int = opt(0, "steps between held-out evaluations (≥ 0; 0: only at the end)")
+    checkpoint_every: int = opt(25, "steps between checkpoints written to the output directory (> 0)")
+    grad_checkpointing: bool = opt(
+        False, "recompute each decoder layer's activations in the backward pass instead of keeping them"
+    )
+    bf16: bool = opt(False, "run the forward and backward passes under bf16 autocast (accelerate's mixed precision)")
+    loss_chunk: int = opt(
+        512,
+        "tokens per cross-entropy chunk: the head's logits are made and recomputed this many at a time "
+        "(≥ 0; 0: all logits at once)",
+    )
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch", "grad_accum", "seq_len", "checkpoint_every")

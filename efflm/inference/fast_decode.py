@@ -15,11 +15,11 @@ new engine. The engine then keeps its reference path
 from __future__ import annotations
 
 import ctypes
-import os
 from typing import Any
 
 import torch
 
+from efflm.core import settings
 from efflm.inference.cache import KVCache
 from efflm.nn import q4_kernel
 from efflm.nn.layouts import Q4Blocks, SignedInt8
@@ -100,10 +100,12 @@ class FastDecode:
     @classmethod
     def build(cls, engine: Any) -> "tuple[FastDecode | None, str]":
         """(the fused step, "") or (None, why the model keeps the reference path)."""
-        lib = q4_kernel.library() if os.environ.get("EFFLM_FAST_DECODE", "1") != "0" else None
+        lib = q4_kernel.library() if settings.fast_decode() else None
         try:
+            if not settings.fast_decode():
+                raise Unsupported("turned off by EFFLM_FAST_DECODE=0")
             if lib is None or not hasattr(lib, "efflm_decode_layers"):
-                raise Unsupported("no compiled kernels here (or EFFLM_FAST_DECODE=0)")
+                raise Unsupported("no compiled kernels here (no C compiler or AVX2/FMA/F16C, or EFFLM_Q4_KERNEL=0)")
             cfg = engine.model.config
             if getattr(cfg, "hidden_act", "silu") not in ("silu", "swish"):
                 raise Unsupported(f"MLP activation {cfg.hidden_act}")

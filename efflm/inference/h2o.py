@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import register
 from efflm.inference.cache import KVCache, KVMethodConfig, set_kv_spec
 
@@ -95,8 +96,12 @@ class H2OConfig(KVMethodConfig):
 
     method = "h2o"
     cache = HeavyHitterCache
-    budget: float = 0.2
-    recent_ratio: float = 0.5
+    budget: float = opt(
+        0.2, "KV slots per sequence: a fraction of its length in (0, 1], or a whole number of tokens above 1"
+    )
+    recent_ratio: float = opt(
+        0.5, "share of the budget, in (0, 1), kept for the most recent tokens; the rest holds heavy hitters"
+    )
 
     def __post_init__(self) -> None:
         if not self.budget > 0 or (self.budget > 1 and self.budget != int(self.budget)):

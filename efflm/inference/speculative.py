@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from efflm.core.errors import ConfigError, EfflmError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig, config_from_dict, register
 from efflm.inference.engine import Engine
 from efflm.inference.generate import Generation, SamplingConfig, Timing, cache_total, draw, generator, probs
@@ -276,12 +277,18 @@ class SpeculativeConfig(MethodConfig):
     tokens drafted per step, the length following acceptance when ``adaptive``."""
 
     method = "speculative"
-    draft: str = "prompt_lookup"
-    k: int = 4
-    ngram: int = 3
-    draft_layers: int = 8
-    min_ngram: int = 2
-    adaptive: bool = True
+    draft: str = opt(
+        "prompt_lookup",
+        "the drafter: prompt_lookup (the tokens that followed the latest earlier match of the context's last "
+        "n-gram) or layers (the model's own first draft_layers layers)",
+    )
+    k: int = opt(4, "most tokens drafted per step (≥ 1)")
+    ngram: int = opt(3, "prompt_lookup: longest n-gram matched, in tokens (≥ min_ngram)")
+    draft_layers: int = opt(8, "layers: how many of the model's first layers draft (≥ 1)")
+    min_ngram: int = opt(2, "prompt_lookup: shortest n-gram match that is drafted from (≥ 1)")
+    adaptive: bool = opt(
+        True, "the draft length follows acceptance (two more after a full accept, one fewer after a rejection)"
+    )
 
     def __post_init__(self) -> None:
         if self.draft not in ("prompt_lookup", "layers"):

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import register
 from efflm.inference.cache import KVCache, KVMethodConfig, set_kv_spec
 
@@ -68,8 +69,8 @@ class StreamingLLMConfig(KVMethodConfig):
 
     method = "streaming_llm"
     cache = SinkCache
-    budget: int = 512
-    sinks: int = 4
+    budget: int = opt(512, "KV cache size in tokens (≥ sinks + 1): the sinks plus a rolling window of recent tokens")
+    sinks: int = opt(4, "first tokens kept for good as attention sinks (≥ 0; 0: a plain sliding window)")
 
     def __post_init__(self) -> None:
         if self.sinks < 0:

@@ -8,8 +8,8 @@ weights or residual and calls these plain functions.
 Rank allocation: singular components of all Linears are taken greedily by the share of
 their matrix's energy (σ²/‖W‖²_F) per parameter they cost (in + out), until the kept
 parameters reach (1 − ratio) of the decoder Linears'; a Linear whose rank reaches
-in·out/(in + out) stays dense. (Equal relative error for every matrix, also tried, was far
-worse on SmolLM2: perplexity 10.3M against 158k at 20%.)
+in·out/(in + out) stays dense. (Equal relative error for every matrix, the alternative, loses
+far more: docs/methods.md, "Defaults chosen by measurement".)
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from efflm.calib.gradients import check_grad_len, linear_gradients
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig, register
 from efflm.lowrank.factorize import check_lowrank_config, check_lowrank_for_model, factorizations, install
 
@@ -30,17 +31,12 @@ def fisher_row_importance(fisher: torch.Tensor, eps: float = 1e-3) -> torch.Tens
 
 @dataclass(frozen=True)
 class FWSVDConfig(MethodConfig):
-    """Fisher-weighted SVD of every decoder Linear (Fisher from calibration gradients).
-
-    ratio: fraction of the decoder Linears' parameters removed, in [0, 1) (ranks allocated
-    globally); rank: a fixed rank for every Linear instead (0 = use ratio); grad_len: tokens
-    of each calibration window the Fisher estimate uses.
-    """
+    """Fisher-weighted SVD of every decoder Linear (Fisher from calibration gradients)."""
 
     method = "fwsvd"
-    ratio: float = 0.2
-    rank: int = 0
-    grad_len: int = 128
+    ratio: float = opt(0.2, "fraction of the decoder Linears' parameters removed, in [0, 1); ranks allocated globally")
+    rank: int = opt(0, "a fixed rank for every Linear instead (≥ 0; 0: ranks from ratio)")
+    grad_len: int = opt(128, "tokens of each calibration window the Fisher estimate's gradients use (≥ 2)")
 
     def __post_init__(self) -> None:
         check_grad_len(self)

@@ -21,6 +21,7 @@ import torch
 
 from efflm.calib.gradients import check_grad_len, linear_gradients
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig, register
 from efflm.lowrank.factorize import check_lowrank_config, check_lowrank_for_model, factorizations, install
 from efflm.models.arch import decoder_linears
@@ -38,19 +39,19 @@ def sparse_residual(R: torch.Tensor, fisher: torch.Tensor, density: float) -> to
 
 @dataclass(frozen=True)
 class LoSparseConfig(MethodConfig):
-    """Low-rank + sparse factorization of every decoder Linear.
-
-    ratio: fraction of the decoder Linears' parameters removed, in [0, 1), counting each kept
-    sparse entry as two (value and column index); density: share of each matrix's entries
-    kept in the sparse residual, in [0, 1); rank: a fixed rank instead (0 = use ratio);
-    grad_len: tokens of each calibration window the sensitivity uses.
-    """
+    """Low-rank + sparse factorization of every decoder Linear."""
 
     method = "losparse"
-    ratio: float = 0.2
-    density: float = 0.02
-    rank: int = 0
-    grad_len: int = 128
+    ratio: float = opt(
+        0.2,
+        "fraction of the decoder Linears' parameters removed, in [0, 1), counting each kept sparse entry as "
+        "two (value and column index)",
+    )
+    density: float = opt(
+        0.02, "share of each matrix's entries kept in the sparse residual, in [0, 1); 2·density < 1 − ratio"
+    )
+    rank: int = opt(0, "a fixed rank for every Linear instead (≥ 0; 0: ranks from ratio)")
+    grad_len: int = opt(128, "tokens of each calibration window the sensitivity's gradients use (≥ 2)")
 
     def __post_init__(self) -> None:
         check_grad_len(self)

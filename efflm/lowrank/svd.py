@@ -13,21 +13,18 @@ from typing import Any
 
 import torch.nn as nn
 
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig, register
 from efflm.lowrank.factorize import check_lowrank_config, check_lowrank_for_model, factorizations, install
 
 
 @dataclass(frozen=True)
 class SVDConfig(MethodConfig):
-    """Truncated-SVD factorization of every decoder Linear.
-
-    ratio: fraction of the decoder Linears' parameters removed, in [0, 1) (ranks allocated
-    globally); rank: a fixed rank for every Linear instead (0 = use ratio).
-    """
+    """Truncated-SVD factorization of every decoder Linear."""
 
     method = "svd"
-    ratio: float = 0.2
-    rank: int = 0
+    ratio: float = opt(0.2, "fraction of the decoder Linears' parameters removed, in [0, 1); ranks allocated globally")
+    rank: int = opt(0, "a fixed rank for every Linear instead (≥ 0; 0: ranks from ratio)")
 
     def __post_init__(self) -> None:
         check_lowrank_config(self)

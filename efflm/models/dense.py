@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig, register
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -15,10 +16,14 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass(frozen=True)
 class DenseConfig(MethodConfig):
-    """No compression; ``dtype`` is the float type of every weight (float32, bfloat16, float16)."""
+    """No compression: the model as loaded, every weight in one float type."""
 
     method = "dense"
-    dtype: str = "float32"
+    dtype: str = opt(
+        "float32",
+        "float type every weight is cast to (and so the type the model computes in): float32, bfloat16 or "
+        "float16; packed 4/8-bit kernels need bfloat16, so put it after a quantizer in a recipe",
+    )
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

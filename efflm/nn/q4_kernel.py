@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from efflm.core import settings
 from efflm.core.paths import cache_dir
 
 HERE = Path(__file__).parent
@@ -74,7 +75,7 @@ def library() -> ctypes.CDLL | None:
 
     The cached library is trusted only if its sha256 matches the one recorded when efflm
     built it; otherwise it is rebuilt."""
-    if os.environ.get("EFFLM_Q4_KERNEL", "1") == "0" or not _cpu_ok():
+    if not settings.q4_kernel() or not _cpu_ok():
         return None
     cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
     if cc is None:

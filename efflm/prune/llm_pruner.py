@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from efflm.calib.gradients import check_grad_len, linear_gradients
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig, register
 from efflm.models.arch import decoder_layers, layout_for
 
@@ -113,21 +114,22 @@ def _rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LLMPrunerConfig(MethodConfig):
-    """Structured pruning into a smaller dense model (same size for every layer).
-
-    ratio: fraction of MLP intermediate channels removed, in [0, 1), kept count rounded to
-    a multiple of ``multiple_of`` (so group-wise quantization still fits); head_ratio:
-    fraction of attention heads removed (must keep GQA groups equal); importance: "taylor"
-    (first-order, calibration gradients) or "magnitude" (squared weights, no data used);
-    grad_len: tokens of each calibration window the gradients use (the paper: 128).
-    """
+    """Structured pruning into a smaller dense model (same size for every layer)."""
 
     method = "llm_pruner"
-    ratio: float = 0.2
-    head_ratio: float = 0.0
-    importance: str = "taylor"
-    multiple_of: int = 32
-    grad_len: int = 128
+    ratio: float = opt(
+        0.2, "fraction of MLP intermediate channels removed (gate/up rows and down columns together), in [0, 1)"
+    )
+    head_ratio: float = opt(
+        0.0, "fraction of attention heads removed, in [0, 1); must leave every key-value group the same size"
+    )
+    importance: str = opt(
+        "taylor", "how channels and heads are ranked: taylor (first-order, calibration gradients) or magnitude"
+    )
+    multiple_of: int = opt(
+        32, "the kept channel count is rounded to a multiple of this (≥ 1), so group-wise quantization still fits"
+    )
+    grad_len: int = opt(128, "tokens of each calibration window the gradients use (≥ 2; the paper: 128)")
 
     def __post_init__(self) -> None:
         check_grad_len(self)

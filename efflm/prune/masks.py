@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig
 from efflm.models.arch import in_features
 
@@ -81,14 +82,14 @@ def check_sparsity_for_model(hf_config: Any, cfg: Any) -> None:
 
 @dataclass(frozen=True)
 class SparsityConfig(MethodConfig):
-    """Shared fields of the unstructured / N:M pruners (magnitude, Wanda, SparseGPT).
+    """Shared fields of the unstructured / N:M pruners (magnitude, Wanda, SparseGPT)."""
 
-    sparsity: fraction of each output row zeroed, in [0, 1). pattern: "unstructured" or
-    "N:M" (keep N of every M consecutive inputs; then sparsity must equal 1 − N/M).
-    """
-
-    sparsity: float = 0.5
-    pattern: str = "unstructured"
+    sparsity: float = opt(0.5, "fraction of each output row's weights zeroed, in [0, 1)")
+    pattern: str = opt(
+        "unstructured",
+        "unstructured, or N:M (e.g. 2:4): keep N of every M consecutive inputs; sparsity must then be 1 − N/M "
+        "and M must divide every input width",
+    )
 
     def __post_init__(self) -> None:
         check_sparsity_config(self)

@@ -24,6 +24,7 @@ from efflm.calib.hessian import Hessian, inverse_cholesky, mask_dead_columns
 from efflm.calib.layerwise import note, run, shared_groups
 from efflm.calib.sweep import sweep
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import register
 from efflm.prune.masks import SparsityConfig, check_sparsity_for_model, nm_mask, parse_pattern, prune_mask
 
@@ -81,18 +82,19 @@ def sparsegpt_prune(
 
 @dataclass(frozen=True)
 class SparseGPTConfig(SparsityConfig):
-    """One-shot pruning with Hessian-based reconstruction of the remaining weights.
-
-    sparsity, pattern: see SparsityConfig; dampening: fraction of mean(diag H) added to the diagonal; block_size: lazy-update block
-    (a multiple of M for N:M); true_sequential: one forward per layer over the whole calibration
-    batch, each Linear group pruned as the forward reaches it (off: observe the layer in batches
-    of 4, prune, forward again — llm-compressor's order).
-    """
+    """One-shot pruning with Hessian-based reconstruction of the remaining weights (sparsity,
+    pattern: see SparsityConfig)."""
 
     method = "sparsegpt"
-    dampening: float = 0.01
-    block_size: int = 128
-    true_sequential: bool = True
+    dampening: float = opt(0.01, "fraction of mean(diag H) added to the Hessian's diagonal before Cholesky, in (0, 1)")
+    block_size: int = opt(
+        128, "columns per block: the mask is chosen and the error fed forward per block; a multiple of M for N:M"
+    )
+    true_sequential: bool = opt(
+        True,
+        "one forward per layer over the whole calibration batch, each group of Linears pruned as the forward "
+        "reaches it; false: llm-compressor's order (observe the layer in batches of 4, prune, forward again)",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -25,6 +25,7 @@ import torch
 from efflm.calib.hessian import Hessian
 from efflm.calib.layerwise import run
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig, register
 from efflm.models.arch import layout_for, set_module
 from efflm.quantize import grid
@@ -108,20 +109,21 @@ def search_clip(
 
 @dataclass(frozen=True)
 class AWQConfig(MethodConfig):
-    """AWQ weight-only quantization of every decoder Linear.
-
-    bits 2..8; group_size (-1 = per channel); symmetric grid; n_grid: α values tried in
-    [0, 1); duo_scaling: s = mean|x|^α / mean|w|^(1−α) (llm-compressor's default) instead of
-    the paper's mean|x|^α; clip: search a clipping ratio per weight group (not for q/k).
-    """
+    """AWQ weight-only quantization of every decoder Linear."""
 
     method = "awq"
-    bits: int = 4
-    group_size: int = 64
-    symmetric: bool = True
-    n_grid: int = 20
-    duo_scaling: bool = False
-    clip: bool = True
+    bits: int = opt(4, "bits per weight code, 2..8")
+    group_size: int = opt(
+        64, "consecutive inputs sharing one scale; -1: one scale per output channel; must divide every input width"
+    )
+    symmetric: bool = opt(True, "true: zero-centred grid (a scale only); false: min/max grid with a float offset")
+    n_grid: int = opt(
+        20, "grid points of the scale search: α = i / n_grid for i in 0..n_grid−1 (also the clipping ratios' step)"
+    )
+    duo_scaling: bool = opt(
+        False, "scales s = mean|x|^α / mean|w|^(1−α) (llm-compressor's default); false: the paper's mean|x|^α"
+    )
+    clip: bool = opt(True, "search a clipping ratio of each weight group's range (never for q_proj/k_proj)")
 
     def __post_init__(self) -> None:
         grid.check_grid_config(self)

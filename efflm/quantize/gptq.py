@@ -26,6 +26,7 @@ import torch
 from efflm.calib.hessian import Hessian
 from efflm.calib.layerwise import note, run, shared_groups
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig, register
 from efflm.models.arch import set_module
 from efflm.nn.quant_linear import QuantLinear
@@ -35,25 +36,28 @@ from efflm.quantize.ldlq import gptq_quantize
 
 @dataclass(frozen=True)
 class GPTQConfig(MethodConfig):
-    """GPTQ weight-only quantization of every decoder Linear.
-
-    bits 2..8; group_size (-1 = per channel); symmetric grid; act_order (static groups; on by
-    default: on SmolLM2 at 4 bits it is what puts GPTQ below RTN);
-    dampening: fraction of mean(diag H) added to the diagonal; block_size: lazy-update block;
-    true_sequential (the reference LLaMA script's and AutoGPTQ's option, on by default): one
-    forward per layer over the whole calibration batch, each Linear group quantized as the
-    forward reaches it, so o_proj's Hessian sees the quantized q/k/v's outputs and so on (off:
-    llm-compressor's order — observe the whole layer in batches of 4, quantize, forward again).
-    """
+    """GPTQ weight-only quantization of every decoder Linear."""
 
     method = "gptq"
-    bits: int = 4
-    group_size: int = 64
-    symmetric: bool = True
-    act_order: bool = True
-    dampening: float = 0.01
-    block_size: int = 128
-    true_sequential: bool = True
+    bits: int = opt(4, "bits per weight code, 2..8")
+    group_size: int = opt(
+        64, "consecutive inputs sharing one scale; -1: one scale per output channel; must divide every input width"
+    )
+    symmetric: bool = opt(True, "true: zero-centred grid (a scale only); false: min/max grid with a float offset")
+    act_order: bool = opt(
+        True,
+        "quantize columns in descending order of the Hessian diagonal, with static groups (grids fixed from "
+        "the original weights, so codes stay in column order); false: left to right",
+    )
+    dampening: float = opt(0.01, "fraction of mean(diag H) added to the Hessian's diagonal before Cholesky, in (0, 1)")
+    block_size: int = opt(128, "columns per lazy-update block of the sweep (≥ 1)")
+    true_sequential: bool = opt(
+        True,
+        "one forward per layer over the whole calibration batch, each group of Linears quantized as the forward "
+        "reaches it, so o_proj's Hessian sees the quantized q/k/v outputs (the reference LLaMA script's and "
+        "AutoGPTQ's option); false: llm-compressor's order (observe the whole layer in batches of 4, quantize, "
+        "forward again)",
+    )
 
     def __post_init__(self) -> None:
         grid.check_grid_config(self)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.progress import progress
 from efflm.core.registry import MethodConfig, register
 from efflm.models.arch import decoder_linears, set_module
@@ -29,14 +30,14 @@ from efflm.nn.int8_linear import Int8Linear
 
 @dataclass(frozen=True)
 class LLMInt8Config(MethodConfig):
-    """LLM.int8() of every decoder Linear: vector-wise int8 with fp outlier columns.
-
-    threshold: an input column goes to floating point when any token's |activation| in it
-    exceeds this (the paper's and bitsandbytes' default: 6.0).
-    """
+    """LLM.int8() of every decoder Linear: vector-wise int8 with fp outlier columns."""
 
     method = "llm_int8"
-    threshold: float = 6.0
+    threshold: float = opt(
+        6.0,
+        "an input column is multiplied in floating point when any token's |activation| in it exceeds this "
+        "(> 0; the paper's and bitsandbytes' default)",
+    )
 
     def __post_init__(self) -> None:
         if not self.threshold > 0:

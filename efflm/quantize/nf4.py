@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.progress import progress
 from efflm.core.registry import MethodConfig, register
 from efflm.models.arch import decoder_linears, in_features, set_module
@@ -26,15 +27,13 @@ from efflm.nn.nf4_linear import NF4Linear
 
 @dataclass(frozen=True)
 class NF4Config(MethodConfig):
-    """NF4 weight-only quantization of every decoder Linear (frozen base for QLoRA).
-
-    block: weights sharing one absmax (the paper: 64). scale_block: absmaxes sharing one
-    second-level scale (the paper: 256).
-    """
+    """NF4 weight-only quantization of every decoder Linear (frozen base for QLoRA)."""
 
     method = "nf4"
-    block: int = 64
-    scale_block: int = 256
+    block: int = opt(64, "consecutive weights of a row sharing one absmax (positive, even; the paper: 64)")
+    scale_block: int = opt(
+        256, "absmaxes sharing one second-level fp32 scale in double quantization (positive; the paper: 256)"
+    )
 
     def __post_init__(self) -> None:
         if self.block <= 0 or self.block % 2 or self.scale_block <= 0:

@@ -23,6 +23,7 @@ import torch
 
 from efflm.calib.layerwise import note, run_hessian_groups
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig, register
 from efflm.nn import incoherence
 from efflm.nn.incoherent_linear import IncoherentLinear
@@ -32,20 +33,18 @@ from efflm.quantize.ldlq import gptq_quantize
 
 @dataclass(frozen=True)
 class QuIPConfig(MethodConfig):
-    """QuIP of every decoder Linear: random orthogonal transforms on both sides, then LDLQ.
-
-    bits 2..8 (2 is the paper's headline); group_size of the grid on the rotated weight (-1:
-    one per row); symmetric grid (default) or min/max — at 2 bits on the default model the symmetric
-    grid is far better (results/quant_bits.md, the two quip W2 g64 rows); dampening of H's diagonal;
-    seed of the random transforms (each Linear draws its own from it).
-    """
+    """QuIP of every decoder Linear: random orthogonal transforms on both sides, then LDLQ."""
 
     method = "quip"
-    bits: int = 2
-    group_size: int = 64
-    symmetric: bool = True
-    dampening: float = 0.01
-    seed: int = 0
+    bits: int = opt(2, "bits per weight code, 2..8 (2 is the paper's headline)")
+    group_size: int = opt(
+        64,
+        "consecutive inputs of the rotated weight sharing one scale; -1: one per output channel; must divide "
+        "every input width",
+    )
+    symmetric: bool = opt(True, "true: zero-centred grid (a scale only); false: min/max grid with a float offset")
+    dampening: float = opt(0.01, "fraction of mean(diag H) added to the Hessian's diagonal before Cholesky, in (0, 1)")
+    seed: int = opt(0, "seed of the random transforms (each Linear draws its own from it)")
 
     def __post_init__(self) -> None:
         grid.check_grid_config(self)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from efflm.core.fields import opt
 from efflm.core.progress import progress
 from efflm.core.registry import MethodConfig, register
 from efflm.models.arch import decoder_linears, set_module
@@ -23,16 +24,14 @@ from efflm.quantize.grid import check_grid_config, check_grid_for_model, to_quan
 
 @dataclass(frozen=True)
 class RTNConfig(MethodConfig):
-    """Round-to-nearest weight-only quantization of every decoder Linear.
-
-    bits: 2..8. group_size: inputs sharing one scale (-1 = one per output channel).
-    symmetric: zero-centred grid (True) or min/max grid with an offset (False).
-    """
+    """Round-to-nearest weight-only quantization of every decoder Linear."""
 
     method = "rtn"
-    bits: int = 4
-    group_size: int = 64
-    symmetric: bool = True
+    bits: int = opt(4, "bits per weight code, 2..8")
+    group_size: int = opt(
+        64, "consecutive inputs sharing one scale; -1: one scale per output channel; must divide every input width"
+    )
+    symmetric: bool = opt(True, "true: zero-centred grid (a scale only); false: min/max grid with a float offset")
 
     def __post_init__(self) -> None:
         check_grid_config(self)

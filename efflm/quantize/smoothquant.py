@@ -20,6 +20,7 @@ import torch
 
 from efflm.calib.layerwise import run
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig, register
 from efflm.models.arch import layout_for, set_module
 from efflm.nn.int8_linear import Int8Linear
@@ -45,13 +46,16 @@ class _ActMax:
 
 @dataclass(frozen=True)
 class SmoothQuantConfig(MethodConfig):
-    """SmoothQuant W8A8: smoothing with migration strength alpha in [0, 1], then int8 weights and
-    dynamic per-token int8 activations for every decoder Linear. The paper tunes alpha per model
-    (0.5 by default); the default here is the best of 0.3..0.8 on SmolLM2's development split
-    (``benchmarks/smoothquant_alpha.py``, results/smoothquant_alpha.md), never the evaluation split."""
+    """SmoothQuant W8A8: smoothing, then int8 weights and dynamic per-token int8 activations for
+    every decoder Linear. The paper tunes alpha per model (0.5 by default); efflm's default is tuned
+    on the development split (``benchmarks/smoothquant_alpha.py``), never the evaluation split."""
 
     method = "smoothquant"
-    alpha: float = 0.7
+    alpha: float = opt(
+        0.7,
+        "migration strength in [0, 1]: smoothing scales s = max|X|^α / max|W|^(1−α) move quantization "
+        "difficulty from activations (α → 1) to weights",
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.alpha <= 1:

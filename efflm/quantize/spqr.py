@@ -24,6 +24,7 @@ import torch
 from efflm.calib.hessian import inverse_cholesky, mask_dead_columns
 from efflm.calib.layerwise import note, run_hessian_groups
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.registry import MethodConfig, register
 from efflm.models.arch import in_features, out_features
 from efflm.nn.spqr_linear import SpQRLinear
@@ -121,24 +122,22 @@ def spqr_quantize(W, H, bits, group, stat_bits, stat_group, tau, act_order=True,
 
 @dataclass(frozen=True)
 class SpQRConfig(MethodConfig):
-    """SpQR of every decoder Linear.
-
-    bits: weight codes (2..8); group_size: columns sharing a grid (the paper: 16); stat_bits
-    and stat_group: the grid's scales and zeros quantized to this many bits per this many rows
-    (3 and 16); outlier_threshold: τ, relative to the layer's mean column sensitivity (the
-    paper's 0.2; outliers: false turns them off); act_order, dampening, block_size as GPTQ's.
-    """
+    """SpQR of every decoder Linear."""
 
     method = "spqr"
-    bits: int = 3
-    group_size: int = 16
-    stat_bits: int = 3
-    stat_group: int = 16
-    outlier_threshold: float = 0.2
-    outliers: bool = True
-    act_order: bool = True
-    dampening: float = 0.01
-    block_size: int = 128
+    bits: int = opt(3, "bits per weight code, 2..8")
+    group_size: int = opt(16, "consecutive columns sharing one asymmetric grid per row (≥ 1; the paper: 16)")
+    stat_bits: int = opt(3, "bits of the second-level codes the grids' scales and zeros are stored in, 2..8")
+    stat_group: int = opt(16, "rows sharing one second-level (scale, offset) of those statistics (≥ 1)")
+    outlier_threshold: float = opt(
+        0.2,
+        "τ (> 0): a weight whose Hessian-weighted rounding error exceeds τ × the layer's mean column "
+        "sensitivity is an outlier, kept in fp16 (the paper's 0.2)",
+    )
+    outliers: bool = opt(True, "keep outliers in a sparse fp16 matrix and fit grids without them; false: none")
+    act_order: bool = opt(True, "quantize columns in descending order of the Hessian diagonal (as gptq's)")
+    dampening: float = opt(0.01, "fraction of mean(diag H) added to the Hessian's diagonal before Cholesky, in (0, 1)")
+    block_size: int = opt(128, "columns per lazy-update block of the sweep; a multiple of group_size")
 
     def __post_init__(self) -> None:
         if not 2 <= self.bits <= 8 or not 2 <= self.stat_bits <= 8:

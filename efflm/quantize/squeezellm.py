@@ -21,6 +21,7 @@ import torch
 
 from efflm.calib.gradients import check_grad_len, linear_gradients
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.progress import progress
 from efflm.core.registry import MethodConfig, register
 from efflm.models.arch import in_features, set_module
@@ -87,20 +88,19 @@ def squeeze(w: torch.Tensor, f: torch.Tensor, bits: int, outliers: float, sensit
 
 @dataclass(frozen=True)
 class SqueezeLLMConfig(MethodConfig):
-    """SqueezeLLM of every decoder Linear.
-
-    bits: 2..8 (codebook of 2^bits centroids per output channel). outliers: fraction of each
-    Linear's weights, the largest in magnitude, kept in fp16; sensitive: fraction kept by
-    Fisher information (the paper's dense-and-sparse 0.45%: 0.40% + 0.05%; both 0 = dense-only).
-    iters: Lloyd iterations. grad_len: tokens of each calibration window used for the Fisher.
-    """
+    """SqueezeLLM of every decoder Linear (the paper's dense-and-sparse 0.45%: outliers 0.40% +
+    sensitive 0.05%; both 0 = dense-only)."""
 
     method = "squeezellm"
-    bits: int = 3
-    outliers: float = 0.004
-    sensitive: float = 0.0005
-    iters: int = 50
-    grad_len: int = 128
+    bits: int = opt(3, "bits per weight code, 2..8: a codebook of 2^bits centroids per output channel")
+    outliers: float = opt(
+        0.004, "fraction of each Linear's weights, the largest in magnitude, kept in fp16 (sparse), in [0, 1)"
+    )
+    sensitive: float = opt(
+        0.0005, "fraction of each Linear's weights, the most sensitive by Fisher information, kept in fp16, in [0, 1)"
+    )
+    iters: int = opt(50, "Lloyd (k-means) iterations of each row's codebook (≥ 1)")
+    grad_len: int = opt(128, "tokens of each calibration window the Fisher information's gradients use (≥ 2)")
 
     def __post_init__(self) -> None:
         if not 2 <= self.bits <= 8:

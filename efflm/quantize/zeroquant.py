@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from efflm.calib.layerwise import first_layer_inputs, layer_output
 from efflm.core.errors import ConfigError, EfflmError
+from efflm.core.fields import opt
 from efflm.core.progress import progress
 from efflm.core.registry import MethodConfig, register
 from efflm.models.arch import decoder_layers, layout_for, set_module
@@ -33,20 +34,19 @@ from efflm.quantize.fake_quant import FakeQuantLinear
 
 @dataclass(frozen=True)
 class ZeroQuantConfig(MethodConfig):
-    """ZeroQuant of every decoder Linear: group-wise weights, token-wise activations, LKD.
-
-    bits, group_size, symmetric: the weight grid (as rtn); act_bits: token-wise activation
-    bits (0: weight-only); lkd_steps: Adam steps of layer-by-layer distillation per layer (0:
-    no LKD, the plain ZeroQuant rows of the paper); lkd_lr: its learning rate.
-    """
+    """ZeroQuant of every decoder Linear: group-wise weights, token-wise activations, LKD."""
 
     method = "zeroquant"
-    bits: int = 4
-    group_size: int = 64
-    symmetric: bool = True
-    act_bits: int = 8
-    lkd_steps: int = 50
-    lkd_lr: float = 1e-4
+    bits: int = opt(4, "bits per weight code, 2..8")
+    group_size: int = opt(
+        64, "consecutive inputs sharing one scale; -1: one scale per output channel; must divide every input width"
+    )
+    symmetric: bool = opt(True, "true: zero-centred grid (a scale only); false: min/max grid with a float offset")
+    act_bits: int = opt(8, "bits of each Linear's input, one dynamic scale per token, 2..8; 0: weight-only")
+    lkd_steps: int = opt(
+        50, "Adam steps of layer-by-layer distillation per decoder layer (≥ 0; 0: no LKD, the paper's plain rows)"
+    )
+    lkd_lr: float = opt(1e-4, "learning rate of those Adam steps (> 0)")
 
     def __post_init__(self) -> None:
         grid.check_grid_config(self)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from efflm.core.errors import ConfigError
+from efflm.core.fields import opt
 from efflm.core.progress import progress
 from efflm.core.registry import MethodConfig, register
 from efflm.models.arch import decoder_linears, set_module
@@ -29,18 +30,17 @@ from efflm.quantize.grid import check_group_size
 
 @dataclass(frozen=True)
 class ZeroQuantFPConfig(MethodConfig):
-    """Floating-point weights (and FP8 activations) for every decoder Linear.
-
-    weight_format: e2m1 (FP4), e4m3 or e5m2 (FP8). act_format: e4m3, e5m2 or none (weight-only).
-    group_size: inputs sharing one weight scale (-1: one per output channel).
-    pow2_scales: weight scales rounded up to powers of two (exact FP4 → FP8 casts).
-    """
+    """Floating-point weights (and FP8 activations) for every decoder Linear."""
 
     method = "zeroquant_fp"
-    weight_format: str = "e2m1"
-    act_format: str = "e4m3"
-    group_size: int = 64
-    pow2_scales: bool = False
+    weight_format: str = opt("e2m1", "the weights' format: e2m1 (FP4), e4m3 or e5m2 (FP8)")
+    act_format: str = opt(
+        "e4m3", "the format each Linear's input is rounded to, scaled per token: e4m3, e5m2, or none (weight-only)"
+    )
+    group_size: int = opt(
+        64, "consecutive inputs sharing one weight scale; -1: one per output channel; must divide every input width"
+    )
+    pow2_scales: bool = opt(False, "round weight scales up to powers of two (FP4 → FP8 casts are then exact)")
 
     def __post_init__(self) -> None:
         if self.weight_format not in MAX:

@@ -21,11 +21,10 @@ from efflm.core.errors import EfflmError
 REPO_URL_ROOT = "../"  # the report lives in results/: file links are relative to the checkout
 
 
-def _methods_of(recipe_yaml: str) -> list[str]:
-    import yaml
+def _methods_of(stored: str) -> list[str]:
+    from efflm.core.recipe import from_stored
 
-    steps = yaml.safe_load(recipe_yaml) or []
-    return [s["method"] for s in steps if isinstance(s, dict) and "method" in s]
+    return [s["method"] for s in from_stored(stored)[0]]
 
 
 def rows_for(db_path: Path, model: str) -> list[dict[str, Any]]:

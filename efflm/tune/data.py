@@ -29,6 +29,7 @@ class Data:
     tokens: torch.Tensor | None = None
     rank: int = 0
     world: int = 1
+    truncated: int = 0  # rows cut to train.seq_len (JSONL data)
 
     @property
     def fingerprint(self) -> str:
@@ -77,7 +78,15 @@ def load_data(spec: str, tokenizer: Any, cfg: TrainConfig) -> Data:
         return Data(spec, tokenizer, cfg, examples=rows)
     if not spec.endswith(".jsonl"):
         raise EfflmError(f"--data must be 'domain', 'tasks' or a .jsonl file, got {spec!r}")
-    return Data(spec, tokenizer, cfg, examples=ftdata.read_jsonl(spec, tokenizer, max_tokens=cfg.seq_len))
+    examples, truncated = ftdata.read_jsonl(spec, tokenizer, max_tokens=cfg.seq_len)
+    if truncated:
+        import sys
+
+        print(
+            f"efflm: {truncated} of {len(examples)} rows of {spec} truncated to train.seq_len {cfg.seq_len} tokens",
+            file=sys.stderr,
+        )
+    return Data(spec, tokenizer, cfg, examples=examples, truncated=truncated)
 
 
 def evaluator(data_spec: str, tokenizer: Any, final: bool):

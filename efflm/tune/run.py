@@ -171,6 +171,7 @@ def finetune(
             "step_s_median": statistics.median(state.step_seconds[1:] or state.step_seconds),
             "peak_rss_mb": peak_rss_mb(),
             "base_bytes": base_bytes,
+            "truncated_rows": data.truncated,
             "losses": state.losses,
             "evals": state.evals,
         }
@@ -225,7 +226,7 @@ def record(db, model_spec, recipe, tune, cfg, data_spec, model, tok, t0, base_di
     counted in its disk bytes), with the training figures in ``extra``."""
     from efflm.bench import db as results
     from efflm.bench.worker import measure
-    from efflm.eval.env import environment
+    from efflm.eval.env import environment, row_env
     from efflm.io.save import dir_bytes
 
     whole = (out / "model").is_dir()  # a full-parameter run saved every weight
@@ -234,15 +235,15 @@ def record(db, model_spec, recipe, tune, cfg, data_spec, model, tok, t0, base_di
     m = measure(model, tok, model_spec, t0, disk, EVAL_SEQ_LEN, EVAL_WINDOWS, 128, 32, 2)
     m["peak_rss_mb"] = result["peak_rss_mb"]
     full = recipe + [tune]
-    label = f"{recipes.label(full)} [{data_spec}, {cfg.steps} steps]"
+    label = recipes.run_label(full, data_spec, cfg.steps)
     extra = {k: v for k, v in result.items() if k not in results.METRICS and k not in ("losses", "evals")}
     extra.update({"train": cfg.to_dict(), "data": data_spec, **({} if whole else {"adapter_bytes": adapter_file})})
     families = ",".join(sorted({get(c.method).family for c in full}))
-    recipe_text = recipes.to_yaml(full) + yaml.safe_dump({"train": cfg.to_dict(), "data": data_spec})
+    recipe_text = recipes.to_stored(full, data=data_spec, train=cfg.to_dict())
     conn = results.connect(db)
     try:
         results.insert(conn, status="ok", model=model_spec, label=label, recipe=recipe_text, families=families,
-                       model_hash=m.get("model_hash"), metrics=m, env=environment(), extra=extra)  # fmt: skip
+                       model_hash=m.get("model_hash"), metrics=m, env=row_env(environment(), m), extra=extra)  # fmt: skip
     finally:
         conn.close()
 

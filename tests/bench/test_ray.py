@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("ray")
+pytestmark = pytest.mark.engines
 
 from efflm.cli import main  # noqa: E402
 

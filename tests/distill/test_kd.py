@@ -183,7 +183,7 @@ def test_teacher_written_data_trains_as_jsonl(tmp_path, capsys):
     from efflm.data.finetune import read_jsonl
     from efflm.models.tiny import tiny_tokenizer
 
-    assert all(n_prompt == 0 and ids for ids, n_prompt in read_jsonl(out, tiny_tokenizer()))  # every token trains
+    assert all(n_prompt == 0 and ids for ids, n_prompt in read_jsonl(out, tiny_tokenizer())[0])  # every token trains
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "one two"}\n{"prompt": "three"}\n')
     seq = tmp_path / "seq.jsonl"

@@ -79,7 +79,7 @@ def test_tasks_are_deterministic_and_train_test_disjoint():
         ('{"prompt": "a"}', "missing fields"),
         ('{"prompt": "a", "completion": " "}', "empty"),
         ('{"messages": [{"role": "user", "content": "hi"}]}', "ending with the assistant"),
-        ('{"prompt": "' + "x" * 300 + '", "completion": "y"}', "longer than the limit"),
+        ('{"prompt": "' + "x" * 300 + '", "completion": "y"}', "no completion token within train.seq_len 256"),
     ],
 )
 def test_jsonl_bad_rows_name_file_and_line(tmp_path, line, message):
@@ -94,7 +94,8 @@ def test_jsonl_bad_rows_name_file_and_line(tmp_path, line, message):
 def test_jsonl_loss_covers_completion_tokens_only(tmp_path):
     f = tmp_path / "d.jsonl"
     f.write_text('{"prompt": "2+2?", "completion": "4"}\n')
-    ((ids, n_prompt),) = ftdata.read_jsonl(f, tiny_tokenizer())
+    ((ids, n_prompt),), truncated = ftdata.read_jsonl(f, tiny_tokenizer())
+    assert truncated == 0
     b = ftdata.collate([(ids, n_prompt)], 2, 256)
     assert (b["labels"][0, :n_prompt] == -100).all() and (b["labels"][0, n_prompt:] != -100).all()
 
@@ -290,3 +291,23 @@ def test_checkpoint_saves_parameters_without_copying_them_and_views_compactly():
     saved = _own(view)
     assert saved.data_ptr() != view.data_ptr() and saved.untyped_storage().nbytes() == 2 * 3 * 4
     assert torch.equal(saved, view)
+
+
+def test_jsonl_rows_longer_than_seq_len_are_truncated_and_counted(tmp_path):
+    """trl's SFT behaviour: a long row keeps its first train.seq_len tokens; the count is reported."""
+    f = tmp_path / "d.jsonl"
+    long_text = "word " * 200
+    f.write_text(
+        json.dumps({"text": long_text})
+        + "\n"
+        + json.dumps({"prompt": "2+2?", "completion": long_text})
+        + "\n"
+        + json.dumps({"prompt": "2+2?", "completion": "4"})
+        + "\n"
+    )
+    rows, truncated = ftdata.read_jsonl(f, tiny_tokenizer(), max_tokens=64)
+    assert truncated == 2 and [len(ids) for ids, _ in rows][:2] == [64, 64]
+    ids, n_prompt = rows[1]
+    assert 0 < n_prompt < 64  # the prompt kept whole, the completion cut
+    b = ftdata.collate([rows[1]], 2, 64)
+    assert (b["labels"][0, n_prompt:] != -100).all()

@@ -42,6 +42,7 @@ def test_gguf_export_refuses_other_grids_and_missing_template(tiny, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.engines
 @pytest.mark.parametrize("bits,group_size", [(4, 32), (8, -1), (3, 64)])
 def test_compressed_tensors_round_trip_on_tiny(tiny, tiny_ids, tmp_path, bits, group_size):
     pytest.importorskip("compressed_tensors")
@@ -56,6 +57,7 @@ def test_compressed_tensors_round_trip_on_tiny(tiny, tiny_ids, tmp_path, bits, g
     torch.testing.assert_close(back.model.layers[1].mlp.down_proj.weight.float(), ours, rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.engines
 def test_compressed_tensors_refuses_asymmetric_and_unquantized(tiny, tmp_path):
     pytest.importorskip("compressed_tensors")
     model, tok = tiny

@@ -1,11 +1,15 @@
 """``efflm report``: one self-contained HTML page, checked in a real headless browser (Debian's
 chromium driven by Selenium), and its bad input."""
 
+from pathlib import Path
+
 import pytest
 
 from efflm.bench import db
 from efflm.cli import main
 from tests.browser import chromium, console_errors, needs_chromium
+
+REFERENCE_DB = Path(__file__).resolve().parents[2] / "results" / "efflm.sqlite"
 
 ROWS = [  # label, recipe, family, ppl, bytes, tok/s, tasks
     ("dense(dtype=float32)", "- method: dense\n", "baseline", 36.7, 538e6, 40.0, {"efflm_nextline": 0.41}),
@@ -83,3 +87,59 @@ def test_report_of_a_missing_or_empty_database_is_one_line_and_writes_nothing(tm
     assert err.startswith("efflm: error: ") and err.count("\n") == 1
     assert ("not found" in err) if not make_db else ("no current results for model 'm'" in err)
     assert not out.exists()
+
+
+def _one_row_of_each_kind(path):
+    """A database with one row of every kind a command writes: compressed (``efflm bench``),
+    quant2 and task-scored rows, a recovered row as the committed reference database holds it
+    (the legacy step-list-then-mapping recipe text), fine-tuned and distilled rows as ``efflm
+    finetune`` writes them today, and a failed row."""
+    import json
+    import sqlite3
+
+    from efflm.core import recipe as recipes
+    from efflm.finetune.train import TrainConfig
+    from efflm.methods import config_from_dict
+
+    ref = sqlite3.connect(REFERENCE_DB)
+    ref.row_factory = sqlite3.Row
+    conn = db.connect(path)
+
+    def copy(where: str) -> tuple[dict, int]:
+        r = dict(ref.execute(f"SELECT * FROM runs WHERE {where} ORDER BY id DESC LIMIT 1").fetchone())
+        return r, db.insert(conn, status=r["status"], model="m", label=r["label"], recipe=r["recipe"], families=r["families"],
+                  metrics={k: r[k] for k in db.METRICS}, env=json.loads(r["env"]), extra=json.loads(r["extra"]))  # fmt: skip
+
+    copy("label = 'dense(dtype=float32)' AND extra LIKE '%tasks%'")  # dense, task-scored
+    copy("families = 'quantize' AND label LIKE 'squeezellm%'")  # the quant2 suite
+    recovered, _ = copy("families = 'distill,prune'")  # recovered, legacy recipe text
+    assert "\ndata: " in conn.execute("SELECT recipe FROM runs ORDER BY id DESC").fetchone()[0]
+    metrics = {k: recovered[k] for k in db.METRICS}  # measured like every bench row
+    train = TrainConfig(steps=10)
+    for steps, fam in (([{"method": "lora", "r": 8}], "finetune"), ([{"method": "kd"}], "distill")):
+        recipe = [config_from_dict(s) for s in [{"method": "rtn", "bits": 4}, *steps]]
+        label = recipes.run_label(recipe, "domain", train.steps)
+        text = recipes.to_stored(recipe, data="domain", train=train.to_dict())
+        assert recipes.stored_label(text) == label
+        db.insert(conn, status="ok", model="m", label=label, recipe=text, families=f"{fam},quantize", metrics=metrics,
+                  env={"commit": "abc123"}, extra={"train": train.to_dict(), "data": "domain"})  # fmt: skip
+    db.insert(conn, status="failed", model="m", label="awq", recipe="- method: awq\n", error="boom")
+    conn.close()
+    return path
+
+
+def test_report_and_leaderboard_read_every_row_kind(tmp_path, capsys):
+    path = _one_row_of_each_kind(tmp_path / "kinds.sqlite")
+    assert main(["leaderboard", "--model", "m", "--db", str(path), "--out-dir", str(tmp_path)]) == 0
+    board = (tmp_path / "leaderboard.md").read_text()
+    assert main(["report", "--model", "m", "--db", str(path), "--out", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text().split("const DATA", 1)[1]
+    for kind in ("squeezellm(", "[domain, 100 steps]", "lora(", "kd(", "[domain, 10 steps]"):
+        assert kind in board and kind in page, kind
+    assert "efflm_cloze" in board and "failed: boom" in board
+
+
+def test_report_and_leaderboard_read_the_committed_reference_database(tmp_path, capsys):
+    ref = str(REFERENCE_DB)
+    assert main(["leaderboard", "--db", ref, "--out-dir", str(tmp_path)]) == 0
+    assert main(["report", "--db", ref, "--out", str(tmp_path / "r.html")]) == 0

@@ -2,10 +2,10 @@
 
 import pytest
 
-from tests.browser import chromium, console_errors, needs_chromium
+from tests.browser import BROWSER, chromium, console_errors
 
 selenium = pytest.importorskip("selenium")
-pytestmark = needs_chromium
+pytestmark = BROWSER
 
 
 def test_playground_streams_an_answer_without_console_errors(server, tmp_path):
