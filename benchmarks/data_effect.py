@@ -68,7 +68,7 @@ def train(args, data: Path, out: Path) -> Path:
 
 def model_with(args, adapter: Path | None):
     from efflm.io.load import load
-    from efflm.tune import load_model
+    from efflm.trainer import load_model
 
     return load(args.model) if adapter is None else load_model(args.model, [], adapter)
 
@@ -89,7 +89,7 @@ def memorized(model, tok, docs: list[str], n: int = 32) -> tuple[float, float]:
 
 
 def ppl_on(model, tok, text: str) -> float:
-    from efflm.data.text import tokenize
+    from efflm.datasets.text import tokenize
     from efflm.eval.metrics import perplexity
 
     ids = tokenize(tok, text).flatten()
@@ -97,13 +97,13 @@ def ppl_on(model, tok, text: str) -> float:
 
 
 def eval_ppl(model, tok) -> float:
-    from efflm.tune.data import evaluator
+    from efflm.trainer.batches import evaluator
 
     return evaluator("domain", tok, final=True)(model)["ppl"]
 
 
 def study_dedup(args, tmp: Path) -> str:
-    from efflm.data.text import paragraphs
+    from efflm.datasets.text import paragraphs
 
     docs = [d for d in paragraphs("calib") if len(d.split()) >= 64][: args.docs]
     rng = random.Random(0)
@@ -151,7 +151,7 @@ def selections(
 
 
 def sonnets() -> tuple[list[str], list[str]]:
-    from efflm.data.text import texts
+    from efflm.datasets.text import texts
 
     raw = texts()["sonnets"].read_text(encoding="utf-8")
     parts = [" ".join(p.split()) for p in re.split(r"\n\s*\n", raw) if len(p.split()) >= 40]
@@ -159,7 +159,7 @@ def sonnets() -> tuple[list[str], list[str]]:
 
 
 def study_select(args, tmp: Path) -> str:
-    from efflm.data.text import texts
+    from efflm.datasets.text import texts
 
     sample, held = sonnets()
     pool = []
@@ -209,8 +209,8 @@ def study_ifd(args, tmp: Path) -> list[str]:
     """IFD needs instruction data: efflm's built-in instruction tasks (generated arithmetic,
     sorting and unit problems, ``--data tasks``): 10% of the training problems by IFD under the
     untrained model vs random vs all, held-out accuracy on the 100 test problems."""
-    from efflm.data.finetune import tasks
-    from efflm.tune.data import N_TEST_TASKS, N_TRAIN_TASKS, evaluator
+    from efflm.datasets.finetune import tasks
+    from efflm.trainer.batches import N_TEST_TASKS, N_TRAIN_TASKS, evaluator
 
     train_rows = tasks("train", args.pool_limit or N_TRAIN_TASKS)
     pool = tmp / "tasks.jsonl"

@@ -4,9 +4,9 @@ side by side with datatrove's MinHash pipeline on the same input.
 
     python benchmarks/dedup_quality.py [--docs 0] [--rounds 3] [--out results/dedup_quality.md]
 
-Input: the calibration split's paragraphs of ≥ 40 words (Shakespeare, ``efflm.data.text.
+Input: the calibration split's paragraphs of ≥ 40 words (Shakespeare, ``efflm.datasets.text.
 paragraphs``; all distinct), with edited copies of 20% of them planted at later positions
-(``efflm.datasel.plant``: word swaps, insertions, deletions, re-casing; copies cycle through the
+(``efflm.data_methods.plant``: word swaps, insertions, deletions, re-casing; copies cycle through the
 edit rates in ``RATES``). Each original and its one copy form a group. A removal is correct
 when exactly one document of a group is removed; precision = correct / removed, recall =
 correct / groups (and per edit rate).
@@ -52,8 +52,8 @@ ROWS = {
 
 
 def make_input(path: Path, n_docs: int) -> list:
-    from efflm.data.text import paragraphs
-    from efflm.datasel.plant import plant
+    from efflm.data_methods.plant import plant
+    from efflm.datasets.text import paragraphs
 
     docs = paragraphs("calib")
     docs = docs[:n_docs] if n_docs else docs
@@ -113,7 +113,7 @@ def worker(args) -> int:
     else:
         import datasketch  # noqa: F401
 
-        import efflm.datasel.dedup  # noqa: F401
+        import efflm.data_methods.dedup  # noqa: F401
         from efflm.cli import main as efflm_main
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -74,7 +74,7 @@ def worker(args) -> int:
     """One run, printed as RESULT json: ``before`` (the compressed model's perplexity) or a training run."""
     import torch
 
-    from efflm import pipeline, tune
+    from efflm import pipeline, trainer
     from efflm.core import recipe as recipes
 
     torch.set_num_threads(args.threads)
@@ -86,7 +86,7 @@ def worker(args) -> int:
         spec, recipe = args.student_dir, []
     if args.run == "before":
         model, tok = pipeline.load_and_apply(spec, recipe)
-        ppl = tune.evaluator("domain", tok, final=True)(model)["ppl"]
+        ppl = trainer.evaluator("domain", tok, final=True)(model)["ppl"]
         print("RESULT " + json.dumps({"ppl": ppl, "policy_kl": policy_kl(model, tok, args.model)}), flush=True)
         return 0
     train = {"steps": args.steps, "batch": 4, "seq_len": 128, "lr": 1e-3, "warmup": max(1, args.steps // 10),
@@ -94,10 +94,10 @@ def worker(args) -> int:
     with tempfile.TemporaryDirectory(prefix="efflm-heal-") as tmp:
         p = Path(tmp) / "m.yaml"
         p.write_text(yaml.safe_dump({**RUNS[args.run], "train": train}))
-        cfg, train_cfg = tune.read_method_recipe(p)
+        cfg, train_cfg = trainer.read_method_recipe(p)
         teacher = args.model if cfg.method in ("kd", "gkd") else None
-        r = tune.finetune(spec, recipe, cfg, train_cfg, "domain", Path(tmp) / "o", teacher=teacher)
-        model, tok = tune.load_model(spec, recipe, Path(tmp) / "o")
+        r = trainer.finetune(spec, recipe, cfg, train_cfg, "domain", Path(tmp) / "o", teacher=teacher)
+        model, tok = trainer.load_model(spec, recipe, Path(tmp) / "o")
         kl = policy_kl(model, tok, args.model)
     print("RESULT " + json.dumps({"ppl": r["ppl"], "policy_kl": kl, "step_s": r["step_s_median"],
                                   "peak_rss_mb": r["peak_rss_mb"], "losses": r["losses"]}), flush=True)  # fmt: skip
@@ -113,7 +113,7 @@ def policy_kl(model, tok, teacher_spec: str, n: int = PROMPTS, prompt: int = 32,
     import torch
 
     from efflm import pipeline
-    from efflm.data import text
+    from efflm.datasets import text
     from efflm.inference.generate import SamplingConfig, generate_ids
 
     model.eval()
@@ -139,15 +139,15 @@ def policy_kl(model, tok, teacher_spec: str, n: int = PROMPTS, prompt: int = 32,
 
 def qat_worker(args) -> int:
     """LLM-QAT at ``args.student`` bits from the dense model, on the teacher's data-free text."""
-    from efflm import tune
+    from efflm import trainer
 
     train = {"steps": args.steps, "batch": 4, "seq_len": 128, "lr": QAT_LR, "warmup": max(1, args.steps // 10),
              "checkpoint_every": 10**6}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="efflm-qat-") as tmp:
         p = Path(tmp) / "m.yaml"
         p.write_text(yaml.safe_dump({**QAT[int(args.student)], "train": train}))
-        cfg, train_cfg = tune.read_method_recipe(p)
-        r = tune.finetune(args.model, [], cfg, train_cfg, args.data, Path(tmp) / "o", teacher=args.model)
+        cfg, train_cfg = trainer.read_method_recipe(p)
+        r = trainer.finetune(args.model, [], cfg, train_cfg, args.data, Path(tmp) / "o", teacher=args.model)
     print("RESULT " + json.dumps({"ppl": r["ppl"], "step_s": r["step_s_median"], "peak_rss_mb": r["peak_rss_mb"],
                                   "losses": r["losses"]}), flush=True)  # fmt: skip
     return 0

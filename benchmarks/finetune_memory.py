@@ -5,7 +5,7 @@ against the ``lomo-optim`` package on the same run.
     python benchmarks/finetune_memory.py [--model smollm2-135m] [--steps 12] [--batch 4] [--seq-len 256]
 
 Every row is its own subprocess (peak RSS is that process's ``ru_maxrss``, model load
-included), on the same model (fp32), batches (``efflm.tune.Data.batch_at`` on the domain
+included), on the same model (fp32), batches (``efflm.trainer.Data.batch_at`` on the domain
 data), sequence length, threads, warm-up + cosine schedule, activation checkpointing on
 (transformers' non-reentrant; two rows without it, for scale) and the same loss (efflm's chunked cross-entropy, 512 tokens per chunk); only the updater differs.
 ``inference`` is one no-grad forward of the same batch through transformers (full logits).
@@ -58,12 +58,12 @@ def train_config(args, lr: float, extra: dict):
 
 
 def run_inference(args) -> dict:
-    from efflm import tune
+    from efflm import trainer
     from efflm.eval.metrics import peak_rss_mb
     from efflm.io.load import load
 
     model, tok = load(args.model)
-    data = tune.load_data("domain", tok, train_config(args, 1e-3, {}))
+    data = trainer.load_data("domain", tok, train_config(args, 1e-3, {}))
     b = data.batch_at(0, 0, 1)
     with torch.no_grad():
         t0 = time.perf_counter()
@@ -75,7 +75,7 @@ def run_inference(args) -> dict:
 def run_lomo_optim(args, cls_name: str, lr: float, extra: dict) -> dict:
     import lomo_optim
 
-    from efflm import tune
+    from efflm import trainer
     from efflm.eval.metrics import peak_rss_mb
     from efflm.finetune.full_params import FullConfig, unfreeze
     from efflm.finetune.train import LossModel, lr_factor
@@ -83,7 +83,7 @@ def run_lomo_optim(args, cls_name: str, lr: float, extra: dict) -> dict:
 
     cfg = train_config(args, lr, extra)
     model, tok = load(args.model)
-    data = tune.load_data("domain", tok, cfg)
+    data = trainer.load_data("domain", tok, cfg)
     unfreeze(model, FullConfig())
     if cfg.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -103,17 +103,17 @@ def run_lomo_optim(args, cls_name: str, lr: float, extra: dict) -> dict:
         times.append(time.perf_counter() - t0)
         losses.append(float(loss.detach()))
     model.eval()
-    ppl = tune.evaluator("domain", tok, final=True)(model)["ppl"]
+    ppl = trainer.evaluator("domain", tok, final=True)(model)["ppl"]
     return {"peak_rss_mb": peak_rss_mb(), "step_s": statistics.median(times[1:]), "losses": losses, "ppl": ppl}
 
 
 def run_efflm(args, fields: dict, lr: float, extra: dict) -> dict:
-    from efflm import tune
+    from efflm import trainer
     from efflm.methods import config_from_dict
 
     cfg = train_config(args, lr, extra)
     with tempfile.TemporaryDirectory(prefix="efflm-mem-") as tmp:
-        r = tune.finetune(args.model, [], config_from_dict(dict(fields)), cfg, "domain", Path(tmp) / "o")
+        r = trainer.finetune(args.model, [], config_from_dict(dict(fields)), cfg, "domain", Path(tmp) / "o")
     return {"peak_rss_mb": r["peak_rss_mb"], "step_s": r["step_s_median"], "losses": r["losses"], "ppl": r["ppl"],
             "trainable": r["trainable_params"]}  # fmt: skip
 

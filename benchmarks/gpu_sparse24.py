@@ -88,7 +88,7 @@ def graph_us(fn) -> float | None:
 def model_shapes(spec: str) -> dict[str, tuple[int, int]]:
     """(out, in) of each distinct decoder Linear of a model spec, from its config."""
     from efflm.models.arch import in_features, out_features
-    from efflm.models.load import model_config
+    from efflm.models.sources import model_config
 
     cfg = model_config(spec)
     ins, outs = in_features(cfg), out_features(cfg)

@@ -9,7 +9,7 @@ Tempest, Caesar, Midsummer — the file each passage was read from; chance 0.20)
 the plays' paragraphs of at least 30 words, cut to their first 48 words; every third
 paragraph of a play is a test candidate, the others form the demonstration pool, so no test
 passage is its own demonstration. ``--per-label`` test passages per play are drawn (seeded).
-Prompts are ``Input: PASSAGE\\nLabel: PLAY`` blocks (``efflm.datasel.icl``); a label's
+Prompts are ``Input: PASSAGE\\nLabel: PLAY`` blocks (``efflm.data_methods.icl``); a label's
 probability is the full likelihood of its tokens, normalized over the five. KATE's encoder is
 TF-IDF unless the MiniLM package is installed (the table says which ran). Contextual calibration
 divides by the mean distribution of the same prompt on "N/A", "" and "[MASK]".
@@ -34,7 +34,7 @@ def task(per_label: int, seed: int = 0) -> tuple[list[tuple[str, str]], list[tup
     """(test, pool): (passage, label) pairs."""
     import re
 
-    from efflm.data.text import texts
+    from efflm.datasets.text import texts
 
     files = texts()
     rng = random.Random(seed)
@@ -60,11 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from efflm.core.atomic import publish
-    from efflm.data.embed import encoder
-    from efflm.datasel import kate, random_demos
-    from efflm.datasel.calibrate_before_use import ContextualCalibrationConfig, calibrate, probs_and_bias
-    from efflm.datasel.context import DataContext
-    from efflm.datasel.icl import Template, item
+    from efflm.data_methods import kate, random_demos
+    from efflm.data_methods.calibrate_before_use import ContextualCalibrationConfig, calibrate, probs_and_bias
+    from efflm.data_methods.context import DataContext
+    from efflm.data_methods.icl import Template, item
+    from efflm.datasets.embed import encoder
     from efflm.io.load import load
 
     model, tok = load(args.model)

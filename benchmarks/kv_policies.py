@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/kv_policies.md")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from efflm.data import text
+    from efflm.datasets import text
     from efflm.pipeline import load_and_apply
 
     model, tok = load_and_apply(a.model, [config_from_dict({"method": "dense", "dtype": a.dtype})])

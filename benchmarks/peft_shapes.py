@@ -70,7 +70,7 @@ def base_ppl(args, recipe: list) -> tuple[float, int]:
     from efflm import pipeline
     from efflm.core.recipe import from_yaml
     from efflm.eval.metrics import model_bytes
-    from efflm.tune.data import EVAL_SEQ_LEN, EVAL_WINDOWS, evaluator
+    from efflm.trainer.batches import EVAL_SEQ_LEN, EVAL_WINDOWS, evaluator
 
     model, tok = pipeline.load_and_apply(args.model, from_yaml(yaml.safe_dump(recipe)) if recipe else [])
     return evaluator("domain", tok, final=True)(model)["ppl"], model_bytes(model), (EVAL_SEQ_LEN, EVAL_WINDOWS)
@@ -78,7 +78,7 @@ def base_ppl(args, recipe: list) -> tuple[float, int]:
 
 def truncated_ppl(args, adapter: Path, rank: int) -> float:
     from efflm.finetune.dylora import set_rank
-    from efflm.tune import evaluator, load_model
+    from efflm.trainer import evaluator, load_model
 
     model, tok = load_model(args.model, [], adapter)
     set_rank(model, rank)
@@ -127,7 +127,7 @@ def shapes(args, tmp: Path) -> str:
 def recovery(args, tmp: Path) -> str:
     """The runs of ``efflm bench --suite finetune`` (same bases, same LoRA and training), tabulated."""
     from efflm.bench.suites import finetune_suite
-    from efflm.tune.run import RECOVERY_TRAIN, RECOVERY_TUNE
+    from efflm.trainer.run import RECOVERY_TRAIN, RECOVERY_TUNE
 
     dense_ppl, _, _ = base_ppl(args, [])
     t = RECOVERY_TRAIN
@@ -164,7 +164,7 @@ def recovery(args, tmp: Path) -> str:
 def tasks(args, tmp: Path) -> str:
     """The built-in instruction tasks: the untrained model's exact-match accuracy, then LoRA's."""
     from efflm import pipeline
-    from efflm.tune.data import N_TEST_TASKS, evaluator
+    from efflm.trainer.batches import N_TEST_TASKS, evaluator
 
     model, tok = pipeline.load_and_apply(args.model, [])
     before = evaluator("tasks", tok, final=True)(model)

@@ -38,7 +38,7 @@ QUESTION = "What is the pass key? The pass key is"
 
 
 def haystacks(n: int, n_paragraphs: int, seed: int = 0) -> list[tuple[list[str], int]]:
-    from efflm.data.text import paragraphs
+    from efflm.datasets.text import paragraphs
 
     paras = paragraphs("eval")
     rng = random.Random(seed)
@@ -47,7 +47,7 @@ def haystacks(n: int, n_paragraphs: int, seed: int = 0) -> list[tuple[list[str],
 
 
 def prompt_parts(paras: list[str], key: int, depth: float):
-    from efflm.datasel.prompt_parts import PromptParts
+    from efflm.data_methods.prompt_parts import PromptParts
 
     needle = f"The pass key is {key}. Remember it. {key} is the pass key."
     at = round(depth * len(paras))
@@ -71,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from efflm.core.atomic import publish
     from efflm.core.progress import progress
-    from efflm.datasel import llmlingua, selective_context, truncate_prompt
-    from efflm.datasel.context import DataContext
-    from efflm.datasel.prompt_parts import n_tokens
+    from efflm.data_methods import llmlingua, selective_context, truncate_prompt
+    from efflm.data_methods.context import DataContext
+    from efflm.data_methods.prompt_parts import n_tokens
     from efflm.inference.engine import Engine
     from efflm.inference.generate import SamplingConfig, generate
     from efflm.io.load import load

@@ -251,9 +251,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from efflm.bench.run_cache import cached
     from efflm.core.atomic import publish
-    from efflm.data.text import eval_tokens, read_text_file, tokenize
+    from efflm.datasets.text import eval_tokens, read_text_file, tokenize
     from efflm.io.load import load
-    from efflm.models.load import gguf_source
+    from efflm.models.sources import gguf_source
 
     torch.set_num_threads(args.threads)
     model, tok = load(args.model)

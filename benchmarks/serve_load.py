@@ -160,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     from efflm.core.atomic import publish
     from efflm.core.recipe import from_yaml
-    from efflm.data import text
+    from efflm.datasets import text
     from efflm.io import gguf_export
-    from efflm.models.load import gguf_source
+    from efflm.models.sources import gguf_source
     from efflm.pipeline import load_and_apply
 
     levels = [int(x) for x in a.concurrency.split(",") if x.strip()]

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/smoothquant_alpha.md")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from efflm.data import text
+    from efflm.datasets import text
     from efflm.eval.metrics import perplexity
     from efflm.pipeline import load_and_apply
 

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/structured_speed.md")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from efflm.data import text
+    from efflm.datasets import text
 
     cast = {"method": "dense", "dtype": a.dtype}
     recipes = {"dense": [cast]}

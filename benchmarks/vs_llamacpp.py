@@ -139,11 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/vs_llamacpp.md")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from efflm.data import text
+    from efflm.datasets import text
     from efflm.eval.metrics import bandwidth_gbs, bytes_read_per_token
     from efflm.io import gguf_export
     from efflm.methods import get
-    from efflm.models.load import gguf_source
+    from efflm.models.sources import gguf_source
     from efflm.pipeline import load_and_apply
 
     bf16, fp32 = c({"method": "dense", "dtype": "bfloat16"}), c({"method": "dense", "dtype": "float32"})

@@ -32,7 +32,7 @@ import torch
 
 from efflm.core.atomic import publish
 from efflm.core.errors import EfflmError
-from efflm.data import text
+from efflm.datasets import text
 from efflm.eval.metrics import perplexity
 from efflm.io.load import load
 from efflm.methods import check_for_model, config_from_dict, get

@@ -7,7 +7,7 @@ For each method, efflm builds the adapter at its initial values and saves it in 
 both sides start from that same file (peft through ``PeftModel.from_pretrained(...,
 is_trainable=True)``), so their loss curves are comparable step by step. Each side trains in its
 own subprocess (peak RSS is that process's own, model load included on both sides) on the
-same batches (``efflm.tune.Data.batch_at``), with AdamW and the same warm-up + cosine
+same batches (``efflm.trainer.Data.batch_at``), with AdamW and the same warm-up + cosine
 schedule and gradient clipping.
 
 * efflm: ``efflm.finetune.train.train`` — chunked cross-entropy through the head (512 tokens
@@ -61,7 +61,7 @@ def train_config(args, method: str):
 def heldout_ppl(model, tok, seq_len: int = 512, windows: int = 2) -> float:
     """Perplexity on the evaluation split; the last len(window) logits (peft's prompt tuning returns
     the virtual tokens' too)."""
-    from efflm.data.text import eval_tokens
+    from efflm.datasets.text import eval_tokens
 
     ids = eval_tokens(tok, seq_len * windows)
     nll, n = 0.0, 0
@@ -75,9 +75,9 @@ def heldout_ppl(model, tok, seq_len: int = 512, windows: int = 2) -> float:
 
 
 def worker(args) -> int:
-    from efflm import tune
-    from efflm.finetune.files import load_adapter
+    from efflm import trainer
     from efflm.finetune.hooks import hooks_for
+    from efflm.finetune.peft_files import load_adapter
     from efflm.finetune.train import lr_factor, train
     from efflm.io.load import load
     from efflm.methods import config_from_dict
@@ -85,7 +85,7 @@ def worker(args) -> int:
     torch.set_num_threads(args.threads)
     cfg = train_config(args, args.method)
     model, tok = load(args.model)
-    data = tune.load_data("domain", tok, cfg)
+    data = trainer.load_data("domain", tok, cfg)
     if args.worker == "efflm":
         model, _ = load_adapter(model, args.init, trainable=True)
         state = train(model, cfg, data.batch_at, hooks=hooks_for(config_from_dict(METHODS[args.method])))
@@ -140,7 +140,7 @@ def worker(args) -> int:
 
 
 def make_init(model_spec: str, method: str, out: Path) -> None:
-    from efflm.finetune.files import save_adapter
+    from efflm.finetune.peft_files import save_adapter
     from efflm.io.load import load
     from efflm.methods import config_from_dict, get
 

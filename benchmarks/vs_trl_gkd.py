@@ -43,7 +43,7 @@ NEW_TOKENS, SEQ_LEN, BATCH, LR = 16, 128, 4, 1e-3
 
 
 def rows_file(tok, path: Path, n: int) -> None:
-    from efflm.data import finetune as ftdata
+    from efflm.datasets import finetune as ftdata
 
     rows = [{"messages": [{"role": "user", "content": t.prompt}, {"role": "assistant", "content": t.answer}]}
             for t in ftdata.tasks("train", n)]  # fmt: skip
@@ -51,13 +51,13 @@ def rows_file(tok, path: Path, n: int) -> None:
 
 
 def evaluate(model, tok) -> dict:
-    from efflm import tune
+    from efflm import trainer
 
-    return tune.evaluator("tasks", tok, final=True)(model)
+    return trainer.evaluator("tasks", tok, final=True)(model)
 
 
 def run_efflm(args, data: Path) -> dict:
-    from efflm import tune
+    from efflm import trainer
     from efflm.core import recipe as recipes
     from efflm.distill import gkd
 
@@ -68,11 +68,11 @@ def run_efflm(args, data: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix="efflm-gkd-") as tmp:
         p = Path(tmp) / "gkd.yaml"
         p.write_text(yaml.safe_dump({"method": "gkd", **GKD, **LORA, "train": train}))
-        cfg, train_cfg = tune.read_method_recipe(p)
+        cfg, train_cfg = trainer.read_method_recipe(p)
         recipe = recipes.from_yaml(yaml.safe_dump(STUDENT))
-        r = tune.finetune(args.model, recipe, cfg, train_cfg, str(data), Path(tmp) / "o", teacher=args.model)
+        r = trainer.finetune(args.model, recipe, cfg, train_cfg, str(data), Path(tmp) / "o", teacher=args.model)
         peak = r["peak_rss_mb"]  # training's peak, before the evaluation below
-        model, tok = tune.load_model(args.model, recipe, Path(tmp) / "o")
+        model, tok = trainer.load_model(args.model, recipe, Path(tmp) / "o")
     out = evaluate(model, tok)
     return {"step_s": r["step_s_median"], "peak_rss_mb": peak, "ppl": out["ppl"], "task_acc": out["task_acc"],
             "losses": r["losses"], "on_policy": len(on_policy)}  # fmt: skip
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.worker:
         return worker(args)
-    from efflm.models.load import load_tokenizer
+    from efflm.models.sources import load_tokenizer
 
     res = {}
     with tempfile.TemporaryDirectory(prefix="gkd-data-") as tmp:

@@ -41,7 +41,7 @@ def compress(
 
 def evaluate(model: Any, tok: Any, text: str | None = None, seq_len: int = 512, windows: int = 4) -> dict:
     """Perplexity (on ``text``, default the Shakespeare evaluation split) and stored bytes."""
-    from efflm.data import text as texts
+    from efflm.datasets import text as texts
     from efflm.eval.metrics import model_bytes, perplexity
 
     n = seq_len * windows

@@ -38,7 +38,7 @@ PACKAGES = (
     "efflm.inference",
     "efflm.finetune",
     "efflm.distill",
-    "efflm.datasel",
+    "efflm.data_methods",
 )
 MODULES = ("efflm.models.dense",)  # method files outside them: the baseline (efflm.models holds specs)
 

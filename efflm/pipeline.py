@@ -22,7 +22,7 @@ def validate(
 ) -> Any:
     """Check every step against the model's config and, if a step calibrates, that the
     calibration windows fit (no weights loaded); return the config after the recipe."""
-    from efflm.models.load import model_config
+    from efflm.models.sources import model_config
 
     hf_config = model_config(model_spec)
     for cfg in recipe:
@@ -35,8 +35,8 @@ def validate(
             )
         hf_config = check_for_model(hf_config, cfg)
     if recipe and recipes.needs_calibration(recipe):
-        from efflm.data.text import check_calibration
-        from efflm.models.load import load_tokenizer
+        from efflm.datasets.text import check_calibration
+        from efflm.models.sources import load_tokenizer
 
         limit = getattr(hf_config, "max_position_embeddings", None)
         if limit and calib_len > limit:
@@ -49,7 +49,7 @@ def load_and_apply(
     model_spec: str, recipe: recipes.Recipe, calib_samples: int = CALIB_SAMPLES, calib_len: int = CALIB_LEN
 ) -> tuple[Any, Any]:
     """Validate, load, draw calibration windows if any step needs them, apply every step."""
-    from efflm.data.text import calibration_windows
+    from efflm.datasets.text import calibration_windows
     from efflm.io.load import load
 
     validate(model_spec, recipe, calib_samples, calib_len)

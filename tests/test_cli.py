@@ -64,7 +64,7 @@ def test_unsupported_architecture(capsys, tmp_path, recipe):
 
 
 def test_truncated_gguf(capsys, tmp_path):
-    from efflm.models.load import smollm2_gguf
+    from efflm.models.sources import smollm2_gguf
 
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(smollm2_gguf().read_bytes()[:1_000_000])

@@ -198,24 +198,24 @@ def test_papers_render_opens_the_database_read_only(capsys, tmp_path):
 
 
 def test_kernel_library_is_rebuilt_when_its_hash_does_not_match(tmp_path, monkeypatch):
-    from efflm.nn import q4_kernel
+    from efflm.nn import c_kernels
 
     monkeypatch.setenv("EFFLM_CACHE", str(tmp_path))
-    q4_kernel.library.cache_clear()
+    c_kernels.library.cache_clear()
     try:
-        if q4_kernel.library() is None:
+        if c_kernels.library() is None:
             pytest.skip("no C compiler or AVX2 here: the kernel is not used")
         (so,) = (tmp_path / "kernels").glob("*.so")
         good = so.read_bytes()
         bad = tmp_path / "bad.so"  # replaced, not written in place: the loaded copy stays mapped
         bad.write_bytes(good + b"tampered")
         os.replace(bad, so)
-        q4_kernel.library.cache_clear()
-        assert q4_kernel.library() is not None
+        c_kernels.library.cache_clear()
+        assert c_kernels.library() is not None
         assert so.read_bytes() == good  # rebuilt, not trusted by its name
     finally:
-        q4_kernel.library.cache_clear()
-        q4_kernel.library()
+        c_kernels.library.cache_clear()
+        c_kernels.library()
 
 
 def test_every_torch_load_passes_weights_only_true():

@@ -8,7 +8,7 @@ from pathlib import Path
 from efflm.bench import db as results
 from efflm.core.atomic import atomic_write_bytes_from, atomic_write_text
 from efflm.core.errors import EfflmError
-from efflm.models.load import DEFAULT_MODEL
+from efflm.models.sources import DEFAULT_MODEL
 
 FOOTNOTES = {
     DEFAULT_MODEL: "SmolLM2-135M-Instruct's float weights are a dequantized Q4_1 GGUF: every decoder "

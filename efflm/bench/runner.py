@@ -33,8 +33,8 @@ class BenchOptions:
 def validate(opts: BenchOptions) -> None:
     """Everything that can be checked before work starts (before the database is opened):
     the model spec, every recipe, the calibration windows, the evaluation and speed lengths."""
-    from efflm.data import text
-    from efflm.models.load import load_tokenizer, model_config
+    from efflm.datasets import text
+    from efflm.models.sources import load_tokenizer, model_config
 
     w = opts.worker_args
     calib = {k: w[k] for k in ("calib_samples", "calib_len") if k in w}

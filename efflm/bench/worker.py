@@ -66,8 +66,8 @@ def measure(
     new_tokens: int, reps: int,
 ) -> dict:  # fmt: skip
     """Every leaderboard metric of a loaded model (``t0``: when its run started)."""
-    from efflm.data import text
-    from efflm.models import load as loader
+    from efflm.datasets import text
+    from efflm.models import sources as loader
 
     ids = text.eval_tokens(tok, max(seq_len * windows, prompt_len))
     result = metrics.perplexity(model, ids, seq_len=seq_len, n_windows=windows)

@@ -5,7 +5,7 @@ onto a per-row grid (GPTQ) or has its masked weights zeroed (SparseGPT), and its
 (w − ŵ) / U[i, i] is spread over the columns to its right: W[:, i:] −= e ⊗ U[i, i:]. The
 columns after the block get all of the block's errors at once, as one matmul, by the caller.
 
-Every row's sweep depends only on that row and U, so ``efflm/nn/sweep_cpu.c`` runs rows in
+Every row's sweep depends only on that row and U, so ``efflm/nn/csrc/sweep_cpu.c`` runs rows in
 parallel with the whole column loop in C; ``sweep_torch`` is the readable reference (one
 vectorized torch step per column) and the fallback where the C library cannot be built. Both
 give the same codes and weights (tests/calib/test_sweep.py).
@@ -18,7 +18,7 @@ import ctypes
 import torch
 
 from efflm.core import settings
-from efflm.nn import q4_kernel
+from efflm.nn import c_kernels
 
 
 def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p | None:
@@ -76,7 +76,7 @@ def sweep(W: torch.Tensor, U: torch.Tensor, a: int, b: int, err: torch.Tensor, *
     scales, offsets, codes = kw.get("scales"), kw.get("offsets"), kw.get("codes")
     if not bits and mask is None:
         raise ValueError("sweep: pruning needs a mask")
-    lib = q4_kernel.library() if settings.sweep_kernel() else None
+    lib = c_kernels.library() if settings.sweep_kernel() else None
     tensors = (W, U, err, scales, offsets, codes)
     if lib is None or not _c_ok(*tensors, mask) or any(t is not None and t.dtype != torch.float32 for t in tensors):
         sweep_torch(W, U, a, b, err, **kw)

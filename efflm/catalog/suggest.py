@@ -1,6 +1,6 @@
 """Category suggestions from the nearest catalog entries: k-nearest-neighbour vote over titles.
 
-The text encoders (MiniLM sentence embeddings, else TF-IDF) are ``efflm.data.embed``'s.
+The text encoders (MiniLM sentence embeddings, else TF-IDF) are ``efflm.datasets.embed``'s.
 ``leave_one_out`` measures how often the top suggestion is one of an entry's own categories.
 """
 
@@ -10,7 +10,7 @@ from collections import Counter
 
 import numpy as np
 
-from efflm.data.embed import MiniLM, TfIdf, encoder, minilm_dir, words  # noqa: F401  (re-exported)
+from efflm.datasets.embed import MiniLM, TfIdf, encoder, minilm_dir, words  # noqa: F401  (re-exported)
 
 
 def vote(sims: np.ndarray, labels: list[list[str]], k: int = 5) -> list[tuple[str, float]]:

@@ -279,8 +279,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--drain-timeout", type=float, default=30.0, help="seconds in-flight streams get after SIGTERM")
     s.set_defaults(fn=commands.cmd_serve)
 
-    from efflm.catalog.commands import add_parser as add_papers
-    from efflm.cli.data import add_parser as add_data
+    from efflm.catalog.papers_cli import add_parser as add_papers
+    from efflm.cli.data_commands import add_parser as add_data
 
     add_papers(sub)
     add_data(sub)

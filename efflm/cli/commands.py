@@ -75,10 +75,10 @@ def cmd_bench(a) -> int:
     opts = runner.BenchOptions(a.model, recipes_, Path(a.db), worker_args, a.executor, a.address, a.gpus_per_row)
     runner.install_signal_handlers()
     if a.suite in ("finetune", "recover") and not (a.recipe or a.methods):  # training runs, one process each
-        from efflm import tune
+        from efflm import trainer
 
         runner.validate(opts)
-        tune.recovery_suite(a.model, recipes_, Path(a.db), distill=a.suite == "recover")
+        trainer.recovery_suite(a.model, recipes_, Path(a.db), distill=a.suite == "recover")
     else:
         runner.bench(opts)
     md, md_path, png = leaderboard.write(Path(a.db), a.model, Path(a.out_dir))
@@ -119,7 +119,7 @@ def cmd_compress(a) -> int:
     if a.format != "efflm":
         (gguf_export if a.format == "gguf" else compressed_tensors).check_recipe(recipe)
     if a.format == "gguf":
-        from efflm.models.load import gguf_source
+        from efflm.models.sources import gguf_source
 
         if out.suffix != ".gguf":
             raise EfflmError(f"--format gguf writes one file: --out must end in .gguf, got {out.name}")
@@ -154,17 +154,17 @@ def _load(a, recipe):
     from efflm import pipeline
 
     if getattr(a, "adapter", None):
-        from efflm import tune
+        from efflm import trainer
 
-        return tune.load_model(a.model, recipe, a.adapter)
+        return trainer.load_model(a.model, recipe, a.adapter)
     return pipeline.load_and_apply(a.model, recipe, a.calib_samples, a.calib_len)
 
 
 def cmd_eval(a) -> int:
     from efflm import pipeline
-    from efflm.data import text
+    from efflm.datasets import text
     from efflm.eval.metrics import model_bytes, perplexity
-    from efflm.models.load import load_tokenizer
+    from efflm.models.sources import load_tokenizer
 
     recipe = _recipe_arg(a.recipe)
     pipeline.validate(a.model, recipe, a.calib_samples, a.calib_len)
@@ -243,14 +243,14 @@ def cmd_generate(a) -> int:
 
     recipe, draft_recipe = _recipe_arg(a.recipe), _recipe_arg(a.draft_recipe)
     if a.draft_model:  # the draft's recipe and vocabulary are checked before the target's weights load
-        from efflm.models.load import model_config
+        from efflm.models.sources import model_config
 
         pipeline.validate(a.draft_model, draft_recipe, a.calib_samples, a.calib_len)
         check_compatible(model_config(a.model), model_config(a.draft_model))
     compressor.check(a, None)
     model, tok = _load(a, recipe)
     if a.compress_prompt:
-        from efflm.datasel.prompt_parts import n_tokens
+        from efflm.data_methods.prompt_parts import n_tokens
 
         fn = compressor.prompt_compressor(a, model, tok, own_copy=False)
         short = [fn(p) for p in a.prompt]
@@ -307,13 +307,13 @@ def cmd_generate(a) -> int:
 
 
 def cmd_finetune(a) -> int:
-    from efflm import tune
+    from efflm import trainer
 
-    cfg, train_cfg = tune.read_method_recipe(a.method_recipe, a.steps)
+    cfg, train_cfg = trainer.read_method_recipe(a.method_recipe, a.steps)
     if a.teacher_recipe and not a.teacher:
         raise EfflmError("--teacher-recipe needs --teacher")
     teacher_recipe = _recipe_arg(a.teacher_recipe)
-    r = tune.finetune(
+    r = trainer.finetune(
         a.model, _recipe_arg(a.recipe), cfg, train_cfg, a.data, a.out, resume=a.resume, db=a.db,
         teacher=a.teacher, teacher_recipe=teacher_recipe, teacher_cache=a.teacher_cache,
     )  # fmt: skip
@@ -326,13 +326,13 @@ def cmd_finetune(a) -> int:
 
 
 def cmd_distill_cache(a) -> int:
-    from efflm import tune
+    from efflm import trainer
     from efflm.methods import get
 
-    cfg, train_cfg = tune.read_method_recipe(a.method_recipe, a.steps)
+    cfg, train_cfg = trainer.read_method_recipe(a.method_recipe, a.steps)
     if get(cfg.method).family != "distill":
         raise EfflmError(f"{a.method_recipe}: {cfg.method} is not a distillation method")
-    r = tune.build_cache(a.teacher, _recipe_arg(a.teacher_recipe), a.model, train_cfg, a.data, a.out, a.k)
+    r = trainer.build_cache(a.teacher, _recipe_arg(a.teacher_recipe), a.model, train_cfg, a.data, a.out, a.k)
     print(
         f"wrote {a.out}: {r['tokens']} tokens, top-{r['k']}, {r['bytes']} bytes ({r['bytes_per_token']:.1f} per token)"
     )
@@ -340,9 +340,9 @@ def cmd_distill_cache(a) -> int:
 
 
 def cmd_distill_data(a) -> int:
-    from efflm import tune
+    from efflm import trainer
 
-    r = tune.generate_data(
+    r = trainer.generate_data(
         a.teacher, _recipe_arg(a.teacher_recipe), a.out, a.n, a.max_new_tokens, prompts=a.prompts,
         greedy_first=a.greedy_first, temperature=a.temperature, seed=a.seed,
     )  # fmt: skip
@@ -351,9 +351,9 @@ def cmd_distill_data(a) -> int:
 
 
 def cmd_merge(a) -> int:
-    from efflm import tune
+    from efflm import trainer
 
-    r = tune.merge(a.model, _recipe_arg(a.recipe), a.adapter, a.out)
+    r = trainer.merge(a.model, _recipe_arg(a.recipe), a.adapter, a.out)
     print(f"wrote {a.out}: {r['note']}")
     return 0
 

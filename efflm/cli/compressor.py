@@ -34,7 +34,7 @@ def load_scorer(model: str, recipe_file: str | None, weights: bool):
     """The small LM (and its tokenizer) a data method reads: checked before loading (a model or
     recipe that cannot load is one line), loaded only when ``weights``."""
     from efflm.core import recipe as recipes
-    from efflm.models.load import load_tokenizer
+    from efflm.models.sources import load_tokenizer
     from efflm.pipeline import load_and_apply, validate
 
     recipe = recipes.load(recipe_file) if recipe_file else []
@@ -54,8 +54,8 @@ def prompt_compressor(a, model: Any, tok: Any, own_copy: bool) -> Callable[[str]
     """``--compress-prompt`` as text → text: the prompt's last line kept whole as the question,
     the rest compressed by the small LM — ``--compressor-model``, else the model itself (or,
     with ``own_copy``, a second copy of it, for a server whose model runs on another thread)."""
-    from efflm.datasel.context import DataContext
-    from efflm.datasel.prompt_parts import split_question
+    from efflm.data_methods.context import DataContext
+    from efflm.data_methods.prompt_parts import split_question
     from efflm.methods import get
 
     cfg = compressor_config(a.compressor, a.compress_prompt)

@@ -3,7 +3,7 @@
 A method is a frozen dataclass config (validated in ``__post_init__``) plus an
 ``apply(model, config, calib) -> model`` function. ``check(hf_config, config)`` is an
 optional model-dependent validation that runs before any work starts. A ``data`` method's
-``apply(texts, config, ctx)`` reads rows' texts instead of a model (``efflm.datasel``).
+``apply(texts, config, ctx)`` reads rows' texts instead of a model (``efflm.data_methods``).
 
 Method files register themselves when imported; ``efflm.methods`` is the one index that
 finds and imports them all (the CLI, pipeline, bench and catalog go through it). A trained

@@ -3,7 +3,7 @@ adapter on any base, packed or pruned, or every weight), and the training object
 loop calls — the student's divergence from a teacher's next-token distribution on the batch's
 tokens, mixed with cross-entropy and optionally a hidden-state term.
 
-The teacher is any efflm model with the student's tokenizer (``efflm.tune`` loads it and checks
+The teacher is any efflm model with the student's tokenizer (``efflm.trainer`` loads it and checks
 the vocabularies before loading weights); it runs under ``no_grad``, and the student's logits
 are made a chunk of tokens at a time (``distill.chunked``), so the student never holds
 ``[tokens, vocab]`` logits for backward.

@@ -49,9 +49,9 @@ def kernels() -> dict:
     column sweep and decode step run (``c`` or ``torch``; a row's worker refines ``fast_decode``
     with the choice made for its model, see ``row_env``)."""
     from efflm.core import settings
-    from efflm.nn import q4_kernel
+    from efflm.nn import c_kernels
 
-    c = q4_kernel.available()
+    c = c_kernels.available()
     return {
         "c_library": c,
         "q4": "c" if c else "torch",

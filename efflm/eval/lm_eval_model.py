@@ -45,7 +45,7 @@ class EfflmLM(TemplateLM):
 
             loaded = pipeline.load_and_apply(model, recipes.load(recipe) if recipe else [])
             if adapter:
-                from efflm.finetune.files import load_adapter
+                from efflm.finetune.peft_files import load_adapter
 
                 loaded = (load_adapter(loaded[0], adapter)[0], loaded[1])
         self.model, self.tokenizer = loaded

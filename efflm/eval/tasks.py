@@ -1,4 +1,4 @@
-"""Exact-match accuracy on efflm's built-in instruction tasks (``efflm.data.finetune.tasks``).
+"""Exact-match accuracy on efflm's built-in instruction tasks (``efflm.datasets.finetune.tasks``).
 
 Greedy decoding of at most ``max_new_tokens`` tokens through transformers' ``generate`` (so
 every adapter type — prompt and prefix tuning included — decodes the same way); the answer is
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from efflm.core.progress import progress
-from efflm.data.finetune import Task, prompt_ids
+from efflm.datasets.finetune import Task, prompt_ids
 
 
 @torch.inference_mode()

@@ -20,9 +20,9 @@ from efflm.core.fields import opt
 from efflm.core.registry import register
 from efflm.finetune.adapter import ALL, LowRankAdapterConfig, check_targets, lora_apply
 from efflm.models.arch import decoder_linears, in_features, set_module
-from efflm.models.load import own_memory
+from efflm.models.sources import own_memory
+from efflm.nn.module_registry import role
 from efflm.nn.nf4_linear import NF4Linear
-from efflm.nn.registry import role
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The fused decode step: all decoder layers for the new tokens of every sequence in one C call
-(``efflm/nn/decode_cpu.c``), instead of ~60 torch ops and Python per layer — one-token decode,
+(``efflm/nn/csrc/decode_cpu.c``), instead of ~60 torch ops and Python per layer — one-token decode,
 batched decode, prefill and speculative verification alike.
 
 ``FastDecode.build(engine)`` describes each layer's weights to the C code once (pointers into
@@ -21,7 +21,7 @@ import torch
 
 from efflm.core import settings
 from efflm.inference.cache import KVCache
-from efflm.nn import q4_kernel
+from efflm.nn import c_kernels
 from efflm.nn.layouts import Q4Blocks, SignedInt8
 from efflm.nn.quant_linear import QuantLinear
 
@@ -100,7 +100,7 @@ class FastDecode:
     @classmethod
     def build(cls, engine: Any) -> "tuple[FastDecode | None, str]":
         """(the fused step, "") or (None, why the model keeps the reference path)."""
-        lib = q4_kernel.library() if settings.fast_decode() else None
+        lib = c_kernels.library() if settings.fast_decode() else None
         try:
             if not settings.fast_decode():
                 raise Unsupported("turned off by EFFLM_FAST_DECODE=0")

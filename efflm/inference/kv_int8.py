@@ -28,7 +28,7 @@ def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Int8Cache(KVCache):
-    fused = "int8"  # the fused decode step dequantizes inside its attention (``nn/decode_cpu.c``)
+    fused = "int8"  # the fused decode step dequantizes inside its attention (``nn/csrc/decode_cpu.c``)
     storage = ("k", "v", "ks", "vs")
 
     def __init__(self, *args):

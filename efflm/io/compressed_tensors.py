@@ -19,7 +19,7 @@ import torch
 from efflm.core.atomic import atomic_dir
 from efflm.core.errors import EfflmError
 from efflm.models.arch import set_module
-from efflm.nn.registry import efflm_modules
+from efflm.nn.module_registry import efflm_modules
 
 EXPORT_DTYPE = torch.float16  # fp16 holds efflm's fp16 scales exactly (bf16 would not)
 

@@ -19,7 +19,7 @@ import torch
 from efflm.core.atomic import atomic_write_bytes_from
 from efflm.core.errors import EfflmError
 from efflm.models.arch import layout_for
-from efflm.nn.registry import efflm_modules, role
+from efflm.nn.module_registry import efflm_modules, role
 
 _SKIP_KEYS = ("GGUF.", "general.architecture", "general.file_type")
 

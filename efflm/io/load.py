@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from efflm.models.load import DEFAULT_MODEL, load_plain, ready, resolve
+from efflm.models.sources import DEFAULT_MODEL, load_plain, ready, resolve
 
 
 def load(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:

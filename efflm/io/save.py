@@ -58,7 +58,7 @@ def load_compressed(path: Path) -> tuple[torch.nn.Module, Any]:
     """Rebuild a model saved with efflm modules: config -> shells -> strict state load."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from efflm.models.files import check_safetensors
+    from efflm.models.file_checks import check_safetensors
 
     meta = json.loads((path / "efflm.json").read_text())
     weights = path / "model.safetensors"

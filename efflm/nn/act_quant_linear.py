@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from efflm.nn.module_registry import register_module
 from efflm.nn.quant_linear import QuantLinear
-from efflm.nn.registry import register_module
 
 
 def quantize_tokens(x: torch.Tensor, bits: int) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from efflm.nn import fp_formats
 from efflm.nn.codes import groups, pack_codes, unpack_codes
 from efflm.nn.frozen import frozen_product
-from efflm.nn.registry import register_module
+from efflm.nn.module_registry import register_module
 
 
 def fp_quantize(w: torch.Tensor, fmt: str, group_size: int, pow2: bool = False):

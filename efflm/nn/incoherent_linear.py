@@ -12,8 +12,8 @@ import torch.nn as nn
 
 from efflm.nn import incoherence
 from efflm.nn.frozen import frozen_product
+from efflm.nn.module_registry import register_module
 from efflm.nn.quant_linear import QuantLinear
-from efflm.nn.registry import register_module
 
 
 @register_module(role="incoherent")

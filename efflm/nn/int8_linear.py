@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from efflm.nn.registry import register_module
+from efflm.nn.module_registry import register_module
 
 EXACT_K = 1024  # 1024 · 127 · 127 < 2^24: an fp32 dot product of int8 values this long is exact
 

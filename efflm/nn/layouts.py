@@ -4,8 +4,8 @@
   inputs padded to a multiple of 8) — the file layout for those widths, and the in-memory one
   unless a kernel's layout applies;
 * ``Nibble``: two 4-bit codes per byte — the file layout for 4 bits;
-* ``Q4Blocks``: the same bytes in pairs of 32-input blocks (``q4_kernel.to_blocks``) for efflm's own
-  AVX2 kernel (``q4_kernel``), used in bf16 when the group size is a multiple of 32 and the
+* ``Q4Blocks``: the same bytes in pairs of 32-input blocks (``c_kernels.to_blocks``) for efflm's own
+  AVX2 kernel (``c_kernels``), used in bf16 when the group size is a multiple of 32 and the
   kernel runs on this machine;
 * ``Int4Pack``: the order of torch's int4 CPU kernel (bf16, group sizes 32..256), with the
   bf16 (scale, zero) pairs it reads as a derived, unsaved buffer;
@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from efflm.nn import kernels, q4_kernel
+from efflm.nn import c_kernels, torch_kernels
 from efflm.nn.codes import pack_bits, pack_codes, unpack_bits, unpack_codes
 
 
@@ -76,16 +76,16 @@ class Q4Blocks(Layout):
     portable = False
 
     def pack(self, m, codes):
-        return q4_kernel.to_blocks(codes + kernels.code_shift(m.bits))
+        return c_kernels.to_blocks(codes + torch_kernels.code_shift(m.bits))
 
     def unpack(self, m, qweight):
-        return q4_kernel.from_blocks(qweight, m.in_features) - kernels.code_shift(m.bits)
+        return c_kernels.from_blocks(qweight, m.in_features) - torch_kernels.code_shift(m.bits)
 
     def kernel(self, m, x):
         return "q4" if x.dtype == torch.bfloat16 else None
 
     def matmul(self, m, x):
-        return q4_kernel.q4_mm(x, m.qweight, m.scales, getattr(m, "offsets", None), 2 ** (m.bits - 1), m.group_size)
+        return c_kernels.q4_mm(x, m.qweight, m.scales, getattr(m, "offsets", None), 2 ** (m.bits - 1), m.group_size)
 
 
 class Int4Pack(Layout):
@@ -93,21 +93,21 @@ class Int4Pack(Layout):
     portable = False
 
     def pack(self, m, codes):
-        return kernels.int4pack(codes + kernels.code_shift(m.bits))
+        return torch_kernels.int4pack(codes + torch_kernels.code_shift(m.bits))
 
     def unpack(self, m, qweight):
-        codes = kernels.int4pack_to_codes(qweight, m.out_features, m.in_features)
-        return codes - kernels.code_shift(m.bits)
+        codes = torch_kernels.int4pack_to_codes(qweight, m.out_features, m.in_features)
+        return codes - torch_kernels.code_shift(m.bits)
 
     def attach(self, m):
-        sz = kernels.int4_scales_and_zeros(m.scales, getattr(m, "offsets", None), m.bits)
+        sz = torch_kernels.int4_scales_and_zeros(m.scales, getattr(m, "offsets", None), m.bits)
         m.register_buffer("sz", sz, persistent=False)
 
     def kernel(self, m, x):
         return "int4" if x.dtype == torch.bfloat16 else None
 
     def matmul(self, m, x):
-        return kernels.int4_mm(x, m.qweight, m.group_size, m.sz)
+        return torch_kernels.int4_mm(x, m.qweight, m.group_size, m.sz)
 
 
 class SignedInt8(Layout):
@@ -123,12 +123,12 @@ class SignedInt8(Layout):
         # bf16 and per channel only (with fp32 activations it measured ~25x slower than dequantizing)
         if m.group_size != m.in_features or x.dtype != torch.bfloat16:
             return None
-        return "q8" if m.bits == 8 and m.in_features % 32 == 0 and q4_kernel.available() else "int8"
+        return "q8" if m.bits == 8 and m.in_features % 32 == 0 and c_kernels.available() else "int8"
 
     def matmul(self, m, x):
-        if m.bits == 8 and m.in_features % 32 == 0 and q4_kernel.available():
-            return q4_kernel.q8_mm(x, m.qweight, m.scales)
-        return kernels.int8_mm(x, m.qweight, m.scales[:, 0].to(x.dtype))
+        if m.bits == 8 and m.in_features % 32 == 0 and c_kernels.available():
+            return c_kernels.q8_mm(x, m.qweight, m.scales)
+        return torch_kernels.int8_mm(x, m.qweight, m.scales[:, 0].to(x.dtype))
 
 
 class UInt8(Layout):
@@ -151,8 +151,8 @@ def portable(bits: int, symmetric: bool) -> Layout:
 def for_compute(bits: int, symmetric: bool, group_size: int, dtype: torch.dtype, in_features: int = 0) -> Layout:
     """The layout a module computing in ``dtype`` keeps in memory (a kernel's, where one applies)."""
     if bits <= 4 and dtype == torch.bfloat16:
-        if group_size % 32 == 0 and in_features <= q4_kernel.MAX_IN and q4_kernel.available():
+        if group_size % 32 == 0 and in_features <= c_kernels.MAX_IN and c_kernels.available():
             return Q4Blocks()
-        if group_size in kernels.INT4_GROUPS:
+        if group_size in torch_kernels.INT4_GROUPS:
             return Int4Pack()
     return portable(bits, symmetric)

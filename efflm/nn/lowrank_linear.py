@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from efflm.nn.registry import register_module
+from efflm.nn.module_registry import register_module
 
 
 @register_module(role="lowrank")

@@ -17,10 +17,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from efflm.nn import q4_kernel
+from efflm.nn import c_kernels
 from efflm.nn.codes import add_csr, pack_bits, to_csr, unpack_bits
 from efflm.nn.frozen import frozen_product
-from efflm.nn.registry import register_module
+from efflm.nn.module_registry import register_module
 
 KERNEL_MAX_ROWS = 16  # beyond this, dequantizing once and one GEMM is faster
 
@@ -113,11 +113,11 @@ class LUTLinear(nn.Module):
         """ "lut" when efflm's lookup-table kernel takes this input (codes of ≤ 4 bits, at most
         ``KERNEL_MAX_ROWS`` rows: decoding), else None: dequantize and ``F.linear``."""
         rows = x.numel() // self.in_features
-        return "lut" if self.bits <= 4 and rows <= KERNEL_MAX_ROWS and q4_kernel.available() else None
+        return "lut" if self.bits <= 4 and rows <= KERNEL_MAX_ROWS and c_kernels.available() else None
 
     def _product(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel(x) == "lut":
-            return q4_kernel.lut_mm(x, self)
+            return c_kernels.lut_mm(x, self)
         return F.linear(x, self.dequantize(x.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from efflm.nn.codes import pack_codes, unpack_codes
 from efflm.nn.frozen import frozen_product
-from efflm.nn.registry import register_module
+from efflm.nn.module_registry import register_module
 
 NF4 = torch.tensor(
     [

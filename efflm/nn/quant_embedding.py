@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from efflm.nn.module_registry import register_module
 from efflm.nn.quant_linear import QuantLinear
-from efflm.nn.registry import register_module
 
 
 @register_module(role="embedding")

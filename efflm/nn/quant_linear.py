@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from efflm.nn import layouts
 from efflm.nn.codes import dequantize
 from efflm.nn.frozen import frozen_product
-from efflm.nn.registry import register_module
+from efflm.nn.module_registry import register_module
 
 
 @register_module(role="weight_grid")

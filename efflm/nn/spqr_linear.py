@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from efflm.nn.codes import add_csr, pack_bits, to_csr, unpack_bits
 from efflm.nn.frozen import frozen_product
-from efflm.nn.registry import register_module
+from efflm.nn.module_registry import register_module
 
 
 def stat_values(codes: torch.Tensor, stats: torch.Tensor, stat_group: int) -> torch.Tensor:

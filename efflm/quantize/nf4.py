@@ -21,7 +21,7 @@ from efflm.core.fields import opt
 from efflm.core.progress import progress
 from efflm.core.registry import MethodConfig, register
 from efflm.models.arch import decoder_linears, in_features, set_module
-from efflm.models.load import own_memory
+from efflm.models.sources import own_memory
 from efflm.nn.nf4_linear import NF4Linear
 
 

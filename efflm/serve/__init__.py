@@ -1,7 +1,7 @@
 """``efflm serve``: an OpenAI-compatible server with continuous batching on efflm's engine.
 
 ``batcher`` schedules (iteration-level, Orca-style), ``protocol`` checks request bodies,
-``app`` is the HTTP surface (FastAPI on uvicorn, SSE streaming), ``metrics`` the Prometheus
+``app`` is the HTTP surface (FastAPI on uvicorn, SSE streaming), ``prometheus`` the metrics
 side, and ``static/playground.html`` the browser page at ``/``.
 """
 

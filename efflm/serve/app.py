@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from efflm.serve.batcher import Batcher, Draining, QueueFull
 from efflm.serve.batcher import Request as Job
-from efflm.serve.metrics import Metrics
+from efflm.serve.prometheus import Metrics
 from efflm.serve.protocol import ApiError, job, parse_json
 
 

@@ -1,4 +1,4 @@
-"""The C column sweep (efflm/nn/sweep_cpu.c) against the torch reference loop, and the Gram
+"""The C column sweep (efflm/nn/csrc/sweep_cpu.c) against the torch reference loop, and the Gram
 matrix computed in bands against x.t() @ x."""
 
 import pytest
@@ -6,11 +6,11 @@ import torch
 
 from efflm.calib.hessian import gram
 from efflm.calib.sweep import sweep, sweep_torch
-from efflm.nn import q4_kernel
+from efflm.nn import c_kernels
 from efflm.prune.sparsegpt import sparsegpt_prune
 from efflm.quantize.ldlq import gptq_quantize
 
-needs_kernel = pytest.mark.skipif(q4_kernel.library() is None, reason="no C compiler / AVX2 here")
+needs_kernel = pytest.mark.skipif(c_kernels.library() is None, reason="no C compiler / AVX2 here")
 
 
 def _block(rows, n, seed=0):

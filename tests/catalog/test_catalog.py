@@ -70,7 +70,7 @@ def test_shared_subtitles_alone_do_not_merge():
 
 
 def test_import_of_a_seed_file_is_deterministic_merges_and_lints():
-    from efflm.catalog.commands import _method_papers
+    from efflm.catalog.papers_cli import _method_papers
 
     a = seed_import.import_file(SEED, _method_papers())
     b = seed_import.import_file(SEED, _method_papers())

@@ -94,7 +94,7 @@ def test_every_method_saves_and_reloads_bit_exactly(name, tiny, tiny_ids, tmp_pa
         assert torch.equal(back(tiny_ids).logits, out_model(tiny_ids).logits)
         return
     if m.family in ("finetune", "distill"):  # adapters are saved in peft's format (tests/finetune)
-        from efflm.finetune.files import load_adapter, save_adapter
+        from efflm.finetune.peft_files import load_adapter, save_adapter
         from efflm.models.tiny import tiny_llama
         from tests.finetune.conftest import perturb
 
@@ -119,8 +119,8 @@ def test_every_method_saves_and_reloads_bit_exactly(name, tiny, tiny_ids, tmp_pa
 @pytest.mark.parametrize("name", DATA)
 def test_every_data_method_runs_on_real_text(name, tiny):
     """One result per text, in order, and the same on a second run (seeded, no hidden state)."""
-    from efflm.data.text import paragraphs
-    from efflm.datasel.context import DataContext
+    from efflm.data_methods.context import DataContext
+    from efflm.datasets.text import paragraphs
 
     m = get(name)
     texts = paragraphs("eval")[:12]
@@ -128,11 +128,11 @@ def test_every_data_method_runs_on_real_text(name, tiny):
     if reads == "pair":
         texts = [(t[:80], t[80:200]) for t in texts]
     if reads == "prompt":
-        from efflm.datasel.prompt_parts import PromptParts
+        from efflm.data_methods.prompt_parts import PromptParts
 
         texts = [PromptParts("Answer.", t[:300], "Who?") for t in texts[:3]]
     if reads == "icl":
-        from efflm.datasel.calibrate_before_use import ICLItem
+        from efflm.data_methods.calibrate_before_use import ICLItem
 
         texts = [ICLItem(f"Input: {t[:60]}\nLabel:", ("Input: N/A\nLabel:",)) for t in texts[:3]]
     ctx = DataContext(*tiny, target=paragraphs("eval")[20:26], pool=paragraphs("eval")[30:40], labels=[" yes", " no"])

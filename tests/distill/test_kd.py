@@ -6,14 +6,14 @@ import pytest
 import torch
 import yaml
 
-from efflm import tune
+from efflm import trainer
 from efflm.cli import main
 from efflm.distill.gkd import on_policy, prompt_lengths
 from efflm.distill.hidden import hidden_mse, layer_map
 from efflm.distill.objective import DistillHooks
 from efflm.finetune.train import LossModel
 from efflm.methods import config_from_dict, get
-from efflm.models.load import ready
+from efflm.models.sources import ready
 from efflm.models.tiny import tiny_llama
 
 TRAIN = {"steps": 3, "batch": 2, "seq_len": 64, "lr": 1e-3, "checkpoint_every": 1}
@@ -82,8 +82,8 @@ def test_layer_map_spreads_a_shallow_student_over_the_teacher():
 def test_kd_brings_a_pruned_student_towards_its_teacher(tmp_path):
     p = tmp_path / "kd.yaml"
     p.write_text(yaml.safe_dump({"method": "kd", "adapt": "full", "train": {**TRAIN, "steps": 8}}))
-    cfg, train_cfg = tune.read_method_recipe(p)
-    r = tune.finetune("tiny-llama", PRUNED, cfg, train_cfg, "domain", tmp_path / "o", teacher="tiny-llama")
+    cfg, train_cfg = trainer.read_method_recipe(p)
+    r = trainer.finetune("tiny-llama", PRUNED, cfg, train_cfg, "domain", tmp_path / "o", teacher="tiny-llama")
     assert r["losses"][-1] < 0.7 * r["losses"][0]  # the divergence to the teacher shrinks
     assert (tmp_path / "o" / "model").is_dir()
 
@@ -108,10 +108,10 @@ def test_resume_equals_the_uninterrupted_distillation(method, tmp_path):
     p = tmp_path / "d.yaml"
     p.write_text(yaml.safe_dump({"method": method, "r": 4, **({"lmbda": 0.5} if method == "gkd" else {}),
                                  "train": TRAIN}))  # fmt: skip
-    cfg, train_cfg = tune.read_method_recipe(p)
-    full = tune.finetune("tiny-llama", PRUNED, cfg, train_cfg, "domain", tmp_path / "a", teacher="tiny-llama")
-    tune.finetune("tiny-llama", PRUNED, cfg, train_cfg, "domain", tmp_path / "b", stop_at=2, teacher="tiny-llama")
-    resumed = tune.finetune("tiny-llama", PRUNED, cfg, train_cfg, "domain", tmp_path / "b", resume=True,
+    cfg, train_cfg = trainer.read_method_recipe(p)
+    full = trainer.finetune("tiny-llama", PRUNED, cfg, train_cfg, "domain", tmp_path / "a", teacher="tiny-llama")
+    trainer.finetune("tiny-llama", PRUNED, cfg, train_cfg, "domain", tmp_path / "b", stop_at=2, teacher="tiny-llama")
+    resumed = trainer.finetune("tiny-llama", PRUNED, cfg, train_cfg, "domain", tmp_path / "b", resume=True,
                             teacher="tiny-llama")  # fmt: skip
     assert resumed["losses"] == full["losses"] and (tmp_path / "b" / "adapter_config.json").is_file()
 
@@ -164,8 +164,8 @@ def test_llm_qat_trains_through_fake_quantization_and_packs_into_the_real_format
     p = tmp_path / "q.yaml"
     train = {**TRAIN, "steps": 8, "lr": 1e-4}
     p.write_text(yaml.safe_dump({"method": "llm_qat", "bits": 3, "group_size": 32, "train": train}))
-    cfg, train_cfg = tune.read_method_recipe(p)
-    r = tune.finetune("tiny-llama", [], cfg, train_cfg, "domain", tmp_path / "o", teacher="tiny-llama")
+    cfg, train_cfg = trainer.read_method_recipe(p)
+    r = trainer.finetune("tiny-llama", [], cfg, train_cfg, "domain", tmp_path / "o", teacher="tiny-llama")
     assert max(r["losses"][-3:]) < r["losses"][0]  # the fake-quantized student moves towards the teacher
     model, _ = load(str(tmp_path / "o" / "model"))
     kinds = {type(m).__name__ for m in efflm_modules(model).values()}
@@ -180,7 +180,7 @@ def test_teacher_written_data_trains_as_jsonl(tmp_path, capsys):
                  "--out", str(out)]) == 0  # fmt: skip
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert 1 <= len(rows) <= 5 and all(set(r) == {"text"} for r in rows)
-    from efflm.data.finetune import read_jsonl
+    from efflm.datasets.finetune import read_jsonl
     from efflm.models.tiny import tiny_tokenizer
 
     assert all(n_prompt == 0 and ids for ids, n_prompt in read_jsonl(out, tiny_tokenizer())[0])  # every token trains

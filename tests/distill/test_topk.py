@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from efflm import tune
+from efflm import trainer
 from efflm.cli import main
 from efflm.distill import divergence as div
 from efflm.distill.topk import TopKCache, bucketed, cached_divergence, packed, read_header, top_k, write
@@ -54,14 +54,14 @@ def test_a_cached_run_equals_the_live_teacher_run_at_full_k(tmp_path):
     p = tmp_path / "kd.yaml"
     p.write_text(yaml.safe_dump({"method": "kd", "adapt": "full", "train": {"steps": 3, "batch": 2, "seq_len": 32}}))
     (tmp_path / "pr.yaml").write_text(PRUNE)
-    cfg, train_cfg = tune.read_method_recipe(p)
+    cfg, train_cfg = trainer.read_method_recipe(p)
     from efflm.core import recipe as recipes
 
     recipe = recipes.load(tmp_path / "pr.yaml")
-    r = tune.build_cache("tiny-llama", [], "tiny-llama", train_cfg, "domain", tmp_path / "c.topk", 259)
+    r = trainer.build_cache("tiny-llama", [], "tiny-llama", train_cfg, "domain", tmp_path / "c.topk", 259)
     assert r["bytes_per_token"] < 259 * 4 + 64
-    live = tune.finetune("tiny-llama", recipe, cfg, train_cfg, "domain", tmp_path / "a", teacher="tiny-llama")
-    cached = tune.finetune(
+    live = trainer.finetune("tiny-llama", recipe, cfg, train_cfg, "domain", tmp_path / "a", teacher="tiny-llama")
+    cached = trainer.finetune(
         "tiny-llama", recipe, cfg, train_cfg, "domain", tmp_path / "b", teacher_cache=tmp_path / "c.topk"
     )
     assert cached["losses"] == pytest.approx(live["losses"], abs=2e-4)  # the cache's fp16 log-probabilities
@@ -71,7 +71,7 @@ def test_the_objective_from_cached_rows_equals_the_live_teacher_at_full_k():
     from efflm.distill.objective import DistillHooks
     from efflm.finetune.train import LossModel
     from efflm.methods import config_from_dict, get
-    from efflm.models.load import ready
+    from efflm.models.sources import ready
     from efflm.models.tiny import tiny_llama
 
     cfg = config_from_dict({"method": "kd", "adapt": "full"})

@@ -51,7 +51,7 @@ def test_offline_tasks_have_the_shapes_they_promise():
         assert len(set(r["choices"])) == offline_tasks.NEXTLINE_CHOICES and 0 <= r["label"] < 4
     labels = [r["label"] for r in nextline]
     assert all(labels.count(k) > 60 for k in range(4))  # the true line's position is spread out
-    from efflm.data import text
+    from efflm.datasets import text
 
     calib = text.split_text("calib")
     assert not any(r["context"][:200] in calib for r in cloze[:50])  # never calibration text
@@ -166,7 +166,7 @@ def test_model_args_apply_the_recipe_and_the_adapter(tmp_path, tiny):
     """``model=...,recipe=...,adapter=...`` scores the compressed model with the adapter on it."""
     from efflm import pipeline
     from efflm.core import recipe as recipes
-    from efflm.finetune.files import save_adapter
+    from efflm.finetune.peft_files import save_adapter
     from tests.finetune.test_adapters import adapted, perturb
 
     m, _, cfg = adapted("lora")
@@ -175,7 +175,7 @@ def test_model_args_apply_the_recipe_and_the_adapter(tmp_path, tiny):
     rfile = tmp_path / "r.yaml"
     rfile.write_text("- method: rtn\n  group_size: 32\n")
     lm = EfflmLM(model="tiny-llama", recipe=str(rfile), adapter=str(tmp_path / "a"))
-    from efflm.finetune.files import load_adapter
+    from efflm.finetune.peft_files import load_adapter
 
     want, _ = pipeline.load_and_apply("tiny-llama", recipes.load(rfile))
     want, _ = load_adapter(want, tmp_path / "a")

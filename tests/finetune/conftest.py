@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from efflm.methods import config_from_dict, get
-from efflm.models.load import ready
+from efflm.models.sources import ready
 from efflm.models.tiny import tiny_llama
 
 # Every fine-tuning method, small enough for tiny-llama (2 layers, hidden 64).

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from efflm.finetune.files import load_adapter, save_adapter
-from efflm.models.load import ready
+from efflm.finetune.peft_files import load_adapter, save_adapter
+from efflm.models.sources import ready
 from efflm.models.tiny import tiny_llama
 from tests.finetune.conftest import TINY_CONFIGS, adapted, perturb
 
@@ -135,7 +135,7 @@ def test_nf4_bits_and_error():
 
 def test_adapter_for_another_base_is_refused(tmp_path):
     from efflm.core.errors import EfflmError
-    from efflm.finetune.files import check_base
+    from efflm.finetune.peft_files import check_base
 
     with pytest.raises(EfflmError, match="another base"):
         check_base(tmp_path, {"base": {"hash": "aaaa", "spec": "x"}}, "bbbb")
@@ -156,7 +156,7 @@ def test_decode_path_runs_every_adapter_unmerged_like_the_forward(name):
 
 
 def test_own_memory_copies_every_tensor_and_keeps_ties():
-    from efflm.models.load import own_memory
+    from efflm.models.sources import own_memory
 
     m = base()
     before = {k: v.clone() for k, v in m.state_dict().items()}

@@ -6,7 +6,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from efflm import tune
+from efflm import trainer
 from efflm.core import recipe as recipes
 from efflm.io.load import load
 from efflm.methods import config_from_dict
@@ -19,7 +19,7 @@ FULL = ["full", "lomo", "adalomo", "mezo"]
 def recipe_file(tmp_path, method: str, **fields):
     p = tmp_path / f"{method}.yaml"
     p.write_text(yaml.safe_dump({"method": method, **fields, "train": {**TRAIN, **fields.pop("train", {})}}))
-    return tune.read_method_recipe(p)
+    return trainer.read_method_recipe(p)
 
 
 def weights(path):
@@ -30,7 +30,7 @@ def weights(path):
 @pytest.mark.parametrize("name", FULL)
 def test_a_full_parameter_run_saves_the_whole_model_and_changes_every_matrix(name, tmp_path):
     cfg, train_cfg = recipe_file(tmp_path, name)
-    r = tune.finetune("tiny-llama", [], cfg, train_cfg, "domain", tmp_path / "o", db=tmp_path / "r.sqlite")
+    r = trainer.finetune("tiny-llama", [], cfg, train_cfg, "domain", tmp_path / "o", db=tmp_path / "r.sqlite")
     base = {k: v for k, v in tiny_llama()[0].state_dict().items()}
     trained, _ = load(str(tmp_path / "o" / "model"))
     changed = [k for k, v in trained.state_dict().items() if k in base and not torch.equal(v, base[k])]
@@ -44,7 +44,7 @@ def test_a_full_parameter_run_saves_the_whole_model_and_changes_every_matrix(nam
 def test_a_pruned_model_keeps_its_zeros(name, tmp_path):
     prune = [config_from_dict({"method": "magnitude", "sparsity": 0.5, "pattern": "2:4"})]
     cfg, train_cfg = recipe_file(tmp_path, name)
-    tune.finetune("tiny-llama", prune, cfg, train_cfg, "domain", tmp_path / "o")
+    trainer.finetune("tiny-llama", prune, cfg, train_cfg, "domain", tmp_path / "o")
     w = weights(tmp_path / "o" / "model")
     q = next(v for k, v in w.items() if k.endswith("layers.0.self_attn.q_proj.weight"))
     assert (q.reshape(-1, 4) == 0).sum(-1).eq(2).all()  # still exactly 2:4
@@ -56,9 +56,9 @@ def test_a_pruned_model_keeps_its_zeros(name, tmp_path):
 def test_resume_equals_the_uninterrupted_run(name, tmp_path):
     method, fields = (name, {}) if name != "mezo-lora" else ("mezo", {"over": "lora", "r": 4})
     cfg, train_cfg = recipe_file(tmp_path, method, **fields)
-    full = tune.finetune("tiny-llama", [], cfg, train_cfg, "domain", tmp_path / "a")
-    tune.finetune("tiny-llama", [], cfg, train_cfg, "domain", tmp_path / "b", stop_at=2)
-    resumed = tune.finetune("tiny-llama", [], cfg, train_cfg, "domain", tmp_path / "b", resume=True)
+    full = trainer.finetune("tiny-llama", [], cfg, train_cfg, "domain", tmp_path / "a")
+    trainer.finetune("tiny-llama", [], cfg, train_cfg, "domain", tmp_path / "b", stop_at=2)
+    resumed = trainer.finetune("tiny-llama", [], cfg, train_cfg, "domain", tmp_path / "b", resume=True)
     assert resumed["losses"] == full["losses"]
     sub = "model" if method != "mezo" or not fields else "."
     a, b = weights(tmp_path / "a" / sub), weights(tmp_path / "b" / sub)
@@ -67,7 +67,7 @@ def test_resume_equals_the_uninterrupted_run(name, tmp_path):
 
 def test_mezo_over_lora_trains_and_saves_only_the_adapter(tmp_path):
     cfg, train_cfg = recipe_file(tmp_path, "mezo", over="lora", r=4)
-    r = tune.finetune("tiny-llama", [], cfg, train_cfg, "domain", tmp_path / "o")
+    r = trainer.finetune("tiny-llama", [], cfg, train_cfg, "domain", tmp_path / "o")
     assert (tmp_path / "o" / "adapter_config.json").is_file() and not (tmp_path / "o" / "model").exists()
     assert 0 < r["trainable_params"] < 20_000
     lora = weights(tmp_path / "o")
@@ -79,9 +79,9 @@ def test_lomo_refuses_gradient_accumulation_and_mezo_a_full_method(tmp_path):
 
     cfg, train_cfg = recipe_file(tmp_path, "lomo", train={"grad_accum": 2})
     with pytest.raises(ConfigError, match="grad_accum must be 1"):
-        tune.finetune("tiny-llama", [], cfg, train_cfg, "domain", tmp_path / "o")
+        trainer.finetune("tiny-llama", [], cfg, train_cfg, "domain", tmp_path / "o")
     with pytest.raises(EfflmError, match="over must be"):
         bad = config_from_dict({"method": "mezo", "over": "lomo"})
-        tune.finetune("tiny-llama", [], bad, train_cfg, "domain", tmp_path / "o")
+        trainer.finetune("tiny-llama", [], bad, train_cfg, "domain", tmp_path / "o")
     assert not (tmp_path / "o").exists()
     assert recipes.label([cfg]).startswith("lomo")

@@ -6,9 +6,9 @@ import pytest
 import torch
 import yaml
 
-from efflm import tune
+from efflm import trainer
 from efflm.cli import main
-from efflm.data import finetune as ftdata
+from efflm.datasets import finetune as ftdata
 from efflm.finetune.loss import chunked_cross_entropy
 from efflm.finetune.train import TrainConfig
 from efflm.models.tiny import tiny_tokenizer
@@ -41,11 +41,11 @@ def test_chunked_cross_entropy_equals_the_full_logits_loss_and_gradients():
 
 
 def test_resume_reproduces_the_uninterrupted_loss_curve(lora_yaml, tmp_path):
-    cfg, train_cfg = tune.read_method_recipe(lora_yaml)
-    full = tune.finetune("tiny-llama", [], cfg, train_cfg, "tasks", tmp_path / "a")
-    tune.finetune("tiny-llama", [], cfg, train_cfg, "tasks", tmp_path / "b", stop_at=2)
+    cfg, train_cfg = trainer.read_method_recipe(lora_yaml)
+    full = trainer.finetune("tiny-llama", [], cfg, train_cfg, "tasks", tmp_path / "a")
+    trainer.finetune("tiny-llama", [], cfg, train_cfg, "tasks", tmp_path / "b", stop_at=2)
     assert not (tmp_path / "b" / "adapter_config.json").exists()  # interrupted: only the checkpoint
-    resumed = tune.finetune("tiny-llama", [], cfg, train_cfg, "tasks", tmp_path / "b", resume=True)
+    resumed = trainer.finetune("tiny-llama", [], cfg, train_cfg, "tasks", tmp_path / "b", resume=True)
     assert resumed["losses"] == full["losses"]  # bit-exact: every random choice is f(seed, step)
     assert (tmp_path / "a" / "loss.png").is_file()
     meta = json.loads((tmp_path / "a" / "efflm_adapter.json").read_text())
@@ -57,8 +57,8 @@ def test_training_lowers_the_loss(tmp_path):
     data.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"answer {i}"}) + "\n" for i in range(4)))
     p = tmp_path / "r.yaml"
     p.write_text("method: lora\nr: 8\ntrain:\n  steps: 30\n  batch: 4\n  seq_len: 256\n  lr: 0.01\n  warmup: 2\n")
-    cfg, train_cfg = tune.read_method_recipe(p)
-    r = tune.finetune("tiny-llama", [], cfg, train_cfg, str(data), tmp_path / "o")
+    cfg, train_cfg = trainer.read_method_recipe(p)
+    r = trainer.finetune("tiny-llama", [], cfg, train_cfg, str(data), tmp_path / "o")
     # tiny-llama's frozen tied head (embeddings of std 0.02 after a unit RMSNorm) caps its logits near
     # ±1.3, so even four memorised rows keep a loss near 4.5 nats; the drop from ln(259) ≈ 5.56 is the signal
     assert sum(r["losses"][-5:]) / 5 < sum(r["losses"][:5]) / 5 - 0.5
@@ -136,8 +136,8 @@ def test_finetune_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, rec
 
 def test_resume_with_another_config_is_refused(lora_yaml, tmp_path, capsys):
     out = tmp_path / "o"
-    cfg, train_cfg = tune.read_method_recipe(lora_yaml)
-    tune.finetune("tiny-llama", [], cfg, train_cfg, "tasks", out, stop_at=2)
+    cfg, train_cfg = trainer.read_method_recipe(lora_yaml)
+    trainer.finetune("tiny-llama", [], cfg, train_cfg, "tasks", out, stop_at=2)
     other = tmp_path / "other.yaml"
     other.write_text(RECIPE.format(method="dora"))
     rc = main(
@@ -184,7 +184,7 @@ def test_finetune_then_eval_generate_and_merge_from_the_command_line(lora_yaml, 
     from efflm.io.load import load
 
     merged, _ = load(str(tmp_path / "m"))
-    base, _ = tune.load_model("tiny-llama", [], out)
+    base, _ = trainer.load_model("tiny-llama", [], out)
     ids = torch.randint(3, 250, (1, 10))
     torch.testing.assert_close(merged(ids).logits, base(ids).logits, atol=1e-5, rtol=0)
 
@@ -256,8 +256,8 @@ def test_every_method_trains_saves_and_is_recorded(name, tmp_path):
     p.write_text(
         yaml.safe_dump({"method": name, **TINY_CONFIGS[name], "train": {"steps": 2, "batch": 2, "seq_len": 64}})
     )
-    cfg, train_cfg = tune.read_method_recipe(p)
-    r = tune.finetune("tiny-llama", [], cfg, train_cfg, "domain", tmp_path / "o", db=tmp_path / "r.sqlite")
+    cfg, train_cfg = trainer.read_method_recipe(p)
+    r = trainer.finetune("tiny-llama", [], cfg, train_cfg, "domain", tmp_path / "o", db=tmp_path / "r.sqlite")
     assert r["trainable_params"] > 0 and (tmp_path / "o" / "adapter_model.safetensors").is_file()
     row = results.open_readonly(tmp_path / "r.sqlite").execute("SELECT status, tok_s, ppl FROM runs").fetchone()
     assert row["status"] == "ok" and row["tok_s"] > 0 and row["ppl"] > 0  # measured on the decode path too
@@ -283,7 +283,7 @@ def test_freed_memory_is_returned_on_glibc():
 
 
 def test_checkpoint_saves_parameters_without_copying_them_and_views_compactly():
-    from efflm.tune.checkpoints import _own
+    from efflm.trainer.checkpoints import _own
 
     whole = torch.nn.Parameter(torch.randn(4, 3))
     assert _own(whole).data_ptr() == whole.data_ptr()  # a full model's checkpoint adds no copy of it

@@ -6,9 +6,9 @@ import torch
 from efflm.inference import fast_decode
 from efflm.inference.engine import Engine
 from efflm.methods import config_from_dict, get
-from efflm.nn import q4_kernel
+from efflm.nn import c_kernels
 
-pytestmark = pytest.mark.skipif(not q4_kernel.available(), reason="efflm's C kernels do not build here")
+pytestmark = pytest.mark.skipif(not c_kernels.available(), reason="efflm's C kernels do not build here")
 
 BF16 = {"method": "dense", "dtype": "bfloat16"}
 FAST = {  # every model the fused step computes; the last word is the kind of Linear it reads

@@ -3,7 +3,7 @@
 import pytest
 from smol_helpers import SEQ, WINDOWS, ppl_after
 
-from efflm.data import text
+from efflm.datasets import text
 from efflm.eval.metrics import perplexity
 from efflm.io.load import load
 

@@ -5,7 +5,7 @@ import math
 import pytest
 from smol_helpers import ppl_after as _ppl_after
 
-from efflm.data import text
+from efflm.datasets import text
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from smol_helpers import SEQ, WINDOWS, apply_steps
 from efflm.cli import main
 from efflm.eval.metrics import perplexity
 from efflm.io.gguf_export import export
-from efflm.models.load import smollm2_gguf
+from efflm.models.sources import smollm2_gguf
 
 pytestmark = pytest.mark.integration
 

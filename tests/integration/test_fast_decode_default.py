@@ -5,12 +5,12 @@ import torch
 
 from efflm.inference.engine import Engine
 from efflm.methods import config_from_dict, get
-from efflm.nn import q4_kernel
+from efflm.nn import c_kernels
 from tests.inference.test_fast_decode import greedy
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not q4_kernel.available(), reason="efflm's C kernels do not build here"),
+    pytest.mark.skipif(not c_kernels.available(), reason="efflm's C kernels do not build here"),
 ]
 
 

@@ -11,7 +11,7 @@ import lm_eval  # noqa: E402
 
 from efflm.eval.lm_eval_model import EfflmLM  # noqa: E402
 from efflm.eval.lm_eval_run import _manager  # noqa: E402
-from efflm.models.load import _converted_gguf, smollm2_gguf  # noqa: E402
+from efflm.models.sources import _converted_gguf, smollm2_gguf  # noqa: E402
 
 pytestmark = pytest.mark.integration
 TASKS, LIMIT, TOL = ["efflm_cloze", "efflm_nextline"], 24, 2e-3

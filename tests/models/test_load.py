@@ -7,7 +7,7 @@ from efflm.core.errors import EfflmError
 from efflm.io.load import load
 from efflm.io.save import load_compressed, save
 from efflm.methods import config_from_dict, get
-from efflm.models import load as loader
+from efflm.models import sources as loader
 
 
 def test_tiny_llama_is_seeded_and_llama_shaped():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from efflm.methods import config_from_dict, get
-from efflm.nn import kernels, q4_kernel
+from efflm.nn import c_kernels, torch_kernels
 from efflm.nn.quant_linear import QuantLinear
 from efflm.quantize import grid
 
@@ -14,10 +14,10 @@ LAYOUT = {"q4": "q4blk", "int4": "int4pack"}
 @pytest.fixture(params=["q4", "int4"])
 def int4_kernel(request, monkeypatch):
     """Each 4-bit kernel in turn: efflm's own (where it builds) and torch's."""
-    if request.param == "q4" and not q4_kernel.available():
+    if request.param == "q4" and not c_kernels.available():
         pytest.skip("efflm's AVX2 kernel is not available on this machine")
     if request.param == "int4":
-        monkeypatch.setattr(q4_kernel, "available", lambda: False)
+        monkeypatch.setattr(c_kernels, "available", lambda: False)
     return request.param
 
 
@@ -43,10 +43,10 @@ def test_int4_kernel_matches_dequantized_forward(bits, symmetric, group_size, in
 
 @pytest.mark.parametrize("kernel", ["q8", "int8"])
 def test_int8_kernel_matches_dequantized_forward(kernel, monkeypatch):
-    if kernel == "q8" and not q4_kernel.available():
+    if kernel == "q8" and not c_kernels.available():
         pytest.skip("efflm's AVX2 kernel is not available on this machine")
     if kernel == "int8":
-        monkeypatch.setattr(q4_kernel, "available", lambda: False)
+        monkeypatch.setattr(c_kernels, "available", lambda: False)
     ql = _ql(8, -1, True, torch.bfloat16)
     x = torch.randn(4, 7, 128, dtype=torch.bfloat16)
     assert ql.layout.name == "i8" and ql.kernel(x) == kernel
@@ -71,7 +71,7 @@ def test_stored_codes_take_exactly_their_bits(bits, k, tmp_path):
 
 def test_int4pack_inverse_is_exact():
     q = torch.randint(0, 16, (192, 576), dtype=torch.uint8)
-    assert torch.equal(kernels.int4pack_to_codes(kernels.int4pack(q), 192, 576), q)
+    assert torch.equal(torch_kernels.int4pack_to_codes(torch_kernels.int4pack(q), 192, 576), q)
 
 
 @pytest.mark.parametrize("bits,group_size,symmetric", [(4, 64, True), (3, 32, False), (8, -1, True), (6, 32, False)])
@@ -100,17 +100,17 @@ def test_packed_model_saves_and_reloads_bit_exactly(tmp_path, tiny, tiny_ids, in
 
 
 def test_q4_blocks_round_trip_and_match_a_float_matmul():
-    if not q4_kernel.available():
+    if not c_kernels.available():
         pytest.skip("efflm's AVX2 kernel is not available on this machine")
     g = torch.Generator().manual_seed(0)
     codes = torch.randint(0, 16, (64, 256), dtype=torch.uint8, generator=g)
-    assert torch.equal(q4_kernel.from_blocks(q4_kernel.to_blocks(codes), 256), codes)
+    assert torch.equal(c_kernels.from_blocks(c_kernels.to_blocks(codes), 256), codes)
     s = (torch.rand(64, 4, generator=g) * 0.02 + 0.001).half()
     o = (torch.randn(64, 4, generator=g) * 0.05).half()
     w = (codes.float() - 8).reshape(64, 4, 64) * s.float()[..., None] + (o.float() + 8 * s.float())[..., None]
     x = torch.randn(3, 256, generator=g)
     ref = x @ w.reshape(64, 256).t()
-    y = q4_kernel.q4_mm(x, q4_kernel.to_blocks(codes), s, o, 8.0, 64)
+    y = c_kernels.q4_mm(x, c_kernels.to_blocks(codes), s, o, 8.0, 64)
     assert (y - ref).norm() / ref.norm() < 0.01  # int8 activations per 32: ~0.5% here
 
 
@@ -122,7 +122,7 @@ def test_q4_blocks_round_trip_and_match_a_float_matmul():
 def test_kernels_on_the_default_models_shapes_and_odd_tails(n, k, m, bits):
     """Up to four activation rows share each unpacked weight block: any number of rows (tails of
     the 4-row tiles included) gives each row exactly what it gets alone, close to the float matmul."""
-    if not q4_kernel.available():
+    if not c_kernels.available():
         pytest.skip("efflm's AVX2 kernel is not available on this machine")
     g = torch.Generator().manual_seed(n + k + m)
     x = torch.randn(m, k, generator=g)
@@ -130,17 +130,17 @@ def test_kernels_on_the_default_models_shapes_and_odd_tails(n, k, m, bits):
         codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=g)
         s = (torch.rand(n, k // 32, generator=g) * 0.02 + 0.001).half()
         w = (codes.float() - 8).reshape(n, k // 32, 32) * s.float()[..., None]
-        blocks = q4_kernel.to_blocks(codes)
+        blocks = c_kernels.to_blocks(codes)
 
         def mm(a):
-            return q4_kernel.q4_mm(a, blocks, s, None, 8.0, 32)
+            return c_kernels.q4_mm(a, blocks, s, None, 8.0, 32)
     else:
         codes = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
         s = (torch.rand(n, 1, generator=g) * 0.02 + 0.001).half()
         w = codes.float() * s.float()
 
         def mm(a):
-            return q4_kernel.q8_mm(a, codes, s)
+            return c_kernels.q8_mm(a, codes, s)
 
     y = mm(x)
     ref = x @ w.reshape(n, k).t()
@@ -148,17 +148,17 @@ def test_kernels_on_the_default_models_shapes_and_odd_tails(n, k, m, bits):
     assert torch.equal(y, torch.cat([mm(x[i : i + 1]) for i in range(m)]))
 
 
-@pytest.mark.skipif(not q4_kernel._cpu_ok(), reason="no AVX2/FMA/F16C here")
+@pytest.mark.skipif(not c_kernels._cpu_ok(), reason="no AVX2/FMA/F16C here")
 def test_a_kernel_source_that_does_not_compile_is_said_not_hidden(tmp_path, monkeypatch):
     bad = tmp_path / "bad.c"
     bad.write_text("int efflm_broken(void) { return undeclared_name; }\n")
     monkeypatch.setenv("EFFLM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(q4_kernel, "SOURCES", [*q4_kernel.SOURCES, bad])
-    q4_kernel.library.cache_clear()
+    monkeypatch.setattr(c_kernels, "SOURCES", [*c_kernels.SOURCES, bad])
+    c_kernels.library.cache_clear()
     try:
         with pytest.warns(UserWarning, match="the C kernels did not build"):
-            assert q4_kernel.library() is None
+            assert c_kernels.library() is None
     finally:
         monkeypatch.undo()
-        q4_kernel.library.cache_clear()
-        q4_kernel.library()  # the real library again, for the tests after this one
+        c_kernels.library.cache_clear()
+        c_kernels.library()  # the real library again, for the tests after this one

@@ -45,11 +45,11 @@ def test_untied_embeddings_get_their_own_codes(tiny, tiny_ids):
 
 
 def test_bf16_head_runs_the_int8_kernel(tiny, tiny_ids):
-    from efflm.nn import q4_kernel
+    from efflm.nn import c_kernels
 
     model, _ = tiny
     model = get("dense").apply(_apply(model), config_from_dict({"method": "dense", "dtype": "bfloat16"}))
     head = model.get_output_embeddings()
-    want = "q8" if q4_kernel.available() else "int8"  # efflm's AVX2 kernel where it builds, else torch's
+    want = "q8" if c_kernels.available() else "int8"  # efflm's AVX2 kernel where it builds, else torch's
     assert head.kernel(torch.zeros(1, model.config.hidden_size, dtype=torch.bfloat16)) == want
     assert model(tiny_ids).logits.dtype == torch.bfloat16

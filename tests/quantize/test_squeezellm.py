@@ -109,9 +109,9 @@ def test_bad_config(bad, match):
 @pytest.mark.parametrize("rows", [1, 3, 6])
 @pytest.mark.parametrize("sparse", [False, True])
 def test_lookup_table_kernel_equals_the_dequantized_matmul(bits, rows, sparse):
-    from efflm.nn import q4_kernel
+    from efflm.nn import c_kernels
 
-    if not q4_kernel.available():
+    if not c_kernels.available():
         pytest.skip("efflm's C kernels do not build here")
     w, x, fisher = layer()
     frac = 0.004 if sparse else 0.0

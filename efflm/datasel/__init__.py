@@ -1,2 +1,0 @@
-"""Data-centric methods (``efflm data ...``): deduplication, data selection, prompt compression
-and demonstration selection. A data method's ``apply`` reads rows' texts, not a model."""

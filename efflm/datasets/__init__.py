@@ -1,0 +1,5 @@
+"""Data that methods and measurements read: ``text`` the evaluation and calibration splits
+(and any UTF-8 text file) · ``finetune`` fine-tuning data (built-in tasks, JSONL rows, chat
+encoding) · ``jsonl`` the data commands' rows, streamed and written atomically · ``embed`` text
+encoders (MiniLM, else TF-IDF). The data *methods* (selection, dedup, ...) are
+``efflm.data_methods``."""

