@@ -1,14 +1,15 @@
 """The one index of efflm's methods: importing it finds and imports every method file.
 
-The CLI, the pipeline, the bench and the catalog look methods up here (``get``,
-``methods``, ``config_from_dict``), never in the registry directly, so every method is
-known wherever one is named. Nothing here names a method: every module under the family
-packages (``PACKAGES``, walked with pkgutil, in sorted order) is imported, and a module is a
-method ("paper") file when it registers one with ``@register`` (``method_modules``). Adding a
-paper is adding its file; ``tests/core/test_discovery.py`` then asks for its line in the
-"no paper file imports another paper file" contract (``pyproject.toml``) and its catalog
-entry (see docs/architecture.md). Modules under the family packages must stay cheap to
-import: no work at import time beyond definitions.
+Every package above this one (the pipeline up to the CLI) looks methods up here (``get``,
+``methods``, ``config_from_dict``, ``check_for_model``), never in the registry directly (an
+import-linter contract forbids it), so every method is known wherever one is named. Nothing
+here names a method: every module under the family packages (``PACKAGES``, walked with
+pkgutil, in sorted order) is imported, and a module is a method ("paper") file when it
+registers one with ``@register`` (``method_modules``). Adding a paper is adding its file;
+``tests/core/test_discovery.py`` then asks for its line in the "no paper file imports another
+paper file" contract (``pyproject.toml``) and its catalog entry (see docs/architecture.md).
+Modules under the family packages must stay cheap to import: no work at import time beyond
+definitions.
 """
 
 from __future__ import annotations

@@ -7,7 +7,14 @@ os.environ.setdefault("EFFLM_PROGRESS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-_USER_DB = Path(__file__).resolve().parents[1] / "results" / "efflm.sqlite"
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs 2 workers on 2 cores: one torch thread each
+    import torch
+
+    torch.set_num_threads(1)
+
+_REPO = Path(__file__).resolve().parents[1]
+_USER_DB = _REPO / "runs" / "efflm.sqlite"
+_REFERENCE_DB = _REPO / "results" / "efflm.sqlite"
 
 
 def _stamp(p: Path):
@@ -15,12 +22,13 @@ def _stamp(p: Path):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _tests_never_write_the_users_results_database():
-    """Every test that records a run passes ``--db`` under its tmp_path: the checkout's own
-    ``results/efflm.sqlite`` holds the user's measured rows and must come out of a test run untouched."""
-    before = _stamp(_USER_DB)
+def _tests_never_write_the_results_databases():
+    """Every test that records a run passes ``--db`` under its tmp_path: the user's
+    ``runs/efflm.sqlite`` and the committed ``results/efflm.sqlite`` must come out of a test run untouched."""
+    before = [_stamp(p) for p in (_USER_DB, _REFERENCE_DB)]
     yield
-    assert _stamp(_USER_DB) == before, f"a test wrote {_USER_DB}; pass --db under tmp_path"
+    for p, b in zip((_USER_DB, _REFERENCE_DB), before):
+        assert _stamp(p) == b, f"a test wrote {p}; pass --db under tmp_path"
 
 
 @pytest.fixture

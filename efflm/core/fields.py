@@ -17,8 +17,6 @@ from typing import Any
 from efflm.core.registry import Method
 
 HELP = "help"  # the metadata key
-BEGIN = "<!-- options:begin -->"  # docs/methods.md: the rendered reference sits between these
-END = "<!-- options:end -->"
 HEAD = ("option", "type", "default", "what it does")
 
 
@@ -127,18 +125,3 @@ def reference_markdown(methods: Iterable[Method], extra: Iterable[tuple[str, typ
     for heading, cls in extra:
         out += [f"### {heading}", "", *markdown_table(cls), ""]
     return "\n".join(out)
-
-
-def section(doc: str) -> str:
-    """The text between the options markers of a document (ValueError if they are missing)."""
-    start, end = doc.find(BEGIN), doc.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"no {BEGIN} ... {END} section")
-    return doc[start + len(BEGIN) : end].strip("\n")
-
-
-def splice(doc: str, body: str) -> str:
-    """The document with the text between its options markers replaced by ``body``."""
-    section(doc)  # both markers present, in order
-    start, end = doc.find(BEGIN) + len(BEGIN), doc.find(END)
-    return f"{doc[:start]}\n{body.strip(chr(10))}\n{doc[end:]}"

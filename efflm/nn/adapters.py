@@ -3,7 +3,7 @@
 Each wraps the module it adapts (``base``: an ``nn.Linear``, a packed ``QuantLinear``, an
 ``NF4Linear``, a ``LowRankLinear``…) and calls it as it is, so a 4-bit base keeps its
 packed kernel for the base product. Parameter names follow peft's (``lora_A.weight``,
-``lora_magnitude_vector``, ``ia3_l``, ``lora_E``) so ``efflm.io.peft_format`` maps them
+``lora_magnitude_vector``, ``ia3_l``, ``lora_E``) so ``efflm.finetune.peft_files`` maps them
 one to one. ``dense_weight`` is the base's weight as a float matrix (DoRA's norm, merging).
 """
 

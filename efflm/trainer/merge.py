@@ -22,7 +22,7 @@ def load_model(model_spec: str, recipe: recipes.Recipe, adapter: str | Path | No
         return pipeline.load_and_apply(model_spec, recipe)
     config, meta = read_adapter_config(adapter)
     hf_config = pipeline.validate(model_spec, recipe)
-    from efflm.core.registry import check_for_model
+    from efflm.methods import check_for_model
 
     check_for_model(hf_config, config)
     from efflm.finetune.peft_files import check_base

@@ -20,7 +20,7 @@ from efflm.finetune.adapter import count_trainable
 from efflm.finetune.hooks import hooks_for
 from efflm.finetune.peft_files import save_adapter
 from efflm.finetune.train import TrainConfig, TrainState, train
-from efflm.methods import MethodConfig, get
+from efflm.methods import MethodConfig, check_for_model, get
 from efflm.trainer.batches import EVAL_SEQ_LEN, EVAL_WINDOWS, evaluator, load_data
 from efflm.trainer.checkpoints import base_identity, fingerprint_of, read_checkpoint, write_checkpoint
 from efflm.trainer.teacher import check_teacher, open_cache
@@ -62,7 +62,6 @@ def finetune(
     ``teacher`` (after ``teacher_recipe``), which must share the student's tokenizer, or from its
     top-k log-probabilities cached by ``efflm distill-cache`` (``teacher_cache``)."""
     from efflm import pipeline
-    from efflm.core.registry import check_for_model
     from efflm.eval.metrics import model_bytes, peak_rss_mb
     from efflm.models.sources import load_tokenizer
 

@@ -37,8 +37,7 @@ def test_every_benchmark_script_has_a_smoke_test():
         "smoothquant_alpha",
         "gpu_sparse24",
         "render_results",
-        "render_options",  # tests/core/test_fields.py
-        "render_settings",  # tests/core/test_settings.py
+        "render_docs",  # tests/core/test_fields.py, tests/core/test_settings.py, tests/test_architecture_doc.py
         "vs_peft",
         "peft_shapes",
         "serve_load",

@@ -18,8 +18,8 @@ ROOT = Path(efflm.__file__).parent.parent
 CONFIGS = {m.name: m.config_cls for m in methods()} | {"train": TrainConfig}
 
 
-def _render_script():
-    spec = importlib.util.spec_from_file_location("render_options", ROOT / "benchmarks" / "render_options.py")
+def _render_docs():
+    spec = importlib.util.spec_from_file_location("render_docs", ROOT / "benchmarks" / "render_docs.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -93,17 +93,19 @@ def test_the_help_column_wraps_under_itself():
 
 
 def test_the_docs_options_reference_is_the_render_of_the_fields():
+    mod = _render_docs()
     doc = (ROOT / "docs" / "methods.md").read_text()
-    assert fields.section(doc) == _render_script().render().strip("\n"), (
-        "docs/methods.md's Method options reference is stale: run `python benchmarks/render_options.py`"
+    assert mod.section(doc, "options") == mod.render_options().strip("\n"), (
+        "docs/methods.md's Method options reference is stale: run `python benchmarks/render_docs.py`"
     )
 
 
 def test_render_rewrites_only_between_the_markers(tmp_path):
-    mod = _render_script()
-    doc = tmp_path / "doc.md"
-    doc.write_text(f"before\n{fields.BEGIN}\nold\n{fields.END}\nafter\n")
-    assert mod.main(["--doc", str(doc)]) == 0
-    assert doc.read_text() == f"before\n{fields.BEGIN}\n{mod.render().strip(chr(10))}\n{fields.END}\nafter\n"
+    mod = _render_docs()
+    begin, end = mod.markers("options")
+    doc = f"before\n{begin}\nold\n{end}\nafter\n"
+    assert mod.splice(doc, "options", "new\n") == f"before\n{begin}\nnew\n{end}\nafter\n"
     with pytest.raises(ValueError, match="options:begin"):
-        fields.splice("no markers", "x")
+        mod.splice("no markers", "options", "x")
+    with pytest.raises(ValueError, match="options:begin"):
+        mod.section(f"{end} {begin}", "options")  # out of order

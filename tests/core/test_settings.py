@@ -13,8 +13,8 @@ from efflm.core.errors import EfflmError
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _render_script():
-    spec = importlib.util.spec_from_file_location("render_settings", ROOT / "benchmarks" / "render_settings.py")
+def _render_docs():
+    spec = importlib.util.spec_from_file_location("render_docs", ROOT / "benchmarks" / "render_docs.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -62,20 +62,30 @@ def test_accessors_type_the_values_and_unset_or_empty_means_the_default(monkeypa
 
 
 def test_the_docs_table_is_the_render_of_the_declarations():
-    mod = _render_script()
+    mod = _render_docs()
     doc = (ROOT / "docs" / "methods.md").read_text()
-    assert mod.section(doc) == "\n" + settings.render_table(), (
-        "docs/methods.md's Environment variables table is stale: run `python benchmarks/render_settings.py`"
+    assert mod.section(doc, "settings") == settings.render_table().strip("\n"), (
+        "docs/methods.md's Environment variables table is stale: run `python benchmarks/render_docs.py`"
     )
-    assert mod.rewrite(doc) == doc
 
 
-def test_render_rewrites_only_between_the_markers(tmp_path):
-    mod = _render_script()
-    doc = tmp_path / "m.md"
-    doc.write_text(f"before\n{mod.BEGIN}\nold table\n{mod.END}\nafter\n")
-    assert mod.main(["--doc", str(doc)]) == 0
-    assert doc.read_text() == f"before\n{mod.BEGIN}\n{settings.render_table()}{mod.END}\nafter\n"
+def test_render_docs_rewrites_every_generated_section_and_nothing_else(tmp_path):
+    mod = _render_docs()
+    for rel in ("docs/methods.md", "docs/architecture.md", "pyproject.toml"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text((ROOT / rel).read_text())
+    for pkg in (ROOT / "efflm").glob("*/__init__.py"):  # the layer table reads the packages' docstrings
+        (tmp_path / "efflm" / pkg.parent.name).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "efflm" / pkg.parent.name / "__init__.py").write_text(pkg.read_text())
+    for mod_file in (ROOT / "efflm").glob("*.py"):
+        (tmp_path / "efflm" / mod_file.name).write_text(mod_file.read_text())
+    doc = tmp_path / "docs" / "methods.md"
+    begin, end = mod.markers("settings")
+    text = doc.read_text()
+    doc.write_text(text[: text.index(begin) + len(begin)] + "\nold table\n" + text[text.index(end) :])
+    assert mod.main(["--root", str(tmp_path)]) == 0
+    assert doc.read_text() == (ROOT / "docs" / "methods.md").read_text()
+    assert (tmp_path / "docs" / "architecture.md").read_text() == (ROOT / "docs" / "architecture.md").read_text()
 
 
 def test_a_result_row_records_the_kernel_settings_and_the_decode_step_chosen(tiny, tmp_path, monkeypatch):

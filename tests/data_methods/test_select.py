@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from efflm.cli import main
-from efflm.data_methods import dsir, ifd, ppl_filter
+from efflm.data_methods import dsir, ifd, ppl_filter, random_select
 from efflm.data_methods.budget import rows_for_fraction, select
 from efflm.data_methods.context import DataContext
 from efflm.datasets.finetune import encode_chat, tasks
@@ -66,6 +66,16 @@ def test_ppl_filter_keeps_the_part_of_the_distribution_asked(tiny):
         assert nll[select(scores, k=1)[0]] == best(nll)
     mid = ppl_filter.keep_scores([1.0, 2.0, 3.0, 10.0, 2.6], "middle")
     assert select(mid, k=2) == [2, 4]  # nearest the median (2.6): 2.6 itself, then 3.0
+
+
+def test_random_select_is_a_seeded_uniform_subset_blind_to_the_texts():
+    texts = [f"row {i}" for i in range(2000)]
+    cfg = random_select.RandomSelectConfig(seed=3)
+    scores = random_select.apply(texts, cfg)
+    assert scores == random_select.apply(texts[::-1], cfg)  # the same draw, whatever the texts say
+    assert scores != random_select.apply(texts, random_select.RandomSelectConfig(seed=4))
+    kept = select(scores, k=500)
+    assert 200 < sum(i < 1000 for i in kept) < 300  # a uniform subset: about half from each half
 
 
 def test_budgets_never_exceed_and_keep_input_order():
