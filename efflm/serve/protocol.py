@@ -43,7 +43,35 @@ def parse_json(raw: bytes) -> dict:
         raise ApiError(400, f"the request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
+    bad = _unencodable(body, "")
+    if bad is not None:  # JSON's \ud83d escapes decode to lone surrogates, which no tokenizer takes
+        raise ApiError(400, f"{bad or 'the body'}: a string holds a lone UTF-16 surrogate (not valid Unicode text)",
+                       param=bad.split(".")[0].split("[")[0] or None)  # fmt: skip
     return body
+
+
+def _unencodable(value: Any, path: str) -> str | None:
+    """The path (``messages[0].content``) of the first string in ``value`` that is not valid
+    Unicode text (a lone surrogate), keys included; ``None`` if every string encodes as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            where = f"{path}.{k}" if path else str(k)
+            bad = _unencodable(k, where) if isinstance(k, str) else None
+            bad = bad if bad is not None else _unencodable(v, where)
+            if bad is not None:
+                return bad
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            bad = _unencodable(v, f"{path}[{i}]")
+            if bad is not None:
+                return bad
+    return None
 
 
 def _get(body: dict, name: str, kinds: tuple[type, ...], default: Any, label: str) -> Any:

@@ -113,6 +113,56 @@ def test_malformed_json_and_unknown_paths(server):
     assert r.status_code == 404 and "error" in r.json()
 
 
+@pytest.mark.parametrize(
+    "path,raw,param",
+    [
+        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi \\ud83d"}]}', "messages"),
+        (
+            "/v1/chat/completions",
+            b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\udc00"}]}]}',
+            "messages",
+        ),  # fmt: skip
+        ("/v1/completions", b'{"prompt": "\\ud83d", "max_tokens": 4}', "prompt"),
+        ("/v1/completions", b'{"prompt": "x", "stop": ["\\ud83d"]}', "stop"),
+    ],
+)
+def test_a_lone_surrogate_is_a_400_not_a_500(server, path, raw, param):
+    """JSON's \\uXXXX escapes can spell half a UTF-16 pair, which Python decodes to a lone
+    surrogate that no tokenizer can take: the request is invalid text, answered as such."""
+    r = httpx.post(server.url + path, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and "surrogate" in err["message"]
+    ok = httpx.post(server.url + path, content=raw.replace(b"\\ud83d", b"\\ud83d\\ude00").replace(b"\\udc00", b"x"),
+                    headers={"content-type": "application/json"})  # fmt: skip
+    assert ok.status_code == 200, ok.text  # a whole pair (an emoji) is ordinary text
+
+
+def test_fuzzed_json_bodies_never_get_a_500(server):
+    """Random JSON values in every field the endpoints read: each answer is 200 or an OpenAI-shaped 400."""
+    import random
+
+    rng = random.Random(0)
+    atoms = [None, True, 0, -1, 1.5, 1e300, "", "x", "\ud83d", "\x00", "é" * 3, [], {}, [1, "a"], {"a": 1}]
+    fields = {
+        "/v1/completions": ["prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "n", "model"],
+        "/v1/chat/completions": ["messages", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "model"],
+    }
+    for i in range(120):
+        path = rng.choice(sorted(fields))
+        body = {"prompt": "x", "max_tokens": 2} if path == "/v1/completions" else {
+            "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}  # fmt: skip
+        for name in rng.sample(fields[path], rng.randint(1, 3)):
+            body[name] = rng.choice(atoms)
+        if path.endswith("chat/completions") and rng.random() < 0.3:
+            body["messages"] = [{"role": rng.choice(["user", "system", 3, None]), "content": rng.choice(atoms)}]
+        raw = json.dumps(body).encode()
+        r = httpx.post(server.url + path, content=raw, headers={"content-type": "application/json"}, timeout=60)
+        assert r.status_code in (200, 400), (i, body, r.status_code, r.text)
+        if r.status_code == 400:
+            assert set(r.json()["error"]) == {"message", "type", "param", "code"}, body
+
+
 def test_the_openai_client_sees_400_as_bad_request(server):
     with pytest.raises(openai.BadRequestError):
         server.client().completions.create(model="tiny-llama", prompt="x", max_tokens=10_000)
