@@ -153,7 +153,14 @@ class AdamW:
         self.sched.load_state_dict(state["scheduler"])
 
 
-def train(
+def train(*args: Any, **kwargs: Any) -> TrainState:
+    """``_train`` inside a forked RNG: its per-step seeding (dropout) leaves the caller's global
+    torch RNG as it was (no process-wide side effect)."""
+    with torch.random.fork_rng():
+        return _train(*args, **kwargs)
+
+
+def _train(
     model: nn.Module,
     cfg: TrainConfig,
     batch_at: Callable[[int, int, int], dict[str, torch.Tensor]],

@@ -311,3 +311,26 @@ def test_jsonl_rows_longer_than_seq_len_are_truncated_and_counted(tmp_path):
     assert 0 < n_prompt < 64  # the prompt kept whole, the completion cut
     b = ftdata.collate([rows[1]], 2, 64)
     assert (b["labels"][0, n_prompt:] != -100).all()
+
+
+def test_training_leaves_the_global_rng_as_it_was():
+    """Per-step seeding (dropout) happens inside a forked RNG: no process-wide side effect."""
+    from efflm.finetune.hooks import TrainHooks
+    from efflm.finetune.train import train
+    from efflm.io.load import load
+    from efflm.methods import config_from_dict, get
+
+    model, _ = load("tiny-llama")
+    lora = config_from_dict({"method": "lora", "r": 4})
+    model = get("lora").apply(model, lora, None)
+    cfg = TrainConfig(steps=2, batch=2, seq_len=16, warmup=1)
+    ids = torch.randint(3, 200, (2, 16), generator=torch.Generator().manual_seed(0))
+
+    def batch_at(step, micro, n_micro):
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+
+    torch.manual_seed(1234)
+    expected = torch.rand(4)
+    torch.manual_seed(1234)
+    state = train(model, cfg, batch_at, hooks=TrainHooks(lora))
+    assert state.step == 2 and torch.equal(torch.rand(4), expected)
