@@ -105,6 +105,11 @@ def parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--task-limit", type=_positive, help="with --tasks: at most this many examples per task")
     b.add_argument(
+        "--train-steps",
+        type=_positive,
+        help="--suite finetune/recover: optimizer steps of each training run (default: the suite's 100)",
+    )
+    b.add_argument(
         "--executor",
         choices=["subprocess", "ray"],
         default="subprocess",

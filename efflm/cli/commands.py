@@ -72,13 +72,16 @@ def cmd_bench(a) -> int:
         raise EfflmError(f"--gpus-per-row must be ≥ 0, got {a.gpus_per_row:g}")
     if a.executor == "ray" and a.suite in ("finetune", "recover") and not (a.recipe or a.methods):
         raise EfflmError(f"--suite {a.suite} trains one run after another; --executor ray is for bench rows")
+    trains = a.suite in ("finetune", "recover") and not (a.recipe or a.methods)
+    if a.train_steps is not None and not trains:
+        raise EfflmError("--train-steps goes with --suite finetune or --suite recover (the suites that train)")
     opts = runner.BenchOptions(a.model, recipes_, Path(a.db), worker_args, a.executor, a.address, a.gpus_per_row)
     runner.install_signal_handlers()
-    if a.suite in ("finetune", "recover") and not (a.recipe or a.methods):  # training runs, one process each
+    if trains:  # training runs, one process each
         from efflm import trainer
 
         runner.validate(opts)
-        trainer.recovery_suite(a.model, recipes_, Path(a.db), distill=a.suite == "recover")
+        trainer.recovery_suite(a.model, recipes_, Path(a.db), distill=a.suite == "recover", steps=a.train_steps)
     else:
         runner.bench(opts)
     md, md_path, png = leaderboard.write(Path(a.db), a.model, Path(a.out_dir))

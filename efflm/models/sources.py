@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,33 @@ def _read_config(path: Path) -> Any:
     return AutoConfig.from_pretrained(path)
 
 
+@contextmanager
+def hf_bars_follow_efflm():
+    """For the length of a transformers call, its progress bars follow ``EFFLM_PROGRESS`` (silent in
+    logs and tests) instead of always drawing on stderr: transformers' own bar switch (loading
+    weights, writing shards) is set and restored, and the GGUF reader's plain tqdm bar is drawn
+    as efflm's."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    from efflm.core import settings
+    from efflm.core.progress import progress
+
+    def gguf_bar(it, desc=None, **kw):
+        return progress(it, desc="converting the GGUF once (dequantize to safetensors)", total=len(it), leave=True)
+
+    show = settings.progress()
+    show = sys.stderr.isatty() if show is None else show
+    was, own = hf_logging.is_progress_bar_enabled(), gguf_utils.tqdm
+    (hf_logging.enable_progress_bar if show else hf_logging.disable_progress_bar)()
+    gguf_utils.tqdm = gguf_bar
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = own
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
+
+
 def _converted_gguf(path: Path) -> Path:
     """Dequantize a GGUF file once into a cached safetensors directory; return that directory."""
     digest = sha256_file(path)[:16]
@@ -99,7 +128,7 @@ def _converted_gguf(path: Path) -> Path:
         raise EfflmError(f"{path}: unsupported architecture {arch!r}; supported: {', '.join(SUPPORTED)}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with atomic_dir(out) as tmp:  # a concurrent converter's copy is kept if it finished first
+    with atomic_dir(out) as tmp, hf_bars_follow_efflm():  # a concurrent converter's copy is kept if first
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         if getattr(model, "hf_quantizer", None) is not None:  # GGUF marker blocks save_pretrained
@@ -158,7 +187,8 @@ def _load_hf_dir(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
         raise EfflmError(f"{path}: no *.safetensors weights found")
     for f in weights:
         check_safetensors(f)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    with hf_bars_follow_efflm():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model, AutoTokenizer.from_pretrained(path)
 
 

@@ -252,10 +252,13 @@ RECOVERY_KD = {"method": "kd", "divergence": "forward_kl", "r": 8, "alpha": 16.0
 RECOVERY_TRAIN = {"steps": 100, "batch": 4, "seq_len": 128, "lr": 1e-3, "warmup": 10}
 
 
-def recovery_suite(model_spec: str, bases: list[recipes.Recipe], db: Path, distill: bool = False) -> None:
+def recovery_suite(
+    model_spec: str, bases: list[recipes.Recipe], db: Path, distill: bool = False, steps: int | None = None
+) -> None:
     """``efflm bench --suite finetune``: the same LoRA trained on each compressed base (``efflm
     finetune --data domain``, one process each, so peak RSS is each run's own); each a results row.
-    ``distill`` (``--suite recover``): the same LoRA trained by KD from the dense model instead."""
+    ``distill`` (``--suite recover``): the same LoRA trained by KD from the dense model instead.
+    ``steps`` (``--train-steps``) replaces the suite's 100 optimizer steps."""
     import subprocess
     import sys
     import tempfile
@@ -265,7 +268,11 @@ def recovery_suite(model_spec: str, bases: list[recipes.Recipe], db: Path, disti
     with tempfile.TemporaryDirectory(prefix="efflm-recovery-") as tmp:
         tmp = Path(tmp)
         tune_fields = RECOVERY_KD if distill else RECOVERY_TUNE
-        (tmp / "tune.yaml").write_text(yaml.safe_dump({**tune_fields, "train": RECOVERY_TRAIN}))
+        train = {
+            **RECOVERY_TRAIN,
+            **({"steps": steps, "warmup": min(RECOVERY_TRAIN["warmup"], steps - 1)} if steps else {}),
+        }
+        (tmp / "tune.yaml").write_text(yaml.safe_dump({**tune_fields, "train": train}))
         teacher = ["--teacher", model_spec] if distill else []
         for i, base in enumerate(
             progress(bases, desc="recover suite" if distill else "finetune suite", total=len(bases), leave=True)

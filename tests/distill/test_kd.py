@@ -149,12 +149,26 @@ def test_bench_suite_recover_distills_every_base_and_each_is_a_leaderboard_row(t
     from efflm.bench.suites import recover_suite
 
     db = tmp_path / "r.sqlite"
-    code = main(["bench", "--model", "tiny-llama", "--suite", "recover", "--db", str(db), "--out-dir", str(tmp_path)])
+    code = main(
+        [
+            "bench",
+            "--model",
+            "tiny-llama",
+            "--suite",
+            "recover",
+            "--train-steps",
+            "3",
+            "--db",
+            str(db),
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     rows = results.open_readonly(db).execute("SELECT label, status, families FROM runs").fetchall()
     assert len(rows) == len(recover_suite()) and all(r["status"] == "ok" for r in rows)
     assert all("distill" in r["families"] and "kd(" in r["label"] for r in rows)
-    assert "kd(" in capsys.readouterr().out  # the leaderboard printed after the suite
+    assert "kd(" in capsys.readouterr().out and "[domain, 3 steps]" in rows[0]["label"]  # the leaderboard printed
 
 
 def test_llm_qat_trains_through_fake_quantization_and_packs_into_the_real_format(tmp_path):

@@ -227,13 +227,29 @@ def test_bench_suite_finetune_trains_lora_on_every_base_and_each_is_a_leaderboar
 
     db = tmp_path / "r.sqlite"
     assert (
-        main(["bench", "--model", "tiny-llama", "--suite", "finetune", "--db", str(db), "--out-dir", str(tmp_path)])
+        main(
+            [
+                "bench",
+                "--model",
+                "tiny-llama",
+                "--suite",
+                "finetune",
+                "--train-steps",
+                "3",
+                "--db",
+                str(db),
+                "--out-dir",
+                str(tmp_path),
+            ]
+        )
         == 0
     )
     rows = results.open_readonly(db).execute("SELECT label, status, families FROM runs").fetchall()
     assert len(rows) == len(finetune_suite()) and all(r["status"] == "ok" for r in rows)
     assert all("finetune" in r["families"] and "lora(" in r["label"] for r in rows)
-    assert "[domain, 100 steps]" in capsys.readouterr().out  # the leaderboard printed after the suite
+    assert "[domain, 3 steps]" in capsys.readouterr().out  # the leaderboard printed after the suite
+    code = main(["bench", "--model", "tiny-llama", "--methods", "rtn", "--train-steps", "3", "--db", str(db)])
+    assert code == 2 and "--train-steps goes with --suite finetune" in capsys.readouterr().err
 
 
 def test_merge_refuses_an_adapter_that_is_not_a_weight_update(tmp_path, capsys):

@@ -63,3 +63,21 @@ def test_evaluation_and_development_text_are_never_in_calibration_windows(smol):
     for w in text.calibration_windows(tok, 64, 128, seed=0):
         piece = tok.decode(w.tolist())
         assert piece not in eval_text and piece not in dev_text
+
+
+@pytest.mark.parametrize("show", ["0", "1"])
+def test_the_first_gguf_conversion_draws_efflms_bar_or_nothing(tmp_path, show):
+    """A fresh cache converts the default GGUF once; its progress follows EFFLM_PROGRESS (so a
+    one-line error after it stays one line in logs and tests)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "EFFLM_CACHE": str(tmp_path), "EFFLM_PROGRESS": show}
+    code = "from efflm.models.sources import model_config; model_config('smollm2-135m')"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert ("converting the GGUF once" in r.stderr) == (show == "1")
+    assert "Converting and de-quantizing" not in r.stderr
+    if show == "0":
+        assert r.stderr == ""
