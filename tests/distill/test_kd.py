@@ -149,21 +149,7 @@ def test_bench_suite_recover_distills_every_base_and_each_is_a_leaderboard_row(t
     from efflm.bench.suites import recover_suite
 
     db = tmp_path / "r.sqlite"
-    code = main(
-        [
-            "bench",
-            "--model",
-            "tiny-llama",
-            "--suite",
-            "recover",
-            "--train-steps",
-            "3",
-            "--db",
-            str(db),
-            "--out-dir",
-            str(tmp_path),
-        ]
-    )
+    code = main(f"bench --model tiny-llama --suite recover --train-steps 3 --db {db} --out-dir {tmp_path}".split())
     assert code == 0
     rows = results.open_readonly(db).execute("SELECT label, status, families FROM runs").fetchall()
     assert len(rows) == len(recover_suite()) and all(r["status"] == "ok" for r in rows)

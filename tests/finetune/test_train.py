@@ -227,22 +227,7 @@ def test_bench_suite_finetune_trains_lora_on_every_base_and_each_is_a_leaderboar
 
     db = tmp_path / "r.sqlite"
     assert (
-        main(
-            [
-                "bench",
-                "--model",
-                "tiny-llama",
-                "--suite",
-                "finetune",
-                "--train-steps",
-                "3",
-                "--db",
-                str(db),
-                "--out-dir",
-                str(tmp_path),
-            ]
-        )
-        == 0
+        main(f"bench --model tiny-llama --suite finetune --train-steps 3 --db {db} --out-dir {tmp_path}".split()) == 0
     )
     rows = results.open_readonly(db).execute("SELECT label, status, families FROM runs").fetchall()
     assert len(rows) == len(finetune_suite()) and all(r["status"] == "ok" for r in rows)
