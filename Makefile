@@ -46,15 +46,15 @@ bench: $(STAMP)
 	$(BIN)/efflm papers render --db runs/efflm.sqlite --out runs/papers.md
 
 # Two pytest workers (pytest-xdist), one test file each at a time; each worker runs torch on one thread.
-PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 test: $(STAMP) $(INTEROP) $(BROWSER)
 	$(PYTEST)
 
 # The inner loop: no default model (integration), no browser, no other engines (llama.cpp,
-# compressed-tensors, Ray); needs only `make setup`.
+# compressed-tensors, Ray), no benchmark script run end to end; needs only `make setup`.
 test-fast: $(STAMP)
-	$(PYTEST) -m "not integration and not browser and not engines"
+	$(PYTEST) -m "not integration and not browser and not engines and not benchmarks"
 
 # Layer contracts (import-linter) and lint (ruff): run by .ci/run beside `make test`.
 lint: $(STAMP)
