@@ -181,6 +181,9 @@ def markdown(model: str, rows: list, stale: list | None = None) -> str:
             "as-sparse MB: an estimate for pruned rows, had their zeros been stored as nonzero values plus "
             "a 1-bit mask. Their measured MB and tok/s hold the zeros densely: no sparse speedup is claimed.",
         ]
+    fallbacks = [(r["label"], n) for r in ok for n in json.loads(r["extra"] or "{}").get("notes", [])]
+    if fallbacks:  # what a method fell back to while it ran (efflm.calib.layerwise.note)
+        lines += ["", "Fallbacks:", *(f"- {label}: {n}" for label, n in fallbacks)]
     if model in FOOTNOTES:
         lines += ["", f"Note: {FOOTNOTES[model]}"]
     return "\n".join(lines) + "\n"

@@ -76,6 +76,7 @@ def measure(
     result["sparse_bytes"] = metrics.as_sparse_bytes(model)
     result["disk_bytes"] = disk_bytes
     result.update(metrics.speed(model, ids[:prompt_len], new_tokens=new_tokens, reps=reps))
+    result["notes"] = list(getattr(model, "efflm_notes", []))  # what a method fell back to (calib.layerwise.note)
     result["kernels"] = {"fast_decode": metrics.decode_path(model)}  # the choice made; the row's env keeps it
     result["bandwidth_gbs"] = metrics.bandwidth_gbs()
     result["ceiling_tok_s"] = result["bandwidth_gbs"] * 1e9 / result["bytes_per_token"]

@@ -112,7 +112,7 @@ class AdaLoRAHooks(TrainHooks):
             eye = torch.eye(m.r, dtype=P.dtype)
             reg = reg + ((P.T @ P - eye) ** 2).sum() + ((Q @ Q.T - eye) ** 2).sum()
         n = max(len(self._adapters(model)), 1)
-        return model._efflm_adalora.orth_reg_weight * reg / n
+        return self.config.orth_reg_weight * reg / n
 
     def _score(self, key: str, p: torch.Tensor, cfg: AdaLoRAConfig) -> torch.Tensor:
         s = (p * p.grad).abs().detach() if p.grad is not None else torch.zeros_like(p)
@@ -123,7 +123,7 @@ class AdaLoRAHooks(TrainHooks):
         return self.ipt[key] * self.unc[key]
 
     def after_step(self, model, step, total_steps):
-        cfg: AdaLoRAConfig = model._efflm_adalora
+        cfg: AdaLoRAConfig = self.config
         named = self._named(model)
         adapters = [m for _, m in named]
         scores = []
@@ -155,7 +155,6 @@ class AdaLoRAHooks(TrainHooks):
     hooks=AdaLoRAHooks,
 )
 def apply(model: torch.nn.Module, config: AdaLoRAConfig, calib: Any = None) -> torch.nn.Module:
-    model._efflm_adalora = config
     return inject(
         model,
         config.target_modules,

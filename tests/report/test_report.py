@@ -122,7 +122,8 @@ def _one_row_of_each_kind(path):
         text = recipes.to_stored(recipe, data="domain", train=train.to_dict())
         assert recipes.stored_label(text) == label
         db.insert(conn, status="ok", model="m", label=label, recipe=text, families=f"{fam},quantize", metrics=metrics,
-                  env={"commit": "abc123"}, extra={"train": train.to_dict(), "data": "domain"})  # fmt: skip
+                  env={"commit": "abc123"}, extra={"train": train.to_dict(), "data": "domain",
+                                                   "notes": [f"{fam}: a fallback the run took"]})  # fmt: skip
     db.insert(conn, status="failed", model="m", label="awq", recipe="- method: awq\n", error="boom")
     conn.close()
     return path
@@ -137,6 +138,7 @@ def test_report_and_leaderboard_read_every_row_kind(tmp_path, capsys):
     for kind in ("squeezellm(", "[domain, 100 steps]", "lora(", "kd(", "[domain, 10 steps]"):
         assert kind in board and kind in page, kind
     assert "efflm_cloze" in board and "failed: boom" in board
+    assert "Fallbacks:" in board and "finetune: a fallback the run took" in board
 
 
 def test_report_and_leaderboard_read_the_committed_reference_database(tmp_path, capsys):
