@@ -43,3 +43,17 @@ def tiny_ids():
     import torch
 
     return torch.randint(3, 259, (1, 24), generator=torch.Generator().manual_seed(1))
+
+
+# Files whose tests take minutes (the default model, benchmark scripts end to end, training suites):
+# collected first, so that `make test`'s two workers start on them and the short files fill in
+# around them, instead of one worker finishing a long file alone at the end.
+_LONG_FIRST = ("tests/integration/", "tests/benchmarks/", "tests/distill/test_kd.py", "tests/finetune/test_train.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        path = item.path.relative_to(_REPO).as_posix()
+        return next((i for i, p in enumerate(_LONG_FIRST) if path.startswith(p)), len(_LONG_FIRST))
+
+    items.sort(key=rank)  # stable: the order within each file is kept

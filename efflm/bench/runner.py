@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,5 +159,13 @@ def _terminate_as_interrupt(signum, frame):  # so SIGTERM leaves a failed row, l
     raise KeyboardInterrupt
 
 
-def install_signal_handlers() -> None:
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+@contextmanager
+def sigterm_as_interrupt():
+    """For the length of a sweep, SIGTERM interrupts it as Ctrl-C does (the running row is
+    recorded as failed); the previous handler is restored afterwards, so a caller's process (a
+    test, a notebook) keeps its own."""
+    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -76,14 +76,14 @@ def cmd_bench(a) -> int:
     if a.train_steps is not None and not trains:
         raise EfflmError("--train-steps goes with --suite finetune or --suite recover (the suites that train)")
     opts = runner.BenchOptions(a.model, recipes_, Path(a.db), worker_args, a.executor, a.address, a.gpus_per_row)
-    runner.install_signal_handlers()
-    if trains:  # training runs, one process each
-        from efflm import trainer
+    with runner.sigterm_as_interrupt():
+        if trains:  # training runs, one process each
+            from efflm import trainer
 
-        runner.validate(opts)
-        trainer.recovery_suite(a.model, recipes_, Path(a.db), distill=a.suite == "recover", steps=a.train_steps)
-    else:
-        runner.bench(opts)
+            runner.validate(opts)
+            trainer.recovery_suite(a.model, recipes_, Path(a.db), distill=a.suite == "recover", steps=a.train_steps)
+        else:
+            runner.bench(opts)
     md, md_path, png = leaderboard.write(Path(a.db), a.model, Path(a.out_dir))
     print(md)
     print(f"wrote {md_path} and {png}")

@@ -137,3 +137,22 @@ def test_a_row_measured_before_a_config_field_existed_is_superseded_by_the_same_
         db.insert(conn, status="ok", model="m", label=label, recipe=recipe, families="quantize", metrics=m)
     (row,) = leaderboard.latest(db.rows(conn))
     assert row["label"] == today and row["ppl"] == 65.9
+
+
+def test_bench_leaves_the_callers_sigterm_handler_as_it_was(tmp_path, capsys):
+    """A sweep turns SIGTERM into an interrupt only while it runs: a process that called
+    ``main`` (a test worker, a notebook) keeps its own handler, and children it forks later
+    (lm-eval's bootstrap pool) die on SIGTERM as usual."""
+    import signal
+
+    from efflm.cli import main
+
+    mine = lambda signum, frame: None  # noqa: E731
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert main(["bench", "--model", "tiny-llama", "--methods", "dense", "--seq-len", "32", "--windows", "1",
+                     "--prompt-len", "4", "--new-tokens", "2", "--reps", "1",
+                     "--db", str(tmp_path / "r.sqlite"), "--out-dir", str(tmp_path)]) == 0  # fmt: skip
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
