@@ -27,10 +27,10 @@ SECTIONS = [
         "[results/pareto.png](../results/pareto.png).",
     ),
     (
-        "make_bench_time.md",
-        "How long `make bench` takes",
-        "time make bench",
-        "The main job's wall time on these 2 cores, once the environment exists.",
+        "ci_time.md",
+        "How long the README's two commands take",
+        "CI=true bash .ci/run (it prints each step's wall time); time make test-fast",
+        "`make bench`, `make test` and the rest of CI on a fresh clone, on these 2 cores.",
     ),
     (
         "vs_llamacpp.md",
