@@ -14,10 +14,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from efflm.core.defaults import RUNS_DB
+from efflm.core.defaults import REFERENCE_DB, RUNS_DB
 from efflm.core.errors import EfflmError
 
 DEFAULT_DB = Path(RUNS_DB)
+
+
+def read_default() -> Path:
+    """The database ``efflm leaderboard`` and ``efflm report`` show without ``--db``: the user's
+    runs, or, before any run, the committed reference results of a checkout."""
+    runs, reference = Path(RUNS_DB), Path(REFERENCE_DB)
+    return runs if runs.exists() or not reference.exists() else reference
+
+
 # 1: speed timed on transformers' generate (before the decode path); 2: speed on efflm's decode
 # path, speculative rows clocked like plain rows, SmoothQuant's alpha chosen on a development split.
 MEASUREMENT = 2

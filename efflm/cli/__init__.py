@@ -1,12 +1,12 @@
 """The ``efflm`` command line: the parser and ``main``; every user error is one line on stderr and
-exit code 2. The commands themselves are in ``efflm.cli.commands``."""
+exit code 2. The commands themselves are in ``efflm.cli.commands`` (the training ones in ``train_commands``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from efflm.cli import commands
+from efflm.cli import commands, train_commands
 from efflm.cli.compressor import COMPRESSORS, ratio
 from efflm.core import settings
 from efflm.core.errors import EfflmError
@@ -63,7 +63,7 @@ def _common(p: argparse.ArgumentParser, calib: bool = True) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    from efflm.core.defaults import EVAL_SEQ_LEN, EVAL_WINDOWS, RUNS_DB, RUNS_DIR
+    from efflm.core.defaults import EVAL_SEQ_LEN, EVAL_WINDOWS, REFERENCE_DB, RUNS_DB, RUNS_DIR
 
     p = Parser(prog="efflm", description="Compress, run and measure LLM efficiency methods.")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -122,13 +122,19 @@ def parser() -> argparse.ArgumentParser:
 
     lb = sub.add_parser("leaderboard", help="print the leaderboard; write leaderboard.md and pareto.png")
     lb.add_argument("--model", default=DEFAULT_MODEL, help="whose rows to show")
-    lb.add_argument("--db", default=RUNS_DB, help="results database (opened read-only)")
+    lb.add_argument(
+        "--db",
+        help=f"results database, opened read-only (default: {RUNS_DB}, or the committed {REFERENCE_DB} before any run)",
+    )
     lb.add_argument("--out-dir", default=RUNS_DIR, help="where leaderboard.md and pareto.png are written")
     lb.set_defaults(fn=commands.cmd_leaderboard)
 
     rp = sub.add_parser("report", help="the results as one self-contained interactive HTML page")
     rp.add_argument("--model", default=DEFAULT_MODEL, help="whose rows to show")
-    rp.add_argument("--db", default=RUNS_DB, help="results database (opened read-only)")
+    rp.add_argument(
+        "--db",
+        help=f"results database, opened read-only (default: {RUNS_DB}, or the committed {REFERENCE_DB} before any run)",
+    )
     rp.add_argument("--out", default=f"{RUNS_DIR}/report.html", help="the HTML file written")
     rp.set_defaults(fn=commands.cmd_report)
 
@@ -224,7 +230,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--steps", type=_positive, help="optimizer steps (overrides train.steps)")
     f.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     f.add_argument("--db", default=RUNS_DB, help="results database the run's row is written to")
-    f.set_defaults(fn=commands.cmd_finetune)
+    f.set_defaults(fn=train_commands.cmd_finetune)
 
     dc = sub.add_parser(
         "distill-cache",
@@ -238,7 +244,7 @@ def parser() -> argparse.ArgumentParser:
     dc.add_argument("--steps", type=_positive, help="optimizer steps (overrides train.steps)")
     dc.add_argument("--k", type=_positive, default=64, help="log-probabilities kept per token")
     dc.add_argument("--out", required=True, help="cache file to write; must not exist")
-    dc.set_defaults(fn=commands.cmd_distill_cache)
+    dc.set_defaults(fn=train_commands.cmd_distill_cache)
 
     dd = sub.add_parser(
         "distill-data", help="training text written by a teacher: LLM-QAT's data-free text, or sequence-level KD"
@@ -254,14 +260,14 @@ def parser() -> argparse.ArgumentParser:
     dd.add_argument("--temperature", type=float, default=1.0, help="sampling temperature after them (0 = greedy)")
     dd.add_argument("--seed", type=int, default=0, help="random first tokens and sampling")
     dd.add_argument("--out", required=True, help="JSONL file to write (for finetune --data); must not exist")
-    dd.set_defaults(fn=commands.cmd_distill_data)
+    dd.set_defaults(fn=train_commands.cmd_distill_data)
 
     m = sub.add_parser("merge", help="fold a LoRA/DoRA/IA3 adapter into the base and save it")
     m.add_argument("--model", default=DEFAULT_MODEL, help=f"the base model: {MODEL_HELP}")
     m.add_argument("--recipe", help="compression recipe the adapter's base was made with")
     m.add_argument("--adapter", required=True, help="adapter directory")
     m.add_argument("--out", required=True, help="output model directory; must not exist")
-    m.set_defaults(fn=commands.cmd_merge)
+    m.set_defaults(fn=train_commands.cmd_merge)
 
     s = sub.add_parser("serve", help="an OpenAI-compatible server with continuous batching and a playground at /")
     _common(s)

@@ -11,7 +11,7 @@ from efflm.cli import compressor
 from efflm.core.errors import EfflmError
 
 
-def _recipe_arg(path: str | None, fallback: str | None = None):
+def recipe_arg(path: str | None, fallback: str | None = None):
     from efflm.core import recipe as recipes
 
     if path:
@@ -45,7 +45,7 @@ def cmd_bench(a) -> int:
     from efflm.methods import get
 
     if a.recipe:
-        recipes_ = [_recipe_arg(p) for p in a.recipe]
+        recipes_ = [recipe_arg(p) for p in a.recipe]
     elif a.methods:
         recipes_ = [[get(n.strip()).config_cls()] for n in a.methods.split(",") if n.strip()]
     else:
@@ -91,9 +91,9 @@ def cmd_bench(a) -> int:
 
 
 def cmd_leaderboard(a) -> int:
-    from efflm.bench import leaderboard
+    from efflm.bench import db, leaderboard
 
-    md, md_path, png = leaderboard.write(Path(a.db), a.model, Path(a.out_dir))
+    md, md_path, png = leaderboard.write(Path(a.db) if a.db else db.read_default(), a.model, Path(a.out_dir))
     print(md)
     print(f"wrote {md_path} and {png}")
     return 0
@@ -101,8 +101,9 @@ def cmd_leaderboard(a) -> int:
 
 def cmd_report(a) -> int:
     from efflm import report
+    from efflm.bench import db
 
-    out = report.write(Path(a.db), a.model, Path(a.out))
+    out = report.write(Path(a.db) if a.db else db.read_default(), a.model, Path(a.out))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained; open it in a browser)")
     return 0
 
@@ -117,7 +118,7 @@ def cmd_compress(a) -> int:
     from efflm import pipeline
     from efflm.io import compressed_tensors, gguf_export
 
-    recipe = _recipe_arg(a.recipe)
+    recipe = recipe_arg(a.recipe)
     pipeline.validate(a.model, recipe, a.calib_samples, a.calib_len)
     if a.format != "efflm":
         (gguf_export if a.format == "gguf" else compressed_tensors).check_recipe(recipe)
@@ -169,7 +170,7 @@ def cmd_eval(a) -> int:
     from efflm.eval.metrics import model_bytes, perplexity
     from efflm.models.sources import load_tokenizer
 
-    recipe = _recipe_arg(a.recipe)
+    recipe = recipe_arg(a.recipe)
     pipeline.validate(a.model, recipe, a.calib_samples, a.calib_len)
     if a.tasks:
         return _eval_tasks(a, recipe)
@@ -244,7 +245,7 @@ def cmd_generate(a) -> int:
         raise EfflmError("speculative decoding runs one prompt at a time")
     from efflm import pipeline
 
-    recipe, draft_recipe = _recipe_arg(a.recipe), _recipe_arg(a.draft_recipe)
+    recipe, draft_recipe = recipe_arg(a.recipe), recipe_arg(a.draft_recipe)
     if a.draft_model:  # the draft's recipe and vocabulary are checked before the target's weights load
         from efflm.models.sources import model_config
 
@@ -309,58 +310,6 @@ def cmd_generate(a) -> int:
     return 0
 
 
-def cmd_finetune(a) -> int:
-    from efflm import trainer
-
-    cfg, train_cfg = trainer.read_method_recipe(a.method_recipe, a.steps)
-    if a.teacher_recipe and not a.teacher:
-        raise EfflmError("--teacher-recipe needs --teacher")
-    teacher_recipe = _recipe_arg(a.teacher_recipe)
-    r = trainer.finetune(
-        a.model, _recipe_arg(a.recipe), cfg, train_cfg, a.data, a.out, resume=a.resume, db=a.db,
-        teacher=a.teacher, teacher_recipe=teacher_recipe, teacher_cache=a.teacher_cache,
-    )  # fmt: skip
-    shown = {k: v for k, v in r.items() if k not in ("losses", "evals")}
-    print(
-        f"wrote {a.out} ({cfg.label()}): "
-        + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
-    )
-    return 0
-
-
-def cmd_distill_cache(a) -> int:
-    from efflm import trainer
-    from efflm.methods import get
-
-    cfg, train_cfg = trainer.read_method_recipe(a.method_recipe, a.steps)
-    if get(cfg.method).family != "distill":
-        raise EfflmError(f"{a.method_recipe}: {cfg.method} is not a distillation method")
-    r = trainer.build_cache(a.teacher, _recipe_arg(a.teacher_recipe), a.model, train_cfg, a.data, a.out, a.k)
-    print(
-        f"wrote {a.out}: {r['tokens']} tokens, top-{r['k']}, {r['bytes']} bytes ({r['bytes_per_token']:.1f} per token)"
-    )
-    return 0
-
-
-def cmd_distill_data(a) -> int:
-    from efflm import trainer
-
-    r = trainer.generate_data(
-        a.teacher, _recipe_arg(a.teacher_recipe), a.out, a.n, a.max_new_tokens, prompts=a.prompts,
-        greedy_first=a.greedy_first, temperature=a.temperature, seed=a.seed,
-    )  # fmt: skip
-    print(f"wrote {r['out']}: {r['rows']} rows")
-    return 0
-
-
-def cmd_merge(a) -> int:
-    from efflm import trainer
-
-    r = trainer.merge(a.model, _recipe_arg(a.recipe), a.adapter, a.out)
-    print(f"wrote {a.out}: {r['note']}")
-    return 0
-
-
 def cmd_serve(a) -> int:
     import socket
 
@@ -368,7 +317,7 @@ def cmd_serve(a) -> int:
 
     if not 0 < a.port < 65536:
         raise EfflmError(f"--port must be in 1..65535, got {a.port}")
-    recipe = _recipe_arg(a.recipe)
+    recipe = recipe_arg(a.recipe)
     pipeline.validate(a.model, recipe, a.calib_samples, a.calib_len)
     try:  # a busy port or unknown host is a user error, found before the model loads
         with socket.socket(socket.AF_INET6 if ":" in a.host else socket.AF_INET) as s:

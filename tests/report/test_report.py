@@ -145,3 +145,15 @@ def test_report_and_leaderboard_read_the_committed_reference_database(tmp_path, 
     ref = str(REFERENCE_DB)
     assert main(["leaderboard", "--db", ref, "--out-dir", str(tmp_path)]) == 0
     assert main(["report", "--db", ref, "--out", str(tmp_path / "r.html")]) == 0
+
+
+def test_before_any_run_report_and_leaderboard_show_the_committed_reference(tmp_path, monkeypatch, capsys):
+    """In a checkout with no runs/ yet, the read-only commands fall back to results/efflm.sqlite."""
+    import shutil
+
+    (tmp_path / "results").mkdir()
+    shutil.copy(REFERENCE_DB, tmp_path / "results" / "efflm.sqlite")
+    monkeypatch.chdir(tmp_path)
+    assert main(["report"]) == 0 and (tmp_path / "runs" / "report.html").is_file()
+    assert main(["leaderboard"]) == 0 and (tmp_path / "runs" / "leaderboard.md").is_file()
+    assert not (tmp_path / "runs" / "efflm.sqlite").exists()  # read, never created
