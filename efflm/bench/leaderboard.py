@@ -34,8 +34,9 @@ def latest(rows: list) -> list:
     """Latest row per recipe (a newer failure hides an older success: it is the current state)."""
     by_label: dict[str, object] = {}
     for r in rows:
-        by_label.pop(canonical_label(r), None)  # re-inserted last: the table keeps measurement order
-        by_label[canonical_label(r)] = r
+        key = canonical_label(r)  # parses the stored recipe: once per row
+        by_label.pop(key, None)  # re-inserted last: the table keeps measurement order
+        by_label[key] = r
     return list(by_label.values())
 
 
