@@ -48,7 +48,8 @@ def test_workers_in_threads_all_land_in_the_file(tmp_path, version):
     cache, gate = tmp_path / "runs.json", threading.Barrier(4)
 
     def work(i):
-        run_cache.cached(str(cache), f"k{i}", lambda: gate.wait() or i)  # all compute at once, then store
+        # all compute at once, then store (Barrier.wait returns the arrival index, so it is not the result)
+        run_cache.cached(str(cache), f"k{i}", lambda: (gate.wait(), i)[1])
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
     [t.start() for t in threads]
