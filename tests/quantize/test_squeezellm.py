@@ -12,7 +12,9 @@ from efflm.quantize.squeezellm import assign, sparse_mask, squeeze, weighted_kme
 def layer():
     """Heavy-tailed weights; inputs whose channels differ in energy (so sensitivity matters)."""
     g = torch.Generator().manual_seed(0)
-    w = torch.distributions.StudentT(3.0).sample((256, 512)) * 0.02
+    with torch.random.fork_rng():  # StudentT draws from the global generator: seed it, whatever ran before
+        torch.manual_seed(0)
+        w = torch.distributions.StudentT(3.0).sample((256, 512)) * 0.02
     energy = torch.rand(512, generator=g) ** 4 * 10
     x = torch.randn(256, 512, generator=g) * energy.sqrt()
     fisher = (x * x).sum(0).expand(256, 512).clone()  # the output error's diagonal sensitivity
