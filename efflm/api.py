@@ -33,10 +33,16 @@ def as_recipe(recipe: Any) -> recipes.Recipe:
 
 
 def compress(
-    model: str = "smollm2-135m", recipe: Any = None, calib_samples: int = CALIB_SAMPLES, calib_len: int = CALIB_LEN
+    model: str = "smollm2-135m",
+    recipe: Any = None,
+    calib_samples: int = CALIB_SAMPLES,
+    calib_len: int = CALIB_LEN,
+    *,
+    calib_file: str | None = None,
 ) -> tuple[Any, Any]:
-    """Load a model spec and apply a recipe: ``(model, tokenizer)``, checked before any work."""
-    return load_and_apply(model, as_recipe(recipe), calib_samples, calib_len)
+    """Load a model spec and apply a recipe: ``(model, tokenizer)``, checked before any work;
+    ``calib_file`` (a .txt or .jsonl file) replaces the built-in calibration text."""
+    return load_and_apply(model, as_recipe(recipe), calib_samples, calib_len, calib_file=calib_file)
 
 
 def evaluate(model: Any, tok: Any, text: str | None = None, seq_len: int = 512, windows: int = 4) -> dict:

@@ -25,7 +25,7 @@ class BenchOptions:
     model: str
     recipes: list[recipes.Recipe]
     db_path: Path = results.DEFAULT_DB
-    worker_args: dict[str, int | str] = field(default_factory=dict)  # --tasks is the one string
+    worker_args: dict[str, int | str] = field(default_factory=dict)  # --tasks and --calib-file are strings
     executor: str = "subprocess"  # or "ray" (efflm.bench.ray_executor)
     address: str | None = None  # Ray: join this cluster (else start a local instance)
     gpus_per_row: float = 0.0  # Ray: GPUs each row's task declares
@@ -38,7 +38,7 @@ def validate(opts: BenchOptions) -> None:
     from efflm.models.sources import load_tokenizer, model_config
 
     w = opts.worker_args
-    calib = {k: w[k] for k in ("calib_samples", "calib_len") if k in w}
+    calib = {k: w[k] for k in ("calib_samples", "calib_len", "calib_file") if k in w}
     for recipe in opts.recipes:
         pipeline.validate(opts.model, recipe, **calib)
     limit = getattr(model_config(opts.model), "max_position_embeddings", None)
@@ -54,6 +54,26 @@ def validate(opts: BenchOptions) -> None:
             raise EfflmError(
                 f"the evaluation text has {have} tokens, fewer than the {need} that --seq-len / --prompt-len need"
             )
+
+
+def worker_device(spec: str, executor: str = "subprocess", gpus_per_row: float = 0.0) -> str:
+    """The ``--device`` every row's worker gets (``efflm bench --device``), checked before any work:
+    resolved here for local workers (``auto`` becomes ``cpu`` or ``cuda:0``). A Ray task sees only
+    the GPUs Ray gave it, so Ray rows take ``auto``, ``cpu`` or ``cuda`` (with ``--gpus-per-row``),
+    resolved by each task on its node."""
+    from efflm.core.device import resolve
+
+    if executor != "ray":
+        return str(resolve(spec))
+    spec = (spec or "auto").strip().lower()
+    if spec not in ("auto", "cpu", "cuda"):
+        raise EfflmError(f"--device {spec} with --executor ray: each row runs on the GPUs Ray assigns it "
+                         "(give auto, cpu or cuda)")  # fmt: skip
+    if spec == "cuda" and not gpus_per_row:
+        raise EfflmError(
+            "--device cuda with --executor ray needs --gpus-per-row > 0 (Ray hides GPUs from tasks that declare none)"
+        )
+    return spec
 
 
 def _describe_exit(code: int) -> str:
@@ -103,7 +123,11 @@ def record(opts: BenchOptions, recipe: recipes.Recipe, conn, env: dict, data: di
                        families=families, error=data["error"], env=env)  # fmt: skip
         return data
     env = row_env(env, data)
-    extra = {k: v for k, v in data.items() if k not in results.METRICS and k not in ("status", "model_hash", "kernels")}
+    extra = {
+        k: v
+        for k, v in data.items()
+        if k not in results.METRICS and k not in ("status", "model_hash", "kernels", "device")
+    }
     results.insert(
         conn,
         status="ok",

@@ -34,14 +34,29 @@ def run(
     calib_len: int,
     tasks: str = "",
     task_limit: int = 0,
+    calib_file: str = "",
+    device: str = "cpu",
 ) -> dict:
+    """One row's metrics; with ``calib_file`` (``efflm bench --calib``) calibration draws from it
+    and the row records its sha256 (16 hex) as ``calib_sha256``. The model is measured on
+    ``device`` (``efflm bench --device``; checked before any weights load), recorded in the row's env."""
+    from efflm.core.device import resolve
     from efflm.io.save import dir_bytes, save
 
+    dev = resolve(device)
     t0 = time.perf_counter()
-    model, tok = load_and_apply(model_spec, recipe, calib_samples, calib_len)
+    calib_digest = None
+    if calib_file:
+        from efflm.datasets.calib_file import file_digest
+
+        calib_digest = file_digest(calib_file)
+    model, tok = load_and_apply(model_spec, recipe, calib_samples, calib_len, calib_file=calib_file or None)
     with tempfile.TemporaryDirectory(prefix="efflm-disk-") as tmp:
         disk = dir_bytes(save(model, tok, Path(tmp) / "m", recipes.to_yaml(recipe)))
+    model = model.to(dev)  # the saved bytes above are the CPU's; every measurement runs on the device
     result = measure(model, tok, model_spec, t0, disk, seq_len, windows, prompt_len, new_tokens, reps)
+    if calib_digest:  # which calibration file this row used (kept in the row's extra)
+        result["calib_file"], result["calib_sha256"] = Path(calib_file).name, calib_digest
     if tasks:
         # after the row's own metrics (its peak RSS stays the measurement's); scoring's peak kept apart
         result["tasks"] = task_scores(model, tok, tasks.split(","), task_limit or None)
@@ -66,6 +81,9 @@ def measure(
     new_tokens: int, reps: int,
 ) -> dict:  # fmt: skip
     """Every leaderboard metric of a loaded model (``t0``: when its run started)."""
+    from efflm.core.device import name as device_name
+    from efflm.core.device import of as device_of
+    from efflm.core.device import peak_memory_mb
     from efflm.datasets import text
     from efflm.models import sources as loader
 
@@ -78,6 +96,11 @@ def measure(
     result.update(metrics.speed(model, ids[:prompt_len], new_tokens=new_tokens, reps=reps))
     result["notes"] = list(getattr(model, "efflm_notes", []))  # what a method fell back to (calib.layerwise.note)
     result["kernels"] = {"fast_decode": metrics.decode_path(model)}  # the choice made; the row's env keeps it
+    where = device_of(model)
+    result["device"] = device_name(where)  # the row's env keeps it too
+    if where.type != "cpu":  # the packed CPU kernels never run there: every module dequantizes in torch
+        result["kernels"]["q4"] = "torch"
+        result["gpu_peak_mb"] = peak_memory_mb(where)
     result["bandwidth_gbs"] = metrics.bandwidth_gbs()
     result["ceiling_tok_s"] = result["bandwidth_gbs"] * 1e9 / result["bytes_per_token"]
     result["wall_s"] = time.perf_counter() - t0
@@ -96,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(f"--{name}", type=int, required=name != "threads", default=0)
     p.add_argument("--tasks", default="")
     p.add_argument("--task-limit", type=int, default=0)
+    p.add_argument("--calib-file", default="")
+    p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -115,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                 calib_len=a.calib_len,
                 tasks=a.tasks,
                 task_limit=a.task_limit,
+                calib_file=a.calib_file,
+                device=a.device,
             ),
         }
     except EfflmError as e:

@@ -26,6 +26,8 @@ class Hessian:
 
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).float()
+        if self.n == 0 and self.H.device != x.device:  # the statistics live where the activations do
+            self.H, self.absmean, self.absmax = (t.to(x.device) for t in (self.H, self.absmean, self.absmax))
         m = x.shape[0]
         if self.stats:
             a = x.abs()
@@ -44,7 +46,7 @@ def gram(x: torch.Tensor, band: int = 256) -> torch.Tensor:
     n = x.shape[1]
     if n <= band:
         return x.t() @ x
-    G = torch.zeros(n, n)
+    G = torch.zeros(n, n, device=x.device)
     for a in range(0, n, band):
         G[a : a + band, a:] = x[:, a : a + band].t() @ x[:, a:]
     upper = torch.triu(G)
@@ -66,7 +68,7 @@ def inverse_cholesky(H: torch.Tensor, damp: float, retries: int = 3) -> tuple[to
     mean_diag = torch.diag(H).mean()
     for attempt in range(retries + 1):
         lam = damp * 10**attempt
-        Hd = H + lam * mean_diag * torch.eye(H.shape[0])
+        Hd = H + lam * mean_diag * torch.eye(H.shape[0], device=H.device)
         L, info = torch.linalg.cholesky_ex(Hd)
         if info == 0:
             U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)

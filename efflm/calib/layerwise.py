@@ -21,6 +21,7 @@ import torch.nn as nn
 from efflm.core.errors import EfflmError
 from efflm.core.progress import progress
 from efflm.models.arch import decoder_layers, layout_for, set_module
+from efflm.models.streaming import each_layer
 
 
 class Observer(Protocol):
@@ -39,11 +40,13 @@ def _layer0_inputs(model: nn.Module, calib: torch.Tensor, batch_size: int) -> li
         captured.append((hidden, {k: v for k, v in kwargs.items() if k != "hidden_states"}))
         raise _Stop
 
-    handle = decoder_layers(model)[0].register_forward_pre_hook(grab, with_kwargs=True)
+    layer0 = decoder_layers(model)[0]
+    handle = layer0.register_forward_pre_hook(grab, with_kwargs=True)
+    device = model.get_submodule(layout_for(model.config.model_type).embed).weight.device
     try:
         for batch in calib.split(batch_size):
             try:
-                model(batch, use_cache=False)
+                model(batch.to(device), use_cache=False)
             except _Stop:
                 pass
     finally:
@@ -99,9 +102,7 @@ def run(
         raise EfflmError("this method needs calibration data: a [samples, tokens] batch of token ids")
     layout = layout_for(model.config.model_type)
     inputs = _layer0_inputs(model, calib, calib.shape[0] if one_pass else batch_size)
-    layers = decoder_layers(model)
-    for i in progress(range(len(layers)), desc=desc, total=len(layers)):
-        layer = layers[i]
+    for i, layer in progress(each_layer(model), desc=desc, total=len(decoder_layers(model))):
         observers: dict[str, Observer] = {}
         hooks, seen = [], set()
         for group in layout.input_groups:

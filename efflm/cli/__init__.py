@@ -23,7 +23,10 @@ SUITE_NAMES = (
     "quant2",
     "tasks",
 )  # efflm.bench.suites.SUITES (tested)
-MODEL_HELP = "smollm2-135m (the default model), tiny-llama, a Hugging Face or efflm model directory, or a .gguf file"
+MODEL_HELP = (
+    "smollm2-135m (the default model), tiny-llama, a Hugging Face or efflm model directory, a .gguf file, "
+    "or a hub id (org/name) already in the local Hugging Face cache (never downloaded)"
+)
 
 
 class Parser(argparse.ArgumentParser):
@@ -60,6 +63,22 @@ def _common(p: argparse.ArgumentParser, calib: bool = True) -> None:
             help="calibration windows drawn for methods that calibrate",
         )
         p.add_argument("--calib-len", type=_positive, default=CALIB_LEN, help="tokens per calibration window")
+        p.add_argument(
+            "--calib",
+            metavar="FILE",
+            help="your own calibration data instead of the built-in text: a .txt file, or .jsonl rows "
+            "with 'text' or chat 'messages' (rendered through the model's chat template)",
+        )
+
+
+def _device(p: argparse.ArgumentParser, what: str = "computes") -> None:
+    """``--device``: checked by the command before any weights load (``efflm.core.device.resolve``)."""
+    p.add_argument(
+        "--device",
+        default="auto",
+        help=f"where the model {what}: auto (the first GPU when torch sees one, else the CPU), cpu, cuda or "
+        "cuda:N (efflm's C kernels are the CPU's; on a GPU every module runs its torch path)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -118,6 +137,7 @@ def parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--address", help="with --executor ray: join the Ray cluster at HOST:PORT")
     b.add_argument("--gpus-per-row", type=float, default=0.0, help="with --executor ray: GPUs each row declares")
+    _device(b, "of each row is measured (and trained, --suite finetune/recover)")
     b.set_defaults(fn=commands.cmd_bench)
 
     lb = sub.add_parser("leaderboard", help="print the leaderboard; write leaderboard.md and pareto.png")
@@ -149,6 +169,7 @@ def parser() -> argparse.ArgumentParser:
         help="efflm directory, compressed-tensors directory (vLLM, transformers), "
         "or a .gguf file (llama.cpp; symmetric 4/8-bit g32 codes as Q4_0/Q8_0)",
     )
+    _device(c, "calibrates on (each layer streamed there in turn)")
     c.set_defaults(fn=commands.cmd_compress)
 
     e = sub.add_parser("eval", help="perplexity of a model (optionally after a recipe) on a text")
@@ -167,6 +188,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_positive, default=8, help="with --tasks: rows scored at once")
     e.add_argument("--chat", action="store_true", help="with --tasks: prompts through the chat template")
     e.add_argument("--out", help="with --tasks: also write the scores as JSON here")
+    _device(e, "is evaluated (after its recipe)")
     e.set_defaults(fn=commands.cmd_eval)
 
     le = sub.add_parser(
@@ -209,6 +231,7 @@ def parser() -> argparse.ArgumentParser:
         help="experimental: torch.compile each decoder layer (recompiles per layer and turns the fused "
         "decode step off; see docs/methods.md)",
     )
+    _device(g, "(and the draft model) decodes")
     g.set_defaults(fn=commands.cmd_generate)
 
     f = sub.add_parser(
@@ -230,6 +253,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--steps", type=_positive, help="optimizer steps (overrides train.steps)")
     f.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     f.add_argument("--db", default=RUNS_DB, help="results database the run's row is written to")
+    _device(f, "and the teacher train (bf16 autocast there by default; under accelerate launch, each process's GPU)")
     f.set_defaults(fn=train_commands.cmd_finetune)
 
     dc = sub.add_parser(

@@ -54,6 +54,9 @@ def cmd_bench(a) -> int:
         k: getattr(a, k)
         for k in ("seq_len", "windows", "prompt_len", "new_tokens", "reps", "calib_samples", "calib_len", "threads")
     }
+    worker_args["device"] = runner.worker_device(a.device, a.executor, a.gpus_per_row)  # before any work
+    if a.calib:  # each worker calibrates on it and records its sha256 in the row
+        worker_args["calib_file"] = str(Path(a.calib).resolve())
     if a.suite == "tasks" and not (a.recipe or a.methods or a.tasks):
         a.tasks = suites.TASKS_SUITE_TASKS  # the tasks suite scores its rows on tasks
     if a.task_limit and not a.tasks:
@@ -73,6 +76,8 @@ def cmd_bench(a) -> int:
     if a.executor == "ray" and a.suite in ("finetune", "recover") and not (a.recipe or a.methods):
         raise EfflmError(f"--suite {a.suite} trains one run after another; --executor ray is for bench rows")
     trains = a.suite in ("finetune", "recover") and not (a.recipe or a.methods)
+    if a.calib and trains:
+        raise EfflmError(f"--calib goes with bench rows; --suite {a.suite} trains on its own data")
     if a.train_steps is not None and not trains:
         raise EfflmError("--train-steps goes with --suite finetune or --suite recover (the suites that train)")
     opts = runner.BenchOptions(a.model, recipes_, Path(a.db), worker_args, a.executor, a.address, a.gpus_per_row)
@@ -81,7 +86,8 @@ def cmd_bench(a) -> int:
             from efflm import trainer
 
             runner.validate(opts)
-            trainer.recovery_suite(a.model, recipes_, Path(a.db), distill=a.suite == "recover", steps=a.train_steps)
+            trainer.recovery_suite(a.model, recipes_, Path(a.db), distill=a.suite == "recover", steps=a.train_steps,
+                                   device=worker_args["device"])  # fmt: skip
         else:
             runner.bench(opts)
     md, md_path, png = leaderboard.write(Path(a.db), a.model, Path(a.out_dir))
@@ -116,10 +122,12 @@ def cmd_compress(a) -> int:
         raise EfflmError(f"output exists: {out} (choose another --out)")
     template = None
     from efflm import pipeline
+    from efflm.core.device import resolve
     from efflm.io import compressed_tensors, gguf_export
 
+    device = resolve(a.device)
     recipe = recipe_arg(a.recipe)
-    pipeline.validate(a.model, recipe, a.calib_samples, a.calib_len)
+    pipeline.validate(a.model, recipe, a.calib_samples, a.calib_len, calib_file=a.calib)
     if a.format != "efflm":
         (gguf_export if a.format == "gguf" else compressed_tensors).check_recipe(recipe)
     if a.format == "gguf":
@@ -140,7 +148,13 @@ def cmd_compress(a) -> int:
             raise EfflmError(
                 "--format compressed-tensors needs the compressed-tensors package (pip install 'efflm[interop]')"
             )
-    model, tok = pipeline.load_and_apply(a.model, recipe, a.calib_samples, a.calib_len)
+    calib = dict(calib_file=a.calib, device=device)
+    if a.format == "efflm" and len(recipe) == 1 and pipeline.streams(a.model, recipe):
+        seconds = pipeline.compress_streamed(a.model, recipe, out, a.calib_samples, a.calib_len, **calib)
+        per = sorted(seconds.values())[len(seconds) // 2] if seconds else 0.0
+        print(f"wrote {out} ({recipes.label(recipe)}, {a.format}; streamed {len(seconds)} layers, {per:.2f} s median)")
+        return 0
+    model, tok = pipeline.load_and_apply(a.model, recipe, a.calib_samples, a.calib_len, **calib)
     if a.format == "gguf":
         gguf_export.export(model, template, out)
     elif a.format == "compressed-tensors":
@@ -160,20 +174,25 @@ def _load(a, recipe):
     if getattr(a, "adapter", None):
         from efflm import trainer
 
+        if a.calib:  # checked before any weights load
+            raise EfflmError("--calib goes without --adapter: an adapter's base is calibrated on the built-in text")
+
         return trainer.load_model(a.model, recipe, a.adapter)
-    return pipeline.load_and_apply(a.model, recipe, a.calib_samples, a.calib_len)
+    return pipeline.load_and_apply(a.model, recipe, a.calib_samples, a.calib_len, calib_file=a.calib)
 
 
 def cmd_eval(a) -> int:
     from efflm import pipeline
+    from efflm.core.device import resolve as resolve_device
     from efflm.datasets import text
     from efflm.eval.metrics import model_bytes, perplexity
     from efflm.models.sources import load_tokenizer
 
+    dev = resolve_device(a.device)  # a device that is not there fails first
     recipe = recipe_arg(a.recipe)
-    pipeline.validate(a.model, recipe, a.calib_samples, a.calib_len)
+    pipeline.validate(a.model, recipe, a.calib_samples, a.calib_len, calib_file=a.calib)
     if a.tasks:
-        return _eval_tasks(a, recipe)
+        return _eval_tasks(a, recipe, dev)
     if a.limit or a.chat or a.out:
         raise EfflmError("--limit, --chat and --out go with --tasks")
     source = text.read_text_file(a.text_file) if a.text_file else None
@@ -186,7 +205,7 @@ def cmd_eval(a) -> int:
             "(lower --seq-len or give more text)"
         )
     model, tok = _load(a, recipe)
-    r = perplexity(model, ids, seq_len=a.seq_len, n_windows=a.windows)
+    r = perplexity(model.to(dev), ids, seq_len=a.seq_len, n_windows=a.windows)
     where = a.text_file or "Shakespeare evaluation split"
     print(
         f"ppl {r['ppl']:.3f} over {r['eval_tokens']} tokens ({r['windows']} windows of {r['seq_len']}) "
@@ -195,7 +214,7 @@ def cmd_eval(a) -> int:
     return 0
 
 
-def _eval_tasks(a, recipe) -> int:
+def _eval_tasks(a, recipe, dev) -> int:
     from efflm.core.atomic import atomic_write_text, check_target
     from efflm.eval import lm_eval_run
 
@@ -205,7 +224,9 @@ def _eval_tasks(a, recipe) -> int:
     if a.out:
         check_target(Path(a.out))
     model, tok = _load(a, recipe)
-    scores = lm_eval_run.run_tasks(model, tok, names, limit=a.limit, batch_size=a.batch_size, chat=a.chat, extra=extra)
+    scores = lm_eval_run.run_tasks(
+        model.to(dev), tok, names, limit=a.limit, batch_size=a.batch_size, chat=a.chat, extra=extra
+    )
     from efflm.eval.offline_tasks import RANDOM_BASELINE
 
     print("| task | metric | value | ± stderr | random baseline |")
@@ -228,10 +249,12 @@ def cmd_lm_eval(a) -> int:
 
 
 def cmd_generate(a) -> int:
+    from efflm.core.device import resolve as resolve_device
     from efflm.eval.metrics import bandwidth_gbs, bytes_read_per_token
     from efflm.inference.generate import SamplingConfig, generate
     from efflm.inference.speculative import check_compatible, first_layers, speculative_generate
 
+    dev = resolve_device(a.device)  # a device that is not there fails first
     cfg = SamplingConfig(
         max_new_tokens=a.max_new_tokens,
         temperature=a.temperature,
@@ -249,7 +272,7 @@ def cmd_generate(a) -> int:
     if a.draft_model:  # the draft's recipe and vocabulary are checked before the target's weights load
         from efflm.models.sources import model_config
 
-        pipeline.validate(a.draft_model, draft_recipe, a.calib_samples, a.calib_len)
+        pipeline.validate(a.draft_model, draft_recipe, a.calib_samples, a.calib_len, calib_file=a.calib)
         check_compatible(model_config(a.model), model_config(a.draft_model))
     compressor.check(a, None)
     model, tok = _load(a, recipe)
@@ -261,10 +284,13 @@ def cmd_generate(a) -> int:
         before, after = sum(n_tokens(tok, p) for p in a.prompt), sum(n_tokens(tok, p) for p in short)
         print(f"efflm: {fn.label}: prompt {before} → {after} tokens", file=sys.stderr)
         a.prompt = short
-    draft = None
+    model, draft = model.to(dev), None  # after the prompt compressor's CPU passes
     if a.draft_model:
-        draft, draft_tok = pipeline.load_and_apply(a.draft_model, draft_recipe, a.calib_samples, a.calib_len)
+        draft, draft_tok = pipeline.load_and_apply(
+            a.draft_model, draft_recipe, a.calib_samples, a.calib_len, calib_file=a.calib
+        )
         check_compatible(model, draft, tok, draft_tok)
+        draft = draft.to(dev)
     elif a.draft_layers:
         draft = first_layers(model, a.draft_layers)
 
@@ -298,12 +324,12 @@ def cmd_generate(a) -> int:
             print(f"[{i}] {r.text}")
     else:
         print()
-    ceiling = bandwidth_gbs() * 1e9 / bytes_read_per_token(model)
     n = sum(len(r.tokens) for r in results)
-    line = (
-        f"{n} tokens; decode {timing.tok_s:.1f} tok/s per sequence, {timing.tok_s / ceiling * 100:.0f}% of the "
-        f"bandwidth ceiling ({ceiling:.0f} tok/s); TTFT {timing.ttft_s * 1000:.0f} ms"
-    )
+    line = f"{n} tokens; decode {timing.tok_s:.1f} tok/s per sequence"
+    if dev.type == "cpu":  # the ceiling: this CPU's memory bandwidth over the bytes a token reads
+        ceiling = bandwidth_gbs() * 1e9 / bytes_read_per_token(model)
+        line += f", {timing.tok_s / ceiling * 100:.0f}% of the bandwidth ceiling ({ceiling:.0f} tok/s)"
+    line += f"; TTFT {timing.ttft_s * 1000:.0f} ms"
     if stats is not None:
         line += f"; drafted {stats.proposed}, accepted {stats.acceptance:.0%}, {stats.target_steps} target steps"
     print(line, file=sys.stderr)
@@ -318,7 +344,7 @@ def cmd_serve(a) -> int:
     if not 0 < a.port < 65536:
         raise EfflmError(f"--port must be in 1..65535, got {a.port}")
     recipe = recipe_arg(a.recipe)
-    pipeline.validate(a.model, recipe, a.calib_samples, a.calib_len)
+    pipeline.validate(a.model, recipe, a.calib_samples, a.calib_len, calib_file=a.calib)
     try:  # a busy port or unknown host is a user error, found before the model loads
         with socket.socket(socket.AF_INET6 if ":" in a.host else socket.AF_INET) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -55,6 +55,7 @@ class Method:
     out_config: Callable[[Any, MethodConfig], Any] | None = None  # the config after apply, if it changes
     hooks: type | None = None  # a trained method's TrainHooks subclass (efflm.finetune.hooks)
     module: str = ""  # the method file that registered it (apply's module)
+    layerwise: bool = False  # apply visits decoder layers once, in order, only through efflm.models.streaming
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -71,11 +72,16 @@ def register(
     check: Callable | None = None,
     out_config: Callable | None = None,
     hooks: type | None = None,
+    layerwise: bool = False,
 ) -> Callable:
     """Decorator for an ``apply`` function: ``@register(RTNConfig, family=...)``.
 
     ``hooks`` is a trained method's ``TrainHooks`` subclass (what it adds to the training loop,
     ``efflm.finetune.hooks.hooks_for``); typed loosely because the registry imports no method.
+
+    ``layerwise``: ``apply`` reaches the decoder layers only through ``each_layer``,
+    ``decoder_linears`` or ``efflm.calib.layerwise.run`` — each layer once, in order, touching
+    nothing outside them — so it can run on a layer-streamed model (``efflm.models.streaming``).
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}")
@@ -97,6 +103,7 @@ def register(
             out_config,
             hooks,
             apply_fn.__module__,
+            layerwise,
         )
         return apply_fn
 

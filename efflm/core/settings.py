@@ -62,6 +62,13 @@ SETTINGS: tuple[Setting, ...] = (
         recorded=True,
     ),
     Setting(
+        "EFFLM_STREAM",
+        "1",
+        ("0", "1"),
+        "`0`: a recipe of layerwise steps loads the whole model first instead of reading one decoder layer "
+        "at a time from the checkpoint (the result is the same bit for bit; only memory and time differ).",
+    ),
+    Setting(
         "EFFLM_SWEEP_KERNEL",
         "1",
         ("0", "1"),
@@ -110,6 +117,10 @@ def progress() -> bool | None:
 
 def q4_kernel() -> bool:
     return value("EFFLM_Q4_KERNEL") == "1"
+
+
+def stream() -> bool:
+    return value("EFFLM_STREAM") == "1"
 
 
 def sweep_kernel() -> bool:

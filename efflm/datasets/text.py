@@ -125,22 +125,40 @@ def dev_tokens(tokenizer, n_tokens: int | None = None) -> torch.Tensor:
 def calibration_windows(tokenizer, n_samples: int, seq_len: int, seed: int = 0) -> torch.Tensor:
     """``n_samples`` random windows of ``seq_len`` tokens from the calibration split, seeded."""
     check_calibration(tokenizer, n_samples, seq_len)
-    ids = _split_tokens(tokenizer, "calib")[:-DEV_TOKENS]
-    g = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, ids.numel() - seq_len, (n_samples,), generator=g)
-    return torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
+    return draw_windows(_split_tokens(tokenizer, "calib")[:-DEV_TOKENS], n_samples, seq_len, seed)
 
 
 def check_calibration(tokenizer, n_samples: int, seq_len: int) -> None:
     """Raise unless ``n_samples`` windows of ``seq_len`` tokens fit in the calibration split."""
+    check_sizes(n_samples, seq_len)
+    check_windows(_split_tokens(tokenizer, "calib")[:-DEV_TOKENS].numel(), n_samples, seq_len, "the calibration split")
+
+
+def check_sizes(n_samples: int, seq_len: int) -> None:
+    """Raise unless a calibration request's sample count and window length are positive."""
     if n_samples <= 0 or seq_len <= 0:
         raise EfflmError(f"calibration needs positive samples and length, got {n_samples} x {seq_len}")
-    ids = _split_tokens(tokenizer, "calib")[:-DEV_TOKENS]
-    if ids.numel() < n_samples * seq_len or ids.numel() <= seq_len:
+
+
+def check_windows(n_tokens: int, n_samples: int, seq_len: int, where: str) -> None:
+    """Raise unless ``n_samples`` windows of ``seq_len`` tokens can be drawn from ``n_tokens``
+    tokens (``where`` names their source in the message)."""
+    check_sizes(n_samples, seq_len)
+    needed = max(n_samples * seq_len, seq_len + 1)
+    if n_tokens < needed:
         raise EfflmError(
-            f"too few calibration tokens: the calibration split has {ids.numel()}, fewer than "
+            f"too few calibration tokens: {where} has {n_tokens} tokens, {needed} are needed for "
             f"the requested {n_samples} samples x {seq_len} tokens"
         )
+
+
+def draw_windows(ids: torch.Tensor, n_samples: int, seq_len: int, seed: int = 0) -> torch.Tensor:
+    """``n_samples`` windows of ``seq_len`` tokens at seeded random starts in the 1-D ``ids``
+    (checked with ``check_windows`` first): a ``(n_samples, seq_len)`` LongTensor."""
+    check_windows(ids.numel(), n_samples, seq_len, "the token sequence")
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, ids.numel() - seq_len, (n_samples,), generator=g)
+    return torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
 
 
 def paragraphs(split: str, min_words: int = 40) -> list[str]:

@@ -63,8 +63,8 @@ def on_policy(model: torch.nn.Module, batch: dict, temperature: float, seed: int
     B, T = ids.shape
     lens = prompt_lengths(batch["labels"], mask)
     width = max(lens)
-    left = torch.zeros(B, width, dtype=ids.dtype)
-    valid = torch.zeros(B, width, dtype=torch.bool)
+    left = torch.zeros(B, width, dtype=ids.dtype, device=ids.device)
+    valid = torch.zeros(B, width, dtype=torch.bool, device=ids.device)
     for i, n in enumerate(lens):
         left[i, width - n :], valid[i, width - n :] = ids[i, :n], True
     budget = max(int(mask[i].sum()) - n for i, n in enumerate(lens))
@@ -78,7 +78,7 @@ def on_policy(model: torch.nn.Module, batch: dict, temperature: float, seed: int
     new_ids, new_mask = torch.zeros_like(ids), torch.zeros_like(mask)
     labels = torch.full_like(ids, -100)
     for i, (n, g) in enumerate(zip(lens, outs)):
-        row = torch.cat([ids[i, :n], torch.tensor(g.tokens[: T - n], dtype=ids.dtype)])
+        row = torch.cat([ids[i, :n], torch.tensor(g.tokens[: T - n], dtype=ids.dtype, device=ids.device)])
         new_ids[i, : row.numel()], new_mask[i, : row.numel()] = row, 1
         labels[i, n : row.numel()] = row[n:]
     return {"input_ids": new_ids, "attention_mask": new_mask, "labels": labels}

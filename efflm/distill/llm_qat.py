@@ -62,8 +62,9 @@ class LLMQATHooks(DistillHooks):
         """Pack the trained weights into the real low-bit format."""
         with torch.no_grad():
             for path, m in decoder_linears(model):
-                if isinstance(m, FakeQuantLinear):
-                    set_module(model, path, to_quant_linear(m, m.bits, m.group_size, m.symmetric))
+                if isinstance(m, FakeQuantLinear):  # packed where the weight is (the model's device)
+                    packed = to_quant_linear(m, m.bits, m.group_size, m.symmetric).to(m.weight.device)
+                    set_module(model, path, packed)
 
 
 @register(

@@ -123,9 +123,10 @@ class TopKCache:
         T, rows = input_ids.shape[1], []
         if step >= self.ids.shape[0]:
             raise EfflmError(f"top-k cache: holds {self.ids.shape[0]} steps, the run reached step {step + 1}")
-        for row in input_ids.to(torch.int32):  # a row's first T tokens (its padding included)
+        for row in input_ids.cpu().to(torch.int32):  # a row's first T tokens (its padding included)
             hit = (self.ids[step, :, :T] == row).all(-1).nonzero()
             if not hit.numel():
                 raise EfflmError(f"top-k cache: step {step} holds no batch row with these tokens")
             rows.append(int(hit[0]))
-        return self.index[step, rows, : T - 1].to(torch.int64), self.logp[step, rows, : T - 1].float()
+        where = input_ids.device  # the cache is read on the CPU; its rows go where the batch is
+        return self.index[step, rows, : T - 1].to(where, torch.int64), self.logp[step, rows, : T - 1].to(where).float()

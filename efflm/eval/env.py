@@ -62,8 +62,10 @@ def kernels() -> dict:
 
 def row_env(env: dict, data: dict) -> dict:
     """``env`` for one result row: the kernel choices its worker reported (``data["kernels"]``) over
-    the process-wide ones."""
-    return {**env, "kernels": {**env.get("kernels", {}), **data.get("kernels", {})}}
+    the process-wide ones, and the device it was measured on (``data["device"]``: ``cpu``, or
+    ``cuda:N (the GPU's name)``)."""
+    row = {**env, "kernels": {**env.get("kernels", {}), **data.get("kernels", {})}}
+    return {**row, "device": data["device"]} if "device" in data else row
 
 
 def environment() -> dict:

@@ -19,6 +19,7 @@ from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
+from efflm.core.device import of as device_of
 from efflm.core.errors import EfflmError
 from efflm.core.progress import progress
 
@@ -109,11 +110,12 @@ class EfflmLM(TemplateLM):
             for j, i in enumerate(batch):
                 inp = rows[i][0]
                 ids[j, : len(inp)], mask[j, : len(inp)] = torch.tensor(inp), 1
-            logits = self.model(input_ids=ids, attention_mask=mask).logits
+            where = device_of(self.model)  # the rows go where the model is; the scores come back
+            logits = self.model(input_ids=ids.to(where), attention_mask=mask.to(where)).logits
             for j, i in enumerate(batch):
                 inp, cont = rows[i]
                 n = len(cont)
-                lp = torch.log_softmax(logits[j, len(inp) - n : len(inp)].float(), dim=-1)
+                lp = torch.log_softmax(logits[j, len(inp) - n : len(inp)].float(), dim=-1).cpu()
                 target = torch.tensor(cont)
                 greedy = bool((lp.argmax(-1) == target).all())
                 out[i] = (float(lp.gather(-1, target[:, None]).sum()), greedy)

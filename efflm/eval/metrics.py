@@ -33,6 +33,8 @@ from typing import Any
 import torch
 
 from efflm.core.defaults import EVAL_SEQ_LEN, EVAL_WINDOWS
+from efflm.core.device import of as device_of
+from efflm.core.device import synchronize
 from efflm.core.errors import EfflmError
 from efflm.core.progress import progress
 
@@ -52,8 +54,9 @@ def perplexity(
     n = min(n_windows, available)
     nll, count = 0.0, 0
     engine = _kv_engine(model)
+    where = device_of(model)  # the windows go where the model is
     for i in progress(range(n), desc="perplexity", total=n):
-        window = ids[i * seq_len : (i + 1) * seq_len].unsqueeze(0)
+        window = ids[i * seq_len : (i + 1) * seq_len].unsqueeze(0).to(where)
         if engine is not None:  # token by token through the model's KV-cache method
             engine.start(1, seq_len)
             logits = engine.feed(window, all_logits=True)[0, :-1]
@@ -131,8 +134,10 @@ def _timed(fn) -> float:
 @torch.inference_mode()
 def hf_greedy_timing(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
     """transformers' ``generate`` (the reference path): (prefill seconds, decode seconds)."""
+    prompt = prompt.to(device_of(model))
     t0 = time.perf_counter()
     model(prompt, use_cache=True)
+    synchronize(prompt.device)
     prefill = time.perf_counter() - t0
     t0 = time.perf_counter()
     model.generate(
@@ -143,6 +148,7 @@ def hf_greedy_timing(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: i
         do_sample=False,
         pad_token_id=0,
     )
+    synchronize(prompt.device)
     return prefill, max(1e-9, time.perf_counter() - t0 - prefill)
 
 

@@ -18,7 +18,9 @@ from efflm.datasets.finetune import Task, prompt_ids
 
 @torch.inference_mode()
 def answer(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 16) -> str:
-    ids = torch.tensor([prompt_ids(tokenizer, prompt)])
+    from efflm.core.device import of as device_of
+
+    ids = torch.tensor([prompt_ids(tokenizer, prompt)], device=device_of(model))
     out = model.generate(
         ids,
         attention_mask=torch.ones_like(ids),

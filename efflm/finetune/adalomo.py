@@ -70,9 +70,9 @@ class AdaLomoRule:
         at a time (three passes: the means, RMS(u), the update)."""
         R, C = g.shape
         if "row" not in st:
-            st["row"], st["col"] = torch.zeros(R), torch.zeros(C)
-        col_sum = torch.zeros(C)
-        row_mean = torch.empty(R)
+            st["row"], st["col"] = torch.zeros(R, device=g.device), torch.zeros(C, device=g.device)
+        col_sum = torch.zeros(C, device=g.device)
+        row_mean = torch.empty(R, device=g.device)
         blocks = self._rows(g)
         for b in blocks:
             sq = g[b].float().square().add_(self.eps[0])  # out of place: g[b] may be g itself

@@ -109,7 +109,7 @@ class AdaLoRAHooks(TrainHooks):
         reg = 0.0
         for m in self._adapters(model):
             P, Q = m.lora_B, m.lora_A
-            eye = torch.eye(m.r, dtype=P.dtype)
+            eye = torch.eye(m.r, dtype=P.dtype, device=P.device)
             reg = reg + ((P.T @ P - eye) ** 2).sum() + ((Q @ Q.T - eye) ** 2).sum()
         n = max(len(self._adapters(model)), 1)
         return self.config.orth_reg_weight * reg / n
@@ -118,6 +118,8 @@ class AdaLoRAHooks(TrainHooks):
         s = (p * p.grad).abs().detach() if p.grad is not None else torch.zeros_like(p)
         if key not in self.ipt:
             self.ipt[key], self.unc[key] = torch.zeros_like(s), torch.zeros_like(s)
+        elif self.ipt[key].device != s.device:  # read back from a checkpoint (kept on the CPU)
+            self.ipt[key], self.unc[key] = self.ipt[key].to(s.device), self.unc[key].to(s.device)
         self.ipt[key].mul_(cfg.beta1).add_(s, alpha=1 - cfg.beta1)
         self.unc[key].mul_(cfg.beta2).add_((s - self.ipt[key]).abs(), alpha=1 - cfg.beta2)
         return self.ipt[key] * self.unc[key]

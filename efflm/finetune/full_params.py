@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from efflm.core.errors import ConfigError
@@ -49,12 +50,20 @@ def unfreeze(model: nn.Module, config: FullConfig) -> nn.Module:
             continue
         p.requires_grad_(True)
         if config.keep_sparsity and p.dim() == 2 and (p == 0).float().mean() >= SPARSE:
-            keep = (p != 0).to(p.dtype)
-            p._efflm_keep = keep
-            p.register_hook(lambda g, keep=keep: g * keep)
+            p._efflm_keep = (p != 0).to(p.dtype)
+            p.register_hook(lambda g, p=p: g * keep_mask(p))
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(f"{config.method}: the model has no floating-point weights to train")
     return model
+
+
+def keep_mask(p: nn.Parameter) -> torch.Tensor | None:
+    """A pruned weight's mask (None for others), on the weight's device: it follows the model
+    when the run moves it to a GPU after ``unfreeze``."""
+    keep = getattr(p, "_efflm_keep", None)
+    if keep is not None and keep.device != p.device:
+        keep = p._efflm_keep = keep.to(p.device)
+    return keep
 
 
 class FullHooks(TrainHooks):

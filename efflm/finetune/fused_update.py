@@ -64,8 +64,11 @@ class FusedUpdate:
     def load_state_dict(self, saved: dict) -> None:
         state = getattr(self.rule, "state", None)
         if state is not None:
-            state.clear()
-            state.update({id(self.params[int(i)]): s for i, s in saved.items()})
+            from efflm.core.device import move
+
+            saved = {int(i): s for i, s in saved.items()}
+            state.clear()  # each parameter's state where the parameter is (checkpoints keep CPU copies)
+            state.update({id(p): move(saved[i], p.device) for i, p in enumerate(self.params) if i in saved})
 
     def close(self) -> None:
         for h in self._handles:

@@ -30,7 +30,7 @@ class _FusedHeadCE(torch.autograd.Function):
             norm = g.sum(dim=-1, keepdim=True)
             total += (top.squeeze(1) + norm.log().squeeze(1) - target).sum()
             g.div_(norm)
-            g[torch.arange(g.shape[0]), yc] -= 1.0
+            g[torch.arange(g.shape[0], device=g.device), yc] -= 1.0
             g = g.to(h.dtype)
             grad_h[i : i + chunk] = g @ w
             if grad_w is not None and g.dtype == grad_w.dtype:

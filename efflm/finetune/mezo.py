@@ -24,7 +24,7 @@ import torch
 from efflm.core.errors import ConfigError
 from efflm.core.fields import opt
 from efflm.core.registry import config_from_dict, get, register
-from efflm.finetune.full_params import FullConfig, FullHooks, one_process, unfreeze
+from efflm.finetune.full_params import FullConfig, FullHooks, keep_mask, one_process, unfreeze
 
 
 class MeZO:
@@ -40,8 +40,9 @@ class MeZO:
     def z(self, index: int, p: torch.Tensor, step_seed: int) -> torch.Tensor:
         """Parameter ``index``'s direction at this step, regenerated identically on every call."""
         g = torch.Generator().manual_seed((step_seed * 1_000_003 + index) % 2**63)
-        z = torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype)
-        keep = getattr(p, "_efflm_keep", None)  # a pruned weight's mask: its zeros stay zero
+        # drawn on the CPU (the same z on every device), then moved to the parameter
+        z = torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.device, p.dtype)
+        keep = keep_mask(p)  # a pruned weight's mask: its zeros stay zero
         return z if keep is None else z.mul_(keep)
 
     def state_dict(self) -> dict:

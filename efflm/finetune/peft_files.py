@@ -67,7 +67,7 @@ def adapter_state(model: torch.nn.Module, config: MethodConfig) -> dict[str, tor
             t = t[:rank]
         elif rank and name.endswith("lora_B.weight"):
             t = t[:, :rank]
-        out[_peft_key(name)] = t.float().contiguous()
+        out[_peft_key(name)] = t.float().cpu().contiguous()  # a GPU run writes the CPU run's file
     return out
 
 

@@ -8,12 +8,15 @@ Every random choice is a function of ``(seed, step)`` — the batch a step reads
 rank, dropout's generator state — so a resumed run reproduces the uninterrupted one.
 It runs under ``accelerate`` (``accelerate launch`` spreads it over processes with DDP): each
 process reads its own slice of the global batch and gradients are averaged by the wrapper.
+It trains on one device (``device``: the CPU or a GPU; under DDP each process's own GPU): the
+model is moved there first and every micro-batch follows it, after the method's ``batch`` hook.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from efflm.core import device as devices
 from efflm.core.errors import ConfigError
 from efflm.core.fields import opt
 from efflm.core.progress import progress
@@ -51,7 +55,11 @@ class TrainConfig:
     grad_checkpointing: bool = opt(
         False, "recompute each decoder layer's activations in the backward pass instead of keeping them"
     )
-    bf16: bool = opt(False, "run the forward and backward passes under bf16 autocast (accelerate's mixed precision)")
+    bf16: bool | str = opt(
+        "auto",
+        "run the forward and backward passes under bf16 autocast (accelerate's mixed precision): true, false, "
+        "or auto (on when training on a CUDA GPU, off on the CPU; a run records the value it used)",
+    )
     loss_chunk: int = opt(
         512,
         "tokens per cross-entropy chunk: the head's logits are made and recomputed this many at a time "
@@ -71,9 +79,18 @@ class TrainConfig:
             raise ConfigError("train: warmup, eval_every, loss_chunk and max_grad_norm must be >= 0")
         if self.batch % self.grad_accum:
             raise ConfigError(f"train: batch {self.batch} must be a multiple of grad_accum {self.grad_accum}")
+        if not isinstance(self.bf16, bool) and self.bf16 != "auto":
+            raise ConfigError(f"train: bf16 must be true, false or auto, got {self.bf16!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def on(self, device: torch.device | str) -> "TrainConfig":
+        """This config as run on ``device``: ``bf16: auto`` made true on a CUDA GPU, false elsewhere
+        (so a CPU run's config, fingerprint and stored recipe are what they were before ``auto``)."""
+        if isinstance(self.bf16, bool):
+            return self
+        return dataclasses.replace(self, bf16=devices.is_cuda(device))
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -127,6 +144,12 @@ class TrainState:
     step_seconds: list[float] = field(default_factory=list)
 
 
+def place(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A micro-batch on the device the model trains on (its tensors made on the CPU by the data,
+    a method's hook or a teacher cache)."""
+    return devices.move(batch, device)
+
+
 def trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -153,6 +176,26 @@ class AdamW:
         self.sched.load_state_dict(state["scheduler"])
 
 
+SHARDED = (
+    "train: accelerate's FSDP / DeepSpeed sharding is not supported: efflm writes checkpoints and adapters "
+    "from rank 0's whole tensors (use DDP: accelerate launch --multi_gpu)"
+)
+
+
+def accelerator(device: torch.device, bf16: bool) -> Any:
+    """accelerate's ``Accelerator`` for a run on ``device`` (``cpu=`` unless it is a CUDA GPU; that GPU
+    made the current one, so ``cuda:N`` is honoured). accelerate keeps its state per process: in
+    one process (no launcher) a run's device and precision replace an earlier run's."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    if devices.is_cuda(device):
+        torch.cuda.set_device(device)
+    return Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not devices.is_cuda(device))
+
+
 def train(*args: Any, **kwargs: Any) -> TrainState:
     """``_train`` inside a forked RNG: its per-step seeding (dropout) leaves the caller's global
     torch RNG as it was (no process-wide side effect)."""
@@ -171,6 +214,7 @@ def _train(
     evaluate: Callable[[nn.Module], dict] | None = None,
     on_checkpoint: Callable[[TrainState, Any], None] | None = None,
     stop_at: int | None = None,
+    device: torch.device | str | None = None,
 ) -> TrainState:
     """Train ``model``'s trainable tensors for ``cfg.steps`` optimizer steps.
 
@@ -180,10 +224,19 @@ def _train(
     ``hooks.updater`` decides how weights change: AdamW after backward (the default), inside
     the backward pass (``kind == "fused"``: ``step(loss, lr)``) or from forward passes only
     (``kind == "zeroth"``: ``step(loss_fn, lr) -> (loss, projected gradient)``).
+    ``device`` (default: where the model is) is where it trains: the model goes there before its
+    updater is made, and every micro-batch follows it; ``train.bf16: auto`` is on for a CUDA GPU.
     """
-    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
 
-    acc = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=not torch.cuda.is_available())
+    dev = devices.of(model) if device is None else torch.device(device)
+    cfg = cfg.on(dev)
+    acc = accelerator(dev, cfg.bf16)
+    if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+        raise ConfigError(SHARDED)
+    if acc.num_processes > 1:  # launched: each process trains on the device accelerate gave it
+        dev = acc.device
+    model.to(dev)
     state = state or TrainState()
     if cfg.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -192,8 +245,8 @@ def _train(
     if updater_state is not None:
         updater.load_state_dict(updater_state)
     loss_model = LossModel(model, cfg.loss_chunk, hooks.extra_loss, hooks.loss)
-    if updater.kind == "backward":
-        loss_model, opt = acc.prepare(loss_model, updater.opt)
+    if updater.kind == "backward":  # placed above already (DDP wraps it where it is)
+        loss_model, opt = acc.prepare(loss_model, updater.opt, device_placement=[False, False])
     n_micro = cfg.grad_accum
     end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
     bar = progress(range(state.step, end), desc="train", total=end - state.step, leave=True)
@@ -201,8 +254,8 @@ def _train(
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout, per step
         hooks.before_step(model, step, torch.Generator().manual_seed(cfg.seed * 7919 + step))
         t0, lr = time.perf_counter(), cfg.lr * lr_factor(step, cfg)
-        batches = [hooks.batch(model, batch_at(step, m, n_micro), step) for m in range(n_micro)]
-        tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        batches = [place(hooks.batch(model, place(batch_at(step, m, n_micro), dev), step), dev) for m in range(n_micro)]
+        tokens = sum(b["attention_mask"].sum() for b in batches)  # read after the step (no sync before it)
         if updater.kind == "backward":
             step_loss = 0.0
             for b in batches:
@@ -233,7 +286,7 @@ def _train(
             hooks.after_step(model, step, cfg.steps)
         state.step_seconds.append(time.perf_counter() - t0)
         state.seconds += state.step_seconds[-1]
-        state.step, state.tokens = step + 1, state.tokens + tokens
+        state.step, state.tokens = step + 1, state.tokens + int(tokens)
         state.losses.append(step_loss)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{state.tokens / state.seconds:.0f}")

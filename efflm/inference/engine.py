@@ -15,6 +15,7 @@ sequence's first real token, so a padded row decodes exactly as it would alone.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -75,6 +76,7 @@ class Engine:
         attn0 = getattr(attn0, "model", attn0)  # LLaMA-Adapter wraps the attention
         self.scale = getattr(attn0, "scaling", self.head_dim**-0.5)
         self.dtype = self.norm.weight.dtype
+        self.device = self.norm.weight.device  # where the model is: the cache and every step's tensors go there
         self.vocab = cfg.vocab_size
         self.mods = [
             (
@@ -88,7 +90,7 @@ class Engine:
         self.cache: KVCache | None = None
         self._mask_key: torch.Tensor | None = None
         self._mask: torch.Tensor | None = None
-        self.pos = torch.zeros(1, dtype=torch.long)
+        self.pos = torch.zeros(1, dtype=torch.long, device=self.device)
         self._layer = self._layer_eager
         if compile:
             self._layer = compiled(self._layer_eager)
@@ -100,10 +102,16 @@ class Engine:
     def start(self, batch: int, total: int) -> KVCache:
         """A fresh cache for ``batch`` sequences of up to ``total`` tokens (policies may keep fewer);
         a prompt/prefix-tuned model's virtual tokens take the first slots."""
-        self.cache = make_cache(self.model, batch, total + self.prompt.n_virtual, torch.float32)
-        self.pos = torch.zeros(batch, dtype=torch.long)
-        self.prompt.start(self, batch)
+        with self.here():
+            self.cache = make_cache(self.model, batch, total + self.prompt.n_virtual, torch.float32)
+            self.pos = torch.zeros(batch, dtype=torch.long)
+            self.prompt.start(self, batch)
         return self.cache
+
+    def here(self) -> contextlib.AbstractContextManager:
+        """Tensors made inside (the cache's, the KV policies' positions and masks) go to the model's
+        device; on the CPU nothing changes (no device mode on the hot path)."""
+        return contextlib.nullcontext() if self.device.type == "cpu" else torch.device(self.device)
 
     def _layer_eager(
         self,
@@ -146,7 +154,14 @@ class Engine:
 
     @torch.inference_mode()
     def step(self, ids: torch.Tensor, valid: torch.Tensor | None = None, all_logits: bool = False) -> torch.Tensor:
-        """One forward of ``ids [B, T]`` through the cache; fp32 logits ``[B, T or 1, V]``."""
+        """One forward of ``ids [B, T]`` (on any device: moved to the model's) through the cache;
+        fp32 logits ``[B, T or 1, V]`` on the model's device."""
+        ids = ids.to(self.device)
+        valid = None if valid is None else valid.to(self.device)
+        with self.here():
+            return self._step(ids, valid, all_logits)
+
+    def _step(self, ids: torch.Tensor, valid: torch.Tensor | None, all_logits: bool) -> torch.Tensor:
         cache = self.cache
         B, T = ids.shape
         valid = torch.ones(B, T, dtype=torch.bool) if valid is None else valid.bool()

@@ -104,6 +104,8 @@ class FastDecode:
         try:
             if not settings.fast_decode():
                 raise Unsupported("turned off by EFFLM_FAST_DECODE=0")
+            if engine.device.type != "cpu":
+                raise Unsupported(f"the model is on {engine.device} (the fused C step reads CPU memory)")
             if lib is None or not hasattr(lib, "efflm_decode_layers"):
                 raise Unsupported("no compiled kernels here (no C compiler or AVX2/FMA/F16C, or EFFLM_Q4_KERNEL=0)")
             cfg = engine.model.config

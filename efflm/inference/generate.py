@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from efflm.core.device import synchronize
 from efflm.core.errors import EfflmError
 from efflm.inference.cache import evicting
 from efflm.inference.engine import Engine
@@ -67,8 +68,11 @@ def probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
 
 
 def draw(p: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-    """One token per row of ``p [..., V]``."""
+    """One token per row of ``p [..., V]`` (drawn where ``gen`` lives, the CPU: a seeded draw is the
+    same whichever device made ``p``)."""
     flat = p.reshape(-1, p.shape[-1])
+    if gen is not None and flat.device != gen.device:
+        flat = flat.to(gen.device)
     return torch.multinomial(flat, 1, generator=gen).reshape(p.shape[:-1])
 
 
@@ -222,6 +226,7 @@ def generate_ids(
     for step in range(new):
         nxt = logits.argmax(-1) if cfg.greedy else draw(probs(logits, cfg), gen)
         if step == 0:
+            synchronize(nxt.device)  # a GPU's queued work counts in the time to the first token
             timing.ttft_s = time.perf_counter() - t0
             t0 = time.perf_counter()
         for i in range(B):

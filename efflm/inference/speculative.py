@@ -36,7 +36,9 @@ SPEC_ATTR = "efflm_speculative"
 
 def accept(p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, gen: torch.Generator) -> tuple[int, int]:
     """The acceptance rule. ``p [k+1, V]`` target, ``q [k, V]`` draft distributions, ``tokens [k]``
-    drafted. Returns (number accepted n, the token that follows them)."""
+    drafted. Returns (number accepted n, the token that follows them); decided on the CPU, where
+    ``gen`` draws."""
+    p, q = p.cpu(), q.cpu()
     k = tokens.shape[0]
     for i in range(k):
         x = int(tokens[i])

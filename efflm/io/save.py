@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_model
 
 from efflm.core.atomic import atomic_dir
 from efflm.core.errors import EfflmError
@@ -61,10 +61,9 @@ def load_compressed(path: Path) -> tuple[torch.nn.Module, Any]:
     from efflm.models.file_checks import check_safetensors
 
     meta = json.loads((path / "efflm.json").read_text())
-    weights = path / "model.safetensors"
-    if not weights.is_file():
-        raise EfflmError(f"{path}: missing model.safetensors")
-    check_safetensors(weights)
+    files = _weight_files(path)
+    for f in files:
+        check_safetensors(f)
     config = AutoConfig.from_pretrained(path)
     dtype = getattr(config, "dtype", None) or torch.float32
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
@@ -74,8 +73,21 @@ def load_compressed(path: Path) -> tuple[torch.nn.Module, Any]:
         except EfflmError as e:
             raise EfflmError(f"{path}: {e}") from None
         set_module(model, name, cls.from_spec(entry["args"]))
-    missing, unexpected = load_model(model, str(weights), strict=False)
-    missing = set(missing) - _relink_tied(model, set(missing))
+    expected = set(model.state_dict())
+    loaded, unexpected = set(), []
+    for f in files:  # one shard in memory at a time
+        part = load_file(str(f))
+        unexpected += [k for k in part if k not in expected]
+        model.load_state_dict({k: v for k, v in part.items() if k in expected}, strict=False)
+        loaded |= set(part)
+        del part
+    shared: dict[int, set[str]] = {}  # names of one tied tensor: the file holds it under one of them
+    for k, v in model.state_dict().items():
+        if v.numel():
+            shared.setdefault(v.data_ptr(), set()).add(k)
+    aliases = {k: names for names in shared.values() for k in names}
+    missing = {k for k in expected - loaded if not (aliases.get(k, set()) & loaded)}
+    missing = missing - _relink_tied(model, missing)
     if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
         raise EfflmError(
             f"{path}: weights do not match the saved layout ({len(missing)} missing, "
@@ -84,6 +96,25 @@ def load_compressed(path: Path) -> tuple[torch.nn.Module, Any]:
     if not efflm_modules(model, "embedding"):
         model.tie_weights()
     return model, AutoTokenizer.from_pretrained(path)
+
+
+def _weight_files(path: Path) -> list[Path]:
+    """The safetensors files of a saved model: ``model.safetensors`` or the shards its index names."""
+    from efflm.models.shards import INDEX
+
+    index = path / INDEX
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise EfflmError(f"{index}: not a valid safetensors index") from None
+        missing = [n for n in names if not (path / n).is_file()]
+        if missing:
+            raise EfflmError(f"{path}: shard {missing[0]} named by {INDEX} is missing")
+        return [path / n for n in names]
+    if not (path / "model.safetensors").is_file():
+        raise EfflmError(f"{path}: missing model.safetensors")
+    return [path / "model.safetensors"]
 
 
 def _relink_tied(model: torch.nn.Module, missing: set[str]) -> set[str]:

@@ -105,12 +105,33 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return get_module(model, layout_for(model.config.model_type).layers)
 
 
-def decoder_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(full path, module) of every Linear inside the decoder layers, in forward order."""
+def decoder_linears(model: nn.Module):
+    """(full path, module) of every Linear inside the decoder layers, in forward order.
+
+    On a layer-streamed model (``efflm.models.streaming``) the layers are read as iteration
+    reaches them and handed on after their last Linear: iterate once, keep no module."""
+    from efflm.models.streaming import each_layer, stream_of
+
     layout = layout_for(model.config.model_type)
-    out = []
-    for i, _ in enumerate(decoder_layers(model)):
-        for name in layout.linears:
-            path = f"{layout.layers}.{i}.{name}"
-            out.append((path, get_module(model, path)))
-    return out
+    if stream_of(model) is None:
+        return [
+            (f"{layout.layers}.{i}.{name}", get_module(layer, name))
+            for i, layer in each_layer(model)
+            for name in layout.linears
+        ]
+    return _StreamedLinears(model, layout)
+
+
+class _StreamedLinears:
+    def __init__(self, model: nn.Module, layout: Layout):
+        self.model, self.layout = model, layout
+
+    def __len__(self) -> int:
+        return len(decoder_layers(self.model)) * len(self.layout.linears)
+
+    def __iter__(self):
+        from efflm.models.streaming import each_layer
+
+        for i, layer in each_layer(self.model):
+            for name in self.layout.linears:
+                yield f"{self.layout.layers}.{i}.{name}", get_module(layer, name)

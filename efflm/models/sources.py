@@ -1,4 +1,5 @@
-"""Model specs: the default model, a Hugging Face directory, a GGUF file or ``tiny-llama``.
+"""Model specs: the default model, a Hugging Face directory, a GGUF file, ``tiny-llama``, or a
+hub id (``org/name``) already in the local Hugging Face cache (never downloaded: offline).
 
 ``resolve`` names the source, ``model_config`` reads its config cheaply, ``load_plain`` loads a
 source of standard modules (``efflm.io.load.load`` is the loader for every spec).
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,7 +32,11 @@ from efflm.models.file_checks import check_safetensors, gguf_architecture, sha25
 DEFAULT_MODEL = "smollm2-135m"
 TINY = "tiny-llama"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SPEC_HELP = f"{DEFAULT_MODEL}, {TINY}, a Hugging Face model directory, or a .gguf file"
+SPEC_HELP = (
+    f"{DEFAULT_MODEL}, {TINY}, a Hugging Face model directory, a .gguf file, "
+    "or a hub id (org/name) in the local Hugging Face cache"
+)
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -55,16 +62,43 @@ def resolve(spec: str) -> Source:
     if spec == DEFAULT_MODEL:
         return Source("gguf", smollm2_gguf(), DEFAULT_MODEL)
     path = Path(spec)
+    hub = not path.exists() and _HUB_ID.fullmatch(spec) is not None and ".." not in spec
+    if hub:
+        path = hub_snapshot(spec)
     if not path.exists():
         raise EfflmError(f"model not found: {spec!r} (expected {SPEC_HELP})")
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise EfflmError(f"{path}: not a model directory (no config.json)")
         kind = "efflm" if (path / "efflm.json").is_file() else "hf"
-        return Source(kind, path, str(path))
+        return Source(kind, path, spec if hub else str(path))
     if path.suffix == ".gguf":
         return Source("gguf", path, str(path))
     raise EfflmError(f"{path}: not a model (expected {SPEC_HELP})")
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache, read from the environment now as huggingface_hub reads it at
+    import: ``HF_HUB_CACHE``, else ``HUGGINGFACE_HUB_CACHE``, else ``HF_HOME``/hub, else
+    ``XDG_CACHE_HOME``/huggingface/hub, else ~/.cache/huggingface/hub."""
+    env = os.environ.get
+    home = env("HF_HOME") or os.path.join(env("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "huggingface")
+    cache = env("HF_HUB_CACHE") or env("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")
+    return Path(os.path.expandvars(os.path.expanduser(cache)))
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """The local snapshot directory of hub model ``repo_id`` (its ``main`` revision), from the
+    cache only: absent is one line, and the network is never reached."""
+    from huggingface_hub import snapshot_download
+
+    cache = hub_cache_dir()
+    try:
+        return Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=True))
+    except (OSError, ValueError):  # LocalEntryNotFoundError (an OSError), a ref unreadable, an id refused
+        raise EfflmError(
+            f"model {repo_id!r} is not in the local Hugging Face cache ({cache}); download it first or give a directory"
+        ) from None
 
 
 def gguf_source(spec: str) -> Path | None:
@@ -238,3 +272,12 @@ def own_memory(model: Any) -> Any:
                 else:
                     store[name] = copies[key]
     return model
+
+
+def weights_dir(spec: str) -> Path | None:
+    """The safetensors directory a spec's standard weights are read from (a GGUF file's converted
+    copy), or None for a source that is not one (``tiny-llama``, an efflm directory)."""
+    src = resolve(spec)
+    if src.kind == "gguf":
+        return _converted_gguf(src.path)
+    return src.path if src.kind == "hf" else None

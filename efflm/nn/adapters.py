@@ -25,7 +25,7 @@ def dense_weight(base: nn.Module, dtype: torch.dtype = torch.float32) -> torch.T
     if hasattr(base, "dequantize"):
         return base.dequantize(dtype)
     if hasattr(base, "A") and hasattr(base, "B"):  # LowRankLinear (its sparse residual included)
-        eye = torch.eye(base.in_features, dtype=base.A.dtype)
+        eye = torch.eye(base.in_features, dtype=base.A.dtype, device=base.A.device)
         return (base(eye) - (base.bias if base.bias is not None else 0)).T.to(dtype)
     raise EfflmError(f"{type(base).__name__} has no dense weight to adapt or merge into")
 

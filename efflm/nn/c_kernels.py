@@ -113,6 +113,12 @@ def available() -> bool:
     return library() is not None
 
 
+def takes(x: torch.Tensor) -> bool:
+    """Whether a packed CPU kernel can take ``x``: efflm's C kernels (and torch's int4/int8 CPU
+    kernels) read CPU memory only, so a module whose tensors are on a GPU runs its torch path."""
+    return x.device.type == "cpu"
+
+
 def to_blocks(codes: torch.Tensor) -> torch.Tensor:
     """uint8 nibble codes [N, K] (0..15, centred on 8) -> [N, K/2] in the kernel's order: per pair of
     32-input blocks, 32 bytes whose low nibbles are the first block's codes and high nibbles the

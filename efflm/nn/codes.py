@@ -86,6 +86,7 @@ def to_csr(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 def add_csr(w: torch.Tensor, pointers: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
     """``w`` [rows, cols] with the CSR entries added in place (and returned)."""
-    rows = torch.repeat_interleave(torch.arange(w.shape[0]), pointers.diff().long())
+    counts = pointers.diff().long().to(w.device)
+    rows = torch.repeat_interleave(torch.arange(w.shape[0], device=w.device), counts, output_size=cols.numel())
     w[rows, cols.long()] += vals.float()
     return w

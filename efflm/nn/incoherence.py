@@ -46,7 +46,7 @@ def mix(x: torch.Tensor, q: torch.Tensor, transpose: bool = False) -> torch.Tens
     h = x.shape[-1] // m
     X = x.reshape(*x.shape[:-1], h, m)
     Q = q.to(x.dtype)
-    X = torch.matmul(hadamard(h).to(x.dtype), X) if h > 1 else X
+    X = torch.matmul(hadamard(h).to(x.device, x.dtype), X) if h > 1 else X
     return torch.matmul(X, Q if transpose else Q.t()).reshape(x.shape)
 
 

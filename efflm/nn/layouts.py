@@ -14,7 +14,9 @@
 * ``UInt8``: 5..8-bit asymmetric codes.
 
 A layout packs codes (uint8 in [0, 2^bits − 1]) into ``qweight``, reads them back, and may
-name a kernel for an input; ``QuantLinear`` dequantizes when none applies.
+name a kernel for an input; ``QuantLinear`` dequantizes when none applies. Every kernel here
+reads CPU memory (``c_kernels.takes``): on a GPU each layout unpacks its codes with torch ops
+and the module dequantizes.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class Q4Blocks(Layout):
         return c_kernels.from_blocks(qweight, m.in_features) - torch_kernels.code_shift(m.bits)
 
     def kernel(self, m, x):
-        return "q4" if x.dtype == torch.bfloat16 else None
+        return "q4" if x.dtype == torch.bfloat16 and c_kernels.takes(x) else None
 
     def matmul(self, m, x):
         return c_kernels.q4_mm(x, m.qweight, m.scales, getattr(m, "offsets", None), 2 ** (m.bits - 1), m.group_size)
@@ -92,8 +94,8 @@ class Int4Pack(Layout):
     name = "int4pack"
     portable = False
 
-    def pack(self, m, codes):
-        return torch_kernels.int4pack(codes + torch_kernels.code_shift(m.bits))
+    def pack(self, m, codes):  # torch's packing op runs on the CPU; the result goes where the codes were
+        return torch_kernels.int4pack((codes + torch_kernels.code_shift(m.bits)).cpu()).to(codes.device)
 
     def unpack(self, m, qweight):
         codes = torch_kernels.int4pack_to_codes(qweight, m.out_features, m.in_features)
@@ -104,7 +106,7 @@ class Int4Pack(Layout):
         m.register_buffer("sz", sz, persistent=False)
 
     def kernel(self, m, x):
-        return "int4" if x.dtype == torch.bfloat16 else None
+        return "int4" if x.dtype == torch.bfloat16 and c_kernels.takes(x) else None
 
     def matmul(self, m, x):
         return torch_kernels.int4_mm(x, m.qweight, m.group_size, m.sz)
@@ -121,7 +123,7 @@ class SignedInt8(Layout):
 
     def kernel(self, m, x):
         # bf16 and per channel only (with fp32 activations it measured ~25x slower than dequantizing)
-        if m.group_size != m.in_features or x.dtype != torch.bfloat16:
+        if m.group_size != m.in_features or x.dtype != torch.bfloat16 or not c_kernels.takes(x):
             return None
         return "q8" if m.bits == 8 and m.in_features % 32 == 0 and c_kernels.available() else "int8"
 

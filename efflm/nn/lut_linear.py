@@ -97,7 +97,8 @@ class LUTLinear(nn.Module):
 
     def sparse_dense(self) -> torch.Tensor:
         """The sparse corrections as a dense float32 [out, in] tensor."""
-        return add_csr(torch.zeros(self.out_features, self.in_features), self.sp_rows, self.sp_cols, self.sp_vals)
+        dense = torch.zeros(self.out_features, self.in_features, device=self.sp_vals.device)
+        return add_csr(dense, self.sp_rows, self.sp_cols, self.sp_vals)
 
     def bits_per_weight(self) -> float:
         stored = sum(b.numel() * b.element_size() for b in self.buffers())
@@ -111,9 +112,10 @@ class LUTLinear(nn.Module):
 
     def kernel(self, x: torch.Tensor) -> str | None:
         """ "lut" when efflm's lookup-table kernel takes this input (codes of ≤ 4 bits, at most
-        ``KERNEL_MAX_ROWS`` rows: decoding), else None: dequantize and ``F.linear``."""
+        ``KERNEL_MAX_ROWS`` rows: decoding; in CPU memory), else None: dequantize and ``F.linear``."""
         rows = x.numel() // self.in_features
-        return "lut" if self.bits <= 4 and rows <= KERNEL_MAX_ROWS and c_kernels.available() else None
+        small = self.bits <= 4 and rows <= KERNEL_MAX_ROWS
+        return "lut" if small and c_kernels.takes(x) and c_kernels.available() else None
 
     def _product(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel(x) == "lut":

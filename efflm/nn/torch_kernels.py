@@ -42,8 +42,8 @@ def _source_index(n: int, k: int) -> torch.Tensor:
 
 
 def int4pack_to_codes(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    codes = torch.empty(n * k, dtype=torch.uint8)
-    codes[_source_index(n, k)] = _nibbles(packed)
+    codes = torch.empty(n * k, dtype=torch.uint8, device=packed.device)
+    codes[_source_index(n, k).to(packed.device)] = _nibbles(packed)
     return codes.reshape(n, k)
 
 

@@ -36,6 +36,7 @@ class MagnitudeConfig(SparsityConfig):
     needs_calibration=False,
     paper="magnitude-pruning",
     check=check_sparsity_for_model,
+    layerwise=True,
 )
 @torch.no_grad()
 def apply(model: torch.nn.Module, config: MagnitudeConfig, calib: Any = None) -> torch.nn.Module:

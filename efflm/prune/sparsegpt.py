@@ -113,6 +113,7 @@ class SparseGPTConfig(SparsityConfig):
     needs_calibration=True,
     paper="sparsegpt",
     check=check_sparsity_for_model,
+    layerwise=True,
 )
 def apply(model: torch.nn.Module, config: SparseGPTConfig, calib: Any) -> torch.nn.Module:
     def solve(i: int, layer: torch.nn.Module, observers: dict) -> None:

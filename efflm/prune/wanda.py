@@ -33,6 +33,7 @@ class SquaredNorm:
         self.sq = torch.zeros(n_in, dtype=torch.float64)
 
     def add(self, x: torch.Tensor) -> None:
+        self.sq = self.sq.to(x.device)  # the statistic lives where the activations do (no copy when there)
         self.sq += x.reshape(-1, x.shape[-1]).double().pow(2).sum(dim=0)
 
 
@@ -52,6 +53,7 @@ class WandaConfig(SparsityConfig):
     needs_calibration=True,
     paper="simple-effective-pruning-approach-large-language",
     check=check_sparsity_for_model,
+    layerwise=True,
 )
 def apply(model: torch.nn.Module, config: WandaConfig, calib: Any) -> torch.nn.Module:
     def solve(i: int, layer: torch.nn.Module, observers: dict) -> None:

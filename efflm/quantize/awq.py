@@ -139,6 +139,7 @@ class AWQConfig(MethodConfig):
     needs_calibration=True,
     paper="awq",
     check=grid.check_grid_for_model,
+    layerwise=True,
 )
 def apply(model: torch.nn.Module, config: AWQConfig, calib: Any) -> torch.nn.Module:
     layout = layout_for(model.config.model_type)

@@ -75,6 +75,7 @@ class GPTQConfig(MethodConfig):
     needs_calibration=True,
     paper="gptq",
     check=grid.check_grid_for_model,
+    layerwise=True,
 )
 def apply(model: torch.nn.Module, config: GPTQConfig, calib: Any) -> torch.nn.Module:
     pending: dict[str, tuple] = {}  # path -> (codes, scales, offsets), packed once the layer is done
@@ -115,7 +116,7 @@ def apply(model: torch.nn.Module, config: GPTQConfig, calib: Any) -> torch.nn.Mo
                 config.symmetric,
                 bias=linear.bias is not None,
                 dtype=linear.weight.dtype,
-            )
+            ).to(linear.weight.device)
             ql.set_codes(codes, scales, offsets)
             if linear.bias is not None:
                 ql.bias.data.copy_(linear.bias.data)

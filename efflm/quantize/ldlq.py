@@ -35,9 +35,9 @@ def gptq_quantize(
         scales, offsets = grid.grid(W, bits, g, symmetric)  # static groups from the original weights
         perm = torch.argsort(torch.diag(H), descending=True)
     else:
-        perm = torch.arange(cols)
-        scales = torch.empty(out, cols // g, dtype=torch.float16)
-        offsets = None if symmetric else torch.empty(out, cols // g, dtype=torch.float16)
+        perm = torch.arange(cols, device=W.device)
+        scales = torch.empty(out, cols // g, dtype=torch.float16, device=W.device)
+        offsets = None if symmetric else torch.empty(out, cols // g, dtype=torch.float16, device=W.device)
     U, lam = inverse_cholesky(H[perm][:, perm], damp)
     if U is None:
         scales, offsets = grid.grid(W, bits, g, symmetric)
@@ -45,7 +45,7 @@ def gptq_quantize(
     W = W[:, perm]
     zeros = W == 0  # a pruned model (over 1% exact zeros) stays pruned
     zeros = zeros if symmetric and zeros.float().mean() > 0.01 else None
-    codes = torch.empty(out, cols)
+    codes = torch.empty(out, cols, device=W.device)
     col_group = perm // g  # group of each (permuted) column
     s_col = o_col = None
     for i1 in range(0, cols, block_size):

@@ -51,6 +51,7 @@ class LLMInt8Config(MethodConfig):
     arxiv="2208.07339",
     needs_calibration=False,
     paper="gpt3-int8",
+    layerwise=True,
 )
 def apply(model: torch.nn.Module, config: LLMInt8Config, calib: Any = None) -> torch.nn.Module:
     for path, linear in progress(decoder_linears(model), desc="llm_int8"):

@@ -60,6 +60,7 @@ def quantize_linears(model: torch.nn.Module, config: NF4Config) -> torch.nn.Modu
     needs_calibration=False,
     paper="qlora",
     check=check,
+    layerwise=True,
 )
 def apply(model: torch.nn.Module, config: NF4Config, calib: Any = None) -> torch.nn.Module:
     return quantize_linears(model, config)

@@ -60,6 +60,7 @@ class QuIPConfig(MethodConfig):
     needs_calibration=True,
     paper="quip",
     check=grid.check_grid_for_model,
+    layerwise=True,
 )
 def apply(model: torch.nn.Module, config: QuIPConfig, calib: Any) -> torch.nn.Module:
     gen = torch.Generator().manual_seed(config.seed)

@@ -45,6 +45,7 @@ class RTNConfig(MethodConfig):
     needs_calibration=False,
     paper="rtn",
     check=check_grid_for_model,
+    layerwise=True,
 )
 def apply(model: torch.nn.Module, config: RTNConfig, calib: Any = None) -> torch.nn.Module:
     for path, linear in progress(decoder_linears(model), desc="rtn"):

@@ -69,6 +69,7 @@ class SmoothQuantConfig(MethodConfig):
     arxiv="2211.10438",
     needs_calibration=True,
     paper="smoothquant",
+    layerwise=True,
 )
 def apply(model: torch.nn.Module, config: SmoothQuantConfig, calib: Any) -> torch.nn.Module:
     layout = layout_for(model.config.model_type)

@@ -170,6 +170,7 @@ def check(hf_config: Any, config: SpQRConfig) -> None:
     needs_calibration=True,
     paper="spqr",
     check=check,
+    layerwise=True,
 )
 def apply(model: torch.nn.Module, config: SpQRConfig, calib: Any) -> torch.nn.Module:
     tau = config.outlier_threshold if config.outliers else None

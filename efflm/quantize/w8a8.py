@@ -33,6 +33,7 @@ class W8A8Config(MethodConfig):
     arxiv=None,
     needs_calibration=False,
     paper="w8a8",
+    layerwise=True,
 )
 def apply(model: torch.nn.Module, config: W8A8Config, calib: Any = None) -> torch.nn.Module:
     for path, linear in progress(decoder_linears(model), desc="w8a8"):

@@ -28,6 +28,7 @@ from efflm.core.fields import opt
 from efflm.core.progress import progress
 from efflm.core.registry import MethodConfig, register
 from efflm.models.arch import decoder_layers, layout_for, set_module
+from efflm.models.streaming import each_layer
 from efflm.quantize import grid
 from efflm.quantize.fake_quant import FakeQuantLinear
 
@@ -86,6 +87,7 @@ def distill_layer(layer, fakes, batches, targets, steps: int, lr: float) -> floa
     needs_calibration=True,
     paper="zeroquant",
     check=grid.check_grid_for_model,
+    layerwise=True,
 )
 def apply(model: torch.nn.Module, config: ZeroQuantConfig, calib: Any) -> torch.nn.Module:
     if calib is None or calib.ndim != 2:
@@ -96,7 +98,7 @@ def apply(model: torch.nn.Module, config: ZeroQuantConfig, calib: Any) -> torch.
         p.requires_grad_(False)
     inputs = first_layer_inputs(model, calib)
     try:
-        for i, layer in enumerate(progress(decoder_layers(model), desc="zeroquant")):
+        for i, layer in progress(each_layer(model), desc="zeroquant", total=len(decoder_layers(model))):
             with torch.no_grad():  # the original layer's outputs: LKD's targets and the next layer's inputs
                 targets = [layer_output(layer, h, kw) for h, kw in inputs]
             paths = [f"{layout.layers}.{i}.{name}" for name in layout.linears]

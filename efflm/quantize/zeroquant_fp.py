@@ -63,6 +63,7 @@ def check(hf_config: Any, config: ZeroQuantFPConfig) -> None:
     needs_calibration=False,
     paper="zeroquant-fp",
     check=check,
+    layerwise=True,
 )
 def apply(model: torch.nn.Module, config: ZeroQuantFPConfig, calib: Any = None) -> torch.nn.Module:
     act = None if config.act_format == "none" else config.act_format

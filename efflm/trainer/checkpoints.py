@@ -13,6 +13,7 @@ import torch
 
 from efflm.core import recipe as recipes
 from efflm.core.atomic import atomic_dir
+from efflm.core.device import move
 from efflm.core.errors import EfflmError
 from efflm.finetune.train import TrainConfig, TrainState
 from efflm.methods import MethodConfig
@@ -41,8 +42,11 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 def _own(p: torch.Tensor) -> torch.Tensor:
     """``p`` as saved: itself (no copy: a full model's checkpoint would double its memory), or
-    a compact copy when it is a view into a larger storage (torch.save writes whole storages)."""
+    a compact copy when it is a view into a larger storage (torch.save writes whole storages);
+    a GPU tensor as a CPU copy (a GPU run's checkpoint is a CPU run's, loadable anywhere)."""
     t = p.detach()
+    if t.device.type != "cpu":
+        return t.cpu()
     return t if t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()
 
 
@@ -55,8 +59,8 @@ def write_checkpoint(out: Path, model, state: TrainState, updater, hooks, finger
         torch.save(
             {
                 "tensors": tensors,
-                "updater": updater.state_dict(),
-                "hooks": hooks.state_dict(),
+                "updater": move(updater.state_dict(), "cpu"),
+                "hooks": move(hooks.state_dict(), "cpu"),
                 "state": dataclasses.asdict(state),
                 "fingerprint": fingerprint,
             },
@@ -71,7 +75,7 @@ def read_checkpoint(out: Path, fingerprint: str) -> dict:
     ck = latest_checkpoint(out)
     if ck is None or not (ck / "state.pt").is_file():
         raise EfflmError(f"{out}: no checkpoint to resume from")
-    blob = torch.load(ck / "state.pt", weights_only=True)
+    blob = torch.load(ck / "state.pt", weights_only=True, map_location="cpu")
     if blob["fingerprint"] != fingerprint:
         raise EfflmError(
             f"{out}: --resume with a different base, method, training config or data than the checkpoint's"

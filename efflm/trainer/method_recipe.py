@@ -23,6 +23,10 @@ def train_config_from_dict(d: dict, source: str) -> TrainConfig:
                 f"{source}: unknown train option {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
             )
         want = type(TrainConfig().__getattribute__(key))
+        if key == "bf16":
+            if not isinstance(value, bool) and value != "auto":
+                raise ConfigError(f"{source}: train option bf16 must be true, false or auto, got {value!r}")
+            continue
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             d[key] = float(value)
         elif not isinstance(value, want) or (want is int and isinstance(value, bool)):

@@ -55,16 +55,25 @@ def finetune(
     teacher: str | None = None,
     teacher_recipe: recipes.Recipe | None = None,
     teacher_cache: str | Path | None = None,
+    device: str | torch.device | None = "auto",
 ) -> dict:
     """Train ``tune`` on ``model_spec`` (after ``recipe``), write the adapter (or, for a
     full-parameter method, the whole model under ``out/model``) to ``out``; with ``db``, measure
     the trained model like a bench row and record it there. A distillation method learns from
     ``teacher`` (after ``teacher_recipe``), which must share the student's tokenizer, or from its
-    top-k log-probabilities cached by ``efflm distill-cache`` (``teacher_cache``)."""
+    top-k log-probabilities cached by ``efflm distill-cache`` (``teacher_cache``). ``device``
+    (``auto``, ``cpu``, ``cuda``, ``cuda:N``; checked first) is where student and teacher train
+    and are measured; the files written are the same from any device."""
     from efflm import pipeline
+    from efflm.core.device import is_cuda, peak_memory_mb
     from efflm.eval.metrics import model_bytes, peak_rss_mb
     from efflm.models.sources import load_tokenizer
 
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    dev = run_device(device, world)
+    if is_cuda(dev):
+        torch.cuda.reset_peak_memory_stats(dev)  # the run's own peak (gpu_peak_mb)
+    cfg = cfg.on(dev)  # train.bf16: auto decided here, so the fingerprint and records say what ran
     out = Path(out)
     if out.exists() and not resume:
         raise EfflmError(f"output exists: {out} (choose another --out, or --resume)")
@@ -86,7 +95,6 @@ def finetune(
         check_teacher(teacher, teacher_recipe or [], hf_config, tok)
     data = load_data(data_spec, tok, cfg)
     cache = open_cache(teacher_cache, tune, cfg, data, hf_config, tok) if teacher_cache is not None else None
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if cfg.batch % (cfg.grad_accum * world):
         raise EfflmError(f"batch {cfg.batch} must divide into grad_accum {cfg.grad_accum} x {world} processes")
     hooks = hooks_for(tune)
@@ -112,8 +120,9 @@ def finetune(
     model, tok = pipeline.load_and_apply(model_spec, recipe)
     base_disk = _disk_bytes(model, tok, recipe) if db is not None else None
     model = get(tune.method).apply(model, tune, None)
+    model.to(dev)
     if teacher is not None:
-        hooks.attach(pipeline.load_and_apply(teacher, teacher_recipe or [])[0])
+        hooks.attach(pipeline.load_and_apply(teacher, teacher_recipe or [])[0].to(dev))
     elif cache is not None:
         hooks.use_cache(cache)
     from efflm.finetune.peft_files import is_adapter_tensor
@@ -150,6 +159,7 @@ def finetune(
             evaluate=evaluate,
             on_checkpoint=checkpoint,
             stop_at=stop_at,
+            device=dev,
         )
     finally:
         signal.signal(signal.SIGTERM, prev)
@@ -169,6 +179,7 @@ def finetune(
             "step_s": state.seconds / max(state.step - (blob["state"]["step"] if blob else 0), 1),
             "step_s_median": statistics.median(state.step_seconds[1:] or state.step_seconds),
             "peak_rss_mb": peak_rss_mb(),
+            **({"gpu_peak_mb": peak_memory_mb(dev)} if is_cuda(dev) else {}),
             "base_bytes": base_bytes,
             "truncated_rows": data.truncated,
             "losses": state.losses,
@@ -193,6 +204,23 @@ def finetune(
         if db is not None:
             record(db, model_spec, recipe, tune, cfg, data_spec, model, tok, t0, base_disk, out, result)
     return result
+
+
+def run_device(spec: str | torch.device | None, world: int) -> torch.device:
+    """The device a run trains on, checked before any weights load. Under a launcher (``world`` >
+    1) on GPUs each process takes the GPU of its local rank, so ``cuda:N`` is refused there."""
+    from efflm.core import device as devices
+    from efflm.finetune.train import SHARDED
+
+    if any(os.environ.get(f"ACCELERATE_USE_{k}", "false").lower() == "true" for k in ("FSDP", "DEEPSPEED")):
+        raise EfflmError(SHARDED)
+    dev = devices.resolve(spec)
+    if world == 1 or not devices.is_cuda(dev):
+        return dev
+    if ":" in str(spec):
+        raise EfflmError(f"--device {spec}: under a launcher each process trains on the GPU of its local rank "
+                         "(give --device cuda or auto)")  # fmt: skip
+    return devices.resolve(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
 
 
 def save_model(model, tok, out: Path, full_recipe: recipes.Recipe, meta: dict) -> None:
@@ -253,12 +281,18 @@ RECOVERY_TRAIN = {"steps": 100, "batch": 4, "seq_len": 128, "lr": 1e-3, "warmup"
 
 
 def recovery_suite(
-    model_spec: str, bases: list[recipes.Recipe], db: Path, distill: bool = False, steps: int | None = None
+    model_spec: str,
+    bases: list[recipes.Recipe],
+    db: Path,
+    distill: bool = False,
+    steps: int | None = None,
+    device: str = "auto",
 ) -> None:
     """``efflm bench --suite finetune``: the same LoRA trained on each compressed base (``efflm
     finetune --data domain``, one process each, so peak RSS is each run's own); each a results row.
     ``distill`` (``--suite recover``): the same LoRA trained by KD from the dense model instead.
-    ``steps`` (``--train-steps``) replaces the suite's 100 optimizer steps."""
+    ``steps`` (``--train-steps``) replaces the suite's 100 optimizer steps; ``device`` is each run's
+    ``--device``."""
     import subprocess
     import sys
     import tempfile
@@ -280,7 +314,7 @@ def recovery_suite(
             (tmp / f"base{i}.yaml").write_text(recipes.to_yaml(base))
             cmd = [sys.executable, "-m", "efflm.cli", "finetune", "--model", model_spec, "--recipe",
                    str(tmp / f"base{i}.yaml"), "--method-recipe", str(tmp / "tune.yaml"), "--data", "domain",
-                   "--out", str(tmp / f"out{i}"), "--db", str(db), *teacher]  # fmt: skip
+                   "--out", str(tmp / f"out{i}"), "--db", str(db), "--device", str(device), *teacher]  # fmt: skip
             code = subprocess.run(cmd).returncode
             status = "ok" if code == 0 else f"FAILED (exit {code})"
             print(f"  {recipes.label(base)} + {tune_fields['method']}: {status}", file=sys.stderr, flush=True)

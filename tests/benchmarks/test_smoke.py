@@ -30,6 +30,7 @@ def run(name: str, args: list[str], tmp_path: Path) -> str:
 def test_every_benchmark_script_has_a_smoke_test():
     tested = {
         "vs_llamacpp",
+        "scale_checkpoints",
         "vs_llmcompressor",
         "speculative_speed",
         "kv_policies",
