@@ -101,6 +101,8 @@ reference: $(STAMP) $(INTEROP) anchors
 	$(BIN)/python benchmarks/quant_bits.py --extra-text 'GNU GPL v3=/usr/share/common-licenses/GPL-3'
 	$(BIN)/python benchmarks/prompt_compression.py
 	$(BIN)/python benchmarks/icl_demos.py
+	$(BIN)/python benchmarks/scale_checkpoints.py
+	$(BIN)/python benchmarks/scale_compress.py
 	$(BIN)/efflm bench $(REF) --suite tasks
 	$(BIN)/efflm bench $(REF) --suite recover
 	$(BIN)/efflm bench $(REF) $(foreach f,$(wildcard benchmarks/recipes/recover_base_*.yaml),--recipe $(f))

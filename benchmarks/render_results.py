@@ -33,6 +33,14 @@ SECTIONS = [
         "`make bench`, `make test` and the rest of CI on a fresh clone, on these 2 cores.",
     ),
     (
+        "scale_compress.md",
+        "Compression at real models' sizes: layer-streamed, in bounded memory",
+        "python benchmarks/scale_checkpoints.py; python benchmarks/scale_compress.py",
+        "GPTQ on random-weight checkpoints of TinyLlama-1.1B's, Llama-3.2-3B's and Llama-3.1-8B's shapes, read "
+        "one decoder layer at a time; QLoRA on the 8B shape; streamed against whole-model GPTQ on the default "
+        "model; the memory model ([docs/scaling.md](scaling.md)) beside each measurement.",
+    ),
+    (
         "vs_llamacpp.md",
         "Decode speed: efflm vs llama.cpp vs transformers",
         "python benchmarks/vs_llamacpp.py",

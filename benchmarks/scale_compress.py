@@ -98,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--default-model", default="smollm2-135m")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--checkpoints", help="where the checkpoints are (written if absent; default: efflm's cache)")
     ap.add_argument("--out", default=str(ROOT / "results" / "scale_compress.md"))
     a = ap.parse_args(argv)
+    ckpt = lambda name: write_checkpoint(name, a.checkpoints)  # noqa: E731
     tmp = Path(tempfile.mkdtemp(prefix="efflm-scale-"))
     recipe = tmp / "gptq.yaml"
     recipe.write_text(GPTQ)
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     models = [m for m in a.models.split(",") if m]
     whole = [m for m in a.whole.split(",") if m]
     for name in models:
-        path = write_checkpoint(name)
+        path = ckpt(name)
         for streamed in [False, True] if name in whole else [True]:
             r = compress_row(name, path, tmp, streamed, a.device, recipe)
             print(f"{name} {'streamed' if streamed else 'whole'}: {r['wall']:.0f} s, peak RSS {r['rss'] / GB:.2f} GB")
@@ -115,9 +117,11 @@ def main(argv: list[str] | None = None) -> int:
             _rm(r["out"])
     qlora = []
     for name in [m for m in a.qlora.split(",") if m]:
-        qlora.append(qlora_row(name, write_checkpoint(name), tmp, a.device))
+        qlora.append(qlora_row(name, ckpt(name), tmp, a.device))
     default = default_rows(a.default_model, tmp, a.rounds, a.device, recipe)
-    Path(a.out).write_text(render(rows, qlora, default, a, SHAPES))
+    for r in rows:
+        r["config"] = _config(ckpt(r["model"]))
+    Path(a.out).write_text(render(rows, qlora, default, a))
     print(f"wrote {a.out}")
     return 0
 
@@ -161,7 +165,7 @@ def _rm(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def render(rows: list[dict], qlora: list[dict], default: dict, a, shapes: dict) -> str:
+def render(rows: list[dict], qlora: list[dict], default: dict, a) -> str:
     import platform
 
     import torch
@@ -181,8 +185,7 @@ def render(rows: list[dict], qlora: list[dict], default: dict, a, shapes: dict) 
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        cfg = _config(Path(write_path(r["model"])))
-        n = _params(cfg)
+        n = _params(r["config"])
         lines.append(
             f"| {r['model']} | {n / 1e9:.2f} B | {'streamed' if r['streamed'] else 'whole (EFFLM_STREAM=0)'} | "
             f"{r['wall']:.0f} | {r['layers'] or '–'} | {_f(r['layer_median'])} | {r['rss'] / GB:.2f} | "
@@ -226,15 +229,9 @@ def render(rows: list[dict], qlora: list[dict], default: dict, a, shapes: dict) 
     return "\n".join(lines)
 
 
-def write_path(name: str) -> Path:
-    from scale_checkpoints import write_checkpoint
-
-    return write_checkpoint(name)
-
-
 def _params(cfg: dict) -> int:
     p = predict(cfg)
-    return int((p["outside"] + p["layer"] * cfg["num_hidden_layers"]) / 4 + cfg["hidden_size"] * 0)
+    return int((p["outside"] + p["layer"] * cfg["num_hidden_layers"]) / 4)
 
 
 def _f(x) -> str:

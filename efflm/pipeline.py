@@ -2,7 +2,10 @@
 
 ``validate`` checks everything that can be checked without the weights — every recipe step
 against the model's config, and the calibration windows against the calibration text — so a
-bad input fails before any work starts.
+bad input fails before any work starts. A recipe of layerwise steps on a safetensors model runs
+layer-streamed (``efflm.models.streaming``: one decoder layer read at a time; ``compress_streamed``
+also writes each finished layer out and frees it); any other recipe loads the whole model, after
+checking it fits.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ def validate(
     calibration windows fit (no weights loaded); return the config after the recipe.
     ``calib_file`` (``.txt`` or ``.jsonl``, see ``efflm.datasets.calib_file``) replaces the
     built-in calibration text; when given it is always checked, even if no step calibrates."""
+    from efflm.core.selection import check_names
+    from efflm.models.arch import module_names
     from efflm.models.sources import model_config
 
     hf_config = model_config(model_spec)
@@ -40,6 +45,7 @@ def validate(
                 f"{cfg.method} is a {get(cfg.method).family} method: train it with `efflm finetune --method-recipe` "
                 "(a compression recipe holds compression and inference steps only)"
             )
+        check_names(cfg, module_names(hf_config))  # ignore/targets name modules this model has
         hf_config = check_for_model(hf_config, cfg)
     calibrates = bool(recipe) and recipes.needs_calibration(recipe)
     if calibrates or calib_file is not None:

@@ -84,6 +84,7 @@ def run(
     desc: str = "calibrate",
     one_pass: bool = False,
     finish: Callable[[int, nn.Module], None] | None = None,
+    select: Callable[[str], bool] | None = None,
 ) -> nn.Module:
     """Calibrate ``model`` layer by layer; ``solve(i, layer, observers)`` compresses layer ``i``.
 
@@ -97,6 +98,9 @@ def run(
     ``solve`` must then change the group's weights in place (the forward is under way), and
     ``finish(i, layer)`` — in either mode, after the layer's output is computed — may swap
     modules (e.g. pack the compressed weights).
+
+    ``select(path)`` (a step's ``ignore``/``targets``): only the Linears it accepts are observed
+    and given to ``solve``; an input group with none of them is not observed at all.
     """
     if calib is None or calib.ndim != 2 or calib.shape[0] < 1:
         raise EfflmError("this method needs calibration data: a [samples, tokens] batch of token ids")
@@ -104,10 +108,14 @@ def run(
     inputs = _layer0_inputs(model, calib, calib.shape[0] if one_pass else batch_size)
     for i, layer in progress(each_layer(model), desc=desc, total=len(decoder_layers(model))):
         observers: dict[str, Observer] = {}
-        hooks, seen = [], set()
+        hooks, seen, groups = [], set(), 0
         for group in layout.input_groups:
             paths = [f"{layout.layers}.{i}.{name}" for name in group]
-            obs = observe(paths[0], layer.get_submodule(group[0]))
+            paths = [p for p in paths if select is None or select(p)]
+            if not paths:
+                continue
+            groups += 1
+            obs = observe(paths[0], layer.get_submodule(paths[0].removeprefix(f"{layout.layers}.{i}.")))
             observers.update({p: obs for p in paths})
 
             def hook(module, args, obs=obs, paths=paths):
@@ -117,10 +125,10 @@ def run(
                     solve(i, layer, {p: obs for p in paths})
                     return
                 seen.add(paths[0])
-                if len(seen) == len(layout.input_groups):
+                if len(seen) == groups:
                     raise _Stop  # every observer has its input: the rest of the layer is not needed
 
-            hooks.append(layer.get_submodule(group[0]).register_forward_pre_hook(hook))
+            hooks.append(layer.get_submodule(group[0]).register_forward_pre_hook(hook))  # the group's shared input
         try:
             if one_pass:
                 inputs = [(_out(layer(hidden, **kwargs)), kwargs) for hidden, kwargs in inputs]
@@ -155,6 +163,7 @@ def run_hessian_groups(
     calib: torch.Tensor,
     solve: Callable[[list[str], list[nn.Linear], torch.Tensor], dict[str, nn.Module]],
     desc: str,
+    select: Callable[[str], bool] | None = None,
 ) -> nn.Module:
     """``run`` in one pass with a Hessian per input group, for GPTQ-like methods:
     ``solve(paths, linears, H)`` quantizes one group (updating the Linears' weights in place, as
@@ -173,7 +182,7 @@ def run_hessian_groups(
         pending.clear()
 
     hessian = lambda path, linear: Hessian(linear.in_features, stats=False)  # noqa: E731
-    return run(model, calib, hessian, each_group, desc=desc, one_pass=True, finish=finish)
+    return run(model, calib, hessian, each_group, desc=desc, one_pass=True, finish=finish, select=select)
 
 
 def note(model: nn.Module, text: str) -> None:

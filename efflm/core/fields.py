@@ -14,7 +14,7 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from efflm.core.registry import Method
+from efflm.core.registry import QUIET, Method
 
 HELP = "help"  # the metadata key
 HEAD = ("option", "type", "default", "what it does")
@@ -25,11 +25,14 @@ def opt(
     help: str = "",
     *,
     default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
+    quiet: bool = False,
 ) -> Any:
-    """A dataclass field with its help text: ``bits: int = opt(4, "bits per weight code, 2..8")``."""
+    """A dataclass field with its help text: ``bits: int = opt(4, "bits per weight code, 2..8")``.
+    ``quiet``: left out of the config's label and stored recipe while at its default."""
     if not help.strip():
         raise ValueError("opt needs a help text")
-    return dataclasses.field(default=default, default_factory=default_factory, metadata={HELP: help})
+    meta = {HELP: help, QUIET: True} if quiet else {HELP: help}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=meta)
 
 
 def help_of(f: dataclasses.Field) -> str:

@@ -32,13 +32,30 @@ class MethodConfig:
 
     method: ClassVar[str] = ""
 
+    def _shown(self) -> list[dataclasses.Field]:
+        """The fields a label and a stored recipe write: all but a ``quiet`` one left at its default
+        (``ignore``/``targets``, added later, so earlier rows keep their labels)."""
+        return [
+            f for f in dataclasses.fields(self) if not (f.metadata.get(QUIET) and getattr(self, f.name) == f.default)
+        ]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, **dataclasses.asdict(self)}
+        return {"method": self.method, **{f.name: _plain(getattr(self, f.name)) for f in self._shown()}}
 
     def label(self) -> str:
         """Unambiguous short label: ``rtn(bits=4,group_size=64,symmetric=True)``."""
-        args = ",".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
+        args = ",".join(f"{f.name}={getattr(self, f.name)}" for f in self._shown())
         return f"{self.method}({args})" if args else self.method
+
+
+QUIET = "quiet"  # field metadata: left out of labels and stored recipes while at its default
+
+
+def _plain(value: Any) -> Any:
+    """A field's value as ``dataclasses.asdict`` gives it (a deep copy of containers)."""
+    import copy
+
+    return copy.deepcopy(value)
 
 
 @dataclass(frozen=True)

@@ -60,9 +60,12 @@ def check(hf_config: Any, config: QLoRAConfig) -> None:
     check=check,
 )
 def apply(model: torch.nn.Module, config: QLoRAConfig, calib: Any = None) -> torch.nn.Module:
+    replaced = 0
     for path, linear in decoder_linears(model):
         if isinstance(linear, torch.nn.Linear) and role(linear) is None:
             set_module(model, path, NF4Linear.from_linear(linear, config.block))
-    own_memory(model)  # the replaced fp32 weights' file pages go (else they stay resident)
+            replaced += 1
+    if replaced:  # a base already in NF4 (recipe nf4, maybe streamed) is left as it is
+        own_memory(model)  # the replaced fp32 weights' file pages go (else they stay resident)
 
     return lora_apply(model, config)

@@ -1,3 +1,4 @@
 """Model files: ``load`` every model spec efflm accepts (efflm directories included), ``save``
-efflm directories, ``compressed_tensors`` and ``gguf_export`` the engines' formats — all through
+efflm directories, ``streamed_save`` an efflm directory written layer by layer as a streamed model
+is compressed, ``compressed_tensors`` and ``gguf_export`` the engines' formats — all through
 the module registry of ``efflm.nn``, never a concrete class."""

@@ -6,6 +6,7 @@ way; a new layout is one more entry in ``LAYOUTS``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,33 +106,39 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return get_module(model, layout_for(model.config.model_type).layers)
 
 
-def decoder_linears(model: nn.Module):
-    """(full path, module) of every Linear inside the decoder layers, in forward order.
+def module_names(hf_config: Any) -> list[str]:
+    """Full names of every decoder Linear (then the head and the embeddings), from the config alone."""
+    layout = layout_for(hf_config.model_type)
+    n = hf_config.num_hidden_layers
+    return [f"{layout.layers}.{i}.{name}" for i in range(n) for name in layout.linears] + [layout.lm_head, layout.embed]
+
+
+def decoder_linears(model: nn.Module, select: Callable[[str], bool] | None = None):
+    """(full path, module) of every Linear inside the decoder layers (those ``select`` accepts), in
+    forward order.
 
     On a layer-streamed model (``efflm.models.streaming``) the layers are read as iteration
     reaches them and handed on after their last Linear: iterate once, keep no module."""
-    from efflm.models.streaming import each_layer, stream_of
+    from efflm.models.streaming import stream_of
 
-    layout = layout_for(model.config.model_type)
-    if stream_of(model) is None:
-        return [
-            (f"{layout.layers}.{i}.{name}", get_module(layer, name))
-            for i, layer in each_layer(model)
-            for name in layout.linears
-        ]
-    return _StreamedLinears(model, layout)
+    linears = _Linears(model, layout_for(model.config.model_type), select)
+    return linears if stream_of(model) is not None else list(linears)
 
 
-class _StreamedLinears:
-    def __init__(self, model: nn.Module, layout: Layout):
-        self.model, self.layout = model, layout
+class _Linears:
+    def __init__(self, model: nn.Module, layout: Layout, select: Callable[[str], bool] | None):
+        self.model, self.layout, self.select = model, layout, select
 
     def __len__(self) -> int:
-        return len(decoder_layers(self.model)) * len(self.layout.linears)
+        n = len(decoder_layers(self.model))
+        names = [f"{self.layout.layers}.{i}.{name}" for i in range(n) for name in self.layout.linears]
+        return sum(1 for p in names if self.select is None or self.select(p))
 
     def __iter__(self):
         from efflm.models.streaming import each_layer
 
         for i, layer in each_layer(self.model):
             for name in self.layout.linears:
-                yield f"{self.layout.layers}.{i}.{name}", get_module(layer, name)
+                path = f"{self.layout.layers}.{i}.{name}"
+                if self.select is None or self.select(path):
+                    yield path, get_module(layer, name)

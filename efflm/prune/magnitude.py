@@ -40,7 +40,7 @@ class MagnitudeConfig(SparsityConfig):
 )
 @torch.no_grad()
 def apply(model: torch.nn.Module, config: MagnitudeConfig, calib: Any = None) -> torch.nn.Module:
-    for _, linear in progress(decoder_linears(model), desc="magnitude"):
+    for _, linear in progress(decoder_linears(model, config.selects), desc="magnitude"):
         w = linear.weight.data
         w.masked_fill_(prune_mask(w.abs().float(), config.sparsity, config.pattern), 0)
     return model

@@ -15,7 +15,7 @@ import torch
 
 from efflm.core.errors import ConfigError
 from efflm.core.fields import opt
-from efflm.core.registry import MethodConfig
+from efflm.core.selection import ModuleSelection
 from efflm.models.arch import in_features
 
 
@@ -81,7 +81,7 @@ def check_sparsity_for_model(hf_config: Any, cfg: Any) -> None:
 
 
 @dataclass(frozen=True)
-class SparsityConfig(MethodConfig):
+class SparsityConfig(ModuleSelection):
     """Shared fields of the unstructured / N:M pruners (magnitude, Wanda, SparseGPT)."""
 
     sparsity: float = opt(0.5, "fraction of each output row's weights zeroed, in [0, 1)")

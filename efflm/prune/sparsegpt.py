@@ -135,4 +135,4 @@ def apply(model: torch.nn.Module, config: SparseGPTConfig, calib: Any) -> torch.
                 linear.weight.data.copy_(w)
 
     hessian = lambda path, linear: Hessian(linear.in_features, stats=False)  # noqa: E731
-    return run(model, calib, hessian, solve, desc="sparsegpt", one_pass=config.true_sequential)
+    return run(model, calib, hessian, solve, desc="sparsegpt", one_pass=config.true_sequential, select=config.selects)

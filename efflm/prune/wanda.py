@@ -61,4 +61,5 @@ def apply(model: torch.nn.Module, config: WandaConfig, calib: Any) -> torch.nn.M
             w = model.get_submodule(path).weight.data
             w.masked_fill_(prune_mask(wanda_score(w, obs.sq.float()), config.sparsity, config.pattern), 0)
 
-    return run(model, calib, lambda path, linear: SquaredNorm(linear.in_features), solve, desc="wanda")
+    observe = lambda path, linear: SquaredNorm(linear.in_features)  # noqa: E731
+    return run(model, calib, observe, solve, desc="wanda", select=config.selects)

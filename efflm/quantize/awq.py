@@ -26,10 +26,11 @@ from efflm.calib.hessian import Hessian
 from efflm.calib.layerwise import run
 from efflm.core.errors import ConfigError
 from efflm.core.fields import opt
-from efflm.core.registry import MethodConfig, register
+from efflm.core.registry import register
+from efflm.core.selection import ModuleSelection
 from efflm.models.arch import layout_for, set_module
 from efflm.quantize import grid
-from efflm.quantize.scaling import fold_scales
+from efflm.quantize.scaling import fold_scales, may_fold
 
 
 def output_error(dW: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
@@ -108,7 +109,7 @@ def search_clip(
 
 
 @dataclass(frozen=True)
-class AWQConfig(MethodConfig):
+class AWQConfig(ModuleSelection):
     """AWQ weight-only quantization of every decoder Linear."""
 
     method = "awq"
@@ -155,7 +156,8 @@ def apply(model: torch.nn.Module, config: AWQConfig, calib: Any) -> torch.nn.Mod
             source = layer.get_submodule(source_name)
             H = obs.H
             rows = source.weight.shape[0]
-            if rows == linears[0].in_features:  # foldable (not o_proj under GQA: v rows ≠ o inputs)
+            fold = may_fold(prefix, group, source_name, layout.linears, config.selects)
+            if fold and rows == linears[0].in_features:  # foldable (not o_proj under GQA: v rows ≠ o inputs)
                 W = torch.cat([lin.weight.data.float() for lin in linears])
                 s, _ = search_scale(W, H, obs.absmean, *args, n_grid=config.n_grid, duo=config.duo_scaling)
                 fold_scales(source, s)
@@ -164,6 +166,8 @@ def apply(model: torch.nn.Module, config: AWQConfig, calib: Any) -> torch.nn.Mod
                 H = H / (s[:, None] * s[None, :])  # the inputs are now x / s
             hessians.update({n: H for n in group})
         for name in layout.linears:
+            if not config.selects(prefix + name):  # ignored: neither scaled nor quantized
+                continue
             linear = layer.get_submodule(name)
             W = linear.weight.data.float()
             if config.clip and name not in no_clip:

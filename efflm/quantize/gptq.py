@@ -27,7 +27,8 @@ from efflm.calib.hessian import Hessian
 from efflm.calib.layerwise import note, run, shared_groups
 from efflm.core.errors import ConfigError
 from efflm.core.fields import opt
-from efflm.core.registry import MethodConfig, register
+from efflm.core.registry import register
+from efflm.core.selection import ModuleSelection
 from efflm.models.arch import set_module
 from efflm.nn.quant_linear import QuantLinear
 from efflm.quantize import grid
@@ -35,7 +36,7 @@ from efflm.quantize.ldlq import gptq_quantize
 
 
 @dataclass(frozen=True)
-class GPTQConfig(MethodConfig):
+class GPTQConfig(ModuleSelection):
     """GPTQ weight-only quantization of every decoder Linear."""
 
     method = "gptq"
@@ -124,4 +125,6 @@ def apply(model: torch.nn.Module, config: GPTQConfig, calib: Any) -> torch.nn.Mo
         pending.clear()
 
     hessian = lambda path, linear: Hessian(linear.in_features, stats=False)  # noqa: E731
-    return run(model, calib, hessian, solve, desc="gptq", one_pass=config.true_sequential, finish=finish)
+    return run(
+        model, calib, hessian, solve, desc="gptq", one_pass=config.true_sequential, finish=finish, select=config.selects
+    )

@@ -23,13 +23,14 @@ import torch
 from efflm.core.errors import ConfigError
 from efflm.core.fields import opt
 from efflm.core.progress import progress
-from efflm.core.registry import MethodConfig, register
+from efflm.core.registry import register
+from efflm.core.selection import ModuleSelection
 from efflm.models.arch import decoder_linears, set_module
 from efflm.nn.int8_linear import Int8Linear
 
 
 @dataclass(frozen=True)
-class LLMInt8Config(MethodConfig):
+class LLMInt8Config(ModuleSelection):
     """LLM.int8() of every decoder Linear: vector-wise int8 with fp outlier columns."""
 
     method = "llm_int8"
@@ -54,6 +55,6 @@ class LLMInt8Config(MethodConfig):
     layerwise=True,
 )
 def apply(model: torch.nn.Module, config: LLMInt8Config, calib: Any = None) -> torch.nn.Module:
-    for path, linear in progress(decoder_linears(model), desc="llm_int8"):
+    for path, linear in progress(decoder_linears(model, config.selects), desc="llm_int8"):
         set_module(model, path, Int8Linear.from_linear(linear, outlier_threshold=config.threshold))
     return model

@@ -19,14 +19,15 @@ import torch
 from efflm.core.errors import ConfigError
 from efflm.core.fields import opt
 from efflm.core.progress import progress
-from efflm.core.registry import MethodConfig, register
+from efflm.core.registry import register
+from efflm.core.selection import ModuleSelection
 from efflm.models.arch import decoder_linears, in_features, set_module
 from efflm.models.sources import own_memory
 from efflm.nn.nf4_linear import NF4Linear
 
 
 @dataclass(frozen=True)
-class NF4Config(MethodConfig):
+class NF4Config(ModuleSelection):
     """NF4 weight-only quantization of every decoder Linear (frozen base for QLoRA)."""
 
     method = "nf4"
@@ -47,7 +48,7 @@ def check(hf_config: Any, config: NF4Config) -> None:
 
 
 def quantize_linears(model: torch.nn.Module, config: NF4Config) -> torch.nn.Module:
-    for path, linear in progress(decoder_linears(model), desc="nf4"):
+    for path, linear in progress(decoder_linears(model, config.selects), desc="nf4"):
         set_module(model, path, NF4Linear.from_linear(linear, config.block, config.scale_block))
     return own_memory(model)  # the replaced fp32 weights' file pages go (else they stay resident)
 

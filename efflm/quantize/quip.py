@@ -24,7 +24,8 @@ import torch
 from efflm.calib.layerwise import note, run_hessian_groups
 from efflm.core.errors import ConfigError
 from efflm.core.fields import opt
-from efflm.core.registry import MethodConfig, register
+from efflm.core.registry import register
+from efflm.core.selection import ModuleSelection
 from efflm.nn import incoherence
 from efflm.nn.incoherent_linear import IncoherentLinear
 from efflm.quantize import grid
@@ -32,7 +33,7 @@ from efflm.quantize.ldlq import gptq_quantize
 
 
 @dataclass(frozen=True)
-class QuIPConfig(MethodConfig):
+class QuIPConfig(ModuleSelection):
     """QuIP of every decoder Linear: random orthogonal transforms on both sides, then LDLQ."""
 
     method = "quip"
@@ -97,4 +98,4 @@ def apply(model: torch.nn.Module, config: QuIPConfig, calib: Any) -> torch.nn.Mo
             done[path] = m
         return done
 
-    return run_hessian_groups(model, calib, solve, desc="quip")
+    return run_hessian_groups(model, calib, solve, desc="quip", select=config.selects)

@@ -17,13 +17,14 @@ import torch
 
 from efflm.core.fields import opt
 from efflm.core.progress import progress
-from efflm.core.registry import MethodConfig, register
+from efflm.core.registry import register
+from efflm.core.selection import ModuleSelection
 from efflm.models.arch import decoder_linears, set_module
 from efflm.quantize.grid import check_grid_config, check_grid_for_model, to_quant_linear
 
 
 @dataclass(frozen=True)
-class RTNConfig(MethodConfig):
+class RTNConfig(ModuleSelection):
     """Round-to-nearest weight-only quantization of every decoder Linear."""
 
     method = "rtn"
@@ -48,6 +49,6 @@ class RTNConfig(MethodConfig):
     layerwise=True,
 )
 def apply(model: torch.nn.Module, config: RTNConfig, calib: Any = None) -> torch.nn.Module:
-    for path, linear in progress(decoder_linears(model), desc="rtn"):
+    for path, linear in progress(decoder_linears(model, config.selects), desc="rtn"):
         set_module(model, path, to_quant_linear(linear, config.bits, config.group_size, config.symmetric))
     return model

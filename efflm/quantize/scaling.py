@@ -15,3 +15,10 @@ def fold_scales(source: torch.nn.Module, s: torch.Tensor) -> None:
     source.weight.data.div_(s.reshape(-1, *([1] * (source.weight.ndim - 1))).to(source.weight.dtype))
     if getattr(source, "bias", None) is not None:
         source.bias.data.div_(s.to(source.bias.dtype))
+
+
+def may_fold(prefix: str, group: tuple[str, ...], source: str, linears: tuple[str, ...], selects) -> bool:
+    """Whether a scale may be folded between ``source`` and ``group``: only when every Linear it would
+    change is one the step changes (``selects``), so an ignored Linear is left exactly as it was."""
+    touched = [*group, source] if source in linears else list(group)
+    return all(selects(prefix + name) for name in touched)

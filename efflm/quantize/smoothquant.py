@@ -21,10 +21,11 @@ import torch
 from efflm.calib.layerwise import run
 from efflm.core.errors import ConfigError
 from efflm.core.fields import opt
-from efflm.core.registry import MethodConfig, register
+from efflm.core.registry import register
+from efflm.core.selection import ModuleSelection
 from efflm.models.arch import layout_for, set_module
 from efflm.nn.int8_linear import Int8Linear
-from efflm.quantize.scaling import fold_scales
+from efflm.quantize.scaling import fold_scales, may_fold
 
 
 def smoothing_scales(act_max: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
@@ -45,7 +46,7 @@ class _ActMax:
 
 
 @dataclass(frozen=True)
-class SmoothQuantConfig(MethodConfig):
+class SmoothQuantConfig(ModuleSelection):
     """SmoothQuant W8A8: smoothing, then int8 weights and dynamic per-token int8 activations for
     every decoder Linear. The paper tunes alpha per model (0.5 by default); efflm's default is tuned
     on the development split (``benchmarks/smoothquant_alpha.py``), never the evaluation split."""
@@ -81,11 +82,14 @@ def apply(model: torch.nn.Module, config: SmoothQuantConfig, calib: Any) -> torc
             source = layer.get_submodule(source_name)
             if source.weight.shape[0] != linears[0].in_features:
                 continue  # o_proj under GQA: nothing to fold into
+            if not may_fold(prefix, group, source_name, layout.linears, config.selects):
+                continue  # a Linear the fold would change is ignored
             s = smoothing_scales(observers[prefix + group[0]].absmax, [lin.weight for lin in linears], config.alpha)
             fold_scales(source, s)
             for lin in linears:
                 lin.weight.data.mul_(s.to(lin.weight.dtype))
         for name in layout.linears:
-            set_module(layer, name, Int8Linear.from_linear(layer.get_submodule(name)))
+            if config.selects(prefix + name):
+                set_module(layer, name, Int8Linear.from_linear(layer.get_submodule(name)))
 
     return run(model, calib, lambda path, linear: _ActMax(linear.in_features), solve, desc="smoothquant")

@@ -25,7 +25,8 @@ from efflm.calib.hessian import inverse_cholesky, mask_dead_columns
 from efflm.calib.layerwise import note, run_hessian_groups
 from efflm.core.errors import ConfigError
 from efflm.core.fields import opt
-from efflm.core.registry import MethodConfig, register
+from efflm.core.registry import register
+from efflm.core.selection import ModuleSelection
 from efflm.models.arch import in_features, out_features
 from efflm.nn.spqr_linear import SpQRLinear
 
@@ -121,7 +122,7 @@ def spqr_quantize(W, H, bits, group, stat_bits, stat_group, tau, act_order=True,
 
 
 @dataclass(frozen=True)
-class SpQRConfig(MethodConfig):
+class SpQRConfig(ModuleSelection):
     """SpQR of every decoder Linear."""
 
     method = "spqr"
@@ -202,4 +203,4 @@ def apply(model: torch.nn.Module, config: SpQRConfig, calib: Any) -> torch.nn.Mo
             done[path] = m
         return done
 
-    return run_hessian_groups(model, calib, solve, desc="spqr")
+    return run_hessian_groups(model, calib, solve, desc="spqr", select=config.selects)

@@ -14,13 +14,14 @@ from typing import Any
 import torch
 
 from efflm.core.progress import progress
-from efflm.core.registry import MethodConfig, register
+from efflm.core.registry import register
+from efflm.core.selection import ModuleSelection
 from efflm.models.arch import decoder_linears, set_module
 from efflm.nn.int8_linear import Int8Linear
 
 
 @dataclass(frozen=True)
-class W8A8Config(MethodConfig):
+class W8A8Config(ModuleSelection):
     """Naive W8A8 of every decoder Linear: int8 per-channel weights, int8 per-token activations."""
 
     method = "w8a8"
@@ -36,6 +37,6 @@ class W8A8Config(MethodConfig):
     layerwise=True,
 )
 def apply(model: torch.nn.Module, config: W8A8Config, calib: Any = None) -> torch.nn.Module:
-    for path, linear in progress(decoder_linears(model), desc="w8a8"):
+    for path, linear in progress(decoder_linears(model, config.selects), desc="w8a8"):
         set_module(model, path, Int8Linear.from_linear(linear))
     return model

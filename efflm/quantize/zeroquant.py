@@ -26,7 +26,8 @@ from efflm.calib.layerwise import first_layer_inputs, layer_output
 from efflm.core.errors import ConfigError, EfflmError
 from efflm.core.fields import opt
 from efflm.core.progress import progress
-from efflm.core.registry import MethodConfig, register
+from efflm.core.registry import register
+from efflm.core.selection import ModuleSelection
 from efflm.models.arch import decoder_layers, layout_for, set_module
 from efflm.models.streaming import each_layer
 from efflm.quantize import grid
@@ -34,7 +35,7 @@ from efflm.quantize.fake_quant import FakeQuantLinear
 
 
 @dataclass(frozen=True)
-class ZeroQuantConfig(MethodConfig):
+class ZeroQuantConfig(ModuleSelection):
     """ZeroQuant of every decoder Linear: group-wise weights, token-wise activations, LKD."""
 
     method = "zeroquant"
@@ -101,7 +102,7 @@ def apply(model: torch.nn.Module, config: ZeroQuantConfig, calib: Any) -> torch.
         for i, layer in progress(each_layer(model), desc="zeroquant", total=len(decoder_layers(model))):
             with torch.no_grad():  # the original layer's outputs: LKD's targets and the next layer's inputs
                 targets = [layer_output(layer, h, kw) for h, kw in inputs]
-            paths = [f"{layout.layers}.{i}.{name}" for name in layout.linears]
+            paths = [p for p in (f"{layout.layers}.{i}.{name}" for name in layout.linears) if config.selects(p)]
             fakes = [FakeQuantLinear(model.get_submodule(p), config.bits, config.group_size, config.symmetric,
                                      config.act_bits) for p in paths]  # fmt: skip
             for path, fake in zip(paths, fakes):

@@ -21,7 +21,8 @@ import torch
 from efflm.core.errors import ConfigError
 from efflm.core.fields import opt
 from efflm.core.progress import progress
-from efflm.core.registry import MethodConfig, register
+from efflm.core.registry import register
+from efflm.core.selection import ModuleSelection
 from efflm.models.arch import decoder_linears, set_module
 from efflm.nn.fp_formats import FP8, MAX
 from efflm.nn.fp_linear import FPLinear
@@ -29,7 +30,7 @@ from efflm.quantize.grid import check_group_size
 
 
 @dataclass(frozen=True)
-class ZeroQuantFPConfig(MethodConfig):
+class ZeroQuantFPConfig(ModuleSelection):
     """Floating-point weights (and FP8 activations) for every decoder Linear."""
 
     method = "zeroquant_fp"
@@ -67,7 +68,7 @@ def check(hf_config: Any, config: ZeroQuantFPConfig) -> None:
 )
 def apply(model: torch.nn.Module, config: ZeroQuantFPConfig, calib: Any = None) -> torch.nn.Module:
     act = None if config.act_format == "none" else config.act_format
-    for path, linear in progress(decoder_linears(model), desc="zeroquant_fp"):
+    for path, linear in progress(decoder_linears(model, config.selects), desc="zeroquant_fp"):
         fp = FPLinear.from_linear(linear, config.weight_format, config.group_size, act, config.pow2_scales)
         set_module(model, path, fp)
     return model

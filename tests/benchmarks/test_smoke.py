@@ -31,6 +31,7 @@ def test_every_benchmark_script_has_a_smoke_test():
     tested = {
         "vs_llamacpp",
         "scale_checkpoints",
+        "scale_compress",
         "vs_llmcompressor",
         "speculative_speed",
         "kv_policies",
@@ -297,3 +298,27 @@ def test_recover_base_recipes_are_the_recover_suites_bases():
     bases = {recipes.label(r) for r in recover_suite()}
     assert len(labels) == len(files) and not labels & default
     assert labels | (bases & default) == bases
+
+
+@pytest.mark.benchmarks
+def test_scale_compress(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    import scale_checkpoints
+
+    shape = dict(vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                 rms_norm_eps=1e-5, tie_word_embeddings=False)  # fmt: skip
+    monkeypatch.setitem(scale_checkpoints.SHAPES, "tiny-test", shape)
+    path = scale_checkpoints.write_checkpoint("tiny-test", tmp_path)
+    out = tmp_path / "scale.md"
+    args = ["--models", "tiny-test", "--whole", "tiny-test", "--qlora", "tiny-test", "--default-model", str(path)]
+    assert (
+        script("scale_compress").main([*args, "--rounds", "1", "--checkpoints", str(tmp_path), "--out", str(out)]) == 0
+    )
+    md = out.read_text()
+    assert md.count("| tiny-test |") == 3  # whole, streamed, qlora
+    assert "| streamed |" in md and "Streamed / whole wall time" in md and "70B" in md
+    assert "failed" not in md
+    assert "scale_checkpoints" in sys.modules
