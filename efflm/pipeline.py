@@ -129,6 +129,7 @@ def load_and_apply(
 
         model, tok = streamed(weights_dir(model_spec), torch.float32, device), load_tokenizer(model_spec)
         model.efflm_stream.sink = sink
+        model.efflm_stream.release_outside = sink is not None  # written out: hold one layer, not the embeddings
     else:
         from efflm.io.load import load
 

@@ -70,10 +70,14 @@ def test_only_one_layer_is_in_memory_while_streaming(tiny_dir, tmp_path):
     def sink(i, layer, model):
         layers = model.model.layers
         resident.append(sum(not layers[j].input_layernorm.weight.is_meta for j in range(len(layers))))
+        assert model.model.embed_tokens.weight.is_meta and model.lm_head.weight.is_meta  # re-read at the end
         return True
 
-    pipeline.load_and_apply(tiny_dir, [config_from_dict({"method": "rtn"})], sink=sink)
+    model, _ = pipeline.load_and_apply(tiny_dir, [config_from_dict({"method": "rtn"})], sink=sink)
     assert resident == [1, 1]
+    whole, _ = load(tiny_dir)
+    assert torch.equal(model.model.embed_tokens.weight, whole.model.embed_tokens.weight)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
 
 
 def test_a_multi_step_layerwise_recipe_streams_and_keeps_its_layers(tiny_dir):

@@ -49,15 +49,19 @@ def gram(x: torch.Tensor, band: int = 256) -> torch.Tensor:
     G = torch.zeros(n, n, device=x.device)
     for a in range(0, n, band):
         G[a : a + band, a:] = x[:, a : a + band].t() @ x[:, a:]
-    upper = torch.triu(G)
-    return upper + torch.triu(G, 1).t()
+    G.triu_()  # in place: two n × n buffers at a time, not four (the same values)
+    G += torch.triu(G, 1).t()
+    return G
 
 
 def mask_dead_columns(W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     """Zero the weight columns of inputs that never fired (in place) and return a copy of H
-    with 1 on their diagonal, so H stays invertible and their weights stay zero."""
-    H = H.clone()
+    with 1 on their diagonal, so H stays invertible and their weights stay zero — or H itself
+    when no input is dead (no n × n copy; callers never modify it)."""
     dead = torch.diag(H) == 0
+    if not bool(dead.any()):
+        return H
+    H = H.clone()
     H[dead, dead] = 1
     W[:, dead] = 0
     return H
@@ -68,10 +72,15 @@ def inverse_cholesky(H: torch.Tensor, damp: float, retries: int = 3) -> tuple[to
     mean_diag = torch.diag(H).mean()
     for attempt in range(retries + 1):
         lam = damp * 10**attempt
-        Hd = H + lam * mean_diag * torch.eye(H.shape[0], device=H.device)
+        Hd = H.clone()  # H + λI, with each n × n intermediate freed as soon as it is used
+        Hd.diagonal().add_(lam * mean_diag)
         L, info = torch.linalg.cholesky_ex(Hd)
+        del Hd
         if info == 0:
-            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            inverse = torch.cholesky_inverse(L)
+            del L
+            U, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            del inverse
             if info == 0 and torch.isfinite(U).all():
                 return U, lam
     return None, float("nan")

@@ -36,6 +36,8 @@ class LayerStream:
     def __init__(self, shards: Shards, dtype: torch.dtype, device: torch.device):
         self.shards, self.dtype, self.device = shards, dtype, device
         self.sink: Sink | None = None
+        self.release_outside = False  # free the tensors outside the layers while layers stream (re-read at the end)
+        self.released: list[tuple[nn.Module, str, str]] = []
         self.loaded: set[int] = set()
         self.done: set[int] = set()
         self.layer_seconds: dict[int, float] = {}
@@ -48,12 +50,35 @@ class LayerStream:
             return layer
         if i in self.done:
             raise EfflmError(f"decoder layer {i} was already compressed and written; a method visited it twice")
+        if self.release_outside and not self.released:
+            self._free_outside(model)
         prefix = f"{layout.layers}.{i}."
         state = {k: self.shards.get(prefix + k, self.dtype, self.device) for k in layer.state_dict()}
         layer.load_state_dict(state, strict=True, assign=True)
         _no_meta(layer, f"decoder layer {i}")
         self.loaded.add(i)
         return layer
+
+    def _free_outside(self, model: nn.Module) -> None:
+        """The embeddings and head go back to the meta device: the layers' inputs are computed and
+        nothing until the end reads them (a tied head's alias included)."""
+        prefix = layout_for(model.config.model_type).layers + "."
+        for mname, module in model.named_modules():
+            if mname == prefix[:-1] or mname.startswith(prefix):
+                continue
+            for leaf, p in list(module._parameters.items()):
+                if p is not None and not p.is_meta:
+                    module._parameters[leaf] = nn.Parameter(p.to("meta"), requires_grad=False)
+                    self.released.append((module, leaf, f"{mname}.{leaf}" if mname else leaf))
+
+    def restore_outside(self, model: nn.Module) -> None:
+        """Read the freed tensors back from the checkpoint (a tied head is re-tied to the embeddings)."""
+        for module, leaf, name in self.released:
+            if name in self.shards:
+                module._parameters[leaf] = nn.Parameter(self.shards.get(name, self.dtype, self.device), False)
+        if getattr(model.config, "tie_word_embeddings", False):
+            model.tie_weights()
+        self.released.clear()
 
     def offload(self, model: nn.Module, i: int) -> None:
         layers = get_module(model, layout_for(model.config.model_type).layers)
@@ -97,6 +122,7 @@ def finish_stream(model: nn.Module) -> None:
         if i not in stream.done:
             stream.onload(model, i)
             stream.offload(model, i)
+    stream.restore_outside(model)
 
 
 def _no_meta(module: nn.Module, what: str) -> None:

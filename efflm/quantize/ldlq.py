@@ -38,7 +38,9 @@ def gptq_quantize(
         perm = torch.arange(cols, device=W.device)
         scales = torch.empty(out, cols // g, dtype=torch.float16, device=W.device)
         offsets = None if symmetric else torch.empty(out, cols // g, dtype=torch.float16, device=W.device)
-    U, lam = inverse_cholesky(H[perm][:, perm], damp)
+    H = H[perm][:, perm]  # the caller's H is left as it was
+    U, lam = inverse_cholesky(H, damp)
+    del H
     if U is None:
         scales, offsets = grid.grid(W, bits, g, symmetric)
         return grid.quantize(W, scales, offsets, bits, g), scales, offsets, {"fallback": "rtn", "damp": lam}
