@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 EFFLM = [sys.executable, "-m", "efflm.cli"]
 GPTQ = "method: gptq\nbits: 4\ngroup_size: 128\n"
+GPTQ_DEFAULT = "method: gptq\nbits: 4\ngroup_size: 64\n"  # SmolLM2's 576-wide inputs take no 128-groups
 GB = 1e9
 
 # shapes for the memory model only (70B: Llama-3.1-70B's, with SmolLM2's vocabulary like the others)
@@ -99,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--checkpoints", help="where the checkpoints are (written if absent; default: efflm's cache)")
+    ap.add_argument("--cache", help="JSON of finished compress rows: reused, and each new row added (a run resumes)")
     ap.add_argument("--out", default=str(ROOT / "results" / "scale_compress.md"))
     a = ap.parse_args(argv)
+    cache = json.loads(Path(a.cache).read_text()) if a.cache and Path(a.cache).is_file() else {}
     ckpt = lambda name: write_checkpoint(name, a.checkpoints)  # noqa: E731
     tmp = Path(tempfile.mkdtemp(prefix="efflm-scale-"))
     recipe = tmp / "gptq.yaml"
@@ -111,14 +114,24 @@ def main(argv: list[str] | None = None) -> int:
     for name in models:
         path = ckpt(name)
         for streamed in [False, True] if name in whole else [True]:
+            key = f"{name} {'streamed' if streamed else 'whole'} {a.device}"
+            if key in cache:
+                rows.append({**cache[key], "pred": predict(_config(path))["total"]})
+                continue
             r = compress_row(name, path, tmp, streamed, a.device, recipe)
             print(f"{name} {'streamed' if streamed else 'whole'}: {r['wall']:.0f} s, peak RSS {r['rss'] / GB:.2f} GB")
-            rows.append(r)
             _rm(r["out"])
+            r = {k: v for k, v in r.items() if k not in ("out", "stdout")}
+            rows.append(r)
+            if a.cache:
+                cache[key] = r
+                Path(a.cache).write_text(json.dumps(cache, indent=1))
     qlora = []
     for name in [m for m in a.qlora.split(",") if m]:
         qlora.append(qlora_row(name, ckpt(name), tmp, a.device))
-    default = default_rows(a.default_model, tmp, a.rounds, a.device, recipe)
+    default_recipe = tmp / "gptq-default.yaml"
+    default_recipe.write_text(GPTQ_DEFAULT)
+    default = default_rows(a.default_model, tmp, a.rounds, a.device, default_recipe)
     for r in rows:
         r["config"] = _config(ckpt(r["model"]))
     Path(a.out).write_text(render(rows, qlora, default, a))
@@ -187,11 +200,14 @@ def render(rows: list[dict], qlora: list[dict], default: dict, a) -> str:
     for r in rows:
         n = _params(r["config"])
         lines.append(
-            f"| {r['model']} | {n / 1e9:.2f} B | {'streamed' if r['streamed'] else 'whole (EFFLM_STREAM=0)'} | "
+            f"| {r['model']} | {n / 1e9:.2f} B | {'streamed' if r['streamed'] else 'whole (EFFLM_STREAM=0)'}"
+            f"{' ¹' if r.get('source') else ''} | "
             f"{r['wall']:.0f} | {r['layers'] or '–'} | {_f(r['layer_median'])} | {r['rss'] / GB:.2f} | "
-            f"{r['pred'] / GB:.2f} | {r['bytes'] / GB:.2f} |"
+            f"{r['pred'] / GB:.2f} | {_f(r['bytes'] and r['bytes'] / GB)} |"
         )
     p70 = predict(LLAMA_70B)
+    sources = sorted({r["source"] for r in rows if r.get("source")})
+    lines += ["", *[f"¹ {src}" for src in sources]] if sources else []
     lines += [
         "",
         "Memory model (float32 working copies): peak ≈ tensors outside the layers + one decoder layer + 5 × "
@@ -215,7 +231,7 @@ def render(rows: list[dict], qlora: list[dict], default: dict, a) -> str:
     w = default["walls"]
     ratio = statistics.median(w[True]) / statistics.median(w[False])
     lines += [
-        f"## Streamed against whole-model GPTQ on the default model ({a.default_model}, {a.rounds} interleaved rounds)",
+        f"## Streamed against whole-model GPTQ W4 g64 on the default model ({a.default_model}, {a.rounds} interleaved rounds)",
         "",
         "| path | median wall s | perplexity (efflm eval, default windows) |",
         "|---|---|---|",

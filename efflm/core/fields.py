@@ -95,6 +95,10 @@ def describe(m: Method, extra: Iterable[tuple[str, type]] = (), width: int = 0) 
         f"arXiv        {m.arxiv or '–'}",
         f"catalog id   {m.paper or '–'}",
         f"calibrates   {'yes' if m.needs_calibration else 'no'}",
+    ]
+    if m.family in ("quantize", "prune", "lowrank"):  # the compression families: does it stream?
+        lines.append(f"streams      {'yes: one decoder layer at a time' if m.layerwise else 'no: the whole model'}")
+    lines += [
         "",
     ]
     rows = field_rows(m.config_cls)

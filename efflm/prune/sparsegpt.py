@@ -35,7 +35,7 @@ def block_mask(score: torch.Tensor, sparsity: float, row_splits: list[int] | Non
     parts = []
     for s in score.split(row_splits or [score.shape[0]]):
         k = round(s.numel() * sparsity)
-        mask = torch.zeros(s.numel(), dtype=torch.bool)
+        mask = torch.zeros(s.numel(), dtype=torch.bool, device=s.device)
         if k:
             mask[torch.topk(s.flatten(), k, largest=False).indices] = True
         parts.append(mask.reshape(s.shape))

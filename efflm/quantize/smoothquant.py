@@ -42,7 +42,7 @@ class _ActMax:
         self.absmax = torch.zeros(n_in)
 
     def add(self, x: torch.Tensor) -> None:
-        self.absmax = torch.maximum(self.absmax, x.reshape(-1, x.shape[-1]).float().abs().amax(dim=0))
+        self.absmax = torch.maximum(self.absmax.to(x.device), x.reshape(-1, x.shape[-1]).float().abs().amax(dim=0))
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ def robust_grid(G: torch.Tensor, d: torch.Tensor, maxq: int, thr: float) -> tupl
     g = G.shape[1]
     s, z = fit(G, maxq)
     base = (((G - fake(G, s, z, maxq)) / d) ** 2).sum(-1, keepdim=True)
-    idx = torch.arange(g)
+    idx = torch.arange(g, device=G.device)
     others = torch.stack([torch.cat([idx[:j], idx[j + 1 :]]) for j in range(g)])  # [g, g−1]
     Gl = G[:, others]  # [rows, g, g−1]
     sl, zl = fit(Gl, maxq)
@@ -84,15 +84,15 @@ def spqr_quantize(W, H, bits, group, stat_bits, stat_group, tau, act_order=True,
     rows, cols = W.shape
     maxq = 2**bits - 1
     H = mask_dead_columns(W, H)
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols)
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols, device=W.device)
     W = W[:, perm]
     U, lam = inverse_cholesky(H[perm][:, perm], damp)
     info = {"damp": lam}
     if U is None:  # no error feedback at all: SpQR's grids and outliers on the weights as they are
-        U, info = torch.eye(cols), {"fallback": "no feedback"}
+        U, info = torch.eye(cols, device=W.device), {"fallback": "no feedback"}
     d = torch.diag(U)
     thr = float("inf") if tau is None else tau * (W.var(dim=0) / d**2).mean().item()
-    codes, sparse, E = torch.zeros(rows, cols), torch.zeros(rows, cols), torch.zeros(rows, block_size)
+    codes, sparse, E = (torch.zeros(rows, n, device=W.device) for n in (cols, cols, block_size))
     stats = {k: [] for k in ("scale_codes", "scale_stats", "zero_codes", "zero_stats")}
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
@@ -107,7 +107,7 @@ def spqr_quantize(W, H, bits, group, stat_bits, stat_group, tau, act_order=True,
             q = torch.clamp(torch.round(w / s.clamp(min=1e-12) + z), 0, maxq)
             dq = s * (q - z)
             outlier = ((w - dq) / d[i]) ** 2 > thr
-            corr = torch.where(outlier, (w - dq).half().float(), torch.zeros(()))
+            corr = torch.where(outlier, (w - dq).half().float(), torch.zeros((), device=w.device))
             dq = dq + corr
             codes[:, i], sparse[:, i] = q, corr
             e = (w - dq) / d[i]
