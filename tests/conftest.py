@@ -57,3 +57,11 @@ def pytest_collection_modifyitems(config, items):
         return next((i for i, p in enumerate(_LONG_FIRST) if path.startswith(p)), len(_LONG_FIRST))
 
     items.sort(key=rank)  # stable: the order within each file is kept
+
+
+@pytest.fixture
+def gptq(tmp_path):
+    """A GPTQ W4 g32 recipe file (tests of inputs refused before work)."""
+    p = tmp_path / "gptq.yaml"
+    p.write_text("- method: gptq\n  bits: 4\n  group_size: 32\n")
+    return str(p)

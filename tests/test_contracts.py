@@ -23,13 +23,6 @@ def one_line(capsys, *argv) -> str:
 
 
 @pytest.fixture
-def gptq(tmp_path):
-    p = tmp_path / "gptq.yaml"
-    p.write_text("- method: gptq\n  bits: 4\n  group_size: 32\n")
-    return str(p)
-
-
-@pytest.fixture
 def no_work(monkeypatch):
     """Fail the test if any model weights are loaded or any recipe step is applied."""
     import efflm.io.load

@@ -173,13 +173,6 @@ def test_fuzz_jsonl_reader_gives_windows_or_one_error(tmp_path, seed):
 
 
 @pytest.fixture
-def gptq(tmp_path):
-    p = tmp_path / "gptq.yaml"
-    p.write_text("- method: gptq\n  bits: 4\n  group_size: 32\n")
-    return str(p)
-
-
-@pytest.fixture
 def no_weights(monkeypatch):
     import efflm.io.load
 
