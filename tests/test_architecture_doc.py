@@ -144,3 +144,9 @@ def test_every_method_is_named_by_a_test_of_its_package(tmp_path):
     (tmp_path / "quantize" / "helper.py").write_text('NAME = "gptq"\n')  # not a test file
     by_name = {m.name: m for m in methods()}
     assert untested_methods([by_name[n] for n in ("rtn", "awq", "gptq")], tmp_path) == ["gptq (tests/quantize/)"]
+
+
+def test_readme_stays_a_front_page():
+    """The README is at most 200 lines (issue 32): details go to docs/, linked from it."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines; move details into docs/"
