@@ -36,47 +36,80 @@ class Hessian:
         self.H *= self.n / (self.n + m)
         self.n += m
         x = x * (2 / self.n) ** 0.5
-        self.H += gram(x)
+        add_gram(self.H, x)
+
+    def take(self) -> torch.Tensor:
+        """Hand H over to a solver that may overwrite and free it (``consume=True`` below); the
+        observer keeps no reference, so the n × n matrix lives only as long as the solver needs it."""
+        H, self.H = self.H, None
+        if H is None:
+            raise RuntimeError("Hessian.take: H was already taken")
+        return H
+
+
+def add_gram(H: torch.Tensor, x: torch.Tensor, band: int = 256) -> torch.Tensor:
+    """``H += xᵀx`` in place for x [tokens, n], computing only the bands on and above the diagonal
+    (about (1 + 1/bands)/2 of the multiply-adds) and adding each band's product to its upper and
+    mirrored lower place: the values of ``H + gram(x)`` with no second n × n matrix (one band's
+    product, band × n, is the only temporary)."""
+    n = x.shape[1]
+    if n <= band:
+        H += x.t() @ x
+        return H
+    for a in range(0, n, band):
+        b = min(a + band, n)
+        P = x[:, a:b].t() @ x[:, a:]  # rows a..b of xᵀx, from the diagonal on
+        block = P[:, : b - a]
+        H[a:b, a:b] += torch.triu(block) + torch.triu(block, 1).t()  # the diagonal block, mirrored
+        H[a:b, b:] += P[:, b - a :]
+        H[b:, a:b] += P[:, b - a :].t()
+    return H
 
 
 def gram(x: torch.Tensor, band: int = 256) -> torch.Tensor:
-    """xᵀx for x [tokens, n], computing only the bands on and above the diagonal (about
-    (1 + 1/bands)/2 of the multiply-adds) and mirroring the rest; on BLAS the result equals
-    ``x.t() @ x`` entry for entry."""
+    """xᵀx for x [tokens, n] from its bands on and above the diagonal (``add_gram``); on BLAS the
+    result equals ``x.t() @ x`` entry for entry, and it is symmetric exactly."""
     n = x.shape[1]
-    if n <= band:
-        return x.t() @ x
-    G = torch.zeros(n, n, device=x.device)
-    for a in range(0, n, band):
-        G[a : a + band, a:] = x[:, a : a + band].t() @ x[:, a:]
-    G.triu_()  # in place: two n × n buffers at a time, not four (the same values)
-    G += torch.triu(G, 1).t()
-    return G
+    return add_gram(torch.zeros(n, n, device=x.device), x, band)
 
 
-def mask_dead_columns(W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
-    """Zero the weight columns of inputs that never fired (in place) and return a copy of H
-    with 1 on their diagonal, so H stays invertible and their weights stay zero — or H itself
-    when no input is dead (no n × n copy; callers never modify it)."""
+def mask_dead_columns(W: torch.Tensor, H: torch.Tensor, consume: bool = False) -> torch.Tensor:
+    """Zero the weight columns of inputs that never fired (in place) and return H with 1 on their
+    diagonal, so H stays invertible and their weights stay zero: a copy, or H itself (changed in
+    place) when ``consume`` or when no input is dead (callers never modify H then)."""
     dead = torch.diag(H) == 0
     if not bool(dead.any()):
         return H
-    H = H.clone()
+    if not consume:
+        H = H.clone()
     H[dead, dead] = 1
     W[:, dead] = 0
     return H
 
 
-def inverse_cholesky(H: torch.Tensor, damp: float, retries: int = 3) -> tuple[torch.Tensor | None, float]:
-    """Upper Cholesky factor of (H + λI)⁻¹, λ = damp · mean(diag H), raising λ ×10 on failure."""
-    mean_diag = torch.diag(H).mean()
+def inverse_cholesky(
+    H: torch.Tensor, damp: float, retries: int = 3, consume: bool = False
+) -> tuple[torch.Tensor | None, float]:
+    """Upper Cholesky factor of (H + λI)⁻¹, λ = damp · mean(diag H), raising λ ×10 on failure.
+
+    ``consume``: H is the caller's to give away — the dampening is added to it in place and its
+    storage is released once it is factored (H is then empty), so at most two n × n matrices are
+    alive at a time instead of four; the factor is the same, bit for bit."""
+    diag = torch.diag(H)  # a copy: the undampened diagonal, restored before each retry
+    mean_diag = diag.mean()
     for attempt in range(retries + 1):
         lam = damp * 10**attempt
-        Hd = H.clone()  # H + λI, with each n × n intermediate freed as soon as it is used
-        Hd.diagonal().add_(lam * mean_diag)
+        if consume:
+            Hd = H
+            Hd.diagonal().copy_(diag).add_(lam * mean_diag)
+        else:
+            Hd = H.clone()  # H + λI, with each n × n intermediate freed as soon as it is used
+            Hd.diagonal().add_(lam * mean_diag)
         L, info = torch.linalg.cholesky_ex(Hd)
         del Hd
         if info == 0:
+            if consume:
+                H.untyped_storage().resize_(0)  # the caller's H is spent: free it before the inverse
             inverse = torch.cholesky_inverse(L)
             del L
             U, info = torch.linalg.cholesky_ex(inverse, upper=True)

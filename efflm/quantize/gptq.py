@@ -87,13 +87,14 @@ def apply(model: torch.nn.Module, config: GPTQConfig, calib: Any) -> torch.nn.Mo
             W = torch.cat([lin.weight.data for lin in linears])
             codes, scales, offsets, info = gptq_quantize(
                 W,
-                observers[paths[0]].H,
+                observers[paths[0]].take(),  # the group's Hessian is freed as the solver goes
                 config.bits,
                 config.group_size,
                 config.symmetric,
                 config.act_order,
                 config.dampening,
                 config.block_size,
+                consume=True,
             )
             if info.get("fallback"):
                 note(model, f"gptq: Cholesky failed for {', '.join(paths)} even at raised damping; RTN used")

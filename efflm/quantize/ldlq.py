@@ -25,12 +25,16 @@ def gptq_quantize(
     act_order: bool = False,
     damp: float = 0.01,
     block_size: int = 128,
+    consume: bool = False,
 ):
-    """Return (codes uint8 [out, in], fp16 scales, fp16 offsets | None, info dict); info["fallback"] if RTN."""
+    """Return (codes uint8 [out, in], fp16 scales, fp16 offsets | None, info dict); info["fallback"] if RTN.
+
+    ``consume``: H is given away (``Hessian.take()``): it is overwritten and its memory released
+    as soon as it has been permuted, so the solver holds two n × n matrices at most."""
     W = W.float().clone()
     out, cols = W.shape
     g = group_size if group_size > 0 else cols
-    H = mask_dead_columns(W, H)
+    H = mask_dead_columns(W, H, consume=consume)
     if act_order:
         scales, offsets = grid.grid(W, bits, g, symmetric)  # static groups from the original weights
         perm = torch.argsort(torch.diag(H), descending=True)
@@ -38,9 +42,13 @@ def gptq_quantize(
         perm = torch.arange(cols, device=W.device)
         scales = torch.empty(out, cols // g, dtype=torch.float16, device=W.device)
         offsets = None if symmetric else torch.empty(out, cols // g, dtype=torch.float16, device=W.device)
-    H = H[perm][:, perm]  # the caller's H is left as it was
-    U, lam = inverse_cholesky(H, damp)
+    Hp = H.index_select(0, perm)  # H[perm][:, perm]; the caller's H is left as it was unless consumed
+    if consume:
+        H.untyped_storage().resize_(0)
     del H
+    Hp = Hp.index_select(1, perm)
+    U, lam = inverse_cholesky(Hp, damp, consume=True)  # Hp is this function's own copy
+    del Hp
     if U is None:
         scales, offsets = grid.grid(W, bits, g, symmetric)
         return grid.quantize(W, scales, offsets, bits, g), scales, offsets, {"fallback": "rtn", "damp": lam}

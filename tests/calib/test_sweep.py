@@ -4,7 +4,7 @@ matrix computed in bands against x.t() @ x."""
 import pytest
 import torch
 
-from efflm.calib.hessian import gram
+from efflm.calib.hessian import add_gram, gram
 from efflm.calib.sweep import sweep, sweep_torch
 from efflm.nn import c_kernels
 from efflm.prune.sparsegpt import sparsegpt_prune
@@ -85,3 +85,18 @@ def test_gram_in_bands_is_xtx(n):
     G = gram(x)
     assert torch.equal(G, G.t())
     torch.testing.assert_close(G, x.t() @ x, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("n", [100, 576, 700])
+def test_add_gram_in_place_gives_the_old_sum(n):
+    """The Hessian's in-place accumulation has the values of H + (the banded, mirrored xᵀx)."""
+    g = torch.Generator().manual_seed(n)
+    x, H = torch.randn(300, n, generator=g), torch.randn(n, n, generator=g)
+    H = H + H.t()
+    G = torch.zeros(n, n)  # the previous construction: upper bands, then the strict upper mirrored
+    for a in range(0, n, 256):
+        G[a : a + 256, a:] = x[:, a : a + 256].t() @ x[:, a:]
+    G.triu_()
+    G += torch.triu(G, 1).t()
+    expected = H + (x.t() @ x if n <= 256 else G)
+    assert torch.equal(add_gram(H, x), expected)

@@ -56,6 +56,40 @@ def test_cholesky_failure_raises_damping_then_falls_back_to_rtn():
     assert torch.equal(grid.dequantize(codes, scales, offsets, 4, 32), grid.fake_quantize(W, 4, 32, True))
 
 
+@pytest.mark.parametrize("act_order", [False, True])
+def test_a_consumed_hessian_gives_the_same_codes_and_is_freed(act_order):
+    """consume=True (GPTQ's path, Hessian.take()) overwrites and frees H but quantizes bit for bit as
+    the copying path does, dead input columns included."""
+    W, _, H = _layer(out=16, inp=64)
+    H[5, :], H[:, 5] = 0, 0  # an input that never fired
+    kept = gptq_quantize(W, H.clone(), 4, 32, True, act_order)
+    given = H.clone()
+    took = gptq_quantize(W, given, 4, 32, True, act_order, consume=True)
+    assert torch.equal(kept[0], took[0]) and torch.equal(kept[1], took[1]) and took[2] is None
+    assert given.untyped_storage().nbytes() == 0
+
+
+def test_consumed_inverse_cholesky_retries_from_the_undampened_diagonal():
+    """A factorization that fails at the first damping is retried at 10x from H's own diagonal, so
+    the in-place path gives the copying path's factor and damping."""
+    g = torch.Generator().manual_seed(1)
+    A = torch.randn(24, 24, generator=g)
+    H = A @ A.t() - torch.eye(24)  # smallest eigenvalue about -1: λ = 0.01 · mean diag is not enough
+    U0, lam0 = inverse_cholesky(H, 0.01)
+    U1, lam1 = inverse_cholesky(H.clone(), 0.01, consume=True)
+    assert lam0 == lam1 == 0.1  # the first damping failed
+    assert torch.equal(U0, U1)
+
+
+def test_hessian_take_hands_over_once():
+    h = Hessian(4)
+    h.add(torch.randn(3, 4))
+    H = h.take()
+    assert H.shape == (4, 4) and h.H is None
+    with pytest.raises(RuntimeError):
+        h.take()
+
+
 def test_gptq_apply_rejects_missing_calibration_and_non_finite_activations(tiny):
     from efflm.core.errors import EfflmError
 
