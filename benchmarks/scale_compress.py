@@ -59,17 +59,22 @@ def run(cmd: list[str], env: dict | None = None) -> dict:
 
 
 def predict(cfg: dict, samples: int = 8, seq: int = 512) -> dict:
-    """Peak bytes of a streamed GPTQ run: the tensors outside the layers + one layer + the largest
-    Hessian's working copies + the calibration activations, all float32."""
+    """Peak bytes of a streamed GPTQ ``compress``, all float32: while a layer is calibrated, the layer
+    + its largest solve (two n × n Hessian matrices — the permuted copy and its Cholesky factor — and
+    three copies of the stacked weight: the working copy, its permutation, the codes) + the
+    calibration activations; the tensors outside the layers are freed meanwhile (read at the start
+    and again at the end), so the peak is the larger of the two phases."""
     h, inter, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     hd = cfg.get("head_dim") or h // heads
     layer = h * (heads * hd) * 2 + h * (kv * hd) * 2 + 3 * h * inter + 2 * h
     outside = vocab * h * (1 if cfg.get("tie_word_embeddings") else 2) + h
-    hessian = 5 * inter * inter  # H, its masked copy, the permuted copy, H + λI and its factor
+    groups = [(h, heads * hd + 2 * kv * hd), (heads * hd, h), (h, 2 * inter), (inter, h)]  # (in, stacked out)
+    solve = max(2 * n * n + 3 * n * out for n, out in groups)
     acts = samples * seq * (2 * h + 3 * inter)  # layer inputs and outputs, gate/up/act of the MLP
-    parts = {"outside": 4 * outside, "layer": 4 * layer, "hessian": 4 * hessian, "activations": 4 * acts}
-    parts["total"] = sum(parts.values()) + 0.6 * GB  # the interpreter, torch and transformers
+    parts = {"outside": 4 * outside, "layer": 4 * layer, "solve": 4 * solve, "activations": 4 * acts}
+    base = 0.6 * GB  # the interpreter, torch and transformers
+    parts["total"] = base + max(parts["outside"], parts["layer"] + parts["solve"] + parts["activations"])
     return parts
 
 
@@ -128,7 +133,12 @@ def main(argv: list[str] | None = None) -> int:
                 Path(a.cache).write_text(json.dumps(cache, indent=1))
     qlora = []
     for name in [m for m in a.qlora.split(",") if m]:
-        qlora.append(qlora_row(name, ckpt(name), tmp, a.device))
+        key = f"qlora {name} {a.device}"
+        q = cache[key] if key in cache else qlora_row(name, ckpt(name), tmp, a.device)
+        qlora.append(q)
+        if a.cache and "error" not in q:
+            cache[key] = q
+            Path(a.cache).write_text(json.dumps(cache, indent=1))
     default_recipe = tmp / "gptq-default.yaml"
     default_recipe.write_text(GPTQ_DEFAULT)
     default = default_rows(a.default_model, tmp, a.rounds, a.device, default_recipe)
@@ -140,19 +150,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def qlora_row(name: str, path: Path, tmp: Path, device: str) -> dict:
+    """2 QLoRA steps of 1 × 256 tokens on an NF4 base streamed from ``path``; ``--no-eval``: the
+    held-out evaluation of a results row would take longer than the training it measures."""
     nf4, method = tmp / "nf4.yaml", tmp / "qlora.yaml"
     nf4.write_text("method: nf4\n")
     method.write_text("method: qlora\nr: 8\ntrain:\n  steps: 2\n  batch: 1\n  seq_len: 256\n  warmup: 0\n")
     out = tmp / f"qlora-{name}"
     cmd = [*EFFLM, "finetune", "--model", str(path), "--recipe", str(nf4), "--method-recipe", str(method),
-           "--data", "domain", "--out", str(out), "--db", str(tmp / "runs.sqlite"), "--device", device]  # fmt: skip
+           "--data", "domain", "--out", str(out), "--no-eval", "--device", device]  # fmt: skip
     try:
         r = run(cmd)
     except RuntimeError as e:  # reported as a failed row, the other rows kept
         print(f"qlora {name}: failed: {e}")
         return {"model": name, "cmd": cmd, "error": str(e).splitlines()[-1][:200]}
+    metrics = json.loads((out / "efflm_adapter.json").read_text()).get("metrics", {})
+    _rm(out)
     print(f"qlora {name}: {r['wall']:.0f} s, peak RSS {r['rss'] / GB:.2f} GB")
-    return {**r, "model": name, "cmd": cmd}
+    return {"model": name, "cmd": cmd, "wall": r["wall"], "rss": r["rss"], "step_s": metrics.get("step_s_median")}
 
 
 def default_rows(model: str, tmp: Path, rounds: int, device: str, recipe: Path) -> dict:
@@ -203,31 +217,35 @@ def render(rows: list[dict], qlora: list[dict], default: dict, a) -> str:
             f"| {r['model']} | {n / 1e9:.2f} B | {'streamed' if r['streamed'] else 'whole (EFFLM_STREAM=0)'}"
             f"{' ¹' if r.get('source') else ''} | "
             f"{r['wall']:.0f} | {r['layers'] or '–'} | {_f(r['layer_median'])} | {r['rss'] / GB:.2f} | "
-            f"{r['pred'] / GB:.2f} | {_f(r['bytes'] and r['bytes'] / GB)} |"
+            f"{_f(r['pred'] / GB if r['streamed'] else None)} | {_f(r['bytes'] and r['bytes'] / GB)} |"
         )
     p70 = predict(LLAMA_70B)
     sources = sorted({r["source"] for r in rows if r.get("source")})
     lines += ["", *[f"¹ {src}" for src in sources]] if sources else []
     lines += [
         "",
-        "Memory model (float32 working copies): peak ≈ tensors outside the layers + one decoder layer + 5 × "
-        "intermediate² (the largest Hessian, its masked and permuted copies, H + λI and its Cholesky factor) + "
-        "calibration activations (samples × length × (2 hidden + 3 intermediate)) + 0.6 GB for the interpreter and "
-        f"libraries. For a Llama-3.1-70B shape (SmolLM2 vocabulary) it predicts **{p70['total'] / GB:.1f} GB** "
-        f"(outside the layers {p70['outside'] / GB:.1f}, one layer {p70['layer'] / GB:.1f}, Hessians "
-        f"{p70['hessian'] / GB:.1f}, activations {p70['activations'] / GB:.1f}).",
+        "Memory model (float32 working copies; `predict` in the script): peak ≈ 0.6 GB (interpreter and "
+        "libraries) + the larger of the tensors outside the layers (read at the start and the end, freed while "
+        "the layers stream) and one decoder layer + its largest solve (two n × n matrices: the permuted Hessian "
+        "and its Cholesky factor; three copies of the stacked weight) + the calibration activations (samples × "
+        "length × (2 hidden + 3 intermediate)). For a Llama-3.1-70B shape (SmolLM2 vocabulary) it predicts "
+        f"**{p70['total'] / GB:.1f} GB** (one layer {p70['layer'] / GB:.1f}, solve {p70['solve'] / GB:.1f}, "
+        f"activations {p70['activations'] / GB:.1f}; outside the layers {p70['outside'] / GB:.1f}).",
         "",
     ]
     if qlora:
         lines += ["## QLoRA on an NF4 base loaded layer by layer (`efflm finetune --recipe nf4 --method-recipe qlora`)",
-                  "", "| model shape | steps × tokens | wall s | peak RSS GB |", "|---|---|---|---|"]  # fmt: skip
+                  "", "| model shape | steps × tokens | wall s (load + train) | median s / step | peak RSS GB |",
+                  "|---|---|---|---|---|"]  # fmt: skip
         lines += [
-            f"| {q['model']} | 2 × (1 × 256) | failed: {q['error']} | – |"
+            f"| {q['model']} | 2 × (1 × 256) | failed: {q['error']} | – | – |"
             if "error" in q
-            else f"| {q['model']} | 2 × (1 × 256) | {q['wall']:.0f} | {q['rss'] / GB:.2f} |"
+            else f"| {q['model']} | 2 × (1 × 256) | {q['wall']:.0f} | {_f(q.get('step_s'))} | {q['rss'] / GB:.2f} |"
             for q in qlora
         ]
-        lines.append("")
+        lines += ["", f"`efflm finetune --model CHECKPOINT --recipe nf4.yaml --method-recipe qlora.yaml --data domain "
+                  f"--no-eval --device {a.device}`, nf4.yaml `method: nf4`, qlora.yaml `method: qlora`, `r: 8`, `train:` "
+                  "steps 2, batch 1, seq_len 256, warmup 0 (target: peak RSS ≤ 10 GB).", ""]  # fmt: skip
     w = default["walls"]
     ratio = statistics.median(w[True]) / statistics.median(w[False])
     lines += [

@@ -253,6 +253,12 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--steps", type=_positive, help="optimizer steps (overrides train.steps)")
     f.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     f.add_argument("--db", default=RUNS_DB, help="results database the run's row is written to")
+    f.add_argument(
+        "--no-eval",
+        action="store_true",
+        help="skip the final held-out evaluation and so the results row (--db); the adapter or model, the loss "
+        "curve and the run's record are written as usual (for a model whose evaluation would outlast its training)",
+    )
     _device(f, "and the teacher train (bf16 autocast there by default; under accelerate launch, each process's GPU)")
     f.set_defaults(fn=train_commands.cmd_finetune)
 

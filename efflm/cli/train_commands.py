@@ -15,8 +15,9 @@ def cmd_finetune(a) -> int:
         raise EfflmError("--teacher-recipe needs --teacher")
     teacher_recipe = recipe_arg(a.teacher_recipe)
     r = trainer.finetune(
-        a.model, recipe_arg(a.recipe), cfg, train_cfg, a.data, a.out, resume=a.resume, db=a.db,
-        teacher=a.teacher, teacher_recipe=teacher_recipe, teacher_cache=a.teacher_cache, device=a.device,
+        a.model, recipe_arg(a.recipe), cfg, train_cfg, a.data, a.out, resume=a.resume,
+        db=None if a.no_eval else a.db, teacher=a.teacher, teacher_recipe=teacher_recipe,
+        teacher_cache=a.teacher_cache, device=a.device, final_eval=not a.no_eval,
     )  # fmt: skip
     shown = {k: v for k, v in r.items() if k not in ("losses", "evals")}
     print(

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from efflm.core.errors import EfflmError
+from efflm.core.memory import trim_heap
 from efflm.models.arch import get_module, layout_for, set_module
 from efflm.models.shards import Shards
 
@@ -86,6 +87,7 @@ class LayerStream:
         if free:
             layers[i] = layers[i].to("meta")
             self.loaded.discard(i)
+            trim_heap()  # the layer's pages go back to the system, so memory stays flat over the layers
         self.done.add(i)
 
 

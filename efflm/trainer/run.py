@@ -56,6 +56,7 @@ def finetune(
     teacher_recipe: recipes.Recipe | None = None,
     teacher_cache: str | Path | None = None,
     device: str | torch.device | None = "auto",
+    final_eval: bool = True,
 ) -> dict:
     """Train ``tune`` on ``model_spec`` (after ``recipe``), write the adapter (or, for a
     full-parameter method, the whole model under ``out/model``) to ``out``; with ``db``, measure
@@ -63,13 +64,17 @@ def finetune(
     ``teacher`` (after ``teacher_recipe``), which must share the student's tokenizer, or from its
     top-k log-probabilities cached by ``efflm distill-cache`` (``teacher_cache``). ``device``
     (``auto``, ``cpu``, ``cuda``, ``cuda:N``; checked first) is where student and teacher train
-    and are measured; the files written are the same from any device."""
+    and are measured; the files written are the same from any device. ``final_eval=False`` skips the
+    held-out evaluation after training (no ``ppl`` in the result), which a results row needs: it
+    cannot be combined with ``db``."""
     from efflm import pipeline
     from efflm.core.device import is_cuda, peak_memory_mb
     from efflm.eval.metrics import model_bytes, peak_rss_mb
     from efflm.models.sources import load_tokenizer
 
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if db is not None and not final_eval:
+        raise EfflmError("a results row needs the final evaluation: give a database or skip the evaluation, not both")
     dev = run_device(device, world)
     if is_cuda(dev):
         torch.cuda.reset_peak_memory_stats(dev)  # the run's own peak (gpu_peak_mb)
@@ -166,7 +171,7 @@ def finetune(
     result = {"steps": state.step, "final_loss": state.losses[-1] if state.losses else None}
     if state.step < cfg.steps:
         return result  # stopped early: the checkpoint is the output
-    metrics = evaluator(data_spec, tok, final=True)(model)
+    metrics = evaluator(data_spec, tok, final=True)(model) if final_eval else {}
     n_train = count_trainable(model) or sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     if hooks.output == "model":
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
