@@ -83,6 +83,7 @@ class Engine:
                 *(get_module(layer, n) for n in self.layout.norms),
                 *(get_module(attention_of(layer, self.layout), n.split(".")[-1]) for n in self.layout.attn_linears),
                 get_module(layer, self.layout.mlp),
+                tuple(get_module(attention_of(layer, self.layout), n) for n in self.layout.qk_norms),
             )
             for layer in self.layers
         ]
@@ -122,11 +123,14 @@ class Engine:
         sin: torch.Tensor,
         key_rot: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> torch.Tensor:
-        norm1, norm2, q_proj, k_proj, v_proj, o_proj, mlp = mods
+        norm1, norm2, q_proj, k_proj, v_proj, o_proj, mlp, qk_norms = mods
         B, T, _ = x.shape
         h = rms_norm(norm1, x)
-        q = q_proj(h).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k_proj(h).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        q = q_proj(h).view(B, T, self.n_heads, self.head_dim)
+        k = k_proj(h).view(B, T, self.kv_heads, self.head_dim)
+        if qk_norms:  # Qwen3: each head's query and key RMS-normalized before RoPE
+            q, k = rms_norm(qk_norms[0], q), rms_norm(qk_norms[1], k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = v_proj(h).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2).float()
         q = rope(q.float(), cos, sin)
         if key_rot is None:

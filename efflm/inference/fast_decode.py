@@ -117,7 +117,9 @@ class FastDecode:
                 raise Unsupported(f"head_dim {engine.head_dim}")
             keep, layers, widest, dense = [], [], 0, False
             for mods in engine.mods:
-                norm1, norm2, q, k, v, o, mlp = mods
+                norm1, norm2, q, k, v, o, mlp, qk_norms = mods
+                if qk_norms:
+                    raise Unsupported("per-head query/key norms (Qwen3): the fused step has no norm inside attention")
                 lins = [q, k, v, o] + [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
                 if any(m is None for m in lins):
                     raise Unsupported(f"an MLP without gate/up/down projections ({type(mlp).__name__})")

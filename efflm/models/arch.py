@@ -1,13 +1,14 @@
-"""Architecture-specific module names, in one place only.
+"""Architecture-specific module names and quirks, in one place only.
 
-Every Llama-style decoder (Llama, Mistral, Qwen2) names its blocks and Linears the same
-way; a new layout is one more entry in ``LAYOUTS``.
+Every Llama-style decoder (Llama, Mistral, Qwen2, Qwen3) names its blocks and Linears the same
+way; a family's quirk is a field of ``Layout`` (Qwen3's per-head q/k norms: ``qk_norms``), and a
+new layout is one more entry in ``LAYOUTS``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch.nn as nn
@@ -27,6 +28,7 @@ class Layout:
     rotary: str = "model.rotary_emb"  # module(x, position_ids) -> (cos, sin)
     attn: str = "self_attn"
     mlp: str = "mlp"  # module(x) -> MLP output, whatever its Linears are
+    qk_norms: tuple[str, ...] = ()  # per-head RMSNorms of queries and keys inside ``attn``, before RoPE (Qwen3)
 
     @property
     def linears(self) -> tuple[str, ...]:
@@ -54,7 +56,12 @@ _LLAMA = Layout(
     mlp_linears=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
     norms=("input_layernorm", "post_attention_layernorm"),
 )
-LAYOUTS: dict[str, Layout] = {"llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA}
+LAYOUTS: dict[str, Layout] = {
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "qwen2": _LLAMA,
+    "qwen3": replace(_LLAMA, qk_norms=("q_norm", "k_norm")),
+}
 SUPPORTED = tuple(sorted(LAYOUTS))
 
 

@@ -33,7 +33,7 @@ DEFAULT_MODEL = "smollm2-135m"
 TINY = "tiny-llama"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SPEC_HELP = (
-    f"{DEFAULT_MODEL}, {TINY}, a Hugging Face model directory, a .gguf file, "
+    f"{DEFAULT_MODEL}, {TINY} (or tiny-<family>: tiny-qwen3, ...), a Hugging Face model directory, a .gguf file, "
     "or a hub id (org/name) in the local Hugging Face cache"
 )
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -57,8 +57,10 @@ def smollm2_gguf() -> Path:
 
 
 def resolve(spec: str) -> Source:
-    if spec == TINY:
-        return Source("tiny", None, TINY)
+    from efflm.models.tiny import TINY_FAMILIES
+
+    if spec in TINY_FAMILIES:
+        return Source("tiny", None, spec)
     if spec == DEFAULT_MODEL:
         return Source("gguf", smollm2_gguf(), DEFAULT_MODEL)
     path = Path(spec)
@@ -177,9 +179,9 @@ def model_config(spec: str) -> Any:
     """The Hugging Face config of a model spec, cheaply (used to validate recipes before work)."""
     src = resolve(spec)
     if src.kind == "tiny":
-        from efflm.models.tiny import tiny_config
+        from efflm.models.tiny import tiny_spec_config
 
-        return tiny_config()
+        return tiny_spec_config(src.model_id)
     if src.kind == "gguf":
         return _read_config(_converted_gguf(src.path))
     return _read_config(src.path)
@@ -201,7 +203,7 @@ def content_hash(spec: str) -> str:
     """sha256 (16 hex) of the files that define the weights."""
     src = resolve(spec)
     if src.kind == "tiny":
-        return "tiny-llama-seed0"
+        return f"{src.model_id}-seed0"
     if src.kind == "gguf":
         return sha256_file(src.path)[:16]
     import hashlib
@@ -232,9 +234,9 @@ def load_plain(src: Source, dtype: torch.dtype = torch.float32) -> tuple[Any, An
     if src.kind == "efflm":
         raise EfflmError(f"{src.path}: an efflm directory with compressed modules; load it with efflm.io.load")
     if src.kind == "tiny":
-        from efflm.models.tiny import tiny_llama
+        from efflm.models.tiny import tiny_model
 
-        model, tok = tiny_llama()
+        model, tok = tiny_model(src.model_id)
         model = model.to(dtype)
     elif src.kind == "gguf":
         model, tok = _load_hf_dir(_converted_gguf(src.path), dtype)

@@ -1,10 +1,16 @@
-"""``tiny-llama``: a seeded random LlamaForCausalLM with a byte-level tokenizer, built in-process.
+"""``tiny-llama`` and ``tiny-<family>``: seeded random causal LMs with a byte-level tokenizer,
+built in-process.
 
-Used by tests: it has the default model's shape of architecture (GQA, tied embeddings)
-at a size that runs in milliseconds, and needs no file at all.
+``tiny-llama`` has the default model's shape of architecture (GQA, tied embeddings) at a size
+that runs in milliseconds and needs no file at all. ``tiny-qwen3`` and the other ``TINY_FAMILIES``
+are the same size in each supported family's own transformers class (its norms, projections and
+attention quirks), so every path can be tried on every family without downloading weights.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -49,9 +55,37 @@ def tiny_config(vocab_size: int = 259) -> LlamaConfig:
 
 
 def tiny_llama(seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    return tiny_model("tiny-llama", seed)
+
+
+def _qwen3(vocab_size: int) -> Any:
+    from transformers import Qwen3Config
+
+    kw = tiny_config(vocab_size).to_dict()
+    kw.pop("model_type", None)
+    return Qwen3Config(**{k: v for k, v in kw.items() if k in _LLAMA_KEYS}, tie_word_embeddings=True)
+
+
+# the keyword arguments every Llama-like family's config takes as LlamaConfig does
+_LLAMA_KEYS = (
+    "vocab_size hidden_size intermediate_size num_hidden_layers num_attention_heads num_key_value_heads head_dim "
+    "max_position_embeddings bos_token_id eos_token_id pad_token_id rms_norm_eps"
+).split()
+TINY_FAMILIES: dict[str, Callable[[int], Any]] = {"tiny-llama": tiny_config, "tiny-qwen3": _qwen3}
+
+
+def tiny_spec_config(spec: str, vocab_size: int | None = None) -> Any:
+    """The config of a tiny spec (``tiny-llama``, ``tiny-qwen3``, ...)."""
+    return TINY_FAMILIES[spec](vocab_size or len(tiny_tokenizer()))
+
+
+def tiny_model(spec: str = "tiny-llama", seed: int = 0) -> tuple[Any, PreTrainedTokenizerFast]:
+    """A tiny spec's model (random weights from ``seed``, the global RNG untouched) and tokenizer."""
+    from transformers import AutoModelForCausalLM
+
     tokenizer = tiny_tokenizer()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(tiny_config(len(tokenizer)))
+        model = AutoModelForCausalLM.from_config(tiny_spec_config(spec, len(tokenizer)))
     model.eval()
     return model, tokenizer

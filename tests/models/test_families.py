@@ -1,0 +1,84 @@
+"""Every supported family beside Llama (``tiny-<family>``: its own transformers class, random
+weights): efflm's decode engine gives transformers' logits, and every method that changes a model
+applies, runs, saves and reloads bit-exactly on it (tiny-llama's own matrix: tests/core/test_methods.py)."""
+
+import pytest
+import torch
+
+from efflm.core import recipe as recipes
+from efflm.methods import check_for_model, get, methods
+from efflm.models.tiny import TINY_FAMILIES
+from tests.core.test_methods import ZERO_INIT, default_config
+
+FAMILIES = sorted(s for s in TINY_FAMILIES if s != "tiny-llama")
+ALL_FAMILIES = sorted(TINY_FAMILIES)
+MODEL = [m.name for m in methods() if m.family != "data"]
+
+
+def _load(spec):
+    from efflm.io.load import load
+
+    return load(spec)
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return torch.randint(3, 259, (2, 14), generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("spec", ALL_FAMILIES)
+def test_engine_prefill_and_steps_give_transformers_logits(spec, ids):
+    from efflm.inference.engine import Engine
+
+    model, _ = _load(spec)
+    ref = model(ids).logits
+    for fast in (True, False):
+        engine = Engine(model, fast=fast)
+        engine.start(2, 32)
+        got = [engine.step(ids[:, :9], all_logits=True)]
+        got += [engine.step(ids[:, j : j + 1], all_logits=True) for j in range(9, ids.shape[1])]
+        torch.testing.assert_close(torch.cat(got, 1), ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ALL_FAMILIES)
+def test_greedy_generation_matches_transformers(spec, ids):
+    from efflm.inference.generate import SamplingConfig, generate_ids
+
+    model, _ = _load(spec)
+    want = model.generate(ids[:1], max_new_tokens=6, do_sample=False, eos_token_id=None)[0, ids.shape[1] :]
+    outs, _ = generate_ids(model, None, ids[:1], torch.ones_like(ids[:1]), SamplingConfig(max_new_tokens=6))
+    assert outs[0].tokens == want.tolist()
+
+
+@pytest.mark.parametrize("name", MODEL)
+@pytest.mark.parametrize("spec", FAMILIES)
+def test_every_method_applies_saves_and_reloads_on_every_family(spec, name, ids, tmp_path):
+    from efflm.finetune.hooks import hooks_for
+    from efflm.io.load import load
+    from efflm.io.save import save
+
+    model, tok = _load(spec)
+    m = get(name)
+    cfg = default_config(name)
+    check_for_model(model.config, cfg)
+    calib = torch.randint(3, 259, (4, 64), generator=torch.Generator().manual_seed(0)) if m.needs_calibration else None
+    ref = model(ids).logits.clone()
+    out = m.apply(model, cfg, calib)
+    logits = out(ids).logits
+    assert torch.isfinite(logits).all()
+    trains = m.family in ("finetune", "distill")
+    if m.family in ("quantize", "prune", "lowrank") or (trains and name not in ZERO_INIT):
+        assert not torch.equal(logits, ref) and (logits - ref).abs().max() < 10 * ref.abs().max()
+    else:
+        assert torch.equal(logits, ref)
+    assert out.generate(ids[:1], max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+    if trains and hooks_for(cfg).output != "model":
+        return  # adapters are saved in peft's format: tests/finetune
+    if trains:  # a full-parameter run's model is saved whole, after the loop's end (LLM-QAT packs)
+        from tests.finetune.conftest import perturb
+
+        perturb(out)
+        hooks_for(cfg).finish(out)
+    save(out, tok, tmp_path / "m", None if trains else recipes.to_yaml([cfg]))
+    back, _ = load(str(tmp_path / "m"))
+    assert torch.equal(back(ids).logits, out(ids).logits)
