@@ -12,18 +12,22 @@ from efflm.core.errors import EfflmError
 from efflm.io.load import load
 from efflm.io.save import save
 from efflm.methods import config_from_dict, methods
-from efflm.models.tiny import tiny_llama
 
 LAYERWISE = sorted(m.name for m in methods() if m.layerwise)
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    model, tok = tiny_llama()
+def write_tiny(path, spec="tiny-llama"):
+    from efflm.models.tiny import tiny_model
+
+    model, tok = tiny_model(spec)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return write_tiny(tmp_path_factory.mktemp("tiny") / "model")
 
 
 def tensors(path):
@@ -39,6 +43,15 @@ def test_the_layerwise_methods_are_the_calibrating_and_per_linear_quantizers_and
     )
     whole = {m.name for m in methods() if m.family in ("quantize", "prune") and not m.layerwise}
     assert "llm_pruner" in whole and "squeezellm" in whole  # gradients through the whole model
+
+
+@pytest.mark.parametrize("spec", ["tiny-qwen3", "tiny-gemma2", "tiny-gemma3"])
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_streamed_equals_whole_on_every_family(spec, method, tmp_path, monkeypatch):
+    """Each family's computed buffers (RoPE tables, Gemma's embedding scale) are rebuilt, not read."""
+    test_streamed_output_equals_the_whole_model_output_bit_for_bit(
+        method, write_tiny(tmp_path / spec, spec), tmp_path, monkeypatch
+    )
 
 
 @pytest.mark.parametrize("method", LAYERWISE)

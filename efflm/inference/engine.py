@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from efflm.inference.cache import KVCache, make_cache
-from efflm.models.arch import decoder_layers, get_module, layout_for
+from efflm.models.arch import attention_windows, decoder_layers, get_module, layout_for
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -31,17 +31,25 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
-def rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The model's RMSNorm module as one fused op (same math: x·rsqrt(mean x² + eps)·weight)."""
+def rms_norm(norm: torch.nn.Module, x: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
+    """The model's RMSNorm module as one fused op (same math: x·rsqrt(mean x² + eps)·(offset + weight);
+    Gemma's norms scale by 1 + weight)."""
     eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
-    return torch.nn.functional.rms_norm(x, (x.shape[-1],), norm.weight, eps)
+    return torch.nn.functional.rms_norm(x, (x.shape[-1],), norm.weight + offset if offset else norm.weight, eps)
 
 
 def attention(
-    q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask: torch.Tensor, scale: float, need_weights: bool = False
+    q: torch.Tensor,
+    K: torch.Tensor,
+    V: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
+    need_weights: bool = False,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Grouped-query attention of ``q [B, Hq, T, D]`` over ``K, V [B, H, S, D]``. With ``need_weights``
-    the mask is ``[B, H, 1, T, S]`` and the weights come back; else SDPA's ``[B, Hq, T, S]`` or None."""
+    the mask is ``[B, H, 1, T, S]`` and the weights come back; else SDPA's ``[B, Hq, T, S]`` or None.
+    ``softcap`` (Gemma 2: scores → cap · tanh(scores / cap)) needs the explicit path (``need_weights``)."""
     B, Hq, T, D = q.shape
     H = K.shape[1]
     if not need_weights and (T > 1 or mask is not None):  # torch's fused kernel; mask [B, Hq, T, S] or None
@@ -52,6 +60,8 @@ def attention(
         return (w @ V).reshape(B, Hq, 1, D), None
     qg = q.reshape(B, H, Hq // H, T, D)
     scores = (qg @ K.unsqueeze(2).transpose(-1, -2)).float() * scale  # [B, H, G, T, S]
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     w = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
     out = (w.to(V.dtype) @ V.unsqueeze(2)).reshape(B, Hq, T, D)
     return out, (w if need_weights else None)
@@ -84,13 +94,19 @@ class Engine:
                 *(get_module(attention_of(layer, self.layout), n.split(".")[-1]) for n in self.layout.attn_linears),
                 get_module(layer, self.layout.mlp),
                 tuple(get_module(attention_of(layer, self.layout), n) for n in self.layout.qk_norms),
+                tuple(get_module(layer, n) for n in self.layout.post_norms),
             )
             for layer in self.layers
         ]
+        self.offset = self.layout.norm_offset
+        self.windows = attention_windows(cfg)
+        self.types = getattr(cfg, "layer_types", None) if self.layout.rope_by_layer_type else None
+        self.softcap = getattr(cfg, "attn_logit_softcapping", None)
+        self.final_softcap = getattr(cfg, "final_logit_softcapping", None)
         self.prompt = prompt_adapters(model, self)
         self.cache: KVCache | None = None
-        self._mask_key: torch.Tensor | None = None
-        self._mask: torch.Tensor | None = None
+        self._sdpa_memo: dict[int, tuple] = {}  # id(mask) -> (mask, SDPA's mask), this step's
+        self._windows: dict[tuple, tuple] = {}  # (id(mask), window) -> (mask, windowed), this step's
         self.pos = torch.zeros(1, dtype=torch.long, device=self.device)
         self._layer = self._layer_eager
         if compile:
@@ -105,6 +121,11 @@ class Engine:
         a prompt/prefix-tuned model's virtual tokens take the first slots."""
         with self.here():
             self.cache = make_cache(self.model, batch, total + self.prompt.n_virtual, torch.float32)
+            if any(self.windows) and (self.cache.evicts or self.cache.rerotate):
+                from efflm.core.errors import EfflmError
+
+                raise EfflmError("this model has sliding-window attention layers: a KV cache that evicts or "
+                                 "re-rotates keys (streaming_llm, h2o) cannot keep their windows")  # fmt: skip
             self.pos = torch.zeros(batch, dtype=torch.long)
             self.prompt.start(self, batch)
         return self.cache
@@ -123,13 +144,14 @@ class Engine:
         sin: torch.Tensor,
         key_rot: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> torch.Tensor:
-        norm1, norm2, q_proj, k_proj, v_proj, o_proj, mlp, qk_norms = mods
+        norm1, norm2, q_proj, k_proj, v_proj, o_proj, mlp, qk_norms, post_norms = mods
         B, T, _ = x.shape
-        h = rms_norm(norm1, x)
+        off = self.offset
+        h = rms_norm(norm1, x, off)
         q = q_proj(h).view(B, T, self.n_heads, self.head_dim)
         k = k_proj(h).view(B, T, self.kv_heads, self.head_dim)
         if qk_norms:  # Qwen3: each head's query and key RMS-normalized before RoPE
-            q, k = rms_norm(qk_norms[0], q), rms_norm(qk_norms[1], k)
+            q, k = rms_norm(qk_norms[0], q, off), rms_norm(qk_norms[1], k, off)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = v_proj(h).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2).float()
         q = rope(q.float(), cos, sin)
@@ -138,23 +160,41 @@ class Engine:
         K, V, mask = self.cache.update(i, k, v)
         if key_rot is not None:  # keys kept unrotated, rotated at their cache positions now
             K = rope(K, key_rot[0][:, : K.shape[2]], key_rot[1][:, : K.shape[2]])
-        out, w = attention(q, K, V, self._sdpa_mask(mask, q.shape[1]), self.scale, self.cache.needs_weights)
-        if w is not None:
+        if self.windows[i] is not None:
+            mask = self._windowed(mask, self.windows[i])
+        explicit = self.cache.needs_weights or self.softcap is not None
+        out, w = attention(
+            q, K, V, mask if explicit else self._sdpa_mask(mask, q.shape[1]), self.scale, explicit, self.softcap
+        )
+        if self.cache.needs_weights:
             self.cache.observe(i, w)
         if i in self.prompt.gated:  # LLaMA-Adapter: + gate · softmax(q·K_pᵀ)·V_p, through the same o_proj
             out = out + self.prompt.gated_attention(i, q, self.scale).to(out.dtype)
-        x = x + o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim).to(x.dtype))
-        return x + mlp(rms_norm(norm2, x))
+        a = o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim).to(x.dtype))
+        if post_norms:  # Gemma: the attention's and the MLP's outputs are normed before the residual
+            a = rms_norm(post_norms[0], a, off)
+        x = x + a
+        m = mlp(rms_norm(norm2, x, off))
+        return x + (rms_norm(post_norms[1], m, off) if post_norms else m)
+
+    def _windowed(self, mask: torch.Tensor, window: int) -> torch.Tensor:
+        """``mask [B, H, 1, T, S]`` (slot = position: a cache that neither evicts nor re-rotates) less
+        the keys ``window`` or more positions before each query; built once per step and window."""
+        key = (id(mask), window)
+        if key not in self._windows:
+            T, S = mask.shape[-2:]
+            slots, query = torch.arange(S), torch.arange(S - T, S)
+            self._windows[key] = (mask, mask & ((query[:, None] - slots[None, :]) < window))
+        return self._windows[key][1]
 
     def _sdpa_mask(self, mask: torch.Tensor, n_heads: int) -> torch.Tensor | None:
-        """The mask in the shape SDPA takes, built once per step (None when nothing is masked)."""
-        if self.cache.needs_weights:
-            return mask
-        if mask is not self._mask_key:
+        """The mask in the shape SDPA takes, built once per step and mask (None when nothing is masked)."""
+        hit = self._sdpa_memo.get(id(mask))
+        if hit is None or hit[0] is not mask:
             B, H, _, T, S = mask.shape
-            self._mask_key = mask
-            self._mask = None if bool(mask.all()) else mask.expand(B, H, n_heads // H, T, S).reshape(B, n_heads, T, S)
-        return self._mask
+            sdpa = None if bool(mask.all()) else mask.expand(B, H, n_heads // H, T, S).reshape(B, n_heads, T, S)
+            hit = self._sdpa_memo[id(mask)] = (mask, sdpa)
+        return hit[1]
 
     @torch.inference_mode()
     def step(self, ids: torch.Tensor, valid: torch.Tensor | None = None, all_logits: bool = False) -> torch.Tensor:
@@ -181,18 +221,27 @@ class Engine:
             key_rot = (kcos, ksin)
         else:
             qpos = (self.pos[:, None] + valid.long().cumsum(1) - 1).clamp(min=0)
-        cos, sin = self.rotary(x.float(), qpos)
+        self._windows, self._sdpa_memo = {}, {}
+        if self.types is None:
+            cos, sin = self.rotary(x.float(), qpos)
+        else:  # Gemma 3: local and global layers rotate with their own base
+            rot = {t: self.rotary(x.float(), qpos, t) for t in set(self.types)}
         if self.fast is not None and self.fast.takes(B * T, cache):
             x = self.fast.run(x, cos, sin, cache)  # every layer in one C call
         else:
             for i in range(len(self.layers)):
+                if self.types is not None:
+                    cos, sin = rot[self.types[i]]
                 x = self._layer(i, self.mods[i], x, cos, sin, key_rot)
         self.pos = self.pos + valid.long().sum(1)
         cache.commit(T)
         if all_logits and T != ids.shape[1]:
             x = x[:, T - ids.shape[1] :]
-        x = rms_norm(self.norm, x if all_logits else x[:, -1:])
-        return self.head(x).float()
+        x = rms_norm(self.norm, x if all_logits else x[:, -1:], self.offset)
+        logits = self.head(x).float()
+        if self.final_softcap is not None:  # Gemma 2
+            logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
+        return logits
 
     def feed(self, ids: torch.Tensor, valid: torch.Tensor | None = None, all_logits: bool = False) -> torch.Tensor:
         """``step`` in the pieces the cache allows: an evicting cache takes one chunk while it has

@@ -96,6 +96,8 @@ class FastDecode:
         self.layers = (Layer * len(layers))(*layers)
         self.keep = keep  # every tensor the structs point into
         self.widest = widest
+        windows = [w for w in engine.windows if w is not None]
+        self.window = min(windows) if windows else None  # past it, sliding layers take the reference path
 
     @classmethod
     def build(cls, engine: Any) -> "tuple[FastDecode | None, str]":
@@ -111,15 +113,21 @@ class FastDecode:
             cfg = engine.model.config
             if getattr(cfg, "hidden_act", "silu") not in ("silu", "swish"):
                 raise Unsupported(f"MLP activation {cfg.hidden_act}")
+            if engine.softcap is not None or engine.final_softcap is not None:
+                raise Unsupported("logit soft-capping (Gemma 2)")
             if engine.prompt.n_virtual or engine.prompt.gated:
                 raise Unsupported("prompt-side adapters")
             if engine.head_dim > 512 or engine.head_dim % 2:
                 raise Unsupported(f"head_dim {engine.head_dim}")
             keep, layers, widest, dense = [], [], 0, False
             for mods in engine.mods:
-                norm1, norm2, q, k, v, o, mlp, qk_norms = mods
+                norm1, norm2, q, k, v, o, mlp, qk_norms, post_norms = mods
                 if qk_norms:
-                    raise Unsupported("per-head query/key norms (Qwen3): the fused step has no norm inside attention")
+                    raise Unsupported(
+                        "per-head query/key norms (Qwen3, Gemma 3): the fused step has no norm inside attention"
+                    )
+                if post_norms or engine.offset:
+                    raise Unsupported("Gemma's norms (1 + weight, and after the attention and the MLP)")
                 lins = [q, k, v, o] + [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
                 if any(m is None for m in lins):
                     raise Unsupported(f"an MLP without gate/up/down projections ({type(mlp).__name__})")
@@ -141,7 +149,8 @@ class FastDecode:
 
     def takes(self, rows: int, cache: KVCache) -> bool:
         """Whether a step of ``rows`` tokens (batch × new tokens) over ``cache`` runs here."""
-        return (self.max_rows is None or rows <= self.max_rows) and self.accepts(cache)
+        fits = self.window is None or cache.length + rows <= self.window  # no window cuts a key off yet
+        return (self.max_rows is None or rows <= self.max_rows) and fits and self.accepts(cache)
 
     @staticmethod
     def accepts(cache: KVCache) -> bool:

@@ -1,8 +1,9 @@
 """Architecture-specific module names and quirks, in one place only.
 
-Every Llama-style decoder (Llama, Mistral, Qwen2, Qwen3) names its blocks and Linears the same
-way; a family's quirk is a field of ``Layout`` (Qwen3's per-head q/k norms: ``qk_norms``), and a
-new layout is one more entry in ``LAYOUTS``.
+Every Llama-style decoder (Llama, Mistral, Qwen2, Qwen3, Gemma 2/3) names its blocks and Linears
+the same way; a family's quirk is a field of ``Layout`` (Qwen3's per-head q/k norms ``qk_norms``,
+Gemma's ``post_norms`` and ``norm_offset``) or a fact read from the config (``attention_windows``),
+and a new layout is one more entry in ``LAYOUTS``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class Layout:
     attn: str = "self_attn"
     mlp: str = "mlp"  # module(x) -> MLP output, whatever its Linears are
     qk_norms: tuple[str, ...] = ()  # per-head RMSNorms of queries and keys inside ``attn``, before RoPE (Qwen3)
+    post_norms: tuple[str, ...] = ()  # norms of the attention's and the MLP's outputs, before the residual (Gemma)
+    norm_offset: float = 0.0  # every RMSNorm scales by (offset + weight) (Gemma: 1)
+    rope_by_layer_type: bool = False  # ``rotary(x, positions, layer_type)``: one RoPE per layer type (Gemma 3)
 
     @property
     def linears(self) -> tuple[str, ...]:
@@ -61,7 +65,14 @@ LAYOUTS: dict[str, Layout] = {
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
     "qwen3": replace(_LLAMA, qk_norms=("q_norm", "k_norm")),
+    "gemma2": replace(
+        _LLAMA,
+        norms=("input_layernorm", "pre_feedforward_layernorm"),
+        post_norms=("post_attention_layernorm", "post_feedforward_layernorm"),
+        norm_offset=1.0,
+    ),
 }
+LAYOUTS["gemma3_text"] = replace(LAYOUTS["gemma2"], qk_norms=("q_norm", "k_norm"), rope_by_layer_type=True)
 SUPPORTED = tuple(sorted(LAYOUTS))
 
 
@@ -69,6 +80,17 @@ def layout_for(model_type: str) -> Layout:
     if model_type not in LAYOUTS:
         raise EfflmError(f"unsupported architecture {model_type!r}; supported: {', '.join(SUPPORTED)}")
     return LAYOUTS[model_type]
+
+
+def attention_windows(hf_config: Any) -> list[int | None]:
+    """Each decoder layer's sliding attention window (a query sees the keys less than ``window``
+    positions back), or None for full attention: ``layer_types`` where the config has them (Gemma
+    2/3's alternating layers), else ``sliding_window`` on every layer (Mistral)."""
+    n, window = hf_config.num_hidden_layers, getattr(hf_config, "sliding_window", None)
+    types = getattr(hf_config, "layer_types", None)
+    if types:
+        return [window if t == "sliding_attention" else None for t in types[:n]]
+    return [window] * n
 
 
 def in_features(hf_config: Any) -> dict[str, int]:

@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from efflm.core.errors import EfflmError
 from efflm.core.memory import trim_heap
-from efflm.models.arch import get_module, layout_for, set_module
+from efflm.models.arch import get_module, layout_for
 from efflm.models.shards import Shards
 
 # sink(i, layer, model) -> True to free the layer afterwards (its tensors were written elsewhere)
@@ -141,7 +141,9 @@ def streamed(path: Path, dtype: torch.dtype = torch.float32, device: torch.devic
     shards = Shards(path)
     config = AutoConfig.from_pretrained(path)
     layout = layout_for(config.model_type)
-    with torch.device("meta"):
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):  # computed buffers (RoPE tables, Gemma's embed_scale) are real
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     prefix = layout.layers + "."
     tied = bool(getattr(config, "tie_word_embeddings", False))
@@ -158,8 +160,11 @@ def streamed(path: Path, dtype: torch.dtype = torch.float32, device: torch.devic
         module._parameters[leaf] = nn.Parameter(shards.get(name, dtype, device), requires_grad=False)
     if tied:
         model.tie_weights()
-    rotary = get_module(model, layout.rotary)  # its tables are computed, not stored: rebuild them for real
-    set_module(model, layout.rotary, type(rotary)(config=config).to(device))
+    for mname, module in model.named_modules():  # computed buffers go where the model computes
+        if not (mname + ".").startswith(prefix):
+            for leaf, b in list(module._buffers.items()):
+                if b is not None and not b.is_meta and b.device != device:
+                    module._buffers[leaf] = b.to(device)
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
         if t.is_meta and not name.startswith(prefix):
             raise EfflmError(f"{path}: tensor {name!r} has no value in the checkpoint")

@@ -71,7 +71,29 @@ _LLAMA_KEYS = (
     "vocab_size hidden_size intermediate_size num_hidden_layers num_attention_heads num_key_value_heads head_dim "
     "max_position_embeddings bos_token_id eos_token_id pad_token_id rms_norm_eps"
 ).split()
-TINY_FAMILIES: dict[str, Callable[[int], Any]] = {"tiny-llama": tiny_config, "tiny-qwen3": _qwen3}
+
+
+def _gemma(version: int) -> Callable[[int], Any]:
+    def make(vocab_size: int) -> Any:
+        from transformers import Gemma2Config, Gemma3TextConfig
+
+        kw = tiny_config(vocab_size).to_dict()
+        kw = {k: v for k, v in kw.items() if k in _LLAMA_KEYS}
+        # a 4-token window on the first layer and full attention on the second, so tests see both
+        extra = dict(layer_types=["sliding_attention", "full_attention"], sliding_window=4, query_pre_attn_scalar=16)
+        if version == 2:  # Gemma 2 soft-caps attention scores and logits
+            return Gemma2Config(**kw, **extra, attn_logit_softcapping=50.0, final_logit_softcapping=30.0)
+        return Gemma3TextConfig(**kw, **extra)
+
+    return make
+
+
+TINY_FAMILIES: dict[str, Callable[[int], Any]] = {
+    "tiny-llama": tiny_config,
+    "tiny-qwen3": _qwen3,
+    "tiny-gemma2": _gemma(2),
+    "tiny-gemma3": _gemma(3),
+}
 
 
 def tiny_spec_config(spec: str, vocab_size: int | None = None) -> Any:

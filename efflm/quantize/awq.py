@@ -30,7 +30,7 @@ from efflm.core.registry import register
 from efflm.core.selection import ModuleSelection
 from efflm.models.arch import layout_for, set_module
 from efflm.quantize import grid
-from efflm.quantize.scaling import fold_scales, may_fold
+from efflm.quantize.scaling import fold_offset, fold_scales, may_fold
 
 
 def output_error(dW: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
@@ -160,7 +160,7 @@ def apply(model: torch.nn.Module, config: AWQConfig, calib: Any) -> torch.nn.Mod
             if fold and rows == linears[0].in_features:  # foldable (not o_proj under GQA: v rows ≠ o inputs)
                 W = torch.cat([lin.weight.data.float() for lin in linears])
                 s, _ = search_scale(W, H, obs.absmean, *args, n_grid=config.n_grid, duo=config.duo_scaling)
-                fold_scales(source, s)
+                fold_scales(source, s, fold_offset(layout, source_name))
                 for lin in linears:
                     lin.weight.data.mul_(s.to(lin.weight.dtype))
                 H = H / (s[:, None] * s[None, :])  # the inputs are now x / s

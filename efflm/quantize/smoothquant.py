@@ -25,7 +25,7 @@ from efflm.core.registry import register
 from efflm.core.selection import ModuleSelection
 from efflm.models.arch import layout_for, set_module
 from efflm.nn.int8_linear import Int8Linear
-from efflm.quantize.scaling import fold_scales, may_fold
+from efflm.quantize.scaling import fold_offset, fold_scales, may_fold
 
 
 def smoothing_scales(act_max: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
@@ -85,7 +85,7 @@ def apply(model: torch.nn.Module, config: SmoothQuantConfig, calib: Any) -> torc
             if not may_fold(prefix, group, source_name, layout.linears, config.selects):
                 continue  # a Linear the fold would change is ignored
             s = smoothing_scales(observers[prefix + group[0]].absmax, [lin.weight for lin in linears], config.alpha)
-            fold_scales(source, s)
+            fold_scales(source, s, fold_offset(layout, source_name))
             for lin in linears:
                 lin.weight.data.mul_(s.to(lin.weight.dtype))
         for name in layout.linears:

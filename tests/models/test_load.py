@@ -32,8 +32,10 @@ def test_file_that_is_not_a_model(tmp_path):
 
 
 def test_unsupported_architecture_names_supported_ones(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(EfflmError, match="unsupported architecture 'gpt2'; supported: llama, mistral, qwen2"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bloom"}))
+    with pytest.raises(
+        EfflmError, match="unsupported architecture 'bloom'; supported: gemma2, gemma3_text, llama, mis"
+    ):
         load(str(tmp_path))
 
 
