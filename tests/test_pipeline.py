@@ -45,10 +45,11 @@ def test_the_layerwise_methods_are_the_calibrating_and_per_linear_quantizers_and
     assert "llm_pruner" in whole and "squeezellm" in whole  # gradients through the whole model
 
 
-@pytest.mark.parametrize("spec", ["tiny-qwen3", "tiny-gemma2", "tiny-gemma3"])
+@pytest.mark.parametrize("spec", ["tiny-qwen3", "tiny-gemma2", "tiny-gemma3", "tiny-phi3"])
 @pytest.mark.parametrize("method", ["gptq", "awq"])
 def test_streamed_equals_whole_on_every_family(spec, method, tmp_path, monkeypatch):
-    """Each family's computed buffers (RoPE tables, Gemma's embedding scale) are rebuilt, not read."""
+    """Each family's computed buffers (RoPE tables, Gemma's embedding scale) are rebuilt, not read;
+    Phi-3's fused rows are read as Llama's tensors."""
     test_streamed_output_equals_the_whole_model_output_bit_for_bit(
         method, write_tiny(tmp_path / spec, spec), tmp_path, monkeypatch
     )

@@ -36,8 +36,13 @@ def _header(path: Path) -> tuple[int, dict]:
 
 
 class Shards:
-    def __init__(self, path: Path):
+    """The tensors of a safetensors checkpoint, each read from its file when asked for. ``splits``
+    (``efflm.models.fused.split_names``) adds row ranges of stored tensors under names of their own
+    (Phi-3's q/k/v rows of ``qkv_proj``), read without the rest of the fused tensor."""
+
+    def __init__(self, path: Path, splits: dict[str, tuple[str, int, int]] | None = None):
         self.path = Path(path)
+        self.splits = splits or {}
         index = self.path / INDEX
         if index.is_file():
             try:
@@ -61,7 +66,7 @@ class Shards:
         self.weight_map = {t: e[0] for t, e in self.entries.items()}
 
     def __contains__(self, name: str) -> bool:
-        return name in self.entries
+        return name in self.entries or (name in self.splits and self.splits[name][0] in self.entries)
 
     def names(self, prefix: str = "") -> list[str]:
         return [n for n in self.entries if n.startswith(prefix)]
@@ -78,18 +83,26 @@ class Shards:
         return torch.float32
 
     def get(self, name: str, dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
-        if name not in self.entries:
-            raise EfflmError(f"{self.path}: tensor {name!r} is missing from the checkpoint")
-        file, start, entry = self.entries[name]
+        stored, rows = name, None
+        if name not in self.entries and name in self.splits:
+            stored, r0, r1 = self.splits[name]
+            rows = (r0, r1)
+        if stored not in self.entries:
+            raise EfflmError(f"{self.path}: tensor {stored!r} is missing from the checkpoint")
+        file, start, entry = self.entries[stored]
         if entry["dtype"] not in DTYPES:
-            raise EfflmError(f"{self.path / file}: tensor {name!r} has unsupported dtype {entry['dtype']}")
+            raise EfflmError(f"{self.path / file}: tensor {stored!r} has unsupported dtype {entry['dtype']}")
         a, b = entry["data_offsets"]
+        shape = list(entry["shape"])
+        if rows is not None:  # only these rows' bytes are read
+            row = (b - a) // max(shape[0], 1)
+            a, b, shape[0] = a + rows[0] * row, a + rows[1] * row, rows[1] - rows[0]
         raw = torch.empty(b - a, dtype=torch.uint8)
         with open(self.path / file, "rb") as f:
             f.seek(start + a)
             if f.readinto(memoryview(raw.numpy())) != b - a:
                 raise EfflmError(f"{self.path / file}: truncated while reading {name!r}")
-        t = raw.view(DTYPES[entry["dtype"]]).reshape(entry["shape"])
+        t = raw.view(DTYPES[entry["dtype"]]).reshape(shape)
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)
         return t.to(device)

@@ -122,8 +122,11 @@ def _read_config(path: Path) -> Any:
         raw = json.loads((path / "config.json").read_text())
     except (ValueError, UnicodeDecodeError):
         raise EfflmError(f"{path / 'config.json'}: not valid JSON") from None
-    layout_for(raw.get("model_type", "<none>"))
-    return AutoConfig.from_pretrained(path)
+    from efflm.models.fused import FUSED, llama_config
+
+    if raw.get("model_type") not in FUSED:
+        layout_for(raw.get("model_type", "<none>"))
+    return llama_config(AutoConfig.from_pretrained(path))
 
 
 @contextmanager
@@ -179,9 +182,10 @@ def model_config(spec: str) -> Any:
     """The Hugging Face config of a model spec, cheaply (used to validate recipes before work)."""
     src = resolve(spec)
     if src.kind == "tiny":
+        from efflm.models.fused import llama_config
         from efflm.models.tiny import tiny_spec_config
 
-        return tiny_spec_config(src.model_id)
+        return llama_config(tiny_spec_config(src.model_id))
     if src.kind == "gguf":
         return _read_config(_converted_gguf(src.path))
     return _read_config(src.path)
@@ -246,7 +250,11 @@ def load_plain(src: Source, dtype: torch.dtype = torch.float32) -> tuple[Any, An
 
 
 def ready(model: Any) -> Any:
-    """A loaded model as every efflm path expects it: supported layout, eval mode, no gradients."""
+    """A loaded model as every efflm path expects it: fused projections split (``models.fused``),
+    supported layout, eval mode, no gradients."""
+    from efflm.models.fused import unfuse
+
+    model = unfuse(model)
     layout_for(model.config.model_type)
     model.eval()
     model.requires_grad_(False)

@@ -137,9 +137,12 @@ def streamed(path: Path, dtype: torch.dtype = torch.float32, device: torch.devic
     """The model at ``path`` (a Hugging Face directory) with only its non-layer tensors in memory."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from efflm.models.fused import llama_config, split_names
+
     device = torch.device(device)
-    shards = Shards(path)
-    config = AutoConfig.from_pretrained(path)
+    stored = AutoConfig.from_pretrained(path)
+    shards = Shards(path, split_names(stored))  # Phi-3's fused rows read as Llama's tensors
+    config = llama_config(stored)
     layout = layout_for(config.model_type)
     from accelerate import init_empty_weights
 

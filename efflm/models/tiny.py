@@ -73,6 +73,13 @@ _LLAMA_KEYS = (
 ).split()
 
 
+def _phi3(vocab_size: int) -> Any:
+    from transformers import Phi3Config
+
+    kw = {k: v for k, v in tiny_config(vocab_size).to_dict().items() if k in _LLAMA_KEYS and k != "head_dim"}
+    return Phi3Config(**kw, tie_word_embeddings=False)
+
+
 def _gemma(version: int) -> Callable[[int], Any]:
     def make(vocab_size: int) -> Any:
         from transformers import Gemma2Config, Gemma3TextConfig
@@ -93,6 +100,7 @@ TINY_FAMILIES: dict[str, Callable[[int], Any]] = {
     "tiny-qwen3": _qwen3,
     "tiny-gemma2": _gemma(2),
     "tiny-gemma3": _gemma(3),
+    "tiny-phi3": _phi3,  # loaded as the Llama it computes (efflm.models.fused)
 }
 
 

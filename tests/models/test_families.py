@@ -27,6 +27,17 @@ def ids():
 
 
 @pytest.mark.parametrize("spec", ALL_FAMILIES)
+def test_the_loaded_model_computes_what_its_own_transformers_class_does(spec, ids):
+    """efflm loads each family as the model it is (Phi-3 as the Llama it computes, its fused
+    projections split): the same logits as the family's transformers class."""
+    from efflm.models.tiny import tiny_model
+
+    original, _ = tiny_model(spec)
+    model, _ = _load(spec)
+    assert torch.equal(model(ids).logits, original(ids).logits)
+
+
+@pytest.mark.parametrize("spec", ALL_FAMILIES)
 def test_engine_prefill_and_steps_give_transformers_logits(spec, ids):
     from efflm.inference.engine import Engine
 
