@@ -57,10 +57,10 @@ def test_bad_model_spec(capsys, tmp_path, recipe, model, pattern):
 
 
 def test_unsupported_architecture(capsys, tmp_path, recipe):
-    (tmp_path / "gpt2").mkdir()
-    (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    code, _, err = run(capsys, "eval", "--model", str(tmp_path / "gpt2"))
-    assert_one_line_error(code, err, "supported: llama, mistral, qwen2")
+    (tmp_path / "bloom").mkdir()
+    (tmp_path / "bloom" / "config.json").write_text(json.dumps({"model_type": "bloom"}))
+    code, _, err = run(capsys, "eval", "--model", str(tmp_path / "bloom"))
+    assert_one_line_error(code, err, "supported: gemma2, gemma3_text, llama, mistral, phi3, qwen2, qwen3")
 
 
 def test_truncated_gguf(capsys, tmp_path):

@@ -15,6 +15,7 @@ from typing import Any
 import torch.nn as nn
 
 from efflm.core.errors import EfflmError
+from efflm.models.fused import FUSED
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ LAYOUTS: dict[str, Layout] = {
     ),
 }
 LAYOUTS["gemma3_text"] = replace(LAYOUTS["gemma2"], qk_norms=("q_norm", "k_norm"), rope_by_layer_type=True)
-SUPPORTED = tuple(sorted(LAYOUTS))
+SUPPORTED = tuple(sorted([*LAYOUTS, *FUSED]))  # FUSED: read as Llama (efflm.models.fused)
 
 
 def layout_for(model_type: str) -> Layout:
