@@ -67,3 +67,21 @@ def test_compressed_tensors_refuses_asymmetric_and_unquantized(tiny, tmp_path):
     with pytest.raises(EfflmError, match="symmetric"):
         compressed_tensors.export(asym, tok, tmp_path / "b")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.engines
+@pytest.mark.parametrize("spec", ["tiny-qwen3", "tiny-gemma2", "tiny-gemma3", "tiny-phi3"])
+def test_compressed_tensors_of_every_family_loads_in_plain_transformers(spec, tmp_path):
+    """Each family's export loads with transformers' own class (Phi-3 as the Llama efflm reads it as)
+    and gives efflm's dequantized logits."""
+    pytest.importorskip("compressed_tensors")
+    from transformers import AutoModelForCausalLM
+
+    from efflm.io.load import load
+
+    model, tok = load(spec)
+    model = get("rtn").apply(model, config_from_dict({"method": "rtn", "bits": 4, "group_size": 32}))
+    out = compressed_tensors.export(model, tok, tmp_path / "ct")
+    back = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    ids = torch.randint(3, 259, (1, 16), generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(back(ids).logits, model(ids).logits, rtol=0, atol=5e-3)
