@@ -73,6 +73,13 @@ _LLAMA_KEYS = (
 ).split()
 
 
+def _mistral(vocab_size: int) -> Any:
+    from transformers import MistralConfig
+
+    kw = {k: v for k, v in tiny_config(vocab_size).to_dict().items() if k in _LLAMA_KEYS}
+    return MistralConfig(**kw, sliding_window=4, tie_word_embeddings=True)  # every layer slides 4 tokens
+
+
 def _phi3(vocab_size: int) -> Any:
     from transformers import Phi3Config
 
@@ -97,6 +104,7 @@ def _gemma(version: int) -> Callable[[int], Any]:
 
 TINY_FAMILIES: dict[str, Callable[[int], Any]] = {
     "tiny-llama": tiny_config,
+    "tiny-mistral": _mistral,
     "tiny-qwen3": _qwen3,
     "tiny-gemma2": _gemma(2),
     "tiny-gemma3": _gemma(3),
