@@ -52,9 +52,10 @@ test: $(STAMP) $(INTEROP) $(BROWSER)
 	$(PYTEST)
 
 # The inner loop: no default model (integration), no browser, no other engines (llama.cpp,
-# compressed-tensors, Ray), no benchmark script run end to end; needs only `make setup`.
+# compressed-tensors, Ray), no benchmark script run end to end, no method matrix over the other
+# model families; needs only `make setup`.
 test-fast: $(STAMP)
-	$(PYTEST) -m "not integration and not browser and not engines and not benchmarks"
+	$(PYTEST) -m "not integration and not browser and not engines and not benchmarks and not families"
 
 # Layer contracts (import-linter) and lint (ruff): run by .ci/run beside `make test`.
 lint: $(STAMP)

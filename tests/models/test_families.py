@@ -61,6 +61,7 @@ def test_greedy_generation_matches_transformers(spec, ids):
     assert outs[0].tokens == want.tolist()
 
 
+@pytest.mark.families
 @pytest.mark.parametrize("name", MODEL)
 @pytest.mark.parametrize("spec", FAMILIES)
 def test_every_method_applies_saves_and_reloads_on_every_family(spec, name, ids, tmp_path):
