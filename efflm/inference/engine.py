@@ -160,7 +160,7 @@ class Engine:
         K, V, mask = self.cache.update(i, k, v)
         if key_rot is not None:  # keys kept unrotated, rotated at their cache positions now
             K = rope(K, key_rot[0][:, : K.shape[2]], key_rot[1][:, : K.shape[2]])
-        if self.windows[i] is not None:
+        if self.windows[i] is not None and K.shape[2] > self.windows[i]:  # the window cuts keys off
             mask = self._windowed(mask, self.windows[i])
         explicit = self.cache.needs_weights or self.softcap is not None
         out, w = attention(
