@@ -178,13 +178,16 @@ class Engine:
         return x + (rms_norm(post_norms[1], m, off) if post_norms else m)
 
     def _windowed(self, mask: torch.Tensor, window: int) -> torch.Tensor:
-        """``mask [B, H, 1, T, S]`` (slot = position: a cache that neither evicts nor re-rotates) less
-        the keys ``window`` or more positions before each query; built once per step and window."""
+        """``mask [B, H, 1, T, S]`` less the keys ``window`` or more positions before each query; built
+        once per step and window. A slot's position counts the row's real slots before it (a cache
+        that neither evicts nor re-rotates), so pad slots — left padding, or the gaps a row gets
+        while other rows prefill — do not count as distance."""
         key = (id(mask), window)
         if key not in self._windows:
             T, S = mask.shape[-2:]
-            slots, query = torch.arange(S), torch.arange(S - T, S)
-            self._windows[key] = (mask, mask & ((query[:, None] - slots[None, :]) < window))
+            kpos = self.cache.valid[:, 0, :S].long().cumsum(-1)  # [B, S], 1-based; pads repeat their left neighbour
+            near = (kpos[:, S - T :, None] - kpos[:, None, :]) < window  # [B, T, S]
+            self._windows[key] = (mask, mask & near[:, None, None])
         return self._windows[key][1]
 
     def _sdpa_mask(self, mask: torch.Tensor, n_heads: int) -> torch.Tensor | None:

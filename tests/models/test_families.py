@@ -52,6 +52,27 @@ def test_engine_prefill_and_steps_give_transformers_logits(spec, ids):
 
 
 @pytest.mark.parametrize("spec", ALL_FAMILIES)
+def test_pad_slots_do_not_count_as_distance_inside_a_window(spec, ids):
+    """A batch whose rows are padded on the left and again mid-cache (as when the server prefills
+    another row while this one decodes) gives each row the logits it gets alone: sliding windows
+    count positions, not cache slots."""
+    from efflm.inference.engine import Engine
+
+    model, _ = _load(spec)
+    valid = torch.ones(2, 14, dtype=torch.bool)
+    valid[1, :3] = False  # left padding
+    valid[1, 7:10] = False  # a gap in the middle of the row's cache
+    e = Engine(model, fast=False)
+    e.start(2, 32)
+    got = torch.cat([e.step(ids[:, :5], valid[:, :5], all_logits=True)]
+                    + [e.step(ids[:, j : j + 1], valid[:, j : j + 1], all_logits=True) for j in range(5, 14)], 1)  # fmt: skip
+    for row in range(2):
+        keep = valid[row]
+        alone = model(ids[row : row + 1, keep]).logits[0]
+        torch.testing.assert_close(got[row, keep], alone, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ALL_FAMILIES)
 def test_greedy_generation_matches_transformers(spec, ids):
     from efflm.inference.generate import SamplingConfig, generate_ids
 
