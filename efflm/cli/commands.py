@@ -136,11 +136,7 @@ def cmd_compress(a) -> int:
         if out.suffix != ".gguf":
             raise EfflmError(f"--format gguf writes one file: --out must end in .gguf, got {out.name}")
         template = gguf_source(a.model)
-        if template is None:
-            raise EfflmError(
-                "GGUF export needs the model's tokenizer metadata from a GGUF file: "
-                "supported for models loaded from a .gguf (e.g. the default model)"
-            )
+        gguf_export.check_source(a.model, template)
     elif a.format == "compressed-tensors":
         import importlib.util
 
@@ -156,7 +152,7 @@ def cmd_compress(a) -> int:
         return 0
     model, tok = pipeline.load_and_apply(a.model, recipe, a.calib_samples, a.calib_len, **calib)
     if a.format == "gguf":
-        gguf_export.export(model, template, out)
+        gguf_export.export(model, template, out, tok)
     elif a.format == "compressed-tensors":
         compressed_tensors.export(model, tok, out)
     else:

@@ -4,9 +4,12 @@ Symmetric 4-bit and 8-bit weight-grid modules (``QuantLinear``) with groups of 3
 Q4_0 / Q8_0 grids (``w = d·(q − 8)`` resp. ``w = d·q`` with an fp16 ``d`` per 32 weights), so
 their codes and scales are written as Q4_0 / Q8_0 blocks unchanged — no re-rounding — and
 every tensor is checked against the ``gguf`` library's own dequantizer before the file is
-written. The file itself is written by ``gguf.GGUFWriter``; tokenizer and chat-template
-metadata come from a template GGUF (the file the model was loaded from). Norms are F32, the
-embedding Q8_0 (as llama.cpp ships it) via the library's quantizer, float Linears F16.
+written. The file itself is written by ``gguf.GGUFWriter``. A model loaded from a GGUF keeps
+that file's metadata (tokenizer, chat template, hyperparameters); any other model — a Hugging
+Face directory, a hub id, a tiny model — gets its hyperparameters from its config and its
+tokenizer metadata from its tokenizer (``efflm.io.gguf_vocab``), under llama.cpp's name for its
+family (``Layout.gguf_arch``). Norms are F32, the embedding Q8_0 (as llama.cpp ships it) via the
+library's quantizer, float Linears F16.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import torch
 
 from efflm.core.atomic import atomic_write_bytes_from
 from efflm.core.errors import EfflmError
-from efflm.models.arch import layout_for
+from efflm.io.gguf_vocab import tokenizer_kv
+from efflm.models.arch import attention_windows, layout_for
 from efflm.nn.module_registry import efflm_modules, role
 
 _SKIP_KEYS = ("GGUF.", "general.architecture", "general.file_type")
@@ -87,8 +91,11 @@ def _tensors(model: torch.nn.Module):
 
     cfg = model.config
     layout = layout_for(cfg.model_type)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
+    arch = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[layout.gguf_arch]
+    names = gguf.get_tensor_name_map(arch, cfg.num_hidden_layers)
     heads = {layout.attn_linears[0]: cfg.num_attention_heads, layout.attn_linears[1]: cfg.num_key_value_heads}
+    if not layout.gguf_interleaved_rope:
+        heads = {}
     modules = dict(model.named_modules())
     tied = getattr(cfg, "tie_word_embeddings", False)
     for key, value in model.state_dict().items():
@@ -145,8 +152,57 @@ def _copy_metadata(writer, template: Path, model: torch.nn.Module) -> None:
         writer.add_key_value(key, value, vtype, sub_type=sub)
 
 
-def export(model: torch.nn.Module, template: Path | None, out: str | Path) -> Path:
-    """Write ``model`` to the GGUF file ``out`` (atomically); metadata from ``template``."""
+def check_model(cfg) -> str:
+    """llama.cpp's architecture name for a model with config ``cfg``; refuses, in one line, a model
+    llama.cpp would run differently."""
+    layout = layout_for(cfg.model_type)
+    if layout.gguf_arch is None:
+        raise EfflmError(f"GGUF export does not write {cfg.model_type!r} models yet")
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") != "default":
+        raise EfflmError(f"GGUF export: rope scaling {rope['rope_type']!r} is not written; only plain RoPE")
+    windows = {w for w in attention_windows(cfg) if w is not None and w < cfg.max_position_embeddings}
+    if windows and layout.gguf_arch == "llama":
+        raise EfflmError(
+            f"GGUF export: llama.cpp's llama architecture has no sliding window (this model's is {min(windows)} "
+            f"tokens of {cfg.max_position_embeddings})"
+        )
+    return layout.gguf_arch
+
+
+def check_source(spec: str, template: Path | None) -> None:
+    """Refuse, before any work, a model (by its config and tokenizer) the export cannot write."""
+    from efflm.models.sources import load_tokenizer, model_config
+
+    cfg = model_config(spec)
+    if check_model(cfg) != "llama" and template is not None:
+        raise EfflmError(f"GGUF export: template metadata is for llama models, not {cfg.model_type!r}")
+    if template is None:
+        tokenizer_kv(load_tokenizer(spec), cfg.vocab_size)
+
+
+def _hparams(writer, cfg, tokenizer: dict) -> None:
+    """Hyperparameters from the config and tokenizer metadata from ``tok``, as llama.cpp reads them."""
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    writer.add_name(getattr(cfg, "_name_or_path", "") or cfg.model_type)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(float((getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0)))
+    writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    for method, value in tokenizer.items():
+        getattr(writer, method)(value)
+
+
+def export(model: torch.nn.Module, template: Path | None, out: str | Path, tok=None) -> Path:
+    """Write ``model`` to the GGUF file ``out`` (atomically); metadata from ``template`` (the GGUF
+    the model came from) or else from its config and its tokenizer ``tok``."""
     import gguf
 
     out = Path(out)
@@ -154,13 +210,12 @@ def export(model: torch.nn.Module, template: Path | None, out: str | Path) -> Pa
         raise EfflmError(f"output exists: {out} (choose another --out)")
     if out.suffix != ".gguf":
         raise EfflmError(f"GGUF export: --out must end in .gguf, got {out.name}")
-    if template is None:
-        raise EfflmError(
-            "GGUF export needs the model's tokenizer metadata from a GGUF file: "
-            "supported for models loaded from a .gguf (e.g. the default model)"
-        )
-    if model.config.model_type not in ("llama", "mistral"):
-        raise EfflmError(f"GGUF export supports llama-layout models, not {model.config.model_type!r}")
+    if template is None and tok is None:
+        raise EfflmError("GGUF export needs the model's tokenizer (or the GGUF file it came from)")
+    arch = check_model(model.config)
+    tokenizer = tokenizer_kv(tok, model.config.vocab_size) if template is None else {}
+    if template is not None and arch != "llama":
+        raise EfflmError(f"GGUF export: template metadata is for llama models, not {model.config.model_type!r}")
     other = {n for n, m in efflm_modules(model).items() if role(m) != "weight_grid"}
     if other:
         raise EfflmError(
@@ -171,8 +226,11 @@ def export(model: torch.nn.Module, template: Path | None, out: str | Path) -> Pa
     quant = {t for name, _, t in tensors if t is not None and name != "token_embd.weight"}
 
     def write(path: Path) -> None:
-        writer = gguf.GGUFWriter(path, "llama")
-        _copy_metadata(writer, template, model)
+        writer = gguf.GGUFWriter(path, arch)
+        if template is not None:
+            _copy_metadata(writer, template, model)
+        else:
+            _hparams(writer, model.config, tokenizer)
         file_type = (
             gguf.LlamaFileType.MOSTLY_Q4_0
             if gguf.GGMLQuantizationType.Q4_0 in quant

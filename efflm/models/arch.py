@@ -34,6 +34,8 @@ class Layout:
     post_norms: tuple[str, ...] = ()  # norms of the attention's and the MLP's outputs, before the residual (Gemma)
     norm_offset: float = 0.0  # every RMSNorm scales by (offset + weight) (Gemma: 1)
     rope_by_layer_type: bool = False  # ``rotary(x, positions, layer_type)``: one RoPE per layer type (Gemma 3)
+    gguf_arch: str | None = "llama"  # llama.cpp's architecture name for the family (None: not written)
+    gguf_interleaved_rope: bool = True  # llama.cpp's rope for it pairs adjacent dims (q/k rows permuted)
 
     @property
     def linears(self) -> tuple[str, ...]:
@@ -64,13 +66,14 @@ _LLAMA = Layout(
 LAYOUTS: dict[str, Layout] = {
     "llama": _LLAMA,
     "mistral": _LLAMA,
-    "qwen2": _LLAMA,
-    "qwen3": replace(_LLAMA, qk_norms=("q_norm", "k_norm")),
+    "qwen2": replace(_LLAMA, gguf_arch="qwen2", gguf_interleaved_rope=False),
+    "qwen3": replace(_LLAMA, qk_norms=("q_norm", "k_norm"), gguf_arch="qwen3", gguf_interleaved_rope=False),
     "gemma2": replace(
         _LLAMA,
         norms=("input_layernorm", "pre_feedforward_layernorm"),
         post_norms=("post_attention_layernorm", "post_feedforward_layernorm"),
         norm_offset=1.0,
+        gguf_arch=None,
     ),
 }
 LAYOUTS["gemma3_text"] = replace(LAYOUTS["gemma2"], qk_norms=("q_norm", "k_norm"), rope_by_layer_type=True)

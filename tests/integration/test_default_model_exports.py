@@ -114,3 +114,18 @@ def test_k_quant_rows_come_from_llama_cpp_itself(smol, ppl, tmp_path):
     assert 4 < row["linear_bpw"] < 6 and row["model_bpw"] > 4
     assert "Q4_K" in row["stored_as"] and row["stored_as"].count("×") >= 2  # k-quants and fallbacks
     assert 1.0 < row["ppl"] / ppl[0] < 1.3, (row, ppl[0])  # 4-bit k-quants: close to dense, not equal
+
+
+def test_tokenizer_metadata_from_the_hugging_face_files_equals_the_original_gguf():
+    """The default model's tokenizer.json (converted by transformers from its GGUF) written back as
+    GGUF metadata gives the original file's tokens, token types and merges."""
+    import gguf
+
+    from efflm.io.gguf_vocab import tokenizer_kv
+    from efflm.models.sources import load_tokenizer
+
+    fields = gguf.GGUFReader(smollm2_gguf()).fields
+    kv = tokenizer_kv(load_tokenizer("smollm2-135m"), 49152)
+    assert kv["add_token_list"] == fields["tokenizer.ggml.tokens"].contents()
+    assert kv["add_token_types"] == fields["tokenizer.ggml.token_type"].contents()
+    assert kv["add_token_merges"] == fields["tokenizer.ggml.merges"].contents()

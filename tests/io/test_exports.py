@@ -31,9 +31,9 @@ def test_rope_permute_is_undone_by_transformers_gguf_loader():
     assert np.array_equal(back, w.numpy())
 
 
-def test_gguf_export_refuses_other_grids_and_missing_template(tiny, tmp_path):
+def test_gguf_export_refuses_other_grids_and_a_missing_tokenizer(tiny, tmp_path):
     model, _ = tiny
-    with pytest.raises(EfflmError, match="tokenizer metadata"):
+    with pytest.raises(EfflmError, match="needs the model's tokenizer"):
         gguf_export.export(model, None, tmp_path / "x.gguf")
     with pytest.raises(EfflmError, match="Q4_0/Q8_0"):
         gguf_export.check_recipe([config_from_dict({"method": "rtn", "bits": 3, "group_size": 32})])

@@ -34,7 +34,8 @@ def test_file_that_is_not_a_model(tmp_path):
 def test_unsupported_architecture_names_supported_ones(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bloom"}))
     with pytest.raises(
-        EfflmError, match="unsupported architecture 'bloom'; supported: gemma2, gemma3_text, llama, mistral, phi3, qwen2, qwen3"
+        EfflmError,
+        match="unsupported architecture 'bloom'; supported: gemma2, gemma3_text, llama, mistral, phi3, qwen2, qwen3",
     ):
         load(str(tmp_path))
 

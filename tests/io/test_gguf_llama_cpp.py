@@ -1,0 +1,84 @@
+"""GGUF files written from Hugging Face models run in llama.cpp (llama-cpp-python): the tokenizer
+splits text into transformers' ids, and logits match efflm's on the same 4-bit codes."""
+
+import numpy as np
+import pytest
+import torch
+from test_gguf_vocab import PRE, TEXT, hf_model, trained
+
+from efflm import pipeline
+from efflm.cli import main
+from efflm.core.recipe import from_yaml
+from efflm.io import gguf_export
+
+pytestmark = pytest.mark.engines
+llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make test`")
+
+PROBES = [
+    TEXT,
+    "I'd've said 1234567890 isn't 3.50 €.",
+    "  leading spaces,\n\n\ttabs and CRLF\r\n",
+    "ALL CAPS'LL Don'T 'S",
+    "mixed中文和English123",
+]
+
+
+def _llama(path, **kw):
+    return llama_cpp.Llama(model_path=str(path), verbose=False, n_threads=2, **kw)
+
+
+@pytest.mark.parametrize("name", sorted(PRE))
+def test_llama_cpp_tokenizes_like_transformers(name, tmp_path):
+    tok = trained(PRE[name]())
+    model = hf_model("tiny-llama", tok)
+    path = gguf_export.export(model, None, tmp_path / "m.gguf", tok)
+    llm = _llama(path, vocab_only=True)
+    for text in PROBES:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids, text
+        assert llm.detokenize(ids).decode() == text
+
+
+def hf_dir(spec: str, path):
+    """A Hugging Face directory of ``spec``'s architecture with a trained byte-level BPE tokenizer."""
+    tok = trained(PRE["qwen2" if "qwen" in spec else "llama-bpe"]())
+    hf_model(spec, tok).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-qwen3", "tiny-phi3"])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_llama_cpp_logits_match_efflm_on_the_same_codes(spec, bits, tmp_path):
+    recipe = from_yaml(f"- method: rtn\n  bits: {bits}\n  group_size: 32\n")
+    model, tok = pipeline.load_and_apply(str(hf_dir(spec, tmp_path / "hf")), recipe)
+    path = gguf_export.export(model, None, tmp_path / "m.gguf", tok)
+    ids = tok("The GGUF file holds the same 4-bit model, token for token.")["input_ids"]
+    llm = _llama(path, n_ctx=64, logits_all=True)
+    llm.eval(ids)
+    theirs = torch.tensor(np.array(llm.scores[: len(ids)]))
+    with torch.no_grad():
+        ours = model(torch.tensor([ids])).logits[0]
+    cos = torch.nn.functional.cosine_similarity(ours, theirs, dim=-1)
+    assert cos.min() > 0.999, cos
+    # greedy decoding agrees for 16 steps
+    llm.reset()
+    got = [t for _, t in zip(range(16), llm.generate(ids, temp=0.0))]
+    seq = list(ids)
+    with torch.no_grad():
+        for _ in range(16):
+            seq.append(model(torch.tensor([seq])).logits[0, -1].argmax().item())
+    assert got == seq[len(ids) :]
+
+
+def test_cli_writes_a_gguf_from_a_hugging_face_directory(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("- method: rtn\n  group_size: 32\n")
+    out = tmp_path / "q.gguf"
+    model = str(hf_dir("tiny-qwen3", tmp_path / "hf"))
+    assert main(["compress", "--model", model, "--recipe", str(recipe), "--format", "gguf", "--out", str(out)]) == 0
+    llm = _llama(out, n_ctx=32)
+    assert llm.metadata["general.architecture"] == "qwen3" and llm.metadata["tokenizer.ggml.pre"] == "qwen2"
+    from transformers import AutoConfig, AutoTokenizer
+
+    assert llm.n_vocab() == AutoConfig.from_pretrained(model).vocab_size == len(AutoTokenizer.from_pretrained(model))
