@@ -167,7 +167,7 @@ def parser() -> argparse.ArgumentParser:
         choices=["efflm", "compressed-tensors", "gguf"],
         default="efflm",
         help="efflm directory, compressed-tensors directory (vLLM, transformers), "
-        "or a .gguf file (llama.cpp; symmetric 4/8-bit g32 codes as Q4_0/Q8_0)",
+        "or a .gguf file (llama.cpp; g32 codes as Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 blocks)",
     )
     _device(c, "calibrates on (each layer streamed there in turn)")
     c.set_defaults(fn=commands.cmd_compress)

@@ -1,9 +1,9 @@
 """Export an efflm model as a GGUF file that llama.cpp runs, keeping GPTQ/AWQ-optimized codes.
 
-Symmetric 4-bit and 8-bit weight-grid modules (``QuantLinear``) with groups of 32 sit exactly on llama.cpp's
-Q4_0 / Q8_0 grids (``w = d·(q − 8)`` resp. ``w = d·q`` with an fp16 ``d`` per 32 weights), so
-their codes and scales are written as Q4_0 / Q8_0 blocks unchanged — no re-rounding — and
-every tensor is checked against the ``gguf`` library's own dequantizer before the file is
+Weight-grid modules (``QuantLinear``) with groups of 32 sit exactly on one of llama.cpp's legacy
+block types (``efflm.io.gguf_blocks``: Q4_0 and Q8_0 symmetric, Q4_1 asymmetric 4-bit, Q5_0 and
+Q5_1 at 5 bits), so their codes, scales and offsets are written as blocks unchanged — no
+re-rounding — and every tensor is checked against the ``gguf`` library's own dequantizer before the file is
 written. The file itself is written by ``gguf.GGUFWriter``. A model loaded from a GGUF keeps
 that file's metadata (tokenizer, chat template, hyperparameters); any other model — a Hugging
 Face directory, a hub id, a tiny model — gets its hyperparameters from its config and its
@@ -21,6 +21,7 @@ import torch
 
 from efflm.core.atomic import atomic_write_bytes_from
 from efflm.core.errors import EfflmError
+from efflm.io.gguf_blocks import BLOCKS, names
 from efflm.io.gguf_vocab import tokenizer_kv
 from efflm.models.arch import attention_windows, layout_for
 from efflm.nn.module_registry import efflm_modules, role
@@ -29,12 +30,11 @@ _SKIP_KEYS = ("GGUF.", "general.architecture", "general.file_type")
 
 
 def check_recipe(recipe: list) -> None:
-    """Refuse, before any work, a recipe whose weights cannot become Q4_0/Q8_0 blocks."""
+    """Refuse, before any work, a recipe whose weights have no llama.cpp block type."""
     for cfg in recipe:
-        if hasattr(cfg, "bits") and not (cfg.bits in (4, 8) and cfg.group_size == 32 and cfg.symmetric):
-            raise EfflmError(
-                f"GGUF export: {cfg.label()} cannot be written as Q4_0/Q8_0; use bits 4 or 8, group_size 32, symmetric"
-            )
+        grid = (getattr(cfg, "bits", None), getattr(cfg, "symmetric", True))
+        if hasattr(cfg, "bits") and not (grid in BLOCKS and cfg.group_size == 32):
+            raise EfflmError(f"GGUF export: {cfg.label()} has no llama.cpp block type; with group_size 32: {names()}")
         if cfg.method == "int8_embeddings":
             raise EfflmError("GGUF export: int8_embeddings is not needed: the export writes the embedding as Q8_0")
         if cfg.method in ("w8a8", "smoothquant"):
@@ -46,37 +46,21 @@ def rope_permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
-def q4_0_blocks(codes: torch.Tensor, scales: torch.Tensor) -> np.ndarray:
-    """Q4_0 bytes [rows, blocks·18] from 4-bit codes [rows, in] (0..15) and fp16 scales [rows, in/32]."""
-    rows, cols = codes.shape
-    q = codes.reshape(rows, cols // 32, 2, 16).to(torch.uint8)
-    qs = (q[:, :, 0] | (q[:, :, 1] << 4)).numpy()  # [rows, blocks, 16]
-    d = scales.to(torch.float16).numpy().view(np.uint8).reshape(rows, cols // 32, 2)
-    return np.concatenate([d, qs], axis=-1).reshape(rows, -1)
-
-
-def q8_0_blocks(codes: torch.Tensor, scales: torch.Tensor) -> np.ndarray:
-    """Q8_0 bytes [rows, blocks·34] from 8-bit codes [rows, in] (0..255, zero at 128) and fp16 scales."""
-    rows, cols = codes.shape
-    qs = (codes.to(torch.int16) - 128).to(torch.int8).numpy().view(np.uint8).reshape(rows, cols // 32, 32)
-    d = scales.to(torch.float16).numpy().view(np.uint8).reshape(rows, cols // 32, 2)
-    return np.concatenate([d, qs], axis=-1).reshape(rows, -1)
-
-
 def _quant_tensor(name: str, m: torch.nn.Module, permute_heads: int | None):
     import gguf
 
-    if not (m.symmetric and m.group_size == 32 and m.bits in (4, 8)):
+    block = BLOCKS.get((m.bits, m.symmetric)) if m.group_size == 32 else None
+    if block is None:
         raise EfflmError(
-            f"GGUF export: {name} is {m.bits}-bit g{m.group_size} "
-            f"{'symmetric' if m.symmetric else 'asymmetric'}; llama.cpp's Q4_0/Q8_0 need "
-            "symmetric 4- or 8-bit codes with group_size 32"
+            f"GGUF export: {name} is {m.bits}-bit g{m.group_size} {'symmetric' if m.symmetric else 'asymmetric'}, "
+            f"which no llama.cpp block type holds; with group_size 32: {names()}"
         )
-    codes, scales = m.codes(), m.scales
+    codes, scales, offsets = m.codes(), m.scales, getattr(m, "offsets", None)
     if permute_heads:
         codes, scales = rope_permute(codes, permute_heads), rope_permute(scales, permute_heads)
-    qtype = gguf.GGMLQuantizationType.Q4_0 if m.bits == 4 else gguf.GGMLQuantizationType.Q8_0
-    data = q4_0_blocks(codes, scales) if m.bits == 4 else q8_0_blocks(codes, scales)
+        offsets = None if offsets is None else rope_permute(offsets, permute_heads)
+    qtype = gguf.GGMLQuantizationType[block[0]]
+    data = block[1](codes, scales, offsets)
     want = m.dequantize(torch.float32)
     if permute_heads:
         want = rope_permute(want, permute_heads)
@@ -231,11 +215,9 @@ def export(model: torch.nn.Module, template: Path | None, out: str | Path, tok=N
             _copy_metadata(writer, template, model)
         else:
             _hparams(writer, model.config, tokenizer)
-        file_type = (
-            gguf.LlamaFileType.MOSTLY_Q4_0
-            if gguf.GGMLQuantizationType.Q4_0 in quant
-            else (gguf.LlamaFileType.MOSTLY_Q8_0 if quant else gguf.LlamaFileType.MOSTLY_F16)
-        )
+        # the file type names the Linears' most common block type (llama.cpp prints it; nothing reads it)
+        main = max(quant, key=lambda t: sum(1 for _, _, q in tensors if q == t), default=None)
+        file_type = gguf.LlamaFileType[f"MOSTLY_{main.name}"] if main is not None else gguf.LlamaFileType.MOSTLY_F16
         writer.add_file_type(file_type)
         for name, data, qtype in tensors:
             writer.add_tensor(name, data, raw_dtype=qtype)

@@ -3,22 +3,28 @@ import pytest
 import torch
 
 from efflm.core.errors import EfflmError
-from efflm.io import compressed_tensors, gguf_export
+from efflm.io import compressed_tensors, gguf_blocks, gguf_export
 from efflm.methods import config_from_dict, get
 from efflm.quantize import grid
 
 
-@pytest.mark.parametrize("bits", [4, 8])
-def test_gguf_blocks_are_exact_for_the_gguf_dequantizer(bits):
+@pytest.mark.parametrize("grid_key", sorted(gguf_blocks.BLOCKS))
+def test_gguf_blocks_are_exact_for_the_gguf_dequantizer(grid_key):
     import gguf
 
-    w = torch.randn(6, 128)
-    scales, _ = grid.grid(w, bits, 32, True)
-    codes = grid.quantize(w, scales, None, bits, 32)
-    blocks = (gguf_export.q4_0_blocks if bits == 4 else gguf_export.q8_0_blocks)(codes, scales)
-    qtype = gguf.GGMLQuantizationType.Q4_0 if bits == 4 else gguf.GGMLQuantizationType.Q8_0
-    assert blocks.shape == (6, 4 * (18 if bits == 4 else 34))
-    assert np.array_equal(gguf.quants.dequantize(blocks, qtype), grid.dequantize(codes, scales, None, bits, 32).numpy())
+    bits, symmetric = grid_key
+    name, write = gguf_blocks.BLOCKS[grid_key]
+    w = torch.randn(6, 128, generator=torch.Generator().manual_seed(bits))
+    w[0, :32] = 0.0  # a group of zeros (scale 1 by convention)
+    scales, offsets = grid.grid(w, bits, 32, symmetric)
+    codes = grid.quantize(w, scales, offsets, bits, 32)
+    assert int(codes.max()) >= 2 ** (bits - 1)  # the top bit is used (Q5's qh carries it)
+    blocks = write(codes, scales, offsets)
+    qtype = gguf.GGMLQuantizationType[name]
+    block_bytes, block_size = gguf.GGML_QUANT_SIZES[qtype][1], gguf.GGML_QUANT_SIZES[qtype][0]
+    assert block_size == 32 and blocks.shape == (6, 4 * block_bytes)
+    want = grid.dequantize(codes, scales, offsets, bits, 32).numpy()
+    assert np.array_equal(gguf.quants.dequantize(blocks, qtype), want)
 
 
 def test_rope_permute_is_undone_by_transformers_gguf_loader():
@@ -35,7 +41,7 @@ def test_gguf_export_refuses_other_grids_and_a_missing_tokenizer(tiny, tmp_path)
     model, _ = tiny
     with pytest.raises(EfflmError, match="needs the model's tokenizer"):
         gguf_export.export(model, None, tmp_path / "x.gguf")
-    with pytest.raises(EfflmError, match="Q4_0/Q8_0"):
+    with pytest.raises(EfflmError, match="no llama.cpp block type; with group_size 32: Q4_0"):
         gguf_export.check_recipe([config_from_dict({"method": "rtn", "bits": 3, "group_size": 32})])
     with pytest.raises(EfflmError, match="activations"):
         gguf_export.check_recipe([config_from_dict({"method": "smoothquant"})])

@@ -1,5 +1,5 @@
 """GGUF files written from Hugging Face models run in llama.cpp (llama-cpp-python): the tokenizer
-splits text into transformers' ids, and logits match efflm's on the same 4-bit codes."""
+splits text into transformers' ids, and logits match efflm's on the same codes, for every block type."""
 
 import numpy as np
 import pytest
@@ -10,6 +10,7 @@ from efflm import pipeline
 from efflm.cli import main
 from efflm.core.recipe import from_yaml
 from efflm.io import gguf_export
+from efflm.io.gguf_blocks import BLOCKS
 
 pytestmark = pytest.mark.engines
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make test`")
@@ -48,9 +49,9 @@ def hf_dir(spec: str, path):
 
 
 @pytest.mark.parametrize("spec", ["tiny-llama", "tiny-qwen3", "tiny-phi3"])
-@pytest.mark.parametrize("bits", [4, 8])
-def test_llama_cpp_logits_match_efflm_on_the_same_codes(spec, bits, tmp_path):
-    recipe = from_yaml(f"- method: rtn\n  bits: {bits}\n  group_size: 32\n")
+@pytest.mark.parametrize("bits,symmetric", sorted(BLOCKS), ids=[BLOCKS[k][0] for k in sorted(BLOCKS)])
+def test_llama_cpp_logits_match_efflm_on_the_same_codes(spec, bits, symmetric, tmp_path):
+    recipe = from_yaml(f"- method: rtn\n  bits: {bits}\n  symmetric: {str(symmetric).lower()}\n  group_size: 32\n")
     model, tok = pipeline.load_and_apply(str(hf_dir(spec, tmp_path / "hf")), recipe)
     path = gguf_export.export(model, None, tmp_path / "m.gguf", tok)
     ids = tok("The GGUF file holds the same 4-bit model, token for token.")["input_ids"]
@@ -61,14 +62,17 @@ def test_llama_cpp_logits_match_efflm_on_the_same_codes(spec, bits, tmp_path):
         ours = model(torch.tensor([ids])).logits[0]
     cos = torch.nn.functional.cosine_similarity(ours, theirs, dim=-1)
     assert cos.min() > 0.999, cos
-    # greedy decoding agrees for 16 steps
+    # llama.cpp's 16 greedy tokens are efflm's greedy picks, but for near-ties: llama.cpp rounds
+    # activations to 8 bits in its dot products, which may flip a pick whose margin in efflm's
+    # logits is a few thousandths of their range (random tiny models have many)
     llm.reset()
     got = [t for _, t in zip(range(16), llm.generate(ids, temp=0.0))]
-    seq = list(ids)
     with torch.no_grad():
-        for _ in range(16):
-            seq.append(model(torch.tensor([seq])).logits[0, -1].argmax().item())
-    assert got == seq[len(ids) :]
+        logits = model(torch.tensor([ids + got])).logits[0, len(ids) - 1 : -1]
+    gap = logits.max(-1).values - logits.gather(1, torch.tensor(got)[:, None])[:, 0]
+    spread = logits.max(-1).values - logits.min(-1).values
+    assert (gap <= 0.005 * spread).all(), gap / spread
+    assert (gap == 0).float().mean() >= 0.75  # most picks are exactly efflm's
 
 
 def test_cli_writes_a_gguf_from_a_hugging_face_directory(tmp_path):
