@@ -51,6 +51,7 @@ def test_every_benchmark_script_has_a_smoke_test():
         "icl_demos",
         "data_effect",
         "quant_bits",
+        "gguf_exports",
     }
     assert {p.stem for p in ROOT.glob("*.py")} - {"__init__"} == tested
 
@@ -283,6 +284,21 @@ def test_quant_bits(tmp_path):
     assert all(r["extra_ppl"]["other"] > 1 and r["extra_ppl"]["other"] != r["ppl"] for r in rows)
     assert "no llama.cpp rows" in md  # tiny-llama has no GGUF source
     assert (tmp_path / "quant_bits.png").is_file() and (tmp_path / "quant_bits.json").is_file()
+
+
+@pytest.mark.engines
+def test_gguf_exports(tmp_path):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make test`")
+    from tests.io.test_gguf_vocab import PRE, hf_model, trained
+
+    tok = trained(PRE["gpt-2"]())  # a Hugging Face directory with merges: llama.cpp can load its tokenizer
+    hf_model("tiny-llama", tok).save_pretrained(tmp_path / "hf")
+    tok.save_pretrained(tmp_path / "hf")
+    args = ["--model", str(tmp_path / "hf"), "--method", "rtn", "--windows", "1", "--seq-len", "32"]
+    md = run("gguf_exports", [*args, "--rounds", "1", "--new", "4"], tmp_path)
+    for name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"):
+        assert f"| {name} | efflm rtn |" in md and f"| {name} | llama.cpp quantize |" in md
+    assert "| F16 | dense export |" in md
 
 
 def test_recover_base_recipes_are_the_recover_suites_bases():

@@ -4,13 +4,13 @@ splits text into transformers' ids, and logits match efflm's on the same codes, 
 import numpy as np
 import pytest
 import torch
-from test_gguf_vocab import PRE, TEXT, hf_model, trained
 
 from efflm import pipeline
 from efflm.cli import main
 from efflm.core.recipe import from_yaml
 from efflm.io import gguf_export
 from efflm.io.gguf_blocks import BLOCKS
+from tests.io.test_gguf_vocab import PRE, TEXT, hf_model, trained
 
 pytestmark = pytest.mark.engines
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make test`")
