@@ -7,6 +7,12 @@ codes (exactly ours: round(w / s) gives back our codes, checked) and packs them 
 ``ModelCompressor.update_config`` writes the ``quantization_config`` that transformers and
 vLLM read. Only symmetric grids export: compressed-tensors stores integer zero points, efflm's
 asymmetric grid has float offsets.
+
+W8A8 (``Int8Linear``: W8A8, SmoothQuant) becomes the ``int-quantized`` scheme vLLM's int8 kernels
+run: int8 weights per output channel (ours, checked after the library compresses them) with
+their scales in fp16, and dynamic per-token int8 input activations (the library's grid is
+max|x| / 127.5 where efflm's is max|x| / 127, so activations may round differently by one step).
+LLM.int8()'s float outlier columns have no compressed-tensors scheme and are refused.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from efflm.models.arch import set_module
 from efflm.nn.module_registry import efflm_modules
 
 EXPORT_DTYPE = torch.float16  # fp16 holds efflm's fp16 scales exactly (bf16 would not)
+GRIDS = ("rtn", "gptq", "awq")  # methods that leave weight-grid QuantLinears
 
 
 def _scheme_key(m: torch.nn.Module) -> tuple[int, int, bool]:
@@ -52,17 +59,18 @@ def check_recipe(recipe: list) -> None:
             raise EfflmError(
                 f"compressed-tensors export: {cfg.label()} is asymmetric; use symmetric=true (integer zero points)"
             )
-        if cfg.method in ("w8a8", "smoothquant", "int8_embeddings"):
+        if cfg.method in ("llm_int8", "int8_embeddings"):
             raise EfflmError(
-                f"compressed-tensors export: {cfg.method} export is not supported yet; "
-                "weight-only W4A16/W8A16 of the decoder Linears is"
+                f"compressed-tensors export: {cfg.method} has no compressed-tensors scheme; "
+                "weight-only W4A16/W8A16 (rtn, gptq, awq) and W8A8 (w8a8, smoothquant) are written"
             )
+    if {"w8a8", "smoothquant"} & {c.method for c in recipe} and any(c.method in GRIDS for c in recipe):
+        raise EfflmError("compressed-tensors export: one scheme per export (W8A8 or a weight-only grid, not both)")
 
 
 def export(model: torch.nn.Module, tokenizer: Any, out: str | Path) -> Path:
     """Write ``model`` (with weight-grid modules) to ``out`` as a compressed-tensors checkpoint."""
     try:
-        from compressed_tensors.compressors import ModelCompressor
         from compressed_tensors.quantization import apply_quantization_config
     except ImportError as e:
         raise EfflmError(
@@ -71,14 +79,17 @@ def export(model: torch.nn.Module, tokenizer: Any, out: str | Path) -> Path:
     out = Path(out)
     if out.exists() or out.is_symlink():
         raise EfflmError(f"output exists: {out} (choose another --out)")
+    int8 = efflm_modules(model, "w8a8")
+    if int8:
+        return _export_w8a8(model, tokenizer, out, int8)
     if set(efflm_modules(model)) != set(efflm_modules(model, "weight_grid")):
         raise EfflmError(
-            "compressed-tensors export supports weight-only QuantLinear models "
-            "(not int8 embeddings, W8A8 or low-rank layers)"
+            "compressed-tensors export supports weight-only QuantLinear models or W8A8 Int8Linear models "
+            "(not int8 embeddings, activation-quantized grids or low-rank layers)"
         )
     quantized = efflm_modules(model, "weight_grid")
     if not quantized:
-        raise EfflmError("compressed-tensors export needs a quantized model (no QuantLinear found)")
+        raise EfflmError("compressed-tensors export needs a quantized model (no QuantLinear or Int8Linear found)")
     if any(not m.symmetric for m in quantized.values()):
         raise EfflmError(
             "compressed-tensors export needs symmetric grids (integer zero points); "
@@ -88,14 +99,7 @@ def export(model: torch.nn.Module, tokenizer: Any, out: str | Path) -> Path:
     for name, m in quantized.items():
         groups.setdefault(_scheme_key(m), []).append(name)
 
-    from transformers import AutoModelForCausalLM
-
-    plain = AutoModelForCausalLM.from_config(model.config, dtype=EXPORT_DTYPE)
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith(tuple(f"{n}." for n in quantized))}
-    plain.load_state_dict(
-        {k: v.to(EXPORT_DTYPE) if v.is_floating_point() else v for k, v in state.items()}, strict=False
-    )
-    plain.tie_weights()
+    plain = _plain(model, quantized)
     for name, m in quantized.items():
         linear = torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, dtype=EXPORT_DTYPE)
         linear.weight.data = m.dequantize(torch.float32).to(EXPORT_DTYPE)  # round(w / s) is still q
@@ -112,11 +116,70 @@ def export(model: torch.nn.Module, tokenizer: Any, out: str | Path) -> Path:
         )
         if not torch.equal(codes.round(), m.codes().float() - 2 ** (m.bits - 1)):
             raise EfflmError(f"compressed-tensors export: {name} is not on its own grid")
-    compressor = ModelCompressor.from_pretrained_model(plain, quantization_format="pack-quantized")
+    return _write(plain, "pack-quantized", tokenizer, out)
+
+
+def _plain(model: torch.nn.Module, replaced: dict) -> torch.nn.Module:
+    """The model's transformers class in fp16 holding every tensor but those of ``replaced``."""
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_config(model.config, dtype=EXPORT_DTYPE)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(tuple(f"{n}." for n in replaced))}
+    plain.load_state_dict(
+        {k: v.to(EXPORT_DTYPE) if v.is_floating_point() else v for k, v in state.items()}, strict=False
+    )
+    plain.tie_weights()
+    return plain
+
+
+def _write(plain: torch.nn.Module, fmt: str, tokenizer: Any, out: Path, check=None) -> Path:
+    from compressed_tensors.compressors import ModelCompressor
+
+    compressor = ModelCompressor.from_pretrained_model(plain, quantization_format=fmt)
     compressor.compress_model(plain)
+    if check is not None:
+        check(plain)
     with atomic_dir(out, replace=True) as tmp:  # fails, deleting nothing, if out appeared
         plain.save_pretrained(tmp)
         compressor.update_config(str(tmp))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return out
+
+
+def _export_w8a8(model: torch.nn.Module, tokenizer: Any, out: Path, int8: dict) -> Path:
+    from compressed_tensors.quantization import (
+        QuantizationArgs,
+        QuantizationConfig,
+        QuantizationScheme,
+        apply_quantization_config,
+    )
+
+    if set(efflm_modules(model)) != set(int8):
+        raise EfflmError("compressed-tensors export: one scheme per export (W8A8 or a weight-only grid, not both)")
+    if any(m.outlier_threshold for m in int8.values()):
+        raise EfflmError(
+            "compressed-tensors export: LLM.int8()'s float outlier columns have no compressed-tensors scheme"
+        )
+    plain = _plain(model, int8)
+    for name, m in int8.items():
+        linear = torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, dtype=EXPORT_DTYPE)
+        linear.weight.data = (m.qweight.float() * m.wscale.to(EXPORT_DTYPE).float()[:, None]).to(EXPORT_DTYPE)
+        if m.bias is not None:
+            linear.bias.data = m.bias.data.to(EXPORT_DTYPE)
+        set_module(plain, name, linear)
+    weights = QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="channel")
+    acts = QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="token", dynamic=True)
+    scheme = QuantizationScheme(targets=sorted(int8), weights=weights, input_activations=acts)
+    config = QuantizationConfig(config_groups={"group_0": scheme}, format="int-quantized")
+    apply_quantization_config(plain, config, show_progress=False)
+    for name, m in int8.items():
+        scale = plain.get_submodule(name).weight_scale
+        scale.data = m.wscale.to(EXPORT_DTYPE).reshape(scale.shape)
+
+    def same_codes(compressed: torch.nn.Module) -> None:
+        for name, m in int8.items():
+            if not torch.equal(compressed.get_submodule(name).weight, m.qweight):
+                raise EfflmError(f"compressed-tensors export: {name}'s int8 weights changed in compression")
+
+    return _write(plain, "int-quantized", tokenizer, out, same_codes)

@@ -76,6 +76,49 @@ def test_compressed_tensors_refuses_asymmetric_and_unquantized(tiny, tmp_path):
 
 
 @pytest.mark.engines
+@pytest.mark.parametrize("recipe", ["- method: w8a8\n", "- method: smoothquant\n"])
+def test_w8a8_exports_as_int8_weights_and_dynamic_token_activations(recipe, tmp_path):
+    """W8A8 and SmoothQuant become compressed-tensors' int-quantized scheme: the file's int8
+    weights are efflm's, and transformers (quantizing activations per token itself) gives
+    efflm's logits within one activation rounding step."""
+    pytest.importorskip("compressed_tensors")
+    import json
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from efflm import pipeline
+    from efflm.core.recipe import from_yaml
+    from efflm.nn.module_registry import efflm_modules
+
+    model, tok = pipeline.load_and_apply("tiny-llama", from_yaml(recipe))
+    out = compressed_tensors.export(model, tok, tmp_path / "ct")
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    scheme = qc["config_groups"]["group_0"]
+    assert qc["format"] == "int-quantized" and scheme["weights"]["strategy"] == "channel"
+    assert scheme["input_activations"]["strategy"] == "token" and scheme["input_activations"]["dynamic"]
+    stored = load_file(out / "model.safetensors")
+    for name, m in efflm_modules(model, "w8a8").items():
+        assert torch.equal(stored[f"{name}.weight"], m.qweight)
+        assert torch.equal(stored[f"{name}.weight_scale"].flatten(), m.wscale.half())
+    back = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    ids = torch.randint(3, 259, (1, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours, theirs = model(ids).logits, back(ids).logits
+    assert torch.nn.functional.cosine_similarity(ours.flatten(), theirs.flatten(), dim=0) > 0.9999
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=2e-2)
+
+
+def test_compressed_tensors_refuses_outlier_columns_and_mixed_schemes():
+    with pytest.raises(EfflmError, match="llm_int8 has no compressed-tensors scheme"):
+        compressed_tensors.check_recipe([config_from_dict({"method": "llm_int8"})])
+    mixed = [config_from_dict({"method": "smoothquant"}), config_from_dict({"method": "rtn", "group_size": 32})]
+    with pytest.raises(EfflmError, match="one scheme per export"):
+        compressed_tensors.check_recipe(mixed)
+    compressed_tensors.check_recipe([config_from_dict({"method": "w8a8"})])  # accepted
+
+
+@pytest.mark.engines
 @pytest.mark.parametrize("spec", ["tiny-qwen3", "tiny-gemma2", "tiny-gemma3", "tiny-phi3"])
 def test_compressed_tensors_of_every_family_loads_in_plain_transformers(spec, tmp_path):
     """Each family's export loads with transformers' own class (Phi-3 as the Llama efflm reads it as)
