@@ -1,4 +1,5 @@
 """Model files: ``load`` every model spec efflm accepts (efflm directories included), ``save``
 efflm directories, ``streamed_save`` an efflm directory written layer by layer as a streamed model
-is compressed, ``compressed_tensors`` and ``gguf_export`` the engines' formats — all through
-the module registry of ``efflm.nn``, never a concrete class."""
+is compressed, ``compressed_tensors`` and ``gguf_export`` the engines' formats (``gguf_blocks``
+llama.cpp's block types from efflm's codes, ``gguf_vocab`` a Hugging Face tokenizer as GGUF
+metadata) — all through the module registry of ``efflm.nn``, never a concrete class."""
