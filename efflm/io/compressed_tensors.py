@@ -13,6 +13,11 @@ run: int8 weights per output channel (ours, checked after the library compresses
 their scales in fp16, and dynamic per-token int8 input activations (the library's grid is
 max|x| / 127.5 where efflm's is max|x| / 127, so activations may round differently by one step).
 LLM.int8()'s float outlier columns have no compressed-tensors scheme and are refused.
+
+FP8 (``FPLinear`` with E4M3 weights and one scale per output channel: ZeroQuant-FP with
+``group_size: -1``) becomes the ``float-quantized`` scheme: float8_e4m3fn weights (ours, checked)
+with fp16 channel scales, and dynamic per-token FP8 activations when the model has them
+(``act_format: e4m3``) or weight-only FP8 otherwise.
 """
 
 from __future__ import annotations
@@ -59,6 +64,11 @@ def check_recipe(recipe: list) -> None:
             raise EfflmError(
                 f"compressed-tensors export: {cfg.label()} is asymmetric; use symmetric=true (integer zero points)"
             )
+        if cfg.method == "zeroquant_fp" and (cfg.weight_format != "e4m3" or cfg.group_size != -1):
+            raise EfflmError(
+                f"compressed-tensors export: {cfg.label()}: FP8 is written as E4M3 weights with one scale per "
+                "output channel; use weight_format e4m3, group_size -1"
+            )
         if cfg.method in ("llm_int8", "int8_embeddings"):
             raise EfflmError(
                 f"compressed-tensors export: {cfg.method} has no compressed-tensors scheme; "
@@ -82,6 +92,9 @@ def export(model: torch.nn.Module, tokenizer: Any, out: str | Path) -> Path:
     int8 = efflm_modules(model, "w8a8")
     if int8:
         return _export_w8a8(model, tokenizer, out, int8)
+    fp8 = efflm_modules(model, "fp_grid")
+    if fp8:
+        return _export_fp8(model, tokenizer, out, fp8)
     if set(efflm_modules(model)) != set(efflm_modules(model, "weight_grid")):
         raise EfflmError(
             "compressed-tensors export supports weight-only QuantLinear models or W8A8 Int8Linear models "
@@ -183,3 +196,49 @@ def _export_w8a8(model: torch.nn.Module, tokenizer: Any, out: Path, int8: dict) 
                 raise EfflmError(f"compressed-tensors export: {name}'s int8 weights changed in compression")
 
     return _write(plain, "int-quantized", tokenizer, out, same_codes)
+
+
+def _export_fp8(model: torch.nn.Module, tokenizer: Any, out: Path, fp8: dict) -> Path:
+    from compressed_tensors.quantization import (
+        QuantizationArgs,
+        QuantizationConfig,
+        QuantizationScheme,
+        apply_quantization_config,
+    )
+
+    from efflm.nn.fp_formats import FP8
+
+    if set(efflm_modules(model)) != set(fp8):
+        raise EfflmError("compressed-tensors export: one scheme per export (FP8 or a weight-only grid, not both)")
+    kinds = {(m.weight_format, m.group_size == m.in_features, m.act_format) for m in fp8.values()}
+    if len(kinds) != 1 or next(iter(kinds))[:2] != ("e4m3", True) or next(iter(kinds))[2] not in ("e4m3", None):
+        raise EfflmError(
+            "compressed-tensors export writes FP8 as E4M3 weights with one scale per output channel "
+            "(zeroquant_fp weight_format e4m3, group_size -1; act_format e4m3 or none)"
+        )
+    plain = _plain(model, fp8)
+    for name, m in fp8.items():
+        linear = torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, dtype=EXPORT_DTYPE)
+        linear.weight.data = m.dequantize(torch.float32).to(EXPORT_DTYPE)  # w / s rounds back to the same FP8
+        if m.bias is not None:
+            linear.bias.data = m.bias.data.to(EXPORT_DTYPE)
+        set_module(plain, name, linear)
+    weights = QuantizationArgs(num_bits=8, type="float", symmetric=True, strategy="channel")
+    dynamic = next(iter(kinds))[2] is not None
+    acts = (
+        QuantizationArgs(num_bits=8, type="float", symmetric=True, strategy="token", dynamic=True) if dynamic else None
+    )
+    scheme = QuantizationScheme(targets=sorted(fp8), weights=weights, input_activations=acts)
+    config = QuantizationConfig(config_groups={"group_0": scheme}, format="float-quantized")
+    apply_quantization_config(plain, config, show_progress=False)
+    for name, m in fp8.items():
+        scale = plain.get_submodule(name).weight_scale
+        scale.data = m.scales.to(EXPORT_DTYPE).reshape(scale.shape)
+
+    def same_codes(compressed: torch.nn.Module) -> None:
+        for name, m in fp8.items():
+            stored = compressed.get_submodule(name).weight
+            if not torch.equal(stored.view(torch.uint8), m.codes().view(torch.uint8)) or stored.dtype != FP8["e4m3"]:
+                raise EfflmError(f"compressed-tensors export: {name}'s FP8 weights changed in compression")
+
+    return _write(plain, "float-quantized", tokenizer, out, same_codes)

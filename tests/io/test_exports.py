@@ -109,6 +109,47 @@ def test_w8a8_exports_as_int8_weights_and_dynamic_token_activations(recipe, tmp_
     torch.testing.assert_close(theirs, ours, rtol=0, atol=2e-2)
 
 
+@pytest.mark.engines
+@pytest.mark.parametrize("act", ["e4m3", "none"])
+def test_fp8_exports_as_float8_channel_weights(act, tmp_path):
+    """ZeroQuant-FP's E4M3 weights with channel scales become the float-quantized scheme: the file's
+    float8 weights are efflm's codes; transformers' logits are efflm's (activations rounded to FP8
+    per token on both sides when the model has them)."""
+    pytest.importorskip("compressed_tensors")
+    import json
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from efflm.nn.module_registry import efflm_modules
+
+    model, tok = tiny_model_fresh()
+    cfg = {"method": "zeroquant_fp", "weight_format": "e4m3", "group_size": -1, "act_format": act}
+    model = get("zeroquant_fp").apply(model, config_from_dict(cfg))
+    out = compressed_tensors.export(model, tok, tmp_path / "ct")
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    scheme = qc["config_groups"]["group_0"]
+    assert qc["format"] == "float-quantized" and scheme["weights"]["type"] == "float"
+    assert (scheme["input_activations"] is None) == (act == "none")
+    stored = load_file(out / "model.safetensors")
+    for name, m in efflm_modules(model, "fp_grid").items():
+        assert stored[f"{name}.weight"].dtype == torch.float8_e4m3fn
+        assert torch.equal(stored[f"{name}.weight"].view(torch.uint8), m.codes())
+    back = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    ids = torch.randint(3, 259, (1, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours, theirs = model(ids).logits, back(ids).logits
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=2e-2)
+    with pytest.raises(EfflmError, match="one scale per output channel"):
+        compressed_tensors.check_recipe([config_from_dict({**cfg, "group_size": 32})])
+
+
+def tiny_model_fresh():
+    from efflm.io.load import load
+
+    return load("tiny-llama")
+
+
 def test_compressed_tensors_refuses_outlier_columns_and_mixed_schemes():
     with pytest.raises(EfflmError, match="llm_int8 has no compressed-tensors scheme"):
         compressed_tensors.check_recipe([config_from_dict({"method": "llm_int8"})])
