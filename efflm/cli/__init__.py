@@ -296,8 +296,14 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--model", default=DEFAULT_MODEL, help=f"the base model: {MODEL_HELP}")
     m.add_argument("--recipe", help="compression recipe the adapter's base was made with")
     m.add_argument("--adapter", required=True, help="adapter directory")
-    m.add_argument("--out", required=True, help="output model directory; must not exist")
+    m.add_argument("--out", required=True, help="output model directory, or a .gguf file (llama.cpp); must not exist")
     m.set_defaults(fn=train_commands.cmd_merge)
+
+    xl = sub.add_parser("export-lora", help="write a LoRA adapter as a llama.cpp LoRA GGUF file (llama.cpp --lora)")
+    xl.add_argument("--model", default=DEFAULT_MODEL, help=f"the adapter's base model: {MODEL_HELP}")
+    xl.add_argument("--adapter", required=True, help="LoRA adapter directory (efflm finetune or peft)")
+    xl.add_argument("--out", required=True, help="output .gguf file; must not exist")
+    xl.set_defaults(fn=train_commands.cmd_export_lora)
 
     s = sub.add_parser("serve", help="an OpenAI-compatible server with continuous batching and a playground at /")
     _common(s)

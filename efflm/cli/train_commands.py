@@ -52,6 +52,15 @@ def cmd_distill_data(a) -> int:
     return 0
 
 
+def cmd_export_lora(a) -> int:
+    from efflm.io import gguf_lora
+    from efflm.models.sources import model_config
+
+    out = gguf_lora.export(a.adapter, model_config(a.model), a.out)
+    print(f"wrote {out} (llama.cpp LoRA adapter: llama-cli -m BASE.gguf --lora {out.name})")
+    return 0
+
+
 def cmd_merge(a) -> int:
     from efflm import trainer
 

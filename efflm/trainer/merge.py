@@ -70,6 +70,13 @@ def merge(model_spec: str, recipe: recipes.Recipe, adapter: str | Path, out: str
     out = Path(out)
     if out.exists():
         raise EfflmError(f"output exists: {out} (choose another --out)")
+    to_gguf = out.suffix == ".gguf"  # the merged model as one llama.cpp file
+    if to_gguf:
+        from efflm.io import gguf_export
+        from efflm.models.sources import gguf_source
+
+        gguf_export.check_recipe(recipe)
+        gguf_export.check_source(model_spec, gguf_source(model_spec))
     config, _ = read_adapter_config(adapter)
     if config.method not in MERGEABLE:
         raise EfflmError(
@@ -98,5 +105,8 @@ def merge(model_spec: str, recipe: recipes.Recipe, adapter: str | Path, out: str
         )
     else:
         result["note"] = f"merged {len(adapters)} adapters into the dense base"
-    save(model, tok, out, recipes.to_yaml(recipe))
+    if to_gguf:
+        gguf_export.export(model, gguf_source(model_spec), out, tok)
+    else:
+        save(model, tok, out, recipes.to_yaml(recipe))
     return result

@@ -1,0 +1,98 @@
+"""A LoRA adapter (efflm's or peft's directory) as a llama.cpp LoRA GGUF file (``--lora``).
+
+The file llama.cpp's ``convert_lora_to_gguf.py`` writes: ``general.type = adapter``,
+``adapter.type = lora``, ``adapter.lora.alpha``, and for every adapted Linear its base tensor's
+GGUF name with ``.lora_a`` (A, ``[r, in]``) and ``.lora_b`` (B, ``[out, r]``) appended, in F32.
+llama.cpp adds ``scale · (alpha / r) · B A x`` to the Linear's output, which is peft's LoRA.
+Where the architecture's rotary layout permutes q/k rows in GGUF (Llama), B's rows are permuted
+the same way (A's inputs are untouched). Only plain LoRA on decoder Linears is written: DoRA's
+magnitudes, IA3's scalings and adapters on the embedding or head have no llama.cpp LoRA form.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from efflm.core.atomic import atomic_write_bytes_from
+from efflm.core.errors import EfflmError
+from efflm.models.arch import layout_for
+
+
+def _adapter(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    from efflm.finetune.peft_files import read_adapter_config
+
+    config, _ = read_adapter_config(path)
+    if config.method != "lora" or getattr(config, "use_dora", False):
+        raise EfflmError(f"GGUF LoRA export writes plain LoRA adapters, not {config.method!r}")
+    return config, load_file(str(path / "adapter_model.safetensors"))
+
+
+def check(adapter: str | Path, hf_config: Any, out: str | Path) -> None:
+    """Refuse, before any work, an adapter, model or output this writer cannot take."""
+    from efflm.io.gguf_export import check_model
+
+    out = Path(out)
+    if out.suffix != ".gguf":
+        raise EfflmError(f"GGUF LoRA export: --out must end in .gguf, got {out.name}")
+    if out.exists() or out.is_symlink():
+        raise EfflmError(f"output exists: {out} (choose another --out)")
+    check_model(hf_config)
+    list(_tensors(*_adapter(Path(adapter)), hf_config))
+
+
+def _tensors(config: Any, state: dict[str, torch.Tensor], hf_config: Any):
+    import gguf
+
+    layout = layout_for(hf_config.model_type)
+    arch = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[layout.gguf_arch]
+    names = gguf.get_tensor_name_map(arch, hf_config.num_hidden_layers)
+    heads = {
+        layout.attn_linears[0]: hf_config.num_attention_heads,
+        layout.attn_linears[1]: hf_config.num_key_value_heads,
+    }
+    prefix = "base_model.model."
+    pairs = sorted(k[len(prefix) : -len(".lora_A.weight")] for k in state if k.endswith(".lora_A.weight"))
+    if not pairs or len(pairs) * 2 != len(state):
+        raise EfflmError("GGUF LoRA export: the adapter holds tensors other than lora_A/lora_B pairs")
+    from efflm.io.gguf_export import rope_permute
+
+    for owner in pairs:
+        gname = names.get_name(f"{owner}.weight", try_suffixes=(".weight",))
+        if gname is None or not gname.startswith("blk."):
+            raise EfflmError(f"GGUF LoRA export: {owner} is not a decoder Linear llama.cpp can adapt")
+        a = state[f"{prefix}{owner}.lora_A.weight"].float()
+        b = state[f"{prefix}{owner}.lora_B.weight"].float()
+        n = next((h for suffix, h in heads.items() if owner.endswith(suffix)), None)
+        if n is not None and layout.gguf_interleaved_rope:
+            b = rope_permute(b, n)
+        yield f"{gname}.lora_a", a.contiguous().numpy()
+        yield f"{gname}.lora_b", b.contiguous().numpy()
+
+
+def export(adapter: str | Path, hf_config: Any, out: str | Path) -> Path:
+    """Write the LoRA adapter directory ``adapter`` (for a base with config ``hf_config``) to ``out``."""
+    import gguf
+
+    check(adapter, hf_config, out)
+    config, state = _adapter(Path(adapter))
+    tensors = list(_tensors(config, state, hf_config))
+
+    def write(path: Path) -> None:
+        writer = gguf.GGUFWriter(path, layout_for(hf_config.model_type).gguf_arch)
+        writer.add_type(gguf.GGUFType.ADAPTER)
+        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(config.alpha))
+        for name, data in tensors:
+            writer.add_tensor(name, data)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+
+    atomic_write_bytes_from(Path(out), write, replace=False)
+    return Path(out)
