@@ -106,6 +106,8 @@ def _tensors(model: torch.nn.Module):
             yield gname, gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
         elif w.ndim == 2:
             yield gname, w.to(torch.float16).numpy(), None
+        elif leaf == "weight":  # a norm: llama.cpp scales by its weight alone (Gemma's 1 + w folded in)
+            yield gname, (w + layout.norm_offset).numpy(), None
         else:
             yield gname, w.numpy(), None
 
@@ -145,11 +147,18 @@ def check_model(cfg) -> str:
     rope = getattr(cfg, "rope_parameters", None) or {}
     if rope.get("rope_type", "default") != "default":
         raise EfflmError(f"GGUF export: rope scaling {rope['rope_type']!r} is not written; only plain RoPE")
-    windows = {w for w in attention_windows(cfg) if w is not None and w < cfg.max_position_embeddings}
-    if windows and layout.gguf_arch == "llama":
+    windows = attention_windows(cfg)
+    cuts = {w for w in windows if w is not None and w < cfg.max_position_embeddings}
+    period = layout.gguf_swa_period
+    if cuts and not period:
         raise EfflmError(
-            f"GGUF export: llama.cpp's llama architecture has no sliding window (this model's is {min(windows)} "
-            f"tokens of {cfg.max_position_embeddings})"
+            f"GGUF export: llama.cpp's {layout.gguf_arch} architecture has no sliding window (this model's is "
+            f"{min(cuts)} tokens of {cfg.max_position_embeddings})"
+        )
+    if period and [w is not None for w in windows] != [i % period < period - 1 for i in range(len(windows))]:
+        raise EfflmError(
+            f"GGUF export: llama.cpp's {layout.gguf_arch} slides the window on {period - 1} of every {period} "
+            "layers, from the first; this model's layers differ"
         )
     return layout.gguf_arch
 
@@ -180,6 +189,13 @@ def _hparams(writer, cfg, tokenizer: dict) -> None:
     writer.add_rope_dimension_count(head_dim)
     writer.add_rope_freq_base(float((getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0)))
     writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    for key, add in (("attn_logit_softcapping", writer.add_attn_logit_softcapping),
+                     ("final_logit_softcapping", writer.add_final_logit_softcapping)):  # fmt: skip
+        if getattr(cfg, key, None) is not None:
+            add(float(getattr(cfg, key)))
+    window = next((w for w in attention_windows(cfg) if w is not None), None)
+    if window is not None:
+        writer.add_sliding_window(window)
     for method, value in tokenizer.items():
         getattr(writer, method)(value)
 

@@ -36,6 +36,7 @@ class Layout:
     rope_by_layer_type: bool = False  # ``rotary(x, positions, layer_type)``: one RoPE per layer type (Gemma 3)
     gguf_arch: str | None = "llama"  # llama.cpp's architecture name for the family (None: not written)
     gguf_interleaved_rope: bool = True  # llama.cpp's rope for it pairs adjacent dims (q/k rows permuted)
+    gguf_swa_period: int = 0  # llama.cpp's arch slides the window on all but the last of every N layers (0: none)
 
     @property
     def linears(self) -> tuple[str, ...]:
@@ -73,10 +74,14 @@ LAYOUTS: dict[str, Layout] = {
         norms=("input_layernorm", "pre_feedforward_layernorm"),
         post_norms=("post_attention_layernorm", "post_feedforward_layernorm"),
         norm_offset=1.0,
-        gguf_arch=None,
+        gguf_arch="gemma2",
+        gguf_interleaved_rope=False,
+        gguf_swa_period=2,
     ),
 }
-LAYOUTS["gemma3_text"] = replace(LAYOUTS["gemma2"], qk_norms=("q_norm", "k_norm"), rope_by_layer_type=True)
+LAYOUTS["gemma3_text"] = replace(
+    LAYOUTS["gemma2"], qk_norms=("q_norm", "k_norm"), rope_by_layer_type=True, gguf_arch=None, gguf_swa_period=0
+)
 SUPPORTED = tuple(sorted([*LAYOUTS, *FUSED]))  # FUSED: read as Llama (efflm.models.fused)
 
 

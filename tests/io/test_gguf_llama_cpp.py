@@ -48,7 +48,7 @@ def hf_dir(spec: str, path):
     return path
 
 
-@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-qwen3", "tiny-phi3"])
+@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-qwen3", "tiny-phi3", "tiny-gemma2"])
 @pytest.mark.parametrize("bits,symmetric", sorted(BLOCKS), ids=[BLOCKS[k][0] for k in sorted(BLOCKS)])
 def test_llama_cpp_logits_match_efflm_on_the_same_codes(spec, bits, symmetric, tmp_path):
     recipe = from_yaml(f"- method: rtn\n  bits: {bits}\n  symmetric: {str(symmetric).lower()}\n  group_size: 32\n")

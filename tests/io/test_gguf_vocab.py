@@ -154,7 +154,7 @@ def test_gguf_of_tiny_llama_reads_back_in_transformers(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "spec,pattern", [("tiny-gemma2", "does not write 'gemma2'"), ("tiny-mistral", "no sliding window")]
+    "spec,pattern", [("tiny-gemma3", "does not write 'gemma3_text'"), ("tiny-mistral", "no sliding window")]
 )
 def test_gguf_refuses_models_llama_cpp_would_run_differently(spec, pattern, tmp_path):
     tok = trained(PRE["gpt-2"]())
@@ -168,4 +168,12 @@ def test_rope_scaling_is_refused():
     cfg = tiny_spec_config("tiny-llama")
     cfg.rope_parameters = {"rope_type": "llama3", "rope_theta": 500000.0}
     with pytest.raises(EfflmError, match="rope scaling 'llama3'"):
+        gguf_export.check_model(cfg)
+
+
+def test_gemma2_windows_must_follow_llama_cpps_alternation():
+    cfg = tiny_spec_config("tiny-gemma2")
+    assert gguf_export.check_model(cfg) == "gemma2"  # sliding, full: llama.cpp's pattern
+    cfg.layer_types = ["full_attention", "sliding_attention"]
+    with pytest.raises(EfflmError, match="slides the window on 1 of every 2 layers"):
         gguf_export.check_model(cfg)
