@@ -170,6 +170,14 @@ SECTIONS = [
         "split its calibration came from.",
     ),
     (
+        "gguf_exports.md",
+        "Exports: every GGUF block type, efflm's codes beside llama.cpp's own quantization",
+        "python benchmarks/gguf_exports.py",
+        "GPTQ at each grid that is a llama.cpp block type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), written with the codes "
+        "unchanged, against llama.cpp's `llama_model_quantize` of the same dense model to the same type: bytes, "
+        "perplexity in efflm and in llama.cpp on the same token ids, llama.cpp's decode speed.",
+    ),
+    (
         "prompt_compression.md",
         "Data: prompt compression on pass-key retrieval",
         "python benchmarks/prompt_compression.py",
