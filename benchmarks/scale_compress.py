@@ -4,7 +4,7 @@ vocabulary; written by ``benchmarks/scale_checkpoints.py``), QLoRA on the 8B sha
 streamed path against the whole-model path on the default model.
 
     python benchmarks/scale_compress.py [--models tinyllama-1.1b,llama-3.2-3b,llama-3.1-8b]
-        [--whole tinyllama-1.1b] [--qlora llama-3.1-8b] [--rounds 2] [--device cpu]
+        [--whole tinyllama-1.1b] [--qlora llama-3.1-8b] [--rounds 4] [--device cpu]
 
 Every row is one ``efflm`` command in its own process (``efflm compress`` / ``efflm finetune``,
 every option on the command line shown in the table); peak RSS is that process's
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--whole", default="tinyllama-1.1b", help="shapes also run whole-model (EFFLM_STREAM=0)")
     ap.add_argument("--qlora", default="llama-3.1-8b", help="shapes given 2 QLoRA steps of 1 x 256 tokens")
     ap.add_argument("--default-model", default="smollm2-135m")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--checkpoints", help="where the checkpoints are (written if absent; default: efflm's cache)")
     ap.add_argument("--cache", help="JSON of finished compress rows: reused, and each new row added (a run resumes)")
