@@ -21,15 +21,28 @@ from efflm.core.errors import EfflmError
 from efflm.models.arch import layout_for
 
 
-def _adapter(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
+def _adapter(path: Path) -> tuple[float, dict[str, torch.Tensor]]:
+    """The scale llama.cpp's ``adapter.lora.alpha`` must hold and the tensors of a peft-format LoRA
+    directory (efflm's adapters are written in it too)."""
+    import json
+
     from safetensors.torch import load_file
 
-    from efflm.finetune.peft_files import read_adapter_config
-
-    config, _ = read_adapter_config(path)
-    if config.method != "lora" or getattr(config, "use_dora", False):
-        raise EfflmError(f"GGUF LoRA export writes plain LoRA adapters, not {config.method!r}")
-    return config, load_file(str(path / "adapter_model.safetensors"))
+    cfg_file, weights = path / "adapter_config.json", path / "adapter_model.safetensors"
+    if not cfg_file.is_file() or not weights.is_file():
+        raise EfflmError(f"{path}: not an adapter directory (needs adapter_config.json and adapter_model.safetensors)")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except ValueError:
+        raise EfflmError(f"{cfg_file}: not valid JSON") from None
+    kind = "dora" if cfg.get("use_dora") else str(cfg.get("peft_type", "?")).lower()
+    if kind != "lora":
+        raise EfflmError(f"GGUF LoRA export writes plain LoRA adapters, not {kind!r}")
+    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+        raise EfflmError("GGUF LoRA export: per-module rank/alpha patterns have no llama.cpp form")
+    r, alpha = int(cfg["r"]), float(cfg.get("lora_alpha", 8))
+    # llama.cpp scales by alpha / r; rsLoRA's alpha / sqrt(r) is that with alpha · sqrt(r)
+    return (alpha * r**0.5 if cfg.get("use_rslora") else alpha), load_file(str(weights))
 
 
 def check(adapter: str | Path, hf_config: Any, out: str | Path) -> None:
@@ -45,7 +58,7 @@ def check(adapter: str | Path, hf_config: Any, out: str | Path) -> None:
     list(_tensors(*_adapter(Path(adapter)), hf_config))
 
 
-def _tensors(config: Any, state: dict[str, torch.Tensor], hf_config: Any):
+def _tensors(alpha: float, state: dict[str, torch.Tensor], hf_config: Any):
     import gguf
 
     layout = layout_for(hf_config.model_type)
@@ -79,14 +92,14 @@ def export(adapter: str | Path, hf_config: Any, out: str | Path) -> Path:
     import gguf
 
     check(adapter, hf_config, out)
-    config, state = _adapter(Path(adapter))
-    tensors = list(_tensors(config, state, hf_config))
+    alpha, state = _adapter(Path(adapter))
+    tensors = list(_tensors(alpha, state, hf_config))
 
     def write(path: Path) -> None:
         writer = gguf.GGUFWriter(path, layout_for(hf_config.model_type).gguf_arch)
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(config.alpha))
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
         for name, data in tensors:
             writer.add_tensor(name, data)
         writer.write_header_to_file()
