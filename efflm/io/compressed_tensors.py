@@ -112,13 +112,7 @@ def export(model: torch.nn.Module, tokenizer: Any, out: str | Path) -> Path:
     for name, m in quantized.items():
         groups.setdefault(_scheme_key(m), []).append(name)
 
-    plain = _plain(model, quantized)
-    for name, m in quantized.items():
-        linear = torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, dtype=EXPORT_DTYPE)
-        linear.weight.data = m.dequantize(torch.float32).to(EXPORT_DTYPE)  # round(w / s) is still q
-        if m.bias is not None:
-            linear.bias.data = m.bias.data.to(EXPORT_DTYPE)
-        set_module(plain, name, linear)
+    plain = _plain(model, quantized, lambda m: m.dequantize(torch.float32))  # round(w / s) is still q
     apply_quantization_config(plain, quantization_config(groups), show_progress=False)
     for name, m in quantized.items():
         linear = plain.get_submodule(name)
@@ -132,8 +126,9 @@ def export(model: torch.nn.Module, tokenizer: Any, out: str | Path) -> Path:
     return _write(plain, "pack-quantized", tokenizer, out)
 
 
-def _plain(model: torch.nn.Module, replaced: dict) -> torch.nn.Module:
-    """The model's transformers class in fp16 holding every tensor but those of ``replaced``."""
+def _plain(model: torch.nn.Module, replaced: dict, weight_of) -> torch.nn.Module:
+    """The model's transformers class in fp16: every tensor but those of ``replaced``, whose modules
+    become ``nn.Linear``s holding ``weight_of(module)`` (and their bias)."""
     from transformers import AutoModelForCausalLM
 
     plain = AutoModelForCausalLM.from_config(model.config, dtype=EXPORT_DTYPE)
@@ -142,7 +137,34 @@ def _plain(model: torch.nn.Module, replaced: dict) -> torch.nn.Module:
         {k: v.to(EXPORT_DTYPE) if v.is_floating_point() else v for k, v in state.items()}, strict=False
     )
     plain.tie_weights()
+    for name, m in replaced.items():
+        linear = torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, dtype=EXPORT_DTYPE)
+        linear.weight.data = weight_of(m).to(EXPORT_DTYPE)
+        if m.bias is not None:
+            linear.bias.data = m.bias.data.to(EXPORT_DTYPE)
+        set_module(plain, name, linear)
     return plain
+
+
+def _per_channel(plain: torch.nn.Module, modules: dict, kind: str, dynamic: bool, fmt: str, scales_of) -> None:
+    """One config group: 8-bit ``kind`` ("int" or "float") weights with a scale per output channel
+    (``scales_of(module)``), and dynamic per-token 8-bit activations of the same kind if ``dynamic``."""
+    from compressed_tensors.quantization import (
+        QuantizationArgs,
+        QuantizationConfig,
+        QuantizationScheme,
+        apply_quantization_config,
+    )
+
+    weights = QuantizationArgs(num_bits=8, type=kind, symmetric=True, strategy="channel")
+    acts = QuantizationArgs(num_bits=8, type=kind, symmetric=True, strategy="token", dynamic=True) if dynamic else None
+    scheme = QuantizationScheme(targets=sorted(modules), weights=weights, input_activations=acts)
+    apply_quantization_config(
+        plain, QuantizationConfig(config_groups={"group_0": scheme}, format=fmt), show_progress=False
+    )
+    for name, m in modules.items():
+        scale = plain.get_submodule(name).weight_scale
+        scale.data = scales_of(m).to(EXPORT_DTYPE).reshape(scale.shape)
 
 
 def _write(plain: torch.nn.Module, fmt: str, tokenizer: Any, out: Path, check=None) -> Path:
@@ -161,34 +183,14 @@ def _write(plain: torch.nn.Module, fmt: str, tokenizer: Any, out: Path, check=No
 
 
 def _export_w8a8(model: torch.nn.Module, tokenizer: Any, out: Path, int8: dict) -> Path:
-    from compressed_tensors.quantization import (
-        QuantizationArgs,
-        QuantizationConfig,
-        QuantizationScheme,
-        apply_quantization_config,
-    )
-
     if set(efflm_modules(model)) != set(int8):
         raise EfflmError("compressed-tensors export: one scheme per export (W8A8 or a weight-only grid, not both)")
     if any(m.outlier_threshold for m in int8.values()):
         raise EfflmError(
             "compressed-tensors export: LLM.int8()'s float outlier columns have no compressed-tensors scheme"
         )
-    plain = _plain(model, int8)
-    for name, m in int8.items():
-        linear = torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, dtype=EXPORT_DTYPE)
-        linear.weight.data = (m.qweight.float() * m.wscale.to(EXPORT_DTYPE).float()[:, None]).to(EXPORT_DTYPE)
-        if m.bias is not None:
-            linear.bias.data = m.bias.data.to(EXPORT_DTYPE)
-        set_module(plain, name, linear)
-    weights = QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="channel")
-    acts = QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="token", dynamic=True)
-    scheme = QuantizationScheme(targets=sorted(int8), weights=weights, input_activations=acts)
-    config = QuantizationConfig(config_groups={"group_0": scheme}, format="int-quantized")
-    apply_quantization_config(plain, config, show_progress=False)
-    for name, m in int8.items():
-        scale = plain.get_submodule(name).weight_scale
-        scale.data = m.wscale.to(EXPORT_DTYPE).reshape(scale.shape)
+    plain = _plain(model, int8, lambda m: m.qweight.float() * m.wscale.to(EXPORT_DTYPE).float()[:, None])
+    _per_channel(plain, int8, "int", True, "int-quantized", lambda m: m.wscale)
 
     def same_codes(compressed: torch.nn.Module) -> None:
         for name, m in int8.items():
@@ -199,13 +201,6 @@ def _export_w8a8(model: torch.nn.Module, tokenizer: Any, out: Path, int8: dict) 
 
 
 def _export_fp8(model: torch.nn.Module, tokenizer: Any, out: Path, fp8: dict) -> Path:
-    from compressed_tensors.quantization import (
-        QuantizationArgs,
-        QuantizationConfig,
-        QuantizationScheme,
-        apply_quantization_config,
-    )
-
     from efflm.nn.fp_formats import FP8
 
     if set(efflm_modules(model)) != set(fp8):
@@ -216,24 +211,9 @@ def _export_fp8(model: torch.nn.Module, tokenizer: Any, out: Path, fp8: dict) ->
             "compressed-tensors export writes FP8 as E4M3 weights with one scale per output channel "
             "(zeroquant_fp weight_format e4m3, group_size -1; act_format e4m3 or none)"
         )
-    plain = _plain(model, fp8)
-    for name, m in fp8.items():
-        linear = torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, dtype=EXPORT_DTYPE)
-        linear.weight.data = m.dequantize(torch.float32).to(EXPORT_DTYPE)  # w / s rounds back to the same FP8
-        if m.bias is not None:
-            linear.bias.data = m.bias.data.to(EXPORT_DTYPE)
-        set_module(plain, name, linear)
-    weights = QuantizationArgs(num_bits=8, type="float", symmetric=True, strategy="channel")
+    plain = _plain(model, fp8, lambda m: m.dequantize(torch.float32))  # w / s rounds back to the same FP8
     dynamic = next(iter(kinds))[2] is not None
-    acts = (
-        QuantizationArgs(num_bits=8, type="float", symmetric=True, strategy="token", dynamic=True) if dynamic else None
-    )
-    scheme = QuantizationScheme(targets=sorted(fp8), weights=weights, input_activations=acts)
-    config = QuantizationConfig(config_groups={"group_0": scheme}, format="float-quantized")
-    apply_quantization_config(plain, config, show_progress=False)
-    for name, m in fp8.items():
-        scale = plain.get_submodule(name).weight_scale
-        scale.data = m.scales.to(EXPORT_DTYPE).reshape(scale.shape)
+    _per_channel(plain, fp8, "float", dynamic, "float-quantized", lambda m: m.scales)
 
     def same_codes(compressed: torch.nn.Module) -> None:
         for name, m in fp8.items():
