@@ -69,17 +69,30 @@ def _quant_tensor(name: str, m: torch.nn.Module, permute_heads: int | None):
     return data, qtype
 
 
+def tensor_names(cfg):
+    """llama.cpp's tensor name map for the model's family, and a function giving the head count by
+    which a Linear's rows are permuted into llama.cpp's rotary order (None: not permuted)."""
+    import gguf
+
+    layout = layout_for(cfg.model_type)
+    arch = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[layout.gguf_arch]
+    heads = {layout.attn_linears[0]: cfg.num_attention_heads, layout.attn_linears[1]: cfg.num_key_value_heads}
+    if not layout.gguf_interleaved_rope:
+        heads = {}
+
+    def permuted_heads(owner: str) -> int | None:
+        return next((n for suffix, n in heads.items() if owner.endswith(suffix)), None)
+
+    return gguf.get_tensor_name_map(arch, cfg.num_hidden_layers), permuted_heads
+
+
 def _tensors(model: torch.nn.Module):
     """(gguf name, numpy data, ggml type or None for plain float) for every tensor llama.cpp needs."""
     import gguf
 
     cfg = model.config
     layout = layout_for(cfg.model_type)
-    arch = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[layout.gguf_arch]
-    names = gguf.get_tensor_name_map(arch, cfg.num_hidden_layers)
-    heads = {layout.attn_linears[0]: cfg.num_attention_heads, layout.attn_linears[1]: cfg.num_key_value_heads}
-    if not layout.gguf_interleaved_rope:
-        heads = {}
+    names, permuted_heads = tensor_names(cfg)
     modules = dict(model.named_modules())
     tied = getattr(cfg, "tie_word_embeddings", False)
     for key, value in model.state_dict().items():
@@ -92,7 +105,7 @@ def _tensors(model: torch.nn.Module):
         )
         if gname is None:
             raise EfflmError(f"GGUF export: no llama.cpp name for {key}")
-        permute = next((n for suffix, n in heads.items() if owner.endswith(suffix)), None)
+        permute = permuted_heads(owner)
         if role(module) == "weight_grid":
             if leaf != "qweight":
                 continue  # scales travel inside the blocks

@@ -59,29 +59,21 @@ def check(adapter: str | Path, hf_config: Any, out: str | Path) -> None:
 
 
 def _tensors(alpha: float, state: dict[str, torch.Tensor], hf_config: Any):
-    import gguf
+    from efflm.io.gguf_export import rope_permute, tensor_names
 
-    layout = layout_for(hf_config.model_type)
-    arch = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[layout.gguf_arch]
-    names = gguf.get_tensor_name_map(arch, hf_config.num_hidden_layers)
-    heads = {
-        layout.attn_linears[0]: hf_config.num_attention_heads,
-        layout.attn_linears[1]: hf_config.num_key_value_heads,
-    }
+    names, permuted_heads = tensor_names(hf_config)
     prefix = "base_model.model."
     pairs = sorted(k[len(prefix) : -len(".lora_A.weight")] for k in state if k.endswith(".lora_A.weight"))
     if not pairs or len(pairs) * 2 != len(state):
         raise EfflmError("GGUF LoRA export: the adapter holds tensors other than lora_A/lora_B pairs")
-    from efflm.io.gguf_export import rope_permute
-
     for owner in pairs:
         gname = names.get_name(f"{owner}.weight", try_suffixes=(".weight",))
         if gname is None or not gname.startswith("blk."):
             raise EfflmError(f"GGUF LoRA export: {owner} is not a decoder Linear llama.cpp can adapt")
         a = state[f"{prefix}{owner}.lora_A.weight"].float()
         b = state[f"{prefix}{owner}.lora_B.weight"].float()
-        n = next((h for suffix, h in heads.items() if owner.endswith(suffix)), None)
-        if n is not None and layout.gguf_interleaved_rope:
+        n = permuted_heads(owner)
+        if n is not None:
             b = rope_permute(b, n)
         yield f"{gname}.lora_a", a.contiguous().numpy()
         yield f"{gname}.lora_b", b.contiguous().numpy()
