@@ -46,15 +46,6 @@ def efflm_file(args, name: str, ids, tmp: Path) -> dict:
     return {"type": name, "side": f"efflm {args.method}", "path": path, "efflm_ppl": ppl}
 
 
-def dense_file(args, tmp: Path) -> Path:
-    from efflm.io.gguf_export import export
-    from efflm.io.load import load
-    from efflm.models.sources import gguf_source
-
-    model, tok = load(args.model)
-    return export(model, gguf_source(args.model), tmp / "dense.gguf", tok)
-
-
 def decode_tps(llm, prompt: list[int], new: int) -> float:
     import torch
     from vs_llamacpp import llama_run
@@ -75,12 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import llama_cpp
     import torch
-    from quant_bits import k_quant, llama_cpp_ppl
+    from quant_bits import dense_gguf, k_quant, llama_cpp_ppl
     from tqdm import tqdm
 
     from efflm.core.atomic import publish
     from efflm.datasets.text import eval_tokens
     from efflm.io.load import load
+    from efflm.models.sources import gguf_source
 
     torch.set_num_threads(args.threads)
     _, tok = load(args.model)
@@ -88,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        dense = dense_file(args, tmp)
+        dense = dense_gguf(args, gguf_source(args.model), tmp)
         rows.append({"type": "F16", "side": "dense export", "path": dense, "efflm_ppl": None})
         for name in tqdm(TYPES, desc="gguf_exports"):
             rows.append(efflm_file(args, name, ids, tmp))

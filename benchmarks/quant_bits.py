@@ -108,8 +108,8 @@ def dense_gguf(args, source: Path, tmp: Path) -> Path:
     from efflm.io.gguf_export import export
     from efflm.io.load import load
 
-    model, _ = load(args.model)
-    return export(model, source, tmp / "dense.gguf")
+    model, tok = load(args.model)
+    return export(model, source, tmp / "dense.gguf", tok)
 
 
 def k_quant(src: Path, name: str, tmp: Path, threads: int) -> Path:
