@@ -61,14 +61,16 @@ def validate(
 
 def streams(model_spec: str, recipe: recipes.Recipe) -> bool:
     """Whether ``load_and_apply`` streams this recipe layer by layer: every step is ``layerwise``
-    and the weights are a safetensors directory (the default model's converted GGUF included);
-    ``EFFLM_STREAM=0`` turns it off."""
+    and the weights are a safetensors directory (the default model's converted GGUF included) of
+    a dense family (a MoE checkpoint's experts are read whole: their stored names and stacking vary
+    by family and transformers version); ``EFFLM_STREAM=0`` turns it off."""
     from efflm.core import settings
-    from efflm.models.sources import weights_dir
+    from efflm.models.arch import layout_for
+    from efflm.models.sources import model_config, weights_dir
 
     if not recipe or not settings.stream() or not all(get(c.method).layerwise for c in recipe):
         return False
-    return weights_dir(model_spec) is not None
+    return weights_dir(model_spec) is not None and layout_for(model_config(model_spec)).experts is None
 
 
 def check_whole_fits(model_spec: str, recipe: recipes.Recipe) -> None:

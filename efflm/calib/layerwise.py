@@ -22,6 +22,7 @@ from efflm.core.errors import EfflmError
 from efflm.core.progress import progress
 from efflm.models.arch import decoder_layers, layout_for, set_module
 from efflm.models.streaming import each_layer
+from efflm.nn.experts import route_all
 
 
 class Observer(Protocol):
@@ -104,7 +105,12 @@ def run(
     """
     if calib is None or calib.ndim != 2 or calib.shape[0] < 1:
         raise EfflmError("this method needs calibration data: a [samples, tokens] batch of token ids")
-    layout = layout_for(model.config.model_type)
+    with route_all(model):  # a MoE block's experts each see every calibration token
+        return _run(model, calib, observe, solve, batch_size, desc, one_pass, finish, select)
+
+
+def _run(model, calib, observe, solve, batch_size, desc, one_pass, finish, select) -> nn.Module:
+    layout = layout_for(model.config)
     inputs = _layer0_inputs(model, calib, calib.shape[0] if one_pass else batch_size)
     for i, layer in progress(each_layer(model), desc=desc, total=len(decoder_layers(model))):
         observers: dict[str, Observer] = {}

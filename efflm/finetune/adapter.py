@@ -25,16 +25,20 @@ from efflm.nn.adapters import adapter_modules
 ALL = "all-linear"
 
 
-def linear_names(hf_config: Any) -> dict[str, str]:
-    """Short name (``q_proj``) -> path inside a layer (``self_attn.q_proj``)."""
-    return {p.rsplit(".", 1)[-1]: p for p in layout_for(hf_config.model_type).linears}
+def linear_names(hf_config: Any) -> dict[str, list[str]]:
+    """Short name (``q_proj``) -> paths inside a layer (``self_attn.q_proj``; in a MoE block, every
+    expert's ``gate_proj``), as peft matches a target by the end of a module's name."""
+    names: dict[str, list[str]] = {}
+    for p in layout_for(hf_config).linears:
+        names.setdefault(p.rsplit(".", 1)[-1], []).append(p)
+    return names
 
 
 def resolve_targets(hf_config: Any, targets: tuple[str, ...], method: str) -> list[str]:
     """Paths inside a layer of the named targets; unknown names fail with the closest names."""
     names = linear_names(hf_config)
     if ALL in targets:
-        return list(names.values())
+        return [p for paths in names.values() for p in paths]
     out = []
     for t in targets:
         if t not in names:
@@ -43,7 +47,7 @@ def resolve_targets(hf_config: Any, targets: tuple[str, ...], method: str) -> li
             raise ConfigError(
                 f"{method}: the model has no target module {t!r}{hint} (its Linears: {', '.join(names)}, or {ALL})"
             )
-        out.append(names[t])
+        out += names[t]
     return out
 
 
@@ -63,7 +67,7 @@ def inject(model: nn.Module, targets: tuple[str, ...], method: str, make: Callab
     """Freeze the model, then replace each targeted Linear of every decoder layer with
     ``make(path, base, index)``: only the adapters' tensors train."""
     freeze_base(model)
-    layers = layout_for(model.config.model_type).layers
+    layers = layout_for(model.config).layers
     paths = resolve_targets(model.config, targets, method)
     n = 0
     for i in range(len(decoder_layers(model))):

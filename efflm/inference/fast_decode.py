@@ -128,6 +128,8 @@ class FastDecode:
                     )
                 if post_norms or engine.offset:
                     raise Unsupported("Gemma's norms (1 + weight, and after the attention and the MLP)")
+                if hasattr(mlp, "experts"):
+                    raise Unsupported("mixture-of-experts MLPs: the fused step has one MLP a layer")
                 lins = [q, k, v, o] + [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
                 if any(m is None for m in lins):
                     raise Unsupported(f"an MLP without gate/up/down projections ({type(mlp).__name__})")

@@ -29,7 +29,7 @@ import torch
 
 from efflm.core.atomic import atomic_dir
 from efflm.core.errors import EfflmError
-from efflm.models.arch import set_module
+from efflm.models.arch import file_name, layout_for, set_module
 from efflm.nn.module_registry import efflm_modules
 
 EXPORT_DTYPE = torch.float16  # fp16 holds efflm's fp16 scales exactly (bf16 would not)
@@ -95,7 +95,7 @@ def export(model: torch.nn.Module, tokenizer: Any, out: str | Path) -> Path:
     fp8 = efflm_modules(model, "fp_grid")
     if fp8:
         return _export_fp8(model, tokenizer, out, fp8)
-    if set(efflm_modules(model)) != set(efflm_modules(model, "weight_grid")):
+    if set(efflm_modules(model)) - set(efflm_modules(model, "experts")) != set(efflm_modules(model, "weight_grid")):
         raise EfflmError(
             "compressed-tensors export supports weight-only QuantLinear models or W8A8 Int8Linear models "
             "(not int8 embeddings, activation-quantized grids or low-rank layers)"
@@ -131,7 +131,9 @@ def _plain(model: torch.nn.Module, replaced: dict, weight_of) -> torch.nn.Module
     become ``nn.Linear``s holding ``weight_of(module)`` (and their bias)."""
     from transformers import AutoModelForCausalLM
 
-    plain = AutoModelForCausalLM.from_config(model.config, dtype=EXPORT_DTYPE)
+    from efflm.nn.experts import unstack_experts
+
+    plain = unstack_experts(AutoModelForCausalLM.from_config(model.config, dtype=EXPORT_DTYPE))  # experts: Linears
     state = {k: v for k, v in model.state_dict().items() if not k.startswith(tuple(f"{n}." for n in replaced))}
     plain.load_state_dict(
         {k: v.to(EXPORT_DTYPE) if v.is_floating_point() else v for k, v in state.items()}, strict=False
@@ -174,12 +176,37 @@ def _write(plain: torch.nn.Module, fmt: str, tokenizer: Any, out: Path, check=No
     compressor.compress_model(plain)
     if check is not None:
         check(plain)
-    with atomic_dir(out, replace=True) as tmp:  # fails, deleting nothing, if out appeared
+    from efflm.models.sources import hf_bars_follow_efflm
+
+    with atomic_dir(out, replace=True) as tmp, hf_bars_follow_efflm():  # fails, deleting nothing, if out appeared
         plain.save_pretrained(tmp)
         compressor.update_config(str(tmp))
+        _checkpoint_names(tmp, layout_for(plain.config))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return out
+
+
+def _checkpoint_names(path: Path, layout) -> None:
+    """Rename the written tensors (and the config's module names) as the family's checkpoints name
+    them (``models.arch.file_name``), where that differs from transformers' module names."""
+    if not layout.expert_files:
+        return
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    for f in path.glob("*.safetensors"):
+        save_file({file_name(layout, k): v for k, v in load_file(str(f)).items()}, str(f), metadata={"format": "pt"})
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {file_name(layout, k): v for k, v in data["weight_map"].items()}
+        index.write_text(json.dumps(data, indent=2))
+    config = json.loads((path / "config.json").read_text())
+    for scheme in config["quantization_config"]["config_groups"].values():
+        scheme["targets"] = [file_name(layout, t) for t in scheme["targets"]]
+    (path / "config.json").write_text(json.dumps(config, indent=2))
 
 
 def _export_w8a8(model: torch.nn.Module, tokenizer: Any, out: Path, int8: dict) -> Path:

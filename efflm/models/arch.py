@@ -37,6 +37,11 @@ class Layout:
     gguf_arch: str | None = "llama"  # llama.cpp's architecture name for the family (None: not written)
     gguf_interleaved_rope: bool = True  # llama.cpp's rope for it pairs adjacent dims (q/k rows permuted)
     gguf_swa_period: int = 0  # llama.cpp's arch slides the window on all but the last of every N layers (0: none)
+    experts: str | None = None  # sparse MoE: the experts inside a layer (``efflm.nn.experts``); mlp is the block
+    shared_expert: str | None = None  # an MLP every token also goes through (Qwen2-MoE), beside the routed experts
+    n_experts: str = "num_experts"  # the config field counting the routed experts
+    expert_width: str = "moe_intermediate_size"  # the config field of one expert's intermediate width
+    expert_files: tuple[tuple[str, str], ...] = ()  # how checkpoints name expert tensors: (ours, theirs) renames
 
     @property
     def linears(self) -> tuple[str, ...]:
@@ -44,16 +49,34 @@ class Layout:
 
     @property
     def input_groups(self) -> tuple[tuple[str, ...], ...]:
-        """Linears that read the same input tensor (one observer serves each group)."""
+        """Linears that read the same input tensor (one observer serves each group). In a MoE block
+        every expert's gate and up read the normed hidden states (calibration routes every token
+        through every expert: ``efflm.nn.experts.route_all``), and each down projection its own."""
         q, k, v, o = self.attn_linears
-        gate, up, down = self.mlp_linears
-        return ((q, k, v), (o,), (gate, up), (down,))
+        ins = tuple(n for n in self.mlp_linears if not n.endswith("down_proj"))
+        return ((q, k, v), (o,), ins, *((n,) for n in self.mlp_linears if n.endswith("down_proj")))
 
     @property
-    def input_sources(self) -> tuple[str, ...]:
+    def input_sources(self) -> tuple[str | None, ...]:
         """The module whose output is each input group's input (AWQ/SmoothQuant fold scales into it):
-        a norm's weight, or a Linear's output rows (v_proj feeds o_proj, up_proj feeds down_proj)."""
-        return (self.norms[0], self.attn_linears[2], self.norms[1], self.mlp_linears[1])
+        a norm's weight, or a Linear's output rows (v_proj feeds o_proj, up_proj feeds down_proj).
+        None where no fold is exact: a MoE block's norm also feeds its router, which stays as it is."""
+        ups = tuple(n.removesuffix("down_proj") + "up_proj" for n in self.mlp_linears if n.endswith("down_proj"))
+        return (self.norms[0], self.attn_linears[2], None if self.experts else self.norms[1], *ups)
+
+    def expanded(self, hf_config: Any) -> "Layout":
+        """This layout for one config: a MoE block's Linears named expert by expert (the shared
+        expert first, as it runs first), so every Linear of the model is one of ``linears``."""
+        if self.experts is None:
+            return self
+        if getattr(hf_config, "mlp_only_layers", None) or getattr(hf_config, "decoder_sparse_step", 1) != 1:
+            raise EfflmError(
+                f"{hf_config.model_type}: dense MLP layers between the sparse MoE layers are not supported"
+            )
+        own = ("gate_proj", "up_proj", "down_proj")
+        shared = tuple(f"{self.shared_expert}.{n}" for n in own) if self.shared_expert else ()
+        n = getattr(hf_config, self.n_experts)
+        return replace(self, mlp_linears=shared + tuple(f"{self.experts}.{e}.{p}" for e in range(n) for p in own))
 
 
 _LLAMA = Layout(
@@ -79,16 +102,28 @@ LAYOUTS: dict[str, Layout] = {
         gguf_swa_period=2,
     ),
 }
+_MOE = replace(_LLAMA, mlp_linears=(), experts="mlp.experts", gguf_arch=None)
+LAYOUTS["mixtral"] = replace(
+    _MOE,
+    n_experts="num_local_experts",
+    expert_width="intermediate_size",
+    expert_files=((".mlp.experts.", ".block_sparse_moe.experts."), (".gate_proj", ".w1"), (".up_proj", ".w3"),
+                  (".down_proj", ".w2")),
+)  # fmt: skip
+LAYOUTS["qwen2_moe"] = replace(_MOE, shared_expert="mlp.shared_expert")
+LAYOUTS["qwen3_moe"] = replace(_MOE, qk_norms=("q_norm", "k_norm"))
 LAYOUTS["gemma3_text"] = replace(
     LAYOUTS["gemma2"], qk_norms=("q_norm", "k_norm"), rope_by_layer_type=True, gguf_arch=None, gguf_swa_period=0
 )
 SUPPORTED = tuple(sorted([*LAYOUTS, *FUSED]))  # FUSED: read as Llama (efflm.models.fused)
 
 
-def layout_for(model_type: str) -> Layout:
+def layout_for(model: str | Any) -> Layout:
+    """The layout of a model type, or of a config (a MoE config's expert Linears named: ``expanded``)."""
+    model_type = model if isinstance(model, str) else model.model_type
     if model_type not in LAYOUTS:
         raise EfflmError(f"unsupported architecture {model_type!r}; supported: {', '.join(SUPPORTED)}")
-    return LAYOUTS[model_type]
+    return LAYOUTS[model_type] if isinstance(model, str) else LAYOUTS[model_type].expanded(model)
 
 
 def attention_windows(hf_config: Any) -> list[int | None]:
@@ -102,33 +137,50 @@ def attention_windows(hf_config: Any) -> list[int | None]:
     return [window] * n
 
 
-def in_features(hf_config: Any) -> dict[str, int]:
-    """Input width of each decoder Linear, from the config alone (no weights needed)."""
-    layout = layout_for(hf_config.model_type)
+def file_name(layout: Layout, name: str) -> str:
+    """A tensor's (or module's) name as the family's checkpoints write it (Mixtral's experts:
+    ``block_sparse_moe.experts.{e}.w1/w3/w2``, which transformers and vLLM read)."""
+    if ".experts." not in name:
+        return name
+    for ours, theirs in layout.expert_files:
+        name = name.replace(ours, theirs)
+    return name
+
+
+def _mlp_width(layout: Layout, hf_config: Any, name: str) -> int:
+    """The intermediate width of the MLP (or expert, or shared expert) that Linear ``name`` is in."""
+    if layout.experts and name.startswith(layout.experts + "."):
+        return getattr(hf_config, layout.expert_width)
+    if layout.shared_expert and name.startswith(layout.shared_expert + "."):
+        return hf_config.shared_expert_intermediate_size
+    return hf_config.intermediate_size
+
+
+def _widths(hf_config: Any, inputs: bool) -> dict[str, int]:
+    layout = layout_for(hf_config)
     hidden = hf_config.hidden_size
     head_dim = getattr(hf_config, "head_dim", None) or hidden // hf_config.num_attention_heads
-    widths = {name: hidden for name in layout.linears}
-    widths["self_attn.o_proj"] = hf_config.num_attention_heads * head_dim
-    widths["mlp.down_proj"] = hf_config.intermediate_size
-    return widths
+    kv = (getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads) * head_dim
+    q, k, v, o = layout.attn_linears
+    attn = {q: hidden, k: hidden, v: hidden, o: hf_config.num_attention_heads * head_dim}
+    if not inputs:
+        attn = {q: hf_config.num_attention_heads * head_dim, k: kv, v: kv, o: hidden}
+    mlp = {}
+    for name in layout.mlp_linears:
+        width = _mlp_width(layout, hf_config, name)
+        mlp[name] = (width if name.endswith("down_proj") else hidden) if inputs else (
+            hidden if name.endswith("down_proj") else width)  # fmt: skip
+    return attn | mlp
+
+
+def in_features(hf_config: Any) -> dict[str, int]:
+    """Input width of each decoder Linear, from the config alone (no weights needed)."""
+    return _widths(hf_config, inputs=True)
 
 
 def out_features(hf_config: Any) -> dict[str, int]:
     """Output width of each decoder Linear, from the config alone."""
-    layout = layout_for(hf_config.model_type)
-    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
-    kv = (getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads) * head_dim
-    q, k, v, o = layout.attn_linears
-    gate, up, down = layout.mlp_linears
-    return {
-        q: hf_config.num_attention_heads * head_dim,
-        k: kv,
-        v: kv,
-        o: hf_config.hidden_size,
-        gate: hf_config.intermediate_size,
-        up: hf_config.intermediate_size,
-        down: hf_config.hidden_size,
-    }
+    return _widths(hf_config, inputs=False)
 
 
 def get_module(root: nn.Module, path: str) -> nn.Module:
@@ -146,7 +198,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 def module_names(hf_config: Any) -> list[str]:
     """Full names of every decoder Linear (then the head and the embeddings), from the config alone."""
-    layout = layout_for(hf_config.model_type)
+    layout = layout_for(hf_config)
     n = hf_config.num_hidden_layers
     return [f"{layout.layers}.{i}.{name}" for i in range(n) for name in layout.linears] + [layout.lm_head, layout.embed]
 
@@ -159,7 +211,7 @@ def decoder_linears(model: nn.Module, select: Callable[[str], bool] | None = Non
     reaches them and handed on after their last Linear: iterate once, keep no module."""
     from efflm.models.streaming import stream_of
 
-    linears = _Linears(model, layout_for(model.config.model_type), select)
+    linears = _Linears(model, layout_for(model.config), select)
     return linears if stream_of(model) is not None else list(linears)
 
 

@@ -102,6 +102,21 @@ def _gemma(version: int) -> Callable[[int], Any]:
     return make
 
 
+def _moe(kind: str) -> Callable[[int], Any]:
+    def make(vocab_size: int) -> Any:
+        from transformers import MixtralConfig, Qwen2MoeConfig, Qwen3MoeConfig
+
+        kw = {k: v for k, v in tiny_config(vocab_size).to_dict().items() if k in _LLAMA_KEYS}
+        kw |= dict(num_experts_per_tok=2, tie_word_embeddings=True)
+        if kind == "mixtral":  # 4 experts of the dense width
+            return MixtralConfig(**kw, num_local_experts=4)
+        if kind == "qwen2_moe":  # 4 experts of half the dense width and a shared expert, its output gated
+            return Qwen2MoeConfig(**kw, num_experts=4, moe_intermediate_size=64, shared_expert_intermediate_size=128)
+        return Qwen3MoeConfig(**kw, num_experts=4, moe_intermediate_size=64, norm_topk_prob=True)
+
+    return make
+
+
 TINY_FAMILIES: dict[str, Callable[[int], Any]] = {
     "tiny-llama": tiny_config,
     "tiny-mistral": _mistral,
@@ -109,6 +124,9 @@ TINY_FAMILIES: dict[str, Callable[[int], Any]] = {
     "tiny-gemma2": _gemma(2),
     "tiny-gemma3": _gemma(3),
     "tiny-phi3": _phi3,  # loaded as the Llama it computes (efflm.models.fused)
+    "tiny-mixtral": _moe("mixtral"),
+    "tiny-qwen2-moe": _moe("qwen2_moe"),
+    "tiny-qwen3-moe": _moe("qwen3_moe"),
 }
 
 

@@ -61,6 +61,9 @@ def _head_dim(hf_config: Any) -> int:
 
 def pruned_config(hf_config: Any, cfg: "LLMPrunerConfig") -> Any:
     """The config of the pruned model (also the registry's model check: raises before any work)."""
+    if layout_for(hf_config).experts:
+        raise ConfigError(f"llm_pruner: {hf_config.model_type} has mixture-of-experts MLPs; its dependency "
+                          "groups are a dense MLP's channels (prune the experts with an unstructured or N:M method)")  # fmt: skip
     inter = hf_config.intermediate_size
     keep = int(round(inter * (1 - cfg.ratio) / cfg.multiple_of)) * cfg.multiple_of
     if keep < cfg.multiple_of or (cfg.ratio > 0 and keep >= inter):
@@ -155,7 +158,7 @@ class LLMPrunerConfig(MethodConfig):
 def apply(model: nn.Module, config: LLMPrunerConfig, calib: Any) -> nn.Module:
     old = model.config
     new_cfg = pruned_config(old, config)
-    layout = layout_for(old.model_type)
+    layout = layout_for(old)
     q, k, v, o = layout.attn_linears
     gate, up, down = layout.mlp_linears
     names = {"q": q, "k": k, "v": v, "o": o, "gate": gate, "up": up, "down": down}

@@ -143,7 +143,7 @@ class AWQConfig(ModuleSelection):
     layerwise=True,
 )
 def apply(model: torch.nn.Module, config: AWQConfig, calib: Any) -> torch.nn.Module:
-    layout = layout_for(model.config.model_type)
+    layout = layout_for(model.config)
     no_clip = set(layout.attn_linears[:2])  # q/k: clipping hurts through the softmax (paper §3)
     args = (config.bits, config.group_size, config.symmetric)
 
@@ -153,11 +153,12 @@ def apply(model: torch.nn.Module, config: AWQConfig, calib: Any) -> torch.nn.Mod
         for group, source_name in zip(layout.input_groups, layout.input_sources):
             obs = observers[prefix + group[0]]
             linears = [layer.get_submodule(n) for n in group]
-            source = layer.get_submodule(source_name)
             H = obs.H
-            rows = source.weight.shape[0]
             fold = may_fold(prefix, group, source_name, layout.linears, config.selects)
-            if fold and rows == linears[0].in_features:  # foldable (not o_proj under GQA: v rows ≠ o inputs)
+            source = layer.get_submodule(source_name) if fold else None
+            if (
+                fold and source.weight.shape[0] == linears[0].in_features
+            ):  # foldable (not o_proj under GQA: v rows ≠ o inputs)
                 W = torch.cat([lin.weight.data.float() for lin in linears])
                 s, _ = search_scale(W, H, obs.absmean, *args, n_grid=config.n_grid, duo=config.duo_scaling)
                 fold_scales(source, s, fold_offset(layout, source_name))

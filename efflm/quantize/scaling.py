@@ -26,8 +26,11 @@ def fold_offset(layout, source: str) -> float:
     return 0.0 if source in layout.linears else layout.norm_offset
 
 
-def may_fold(prefix: str, group: tuple[str, ...], source: str, linears: tuple[str, ...], selects) -> bool:
-    """Whether a scale may be folded between ``source`` and ``group``: only when every Linear it would
-    change is one the step changes (``selects``), so an ignored Linear is left exactly as it was."""
+def may_fold(prefix: str, group: tuple[str, ...], source: str | None, linears: tuple[str, ...], selects) -> bool:
+    """Whether a scale may be folded between ``source`` and ``group``: only when there is a source (a
+    MoE block's norm has none: it feeds the router too) and every Linear it would change is one the
+    step changes (``selects``), so an ignored Linear is left exactly as it was."""
+    if source is None:
+        return False
     touched = [*group, source] if source in linears else list(group)
     return all(selects(prefix + name) for name in touched)

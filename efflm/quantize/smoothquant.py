@@ -73,17 +73,17 @@ class SmoothQuantConfig(ModuleSelection):
     layerwise=True,
 )
 def apply(model: torch.nn.Module, config: SmoothQuantConfig, calib: Any) -> torch.nn.Module:
-    layout = layout_for(model.config.model_type)
+    layout = layout_for(model.config)
 
     def solve(i: int, layer: torch.nn.Module, observers: dict) -> None:
         prefix = f"{layout.layers}.{i}."
         for group, source_name in zip(layout.input_groups, layout.input_sources):
+            if not may_fold(prefix, group, source_name, layout.linears, config.selects):
+                continue  # no exact fold, or a Linear the fold would change is ignored
             linears = [layer.get_submodule(n) for n in group]
             source = layer.get_submodule(source_name)
             if source.weight.shape[0] != linears[0].in_features:
                 continue  # o_proj under GQA: nothing to fold into
-            if not may_fold(prefix, group, source_name, layout.linears, config.selects):
-                continue  # a Linear the fold would change is ignored
             s = smoothing_scales(observers[prefix + group[0]].absmax, [lin.weight for lin in linears], config.alpha)
             fold_scales(source, s, fold_offset(layout, source_name))
             for lin in linears:

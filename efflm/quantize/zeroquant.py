@@ -93,7 +93,7 @@ def distill_layer(layer, fakes, batches, targets, steps: int, lr: float) -> floa
 def apply(model: torch.nn.Module, config: ZeroQuantConfig, calib: Any) -> torch.nn.Module:
     if calib is None or calib.ndim != 2:
         raise EfflmError("zeroquant needs calibration data: a [samples, tokens] batch of token ids")
-    layout = layout_for(model.config.model_type)
+    layout = layout_for(model.config)
     saved = {name: p.requires_grad for name, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)

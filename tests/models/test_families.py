@@ -6,12 +6,15 @@ import pytest
 import torch
 
 from efflm.core import recipe as recipes
+from efflm.core.errors import ConfigError
 from efflm.methods import check_for_model, get, methods
 from efflm.models.tiny import TINY_FAMILIES
 from tests.core.test_methods import ZERO_INIT, default_config
 
 FAMILIES = sorted(s for s in TINY_FAMILIES if s != "tiny-llama")
 ALL_FAMILIES = sorted(TINY_FAMILIES)
+MOE = ("tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe")
+REFUSED = {("llm_pruner", s): "mixture-of-experts" for s in MOE}  # (method, family) -> the refusal's words
 MODEL = [m.name for m in methods() if m.family != "data"]
 
 
@@ -34,7 +37,10 @@ def test_the_loaded_model_computes_what_its_own_transformers_class_does(spec, id
 
     original, _ = tiny_model(spec)
     model, _ = _load(spec)
-    assert torch.equal(model(ids).logits, original(ids).logits)
+    if spec in MOE:  # each expert one Linear triple, not transformers' stacked matmuls: summation order
+        torch.testing.assert_close(model(ids).logits, original(ids).logits, rtol=0, atol=1e-5)
+    else:
+        assert torch.equal(model(ids).logits, original(ids).logits)
 
 
 @pytest.mark.parametrize("spec", ALL_FAMILIES)
@@ -93,6 +99,11 @@ def test_every_method_applies_saves_and_reloads_on_every_family(spec, name, ids,
     model, tok = _load(spec)
     m = get(name)
     cfg = default_config(name)
+    if (name, spec) in REFUSED:  # says so in one line, before any work
+        with pytest.raises(ConfigError, match=REFUSED[name, spec]) as e:
+            check_for_model(model.config, cfg)
+        assert "\n" not in str(e.value)
+        return
     check_for_model(model.config, cfg)
     calib = torch.randint(3, 259, (4, 64), generator=torch.Generator().manual_seed(0)) if m.needs_calibration else None
     ref = model(ids).logits.clone()

@@ -8,7 +8,16 @@ import torch
 from tests.serve.conftest import Running, concurrently
 
 pytestmark = pytest.mark.families
-FAMILIES = ["tiny-mistral", "tiny-qwen3", "tiny-gemma2", "tiny-gemma3", "tiny-phi3"]
+FAMILIES = [
+    "tiny-mistral",
+    "tiny-qwen3",
+    "tiny-gemma2",
+    "tiny-gemma3",
+    "tiny-phi3",
+    "tiny-mixtral",
+    "tiny-qwen2-moe",
+    "tiny-qwen3-moe",
+]
 QUESTIONS = ["Hi", "Tell me a long story about the sea and the sky", "2+2?"]
 
 
