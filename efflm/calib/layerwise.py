@@ -157,11 +157,26 @@ def _run(model, calib, observe, solve, batch_size, desc, one_pass, finish, selec
 
 
 def shared_groups(observers: dict[str, Observer]) -> list[list[str]]:
-    """Paths of the Linears that share one observer (q/k/v, gate/up): solved as one stacked matrix."""
-    groups: dict[int, list[str]] = {}
+    """Paths of the Linears that share one observer (q/k/v, gate/up) and one owner module: solved as
+    one stacked matrix. A MoE block's experts share an observer but each is solved alone (a stack of
+    every expert would hold all their weights twice)."""
+    groups: dict[tuple[int, str], list[str]] = {}
     for path, obs in observers.items():
-        groups.setdefault(id(obs), []).append(path)
+        groups.setdefault((id(obs), path.rsplit(".", 1)[0]), []).append(path)
     return list(groups.values())
+
+
+def hessian_groups(observers: dict[str, Any], take: bool = False):
+    """``(paths, H)`` of each stacked solve (``shared_groups``). ``take``: the last solve on an
+    observer gets its Hessian to consume (``Hessian.take``); earlier ones (other experts) a copy."""
+    groups = shared_groups(observers)
+    last = {id(observers[paths[0]]): j for j, paths in enumerate(groups)}
+    for j, paths in enumerate(groups):
+        obs = observers[paths[0]]
+        if last[id(obs)] != j:
+            yield paths, obs.H.clone()
+        else:
+            yield paths, obs.take() if take else obs.H
 
 
 def run_hessian_groups(
@@ -179,8 +194,8 @@ def run_hessian_groups(
     pending: dict[str, nn.Module] = {}
 
     def each_group(i: int, layer: nn.Module, observers: dict) -> None:
-        for paths in shared_groups(observers):
-            pending.update(solve(paths, [model.get_submodule(p) for p in paths], observers[paths[0]].H))
+        for paths, H in hessian_groups(observers):
+            pending.update(solve(paths, [model.get_submodule(p) for p in paths], H))
 
     def finish(i: int, layer: nn.Module) -> None:
         for path, m in pending.items():

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from efflm.calib.hessian import Hessian, inverse_cholesky, mask_dead_columns
-from efflm.calib.layerwise import note, run, shared_groups
+from efflm.calib.layerwise import hessian_groups, note, run
 from efflm.calib.sweep import sweep
 from efflm.core.errors import ConfigError
 from efflm.core.fields import opt
@@ -117,12 +117,12 @@ class SparseGPTConfig(SparsityConfig):
 )
 def apply(model: torch.nn.Module, config: SparseGPTConfig, calib: Any) -> torch.nn.Module:
     def solve(i: int, layer: torch.nn.Module, observers: dict) -> None:
-        for paths in shared_groups(observers):  # Linears sharing an input share H: one stacked matrix
+        for paths, H in hessian_groups(observers):  # Linears sharing an input share H: one stacked matrix
             linears = [model.get_submodule(p) for p in paths]
             rows = [lin.out_features for lin in linears]
             W, info = sparsegpt_prune(
                 torch.cat([lin.weight.data for lin in linears]),
-                observers[paths[0]].H,
+                H,
                 config.sparsity,
                 config.pattern,
                 config.dampening,

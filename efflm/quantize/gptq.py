@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from efflm.calib.hessian import Hessian
-from efflm.calib.layerwise import note, run, shared_groups
+from efflm.calib.layerwise import hessian_groups, note, run
 from efflm.core.errors import ConfigError
 from efflm.core.fields import opt
 from efflm.core.registry import register
@@ -82,12 +82,12 @@ def apply(model: torch.nn.Module, config: GPTQConfig, calib: Any) -> torch.nn.Mo
     pending: dict[str, tuple] = {}  # path -> (codes, scales, offsets), packed once the layer is done
 
     def solve(i: int, layer: torch.nn.Module, observers: dict) -> None:
-        for paths in shared_groups(observers):  # Linears sharing an input share H: one stacked matrix
+        for paths, H in hessian_groups(observers, take=True):  # Linears sharing an input: one stacked matrix
             linears = [model.get_submodule(p) for p in paths]
             W = torch.cat([lin.weight.data for lin in linears])
             codes, scales, offsets, info = gptq_quantize(
                 W,
-                observers[paths[0]].take(),  # the group's Hessian is freed as the solver goes
+                H,  # the group's Hessian is freed as the solver goes
                 config.bits,
                 config.group_size,
                 config.symmetric,

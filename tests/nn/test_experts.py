@@ -89,3 +89,25 @@ def test_a_moe_checkpoint_is_read_whole_not_streamed(tmp_path):
     path = write_tiny(tmp_path / "moe", "tiny-qwen3-moe")
     assert not pipeline.streams(path, [config_from_dict({"method": "gptq"})])
     assert pipeline.streams(write_tiny(tmp_path / "dense", "tiny-qwen3"), [config_from_dict({"method": "gptq"})])
+
+
+def test_experts_share_a_hessian_but_are_solved_one_at_a_time():
+    """q/k/v stay one stacked solve; every expert (and the shared expert) its own, each with the
+    same Hessian: the last one consumes it, the others get a copy."""
+    from efflm.calib.hessian import Hessian
+
+    attn, moe = Hessian(4, stats=False), Hessian(4, stats=False)
+    for h in (attn, moe):
+        h.add(torch.randn(8, 4))
+    want = moe.H.clone()
+    p = "model.layers.0."
+    observers = {p + "self_attn.q_proj": attn, p + "self_attn.k_proj": attn, p + "mlp.shared_expert.gate_proj": moe}
+    observers |= {p + f"mlp.experts.{e}.{n}": moe for e in range(3) for n in ("gate_proj", "up_proj")}
+    got = list(layerwise.hessian_groups(observers, take=True))
+    assert [paths for paths, _ in got] == [
+        [p + "self_attn.q_proj", p + "self_attn.k_proj"],
+        [p + "mlp.shared_expert.gate_proj"],
+        *([p + f"mlp.experts.{e}.gate_proj", p + f"mlp.experts.{e}.up_proj"] for e in range(3)),
+    ]
+    assert all(torch.equal(H, want) for _, H in got[1:])
+    assert moe.H is None and attn.H is None
