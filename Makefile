@@ -105,6 +105,7 @@ reference: $(STAMP) $(INTEROP) anchors
 	$(BIN)/python benchmarks/icl_demos.py
 	$(BIN)/python benchmarks/scale_checkpoints.py
 	$(BIN)/python benchmarks/scale_compress.py
+	$(BIN)/python benchmarks/families.py
 	$(BIN)/efflm bench $(REF) --suite tasks
 	$(BIN)/efflm bench $(REF) --suite recover
 	$(BIN)/efflm bench $(REF) $(foreach f,$(wildcard benchmarks/recipes/recover_base_*.yaml),--recipe $(f))

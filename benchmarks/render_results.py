@@ -181,6 +181,15 @@ SECTIONS = [
         "worse than its Q4_1.",
     ),
     (
+        "families.md",
+        "Model families at real members' shapes: compress cost and decode speed",
+        "python benchmarks/families.py",
+        "Random-weight checkpoints at Qwen3-0.6B's, Gemma-3-1B's, Phi-3-mini's and Mixtral-8x7B's widths (6 decoder "
+        "layers; Mixtral 2), SmolLM2's vocabulary: each method family's `efflm compress` wall time and peak RSS, and "
+        "greedy decode speed of the result on efflm's fused C step and on its reference path (the C column says why "
+        "not where the fused step does not apply). Costs only: random weights have no quality to report.",
+    ),
+    (
         "prompt_compression.md",
         "Data: prompt compression on pass-key retrieval",
         "python benchmarks/prompt_compression.py",

@@ -63,14 +63,20 @@ def streams(model_spec: str, recipe: recipes.Recipe) -> bool:
     """Whether ``load_and_apply`` streams this recipe layer by layer: every step is ``layerwise``
     and the weights are a safetensors directory (the default model's converted GGUF included) of
     a dense family (a MoE checkpoint's experts are read whole: their stored names and stacking vary
-    by family and transformers version); ``EFFLM_STREAM=0`` turns it off."""
+    by family and transformers version; GPT-2's transposed weights too); ``EFFLM_STREAM=0`` turns it
+    off."""
     from efflm.core import settings
     from efflm.models.arch import layout_for
     from efflm.models.sources import model_config, weights_dir
 
     if not recipe or not settings.stream() or not all(get(c.method).layerwise for c in recipe):
         return False
-    return weights_dir(model_spec) is not None and layout_for(model_config(model_spec)).experts is None
+    from efflm.models.fused import READ_WHOLE
+
+    if weights_dir(model_spec) is None:
+        return False
+    cfg = model_config(model_spec)
+    return layout_for(cfg).experts is None and getattr(cfg, "efflm_unfused_from", None) not in READ_WHOLE
 
 
 def check_whole_fits(model_spec: str, recipe: recipes.Recipe) -> None:

@@ -45,7 +45,7 @@ def test_the_layerwise_methods_are_the_calibrating_and_per_linear_quantizers_and
     assert "llm_pruner" in whole and "squeezellm" in whole  # gradients through the whole model
 
 
-@pytest.mark.parametrize("spec", ["tiny-qwen3", "tiny-gemma2", "tiny-gemma3", "tiny-phi3"])
+@pytest.mark.parametrize("spec", ["tiny-qwen3", "tiny-gemma2", "tiny-gemma3", "tiny-phi3", "tiny-opt"])
 @pytest.mark.parametrize("method", ["gptq", "awq"])
 def test_streamed_equals_whole_on_every_family(spec, method, tmp_path, monkeypatch):
     """Each family's computed buffers (RoPE tables, Gemma's embedding scale) are rebuilt, not read;

@@ -20,7 +20,7 @@ import torch
 from efflm.core.errors import ConfigError
 from efflm.core.fields import opt
 from efflm.core.registry import register
-from efflm.finetune.adapter import AdapterConfig, check_targets, inject, linear_names
+from efflm.finetune.adapter import AdapterConfig, check_targets, inject, peft_targets
 from efflm.finetune.hooks import TrainHooks
 from efflm.nn.adapters import SVDLinear
 
@@ -54,7 +54,7 @@ class AdaLoRAConfig(AdapterConfig):
             raise ConfigError("adalora: beta1 and beta2 must be in [0, 1)")
 
     def peft_config(self, hf_config: Any) -> dict:
-        names = sorted(linear_names(hf_config)) if "all-linear" in self.target_modules else list(self.target_modules)
+        names = peft_targets(hf_config, self.target_modules)
         return {
             "peft_type": "ADALORA",
             "r": self.init_r,

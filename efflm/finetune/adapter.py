@@ -34,13 +34,27 @@ def linear_names(hf_config: Any) -> dict[str, list[str]]:
     return names
 
 
+def own_name(hf_config: Any, target: str) -> str:
+    """A target's short name as this model names its Linears (Llama's ``down_proj`` is OPT's ``fc2``)."""
+    names = linear_names(hf_config)
+    return target if target in names else dict(layout_for(hf_config).aliases).get(target, target)
+
+
+def peft_targets(hf_config: Any, targets: tuple[str, ...]) -> list[str]:
+    """The ``target_modules`` an adapter's peft config lists: the model's own short names."""
+    if ALL in targets:
+        return sorted(linear_names(hf_config))
+    return list(dict.fromkeys(own_name(hf_config, t) for t in targets))
+
+
 def resolve_targets(hf_config: Any, targets: tuple[str, ...], method: str) -> list[str]:
-    """Paths inside a layer of the named targets; unknown names fail with the closest names."""
+    """Paths inside a layer of the named targets (Llama's names are read as the family's, as
+    ``Layout.aliases`` says); unknown names fail with the closest names."""
     names = linear_names(hf_config)
     if ALL in targets:
         return [p for paths in names.values() for p in paths]
     out = []
-    for t in targets:
+    for t in dict.fromkeys(own_name(hf_config, t) for t in targets):
         if t not in names:
             close = difflib.get_close_matches(t, list(names), n=2)
             hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
@@ -158,9 +172,7 @@ class LowRankAdapterConfig(AdapterConfig):
             "r": self.r,
             "lora_alpha": self.alpha,
             "lora_dropout": self.dropout,
-            "target_modules": sorted(linear_names(hf_config))
-            if ALL in self.target_modules
-            else list(self.target_modules),
+            "target_modules": peft_targets(hf_config, self.target_modules),
             "use_dora": False,
             "bias": "none",
             "fan_in_fan_out": False,

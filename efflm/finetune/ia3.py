@@ -19,7 +19,7 @@ import torch
 from efflm.core.errors import ConfigError
 from efflm.core.fields import opt
 from efflm.core.registry import register
-from efflm.finetune.adapter import AdapterConfig, check_targets, inject, linear_names
+from efflm.finetune.adapter import AdapterConfig, check_targets, inject, peft_targets
 from efflm.nn.adapters import IA3Linear
 
 
@@ -44,11 +44,11 @@ class IA3Config(AdapterConfig):
             raise ConfigError(f"ia3: feedforward_modules {sorted(stray)} are not among target_modules")
 
     def peft_config(self, hf_config: Any) -> dict:
-        names = sorted(linear_names(hf_config)) if "all-linear" in self.target_modules else list(self.target_modules)
+        names = peft_targets(hf_config, self.target_modules)
         return {
             "peft_type": "IA3",
             "target_modules": names,
-            "feedforward_modules": list(self.feedforward_modules),
+            "feedforward_modules": peft_targets(hf_config, self.feedforward_modules),
             "fan_in_fan_out": False,
             "init_ia3_weights": True,
         }
@@ -64,7 +64,7 @@ class IA3Config(AdapterConfig):
     check=check_targets,
 )
 def apply(model: torch.nn.Module, config: IA3Config, calib: Any = None) -> torch.nn.Module:
-    ff = set(config.feedforward_modules)
+    ff = set(peft_targets(model.config, config.feedforward_modules))
     return inject(
         model,
         config.target_modules,

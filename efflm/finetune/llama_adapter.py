@@ -65,14 +65,15 @@ def check(hf_config: Any, config: LlamaAdapterConfig) -> None:
 )
 def apply(model: torch.nn.Module, config: LlamaAdapterConfig, calib: Any = None) -> torch.nn.Module:
     freeze_base(model)
-    cfg, attn = model.config, layout_for(model.config.model_type).attn
+    layout = layout_for(model.config.model_type)
+    cfg, attn, out_proj = model.config, layout.attn, layout.attn_linears[3].rsplit(".", 1)[-1]
     heads = cfg.num_attention_heads
     kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     layers = decoder_layers(model)
     for i in range(len(layers) - config.adapter_layers, len(layers)):
         wrapped = AdaptedAttention(
-            getattr(layers[i], attn), config.adapter_len, heads, kv_heads, head_dim, seed=config.seed * 1009 + i
+            getattr(layers[i], attn), config.adapter_len, heads, kv_heads, head_dim, config.seed * 1009 + i, out_proj
         )
         setattr(layers[i], attn, wrapped)
     return model

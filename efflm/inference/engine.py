@@ -38,6 +38,24 @@ def rms_norm(norm: torch.nn.Module, x: torch.Tensor, offset: float = 0.0) -> tor
     return torch.nn.functional.rms_norm(x, (x.shape[-1],), norm.weight + offset if offset else norm.weight, eps)
 
 
+def layer_norm(norm: torch.nn.Module, x: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
+    """The model's LayerNorm module (weight and bias; OPT) as one op."""
+    return torch.nn.functional.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps)
+
+
+class _InlineMLP:
+    """A layer whose MLP Linears sit in the layer itself (OPT: ``fc2(act(fc1(x)))``), as one callable;
+    the Linears are looked up at each call, so a method that replaces them after the engine is built
+    is seen."""
+
+    def __init__(self, layer: torch.nn.Module, layout):
+        self.layer, self.up, self.down = layer, layout.mlp_linears[0], layout.mlp_linears[-1]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        layer = self.layer
+        return get_module(layer, self.down)(layer.activation_fn(get_module(layer, self.up)(x)))
+
+
 def attention(
     q: torch.Tensor,
     K: torch.Tensor,
@@ -78,7 +96,8 @@ class Engine:
         self.embed = get_module(model, self.layout.embed)
         self.norm = get_module(model, self.layout.final_norm)
         self.head = get_module(model, self.layout.lm_head)
-        self.rotary = get_module(model, self.layout.rotary)
+        self.rotary = get_module(model, self.layout.rotary) if self.layout.rotary else None
+        self.positions = get_module(model, self.layout.positions) if self.layout.positions else None
         self.n_heads = cfg.num_attention_heads
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
@@ -92,13 +111,14 @@ class Engine:
             (
                 *(get_module(layer, n) for n in self.layout.norms),
                 *(get_module(attention_of(layer, self.layout), n.split(".")[-1]) for n in self.layout.attn_linears),
-                get_module(layer, self.layout.mlp),
+                get_module(layer, self.layout.mlp) if self.layout.mlp else _InlineMLP(layer, self.layout),
                 tuple(get_module(attention_of(layer, self.layout), n) for n in self.layout.qk_norms),
                 tuple(get_module(layer, n) for n in self.layout.post_norms),
             )
             for layer in self.layers
         ]
         self.offset = self.layout.norm_offset
+        self.norm_of = layer_norm if self.layout.layer_norm else rms_norm
         self.windows = attention_windows(cfg)
         self.types = getattr(cfg, "layer_types", None) if self.layout.rope_by_layer_type else None
         self.softcap = getattr(cfg, "attn_logit_softcapping", None)
@@ -121,6 +141,11 @@ class Engine:
         a prompt/prefix-tuned model's virtual tokens take the first slots."""
         with self.here():
             self.cache = make_cache(self.model, batch, total + self.prompt.n_virtual, torch.float32)
+            if self.cache.rerotate and self.rotary is None:
+                from efflm.core.errors import EfflmError
+
+                raise EfflmError("this model has learned absolute positions, not RoPE: a KV cache that "
+                                 "re-rotates keys (streaming_llm) cannot apply")  # fmt: skip
             if any(self.windows) and (self.cache.evicts or self.cache.rerotate):
                 from efflm.core.errors import EfflmError
 
@@ -146,7 +171,7 @@ class Engine:
     ) -> torch.Tensor:
         norm1, norm2, q_proj, k_proj, v_proj, o_proj, mlp, qk_norms, post_norms = mods
         B, T, _ = x.shape
-        off = self.offset
+        off, rms_norm = self.offset, self.norm_of
         h = rms_norm(norm1, x, off)
         q = q_proj(h).view(B, T, self.n_heads, self.head_dim)
         k = k_proj(h).view(B, T, self.kv_heads, self.head_dim)
@@ -154,9 +179,9 @@ class Engine:
             q, k = rms_norm(qk_norms[0], q, off), rms_norm(qk_norms[1], k, off)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = v_proj(h).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2).float()
-        q = rope(q.float(), cos, sin)
+        q = q.float() if cos is None else rope(q.float(), cos, sin)  # cos None: no RoPE (learned positions)
         if key_rot is None:
-            k = rope(k.float(), cos, sin)
+            k = k.float() if cos is None else rope(k.float(), cos, sin)
         K, V, mask = self.cache.update(i, k, v)
         if key_rot is not None:  # keys kept unrotated, rotated at their cache positions now
             K = rope(K, key_rot[0][:, : K.shape[2]], key_rot[1][:, : K.shape[2]])
@@ -225,7 +250,10 @@ class Engine:
         else:
             qpos = (self.pos[:, None] + valid.long().cumsum(1) - 1).clamp(min=0)
         self._windows, self._sdpa_memo = {}, {}
-        if self.types is None:
+        if self.rotary is None:  # OPT: learned absolute positions, looked up 2 rows on
+            cos = sin = None
+            x = x + torch.nn.functional.embedding(qpos + 2, self.positions.weight).to(x.dtype)
+        elif self.types is None:
             cos, sin = self.rotary(x.float(), qpos)
         else:  # Gemma 3: local and global layers rotate with their own base
             rot = {t: self.rotary(x.float(), qpos, t) for t in set(self.types)}
@@ -240,7 +268,7 @@ class Engine:
         cache.commit(T)
         if all_logits and T != ids.shape[1]:
             x = x[:, T - ids.shape[1] :]
-        x = rms_norm(self.norm, x if all_logits else x[:, -1:], self.offset)
+        x = self.norm_of(self.norm, x if all_logits else x[:, -1:], self.offset)
         logits = self.head(x).float()
         if self.final_softcap is not None:  # Gemma 2
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap

@@ -113,6 +113,10 @@ class FastDecode:
             cfg = engine.model.config
             if getattr(cfg, "hidden_act", "silu") not in ("silu", "swish"):
                 raise Unsupported(f"MLP activation {cfg.hidden_act}")
+            if engine.rotary is None or engine.layout.layer_norm:
+                raise Unsupported(
+                    "LayerNorm and learned absolute positions (OPT, GPT-2): the fused step is RMSNorm + RoPE"
+                )
             if engine.softcap is not None or engine.final_softcap is not None:
                 raise Unsupported("logit soft-capping (Gemma 2)")
             if engine.prompt.n_virtual or engine.prompt.gated:

@@ -1,8 +1,9 @@
 """Architecture-specific module names and quirks, in one place only.
 
-Every Llama-style decoder (Llama, Mistral, Qwen2, Qwen3, Gemma 2/3) names its blocks and Linears
-the same way; a family's quirk is a field of ``Layout`` (Qwen3's per-head q/k norms ``qk_norms``,
-Gemma's ``post_norms`` and ``norm_offset``) or a fact read from the config (``attention_windows``),
+Every Llama-style decoder (Llama, Mistral, Qwen2, Qwen3, Gemma 2/3, the MoE families) names its
+blocks and Linears the same way; a family's quirk is a field of ``Layout`` (Qwen3's per-head q/k
+norms ``qk_norms``, Gemma's ``post_norms`` and ``norm_offset``, a MoE block's ``experts``, OPT's
+``layer_norm`` and learned ``positions``) or a fact read from the config (``attention_windows``),
 and a new layout is one more entry in ``LAYOUTS``.
 """
 
@@ -27,9 +28,16 @@ class Layout:
     mlp_linears: tuple[str, ...]
     norms: tuple[str, str]  # before attention, before the MLP
     final_norm: str = "model.norm"
-    rotary: str = "model.rotary_emb"  # module(x, position_ids) -> (cos, sin)
+    rotary: str | None = "model.rotary_emb"  # module(x, position_ids) -> (cos, sin); None: no RoPE
     attn: str = "self_attn"
-    mlp: str = "mlp"  # module(x) -> MLP output, whatever its Linears are
+    mlp: str | None = "mlp"  # module(x) -> MLP output, whatever its Linears are (None: mlp_linears in the layer)
+    mlp_out: str = "down_proj"  # the MLP's output Linear (the rest of ``mlp_linears`` read its input)
+    mlp_up: str | None = "up_proj"  # the Linear whose output rows feed ``mlp_out`` linearly (None: a nonlinearity)
+    dense_width: str = "intermediate_size"  # the config field of the MLP's width
+    layer_norm: bool = False  # LayerNorm with a bias (OPT), not RMSNorm
+    positions: str | None = None  # learned absolute position embeddings (OPT: looked up at position + 2)
+    head_dim_free: bool = True  # the attention's width is heads × head_dim (OPT's is the hidden size: heads stay)
+    aliases: tuple[tuple[str, str], ...] = ()  # Llama's short Linear names -> this family's (adapter targets)
     qk_norms: tuple[str, ...] = ()  # per-head RMSNorms of queries and keys inside ``attn``, before RoPE (Qwen3)
     post_norms: tuple[str, ...] = ()  # norms of the attention's and the MLP's outputs, before the residual (Gemma)
     norm_offset: float = 0.0  # every RMSNorm scales by (offset + weight) (Gemma: 1)
@@ -53,20 +61,28 @@ class Layout:
         every expert's gate and up read the normed hidden states (calibration routes every token
         through every expert: ``efflm.nn.experts.route_all``), and each down projection its own."""
         q, k, v, o = self.attn_linears
-        ins = tuple(n for n in self.mlp_linears if not n.endswith("down_proj"))
-        return ((q, k, v), (o,), ins, *((n,) for n in self.mlp_linears if n.endswith("down_proj")))
+        ins = tuple(n for n in self.mlp_linears if not n.endswith(self.mlp_out))
+        return ((q, k, v), (o,), ins, *((n,) for n in self.mlp_linears if n.endswith(self.mlp_out)))
 
     @property
     def input_sources(self) -> tuple[str | None, ...]:
         """The module whose output is each input group's input (AWQ/SmoothQuant fold scales into it):
         a norm's weight, or a Linear's output rows (v_proj feeds o_proj, up_proj feeds down_proj).
         None where no fold is exact: a MoE block's norm also feeds its router, which stays as it is."""
-        ups = tuple(n.removesuffix("down_proj") + "up_proj" for n in self.mlp_linears if n.endswith("down_proj"))
+        outs = [n for n in self.mlp_linears if n.endswith(self.mlp_out)]
+        ups = tuple(n.removesuffix(self.mlp_out) + self.mlp_up if self.mlp_up else None for n in outs)
         return (self.norms[0], self.attn_linears[2], None if self.experts else self.norms[1], *ups)
 
-    def expanded(self, hf_config: Any) -> "Layout":
+    def for_config(self, hf_config: Any) -> "Layout":
         """This layout for one config: a MoE block's Linears named expert by expert (the shared
-        expert first, as it runs first), so every Linear of the model is one of ``linears``."""
+        expert first, as it runs first), so every Linear of the model is one of ``linears``; a
+        config this layout cannot compute is refused in one line."""
+        if self.layer_norm and (
+            not getattr(hf_config, "do_layer_norm_before", True)
+            or getattr(hf_config, "word_embed_proj_dim", hf_config.hidden_size) != hf_config.hidden_size
+        ):
+            raise EfflmError(f"{hf_config.model_type}: norms after the residual or a projected embedding "
+                             "(OPT-350m) are not supported; every other OPT size is")  # fmt: skip
         if self.experts is None:
             return self
         if getattr(hf_config, "mlp_only_layers", None) or getattr(hf_config, "decoder_sparse_step", 1) != 1:
@@ -112,6 +128,25 @@ LAYOUTS["mixtral"] = replace(
 )  # fmt: skip
 LAYOUTS["qwen2_moe"] = replace(_MOE, shared_expert="mlp.shared_expert")
 LAYOUTS["qwen3_moe"] = replace(_MOE, qk_norms=("q_norm", "k_norm"))
+LAYOUTS["opt"] = Layout(
+    layers="model.decoder.layers",
+    embed="model.decoder.embed_tokens",
+    lm_head="lm_head",
+    attn_linears=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"),
+    mlp_linears=("fc1", "fc2"),
+    norms=("self_attn_layer_norm", "final_layer_norm"),
+    final_norm="model.decoder.final_layer_norm",
+    rotary=None,
+    mlp=None,
+    mlp_out="fc2",
+    mlp_up=None,
+    dense_width="ffn_dim",
+    layer_norm=True,
+    positions="model.decoder.embed_positions",
+    head_dim_free=False,
+    aliases=(("o_proj", "out_proj"), ("gate_proj", "fc1"), ("up_proj", "fc1"), ("down_proj", "fc2")),
+    gguf_arch=None,
+)
 LAYOUTS["gemma3_text"] = replace(
     LAYOUTS["gemma2"], qk_norms=("q_norm", "k_norm"), rope_by_layer_type=True, gguf_arch=None, gguf_swa_period=0
 )
@@ -119,11 +154,11 @@ SUPPORTED = tuple(sorted([*LAYOUTS, *FUSED]))  # FUSED: read as Llama (efflm.mod
 
 
 def layout_for(model: str | Any) -> Layout:
-    """The layout of a model type, or of a config (a MoE config's expert Linears named: ``expanded``)."""
+    """The layout of a model type, or of a config (a MoE config's expert Linears named: ``Layout.for_config``)."""
     model_type = model if isinstance(model, str) else model.model_type
     if model_type not in LAYOUTS:
         raise EfflmError(f"unsupported architecture {model_type!r}; supported: {', '.join(SUPPORTED)}")
-    return LAYOUTS[model_type] if isinstance(model, str) else LAYOUTS[model_type].expanded(model)
+    return LAYOUTS[model_type] if isinstance(model, str) else LAYOUTS[model_type].for_config(model)
 
 
 def attention_windows(hf_config: Any) -> list[int | None]:
@@ -153,7 +188,7 @@ def _mlp_width(layout: Layout, hf_config: Any, name: str) -> int:
         return getattr(hf_config, layout.expert_width)
     if layout.shared_expert and name.startswith(layout.shared_expert + "."):
         return hf_config.shared_expert_intermediate_size
-    return hf_config.intermediate_size
+    return getattr(hf_config, layout.dense_width)
 
 
 def _widths(hf_config: Any, inputs: bool) -> dict[str, int]:
@@ -168,8 +203,8 @@ def _widths(hf_config: Any, inputs: bool) -> dict[str, int]:
     mlp = {}
     for name in layout.mlp_linears:
         width = _mlp_width(layout, hf_config, name)
-        mlp[name] = (width if name.endswith("down_proj") else hidden) if inputs else (
-            hidden if name.endswith("down_proj") else width)  # fmt: skip
+        out = name.endswith(layout.mlp_out)
+        mlp[name] = (width if out else hidden) if inputs else (hidden if out else width)
     return attn | mlp
 
 

@@ -8,6 +8,8 @@ into Llama's ``q_proj``/``k_proj``/``v_proj`` and ``gate_proj``/``up_proj`` as t
 the decode engine and every export see one Llama layout, and calibration groups, scale folding and
 exported tensors stay consistent. The model efflm writes is a Llama checkpoint (config
 ``model_type: llama``; ``efflm_unfused_from: phi3`` records the source).
+
+GPT-2 is read the same way as the OPT it computes (``efflm.models.gpt2``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 
 from efflm.core.errors import EfflmError
 
-FUSED = ("phi3",)  # model types read as Llama
+FUSED = ("phi3", "gpt2")  # model types read as another family: Phi-3 as Llama, GPT-2 as OPT
+READ_WHOLE = ("gpt2",)  # stored transposed (``Conv1D``): read whole, never layer-streamed
 
 
 def llama_config(cfg: Any) -> Any:
@@ -25,6 +28,10 @@ def llama_config(cfg: Any) -> Any:
 
     if cfg.model_type not in FUSED:
         return cfg
+    if cfg.model_type == "gpt2":
+        from efflm.models.gpt2 import opt_config
+
+        return opt_config(cfg)
     if getattr(cfg, "partial_rotary_factor", 1.0) != 1.0:
         raise EfflmError(f"{cfg.model_type}: partial rotary embeddings ({cfg.partial_rotary_factor}) are not supported")
     heads = cfg.num_attention_heads
@@ -51,7 +58,7 @@ def llama_config(cfg: Any) -> Any:
 
 def split_names(cfg: Any) -> dict[str, tuple[str, int, int]]:
     """Llama tensor name -> (stored fused tensor, first row, end row), for every layer."""
-    if cfg.model_type not in FUSED:
+    if cfg.model_type != "phi3":
         return {}
     hd = cfg.hidden_size // cfg.num_attention_heads
     q, kv = cfg.num_attention_heads * hd, (getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads) * hd
@@ -78,6 +85,10 @@ def unfuse(model: Any) -> Any:
     cfg = model.config
     if cfg.model_type not in FUSED:
         return model
+    if cfg.model_type == "gpt2":
+        from efflm.models.gpt2 import to_opt
+
+        return to_opt(model)
     state = model.state_dict()
     splits = split_names(cfg)
     with init_empty_weights(include_buffers=False):

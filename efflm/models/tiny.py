@@ -117,6 +117,25 @@ def _moe(kind: str) -> Callable[[int], Any]:
     return make
 
 
+def _opt(vocab_size: int) -> Any:
+    from transformers import OPTConfig
+
+    c = tiny_config(vocab_size)
+    return OPTConfig(vocab_size=vocab_size, hidden_size=c.hidden_size, ffn_dim=c.intermediate_size,
+                     num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+                     word_embed_proj_dim=c.hidden_size, max_position_embeddings=1024, dropout=0.0,
+                     bos_token_id=1, eos_token_id=2, pad_token_id=2)  # fmt: skip
+
+
+def _gpt2(vocab_size: int) -> Any:
+    from transformers import GPT2Config
+
+    c = tiny_config(vocab_size)
+    return GPT2Config(vocab_size=vocab_size, n_embd=c.hidden_size, n_inner=c.intermediate_size,
+                      n_layer=c.num_hidden_layers, n_head=c.num_attention_heads, n_positions=1024,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=2)  # fmt: skip
+
+
 TINY_FAMILIES: dict[str, Callable[[int], Any]] = {
     "tiny-llama": tiny_config,
     "tiny-mistral": _mistral,
@@ -127,6 +146,8 @@ TINY_FAMILIES: dict[str, Callable[[int], Any]] = {
     "tiny-mixtral": _moe("mixtral"),
     "tiny-qwen2-moe": _moe("qwen2_moe"),
     "tiny-qwen3-moe": _moe("qwen3_moe"),
+    "tiny-opt": _opt,  # LayerNorm with bias, biased Linears, learned positions, a ReLU MLP
+    "tiny-gpt2": _gpt2,  # loaded as the OPT it computes (efflm.models.gpt2)
 }
 
 

@@ -67,9 +67,18 @@ class AdaptedAttention(nn.Module):
     """LLaMA-Adapter: the layer's attention plus a zero-gated attention over ``adapter_len``
     learned prompt tokens, projected by the layer's own k/v/o projections (peft's formulation)."""
 
-    def __init__(self, attn: nn.Module, adapter_len: int, n_heads: int, kv_heads: int, head_dim: int, seed: int = 0):
+    def __init__(
+        self,
+        attn: nn.Module,
+        adapter_len: int,
+        n_heads: int,
+        kv_heads: int,
+        head_dim: int,
+        seed: int = 0,
+        out_proj: str = "o_proj",
+    ):
         super().__init__()
-        self.model, self.adapter_len = attn, adapter_len
+        self.model, self.adapter_len, self.out_proj = attn, adapter_len, out_proj
         self.n_heads, self.kv_heads, self.head_dim = n_heads, kv_heads, head_dim
         hidden = attn.q_proj.in_features
         g = torch.Generator().manual_seed(seed)
@@ -83,7 +92,9 @@ class AdaptedAttention(nn.Module):
             return getattr(self._modules["model"], name)
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings=None, **kwargs):
-        out, *rest = self.model(hidden_states, position_embeddings=position_embeddings, **kwargs)
+        if position_embeddings is not None:  # RoPE families; learned positions (OPT) pass none
+            kwargs["position_embeddings"] = position_embeddings
+        out, *rest = self.model(hidden_states, **kwargs)
         B, T, _ = hidden_states.shape
         m, factor = self.model, self.n_heads // self.kv_heads
         p = self.adaption_prompt.to(hidden_states.dtype)
@@ -92,14 +103,15 @@ class AdaptedAttention(nn.Module):
         k = k.repeat_interleave(factor, dim=1).expand(B, -1, -1, -1)
         v = v.repeat_interleave(factor, dim=1).expand(B, -1, -1, -1)
         q = m.q_proj(hidden_states).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        cos, sin = position_embeddings
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        q1, q2 = q.chunk(2, dim=-1)
-        q = q * cos + torch.cat((-q2, q1), dim=-1) * sin
+        if position_embeddings is not None:
+            cos, sin = position_embeddings
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+            q1, q2 = q.chunk(2, dim=-1)
+            q = q * cos + torch.cat((-q2, q1), dim=-1) * sin
         scores = (q @ k.transpose(2, 3)) / math.sqrt(self.head_dim)
         w = self.adaption_gate * F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         a = (w @ v).transpose(1, 2).reshape(B, T, -1)
-        return (out + m.o_proj(a), *rest)
+        return (out + getattr(m, self.out_proj)(a), *rest)
 
 
 def _past_len(kwargs: dict) -> int:

@@ -64,7 +64,8 @@ def pruned_config(hf_config: Any, cfg: "LLMPrunerConfig") -> Any:
     if layout_for(hf_config).experts:
         raise ConfigError(f"llm_pruner: {hf_config.model_type} has mixture-of-experts MLPs; its dependency "
                           "groups are a dense MLP's channels (prune the experts with an unstructured or N:M method)")  # fmt: skip
-    inter = hf_config.intermediate_size
+    width = layout_for(hf_config).dense_width
+    inter = getattr(hf_config, width)
     keep = int(round(inter * (1 - cfg.ratio) / cfg.multiple_of)) * cfg.multiple_of
     if keep < cfg.multiple_of or (cfg.ratio > 0 and keep >= inter):
         raise ConfigError(
@@ -76,12 +77,16 @@ def pruned_config(hf_config: Any, cfg: "LLMPrunerConfig") -> Any:
         getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads,
     )
     remove = int(round(cfg.head_ratio * n_heads))
+    if remove and not layout_for(hf_config).head_dim_free:
+        raise ConfigError(f"llm_pruner: {hf_config.model_type}'s attention is as wide as its hidden size; "
+                          "heads cannot be removed (use head_ratio 0)")  # fmt: skip
     kind, count = head_plan(n_heads, n_kv, remove)
     out = copy.deepcopy(hf_config)
     out.head_dim = _head_dim(hf_config)  # stays; it must not be re-derived from hidden / heads
-    out.intermediate_size = keep if cfg.ratio > 0 else inter
+    setattr(out, width, keep if cfg.ratio > 0 else inter)
     out.num_attention_heads = n_heads - remove
-    out.num_key_value_heads = n_kv - count if kind == "groups" else n_kv
+    if hasattr(hf_config, "num_key_value_heads") or kind == "groups":
+        out.num_key_value_heads = n_kv - count if kind == "groups" else n_kv
     return out
 
 
@@ -89,9 +94,10 @@ def _keep(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(scores, k).indices.sort().values
 
 
-def mlp_keep(elem: dict[str, torch.Tensor], keep: int) -> torch.Tensor:
-    """Indices of the kept MLP channels by the summed importance of their coupled weights."""
-    return _keep(elem["gate"].sum(1) + elem["up"].sum(1) + elem["down"].sum(0), keep)
+def mlp_keep(elem: dict[str, torch.Tensor], ins: list[str], out: str, keep: int) -> torch.Tensor:
+    """Indices of the kept MLP channels by the summed importance of their coupled weights: the rows
+    of the Linears reading the MLP's input (gate and up; OPT's fc1) and the columns of its output."""
+    return _keep(sum(elem[n].sum(1) for n in ins) + elem[out].sum(0), keep)
 
 
 def heads_keep(
@@ -160,9 +166,10 @@ def apply(model: nn.Module, config: LLMPrunerConfig, calib: Any) -> nn.Module:
     new_cfg = pruned_config(old, config)
     layout = layout_for(old)
     q, k, v, o = layout.attn_linears
-    gate, up, down = layout.mlp_linears
-    names = {"q": q, "k": k, "v": v, "o": o, "gate": gate, "up": up, "down": down}
-    n_heads, n_kv, hd = old.num_attention_heads, old.num_key_value_heads or old.num_attention_heads, _head_dim(old)
+    *ins, out = layout.mlp_linears
+    names = {"q": q, "k": k, "v": v, "o": o, **{n: n for n in layout.mlp_linears}}
+    n_heads, hd = old.num_attention_heads, _head_dim(old)
+    n_kv = getattr(old, "num_key_value_heads", None) or n_heads
     plan = head_plan(n_heads, n_kv, n_heads - new_cfg.num_attention_heads)
     grads = (
         linear_gradients(model, calib, squares=False, max_len=config.grad_len, desc="llm_pruner")
@@ -176,12 +183,11 @@ def apply(model: nn.Module, config: LLMPrunerConfig, calib: Any) -> nn.Module:
         for key, name in names.items():
             w = layer.get_submodule(name).weight.detach().float()
             elem[key] = (w * grads[prefix + name]).abs() if grads is not None else w * w
-        ch = mlp_keep(elem, new_cfg.intermediate_size)
+        ch = mlp_keep(elem, ins, out, getattr(new_cfg, layout.dense_width))
         qh, kvh = heads_keep(elem, n_heads, n_kv, hd, plan)
         cuts = {
-            gate: (0, ch),
-            up: (0, ch),
-            down: (1, ch),
+            **{n: (0, ch) for n in ins},
+            out: (1, ch),
             q: (0, _rows(qh, hd)),
             o: (1, _rows(qh, hd)),
             k: (0, _rows(kvh, hd)),

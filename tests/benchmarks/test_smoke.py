@@ -52,6 +52,7 @@ def test_every_benchmark_script_has_a_smoke_test():
         "data_effect",
         "quant_bits",
         "gguf_exports",
+        "families",
     }
     assert {p.stem for p in ROOT.glob("*.py")} - {"__init__"} == tested
 
@@ -338,3 +339,21 @@ def test_scale_compress(tmp_path, monkeypatch):
     assert "| streamed |" in md and "Streamed / whole wall time" in md and "70B" in md
     assert "failed" not in md
     assert "scale_checkpoints" in sys.modules
+
+
+@pytest.mark.benchmarks
+def test_families(tmp_path, monkeypatch):
+    fam = script("families")
+    small = dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=32)
+    monkeypatch.setattr(fam, "SHAPES", {
+        "qwen3-tiny": dict(model_type="qwen3", tie_word_embeddings=True, **small),
+        "mixtral-tiny": dict(model_type="mixtral", num_local_experts=4, num_experts_per_tok=2, layers=2, **small),
+    })  # fmt: skip
+    out = tmp_path / "families.md"
+    args = ["--methods", "rtn", "--layers", "2", "--rounds", "1", "--new", "4", "--threads", "1"]
+    assert fam.main([*args, "--checkpoints", str(tmp_path / "ckpt"), "--out", str(out)]) == 0
+    md = out.read_text()
+    for name in ("qwen3-tiny", "mixtral-tiny"):
+        assert f"| {name} | 2 | dense |" in md and f"| {name} | 2 | rtn |" in md
+    assert "mixture-of-experts" in md  # why the C step does not apply
+    assert json.loads(out.with_suffix(".json").read_text())[0]["family"] == "qwen3-tiny"

@@ -162,11 +162,12 @@ def test_compressed_tensors_refuses_outlier_columns_and_mixed_schemes():
 @pytest.mark.engines
 @pytest.mark.parametrize(
     "spec",
-    ["tiny-qwen3", "tiny-gemma2", "tiny-gemma3", "tiny-phi3", "tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe"],
-)
+    ["tiny-qwen3", "tiny-gemma2", "tiny-gemma3", "tiny-phi3", "tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe",
+     "tiny-opt", "tiny-gpt2"],
+)  # fmt: skip
 def test_compressed_tensors_of_every_family_loads_in_plain_transformers(spec, tmp_path):
     """Each family's export loads with transformers' own class (Phi-3 as the Llama efflm reads it as)
-    and gives efflm's dequantized logits. MoE experts are written one Linear each, under the names
+    and gives efflm's dequantized logits (GPT-2 as the OPT it is read as). MoE experts are written one Linear each, under the names
     the family's checkpoints use (Mixtral: ``block_sparse_moe.experts.{e}.w1/w3/w2``), which
     transformers decompresses and stacks (keeping them in the file's fp16: cast here)."""
     pytest.importorskip("compressed_tensors")

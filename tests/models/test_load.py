@@ -35,7 +35,7 @@ def test_unsupported_architecture_names_supported_ones(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bloom"}))
     with pytest.raises(
         EfflmError,
-        match="unsupported architecture 'bloom'; supported: gemma2, gemma3_text, llama, mistral, mixtral, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe",
+        match="unsupported architecture 'bloom'; supported: gemma2, gemma3_text, gpt2, llama, mistral, mixtral, opt, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe",
     ):
         load(str(tmp_path))
 

@@ -82,11 +82,14 @@ def test_every_expert_is_quantized_and_the_router_is_untouched(spec, method):
     assert not routers
 
 
-def test_a_moe_checkpoint_is_read_whole_not_streamed(tmp_path):
+@pytest.mark.parametrize("spec", ["tiny-qwen3-moe", "tiny-gpt2"])
+def test_moe_and_gpt2_checkpoints_are_read_whole_not_streamed(spec, tmp_path):
+    """A MoE checkpoint's experts (stacked or not, named per family) and GPT-2's transposed Conv1D
+    weights are read whole; a dense family streams."""
     from efflm import pipeline
     from tests.test_pipeline import write_tiny
 
-    path = write_tiny(tmp_path / "moe", "tiny-qwen3-moe")
+    path = write_tiny(tmp_path / "whole", spec)
     assert not pipeline.streams(path, [config_from_dict({"method": "gptq"})])
     assert pipeline.streams(write_tiny(tmp_path / "dense", "tiny-qwen3"), [config_from_dict({"method": "gptq"})])
 

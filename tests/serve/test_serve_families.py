@@ -17,6 +17,8 @@ FAMILIES = [
     "tiny-mixtral",
     "tiny-qwen2-moe",
     "tiny-qwen3-moe",
+    "tiny-opt",
+    "tiny-gpt2",
 ]
 QUESTIONS = ["Hi", "Tell me a long story about the sea and the sky", "2+2?"]
 
