@@ -51,7 +51,6 @@ RECIPES = {
     "wanda": "method: wanda\nsparsity: 0.5\n",
     "svd": "method: svd\n",
 }
-BF16 = "- method: dense\n  dtype: bfloat16\n"  # every result then runs in bf16 (efflm's kernels take bf16)
 
 
 def hf_config(name: str, layers: int):
@@ -93,7 +92,7 @@ def compress(path: Path, method: str, tmp: Path) -> dict:
     from scale_compress import EFFLM, run
 
     recipe = tmp / f"{method}.yaml"
-    recipe.write_text("- " + RECIPES[method].replace("\n", "\n  ").rstrip() + "\n" + BF16)
+    recipe.write_text(RECIPES[method])
     out = tmp / f"{path.name}-{method}"
     r = run([*EFFLM, "compress", "--model", str(path), "--recipe", str(recipe), "--out", str(out),
              "--calib-samples", "8", "--calib-len", "512"], {"EFFLM_PROGRESS": "0"})  # fmt: skip
@@ -188,8 +187,9 @@ def render(rows: list[dict], a) -> str:
         f"--threads {a.threads}` on {torch_threads_note(a.threads)}. Random-weight checkpoints at each member's "
         f"widths with {a.layers} decoder layers (Mixtral: 2) and SmolLM2's 49152-token vocabulary, bf16 on disk "
         "(compressed in fp32): the costs are real, the outputs are noise (no quality column). Compress: one "
-        "`efflm compress` process, the recipe's method then `dense` to bfloat16 (8 calibration windows of 512 tokens where the method calibrates), wall "
-        "seconds and its peak RSS. Decode, in bf16: greedy batch 1, 16-token prompt, median of interleaved rounds; "
+        "`efflm compress` process (layer-streamed where the method is layerwise and the family streams; svd and "
+        "the MoE model load whole) (8 calibration windows of 512 tokens where the method calibrates), wall "
+        "seconds and its peak RSS. Decode, after casting the result to bf16 in-process (`dense` with `dtype: bfloat16`, as the leaderboard's speed rows do; efflm's kernels take bf16): greedy batch 1, 16-token prompt, median of interleaved rounds; "
         "`c` is efflm's fused C step, `torch` its reference path (the C column says why not where it does not "
         "apply). Recipes: " + "; ".join(f"{k}: `{v.strip().replace(chr(10), ', ')}`" for k, v in RECIPES.items()) + ".",
         "",

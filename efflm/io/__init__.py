@@ -2,4 +2,4 @@
 efflm directories, ``streamed_save`` an efflm directory written layer by layer as a streamed model
 is compressed, ``compressed_tensors`` and ``gguf_export`` the engines' formats (``gguf_blocks``
 llama.cpp's block types from efflm's codes, ``gguf_vocab`` a Hugging Face tokenizer as GGUF
-metadata) — all through the module registry of ``efflm.nn``, never a concrete class."""
+metadata, ``gguf_gpt2`` GPT-2's own tensors from the OPT efflm reads it as, ``gguf_lora`` adapters) — all through the module registry of ``efflm.nn``, never a concrete class."""

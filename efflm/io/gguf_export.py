@@ -46,7 +46,7 @@ def rope_permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
-def _quant_tensor(name: str, m: torch.nn.Module, permute_heads: int | None):
+def quant_tensor(name: str, m: torch.nn.Module, permute_heads: int | None):
     import gguf
 
     block = BLOCKS.get((m.bits, m.symmetric)) if m.group_size == 32 else None
@@ -87,7 +87,30 @@ def tensor_names(cfg):
 
 
 def _tensors(model: torch.nn.Module):
-    """(gguf name, numpy data, ggml type or None for plain float) for every tensor llama.cpp needs."""
+    """(gguf name, numpy data, ggml type or None for plain float) for every tensor llama.cpp needs;
+    a MoE block's experts are stacked into one 3-D tensor per projection, as llama.cpp reads them."""
+    stacks: dict[str, dict[int, tuple]] = {}
+    n_experts = getattr(model.config, layout_for(model.config.model_type).n_experts, None)
+    for gname, data, qtype, expert in _each_tensor(model):
+        if expert is None:
+            yield gname, data, qtype
+            continue
+        stack = stacks.setdefault(gname, {})
+        stack[expert] = (data, qtype)
+        if len(stack) == n_experts:
+            kinds = {q for _, q in stack.values()}
+            if len(kinds) != 1:
+                raise EfflmError(f"GGUF export: the experts of {gname} are stored in different types")
+            yield gname, np.stack([stack[e][0] for e in range(n_experts)]), kinds.pop()
+            del stacks[gname]
+    if stacks:
+        raise EfflmError(f"GGUF export: {next(iter(stacks))} lacks some of its {n_experts} experts")
+
+
+def _each_tensor(model: torch.nn.Module):
+    """``_tensors``' rows, one Linear at a time, with the expert index of an expert's (else None)."""
+    import re
+
     import gguf
 
     cfg = model.config
@@ -95,34 +118,44 @@ def _tensors(model: torch.nn.Module):
     names, permuted_heads = tensor_names(cfg)
     modules = dict(model.named_modules())
     tied = getattr(cfg, "tie_word_embeddings", False)
+    expert_of = re.compile(rf"(.*\.{re.escape(layout.experts or '-')})\.(\d+)(\..*)$")
     for key, value in model.state_dict().items():
         owner, _, leaf = key.rpartition(".")
         if tied and owner == layout.lm_head:
             continue
         module = modules.get(owner)
-        gname = names.get_name(
-            f"{owner}.weight" if role(module) == "weight_grid" else key, try_suffixes=(".weight", ".bias")
-        )
+        name = f"{owner}.weight" if role(module) == "weight_grid" else key
+        hit = expert_of.match(name)
+        expert = int(hit.group(2)) if hit else None
+        if hit:  # llama.cpp names the stack of every expert's projection
+            name = hit.group(1) + hit.group(3)
+        gname = names.get_name(name, try_suffixes=(".weight", ".bias"))
         if gname is None:
             raise EfflmError(f"GGUF export: no llama.cpp name for {key}")
         permute = permuted_heads(owner)
         if role(module) == "weight_grid":
             if leaf != "qweight":
                 continue  # scales travel inside the blocks
-            data, qtype = _quant_tensor(owner, module, permute)
-            yield gname, data, qtype
+            data, qtype = quant_tensor(owner, module, permute)
+            yield gname, data, qtype, expert
             continue
         w = value.float()
+        if layout.routers and owner.endswith(layout.routers):  # routing stays in full precision
+            yield gname, w.numpy(), None, expert
+            continue
         if permute and leaf == "weight":
             w = rope_permute(w, permute)
         if owner == layout.embed:
-            yield gname, gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+            q8 = gguf.GGMLQuantizationType.Q8_0
+            yield gname, gguf.quants.quantize(w.numpy(), q8), q8, expert
+            if tied and layout.gguf_own_output:  # the tied head written out again where llama.cpp needs it
+                yield "output.weight", gguf.quants.quantize(w.numpy(), q8), q8, None
         elif w.ndim == 2:
-            yield gname, w.to(torch.float16).numpy(), None
+            yield gname, w.to(torch.float16).numpy(), None, expert
         elif leaf == "weight":  # a norm: llama.cpp scales by its weight alone (Gemma's 1 + w folded in)
-            yield gname, (w + layout.norm_offset).numpy(), None
+            yield gname, (w + layout.norm_offset).numpy(), None, expert
         else:
-            yield gname, w.numpy(), None
+            yield gname, w.numpy(), None, expert
 
 
 def _copy_metadata(writer, template: Path, model: torch.nn.Module) -> None:
@@ -155,6 +188,8 @@ def check_model(cfg) -> str:
     """llama.cpp's architecture name for a model with config ``cfg``; refuses, in one line, a model
     llama.cpp would run differently."""
     layout = layout_for(cfg.model_type)
+    if getattr(cfg, "efflm_unfused_from", None) == "gpt2":
+        return "gpt2"  # read as OPT, written as GPT-2's own layout (efflm.io.gguf_gpt2)
     if layout.gguf_arch is None:
         raise EfflmError(f"GGUF export does not write {cfg.model_type!r} models yet")
     rope = getattr(cfg, "rope_parameters", None) or {}
@@ -189,6 +224,14 @@ def check_source(spec: str, template: Path | None) -> None:
 
 def _hparams(writer, cfg, tokenizer: dict) -> None:
     """Hyperparameters from the config and tokenizer metadata from ``tok``, as llama.cpp reads them."""
+    if check_model(cfg) == "gpt2":
+        from efflm.io import gguf_gpt2
+
+        writer.add_name(getattr(cfg, "_name_or_path", "") or "gpt2")
+        gguf_gpt2.hparams(writer, cfg)
+        for method, value in tokenizer.items():
+            getattr(writer, method)(value)
+        return
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     writer.add_name(getattr(cfg, "_name_or_path", "") or cfg.model_type)
     writer.add_context_length(cfg.max_position_embeddings)
@@ -206,6 +249,14 @@ def _hparams(writer, cfg, tokenizer: dict) -> None:
                      ("final_logit_softcapping", writer.add_final_logit_softcapping)):  # fmt: skip
         if getattr(cfg, key, None) is not None:
             add(float(getattr(cfg, key)))
+    layout = layout_for(cfg.model_type)
+    if layout.experts:  # a sparse MoE block
+        writer.add_expert_count(getattr(cfg, layout.n_experts))
+        writer.add_expert_used_count(cfg.num_experts_per_tok)
+        if layout.expert_width != "intermediate_size":
+            writer.add_expert_feed_forward_length(getattr(cfg, layout.expert_width))
+        if layout.shared_expert:
+            writer.add_expert_shared_feed_forward_length(cfg.shared_expert_intermediate_size)
     window = next((w for w in attention_windows(cfg) if w is not None), None)
     if window is not None:
         writer.add_sliding_window(window)
@@ -229,13 +280,18 @@ def export(model: torch.nn.Module, template: Path | None, out: str | Path, tok=N
     tokenizer = tokenizer_kv(tok, model.config.vocab_size) if template is None else {}
     if template is not None and arch != "llama":
         raise EfflmError(f"GGUF export: template metadata is for llama models, not {model.config.model_type!r}")
-    other = {n for n, m in efflm_modules(model).items() if role(m) != "weight_grid"}
+    other = {n for n, m in efflm_modules(model).items() if role(m) not in ("weight_grid", "experts")}
     if other:
         raise EfflmError(
             f"GGUF export writes float or weight-grid layers only, not {sorted(other)[0]} "
             f"({type(model.get_submodule(sorted(other)[0])).__name__})"
         )
-    tensors = list(_tensors(model))
+    if arch == "gpt2":
+        from efflm.io import gguf_gpt2
+
+        tensors = list(gguf_gpt2.tensors(model))
+    else:
+        tensors = list(_tensors(model))
     quant = {t for name, _, t in tensors if t is not None and name != "token_embd.weight"}
 
     def write(path: Path) -> None:

@@ -45,11 +45,13 @@ class Layout:
     gguf_arch: str | None = "llama"  # llama.cpp's architecture name for the family (None: not written)
     gguf_interleaved_rope: bool = True  # llama.cpp's rope for it pairs adjacent dims (q/k rows permuted)
     gguf_swa_period: int = 0  # llama.cpp's arch slides the window on all but the last of every N layers (0: none)
+    gguf_own_output: bool = False  # llama.cpp's arch needs ``output.weight`` even when the head is tied
     experts: str | None = None  # sparse MoE: the experts inside a layer (``efflm.nn.experts``); mlp is the block
     shared_expert: str | None = None  # an MLP every token also goes through (Qwen2-MoE), beside the routed experts
     n_experts: str = "num_experts"  # the config field counting the routed experts
     expert_width: str = "moe_intermediate_size"  # the config field of one expert's intermediate width
     expert_files: tuple[tuple[str, str], ...] = ()  # how checkpoints name expert tensors: (ours, theirs) renames
+    routers: tuple[str, ...] = ()  # a MoE block's routing Linears: never compressed, exported in full precision
 
     @property
     def linears(self) -> tuple[str, ...]:
@@ -118,7 +120,7 @@ LAYOUTS: dict[str, Layout] = {
         gguf_swa_period=2,
     ),
 }
-_MOE = replace(_LLAMA, mlp_linears=(), experts="mlp.experts", gguf_arch=None)
+_MOE = replace(_LLAMA, mlp_linears=(), experts="mlp.experts", routers=("mlp.gate",))
 LAYOUTS["mixtral"] = replace(
     _MOE,
     n_experts="num_local_experts",
@@ -126,8 +128,15 @@ LAYOUTS["mixtral"] = replace(
     expert_files=((".mlp.experts.", ".block_sparse_moe.experts."), (".gate_proj", ".w1"), (".up_proj", ".w3"),
                   (".down_proj", ".w2")),
 )  # fmt: skip
-LAYOUTS["qwen2_moe"] = replace(_MOE, shared_expert="mlp.shared_expert")
-LAYOUTS["qwen3_moe"] = replace(_MOE, qk_norms=("q_norm", "k_norm"))
+LAYOUTS["qwen2_moe"] = replace(
+    _MOE,
+    shared_expert="mlp.shared_expert",
+    routers=("mlp.gate", "mlp.shared_expert_gate"),
+    gguf_arch="qwen2moe",
+    gguf_own_output=True,
+    gguf_interleaved_rope=False,
+)
+LAYOUTS["qwen3_moe"] = replace(_MOE, qk_norms=("q_norm", "k_norm"), gguf_arch="qwen3moe", gguf_interleaved_rope=False)
 LAYOUTS["opt"] = Layout(
     layers="model.decoder.layers",
     embed="model.decoder.embed_tokens",

@@ -77,8 +77,8 @@ def split_names(cfg: Any) -> dict[str, tuple[str, int, int]]:
 
 def unfuse(model: Any) -> Any:
     """A loaded model of a fused family as the ``LlamaForCausalLM`` it computes (other models as they
-    are); each split weight is a copy of its rows (a tensor of its own, as saving needs), and the
-    fused ones are freed with the model they came from."""
+    are); each split weight is a copy of its rows (a tensor of its own, as saving needs), and each
+    fused one is freed as soon as it is split, so the model passed in is consumed."""
     from accelerate import init_empty_weights
     from transformers import LlamaForCausalLM
 
@@ -89,16 +89,25 @@ def unfuse(model: Any) -> Any:
         from efflm.models.gpt2 import to_opt
 
         return to_opt(model)
+    dtype = next(model.parameters()).dtype
     state = model.state_dict()
     splits = split_names(cfg)
     with init_empty_weights(include_buffers=False):
         llama = LlamaForCausalLM(llama_config(cfg))
-    fused = {stored for stored, _, _ in splits.values()}
-    new = {name: state[stored][a:b].clone() for name, (stored, a, b) in splits.items()}  # own storage: saved alone
-    new.update({k: v for k, v in state.items() if k not in fused})
+    by_stored: dict[str, list[tuple[str, int, int]]] = {}
+    for name, (stored, a, b) in splits.items():
+        by_stored.setdefault(stored, []).append((name, a, b))
+    new = {}
+    for stored, parts in by_stored.items():  # each fused tensor freed as soon as it is split: peak ≈ one model
+        t = state.pop(stored)
+        new.update({name: t[a:b].clone() for name, a, b in parts})  # own storage: saved alone
+        owner, _, leaf = stored.rpartition(".")
+        model.get_submodule(owner)._parameters[leaf] = None
+        del t
+    new.update(state)
     if cfg.tie_word_embeddings:
         new.pop("lm_head.weight", None)
     llama.load_state_dict(new, strict=not cfg.tie_word_embeddings, assign=True)
     if cfg.tie_word_embeddings:
         llama.tie_weights()
-    return llama.to(dtype=next(model.parameters()).dtype).eval()
+    return llama.to(dtype=dtype).eval()

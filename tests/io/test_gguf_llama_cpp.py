@@ -42,15 +42,21 @@ def test_llama_cpp_tokenizes_like_transformers(name, tmp_path):
 
 def hf_dir(spec: str, path):
     """A Hugging Face directory of ``spec``'s architecture with a trained byte-level BPE tokenizer."""
-    tok = trained(PRE["qwen2" if "qwen" in spec else "llama-bpe"]())
+    tok = trained(PRE["qwen2" if "qwen" in spec else "gpt-2" if "gpt2" in spec else "llama-bpe"]())
     hf_model(spec, tok).save_pretrained(path)
     tok.save_pretrained(path)
     return path
 
 
-@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-qwen3", "tiny-phi3", "tiny-gemma2"])
+@pytest.mark.parametrize(
+    "spec",
+    ["tiny-llama", "tiny-qwen3", "tiny-phi3", "tiny-gemma2", "tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe",
+     "tiny-gpt2"],
+)  # fmt: skip
 @pytest.mark.parametrize("bits,symmetric", sorted(BLOCKS), ids=[BLOCKS[k][0] for k in sorted(BLOCKS)])
 def test_llama_cpp_logits_match_efflm_on_the_same_codes(spec, bits, symmetric, tmp_path):
+    """Every family llama.cpp runs (a MoE block's experts stacked into llama.cpp's 3-D tensors, its
+    router in F32; GPT-2, read as OPT, written back as llama.cpp's gpt2 with one attn_qkv)."""
     recipe = from_yaml(f"- method: rtn\n  bits: {bits}\n  symmetric: {str(symmetric).lower()}\n  group_size: 32\n")
     model, tok = pipeline.load_and_apply(str(hf_dir(spec, tmp_path / "hf")), recipe)
     path = gguf_export.export(model, None, tmp_path / "m.gguf", tok)
@@ -61,7 +67,10 @@ def test_llama_cpp_logits_match_efflm_on_the_same_codes(spec, bits, symmetric, t
     with torch.no_grad():
         ours = model(torch.tensor([ids])).logits[0]
     cos = torch.nn.functional.cosine_similarity(ours, theirs, dim=-1)
-    assert cos.min() > 0.999, cos
+    if "moe" in spec or "mixtral" in spec:  # llama.cpp's 8-bit activations may flip a near-tied expert choice
+        assert cos.min() > 0.99 and (cos > 0.999).float().mean() >= 0.9, cos
+    else:
+        assert cos.min() > 0.999, cos
     # llama.cpp's 16 greedy tokens are efflm's greedy picks, but for near-ties: llama.cpp rounds
     # activations to 8 bits in its dot products, which may flip a pick whose margin in efflm's
     # logits is a few thousandths of their range (random tiny models have many)
