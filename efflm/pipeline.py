@@ -61,12 +61,10 @@ def validate(
 
 def streams(model_spec: str, recipe: recipes.Recipe) -> bool:
     """Whether ``load_and_apply`` streams this recipe layer by layer: every step is ``layerwise``
-    and the weights are a safetensors directory (the default model's converted GGUF included) of
-    a dense family (a MoE checkpoint's experts are read whole: their stored names and stacking vary
-    by family and transformers version; GPT-2's transposed weights too); ``EFFLM_STREAM=0`` turns it
-    off."""
+    and the weights are a safetensors directory (the default model's converted GGUF included) of a
+    family stored as efflm computes it (not GPT-2: its weights are stored transposed);
+    ``EFFLM_STREAM=0`` turns it off."""
     from efflm.core import settings
-    from efflm.models.arch import layout_for
     from efflm.models.sources import model_config, weights_dir
 
     if not recipe or not settings.stream() or not all(get(c.method).layerwise for c in recipe):
@@ -75,8 +73,7 @@ def streams(model_spec: str, recipe: recipes.Recipe) -> bool:
 
     if weights_dir(model_spec) is None:
         return False
-    cfg = model_config(model_spec)
-    return layout_for(cfg).experts is None and getattr(cfg, "efflm_unfused_from", None) not in READ_WHOLE
+    return getattr(model_config(model_spec), "efflm_unfused_from", None) not in READ_WHOLE
 
 
 def check_whole_fits(model_spec: str, recipe: recipes.Recipe) -> None:
@@ -135,7 +132,10 @@ def load_and_apply(
         from efflm.models.sources import load_tokenizer, weights_dir
         from efflm.models.streaming import streamed
 
-        model, tok = streamed(weights_dir(model_spec), torch.float32, device), load_tokenizer(model_spec)
+        from efflm.nn.experts import unstack_experts
+
+        model = streamed(weights_dir(model_spec), torch.float32, device, prepare=unstack_experts)
+        tok = load_tokenizer(model_spec)
         model.efflm_stream.sink = sink
         model.efflm_stream.release_outside = sink is not None  # written out: hold one layer, not the embeddings
     else:

@@ -45,11 +45,14 @@ def test_the_layerwise_methods_are_the_calibrating_and_per_linear_quantizers_and
     assert "llm_pruner" in whole and "squeezellm" in whole  # gradients through the whole model
 
 
-@pytest.mark.parametrize("spec", ["tiny-qwen3", "tiny-gemma2", "tiny-gemma3", "tiny-phi3", "tiny-opt"])
+@pytest.mark.parametrize(
+    "spec", ["tiny-qwen3", "tiny-gemma2", "tiny-gemma3", "tiny-phi3", "tiny-opt", "tiny-mixtral", "tiny-qwen2-moe"]
+)
 @pytest.mark.parametrize("method", ["gptq", "awq"])
 def test_streamed_equals_whole_on_every_family(spec, method, tmp_path, monkeypatch):
     """Each family's computed buffers (RoPE tables, Gemma's embedding scale) are rebuilt, not read;
-    Phi-3's fused rows are read as Llama's tensors."""
+    Phi-3's fused rows are read as Llama's tensors; a MoE block's experts are read one Linear at a
+    time under the checkpoint's names (Mixtral's ``block_sparse_moe.experts.{e}.w1``)."""
     test_streamed_output_equals_the_whole_model_output_bit_for_bit(
         method, write_tiny(tmp_path / spec, spec), tmp_path, monkeypatch
     )

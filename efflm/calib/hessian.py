@@ -18,16 +18,29 @@ class Hessian:
     at zero with ``stats=False``)."""
 
     def __init__(self, n_in: int, stats: bool = True):
-        self.H = torch.zeros(n_in, n_in)
+        self.n_in = n_in
+        self._H: torch.Tensor | None = None  # made at the first input: a layer's unsolved observers hold nothing
+        self.taken = False
         self.absmean = torch.zeros(n_in)
         self.absmax = torch.zeros(n_in)
         self.stats = stats
         self.n = 0
 
+    @property
+    def H(self) -> torch.Tensor | None:
+        if self._H is None and not self.taken:
+            self._H = torch.zeros(self.n_in, self.n_in, device=self.absmean.device)
+        return self._H
+
+    @H.setter
+    def H(self, value: torch.Tensor | None) -> None:
+        self._H = value
+
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).float()
-        if self.n == 0 and self.H.device != x.device:  # the statistics live where the activations do
-            self.H, self.absmean, self.absmax = (t.to(x.device) for t in (self.H, self.absmean, self.absmax))
+        if self.n == 0 and self.absmean.device != x.device:  # the statistics live where the activations do
+            self.absmean, self.absmax = self.absmean.to(x.device), self.absmax.to(x.device)
+            self._H = None if self._H is None else self._H.to(x.device)
         m = x.shape[0]
         if self.stats:
             a = x.abs()
@@ -41,9 +54,9 @@ class Hessian:
     def take(self) -> torch.Tensor:
         """Hand H over to a solver that may overwrite and free it (``consume=True`` below); the
         observer keeps no reference, so the n × n matrix lives only as long as the solver needs it."""
-        H, self.H = self.H, None
-        if H is None:
+        if self.taken:
             raise RuntimeError("Hessian.take: H was already taken")
+        H, self._H, self.taken = self.H, None, True
         return H
 
 

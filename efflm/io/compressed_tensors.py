@@ -190,7 +190,7 @@ def _write(plain: torch.nn.Module, fmt: str, tokenizer: Any, out: Path, check=No
 def _checkpoint_names(path: Path, layout) -> None:
     """Rename the written tensors (and the config's module names) as the family's checkpoints name
     them (``models.arch.file_name``), where that differs from transformers' module names."""
-    if not layout.expert_files:
+    if not layout.file_renames:
         return
     import json
 

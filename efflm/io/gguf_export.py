@@ -192,9 +192,11 @@ def check_model(cfg) -> str:
         return "gpt2"  # read as OPT, written as GPT-2's own layout (efflm.io.gguf_gpt2)
     if layout.gguf_arch is None:
         raise EfflmError(f"GGUF export does not write {cfg.model_type!r} models yet")
-    rope = getattr(cfg, "rope_parameters", None) or {}
-    if rope.get("rope_type", "default") != "default":
-        raise EfflmError(f"GGUF export: rope scaling {rope['rope_type']!r} is not written; only plain RoPE")
+    rope_of(cfg)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    if getattr(cfg, "query_pre_attn_scalar", head_dim) != head_dim:
+        raise EfflmError(f"GGUF export: queries scaled by 1/sqrt({cfg.query_pre_attn_scalar}), not by the head "
+                         f"dimension {head_dim}: llama.cpp tells those models apart by size, not by the file")  # fmt: skip
     windows = attention_windows(cfg)
     cuts = {w for w in windows if w is not None and w < cfg.max_position_embeddings}
     period = layout.gguf_swa_period
@@ -209,6 +211,23 @@ def check_model(cfg) -> str:
             "layers, from the first; this model's layers differ"
         )
     return layout.gguf_arch
+
+
+def rope_of(cfg) -> tuple[float, float | None]:
+    """(base, linear scaling factor or None) of the RoPE llama.cpp is to apply; other kinds are
+    refused. Gemma 3's local layers must be what llama.cpp fixes them to (base 10000, unscaled);
+    the global layers' parameters are the file's."""
+    params = getattr(cfg, "rope_parameters", None) or {}
+    if layout_for(cfg.model_type).rope_by_layer_type:
+        local = params.get("sliding_attention") or {}
+        if local.get("rope_type", "default") != "default" or float(local.get("rope_theta", 10000.0)) != 10000.0:
+            raise EfflmError("GGUF export: llama.cpp rotates Gemma 3's local layers at base 10000, unscaled; "
+                             "this model's differ")  # fmt: skip
+        params = params.get("full_attention") or {}
+    kind = params.get("rope_type", "default")
+    if kind not in ("default", "linear"):
+        raise EfflmError(f"GGUF export: rope scaling {kind!r} is not written; plain or linear RoPE only")
+    return float(params.get("rope_theta", 10000.0)), float(params["factor"]) if kind == "linear" else None
 
 
 def check_source(spec: str, template: Path | None) -> None:
@@ -243,7 +262,13 @@ def _hparams(writer, cfg, tokenizer: dict) -> None:
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
     writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(float((getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0)))
+    import gguf
+
+    base, factor = rope_of(cfg)
+    writer.add_rope_freq_base(base)
+    if factor is not None:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(factor)
     writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
     for key, add in (("attn_logit_softcapping", writer.add_attn_logit_softcapping),
                      ("final_logit_softcapping", writer.add_final_logit_softcapping)):  # fmt: skip

@@ -50,7 +50,7 @@ class Layout:
     shared_expert: str | None = None  # an MLP every token also goes through (Qwen2-MoE), beside the routed experts
     n_experts: str = "num_experts"  # the config field counting the routed experts
     expert_width: str = "moe_intermediate_size"  # the config field of one expert's intermediate width
-    expert_files: tuple[tuple[str, str], ...] = ()  # how checkpoints name expert tensors: (ours, theirs) renames
+    file_renames: tuple[tuple[str, str], ...] = ()  # how the family's checkpoints name tensors: (ours, theirs)
     routers: tuple[str, ...] = ()  # a MoE block's routing Linears: never compressed, exported in full precision
 
     @property
@@ -125,8 +125,8 @@ LAYOUTS["mixtral"] = replace(
     _MOE,
     n_experts="num_local_experts",
     expert_width="intermediate_size",
-    expert_files=((".mlp.experts.", ".block_sparse_moe.experts."), (".gate_proj", ".w1"), (".up_proj", ".w3"),
-                  (".down_proj", ".w2")),
+    file_renames=((".mlp.", ".block_sparse_moe."), (".gate_proj.", ".w1."), (".up_proj.", ".w3."),
+                  (".down_proj.", ".w2.")),
 )  # fmt: skip
 LAYOUTS["qwen2_moe"] = replace(
     _MOE,
@@ -157,7 +157,7 @@ LAYOUTS["opt"] = Layout(
     gguf_arch=None,
 )
 LAYOUTS["gemma3_text"] = replace(
-    LAYOUTS["gemma2"], qk_norms=("q_norm", "k_norm"), rope_by_layer_type=True, gguf_arch=None, gguf_swa_period=0
+    LAYOUTS["gemma2"], qk_norms=("q_norm", "k_norm"), rope_by_layer_type=True, gguf_arch="gemma3", gguf_swa_period=6
 )
 SUPPORTED = tuple(sorted([*LAYOUTS, *FUSED]))  # FUSED: read as Llama (efflm.models.fused)
 
@@ -182,13 +182,13 @@ def attention_windows(hf_config: Any) -> list[int | None]:
 
 
 def file_name(layout: Layout, name: str) -> str:
-    """A tensor's (or module's) name as the family's checkpoints write it (Mixtral's experts:
-    ``block_sparse_moe.experts.{e}.w1/w3/w2``, which transformers and vLLM read)."""
-    if ".experts." not in name:
-        return name
-    for ours, theirs in layout.expert_files:
+    """A tensor's (or module's) name as the family's checkpoints write it (Mixtral's MoE block:
+    ``block_sparse_moe.gate`` and ``block_sparse_moe.experts.{e}.w1/w3/w2``, which transformers,
+    vLLM and efflm's streaming reader read)."""
+    name += "."  # a module name renames like its tensors'
+    for ours, theirs in layout.file_renames:
         name = name.replace(ours, theirs)
-    return name
+    return name[:-1]
 
 
 def _mlp_width(layout: Layout, hf_config: Any, name: str) -> int:

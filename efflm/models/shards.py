@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,11 +39,18 @@ def _header(path: Path) -> tuple[int, dict]:
 class Shards:
     """The tensors of a safetensors checkpoint, each read from its file when asked for. ``splits``
     (``efflm.models.fused.split_names``) adds row ranges of stored tensors under names of their own
-    (Phi-3's q/k/v rows of ``qkv_proj``), read without the rest of the fused tensor."""
+    (Phi-3's q/k/v rows of ``qkv_proj``), read without the rest of the fused tensor; ``renames``
+    maps a name the checkpoint does not hold to the one it stores the tensor under."""
 
-    def __init__(self, path: Path, splits: dict[str, tuple[str, int, int]] | None = None):
+    def __init__(
+        self,
+        path: Path,
+        splits: dict[str, tuple[str, int, int]] | None = None,
+        renames: Callable[[str], str] | None = None,
+    ):
         self.path = Path(path)
         self.splits = splits or {}
+        self.renames = renames or (lambda name: name)  # a model's name -> the checkpoint's (Mixtral's experts)
         index = self.path / INDEX
         if index.is_file():
             try:
@@ -66,6 +74,7 @@ class Shards:
         self.weight_map = {t: e[0] for t, e in self.entries.items()}
 
     def __contains__(self, name: str) -> bool:
+        name = name if name in self.entries else self.renames(name)
         return name in self.entries or (name in self.splits and self.splits[name][0] in self.entries)
 
     def names(self, prefix: str = "") -> list[str]:
@@ -83,6 +92,7 @@ class Shards:
         return torch.float32
 
     def get(self, name: str, dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+        name = name if name in self.entries else self.renames(name)
         stored, rows = name, None
         if name not in self.entries and name in self.splits:
             stored, r0, r1 = self.splits[name]

@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from efflm.core.errors import EfflmError
 from efflm.core.memory import trim_heap
-from efflm.models.arch import get_module, layout_for
+from efflm.models.arch import file_name, get_module, layout_for
 from efflm.models.shards import Shards
 
 # sink(i, layer, model) -> True to free the layer afterwards (its tensors were written elsewhere)
@@ -133,21 +133,31 @@ def _no_meta(module: nn.Module, what: str) -> None:
             raise EfflmError(f"{what}: tensor {name!r} has no value in the checkpoint")
 
 
-def streamed(path: Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Any:
-    """The model at ``path`` (a Hugging Face directory) with only its non-layer tensors in memory."""
+def streamed(
+    path: Path,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    prepare: Callable[[nn.Module], nn.Module] | None = None,
+) -> Any:
+    """The model at ``path`` (a Hugging Face directory) with only its non-layer tensors in memory.
+    ``prepare`` reshapes the empty model before any tensor is read (a layer above this one's:
+    ``efflm.nn.experts.unstack_experts``, a MoE block's experts as one Linear triple each)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from efflm.models.fused import llama_config, split_names
 
     device = torch.device(device)
     stored = AutoConfig.from_pretrained(path)
-    shards = Shards(path, split_names(stored))  # Phi-3's fused rows read as Llama's tensors
     config = llama_config(stored)
-    layout = layout_for(config.model_type)
+    layout = layout_for(config)
+    # Phi-3's fused rows read as Llama's tensors; Mixtral's experts under its checkpoints' names
+    shards = Shards(path, split_names(stored), lambda name: file_name(layout, name))
     from accelerate import init_empty_weights
 
     with init_empty_weights(include_buffers=False):  # computed buffers (RoPE tables, Gemma's embed_scale) are real
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        if prepare is not None:
+            model = prepare(model)
     prefix = layout.layers + "."
     tied = bool(getattr(config, "tie_word_embeddings", False))
     head = f"{layout.lm_head}.weight"

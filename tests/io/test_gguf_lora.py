@@ -83,5 +83,5 @@ def test_export_lora_cli_and_its_refusals(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("efflm: error:") and pattern in err[0], err
     assert sorted(p.name for p in tmp_path.glob("*.gguf")) == ["a.gguf"]
-    with pytest.raises(EfflmError, match="gemma3_text"):
+    with pytest.raises(EfflmError, match="5 of every 6"):  # tiny-gemma3 alternates; llama.cpp's Gemma 3 does not
         gguf_lora.check(adapter, model_config("tiny-gemma3"), tmp_path / "g.gguf")
