@@ -131,7 +131,6 @@ def load_and_apply(
     if stream:
         from efflm.models.sources import load_tokenizer, weights_dir
         from efflm.models.streaming import streamed
-
         from efflm.nn.experts import unstack_experts
 
         model = streamed(weights_dir(model_spec), torch.float32, device, prepare=unstack_experts)
