@@ -208,8 +208,8 @@ def render(rows: list[dict], a) -> str:
         f"--threads {a.threads}` on {torch_threads_note(a.threads)}. Random-weight checkpoints at each member's "
         f"widths with {a.layers} decoder layers (Mixtral: 2) and SmolLM2's 49152-token vocabulary, bf16 on disk "
         "(compressed in fp32): the costs are real, the outputs are noise (no quality column). Compress: one "
-        "`efflm compress` process (layer-streamed where the method is layerwise and the family streams; svd and "
-        "the MoE model load whole) (8 calibration windows of 512 tokens where the method calibrates), wall "
+        "`efflm compress` process (layer-streamed where the method is layerwise, the MoE model included; svd "
+        "loads the model whole) (8 calibration windows of 512 tokens where the method calibrates), wall "
         "seconds and its peak RSS. Decode, after casting the result to bf16 in-process (`dense` with `dtype: bfloat16`, as the leaderboard's speed rows do; efflm's kernels take bf16): greedy batch 1, 16-token prompt, median of interleaved rounds; "
         "`c` is efflm's fused C step, `torch` its reference path (the C column says why not where it does not "
         "apply). Recipes: " + "; ".join(f"{k}: `{v.strip().replace(chr(10), ', ')}`" for k, v in RECIPES.items()) + ".",
@@ -221,11 +221,22 @@ def render(rows: list[dict], a) -> str:
         if "skipped" in r:
             lines.append(f"| {r['family']} | {r['layers']} | {r['method']} | not run: {r['skipped']} | | | | |")
             continue
-        c = f"{r['c']:.1f}" if "c" in r else f"– ({r['why']})"
+        c = f"{r['c']:.1f}" if "c" in r else "–"
         lines.append(
-            f"| {r['family']} | {r['layers']} | {r['method']} | {_f(r['wall'], 1)} | {_f(r['rss'] and r['rss'] / 1e9)} "
+            f"| {r['family']} | {r['layers']} | {r['method']} | {_f(r['wall'], 1)} | {_f(r['rss'] and r['rss'] / 1e9)}"
+            f"{' *' if r.get('note') else ''} "
             f"| {r['bytes'] / 1e9:.2f} | {c} | {r['torch']:.1f} |"
         )
+    whys: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        if r.get("why"):
+            whys.setdefault((r["family"], r["why"]), []).append(r["method"])
+    if whys:
+        lines += ["", "Where the C column is empty, efflm's decode path says why (`Engine.fast_off`):", ""]
+        lines += [f"- {family} ({', '.join(methods)}): {why}" for (family, why), methods in whys.items()]
+    notes = [r["note"] for r in rows if r.get("note")]
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
