@@ -60,7 +60,11 @@ def test_unsupported_architecture(capsys, tmp_path, recipe):
     (tmp_path / "bloom").mkdir()
     (tmp_path / "bloom" / "config.json").write_text(json.dumps({"model_type": "bloom"}))
     code, _, err = run(capsys, "eval", "--model", str(tmp_path / "bloom"))
-    assert_one_line_error(code, err, "supported: gemma2, gemma3_text, llama, mistral, phi3, qwen2, qwen3")
+    assert_one_line_error(
+        code,
+        err,
+        "supported: gemma2, gemma3_text, gpt2, llama, mistral, mixtral, opt, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe",
+    )
 
 
 def test_truncated_gguf(capsys, tmp_path):

@@ -102,13 +102,16 @@ class AdaptedAttention(nn.Module):
         v = m.v_proj(p).view(1, self.adapter_len, self.kv_heads, self.head_dim).transpose(1, 2)
         k = k.repeat_interleave(factor, dim=1).expand(B, -1, -1, -1)
         v = v.repeat_interleave(factor, dim=1).expand(B, -1, -1, -1)
-        q = m.q_proj(hidden_states).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        q = m.q_proj(hidden_states).view(B, T, self.n_heads, self.head_dim)
+        if getattr(m, "q_norm", None) is not None:  # Qwen3, Gemma 3: queries RMS-normed per head, as the layer's
+            q = m.q_norm(q)
+        q = q.transpose(1, 2)
         if position_embeddings is not None:
             cos, sin = position_embeddings
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
             q1, q2 = q.chunk(2, dim=-1)
             q = q * cos + torch.cat((-q2, q1), dim=-1) * sin
-        scores = (q @ k.transpose(2, 3)) / math.sqrt(self.head_dim)
+        scores = (q @ k.transpose(2, 3)) * getattr(m, "scaling", 1 / math.sqrt(self.head_dim))
         w = self.adaption_gate * F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         a = (w @ v).transpose(1, 2).reshape(B, T, -1)
         return (out + getattr(m, self.out_proj)(a), *rest)

@@ -126,3 +126,23 @@ def test_every_method_applies_saves_and_reloads_on_every_family(spec, name, ids,
     save(out, tok, tmp_path / "m", None if trains else recipes.to_yaml([cfg]))
     back, _ = load(str(tmp_path / "m"))
     assert torch.equal(back(ids).logits, out(ids).logits)
+
+
+@pytest.mark.parametrize("spec", ALL_FAMILIES)
+def test_llama_adapter_prompt_attention_is_the_same_in_the_engine_and_the_forward(spec, ids):
+    """With its gates open, LLaMA-Adapter's prompt attention (queries normed and scaled as the
+    family's own: Qwen3's q_norm, Gemma's query_pre_attn_scalar) gives the engine the forward's logits."""
+    from efflm.inference.engine import Engine
+    from efflm.methods import config_from_dict
+
+    model, _ = _load(spec)
+    model = get("llama_adapter").apply(model, config_from_dict({"method": "llama_adapter", "adapter_layers": 2}))
+    for m in model.modules():
+        if hasattr(m, "adaption_gate"):
+            m.adaption_gate.data.fill_(0.5)
+    ref = model(ids).logits
+    engine = Engine(model, fast=False)
+    engine.start(2, 32)
+    got = [engine.step(ids[:, :9], all_logits=True)]
+    got += [engine.step(ids[:, j : j + 1], all_logits=True) for j in range(9, ids.shape[1])]
+    torch.testing.assert_close(torch.cat(got, 1), ref, rtol=0, atol=1e-5)
