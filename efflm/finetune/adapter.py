@@ -34,17 +34,16 @@ def linear_names(hf_config: Any) -> dict[str, list[str]]:
     return names
 
 
-def own_name(hf_config: Any, target: str) -> str:
-    """A target's short name as this model names its Linears (Llama's ``down_proj`` is OPT's ``fc2``)."""
-    names = linear_names(hf_config)
-    return target if target in names else dict(layout_for(hf_config).aliases).get(target, target)
+def own_names(hf_config: Any, targets: tuple[str, ...]) -> list[str]:
+    """Targets' short names as this model names its Linears (Llama's ``down_proj`` is OPT's ``fc2``),
+    each once, in order."""
+    names, aliases = linear_names(hf_config), dict(layout_for(hf_config).aliases)
+    return list(dict.fromkeys(t if t in names else aliases.get(t, t) for t in targets))
 
 
 def peft_targets(hf_config: Any, targets: tuple[str, ...]) -> list[str]:
     """The ``target_modules`` an adapter's peft config lists: the model's own short names."""
-    if ALL in targets:
-        return sorted(linear_names(hf_config))
-    return list(dict.fromkeys(own_name(hf_config, t) for t in targets))
+    return sorted(linear_names(hf_config)) if ALL in targets else own_names(hf_config, targets)
 
 
 def resolve_targets(hf_config: Any, targets: tuple[str, ...], method: str) -> list[str]:
@@ -54,7 +53,7 @@ def resolve_targets(hf_config: Any, targets: tuple[str, ...], method: str) -> li
     if ALL in targets:
         return [p for paths in names.values() for p in paths]
     out = []
-    for t in dict.fromkeys(own_name(hf_config, t) for t in targets):
+    for t in own_names(hf_config, targets):
         if t not in names:
             close = difflib.get_close_matches(t, list(names), n=2)
             hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""

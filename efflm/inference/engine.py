@@ -171,12 +171,12 @@ class Engine:
     ) -> torch.Tensor:
         norm1, norm2, q_proj, k_proj, v_proj, o_proj, mlp, qk_norms, post_norms = mods
         B, T, _ = x.shape
-        off, rms_norm = self.offset, self.norm_of
-        h = rms_norm(norm1, x, off)
+        off, norm = self.offset, self.norm_of
+        h = norm(norm1, x, off)
         q = q_proj(h).view(B, T, self.n_heads, self.head_dim)
         k = k_proj(h).view(B, T, self.kv_heads, self.head_dim)
         if qk_norms:  # Qwen3: each head's query and key RMS-normalized before RoPE
-            q, k = rms_norm(qk_norms[0], q, off), rms_norm(qk_norms[1], k, off)
+            q, k = norm(qk_norms[0], q, off), norm(qk_norms[1], k, off)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = v_proj(h).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2).float()
         q = q.float() if cos is None else rope(q.float(), cos, sin)  # cos None: no RoPE (learned positions)
@@ -197,10 +197,10 @@ class Engine:
             out = out + self.prompt.gated_attention(i, q, self.scale).to(out.dtype)
         a = o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim).to(x.dtype))
         if post_norms:  # Gemma: the attention's and the MLP's outputs are normed before the residual
-            a = rms_norm(post_norms[0], a, off)
+            a = norm(post_norms[0], a, off)
         x = x + a
-        m = mlp(rms_norm(norm2, x, off))
-        return x + (rms_norm(post_norms[1], m, off) if post_norms else m)
+        m = mlp(norm(norm2, x, off))
+        return x + (norm(post_norms[1], m, off) if post_norms else m)
 
     def _windowed(self, mask: torch.Tensor, window: int) -> torch.Tensor:
         """``mask [B, H, 1, T, S]`` less the keys ``window`` or more positions before each query; built

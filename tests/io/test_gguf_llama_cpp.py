@@ -40,6 +40,19 @@ def test_llama_cpp_tokenizes_like_transformers(name, tmp_path):
         assert llm.detokenize(ids).decode() == text
 
 
+def cosines(model, tok, path, text: str):
+    """Export ``model`` to the GGUF ``path``, score ``text`` in llama.cpp and in efflm: the per-position
+    cosine of the two logits, the prompt's ids and the llama.cpp model."""
+    gguf_export.export(model, None, path, tok)
+    ids = tok(text)["input_ids"]
+    llm = _llama(path, n_ctx=64, logits_all=True)
+    llm.eval(ids)
+    theirs = torch.tensor(np.array(llm.scores[: len(ids)]))
+    with torch.no_grad():
+        ours = model(torch.tensor([ids])).logits[0]
+    return torch.nn.functional.cosine_similarity(ours, theirs, dim=-1), ids, llm
+
+
 def hf_dir(spec: str, path):
     """A Hugging Face directory of ``spec``'s architecture with a trained byte-level BPE tokenizer."""
     tok = trained(PRE["qwen2" if "qwen" in spec else "gpt-2" if "gpt2" in spec else "llama-bpe"]())
@@ -59,14 +72,8 @@ def test_llama_cpp_logits_match_efflm_on_the_same_codes(spec, bits, symmetric, t
     router in F32; GPT-2, read as OPT, written back as llama.cpp's gpt2 with one attn_qkv)."""
     recipe = from_yaml(f"- method: rtn\n  bits: {bits}\n  symmetric: {str(symmetric).lower()}\n  group_size: 32\n")
     model, tok = pipeline.load_and_apply(str(hf_dir(spec, tmp_path / "hf")), recipe)
-    path = gguf_export.export(model, None, tmp_path / "m.gguf", tok)
-    ids = tok("The GGUF file holds the same 4-bit model, token for token.")["input_ids"]
-    llm = _llama(path, n_ctx=64, logits_all=True)
-    llm.eval(ids)
-    theirs = torch.tensor(np.array(llm.scores[: len(ids)]))
-    with torch.no_grad():
-        ours = model(torch.tensor([ids])).logits[0]
-    cos = torch.nn.functional.cosine_similarity(ours, theirs, dim=-1)
+    text = "The GGUF file holds the same 4-bit model, token for token."
+    cos, ids, llm = cosines(model, tok, tmp_path / "m.gguf", text)
     if "moe" in spec or "mixtral" in spec:  # llama.cpp's 8-bit activations may flip a near-tied expert choice
         assert cos.min() > 0.99 and (cos > 0.999).float().mean() >= 0.9, cos
     else:
@@ -109,16 +116,10 @@ def test_gemma3_with_llama_cpps_window_pattern_runs_in_llama_cpp(scaling, tmp_pa
         if "norm" in n:  # Gemma's norms scale by 1 + w: random w makes the test see them
             p.data.normal_(0.0, 0.05)
     model = get("rtn").apply(model, config_from_dict({"method": "rtn", "bits": 8, "group_size": 32}))
-    path = gguf_export.export(model, None, tmp_path / "g.gguf", tok)
-    ids = tok("Sliding windows of four tokens, then one global layer sees the whole line.")["input_ids"]
-    llm = _llama(path, n_ctx=64, logits_all=True)
-    llm.eval(ids)
-    theirs = torch.tensor(np.array(llm.scores[: len(ids)]))
-    with torch.no_grad():
-        ours = model(torch.tensor([ids])).logits[0]
+    text = "Sliding windows of four tokens, then one global layer sees the whole line."
+    cos, _, _ = cosines(model, tok, tmp_path / "g.gguf", text)
     # a window one token off gives cosine ~0.2, a wrong local/global pattern ~0.87; what remains is
     # llama.cpp's f16 KV cache and GELU table under Gemma 3's normalized (sharper) attention
-    cos = torch.nn.functional.cosine_similarity(ours, theirs, dim=-1)
     assert cos.min() > 0.99 and cos.mean() > 0.999, cos
 
 
