@@ -5,8 +5,10 @@ becomes an ``nn.Linear`` holding its exactly dequantized weight plus the library
 ``weight_scale`` parameter, the library's ``pack-quantized`` compressor re-derives the integer
 codes (exactly ours: round(w / s) gives back our codes, checked) and packs them into int32, and
 ``ModelCompressor.update_config`` writes the ``quantization_config`` that transformers and
-vLLM read. Only symmetric grids export: compressed-tensors stores integer zero points, efflm's
-asymmetric grid has float offsets.
+vLLM read. Asymmetric grids export when their offsets are integer zero points (``o = −s·z``,
+what ``scales: int_zero_point`` makes): the library stores z packed beside the codes; a min/max
+grid's float offsets have no integer zero point and are refused. K-quant lattices (``scales:
+Q4_K`` ...) are ordinary groups here.
 
 W8A8 (``Int8Linear``: W8A8, SmoothQuant) becomes the ``int-quantized`` scheme vLLM's int8 kernels
 run: int8 weights per output channel (ours, checked after the library compresses them) with
@@ -31,25 +33,26 @@ from efflm.core.atomic import atomic_dir
 from efflm.core.errors import EfflmError
 from efflm.models.arch import file_name, layout_for, set_module
 from efflm.nn.module_registry import efflm_modules
+from efflm.nn.superblocks import zero_points
 
 EXPORT_DTYPE = torch.float16  # fp16 holds efflm's fp16 scales exactly (bf16 would not)
 GRIDS = ("rtn", "gptq", "awq")  # methods that leave weight-grid QuantLinears
 
 
-def _scheme_key(m: torch.nn.Module) -> tuple[int, int, bool]:
-    return m.bits, m.group_size, m.group_size == m.in_features
+def _scheme_key(m: torch.nn.Module) -> tuple[int, int, bool, bool]:
+    return m.bits, m.group_size, m.group_size == m.in_features, m.symmetric
 
 
-def quantization_config(groups: dict[tuple[int, int, bool], list[str]]) -> Any:
-    """A compressed-tensors QuantizationConfig with one config group per (bits, group size)."""
+def quantization_config(groups: dict[tuple[int, int, bool, bool], list[str]]) -> Any:
+    """A compressed-tensors QuantizationConfig with one config group per (bits, group size, symmetric)."""
     from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
 
     config_groups = {}
-    for i, ((bits, group_size, per_channel), names) in enumerate(sorted(groups.items())):
+    for i, ((bits, group_size, per_channel, symmetric), names) in enumerate(sorted(groups.items())):
         args = QuantizationArgs(
             num_bits=bits,
             type="int",
-            symmetric=True,
+            symmetric=symmetric,
             strategy="channel" if per_channel else "group",
             group_size=None if per_channel else group_size,
         )
@@ -60,9 +63,10 @@ def quantization_config(groups: dict[tuple[int, int, bool], list[str]]) -> Any:
 def check_recipe(recipe: list) -> None:
     """Refuse, before any work, a recipe this exporter cannot write."""
     for cfg in recipe:
-        if hasattr(cfg, "symmetric") and not cfg.symmetric:
+        if hasattr(cfg, "symmetric") and not cfg.symmetric and getattr(cfg, "scales", "free") == "free":
             raise EfflmError(
-                f"compressed-tensors export: {cfg.label()} is asymmetric; use symmetric=true (integer zero points)"
+                f"compressed-tensors export: {cfg.label()} has float (min/max) offsets; compressed-tensors "
+                "stores integer zero points: use scales: int_zero_point (or symmetric: true)"
             )
         if cfg.method == "zeroquant_fp" and (cfg.weight_format != "e4m3" or cfg.group_size != -1):
             raise EfflmError(
@@ -103,12 +107,14 @@ def export(model: torch.nn.Module, tokenizer: Any, out: str | Path) -> Path:
     quantized = efflm_modules(model, "weight_grid")
     if not quantized:
         raise EfflmError("compressed-tensors export needs a quantized model (no QuantLinear or Int8Linear found)")
-    if any(not m.symmetric for m in quantized.values()):
-        raise EfflmError(
-            "compressed-tensors export needs symmetric grids (integer zero points); "
-            "this model has asymmetric float offsets"
-        )
-    groups: dict[tuple[int, int, bool], list[str]] = {}
+    zeros = {n: zero_points(m.scales, m.offsets, m.bits) for n, m in quantized.items() if not m.symmetric}
+    for name, z in zeros.items():
+        if z is None:
+            raise EfflmError(
+                f"compressed-tensors export: {name}'s asymmetric grid has float offsets with no integer zero "
+                "point; quantize with scales: int_zero_point (or symmetric: true)"
+            )
+    groups: dict[tuple[int, int, bool, bool], list[str]] = {}
     for name, m in quantized.items():
         groups.setdefault(_scheme_key(m), []).append(name)
 
@@ -117,11 +123,19 @@ def export(model: torch.nn.Module, tokenizer: Any, out: str | Path) -> Path:
     for name, m in quantized.items():
         linear = plain.get_submodule(name)
         linear.weight_scale.data = m.scales.to(EXPORT_DTYPE).reshape(linear.weight_scale.shape)
+        half = 2 ** (m.bits - 1)  # the library's codes are signed: ours − 2^(b−1), zero points too
+        z = zeros.get(name)
+        if z is not None:
+            zp = linear.weight_zero_point
+            zp.data = (z - half).to(zp.dtype).reshape(zp.shape)
         codes = (
             linear.weight.float()
             / linear.weight_scale.float().repeat_interleave(m.group_size, dim=1)[:, : m.in_features]
         )
-        if not torch.equal(codes.round(), m.codes().float() - 2 ** (m.bits - 1)):
+        want = m.codes().float() - (
+            half if z is None else z.float().repeat_interleave(m.group_size, dim=1)[:, : m.in_features]
+        )
+        if not torch.equal(codes.round(), want):
             raise EfflmError(f"compressed-tensors export: {name} is not on its own grid")
     return _write(plain, "pack-quantized", tokenizer, out)
 

@@ -3,7 +3,8 @@
 Weight-grid modules (``QuantLinear``) with groups of 32 sit exactly on one of llama.cpp's legacy
 block types (``efflm.io.gguf_blocks``: Q4_0 and Q8_0 symmetric, Q4_1 asymmetric 4-bit, Q5_0 and
 Q5_1 at 5 bits), so their codes, scales and offsets are written as blocks unchanged — no
-re-rounding — and every tensor is checked against the ``gguf`` library's own dequantizer before the file is
+re-rounding; grids on a K-quant lattice (``scales: Q4_K`` ..., rows a multiple of 256) are written
+as that K-quant (``efflm.io.gguf_kquants``) — and every tensor is checked against the ``gguf`` library's own dequantizer before the file is
 written. The file itself is written by ``gguf.GGUFWriter``. A model loaded from a GGUF keeps
 that file's metadata (tokenizer, chat template, hyperparameters); any other model — a Hugging
 Face directory, a hub id, a tiny model — gets its hyperparameters from its config and its
@@ -22,9 +23,11 @@ import torch
 from efflm.core.atomic import atomic_write_bytes_from
 from efflm.core.errors import EfflmError
 from efflm.io.gguf_blocks import BLOCKS, names
+from efflm.io.gguf_kquants import kquant_for, pack
 from efflm.io.gguf_vocab import tokenizer_kv
 from efflm.models.arch import attention_windows, layout_for
 from efflm.nn.module_registry import efflm_modules, role
+from efflm.nn.superblocks import KQUANTS
 
 _SKIP_KEYS = ("GGUF.", "general.architecture", "general.file_type")
 
@@ -33,8 +36,12 @@ def check_recipe(recipe: list) -> None:
     """Refuse, before any work, a recipe whose weights have no llama.cpp block type."""
     for cfg in recipe:
         grid = (getattr(cfg, "bits", None), getattr(cfg, "symmetric", True))
-        if hasattr(cfg, "bits") and not (grid in BLOCKS and cfg.group_size == 32):
-            raise EfflmError(f"GGUF export: {cfg.label()} has no llama.cpp block type; with group_size 32: {names()}")
+        kquant = getattr(cfg, "scales", "free") in KQUANTS
+        if hasattr(cfg, "bits") and not kquant and not (grid in BLOCKS and cfg.group_size == 32):
+            raise EfflmError(
+                f"GGUF export: {cfg.label()} has no llama.cpp block type; with group_size 32: {names()}; "
+                f"or scales {', '.join(KQUANTS)}"
+            )
         if cfg.method == "int8_embeddings":
             raise EfflmError("GGUF export: int8_embeddings is not needed: the export writes the embedding as Q8_0")
         if cfg.method in ("w8a8", "smoothquant"):
@@ -49,18 +56,24 @@ def rope_permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
 def quant_tensor(name: str, m: torch.nn.Module, permute_heads: int | None):
     import gguf
 
+    codes, scales, offsets = m.codes(), m.scales, getattr(m, "offsets", None)
+    kq = kquant_for(m.bits, m.group_size, m.symmetric, m.in_features, scales, offsets)
     block = BLOCKS.get((m.bits, m.symmetric)) if m.group_size == 32 else None
-    if block is None:
+    if block is None and kq is None:
         raise EfflmError(
             f"GGUF export: {name} is {m.bits}-bit g{m.group_size} {'symmetric' if m.symmetric else 'asymmetric'}, "
-            f"which no llama.cpp block type holds; with group_size 32: {names()}"
+            f"which no llama.cpp block type holds; with group_size 32: {names()}; or a K-quant grid "
+            f"(scales {', '.join(KQUANTS)})"
         )
-    codes, scales, offsets = m.codes(), m.scales, getattr(m, "offsets", None)
     if permute_heads:
         codes, scales = rope_permute(codes, permute_heads), rope_permute(scales, permute_heads)
         offsets = None if offsets is None else rope_permute(offsets, permute_heads)
-    qtype = gguf.GGMLQuantizationType[block[0]]
-    data = block[1](codes, scales, offsets)
+    if kq is not None:  # the lattice's super-blocks: smaller than the legacy block of the same grid
+        qtype = gguf.GGMLQuantizationType[kq.name]
+        data = pack(kq.name, codes, scales, offsets)
+    else:
+        qtype = gguf.GGMLQuantizationType[block[0]]
+        data = block[1](codes, scales, offsets)
     want = m.dequantize(torch.float32)
     if permute_heads:
         want = rope_permute(want, permute_heads)
@@ -327,7 +340,10 @@ def export(model: torch.nn.Module, template: Path | None, out: str | Path, tok=N
             _hparams(writer, model.config, tokenizer)
         # the file type names the Linears' most common block type (llama.cpp prints it; nothing reads it)
         main = max(quant, key=lambda t: sum(1 for _, _, q in tensors if q == t), default=None)
-        file_type = gguf.LlamaFileType[f"MOSTLY_{main.name}"] if main is not None else gguf.LlamaFileType.MOSTLY_F16
+        kind = (
+            None if main is None else {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}.get(main.name, main.name)
+        )
+        file_type = gguf.LlamaFileType[f"MOSTLY_{kind}"] if kind is not None else gguf.LlamaFileType.MOSTLY_F16
         writer.add_file_type(file_type)
         for name, data, qtype in tensors:
             writer.add_tensor(name, data, raw_dtype=qtype)

@@ -53,6 +53,7 @@ def search_scale(
     bits: int,
     group_size: int,
     symmetric: bool,
+    scales: str = "free",
     n_grid: int = 20,
     duo: bool = False,
 ) -> tuple[torch.Tensor, float]:
@@ -67,7 +68,7 @@ def search_scale(
     def err_at(i: int) -> float:
         if i not in tried:
             s = scale_candidates(x_mean, w_mean, i / n_grid)
-            dW = grid.fake_quantize(W * s, bits, group_size, symmetric) / s - W
+            dW = grid.fake_quantize(W * s, bits, group_size, symmetric, scales) / s - W
             tried[i] = (output_error(dW, H).item(), s)
         return tried[i][0]
 
@@ -85,6 +86,7 @@ def search_clip(
     bits: int,
     group_size: int,
     symmetric: bool,
+    scales: str = "free",
     n_grid: int = 20,
     max_shrink: float = 0.5,
 ) -> torch.Tensor:
@@ -100,7 +102,7 @@ def search_clip(
     for i in range(int(max_shrink * n_grid) + 1):
         r = 1 - i / n_grid
         Wc = torch.minimum(torch.maximum(Wg, lo * r), hi * r)
-        dW = grid.fake_quantize(Wc.reshape(out, cols), bits, group_size, symmetric).reshape(Wg.shape) - Wg
+        dW = grid.fake_quantize(Wc.reshape(out, cols), bits, group_size, symmetric, scales).reshape(Wg.shape) - Wg
         err = torch.einsum("ogi,gij,ogj->og", dW, Hg, dW)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
@@ -118,6 +120,7 @@ class AWQConfig(ModuleSelection):
         64, "consecutive inputs sharing one scale; -1: one scale per output channel; must divide every input width"
     )
     symmetric: bool = opt(True, "true: zero-centred grid (a scale only); false: min/max grid with a float offset")
+    scales: str = opt("free", grid.SCALES_HELP, quiet=True)
     n_grid: int = opt(
         20, "grid points of the scale search: α = i / n_grid for i in 0..n_grid−1 (also the clipping ratios' step)"
     )
@@ -145,7 +148,7 @@ class AWQConfig(ModuleSelection):
 def apply(model: torch.nn.Module, config: AWQConfig, calib: Any) -> torch.nn.Module:
     layout = layout_for(model.config)
     no_clip = set(layout.attn_linears[:2])  # q/k: clipping hurts through the softmax (paper §3)
-    args = (config.bits, config.group_size, config.symmetric)
+    args = (config.bits, config.group_size, config.symmetric, config.scales)
 
     def solve(i: int, layer: torch.nn.Module, observers: dict) -> None:
         prefix = f"{layout.layers}.{i}."
@@ -173,6 +176,6 @@ def apply(model: torch.nn.Module, config: AWQConfig, calib: Any) -> torch.nn.Mod
             W = linear.weight.data.float()
             if config.clip and name not in no_clip:
                 W = search_clip(W, hessians[name], *args, n_grid=config.n_grid)
-            set_module(layer, name, grid.to_quant_linear(linear, *args, weight=W))
+            set_module(layer, name, grid.to_quant_linear(linear, *args[:3], weight=W, scales=config.scales))
 
     return run(model, calib, lambda path, linear: Hessian(linear.in_features), solve, desc="awq")

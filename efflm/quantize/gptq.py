@@ -45,6 +45,7 @@ class GPTQConfig(ModuleSelection):
         64, "consecutive inputs sharing one scale; -1: one scale per output channel; must divide every input width"
     )
     symmetric: bool = opt(True, "true: zero-centred grid (a scale only); false: min/max grid with a float offset")
+    scales: str = opt("free", grid.SCALES_HELP, quiet=True)
     act_order: bool = opt(
         True,
         "quantize columns in descending order of the Hessian diagonal, with static groups (grids fixed from "
@@ -95,6 +96,7 @@ def apply(model: torch.nn.Module, config: GPTQConfig, calib: Any) -> torch.nn.Mo
                 config.dampening,
                 config.block_size,
                 consume=True,
+                scales=config.scales,
             )
             if info.get("fallback"):
                 note(model, f"gptq: Cholesky failed for {', '.join(paths)} even at raised damping; RTN used")

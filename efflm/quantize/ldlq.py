@@ -13,6 +13,7 @@ import torch
 
 from efflm.calib.hessian import inverse_cholesky, mask_dead_columns
 from efflm.calib.sweep import sweep
+from efflm.nn.superblocks import KQUANTS
 from efflm.quantize import grid
 
 
@@ -26,18 +27,23 @@ def gptq_quantize(
     damp: float = 0.01,
     block_size: int = 128,
     consume: bool = False,
+    scales: str = "free",
 ):
     """Return (codes uint8 [out, in], fp16 scales, fp16 offsets | None, info dict); info["fallback"] if RTN.
 
     ``consume``: H is given away (``Hessian.take()``): it is overwritten and its memory released
-    as soon as it has been permuted, so the solver holds two n × n matrices at most."""
+    as soon as it has been permuted, so the solver holds two n × n matrices at most. ``scales``: the
+    grid's scale structure (``grid.grid``); a K-quant's lattice spans 256 columns, so its grids are
+    static (fixed from the original weights) even without act-order."""
+    kind = scales
     W = W.float().clone()
     out, cols = W.shape
     g = group_size if group_size > 0 else cols
     H = mask_dead_columns(W, H, consume=consume)
-    if act_order:
-        scales, offsets = grid.grid(W, bits, g, symmetric)  # static groups from the original weights
-        perm = torch.argsort(torch.diag(H), descending=True)
+    static = act_order or kind in KQUANTS
+    if static:
+        scales, offsets = grid.grid(W, bits, g, symmetric, kind)  # static groups from the original weights
+        perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols, device=W.device)
     else:
         perm = torch.arange(cols, device=W.device)
         scales = torch.empty(out, cols // g, dtype=torch.float16, device=W.device)
@@ -50,7 +56,7 @@ def gptq_quantize(
     U, lam = inverse_cholesky(Hp, damp, consume=True)  # Hp is this function's own copy
     del Hp
     if U is None:
-        scales, offsets = grid.grid(W, bits, g, symmetric)
+        scales, offsets = grid.grid(W, bits, g, symmetric, kind)
         return grid.quantize(W, scales, offsets, bits, g), scales, offsets, {"fallback": "rtn", "damp": lam}
     W = W[:, perm]
     zeros = W == 0  # a pruned model (over 1% exact zeros) stays pruned
@@ -65,7 +71,7 @@ def gptq_quantize(
         U1 = U[i1:i2, i1:i2].contiguous()
         err1, codes1 = torch.zeros_like(W1), torch.empty_like(W1)
         keep = None if zeros is None else zeros[:, i1:i2].contiguous()
-        if act_order:  # static groups: this block's per-column grids, gathered once
+        if static:  # static groups: this block's per-column grids, gathered once
             S = scales.float()[:, col_group[i1:i2]].contiguous()
             O = None if offsets is None else offsets.float()[:, col_group[i1:i2]].contiguous()
             sweep(W1, U1, 0, n, err1, bits=bits, scales=S, offsets=O, mask=keep, codes=codes1)
@@ -77,7 +83,7 @@ def gptq_quantize(
                 c = i1 + a
                 if c % g == 0:
                     current = torch.cat([W1[:, a:], W[:, i2:]], dim=1)[:, :g]
-                    grp_s, grp_o = grid.grid(current, bits, g, symmetric)
+                    grp_s, grp_o = grid.grid(current, bits, g, symmetric, kind)
                     scales[:, c // g] = grp_s[:, 0]
                     s_col = grp_s[:, 0].float()
                     if grp_o is not None:

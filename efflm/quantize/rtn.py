@@ -20,7 +20,7 @@ from efflm.core.progress import progress
 from efflm.core.registry import register
 from efflm.core.selection import ModuleSelection
 from efflm.models.arch import decoder_linears, set_module
-from efflm.quantize.grid import check_grid_config, check_grid_for_model, to_quant_linear
+from efflm.quantize.grid import SCALES_HELP, check_grid_config, check_grid_for_model, to_quant_linear
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class RTNConfig(ModuleSelection):
         64, "consecutive inputs sharing one scale; -1: one scale per output channel; must divide every input width"
     )
     symmetric: bool = opt(True, "true: zero-centred grid (a scale only); false: min/max grid with a float offset")
+    scales: str = opt("free", SCALES_HELP, quiet=True)
 
     def __post_init__(self) -> None:
         check_grid_config(self)
@@ -50,5 +51,7 @@ class RTNConfig(ModuleSelection):
 )
 def apply(model: torch.nn.Module, config: RTNConfig, calib: Any = None) -> torch.nn.Module:
     for path, linear in progress(decoder_linears(model, config.selects), desc="rtn"):
-        set_module(model, path, to_quant_linear(linear, config.bits, config.group_size, config.symmetric))
+        set_module(
+            model, path, to_quant_linear(linear, config.bits, config.group_size, config.symmetric, scales=config.scales)
+        )
     return model

@@ -70,9 +70,41 @@ def test_compressed_tensors_refuses_asymmetric_and_unquantized(tiny, tmp_path):
     with pytest.raises(EfflmError, match="quantized model"):
         compressed_tensors.export(model, tok, tmp_path / "a")
     asym = get("rtn").apply(model, config_from_dict({"method": "rtn", "bits": 4, "symmetric": False, "group_size": 32}))
-    with pytest.raises(EfflmError, match="symmetric"):
+    with pytest.raises(EfflmError, match="float offsets with no integer zero point; quantize with scales: int_zero"):
         compressed_tensors.export(asym, tok, tmp_path / "b")
+    with pytest.raises(EfflmError, match="use scales: int_zero_point"):
+        compressed_tensors.check_recipe([config_from_dict({"method": "gptq", "symmetric": False})])
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.engines
+@pytest.mark.parametrize("method,bits,group_size", [("rtn", 4, 32), ("gptq", 8, -1), ("awq", 4, 64)])
+def test_integer_zero_points_export_as_asymmetric_groups(method, bits, group_size, tmp_path):
+    """``scales: int_zero_point`` grids: the file holds efflm's codes and zero points (the library
+    packs both), the library's own decompression gives back efflm's weights, and transformers
+    computes efflm's logits."""
+    pytest.importorskip("compressed_tensors")
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from efflm import pipeline
+    from efflm.core.recipe import from_yaml
+    from efflm.nn.module_registry import efflm_modules
+
+    step = f"- method: {method}\n  bits: {bits}\n  group_size: {group_size}\n  symmetric: false\n  scales: int_zero_point\n"
+    model, tok = pipeline.load_and_apply("tiny-llama", from_yaml(step), calib_samples=8, calib_len=64)
+    out = compressed_tensors.export(model, tok, tmp_path / "ct")
+    weights = json.loads((out / "config.json").read_text())["quantization_config"]["config_groups"]["group_0"][
+        "weights"
+    ]
+    assert weights["symmetric"] is False and weights["num_bits"] == bits
+    back = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    ids = torch.randint(3, 259, (1, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids).logits, model(ids).logits, rtol=0, atol=5e-3)
+    for name, m in efflm_modules(model, "weight_grid").items():  # decompressed by the first forward
+        assert torch.equal(back.get_submodule(name).weight.float(), m.dequantize(torch.float32)), name
 
 
 @pytest.mark.engines
