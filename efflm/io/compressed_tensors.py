@@ -20,6 +20,12 @@ FP8 (``FPLinear`` with E4M3 weights and one scale per output channel: ZeroQuant-
 ``group_size: -1``) becomes the ``float-quantized`` scheme: float8_e4m3fn weights (ours, checked)
 with fp16 channel scales, and dynamic per-token FP8 activations when the model has them
 (``act_format: e4m3``) or weight-only FP8 otherwise.
+
+MXFP4 (``FPLinear`` with E2M1 weights in groups of 32 and power-of-two scales: ZeroQuant-FP
+with ``pow2_scales``) becomes ``mxfp4-pack-quantized``, weights only: two E2M1 codes a byte and
+one E8M0 exponent per group, decompressed by the library to efflm's weights exactly. NVFP4
+(E4M3 group scales under a global scale) has no efflm grid yet; 2:4 sparsity has no compressor
+in compressed-tensors 0.19 (its ``ModelCompressor`` writes no sparsity config) — both refused.
 """
 
 from __future__ import annotations
@@ -68,10 +74,12 @@ def check_recipe(recipe: list) -> None:
                 f"compressed-tensors export: {cfg.label()} has float (min/max) offsets; compressed-tensors "
                 "stores integer zero points: use scales: int_zero_point (or symmetric: true)"
             )
-        if cfg.method == "zeroquant_fp" and (cfg.weight_format != "e4m3" or cfg.group_size != -1):
+        if cfg.method == "zeroquant_fp" and not (_fp8_ok(cfg) or _mxfp4_ok(cfg)):
             raise EfflmError(
                 f"compressed-tensors export: {cfg.label()}: FP8 is written as E4M3 weights with one scale per "
-                "output channel; use weight_format e4m3, group_size -1"
+                "output channel (weight_format e4m3, group_size -1), MXFP4 as E2M1 weights in groups of 32 with "
+                "power-of-two scales and no activation rounding (weight_format e2m1, group_size 32, pow2_scales "
+                "true, act_format none)"
             )
         if cfg.method in ("llm_int8", "int8_embeddings"):
             raise EfflmError(
@@ -80,6 +88,14 @@ def check_recipe(recipe: list) -> None:
             )
     if {"w8a8", "smoothquant"} & {c.method for c in recipe} and any(c.method in GRIDS for c in recipe):
         raise EfflmError("compressed-tensors export: one scheme per export (W8A8 or a weight-only grid, not both)")
+
+
+def _fp8_ok(cfg) -> bool:
+    return cfg.weight_format == "e4m3" and cfg.group_size == -1
+
+
+def _mxfp4_ok(cfg) -> bool:
+    return cfg.weight_format == "e2m1" and cfg.group_size == 32 and cfg.pow2_scales and cfg.act_format in ("none", None)
 
 
 def export(model: torch.nn.Module, tokenizer: Any, out: str | Path) -> Path:
@@ -96,9 +112,11 @@ def export(model: torch.nn.Module, tokenizer: Any, out: str | Path) -> Path:
     int8 = efflm_modules(model, "w8a8")
     if int8:
         return _export_w8a8(model, tokenizer, out, int8)
-    fp8 = efflm_modules(model, "fp_grid")
-    if fp8:
-        return _export_fp8(model, tokenizer, out, fp8)
+    fp = efflm_modules(model, "fp_grid")
+    if fp and all(m.weight_format == "e2m1" for m in fp.values()):
+        return _export_mxfp4(model, tokenizer, out, fp)
+    if fp:
+        return _export_fp8(model, tokenizer, out, fp)
     if set(efflm_modules(model)) - set(efflm_modules(model, "experts")) != set(efflm_modules(model, "weight_grid")):
         raise EfflmError(
             "compressed-tensors export supports weight-only QuantLinear models or W8A8 Int8Linear models "
@@ -263,3 +281,30 @@ def _export_fp8(model: torch.nn.Module, tokenizer: Any, out: Path, fp8: dict) ->
                 raise EfflmError(f"compressed-tensors export: {name}'s FP8 weights changed in compression")
 
     return _write(plain, "float-quantized", tokenizer, out, same_codes)
+
+
+def _export_mxfp4(model: torch.nn.Module, tokenizer: Any, out: Path, fp4: dict) -> Path:
+    """MXFP4 (the library's ``mxfp4-pack-quantized``, weights only): E2M1 codes in groups of 32
+    sharing a power-of-two (E8M0) scale — efflm's FP4 grid with ``pow2_scales``."""
+    from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme, apply_quantization_config
+    from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
+
+    if set(efflm_modules(model)) != set(fp4):
+        raise EfflmError("compressed-tensors export: one scheme per export (MXFP4 or another grid, not both)")
+    for name, m in fp4.items():
+        s = m.scales.float()
+        pow2 = torch.equal(torch.exp2(torch.log2(s).round()), s)
+        if m.group_size != 32 or m.act_format is not None or not pow2:
+            raise EfflmError(
+                f"compressed-tensors export: {name} is not MXFP4 (E2M1 weights, groups of 32, power-of-two "
+                "scales, no activation rounding: zeroquant_fp weight_format e2m1, group_size 32, pow2_scales true, "
+                "act_format none)"
+            )
+    plain = _plain(model, fp4, lambda m: m.dequantize(torch.float32))  # w / s is the E2M1 value itself
+    scheme = QuantizationScheme(targets=sorted(fp4), **PRESET_SCHEMES["MXFP4A16"])
+    config = QuantizationConfig(config_groups={"group_0": scheme}, format="mxfp4-pack-quantized")
+    apply_quantization_config(plain, config, show_progress=False)
+    for name, m in fp4.items():
+        scale = plain.get_submodule(name).weight_scale
+        scale.data = m.scales.to(scale.dtype).reshape(scale.shape)
+    return _write(plain, "mxfp4-pack-quantized", tokenizer, out)

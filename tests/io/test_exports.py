@@ -220,3 +220,39 @@ def test_compressed_tensors_of_every_family_loads_in_plain_transformers(spec, tm
 
         with safe_open(str(out / "model.safetensors"), "pt") as f:
             assert "model.layers.0.block_sparse_moe.experts.3.w2.weight_packed" in set(f.keys())
+
+
+@pytest.mark.engines
+def test_mxfp4_exports_as_e2m1_codes_with_e8m0_group_scales(tmp_path):
+    """ZeroQuant-FP's E2M1 weights with power-of-two group scales become mxfp4-pack-quantized; the
+    library's decompression gives back efflm's weights exactly; an FP4 grid with free scales is refused."""
+    pytest.importorskip("compressed_tensors")
+    import json
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from efflm.nn.module_registry import efflm_modules
+
+    cfg = {"method": "zeroquant_fp", "weight_format": "e2m1", "group_size": 32, "act_format": "none"}
+    with pytest.raises(EfflmError, match="MXFP4 as E2M1 weights in groups of 32 with power-of-two scales"):
+        compressed_tensors.check_recipe([config_from_dict(cfg)])
+    model, tok = tiny_model_fresh()
+    free = get("zeroquant_fp").apply(model, config_from_dict(cfg))
+    with pytest.raises(EfflmError, match="is not MXFP4"):
+        compressed_tensors.export(free, tok, tmp_path / "free")
+    model, tok = tiny_model_fresh()
+    model = get("zeroquant_fp").apply(model, config_from_dict({**cfg, "pow2_scales": True}))
+    out = compressed_tensors.export(model, tok, tmp_path / "ct")
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["format"] == "mxfp4-pack-quantized"
+    stored = load_file(out / "model.safetensors")
+    name = "model.layers.0.mlp.down_proj"
+    assert stored[f"{name}.weight_scale"].dtype == torch.uint8  # E8M0 exponents
+    back = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)
+    ids = torch.randint(3, 259, (1, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        cos = torch.nn.functional.cosine_similarity(model(ids).logits.flatten(), back(ids).logits.float().flatten(), 0)
+    assert cos > 0.9999
+    for n, m in efflm_modules(model, "fp_grid").items():  # bf16 holds E2M1 × 2^k exactly
+        assert torch.equal(back.get_submodule(n).weight.float(), m.dequantize(torch.float32)), n
+    assert not (tmp_path / "free").exists()
