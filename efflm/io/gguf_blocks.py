@@ -7,6 +7,8 @@ Groups of 32 on efflm's grids (``efflm.quantize.grid``) are these blocks exactly
   Q4_1  asymmetric 4-bit   w = d·q + m       [d fp16][m fp16][16 bytes as Q4_0]
   Q5_0  symmetric 5-bit    w = d·(q − 16)    [d fp16][qh: bit j = q_j >> 4, uint32 LE][low nibbles as Q4_0]
   Q5_1  asymmetric 5-bit   w = d·q + m       [d fp16][m fp16][qh][low nibbles]
+  MXFP4 E2M1 (FP4) codes   w = 2^e·fp4(q)    [e: E8M0 byte][16 bytes as Q4_0] (efflm's code is
+        sign·8 + magnitude index, the same as ggml's; power-of-two scales only)
 
 Each function takes uint8 codes ``[rows, in]`` and fp16 scales (and offsets) ``[rows, in/32]`` and
 returns the bytes ``[rows, blocks · block size]`` that ``gguf.GGUFWriter`` stores for the type.
@@ -64,6 +66,12 @@ def q5_1(codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor) -> np
     b = cols // 32
     parts = [_fp16(scales, rows, b), _fp16(offsets, rows, b), _high_bits(codes), _nibbles(codes)]
     return np.concatenate(parts, axis=-1).reshape(rows, -1)
+
+
+def mxfp4(codes: torch.Tensor, scales: torch.Tensor, offsets: None = None) -> np.ndarray:
+    rows, cols = codes.shape
+    e = (torch.log2(scales.float()).round() + 127).to(torch.uint8).numpy().reshape(rows, cols // 32, 1)
+    return np.concatenate([e, _nibbles(codes)], axis=-1).reshape(rows, -1)
 
 
 # (bits, symmetric) -> (GGML type name, writer); groups of 32 always

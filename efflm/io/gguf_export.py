@@ -22,7 +22,7 @@ import torch
 
 from efflm.core.atomic import atomic_write_bytes_from
 from efflm.core.errors import EfflmError
-from efflm.io.gguf_blocks import BLOCKS, names
+from efflm.io.gguf_blocks import BLOCKS, mxfp4, names
 from efflm.io.gguf_kquants import kquant_for, pack
 from efflm.io.gguf_vocab import tokenizer_kv
 from efflm.models.arch import attention_windows, layout_for
@@ -30,6 +30,7 @@ from efflm.nn.module_registry import efflm_modules, role
 from efflm.nn.superblocks import KQUANTS
 
 _SKIP_KEYS = ("GGUF.", "general.architecture", "general.file_type")
+FILE_TYPES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "MXFP4": "MXFP4_MOE"}  # llama.cpp's ftype names
 
 
 def check_recipe(recipe: list) -> None:
@@ -42,10 +43,44 @@ def check_recipe(recipe: list) -> None:
                 f"GGUF export: {cfg.label()} has no llama.cpp block type; with group_size 32: {names()}; "
                 f"or scales {', '.join(KQUANTS)}"
             )
+        if cfg.method == "zeroquant_fp" and not _mxfp4_config(cfg):
+            raise EfflmError(
+                f"GGUF export: {cfg.label()}: llama.cpp's FP4 is MXFP4: weight_format e2m1, group_size 32, "
+                "pow2_scales true, act_format none"
+            )
         if cfg.method == "int8_embeddings":
             raise EfflmError("GGUF export: int8_embeddings is not needed: the export writes the embedding as Q8_0")
         if cfg.method in ("w8a8", "smoothquant"):
             raise EfflmError(f"GGUF export: {cfg.method} quantizes activations; llama.cpp files hold weights only")
+
+
+def _mxfp4_config(cfg) -> bool:
+    return cfg.weight_format == "e2m1" and cfg.group_size == 32 and cfg.pow2_scales and cfg.act_format in ("none", None)
+
+
+def fp4_tensor(name: str, m: torch.nn.Module, permute_heads: int | None):
+    """MXFP4 blocks of an FP4 grid with power-of-two group scales (``FPLinear``)."""
+    import gguf
+
+    s = m.scales.float()
+    if (
+        m.weight_format != "e2m1"
+        or m.group_size != 32
+        or m.act_format is not None
+        or not torch.equal(torch.exp2(torch.log2(s).round()), s)
+    ):
+        raise EfflmError(
+            f"GGUF export: {name} is not MXFP4 (E2M1 weights, groups of 32, power-of-two scales, no activation "
+            "rounding: zeroquant_fp weight_format e2m1, group_size 32, pow2_scales true, act_format none)"
+        )
+    codes, scales, want = m.codes(), m.scales, m.dequantize(torch.float32)
+    if permute_heads:
+        codes, scales, want = (rope_permute(t, permute_heads) for t in (codes, scales, want))
+    qtype = gguf.GGMLQuantizationType.MXFP4
+    data = mxfp4(codes, scales)
+    if not np.array_equal(gguf.quants.dequantize(data, qtype), want.numpy()):
+        raise EfflmError(f"GGUF export: {name} does not round-trip through gguf's MXFP4 dequantizer")
+    return data, qtype
 
 
 def rope_permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -137,7 +172,8 @@ def _each_tensor(model: torch.nn.Module):
         if tied and owner == layout.lm_head:
             continue
         module = modules.get(owner)
-        name = f"{owner}.weight" if role(module) == "weight_grid" else key
+        packed = role(module) in ("weight_grid", "fp_grid")
+        name = f"{owner}.weight" if packed else key
         hit = expert_of.match(name)
         expert = int(hit.group(2)) if hit else None
         if hit:  # llama.cpp names the stack of every expert's projection
@@ -146,10 +182,11 @@ def _each_tensor(model: torch.nn.Module):
         if gname is None:
             raise EfflmError(f"GGUF export: no llama.cpp name for {key}")
         permute = permuted_heads(owner)
-        if role(module) == "weight_grid":
+        if packed:
             if leaf != "qweight":
                 continue  # scales travel inside the blocks
-            data, qtype = quant_tensor(owner, module, permute)
+            write = quant_tensor if role(module) == "weight_grid" else fp4_tensor
+            data, qtype = write(owner, module, permute)
             yield gname, data, qtype, expert
             continue
         w = value.float()
@@ -318,7 +355,7 @@ def export(model: torch.nn.Module, template: Path | None, out: str | Path, tok=N
     tokenizer = tokenizer_kv(tok, model.config.vocab_size) if template is None else {}
     if template is not None and arch != "llama":
         raise EfflmError(f"GGUF export: template metadata is for llama models, not {model.config.model_type!r}")
-    other = {n for n, m in efflm_modules(model).items() if role(m) not in ("weight_grid", "experts")}
+    other = {n for n, m in efflm_modules(model).items() if role(m) not in ("weight_grid", "fp_grid", "experts")}
     if other:
         raise EfflmError(
             f"GGUF export writes float or weight-grid layers only, not {sorted(other)[0]} "
@@ -340,9 +377,7 @@ def export(model: torch.nn.Module, template: Path | None, out: str | Path, tok=N
             _hparams(writer, model.config, tokenizer)
         # the file type names the Linears' most common block type (llama.cpp prints it; nothing reads it)
         main = max(quant, key=lambda t: sum(1 for _, _, q in tensors if q == t), default=None)
-        kind = (
-            None if main is None else {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}.get(main.name, main.name)
-        )
+        kind = None if main is None else FILE_TYPES.get(main.name, main.name)
         file_type = gguf.LlamaFileType[f"MOSTLY_{kind}"] if kind is not None else gguf.LlamaFileType.MOSTLY_F16
         writer.add_file_type(file_type)
         for name, data, qtype in tensors:

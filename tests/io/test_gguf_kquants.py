@@ -120,3 +120,24 @@ def test_gguf_export_refuses_a_grid_without_a_block_type_in_one_line(tmp_path):
     with pytest.raises(EfflmError, match="has no llama.cpp block type.*or scales Q4_K"):
         gguf_export.check_recipe([config_from_dict({"method": "rtn", "bits": 6, "group_size": 32})])
     gguf_export.check_recipe([config_from_dict({"method": "rtn", "bits": 6, "group_size": 16, "scales": "Q6_K"})])
+
+
+@pytest.mark.engines
+def test_mxfp4_grids_run_in_llama_cpp_as_mxfp4_blocks(tmp_path):
+    """ZeroQuant-FP's E2M1 weights with power-of-two group scales are llama.cpp's MXFP4 blocks."""
+    pytest.importorskip("llama_cpp")
+    from efflm import pipeline
+    from efflm.core.recipe import from_yaml
+    from tests.io.test_gguf_llama_cpp import cosines, hf_dir
+
+    step = "- method: zeroquant_fp\n  weight_format: e2m1\n  group_size: 32\n  pow2_scales: true\n  act_format: none\n"
+    model, tok = pipeline.load_and_apply(str(hf_dir("tiny-llama", tmp_path / "hf")), from_yaml(step))
+    cos, _, _ = cosines(model, tok, tmp_path / "f.gguf", "Four-bit floats with a shared exponent per block.")
+    assert cos.min() > 0.999, cos
+    types = {t.tensor_type.name for t in gguf.GGUFReader(tmp_path / "f.gguf").tensors if t.name.startswith("blk.")}
+    assert types == {"MXFP4", "F32"}
+    from efflm.io import gguf_export
+    from efflm.methods import config_from_dict
+
+    with pytest.raises(EfflmError, match="llama.cpp's FP4 is MXFP4"):
+        gguf_export.check_recipe([config_from_dict({"method": "zeroquant_fp", "weight_format": "e2m1"})])
