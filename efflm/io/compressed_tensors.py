@@ -26,10 +26,15 @@ with ``pow2_scales``) becomes ``mxfp4-pack-quantized``, weights only: two E2M1 c
 one E8M0 exponent per group, decompressed by the library to efflm's weights exactly. NVFP4
 (E4M3 group scales under a global scale) has no efflm grid yet; 2:4 sparsity has no compressor
 in compressed-tensors 0.19 (its ``ModelCompressor`` writes no sparsity config) — both refused.
+
+A model whose modules differ — W8A8 attention beside W4A16 MLPs, several bit widths or group
+sizes — is written with one config group per scheme, each with its own format (the library's
+``mixed-precision``); modules left dense are in no group.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,32 +43,87 @@ import torch
 from efflm.core.atomic import atomic_dir
 from efflm.core.errors import EfflmError
 from efflm.models.arch import file_name, layout_for, set_module
-from efflm.nn.module_registry import efflm_modules
+from efflm.nn.module_registry import efflm_modules, role
 from efflm.nn.superblocks import zero_points
 
 EXPORT_DTYPE = torch.float16  # fp16 holds efflm's fp16 scales exactly (bf16 would not)
-GRIDS = ("rtn", "gptq", "awq")  # methods that leave weight-grid QuantLinears
+WRITTEN = (
+    "weight-only W2..W8 grids (rtn, gptq, awq; asymmetric with scales: int_zero_point), W8A8 int8 (w8a8, "
+    "smoothquant), FP8 E4M3 per channel and MXFP4 (zeroquant_fp)"
+)
 
 
-def _scheme_key(m: torch.nn.Module) -> tuple[int, int, bool, bool]:
-    return m.bits, m.group_size, m.group_size == m.in_features, m.symmetric
+@dataclass(frozen=True)
+class Scheme:
+    """One config group: the library's format and its weight (and activation) arguments."""
 
+    format: str
+    weights: tuple  # QuantizationArgs fields as sorted (name, value) pairs
+    acts: tuple | None = None
 
-def quantization_config(groups: dict[tuple[int, int, bool, bool], list[str]]) -> Any:
-    """A compressed-tensors QuantizationConfig with one config group per (bits, group size, symmetric)."""
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
+    def build(self, targets: list[str]) -> Any:
+        from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 
-    config_groups = {}
-    for i, ((bits, group_size, per_channel, symmetric), names) in enumerate(sorted(groups.items())):
-        args = QuantizationArgs(
-            num_bits=bits,
-            type="int",
-            symmetric=symmetric,
-            strategy="channel" if per_channel else "group",
-            group_size=None if per_channel else group_size,
+        acts = None if self.acts is None else QuantizationArgs(**dict(self.acts))
+        return QuantizationScheme(
+            targets=targets, weights=QuantizationArgs(**dict(self.weights)), input_activations=acts, format=self.format
         )
-        config_groups[f"group_{i}"] = QuantizationScheme(targets=sorted(names), weights=args)
-    return QuantizationConfig(config_groups=config_groups, format="pack-quantized")
+
+
+def _args(**kw) -> tuple:
+    return tuple(sorted(kw.items()))
+
+
+def scheme_of(name: str, m: torch.nn.Module) -> Scheme:
+    """The compressed-tensors scheme that holds module ``m`` exactly, or a one-line refusal."""
+    kind = role(m)
+    if kind == "weight_grid":
+        if not m.symmetric and zero_points(m.scales, m.offsets, m.bits) is None:
+            raise EfflmError(
+                f"compressed-tensors export: {name}'s asymmetric grid has float offsets with no integer zero "
+                "point; quantize with scales: int_zero_point (or symmetric: true)"
+            )
+        channel = m.group_size == m.in_features
+        strategy = {"strategy": "channel"} if channel else {"strategy": "group", "group_size": m.group_size}
+        return Scheme("pack-quantized", _args(num_bits=m.bits, type="int", symmetric=m.symmetric, **strategy))
+    if kind == "w8a8":
+        if m.outlier_threshold:
+            raise EfflmError(
+                f"compressed-tensors export: {name}: LLM.int8()'s float outlier columns have no compressed-tensors "
+                "scheme"
+            )
+        token = _args(num_bits=8, type="int", symmetric=True, strategy="token", dynamic=True)
+        return Scheme("int-quantized", _args(num_bits=8, type="int", symmetric=True, strategy="channel"), token)
+    if kind == "fp_grid":
+        channel = m.group_size == m.in_features
+        if m.weight_format == "e4m3" and channel and m.act_format in ("e4m3", None):
+            acts = _args(num_bits=8, type="float", symmetric=True, strategy="token", dynamic=True)
+            weights = _args(num_bits=8, type="float", symmetric=True, strategy="channel")
+            return Scheme("float-quantized", weights, acts if m.act_format else None)
+        if m.weight_format == "e2m1" and m.group_size == 32 and m.act_format is None and _pow2(m.scales):
+            weights = _args(num_bits=4, type="float", symmetric=True, strategy="group", group_size=32,
+                            scale_dtype=torch.uint8, zp_dtype=torch.uint8)  # fmt: skip
+            return Scheme("mxfp4-pack-quantized", weights)
+        raise EfflmError(
+            f"compressed-tensors export: {name} is neither FP8 (E4M3 weights, one scale per output channel: "
+            "zeroquant_fp weight_format e4m3, group_size -1; act_format e4m3 or none) nor MXFP4 (E2M1 weights, "
+            "groups of 32, power-of-two scales, no activation rounding: zeroquant_fp weight_format e2m1, "
+            "group_size 32, pow2_scales true, act_format none)"
+        )
+    raise EfflmError(f"compressed-tensors export: {name} ({type(m).__name__}) has no scheme; written: {WRITTEN}")
+
+
+def _pow2(scales: torch.Tensor) -> bool:
+    s = scales.float()
+    return bool(torch.equal(torch.exp2(torch.log2(s).round()), s))
+
+
+def _fp8_ok(cfg) -> bool:
+    return cfg.weight_format == "e4m3" and cfg.group_size == -1
+
+
+def _mxfp4_ok(cfg) -> bool:
+    return cfg.weight_format == "e2m1" and cfg.group_size == 32 and cfg.pow2_scales and cfg.act_format in ("none", None)
 
 
 def check_recipe(recipe: list) -> None:
@@ -82,26 +142,56 @@ def check_recipe(recipe: list) -> None:
                 "true, act_format none)"
             )
         if cfg.method in ("llm_int8", "int8_embeddings"):
-            raise EfflmError(
-                f"compressed-tensors export: {cfg.method} has no compressed-tensors scheme; "
-                "weight-only W4A16/W8A16 (rtn, gptq, awq) and W8A8 (w8a8, smoothquant) are written"
-            )
-    if {"w8a8", "smoothquant"} & {c.method for c in recipe} and any(c.method in GRIDS for c in recipe):
-        raise EfflmError("compressed-tensors export: one scheme per export (W8A8 or a weight-only grid, not both)")
+            raise EfflmError(f"compressed-tensors export: {cfg.method} has no compressed-tensors scheme; {WRITTEN}")
 
 
-def _fp8_ok(cfg) -> bool:
-    return cfg.weight_format == "e4m3" and cfg.group_size == -1
+def _weight(m: torch.nn.Module) -> torch.Tensor:
+    """The float weight the library re-quantizes into exactly ``m``'s codes."""
+    if role(m) == "w8a8":
+        return m.qweight.float() * m.wscale.to(EXPORT_DTYPE).float()[:, None]
+    return m.dequantize(torch.float32)
 
 
-def _mxfp4_ok(cfg) -> bool:
-    return cfg.weight_format == "e2m1" and cfg.group_size == 32 and cfg.pow2_scales and cfg.act_format in ("none", None)
+def _set_params(name: str, linear: torch.nn.Module, m: torch.nn.Module) -> None:
+    """Put ``m``'s own scales (and zero points) into the library's parameters; for an integer grid,
+    check that the library's rounding gives back ``m``'s codes."""
+    scale = linear.weight_scale
+    scale.data = (m.wscale if role(m) == "w8a8" else m.scales).to(scale.dtype).reshape(scale.shape)
+    if role(m) != "weight_grid":
+        return
+    half = 2 ** (m.bits - 1)  # the library's codes are signed: ours − 2^(b−1), zero points too
+    z = None if m.symmetric else zero_points(m.scales, m.offsets, m.bits)
+    if z is not None:
+        zp = linear.weight_zero_point
+        zp.data = (z - half).to(zp.dtype).reshape(zp.shape)
+    per_input = scale.float().repeat_interleave(m.group_size, dim=1)[:, : m.in_features]
+    want = m.codes().float() - (half if z is None else z.float().repeat_interleave(m.group_size, dim=1))
+    if not torch.equal((linear.weight.float() / per_input).round(), want):
+        raise EfflmError(f"compressed-tensors export: {name} is not on its own grid")
+
+
+def _same_codes(modules: dict):
+    """After compression: int8 and FP8 weights stored are ``m``'s codes byte for byte."""
+
+    def check(compressed: torch.nn.Module) -> None:
+        for name, m in modules.items():
+            if role(m) == "w8a8":
+                same = torch.equal(compressed.get_submodule(name).weight, m.qweight)
+            elif role(m) == "fp_grid" and m.weight_format == "e4m3":
+                stored = compressed.get_submodule(name).weight
+                same = stored.dtype == torch.float8_e4m3fn and torch.equal(stored.view(torch.uint8), m.codes())
+            else:
+                continue
+            if not same:
+                raise EfflmError(f"compressed-tensors export: {name}'s 8-bit weights changed in compression")
+
+    return check
 
 
 def export(model: torch.nn.Module, tokenizer: Any, out: str | Path) -> Path:
-    """Write ``model`` (with weight-grid modules) to ``out`` as a compressed-tensors checkpoint."""
+    """Write ``model`` (with quantized modules) to ``out`` as a compressed-tensors checkpoint."""
     try:
-        from compressed_tensors.quantization import apply_quantization_config
+        from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config
     except ImportError as e:
         raise EfflmError(
             "compressed-tensors export needs the compressed-tensors package (pip install 'efflm[interop]')"
@@ -109,53 +199,22 @@ def export(model: torch.nn.Module, tokenizer: Any, out: str | Path) -> Path:
     out = Path(out)
     if out.exists() or out.is_symlink():
         raise EfflmError(f"output exists: {out} (choose another --out)")
-    int8 = efflm_modules(model, "w8a8")
-    if int8:
-        return _export_w8a8(model, tokenizer, out, int8)
-    fp = efflm_modules(model, "fp_grid")
-    if fp and all(m.weight_format == "e2m1" for m in fp.values()):
-        return _export_mxfp4(model, tokenizer, out, fp)
-    if fp:
-        return _export_fp8(model, tokenizer, out, fp)
-    if set(efflm_modules(model)) - set(efflm_modules(model, "experts")) != set(efflm_modules(model, "weight_grid")):
-        raise EfflmError(
-            "compressed-tensors export supports weight-only QuantLinear models or W8A8 Int8Linear models "
-            "(not int8 embeddings, activation-quantized grids or low-rank layers)"
-        )
-    quantized = efflm_modules(model, "weight_grid")
-    if not quantized:
-        raise EfflmError("compressed-tensors export needs a quantized model (no QuantLinear or Int8Linear found)")
-    zeros = {n: zero_points(m.scales, m.offsets, m.bits) for n, m in quantized.items() if not m.symmetric}
-    for name, z in zeros.items():
-        if z is None:
-            raise EfflmError(
-                f"compressed-tensors export: {name}'s asymmetric grid has float offsets with no integer zero "
-                "point; quantize with scales: int_zero_point (or symmetric: true)"
-            )
-    groups: dict[tuple[int, int, bool, bool], list[str]] = {}
-    for name, m in quantized.items():
-        groups.setdefault(_scheme_key(m), []).append(name)
-
-    plain = _plain(model, quantized, lambda m: m.dequantize(torch.float32))  # round(w / s) is still q
-    apply_quantization_config(plain, quantization_config(groups), show_progress=False)
-    for name, m in quantized.items():
-        linear = plain.get_submodule(name)
-        linear.weight_scale.data = m.scales.to(EXPORT_DTYPE).reshape(linear.weight_scale.shape)
-        half = 2 ** (m.bits - 1)  # the library's codes are signed: ours − 2^(b−1), zero points too
-        z = zeros.get(name)
-        if z is not None:
-            zp = linear.weight_zero_point
-            zp.data = (z - half).to(zp.dtype).reshape(zp.shape)
-        codes = (
-            linear.weight.float()
-            / linear.weight_scale.float().repeat_interleave(m.group_size, dim=1)[:, : m.in_features]
-        )
-        want = m.codes().float() - (
-            half if z is None else z.float().repeat_interleave(m.group_size, dim=1)[:, : m.in_features]
-        )
-        if not torch.equal(codes.round(), want):
-            raise EfflmError(f"compressed-tensors export: {name} is not on its own grid")
-    return _write(plain, "pack-quantized", tokenizer, out)
+    modules = {n: m for n, m in efflm_modules(model).items() if role(m) != "experts"}
+    if not modules:
+        raise EfflmError("compressed-tensors export needs a quantized model (no quantized module found)")
+    groups: dict[Scheme, list[str]] = {}
+    for name, m in modules.items():
+        groups.setdefault(scheme_of(name, m), []).append(name)
+    plain = _plain(model, modules, _weight)
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0].format, kv[0].weights, sorted(kv[1])))
+    config = QuantizationConfig(
+        config_groups={f"group_{i}": s.build(sorted(names)) for i, (s, names) in enumerate(ordered)},
+        format=ordered[0][0].format if len(ordered) == 1 else "mixed-precision",
+    )
+    apply_quantization_config(plain, config, show_progress=False)
+    for name, m in modules.items():
+        _set_params(name, plain.get_submodule(name), m)
+    return _write(plain, tokenizer, out, _same_codes(modules))
 
 
 def _plain(model: torch.nn.Module, replaced: dict, weight_of) -> torch.nn.Module:
@@ -180,31 +239,10 @@ def _plain(model: torch.nn.Module, replaced: dict, weight_of) -> torch.nn.Module
     return plain
 
 
-def _per_channel(plain: torch.nn.Module, modules: dict, kind: str, dynamic: bool, fmt: str, scales_of) -> None:
-    """One config group: 8-bit ``kind`` ("int" or "float") weights with a scale per output channel
-    (``scales_of(module)``), and dynamic per-token 8-bit activations of the same kind if ``dynamic``."""
-    from compressed_tensors.quantization import (
-        QuantizationArgs,
-        QuantizationConfig,
-        QuantizationScheme,
-        apply_quantization_config,
-    )
-
-    weights = QuantizationArgs(num_bits=8, type=kind, symmetric=True, strategy="channel")
-    acts = QuantizationArgs(num_bits=8, type=kind, symmetric=True, strategy="token", dynamic=True) if dynamic else None
-    scheme = QuantizationScheme(targets=sorted(modules), weights=weights, input_activations=acts)
-    apply_quantization_config(
-        plain, QuantizationConfig(config_groups={"group_0": scheme}, format=fmt), show_progress=False
-    )
-    for name, m in modules.items():
-        scale = plain.get_submodule(name).weight_scale
-        scale.data = scales_of(m).to(EXPORT_DTYPE).reshape(scale.shape)
-
-
-def _write(plain: torch.nn.Module, fmt: str, tokenizer: Any, out: Path, check=None) -> Path:
+def _write(plain: torch.nn.Module, tokenizer: Any, out: Path, check=None) -> Path:
     from compressed_tensors.compressors import ModelCompressor
 
-    compressor = ModelCompressor.from_pretrained_model(plain, quantization_format=fmt)
+    compressor = ModelCompressor.from_pretrained_model(plain)  # each group's own format
     compressor.compress_model(plain)
     if check is not None:
         check(plain)
@@ -239,72 +277,3 @@ def _checkpoint_names(path: Path, layout) -> None:
     for scheme in config["quantization_config"]["config_groups"].values():
         scheme["targets"] = [file_name(layout, t) for t in scheme["targets"]]
     (path / "config.json").write_text(json.dumps(config, indent=2))
-
-
-def _export_w8a8(model: torch.nn.Module, tokenizer: Any, out: Path, int8: dict) -> Path:
-    if set(efflm_modules(model)) != set(int8):
-        raise EfflmError("compressed-tensors export: one scheme per export (W8A8 or a weight-only grid, not both)")
-    if any(m.outlier_threshold for m in int8.values()):
-        raise EfflmError(
-            "compressed-tensors export: LLM.int8()'s float outlier columns have no compressed-tensors scheme"
-        )
-    plain = _plain(model, int8, lambda m: m.qweight.float() * m.wscale.to(EXPORT_DTYPE).float()[:, None])
-    _per_channel(plain, int8, "int", True, "int-quantized", lambda m: m.wscale)
-
-    def same_codes(compressed: torch.nn.Module) -> None:
-        for name, m in int8.items():
-            if not torch.equal(compressed.get_submodule(name).weight, m.qweight):
-                raise EfflmError(f"compressed-tensors export: {name}'s int8 weights changed in compression")
-
-    return _write(plain, "int-quantized", tokenizer, out, same_codes)
-
-
-def _export_fp8(model: torch.nn.Module, tokenizer: Any, out: Path, fp8: dict) -> Path:
-    from efflm.nn.fp_formats import FP8
-
-    if set(efflm_modules(model)) != set(fp8):
-        raise EfflmError("compressed-tensors export: one scheme per export (FP8 or a weight-only grid, not both)")
-    kinds = {(m.weight_format, m.group_size == m.in_features, m.act_format) for m in fp8.values()}
-    if len(kinds) != 1 or next(iter(kinds))[:2] != ("e4m3", True) or next(iter(kinds))[2] not in ("e4m3", None):
-        raise EfflmError(
-            "compressed-tensors export writes FP8 as E4M3 weights with one scale per output channel "
-            "(zeroquant_fp weight_format e4m3, group_size -1; act_format e4m3 or none)"
-        )
-    plain = _plain(model, fp8, lambda m: m.dequantize(torch.float32))  # w / s rounds back to the same FP8
-    dynamic = next(iter(kinds))[2] is not None
-    _per_channel(plain, fp8, "float", dynamic, "float-quantized", lambda m: m.scales)
-
-    def same_codes(compressed: torch.nn.Module) -> None:
-        for name, m in fp8.items():
-            stored = compressed.get_submodule(name).weight
-            if not torch.equal(stored.view(torch.uint8), m.codes().view(torch.uint8)) or stored.dtype != FP8["e4m3"]:
-                raise EfflmError(f"compressed-tensors export: {name}'s FP8 weights changed in compression")
-
-    return _write(plain, "float-quantized", tokenizer, out, same_codes)
-
-
-def _export_mxfp4(model: torch.nn.Module, tokenizer: Any, out: Path, fp4: dict) -> Path:
-    """MXFP4 (the library's ``mxfp4-pack-quantized``, weights only): E2M1 codes in groups of 32
-    sharing a power-of-two (E8M0) scale — efflm's FP4 grid with ``pow2_scales``."""
-    from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme, apply_quantization_config
-    from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
-
-    if set(efflm_modules(model)) != set(fp4):
-        raise EfflmError("compressed-tensors export: one scheme per export (MXFP4 or another grid, not both)")
-    for name, m in fp4.items():
-        s = m.scales.float()
-        pow2 = torch.equal(torch.exp2(torch.log2(s).round()), s)
-        if m.group_size != 32 or m.act_format is not None or not pow2:
-            raise EfflmError(
-                f"compressed-tensors export: {name} is not MXFP4 (E2M1 weights, groups of 32, power-of-two "
-                "scales, no activation rounding: zeroquant_fp weight_format e2m1, group_size 32, pow2_scales true, "
-                "act_format none)"
-            )
-    plain = _plain(model, fp4, lambda m: m.dequantize(torch.float32))  # w / s is the E2M1 value itself
-    scheme = QuantizationScheme(targets=sorted(fp4), **PRESET_SCHEMES["MXFP4A16"])
-    config = QuantizationConfig(config_groups={"group_0": scheme}, format="mxfp4-pack-quantized")
-    apply_quantization_config(plain, config, show_progress=False)
-    for name, m in fp4.items():
-        scale = plain.get_submodule(name).weight_scale
-        scale.data = m.scales.to(scale.dtype).reshape(scale.shape)
-    return _write(plain, "mxfp4-pack-quantized", tokenizer, out)

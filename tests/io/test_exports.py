@@ -182,13 +182,44 @@ def tiny_model_fresh():
     return load("tiny-llama")
 
 
-def test_compressed_tensors_refuses_outlier_columns_and_mixed_schemes():
+def test_compressed_tensors_refuses_outlier_columns():
     with pytest.raises(EfflmError, match="llm_int8 has no compressed-tensors scheme"):
         compressed_tensors.check_recipe([config_from_dict({"method": "llm_int8"})])
-    mixed = [config_from_dict({"method": "smoothquant"}), config_from_dict({"method": "rtn", "group_size": 32})]
-    with pytest.raises(EfflmError, match="one scheme per export"):
-        compressed_tensors.check_recipe(mixed)
     compressed_tensors.check_recipe([config_from_dict({"method": "w8a8"})])  # accepted
+
+
+@pytest.mark.engines
+def test_mixed_schemes_export_one_config_group_each(tmp_path):
+    """SmoothQuant W8A8 on attention, GPTQ W4 g32 on the MLP's gate/up, W8 per channel on down_proj and
+    the last layer left dense: one config group per scheme (mixed-precision), each module's codes the
+    file's, transformers computing efflm's logits."""
+    pytest.importorskip("compressed_tensors")
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from efflm import pipeline
+    from efflm.core.recipe import from_yaml
+
+    recipe = from_yaml(
+        "- {method: smoothquant, targets: ['re:.*self_attn.*']}\n"
+        "- {method: gptq, bits: 4, group_size: 32, targets: ['re:.*mlp.(gate|up)_proj'], ignore: ['re:.*layers.1.mlp.*']}\n"
+        "- {method: rtn, bits: 8, group_size: -1, targets: ['re:.*layers.0.mlp.down_proj']}\n"
+    )
+    model, tok = pipeline.load_and_apply("tiny-llama", recipe, calib_samples=8, calib_len=64)
+    out = compressed_tensors.export(model, tok, tmp_path / "ct")
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["format"] == "mixed-precision"
+    groups = {g["format"]: g for g in qc["config_groups"].values()}
+    assert len(qc["config_groups"]) == 3 and set(groups) == {"int-quantized", "pack-quantized"}
+    packed = [g for g in qc["config_groups"].values() if g["format"] == "pack-quantized"]
+    assert sorted(g["weights"]["num_bits"] for g in packed) == [4, 8]
+    targets = [t for g in qc["config_groups"].values() for t in g["targets"]]
+    assert "model.layers.0.self_attn.q_proj" in targets and not any("layers.1.mlp" in t for t in targets)
+    back = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    ids = torch.randint(3, 259, (1, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids).logits, model(ids).logits, rtol=0, atol=2e-2)
 
 
 @pytest.mark.engines
@@ -239,7 +270,7 @@ def test_mxfp4_exports_as_e2m1_codes_with_e8m0_group_scales(tmp_path):
         compressed_tensors.check_recipe([config_from_dict(cfg)])
     model, tok = tiny_model_fresh()
     free = get("zeroquant_fp").apply(model, config_from_dict(cfg))
-    with pytest.raises(EfflmError, match="is not MXFP4"):
+    with pytest.raises(EfflmError, match="q_proj is neither FP8 .* nor MXFP4"):
         compressed_tensors.export(free, tok, tmp_path / "free")
     model, tok = tiny_model_fresh()
     model = get("zeroquant_fp").apply(model, config_from_dict({**cfg, "pow2_scales": True}))
