@@ -43,6 +43,7 @@ import torch
 from efflm.core.atomic import atomic_dir
 from efflm.core.errors import EfflmError
 from efflm.models.arch import file_name, layout_for, set_module
+from efflm.nn.fp_formats import global_e4m3_scale
 from efflm.nn.module_registry import efflm_modules, role
 from efflm.nn.superblocks import zero_points
 
@@ -104,11 +105,16 @@ def scheme_of(name: str, m: torch.nn.Module) -> Scheme:
             weights = _args(num_bits=4, type="float", symmetric=True, strategy="group", group_size=32,
                             scale_dtype=torch.uint8, zp_dtype=torch.uint8)  # fmt: skip
             return Scheme("mxfp4-pack-quantized", weights)
+        if m.weight_format == "e2m1" and m.group_size == 16 and m.act_format is None and global_e4m3_scale(m.scales):
+            weights = _args(num_bits=4, type="float", symmetric=True, strategy="tensor_group", group_size=16,
+                            scale_dtype=torch.float8_e4m3fn, zp_dtype=torch.float8_e4m3fn)  # fmt: skip
+            return Scheme("nvfp4-pack-quantized", weights)
         raise EfflmError(
             f"compressed-tensors export: {name} is neither FP8 (E4M3 weights, one scale per output channel: "
             "zeroquant_fp weight_format e4m3, group_size -1; act_format e4m3 or none) nor MXFP4 (E2M1 weights, "
             "groups of 32, power-of-two scales, no activation rounding: zeroquant_fp weight_format e2m1, "
-            "group_size 32, pow2_scales true, act_format none)"
+            "group_size 32, pow2_scales true, act_format none) nor NVFP4 (the same with group_size 16, "
+            "e4m3_scales true)"
         )
     raise EfflmError(f"compressed-tensors export: {name} ({type(m).__name__}) has no scheme; written: {WRITTEN}")
 
@@ -123,7 +129,8 @@ def _fp8_ok(cfg) -> bool:
 
 
 def _mxfp4_ok(cfg) -> bool:
-    return cfg.weight_format == "e2m1" and cfg.group_size == 32 and cfg.pow2_scales and cfg.act_format in ("none", None)
+    fp4 = cfg.weight_format == "e2m1" and cfg.act_format in ("none", None)
+    return fp4 and ((cfg.group_size == 32 and cfg.pow2_scales) or (cfg.group_size == 16 and cfg.e4m3_scales))
 
 
 def check_recipe(recipe: list) -> None:
@@ -139,7 +146,8 @@ def check_recipe(recipe: list) -> None:
                 f"compressed-tensors export: {cfg.label()}: FP8 is written as E4M3 weights with one scale per "
                 "output channel (weight_format e4m3, group_size -1), MXFP4 as E2M1 weights in groups of 32 with "
                 "power-of-two scales and no activation rounding (weight_format e2m1, group_size 32, pow2_scales "
-                "true, act_format none)"
+                "true, act_format none), NVFP4 the same in groups of 16 with E4M3 scales (group_size 16, "
+                "e4m3_scales true)"
             )
         if cfg.method in ("llm_int8", "int8_embeddings"):
             raise EfflmError(f"compressed-tensors export: {cfg.method} has no compressed-tensors scheme; {WRITTEN}")
@@ -156,7 +164,12 @@ def _set_params(name: str, linear: torch.nn.Module, m: torch.nn.Module) -> None:
     """Put ``m``'s own scales (and zero points) into the library's parameters; for an integer grid,
     check that the library's rounding gives back ``m``'s codes."""
     scale = linear.weight_scale
-    scale.data = (m.wscale if role(m) == "w8a8" else m.scales).to(scale.dtype).reshape(scale.shape)
+    own = m.wscale if role(m) == "w8a8" else m.scales
+    if hasattr(linear, "weight_global_scale"):  # NVFP4: E4M3 scales ÷ one power of two per tensor
+        g = global_e4m3_scale(m.scales)
+        linear.weight_global_scale.data = g.reshape(linear.weight_global_scale.shape).to(linear.weight_global_scale)
+        own = m.scales.float() * g
+    scale.data = own.to(scale.dtype).reshape(scale.shape)
     if role(m) != "weight_grid":
         return
     half = 2 ** (m.bits - 1)  # the library's codes are signed: ours − 2^(b−1), zero points too

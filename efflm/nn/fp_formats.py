@@ -46,3 +46,23 @@ def scale_for(absmax: torch.Tensor, fmt: str, pow2: bool = False) -> torch.Tenso
     """Scale putting ``absmax`` at the format's maximum (rounded up to a power of two if ``pow2``)."""
     s = absmax.float().clamp(min=1e-12) / MAX[fmt]
     return torch.exp2(torch.ceil(torch.log2(s))) if pow2 else s
+
+
+def e4m3_scales(s: torch.Tensor) -> torch.Tensor:
+    """NVFP4's group scales: ``s`` (float32, > 0) rounded to E4M3 values under one power-of-two
+    per-tensor scale 2^k (the largest putting every scale at most E4M3's 448), as float32 values
+    e4m3 / 2^k — exactly representable in fp16 for any weight scale fp16 itself holds."""
+    k = torch.floor(torch.log2(MAX["e4m3"] / s.max().clamp(min=1e-30)))
+    g = torch.exp2(k)
+    e = (s * g).clamp(max=MAX["e4m3"]).to(FP8["e4m3"]).float()
+    e = torch.where(e == 0, 2.0**-9, e)  # E4M3's smallest subnormal: a scale is never 0
+    return e / g
+
+
+def global_e4m3_scale(scales: torch.Tensor) -> torch.Tensor | None:
+    """The per-tensor 2^k under which every scale is an E4M3 value (``e4m3_scales``' grid), or None."""
+    s = scales.float()
+    g = torch.exp2(torch.floor(torch.log2(MAX["e4m3"] / s.max().clamp(min=1e-30))))
+    e = s * g
+    exact = torch.equal(e.clamp(max=MAX["e4m3"]).to(FP8["e4m3"]).float(), e)
+    return g if exact and bool((e > 0).all()) else None

@@ -19,10 +19,12 @@ from efflm.nn.frozen import frozen_product
 from efflm.nn.module_registry import register_module
 
 
-def fp_quantize(w: torch.Tensor, fmt: str, group_size: int, pow2: bool = False):
-    """(uint8 codes [out, in], fp16 scales [out, groups]) of ``w``; codes against the stored scales."""
+def fp_quantize(w: torch.Tensor, fmt: str, group_size: int, pow2: bool = False, e4m3: bool = False):
+    """(uint8 codes [out, in], fp16 scales [out, groups]) of ``w``; codes against the stored scales.
+    ``pow2``: scales are powers of two (MX); ``e4m3``: E4M3 values under one power of two (NVFP4)."""
     wg = groups(w.float(), group_size)
-    scales = fp_formats.scale_for(wg.abs().amax(dim=-1), fmt, pow2).half()
+    scales = fp_formats.scale_for(wg.abs().amax(dim=-1), fmt, pow2)
+    scales = (fp_formats.e4m3_scales(scales) if e4m3 else scales).half()
     codes = fp_formats.encode(wg / scales.float().unsqueeze(-1), fmt)
     return codes.reshape(w.shape), scales
 
@@ -54,7 +56,13 @@ class FPLinear(nn.Module):
 
     @classmethod
     def from_linear(
-        cls, linear: nn.Linear, weight_format: str, group_size: int, act_format: str | None = None, pow2=False
+        cls,
+        linear: nn.Linear,
+        weight_format: str,
+        group_size: int,
+        act_format: str | None = None,
+        pow2=False,
+        e4m3_scales=False,
     ) -> "FPLinear":
         m = cls(
             linear.in_features,
@@ -65,7 +73,7 @@ class FPLinear(nn.Module):
             linear.bias is not None,
             linear.weight.dtype,
         )
-        codes, scales = fp_quantize(linear.weight.data, weight_format, m.group_size, pow2)
+        codes, scales = fp_quantize(linear.weight.data, weight_format, m.group_size, pow2, e4m3_scales)
         m.set_codes(codes, scales)
         if linear.bias is not None:
             m.bias.data.copy_(linear.bias.data)

@@ -41,7 +41,10 @@ class ZeroQuantFPConfig(ModuleSelection):
     group_size: int = opt(
         64, "consecutive inputs sharing one weight scale; -1: one per output channel; must divide every input width"
     )
-    pow2_scales: bool = opt(False, "round weight scales up to powers of two (FP4 → FP8 casts are then exact)")
+    pow2_scales: bool = opt(False, "round weight scales up to powers of two (FP4 → FP8 casts are then exact; MXFP4)")
+    e4m3_scales: bool = opt(
+        False, "weight scales are E4M3 values under one power-of-two scale per tensor (NVFP4 with group_size 16)"
+    )
 
     def __post_init__(self) -> None:
         if self.weight_format not in MAX:
@@ -50,6 +53,8 @@ class ZeroQuantFPConfig(ModuleSelection):
             raise ConfigError(f"zeroquant_fp: act_format must be e4m3, e5m2 or none, got {self.act_format!r}")
         if self.group_size == 0 or self.group_size < -1:
             raise ConfigError(f"zeroquant_fp: group_size must be positive or -1, got {self.group_size}")
+        if self.pow2_scales and self.e4m3_scales:
+            raise ConfigError("zeroquant_fp: pow2_scales and e4m3_scales are two scale formats; choose one")
 
 
 def check(hf_config: Any, config: ZeroQuantFPConfig) -> None:
@@ -69,6 +74,8 @@ def check(hf_config: Any, config: ZeroQuantFPConfig) -> None:
 def apply(model: torch.nn.Module, config: ZeroQuantFPConfig, calib: Any = None) -> torch.nn.Module:
     act = None if config.act_format == "none" else config.act_format
     for path, linear in progress(decoder_linears(model, config.selects), desc="zeroquant_fp"):
-        fp = FPLinear.from_linear(linear, config.weight_format, config.group_size, act, config.pow2_scales)
+        fp = FPLinear.from_linear(
+            linear, config.weight_format, config.group_size, act, config.pow2_scales, config.e4m3_scales
+        )
         set_module(model, path, fp)
     return model

@@ -253,10 +253,18 @@ def test_compressed_tensors_of_every_family_loads_in_plain_transformers(spec, tm
             assert "model.layers.0.block_sparse_moe.experts.3.w2.weight_packed" in set(f.keys())
 
 
+FP4 = {
+    "mxfp4-pack-quantized": ({"group_size": 32, "pow2_scales": True}, torch.uint8),  # E8M0 exponents
+    "nvfp4-pack-quantized": ({"group_size": 16, "e4m3_scales": True}, torch.float8_e4m3fn),  # ÷ a global 2^k
+}
+
+
 @pytest.mark.engines
-def test_mxfp4_exports_as_e2m1_codes_with_e8m0_group_scales(tmp_path):
-    """ZeroQuant-FP's E2M1 weights with power-of-two group scales become mxfp4-pack-quantized; the
-    library's decompression gives back efflm's weights exactly; an FP4 grid with free scales is refused."""
+@pytest.mark.parametrize("fmt", sorted(FP4))
+def test_fp4_exports_as_e2m1_codes_with_their_scale_format(fmt, tmp_path):
+    """ZeroQuant-FP's E2M1 weights with power-of-two scales per 32 (MXFP4) or E4M3 scales per 16 under
+    one power of two (NVFP4); the library's decompression gives back efflm's weights exactly; an FP4
+    grid with free fp16 scales is refused."""
     pytest.importorskip("compressed_tensors")
     import json
 
@@ -265,25 +273,40 @@ def test_mxfp4_exports_as_e2m1_codes_with_e8m0_group_scales(tmp_path):
 
     from efflm.nn.module_registry import efflm_modules
 
-    cfg = {"method": "zeroquant_fp", "weight_format": "e2m1", "group_size": 32, "act_format": "none"}
+    extra, scale_dtype = FP4[fmt]
+    cfg = {"method": "zeroquant_fp", "weight_format": "e2m1", "group_size": extra["group_size"], "act_format": "none"}
     with pytest.raises(EfflmError, match="MXFP4 as E2M1 weights in groups of 32 with power-of-two scales"):
         compressed_tensors.check_recipe([config_from_dict(cfg)])
     model, tok = tiny_model_fresh()
     free = get("zeroquant_fp").apply(model, config_from_dict(cfg))
-    with pytest.raises(EfflmError, match="q_proj is neither FP8 .* nor MXFP4"):
+    with pytest.raises(EfflmError, match="q_proj is neither FP8 .* nor MXFP4 .* nor NVFP4"):
         compressed_tensors.export(free, tok, tmp_path / "free")
     model, tok = tiny_model_fresh()
-    model = get("zeroquant_fp").apply(model, config_from_dict({**cfg, "pow2_scales": True}))
+    model = get("zeroquant_fp").apply(model, config_from_dict({**cfg, **extra}))
     out = compressed_tensors.export(model, tok, tmp_path / "ct")
-    assert json.loads((out / "config.json").read_text())["quantization_config"]["format"] == "mxfp4-pack-quantized"
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["format"] == fmt
     stored = load_file(out / "model.safetensors")
-    name = "model.layers.0.mlp.down_proj"
-    assert stored[f"{name}.weight_scale"].dtype == torch.uint8  # E8M0 exponents
-    back = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)
+    assert stored["model.layers.0.mlp.down_proj.weight_scale"].dtype == scale_dtype
+    back = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)  # transformers computes FP4 in bf16
     ids = torch.randint(3, 259, (1, 16), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         cos = torch.nn.functional.cosine_similarity(model(ids).logits.flatten(), back(ids).logits.float().flatten(), 0)
     assert cos > 0.9999
-    for n, m in efflm_modules(model, "fp_grid").items():  # bf16 holds E2M1 × 2^k exactly
+    for n, m in efflm_modules(model, "fp_grid").items():  # bf16 holds every such weight exactly
         assert torch.equal(back.get_submodule(n).weight.float(), m.dequantize(torch.float32)), n
     assert not (tmp_path / "free").exists()
+
+
+def test_nvfp4_scales_are_e4m3_values_under_one_power_of_two():
+    from efflm.core.errors import ConfigError
+    from efflm.nn.fp_formats import e4m3_scales, global_e4m3_scale
+
+    s = torch.rand(8, 4) * 0.1 + torch.tensor([0.0, 1e-6, 0.01, 0.05])
+    q = e4m3_scales(s)
+    g = global_e4m3_scale(q.half())
+    assert g is not None and torch.equal(q.half().float(), q)  # fp16 holds them
+    assert torch.equal((q * g).to(torch.float8_e4m3fn).float(), q * g) and (q * g).max() <= 448
+    assert ((q - s).abs() <= s / 8 + 2.0**-9 / g).all()  # E4M3: 3 mantissa bits
+    assert global_e4m3_scale((s + 1e-3).half()) is None  # free fp16 scales
+    with pytest.raises(ConfigError, match="choose one"):
+        config_from_dict({"method": "zeroquant_fp", "pow2_scales": True, "e4m3_scales": True})
