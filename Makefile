@@ -101,6 +101,7 @@ reference: $(STAMP) $(INTEROP) anchors
 	$(BIN)/python benchmarks/data_effect.py --study select --steps 60
 	$(BIN)/python benchmarks/quant_bits.py --extra-text 'GNU GPL v3=/usr/share/common-licenses/GPL-3'
 	$(BIN)/python benchmarks/gguf_exports.py
+	$(BIN)/python benchmarks/ct_exports.py
 	$(BIN)/python benchmarks/prompt_compression.py
 	$(BIN)/python benchmarks/icl_demos.py
 	$(BIN)/python benchmarks/scale_checkpoints.py

@@ -7,7 +7,10 @@ quantization of the same model to the same type.
 
 efflm rows: ``--method`` (GPTQ by default; RTN also works) at each grid that is a llama.cpp block
 type, groups of 32 (Q4_0: 4-bit symmetric, Q4_1: 4-bit asymmetric, Q5_0/Q5_1: 5-bit, Q8_0:
-8-bit symmetric), applied by efflm's pipeline (default calibration), scored by efflm, written by
+8-bit symmetric), and on the K-quant lattices (Q4_K, Q5_K, Q6_K: ``scales: Q4_K`` ... on every
+Linear whose input width is a multiple of 256, llama.cpp's fallback type on the others — on
+the default model only down_proj fits), applied by efflm's pipeline (default calibration),
+scored by efflm, written by
 ``efflm.io.gguf_export`` (the codes unchanged) and scored again by llama.cpp (llama-cpp-python)
 on the same token ids. llama.cpp rows: the dense model exported as F16 Linears, then quantized
 by llama.cpp's ``llama_model_quantize`` to the same type (``token_embedding_type`` Q8_0, as
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import statistics
 import sys
@@ -29,6 +33,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 TYPES = {"Q4_0": (4, True), "Q4_1": (4, False), "Q5_0": (5, True), "Q5_1": (5, False), "Q8_0": (8, True)}
+FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}  # llama.cpp's type for rows not a multiple of 256
+
+
+def steps(model: str, method: str, name: str) -> list[dict]:
+    """The recipe writing GGUF type ``name``: a legacy type's grid, or a K-quant's lattice on every
+    Linear whose input width is a multiple of 256 and llama.cpp's fallback type on the rest."""
+    from efflm.models.arch import in_features
+    from efflm.models.sources import model_config
+    from efflm.nn.superblocks import KQUANTS, SUPER
+
+    if name in TYPES:
+        bits, symmetric = TYPES[name]
+        return [{"method": method, "bits": bits, "group_size": 32, "symmetric": symmetric}]
+    kq = KQUANTS[name]
+    widths = in_features(model_config(model))
+    fits = [n for n, w in widths.items() if w % SUPER == 0]
+    pattern = f"re:.*\\.({'|'.join(map(re.escape, fits))})$"
+    k = {"method": method, "bits": kq.bits, "group_size": kq.group_size, "symmetric": kq.symmetric, "scales": name}
+    fallback = steps(model, method, FALLBACK[name])
+    if not fits:
+        return fallback
+    rest = [{**fallback[0], "ignore": ["lm_head", pattern]}] if len(fits) < len(widths) else []
+    return [{**k, "targets": [pattern]}, *rest]
 
 
 def efflm_file(args, name: str, ids, tmp: Path) -> dict:
@@ -38,12 +65,29 @@ def efflm_file(args, name: str, ids, tmp: Path) -> dict:
     from efflm.models.sources import gguf_source
     from efflm.pipeline import load_and_apply
 
-    bits, symmetric = TYPES[name]
-    step = {"method": args.method, "bits": bits, "group_size": 32, "symmetric": symmetric}
-    model, tok = load_and_apply(args.model, recipes.from_yaml(json.dumps([step])))
+    recipe = recipes.from_yaml(json.dumps(steps(args.model, args.method, name)))
+    model, tok = load_and_apply(args.model, recipe)
     ppl = perplexity(model, ids, args.seq_len, args.windows)["ppl"]
     path = export(model, gguf_source(args.model), tmp / f"efflm-{name}.gguf", tok)
     return {"type": name, "side": f"efflm {args.method}", "path": path, "efflm_ppl": ppl}
+
+
+def llama_quantize(dense: Path, name: str, tmp: Path, threads: int) -> Path:
+    """llama.cpp's ``llama_model_quantize`` of the F16 export to type ``name`` — for a K-quant
+    "pure" (every Linear that type, its own fallback where rows are not a multiple of 256: the
+    same types efflm's file has), not a _S/_M mix."""
+    import llama_cpp
+
+    out = tmp / f"{name}.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ {'Q4_K': 'Q4_K_M', 'Q5_K': 'Q5_K_M'}.get(name, name) }")
+    params.pure = name in FALLBACK
+    params.token_embedding_type = llama_cpp.GGML_TYPE_Q8_0
+    params.allow_requantize = True  # the exported embedding is Q8_0 already
+    params.nthread = threads
+    if llama_cpp.llama_model_quantize(str(dense).encode(), str(out).encode(), params) != 0:
+        raise RuntimeError(f"llama.cpp could not quantize to {name}")
+    return out
 
 
 def decode_tps(llm, prompt: list[int], new: int) -> float:
@@ -66,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import llama_cpp
     import torch
-    from quant_bits import dense_gguf, k_quant, llama_cpp_ppl
+    from quant_bits import dense_gguf, gguf_linear_bpw, llama_cpp_ppl
     from tqdm import tqdm
 
     from efflm.core.atomic import publish
@@ -82,13 +126,14 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         dense = dense_gguf(args, gguf_source(args.model), tmp)
         rows.append({"type": "F16", "side": "dense export", "path": dense, "efflm_ppl": None})
-        for name in tqdm(TYPES, desc="gguf_exports"):
+        for name in tqdm([*TYPES, *FALLBACK], desc="gguf_exports"):
             rows.append(efflm_file(args, name, ids, tmp))
-            rows.append({"type": name, "side": "llama.cpp quantize", "path": k_quant(dense, name, tmp, args.threads),
+            rows.append({"type": name, "side": "llama.cpp quantize", "path": llama_quantize(dense, name, tmp, args.threads),
                          "efflm_ppl": None})  # fmt: skip
         llms = {}
         for r in rows:
             r["bytes"] = r["path"].stat().st_size
+            r["bpw"], r["stored"] = gguf_linear_bpw(r["path"])
             scorer = llama_cpp.Llama(model_path=str(r["path"]), n_ctx=args.seq_len, n_threads=args.threads,
                                      logits_all=True, verbose=False)  # fmt: skip
             r["llama_ppl"] = llama_cpp_ppl(scorer, ids, args.seq_len, args.windows)
@@ -123,18 +168,22 @@ def table(args, rows: list[dict]) -> str:
         f"Perplexity: the evaluation split, {args.windows} windows of {args.seq_len} tokens, the same ids on "
         f"every row. efflm rows: {args.method} with groups of 32, calibrated by efflm, written by "
         "`efflm compress --format gguf` (codes unchanged). llama.cpp rows: the F16 export quantized by "
-        "`llama_model_quantize` to the same type. Embedding Q8_0 on every quantized row. Decode: "
+        "`llama_model_quantize` to the same type. K-quant rows: the lattice on every Linear whose input width is "
+        "a multiple of 256 and llama.cpp's own fallback type on the rest (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → "
+        "Q8_0), on both sides (llama.cpp's `pure` quantization: no _S/_M mix). Embedding Q8_0 on every "
+        "quantized row. Decode: "
         f"{args.new} greedy tokens after a 32-token prompt, {args.threads} threads, median of {args.rounds} "
         "interleaved rounds.",
         "",
-        "| GGUF type | written by | file MB | ppl in efflm | ppl in llama.cpp | llama.cpp / efflm | decode tok/s |",
-        "|---|---|---|---|---|---|---|",
+        "| GGUF type | written by | Linears stored as | Linear bits/weight | file MB | ppl in efflm | "
+        "ppl in llama.cpp | llama.cpp / efflm | decode tok/s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ours = r["efflm_ppl"]
         ratio = f"{r['llama_ppl'] / ours:.4f}" if ours else "–"
         lines.append(
-            f"| {r['type']} | {r['side']} | {r['bytes'] / 1e6:.1f} | {f'{ours:.3f}' if ours else '–'} | "
+            f"| {r['type']} | {r['side']} | {r['stored']} | {r['bpw']:.2f} | {r['bytes'] / 1e6:.1f} | {f'{ours:.3f}' if ours else '–'} | "
             f"{r['llama_ppl']:.3f} | {ratio} | {r['tps']:.1f} |"
         )
     return "\n".join(lines) + "\n"

@@ -178,7 +178,18 @@ SECTIONS = [
         "perplexity in efflm and in llama.cpp on the same token ids, llama.cpp's decode speed. SmolLM2's float "
         "weights are a dequantized Q4_1 file, so both Q4_1 rows give back its own grid (the same perplexity) and "
         "prove nothing about Q4_1; 5-bit grids do not contain those weights, which is why llama.cpp's Q5 rows score "
-        "worse than its Q4_1.",
+        "worse than its Q4_1. K-quant rows (Q4_K, Q5_K, Q6_K): GPTQ on the K-quant's super-block lattice where a "
+        "Linear's input width is a multiple of 256 (on SmolLM2 only down_proj) and llama.cpp's fallback type "
+        "elsewhere, beside llama.cpp's pure quantization to the same types.",
+    ),
+    (
+        "ct_exports.md",
+        "Exports: every compressed-tensors scheme, in efflm and in transformers",
+        "python benchmarks/ct_exports.py",
+        "W4A16 (symmetric, and asymmetric with integer zero points), W8A16, W8A8 INT8 (SmoothQuant), FP8 W8A8 "
+        "(ZeroQuant-FP E4M3) and MXFP4 weights, each written by the compressed-tensors library and loaded back by "
+        "plain transformers: bytes, perplexity in efflm and in transformers on the same token ids, and "
+        "transformers' CPU decode speed (it decompresses on load, so its speed is the dense model's).",
     ),
     (
         "families.md",

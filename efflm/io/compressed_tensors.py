@@ -10,6 +10,10 @@ what ``scales: int_zero_point`` makes): the library stores z packed beside the c
 grid's float offsets have no integer zero point and are refused. K-quant lattices (``scales:
 Q4_K`` ...) are ordinary groups here.
 
+ZeroQuant's grids with token-wise activations (``ActQuantLinear``) are the same weight groups with
+dynamic per-token int activations of its ``act_bits`` (``int-quantized`` at 8-bit symmetric
+weights — vLLM's int8 scheme with ``group_size: -1`` — else ``pack-quantized``).
+
 W8A8 (``Int8Linear``: W8A8, SmoothQuant) becomes the ``int-quantized`` scheme vLLM's int8 kernels
 run: int8 weights per output channel (ours, checked after the library compresses them) with
 their scales in fp16, and dynamic per-token int8 input activations (the library's grid is
@@ -49,8 +53,8 @@ from efflm.nn.superblocks import zero_points
 
 EXPORT_DTYPE = torch.float16  # fp16 holds efflm's fp16 scales exactly (bf16 would not)
 WRITTEN = (
-    "weight-only W2..W8 grids (rtn, gptq, awq; asymmetric with scales: int_zero_point), W8A8 int8 (w8a8, "
-    "smoothquant), FP8 E4M3 per channel and MXFP4 (zeroquant_fp)"
+    "weight-only W2..W8 grids (rtn, gptq, awq; asymmetric with scales: int_zero_point), the same with per-token "
+    "activations (zeroquant), W8A8 int8 (w8a8, smoothquant), FP8 E4M3 per channel, MXFP4 and NVFP4 (zeroquant_fp)"
 )
 
 
@@ -78,7 +82,7 @@ def _args(**kw) -> tuple:
 def scheme_of(name: str, m: torch.nn.Module) -> Scheme:
     """The compressed-tensors scheme that holds module ``m`` exactly, or a one-line refusal."""
     kind = role(m)
-    if kind == "weight_grid":
+    if kind in ("weight_grid", "weight_act_grid"):
         if not m.symmetric and zero_points(m.scales, m.offsets, m.bits) is None:
             raise EfflmError(
                 f"compressed-tensors export: {name}'s asymmetric grid has float offsets with no integer zero "
@@ -86,7 +90,12 @@ def scheme_of(name: str, m: torch.nn.Module) -> Scheme:
             )
         channel = m.group_size == m.in_features
         strategy = {"strategy": "channel"} if channel else {"strategy": "group", "group_size": m.group_size}
-        return Scheme("pack-quantized", _args(num_bits=m.bits, type="int", symmetric=m.symmetric, **strategy))
+        weights = _args(num_bits=m.bits, type="int", symmetric=m.symmetric, **strategy)
+        if kind == "weight_grid":
+            return Scheme("pack-quantized", weights)
+        acts = _args(num_bits=m.act_bits, type="int", symmetric=True, strategy="token", dynamic=True)
+        int8 = m.bits == 8 and m.symmetric  # vLLM's int8 W8A8 kernels read int-quantized
+        return Scheme("int-quantized" if int8 else "pack-quantized", weights, acts)
     if kind == "w8a8":
         if m.outlier_threshold:
             raise EfflmError(
@@ -170,7 +179,7 @@ def _set_params(name: str, linear: torch.nn.Module, m: torch.nn.Module) -> None:
         linear.weight_global_scale.data = g.reshape(linear.weight_global_scale.shape).to(linear.weight_global_scale)
         own = m.scales.float() * g
     scale.data = own.to(scale.dtype).reshape(scale.shape)
-    if role(m) != "weight_grid":
+    if role(m) not in ("weight_grid", "weight_act_grid"):
         return
     half = 2 ** (m.bits - 1)  # the library's codes are signed: ours − 2^(b−1), zero points too
     z = None if m.symmetric else zero_points(m.scales, m.offsets, m.bits)
@@ -190,6 +199,10 @@ def _same_codes(modules: dict):
         for name, m in modules.items():
             if role(m) == "w8a8":
                 same = torch.equal(compressed.get_submodule(name).weight, m.qweight)
+            elif role(m) == "weight_act_grid" and m.bits == 8 and m.symmetric:  # int8 weights, signed
+                same = torch.equal(
+                    compressed.get_submodule(name).weight, (m.codes().to(torch.int16) - 128).to(torch.int8)
+                )
             elif role(m) == "fp_grid" and m.weight_format == "e4m3":
                 stored = compressed.get_submodule(name).weight
                 same = stored.dtype == torch.float8_e4m3fn and torch.equal(stored.view(torch.uint8), m.codes())

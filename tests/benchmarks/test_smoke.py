@@ -53,6 +53,7 @@ def test_every_benchmark_script_has_a_smoke_test():
         "quant_bits",
         "gguf_exports",
         "families",
+        "ct_exports",
     }
     assert {p.stem for p in ROOT.glob("*.py")} - {"__init__"} == tested
 
@@ -297,9 +298,29 @@ def test_gguf_exports(tmp_path):
     tok.save_pretrained(tmp_path / "hf")
     args = ["--model", str(tmp_path / "hf"), "--method", "rtn", "--windows", "1", "--seq-len", "32"]
     md = run("gguf_exports", [*args, "--rounds", "1", "--new", "4"], tmp_path)
-    for name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"):
+    for name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"):
         assert f"| {name} | efflm rtn |" in md and f"| {name} | llama.cpp quantize |" in md
+    assert "| Q4_K | efflm rtn | Q5_0 ×" in md  # tiny-llama: no input 256 wide, the fallback everywhere
     assert "| F16 | dense export |" in md
+
+
+def test_ct_exports(tmp_path):
+    pytest.importorskip("compressed_tensors")
+    md = run("ct_exports", ["--windows", "1", "--seq-len", "32", "--rounds", "1", "--new", "2"], tmp_path)
+    for scheme in (
+        "W4A16",
+        "W4A16 asym",
+        "W8A16",
+        "W8A8 INT8",
+        "FP8 W8A8",
+        "MXFP4 A16",
+        "NVFP4 A16",
+        "mixed W8A8 attention + W4A16 MLP",
+    ):
+        assert f"| {scheme} |" in md
+    assert (
+        "| W4A16 asym | gptq | pack-quantized |" in md and "| MXFP4 A16 | zeroquant_fp | mxfp4-pack-quantized |" in md
+    )
 
 
 def test_recover_base_recipes_are_the_recover_suites_bases():

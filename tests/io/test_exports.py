@@ -310,3 +310,30 @@ def test_nvfp4_scales_are_e4m3_values_under_one_power_of_two():
     assert global_e4m3_scale((s + 1e-3).half()) is None  # free fp16 scales
     with pytest.raises(ConfigError, match="choose one"):
         config_from_dict({"method": "zeroquant_fp", "pow2_scales": True, "e4m3_scales": True})
+
+
+@pytest.mark.engines
+@pytest.mark.parametrize("bits,group_size,fmt", [(8, -1, "int-quantized"), (4, 32, "pack-quantized")])
+def test_zeroquant_exports_with_dynamic_token_activations(bits, group_size, fmt, tmp_path):
+    """ZeroQuant's grids with per-token activations: W8A8 per channel is vLLM's int8 scheme, W4A8 packs
+    the weights; transformers quantizes activations per token itself (its grid is max|x|/127.5)."""
+    pytest.importorskip("compressed_tensors")
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from efflm import pipeline
+    from efflm.core.recipe import from_yaml
+
+    step = f"- method: zeroquant\n  bits: {bits}\n  group_size: {group_size}\n  act_bits: 8\n  lkd_steps: 0\n"
+    model, tok = pipeline.load_and_apply("tiny-llama", from_yaml(step), calib_samples=4, calib_len=32)
+    out = compressed_tensors.export(model, tok, tmp_path / "ct")
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    scheme = qc["config_groups"]["group_0"]
+    assert qc["format"] == fmt and scheme["weights"]["num_bits"] == bits
+    assert scheme["input_activations"]["strategy"] == "token" and scheme["input_activations"]["dynamic"]
+    back = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    ids = torch.randint(3, 259, (1, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours, theirs = model(ids).logits, back(ids).logits
+    assert torch.nn.functional.cosine_similarity(ours.flatten(), theirs.flatten(), dim=0) > 0.9999

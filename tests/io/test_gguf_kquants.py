@@ -93,7 +93,7 @@ def test_llama_cpp_logits_match_efflm_on_k_quant_codes(name, method, tmp_path):
 
     from efflm import pipeline
     from efflm.core.recipe import from_yaml
-    from tests.io.test_gguf_llama_cpp import cosines
+    from tests.io.test_gguf_llama_cpp import cosines, greedy_agrees
     from tests.io.test_gguf_vocab import PRE, trained
 
     kq = KQUANTS[name]
@@ -107,8 +107,9 @@ def test_llama_cpp_logits_match_efflm_on_k_quant_codes(name, method, tmp_path):
     if method == "gptq":
         step += "  act_order: false\n"  # the lattice's static grids without act-order
     model, tok = pipeline.load_and_apply(str(tmp_path / "hf"), from_yaml(step), calib_samples=8, calib_len=64)
-    cos, _, llm = cosines(model, tok, tmp_path / "k.gguf", "K-quant super-blocks hold the same codes.")
+    cos, ids, llm = cosines(model, tok, tmp_path / "k.gguf", "K-quant super-blocks hold the same codes.")
     assert cos.min() > 0.999, cos
+    greedy_agrees(model, llm, ids)
     types = {t.tensor_type.name for t in gguf.GGUFReader(tmp_path / "k.gguf").tensors if t.name.startswith("blk.")}
     assert types == {name, "F32"}  # every Linear in the K-quant, norms in F32
 
@@ -128,12 +129,13 @@ def test_mxfp4_grids_run_in_llama_cpp_as_mxfp4_blocks(tmp_path):
     pytest.importorskip("llama_cpp")
     from efflm import pipeline
     from efflm.core.recipe import from_yaml
-    from tests.io.test_gguf_llama_cpp import cosines, hf_dir
+    from tests.io.test_gguf_llama_cpp import cosines, greedy_agrees, hf_dir
 
     step = "- method: zeroquant_fp\n  weight_format: e2m1\n  group_size: 32\n  pow2_scales: true\n  act_format: none\n"
     model, tok = pipeline.load_and_apply(str(hf_dir("tiny-llama", tmp_path / "hf")), from_yaml(step))
-    cos, _, _ = cosines(model, tok, tmp_path / "f.gguf", "Four-bit floats with a shared exponent per block.")
+    cos, ids, llm = cosines(model, tok, tmp_path / "f.gguf", "Four-bit floats with a shared exponent per block.")
     assert cos.min() > 0.999, cos
+    greedy_agrees(model, llm, ids)
     types = {t.tensor_type.name for t in gguf.GGUFReader(tmp_path / "f.gguf").tensors if t.name.startswith("blk.")}
     assert types == {"MXFP4", "F32"}
     from efflm.io import gguf_export

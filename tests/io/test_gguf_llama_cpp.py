@@ -78,9 +78,13 @@ def test_llama_cpp_logits_match_efflm_on_the_same_codes(spec, bits, symmetric, t
         assert cos.min() > 0.99 and (cos > 0.999).float().mean() >= 0.9, cos
     else:
         assert cos.min() > 0.999, cos
-    # llama.cpp's 16 greedy tokens are efflm's greedy picks, but for near-ties: llama.cpp rounds
-    # activations to 8 bits in its dot products, which may flip a pick whose margin in efflm's
-    # logits is a few thousandths of their range (random tiny models have many)
+    greedy_agrees(model, llm, ids)
+
+
+def greedy_agrees(model, llm, ids: list[int]) -> None:
+    """llama.cpp's 16 greedy tokens are efflm's greedy picks, but for near-ties: llama.cpp rounds
+    activations to 8 bits in its dot products, which may flip a pick whose margin in efflm's
+    logits is a few thousandths of their range (random tiny models have many)."""
     llm.reset()
     got = [t for _, t in zip(range(16), llm.generate(ids, temp=0.0))]
     with torch.no_grad():
