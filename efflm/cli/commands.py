@@ -339,6 +339,8 @@ def cmd_serve(a) -> int:
 
     if not 0 < a.port < 65536:
         raise EfflmError(f"--port must be in 1..65535, got {a.port}")
+    if a.max_n > a.max_batch:
+        raise EfflmError(f"--max-n ({a.max_n}) cannot exceed --max-batch ({a.max_batch}): n completions take n rows")
     recipe = recipe_arg(a.recipe)
     pipeline.validate(a.model, recipe, a.calib_samples, a.calib_len, calib_file=a.calib)
     try:  # a busy port or unknown host is a user error, found before the model loads
@@ -368,6 +370,7 @@ def cmd_serve(a) -> int:
         max_queue=a.max_queue,
         max_len=max_len,
         chunk=a.chunk,
+        max_n=a.max_n,
         api_key=a.api_key,
         drain_s=a.drain_timeout,
         on_ready=ready,

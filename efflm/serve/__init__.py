@@ -22,6 +22,7 @@ def run(
     max_queue: int = 64,
     max_len: int = 2048,
     chunk: int = 128,
+    max_n: int = 4,
     api_key: str | None = None,
     drain_s: float = 30.0,
     on_ready: Any = None,
@@ -35,7 +36,7 @@ def run(
     from efflm.serve.batcher import Batcher
 
     batcher = Batcher(model, tok, max_batch=max_batch, max_queue=max_queue, max_len=max_len, chunk=chunk)
-    app = build_app(batcher, served, api_key, compress=compress)
+    app = build_app(batcher, served, api_key, compress=compress, max_n=max_n)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:  # SIGTERM/SIGINT: refuse new work from now on

@@ -22,7 +22,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from efflm.serve.batcher import Batcher, Draining, QueueFull
 from efflm.serve.batcher import Request as Job
 from efflm.serve.prometheus import Metrics
-from efflm.serve.protocol import ApiError, job, parse_json
+from efflm.serve.protocol import GRAMMAR_FIELDS, ApiError, job, parse_json
+from efflm.serve.shapes import Shape
 
 
 def _error(e: ApiError, headers: dict | None = None) -> JSONResponse:
@@ -30,7 +31,7 @@ def _error(e: ApiError, headers: dict | None = None) -> JSONResponse:
 
 
 def build_app(batcher: Batcher, served: str, api_key: str | None = None, retry_after_s: int = 1,
-              compress: Any = None) -> FastAPI:  # fmt: skip
+              compress: Any = None, max_n: int = 8) -> FastAPI:  # fmt: skip
     app = FastAPI(title="efflm", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = Metrics(batcher, served)
     app.state.metrics, app.state.batcher = metrics, batcher
@@ -80,21 +81,25 @@ def build_app(batcher: Batcher, served: str, api_key: str | None = None, retry_a
         return JSONResponse({"object": "list", "data": [card]})
 
     async def complete(request: Request, chat: bool) -> Response:
+        vocab = batcher.model.config.vocab_size
         try:
             check_key(request)
             body = parse_json(await request.body())
-            if compress is None:
-                spec = job(body, chat, batcher.tok, served, batcher.max_len)
-            else:  # the compressor runs a small LM: off the event loop
-                loop = asyncio.get_running_loop()
-                spec = await loop.run_in_executor(None, job, body, chat, batcher.tok, served, batcher.max_len, compress)
+            args = (body, chat, batcher.tok, served, batcher.max_len, compress, max_n, vocab)
+            if compress is None and not any(k in body for k in GRAMMAR_FIELDS):
+                spec = job(*args)
+            else:  # a prompt compressor runs a small LM, a grammar compiles: off the event loop
+                spec = await asyncio.get_running_loop().run_in_executor(None, job, *args)
         except ApiError as e:
             return _error(e)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        req = Job(
-            spec.prompt_ids, spec.sampling, lambda kind, v: loop.call_soon_threadsafe(events.put_nowait, (kind, v))
-        )
+        req = Job(spec.prompt_ids, spec.sampling, lambda kind, v: loop.call_soon_threadsafe(events.put_nowait, (kind, v)),
+                  spec.n, spec.logprobs, spec.adjust, spec.grammar, spec.echo)  # fmt: skip
+        refused = batcher.solo_refuses(req)
+        if refused:
+            return _error(ApiError(400, f"'{refused}' is not served for this model (it decodes one request at a time: "
+                                        "speculative decoding or a KV-cache policy)", param=refused.split(" ")[0]))  # fmt: skip
         try:
             batcher.submit(req)
         except QueueFull as e:
@@ -105,13 +110,14 @@ def build_app(batcher: Batcher, served: str, api_key: str | None = None, retry_a
             metrics.rejected.inc()
             return _error(ApiError(503, str(e), code="shutting_down"))
         rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
-        shape = _Shape(chat, rid, served, int(time.time()))
+        shape = Shape(chat, rid, served, int(time.time()), batcher.tok, spec.logprobs)
         if spec.stream:
-            return StreamingResponse(_sse(batcher, metrics, req, events, shape, spec.include_usage),
+            return StreamingResponse(_sse(batcher, metrics, req, events, shape, spec),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})  # fmt: skip
-        text = []
+        texts, entries = [[] for _ in range(spec.n)], [[] for _ in range(spec.n)]
+        gens: dict[int, Any] = {}
         try:
-            while True:
+            while len(gens) < spec.n:
                 try:
                     kind, value = await asyncio.wait_for(events.get(), timeout=0.25)
                 except TimeoutError:
@@ -119,13 +125,22 @@ def build_app(batcher: Batcher, served: str, api_key: str | None = None, retry_a
                         batcher.cancel(req)
                         return Response(status_code=499)
                     continue
-                if kind == "text":
-                    text.append(value)
-                elif kind == "error":
+                if kind == "error":
+                    batcher.cancel(req)
                     return _error(ApiError(500, f"generation failed: {value}"))
+                i = value[0]
+                entries[i].extend(value[-1])
+                if kind == "text":
+                    texts[i].append(value[1])
                 else:
-                    metrics.finished(req)
-                    return JSONResponse(shape.whole("".join(text), value))
+                    gens[i] = value[1]
+            metrics.finished(req)
+            out = ["".join(t) for t in texts]
+            lps = entries
+            if spec.echo:
+                head, head_lps = shape.echo(spec.prompt_ids, req.prompt_logprobs)
+                out, lps = [head + t for t in out], [head_lps + e for e in entries]
+            return JSONResponse(shape.whole(out, [gens[i] for i in range(spec.n)], lps))
         except asyncio.CancelledError:
             batcher.cancel(req)
             raise
@@ -145,73 +160,38 @@ def build_app(batcher: Batcher, served: str, api_key: str | None = None, retry_a
     return app
 
 
-class _Shape:
-    """OpenAI's response objects for one request."""
-
-    def __init__(self, chat: bool, rid: str, model: str, created: int):
-        self.chat, self.rid, self.model, self.created = chat, rid, model, created
-        self.kind = "chat.completion" if chat else "text_completion"
-
-    @staticmethod
-    def usage(gen: Any) -> dict:
-        n = len(gen.tokens)
-        return {"prompt_tokens": gen.prompt_tokens, "completion_tokens": n, "total_tokens": gen.prompt_tokens + n}
-
-    @staticmethod
-    def reason(gen: Any) -> str:
-        return "length" if gen.finish == "length" else "stop"
-
-    def _head(self, kind: str) -> dict:
-        return {"id": self.rid, "object": kind, "created": self.created, "model": self.model}
-
-    def whole(self, text: str, gen: Any) -> dict:
-        if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None}
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None}
-        choice["finish_reason"] = self.reason(gen)
-        return {**self._head(self.kind), "choices": [choice], "usage": self.usage(gen)}
-
-    def chunk(self, delta: str | None, gen: Any = None, role: bool = False) -> dict:
-        finish = None if gen is None else self.reason(gen)
-        if self.chat:
-            d = {"role": "assistant", "content": ""} if role else ({} if delta is None else {"content": delta})
-            choice = {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}
-            return {**self._head("chat.completion.chunk"), "choices": [choice]}
-        choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
-        return {**self._head("text_completion"), "choices": [choice]}
-
-    def usage_chunk(self, gen: Any) -> dict:
-        kind = "chat.completion.chunk" if self.chat else "text_completion"
-        return {**self._head(kind), "choices": [], "usage": self.usage(gen)}
-
-
 def _data(obj: dict) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
 
 
-async def _sse(batcher: Batcher, metrics: Metrics, req: Job, events: asyncio.Queue, shape: _Shape, usage: bool):
-    """Server-sent events; a disconnect cancels the request (its row frees at the next step)."""
+async def _sse(batcher: Batcher, metrics: Metrics, req: Job, events: asyncio.Queue, shape: Shape, spec: Any):
+    """Server-sent events, each choice's deltas tagged with its index; a disconnect cancels the
+    request (its rows free at the next step)."""
     done = False
+    gens: dict[int, Any] = {}
     try:
-        if shape.chat:
-            yield _data(shape.chunk(None, role=True))
-        while True:
+        for i in range(spec.n):
+            if shape.chat:
+                yield _data(shape.chunk(i, None, [], role=True))
+            if spec.echo:
+                head, head_lps = shape.echo(spec.prompt_ids, req.prompt_logprobs)
+                yield _data(shape.chunk(i, head, head_lps))
+        while len(gens) < spec.n:
             kind, value = await events.get()
+            if kind == "error":
+                yield _data(ApiError(500, f"generation failed: {value}").body())
+                done = True
+                break
             if kind == "text":
-                yield _data(shape.chunk(value))
-            elif kind == "error":
-                err = ApiError(500, f"generation failed: {value}")
-                yield _data(err.body())
-                done = True
-                break
+                yield _data(shape.chunk(value[0], value[1], value[2]))
             else:
-                done = True
-                metrics.finished(req)
-                yield _data(shape.chunk(None, gen=value))
-                if usage:
-                    yield _data(shape.usage_chunk(value))
-                break
+                i, gens[i], rest = value
+                yield _data(shape.chunk(i, None, rest, gen=gens[i]))
+        else:
+            done = True
+            metrics.finished(req)
+            if spec.include_usage:
+                yield _data(shape.usage_chunk([gens[i] for i in range(spec.n)]))
         yield b"data: [DONE]\n\n"
     finally:
         if not done:

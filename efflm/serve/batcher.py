@@ -15,9 +15,15 @@ sequence writes its next token at the shared cursor; when the cursor reaches the
 cache, each row's valid slots are moved to the front. Keys are stored rotated at their own
 positions, so attention depends only on which slots are valid and their order.
 
+Per row, before sampling: the request's ``logit_bias`` and presence/frequency penalties
+(``inference.logits_process``) and its grammar's mask (``inference.grammar``, llguidance), so
+constrained and free sequences share a step; log-probabilities come from the raw logits. ``n``
+completions of one prompt share its prefill: its cache is copied into n rows, each sampling on.
+
 Models whose KV policy evicts or scores tokens, or that carry prompt adapters, are served one
 request at a time through ``generate_ids`` (their per-sequence state cannot share rows); a
 recipe with a ``speculative`` step is served one request at a time through speculative decoding.
+Those paths serve plain sampling only (``Batcher.solo_refuses`` names what they cannot).
 """
 
 from __future__ import annotations
@@ -34,12 +40,11 @@ import torch
 from efflm.core.errors import EfflmError
 from efflm.inference.cache import KVCache, make_cache
 from efflm.inference.engine import Engine
-from efflm.inference.generate import Generation, SamplingConfig, TextStream, draw, generate_ids, generator, probs
-from efflm.inference.speculative import drafter_for, speculative_ids
-
-
-class _Cancelled(Exception):
-    """Raised inside a one-at-a-time generation whose client went away."""
+from efflm.inference.generate import Generation, SamplingConfig, TextStream, draw, generator, probs
+from efflm.inference.grammar import Constraint
+from efflm.inference.logits_process import Adjust, adjust, token_logprobs
+from efflm.inference.speculative import drafter_for
+from efflm.serve.solo import serve_one
 
 
 class QueueFull(EfflmError):
@@ -52,12 +57,23 @@ class Draining(EfflmError):
 
 @dataclass(eq=False)
 class Request:
-    """One completion. ``emit(kind, value)`` is called from the batcher thread: ("text", delta)
-    as text becomes final, then ("done", Generation) or ("error", message) once."""
+    """One completion (``n`` of them sharing the prompt's prefill). ``emit(kind, value)`` is called
+    from the batcher thread: ("text", (index, delta, logprobs)) as text becomes final, then ("done",
+    (index, Generation, logprobs)) once per index, or ("error", message). ``logprobs`` are the
+    (token, log-probability, [(alternative, log-probability)]) of the tokens not reported yet, when
+    ``logprobs`` is set (the number of alternatives); ``prompt_logprobs`` (with ``echo``) those of
+    the prompt's tokens after the first."""
 
     ids: list[int]
     sampling: SamplingConfig
     emit: Callable[[str, Any], None]
+    n: int = 1
+    logprobs: int | None = None
+    adjust: Adjust = field(default_factory=Adjust)
+    grammar: str | None = None
+    echo: bool = False
+    index: int = 0
+    prompt_logprobs: list | None = None
     cancelled: bool = False
     gen: Generation = field(default_factory=Generation)
     t_submit: float = field(default_factory=time.perf_counter)
@@ -69,6 +85,13 @@ class Request:
     _pos: torch.Tensor | None = None
     _done: int = 0  # prompt tokens prefilled
     _last: int = 0  # the token to feed next
+    _constraint: Constraint | None = None
+    _lps: list = field(default_factory=list)  # log-probabilities not emitted yet
+    _children: list = field(default_factory=list)  # indices 1..n-1, made when the prompt is prefilled
+
+    def taken(self) -> list:
+        out, self._lps = self._lps, []
+        return out
 
 
 class Batcher:
@@ -89,6 +112,7 @@ class Batcher:
         self.on_step = on_step or (lambda info: None)
         self.engine = Engine(model)
         self.eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+        self.vocab = model.config.vocab_size
         probe = make_cache(model, 1, 1, torch.float32)
         self.speculative = drafter_for(model)  # (draft or None, SpeculativeConfig) from the recipe
         self.batched = (
@@ -122,15 +146,43 @@ class Batcher:
                 raise Draining("the server is shutting down")
             if len(self.waiting) >= self.max_queue:
                 raise QueueFull(f"the waiting queue is full ({self.max_queue} requests)")
-            req._stream = TextStream(req.gen, self.tok, req.sampling.stop, lambda i, d: req.emit("text", d))
-            req._rng = None if req.sampling.greedy else generator(req.sampling)
-            req.gen.prompt_tokens = len(req.ids)
+            if req.n > self.max_batch:
+                raise QueueFull(f"n = {req.n} needs more rows than the batch has ({self.max_batch})")
+            self._arm(req)
             self.waiting.append(req)
             self._cv.notify()
 
+    def _arm(self, req: Request) -> None:
+        """Give ``req`` its text stream, random generator and grammar matcher."""
+        req._stream = TextStream(
+            req.gen, self.tok, req.sampling.stop, lambda i, d: req.emit("text", (req.index, d, req.taken()))
+        )
+        req._rng = None if req.sampling.greedy else generator(req.sampling)
+        req.gen.prompt_tokens = len(req.ids)
+        if req.grammar is not None:
+            req._constraint = Constraint(self.tok, self.vocab, req.grammar, self.tok.eos_token_id)
+
+    def _child(self, req: Request, i: int) -> Request:
+        seed = None if req.sampling.seed is None else (req.sampling.seed + i) % 2**63
+        sampling = SamplingConfig(**{**req.sampling.__dict__, "seed": seed})
+        child = Request(req.ids, sampling, req.emit, 1, req.logprobs, req.adjust, req.grammar, req.echo, i)
+        child.t_submit = req.t_submit
+        self._arm(child)
+        return child
+
+    def solo_refuses(self, req: Request) -> str | None:
+        """What a one-at-a-time model cannot serve of ``req`` (None: all of it)."""
+        if self.batched:
+            return None
+        asked = {"n": req.n > 1, "logprobs": req.logprobs is not None, "response_format / guided_*": req.grammar,
+                 "logit_bias / penalties": req.adjust.active, "echo": req.echo}  # fmt: skip
+        named = [k for k, v in asked.items() if v]
+        return named[0] if named else None
+
     def cancel(self, req: Request) -> None:
         with self._cv:
-            req.cancelled = True
+            for r in (req, *req._children):
+                r.cancelled = True
             self._cv.notify()
 
     def counts(self) -> tuple[int, int]:
@@ -168,7 +220,7 @@ class Batcher:
                 if self._stop or (done and done() and self.idle()):
                     return
             try:
-                self._iteration() if self.batched else self._solo()
+                self._iteration() if self.batched else serve_one(self)
             except Exception as e:  # a failed step fails its requests, never the server
                 for r in [*self.running, *([self.prefill] if self.prefill else [])]:
                     r.emit("error", f"{type(e).__name__}: {e}")
@@ -200,8 +252,8 @@ class Batcher:
     def _iteration(self) -> None:
         self._drop_cancelled()
         if self.prefill is None and len(self.running) < self.max_batch:
-            with self._cv:
-                if self.waiting:
+            with self._cv:  # n completions of one prompt take n rows at once
+                if self.waiting and len(self.running) + self.waiting[0].n <= self.max_batch:
                     self.prefill = self.waiting.popleft()
         t0 = time.perf_counter()
         prefilled = self._prefill_chunk() if self.prefill is not None else 0
@@ -220,19 +272,35 @@ class Batcher:
             req._pos = torch.zeros(1, dtype=torch.long)
         piece = req.ids[req._done : req._done + self.chunk]
         e.cache, e.pos = req._cache, req._pos
-        logits = e.step(torch.tensor([piece]))[:, -1]
+        echo_lps = req.echo and req.logprobs is not None
+        out = e.step(torch.tensor([piece]), all_logits=echo_lps)
+        if echo_lps:
+            self._prompt_logprobs(req, out[0], req._done)
+        logits = out[:, -1]
         req._pos, req._done = e.pos, req._done + len(piece)
         if req._done < len(req.ids):
             return len(piece)
         self.prefill = None
-        if self._emit_token(req, logits[0]):
-            self._finish(req)
-        else:
-            self._splice(req)
+        req._children = [self._child(req, i) for i in range(1, req.n)]
+        cache = req._cache
+        for member in (req, *req._children):
+            member.prompt_logprobs = req.prompt_logprobs
+            if self._emit_token(member, logits[0]):
+                self._finish(member)
+            else:
+                self._splice(member, cache)
         return len(piece)
 
-    def _splice(self, req: Request) -> None:
-        """Copy a prefilled prompt into row n of the batch cache, its slots ending at the cursor."""
+    def _prompt_logprobs(self, req: Request, logits: torch.Tensor, start: int) -> None:
+        """Log-probabilities of the prompt's tokens start+1.. from this chunk's logits [T, V]."""
+        req.prompt_logprobs = req.prompt_logprobs or []
+        for j in range(logits.shape[0]):
+            target = start + j + 1
+            if target < len(req.ids):
+                req.prompt_logprobs.append((req.ids[target], *token_logprobs(logits[j], req.ids[target], req.logprobs)))
+
+    def _splice(self, req: Request, cache: KVCache) -> None:
+        """Copy a prefilled prompt (``cache``) into row n of the batch cache, its slots ending at the cursor."""
         n, P = len(self.running), len(req.ids)
         if self.cursor < P:
             self.cursor = P  # the other rows get a gap of invalid slots
@@ -240,7 +308,7 @@ class Batcher:
             self._compact()
             self.cursor = max(self.cursor, P)
         lo = self.cursor - P
-        for dst, src in zip(self.cache.tensors(), req._cache.tensors()):
+        for dst, src in zip(self.cache.tensors(), cache.tensors()):
             dst[:, n, :, lo : self.cursor] = src[:, 0, :, :P]
         self.cache.valid[n] = False
         self.cache.valid[n, :, lo : self.cursor] = True
@@ -294,16 +362,29 @@ class Batcher:
             self.cursor = 0
 
     def _emit_token(self, req: Request, logits: torch.Tensor) -> bool:
-        """Sample the next token of ``req``; True when it finished (eos, stop string or length)."""
+        """Sample the next token of ``req`` (after its bias, penalties and grammar mask); True when
+        it finished (eos, stop string, grammar complete or length)."""
         cfg = req.sampling
-        t = int(logits.argmax(-1)) if cfg.greedy else int(draw(probs(logits[None], cfg), req._rng)[0])
+        x = logits
+        if req.adjust.active or req._constraint is not None:
+            x = adjust(logits, req.adjust, req.gen.tokens)
+            if req._constraint is not None:
+                req._constraint.mask(x)
+        t = int(x.argmax(-1)) if cfg.greedy else int(draw(probs(x[None], cfg), req._rng)[0])
+        if req.logprobs is not None:
+            req._lps.append((t, *token_logprobs(logits, t, req.logprobs)))
         now = time.perf_counter()
         req.t_first = req.t_first or now
         req.t_last = now
         if t in self.eos:
             req.gen.finish = "eos"
             return True
+        if req._constraint is not None:
+            req._constraint.advance(t)
         if req._stream.push(t):
+            return True
+        if req._constraint is not None and req._constraint.done:
+            req.gen.finish = "stop"
             return True
         req._last = t
         # the prompt plus every sampled token must fit in the cache (checked at admission too)
@@ -313,64 +394,4 @@ class Batcher:
         req._stream.close()
         if req.gen.finish not in ("eos", "stop"):
             req.gen.finish = "length"
-        req.emit("done", req.gen)
-
-    def _solo(self) -> None:
-        """One request at a time: through speculative decoding when the recipe asks for it, else
-        through generate_ids (KV policies with per-sequence state)."""
-        self._drop_cancelled()
-        with self._cv:
-            if not self.waiting:
-                return
-            req = self.prefill = self.waiting.popleft()
-
-        def live() -> None:
-            if req.cancelled:
-                raise _Cancelled
-            req.t_first = req.t_first or time.perf_counter()
-
-        def on_text(i: int, delta: str) -> None:
-            live()
-            req.emit("text", delta)
-
-        def on_token(t: int) -> bool:
-            live()
-            return req._stream.push(t)
-
-        try:
-            if self.speculative is not None:
-                draft, sc = self.speculative
-                tokens, _, _ = speculative_ids(
-                    self.model,
-                    req.ids,
-                    req.sampling,
-                    draft=draft,
-                    k=sc.k,
-                    max_ngram=sc.ngram,
-                    min_ngram=sc.min_ngram,
-                    adaptive=sc.adaptive,
-                    eos=self.tok.eos_token_id,
-                    max_len=self.max_len,
-                    on_token=on_token,
-                )
-                req._stream.close()
-                if req.gen.finish != "stop":
-                    req.gen.finish = "length" if len(tokens) >= req.sampling.max_new_tokens else "eos"
-            else:
-                outs, _ = generate_ids(
-                    self.model,
-                    self.tok,
-                    torch.tensor([req.ids]),
-                    torch.ones(1, len(req.ids), dtype=torch.bool),
-                    req.sampling,
-                    max_len=self.max_len,
-                    engine=self.engine,
-                    on_text=on_text,
-                )
-                req.gen.tokens, req.gen.text, req.gen.finish = outs[0].tokens, outs[0].text, outs[0].finish
-            req.t_last = time.perf_counter()
-            req.emit("done", req.gen)
-        except _Cancelled:
-            pass
-        finally:
-            self.prefill = None
+        req.emit("done", (req.index, req.gen, req.taken()))

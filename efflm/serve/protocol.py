@@ -12,6 +12,7 @@ from typing import Any
 
 from efflm.core.errors import EfflmError
 from efflm.inference.generate import SamplingConfig
+from efflm.inference.logits_process import Adjust
 
 
 class ApiError(Exception):
@@ -34,6 +35,20 @@ class Job:
     stream: bool
     include_usage: bool
     model: str
+    n: int = 1
+    logprobs: int | None = None  # None: off; k: the chosen token's log-probability and k alternatives
+    echo: bool = False
+    adjust: Adjust = Adjust()
+    grammar: str | None = None  # llguidance's compiled grammar (response_format, guided_*)
+
+
+# Every request field efflm reads; any other is a 400 rather than silently ignored.
+COMMON = {"model", "n", "stream", "stream_options", "max_tokens", "temperature", "top_p", "top_k", "stop", "seed",
+          "logprobs", "presence_penalty", "frequency_penalty", "logit_bias", "user",
+          "guided_json", "guided_regex", "guided_grammar"}  # fmt: skip
+GRAMMAR_FIELDS = ("response_format", "guided_json", "guided_regex", "guided_grammar")
+CHAT = COMMON | {"messages", "max_completion_tokens", "top_logprobs", "response_format"}
+COMPLETION = COMMON | {"prompt", "echo"}
 
 
 def parse_json(raw: bytes) -> dict:
@@ -122,16 +137,26 @@ def _messages(body: dict) -> list[dict]:
     return out
 
 
-def job(body: dict, chat: bool, tok: Any, served: str, max_len: int, compress: Any = None) -> Job:
+def job(
+    body: dict, chat: bool, tok: Any, served: str, max_len: int, compress: Any = None, max_n: int = 8, vocab: int = 0
+) -> Job:
     """The request as efflm runs it, or ApiError (400/404). ``compress(text) -> text`` (``efflm
-    serve --compress-prompt``) shortens the prompt, or the last user message, first."""
+    serve --compress-prompt``) shortens the prompt, or the last user message, first; ``vocab``:
+    the model's vocabulary (logit_bias ids and grammars are checked against it)."""
+    vocab = vocab or len(tok)
     model = _get(body, "model", (str,), served, "a string")
     if model != served:
         raise ApiError(
             400, f"the model '{model}' does not exist; this server serves '{served}'", "model", "model_not_found"
         )
-    if _get(body, "n", (int,), 1, "an integer") != 1:
-        raise ApiError(400, "only n = 1 is served", param="n")
+    unknown = sorted(set(body) - (CHAT if chat else COMPLETION))
+    if unknown:
+        raise ApiError(
+            400, f"'{unknown[0]}' is not served by this endpoint", param=unknown[0], code="unsupported_field"
+        )
+    n = _get(body, "n", (int,), 1, "an integer")
+    if not 1 <= n <= max_n:
+        raise ApiError(400, f"'n' must be in [1, {max_n}] (the server's --max-n), got {n}", param="n")
     stream = _get(body, "stream", (bool,), False, "a boolean")
     opts = _get(body, "stream_options", (dict,), {}, "an object")
     include_usage = bool(_get(opts, "include_usage", (bool,), False, "a boolean"))
@@ -182,4 +207,71 @@ def job(body: dict, chat: bool, tok: Any, served: str, max_len: int, compress: A
         )
     except EfflmError as e:
         raise ApiError(400, str(e)) from None
-    return Job(chat, ids, sampling, stream, include_usage, served)
+    echo = bool(_get(body, "echo", (bool,), False, "a boolean"))
+    return Job(chat, ids, sampling, stream, include_usage, served, n, _logprobs(body, chat), echo,
+               _adjust(body, vocab), _grammar(body, tok, vocab))  # fmt: skip
+
+
+def _logprobs(body: dict, chat: bool) -> int | None:
+    """Chat: ``logprobs`` true and ``top_logprobs`` 0..20; completions: ``logprobs`` 0..5."""
+    if chat:
+        on = _get(body, "logprobs", (bool,), False, "a boolean")
+        top = _get(body, "top_logprobs", (int,), None, "an integer")
+        if top is not None and not on:
+            raise ApiError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+        if top is not None and not 0 <= top <= 20:
+            raise ApiError(400, f"'top_logprobs' must be in [0, 20], got {top}", param="top_logprobs")
+        return (top or 0) if on else None
+    k = _get(body, "logprobs", (int,), None, "an integer")
+    if k is not None and not 0 <= k <= 5:
+        raise ApiError(400, f"'logprobs' must be in [0, 5], got {k}", param="logprobs")
+    return k
+
+
+def _adjust(body: dict, vocab: int) -> Adjust:
+    bias = _get(body, "logit_bias", (dict,), {}, "an object mapping token ids to biases")
+    pairs = []
+    for key, value in bias.items():
+        if not (isinstance(key, str) and key.isdigit() and int(key) < vocab):
+            raise ApiError(400, f"'logit_bias' keys must be token ids below {vocab}, got {key!r}", param="logit_bias")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+            raise ApiError(
+                400, f"'logit_bias' values must be numbers in [-100, 100], got {value!r}", param="logit_bias"
+            )
+        pairs.append((int(key), float(value)))
+    return Adjust(_num(body, "presence_penalty", 0.0, -2.0, 2.0), _num(body, "frequency_penalty", 0.0, -2.0, 2.0),
+                  tuple(pairs))  # fmt: skip
+
+
+def _grammar(body: dict, tok: Any, vocab: int) -> str | None:
+    """The compiled grammar of ``response_format`` or vLLM's ``guided_json/regex/grammar`` (one of them)."""
+    from efflm.inference.grammar import compile_grammar
+
+    asked = []
+    fmt = body.get("response_format")
+    if fmt is not None:
+        if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
+            raise ApiError(400, "'response_format' must be {\"type\": \"text\" | \"json_object\" | \"json_schema\"}",
+                           param="response_format")  # fmt: skip
+        if fmt["type"] == "json_object":
+            asked.append(("response_format", "json_object", None))
+        elif fmt["type"] == "json_schema":
+            spec = fmt.get("json_schema")
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+                raise ApiError(400, "'response_format.json_schema' needs a 'schema' object", param="response_format")
+            asked.append(("response_format", "json_schema", spec["schema"]))
+    for field, kind, types in (("guided_json", "json_schema", (dict,)), ("guided_regex", "regex", (str,)),
+                               ("guided_grammar", "lark", (str,))):  # fmt: skip
+        if body.get(field) is not None:
+            asked.append((field, kind, _get(body, field, types, None, "an object" if dict in types else "a string")))
+    if not asked:
+        return None
+    if len(asked) > 1:
+        raise ApiError(
+            400, f"one output constraint per request, got {asked[0][0]} and {asked[1][0]}", param=asked[1][0]
+        )
+    field, kind, spec = asked[0]
+    try:
+        return compile_grammar(tok, vocab, kind, spec)
+    except EfflmError as e:
+        raise ApiError(400, str(e), param=field) from None

@@ -75,7 +75,7 @@ def test_evicting_kv_methods_are_served_one_at_a_time(tiny):
 
 
 def test_a_speculative_recipe_is_served_speculatively_with_plain_greedy_tokens(tiny, monkeypatch):
-    import efflm.serve.batcher as batcher_module
+    import efflm.serve.solo as batcher_module
 
     model, tok = tiny
     plain = [_solo(model, tok, ids, n) for ids, n in _jobs()[:3]]

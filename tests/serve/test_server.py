@@ -90,7 +90,17 @@ def test_seeded_sampling_repeats(server):
         ({"prompt": "x", "max_tokens": "ten"}, "max_tokens"),
         ({"prompt": "x", "temperature": 5}, "temperature"),
         ({"prompt": "x", "top_p": 0}, "top_p"),
-        ({"prompt": "x", "n": 2}, "n"),
+        ({"prompt": "x", "n": 5}, "n"),  # above --max-n (4)
+        ({"prompt": "x", "n": 0}, "n"),
+        ({"prompt": "x", "tools": []}, "tools"),  # a field not served is refused, never ignored
+        ({"prompt": "x", "response_format": {"type": "json_object"}}, "response_format"),  # chat only
+        ({"prompt": "x", "logprobs": 6}, "logprobs"),
+        ({"prompt": "x", "logit_bias": {"99999": 1}}, "logit_bias"),
+        ({"prompt": "x", "logit_bias": {"5": 101}}, "logit_bias"),
+        ({"prompt": "x", "presence_penalty": 3}, "presence_penalty"),
+        ({"prompt": "x", "guided_regex": "[a-"}, "guided_regex"),
+        ({"prompt": "x", "guided_json": {"type": "nope"}}, "guided_json"),
+        ({"prompt": "x", "guided_regex": "a+", "guided_json": {"type": "object"}}, "guided_regex"),
         ({"prompt": 3}, "prompt"),
         ({"prompt": "x", "max_tokens": 10_000}, "max_tokens"),
         ({"prompt": "x", "stop": [""]}, "stop"),
