@@ -68,6 +68,15 @@ SECTIONS = [
         "concurrent streams, greedy; then a burst beyond the queue.",
     ),
     (
+        "serve_structured.md",
+        "Serving: structured output's cost",
+        "python benchmarks/serve_structured.py",
+        "The grammar engines (llguidance, which efflm serve uses, and xgrammar) compiling one nested JSON schema "
+        "against SmolLM2's tokenizer and computing each step's token mask along a valid document; then efflm's "
+        "batcher decoding 8 greedy streams of the 4-bit default model with the schema enforced per row, against "
+        "the same streams free.",
+    ),
+    (
         "vs_llmcompressor.md",
         "Quantization side by side with llm-compressor",
         "python benchmarks/vs_llmcompressor.py --methods gptq,awq",

@@ -314,7 +314,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-batch", type=_positive, default=8, help="sequences decoded together at most")
     s.add_argument("--max-queue", type=_positive, default=64, help="requests waiting at most; beyond: 429")
     s.add_argument(
-        "--max-n", type=_positive, default=4, help="completions one request may ask for ('n'); ≤ --max-batch"
+        "--max-n", type=_positive, help="completions one request may ask for ('n'); ≤ --max-batch (default: min(4, it))"
     )
     s.add_argument(
         "--max-len", type=_positive, help="tokens per sequence, prompt included (default: min(context, 2048))"

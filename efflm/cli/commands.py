@@ -339,6 +339,7 @@ def cmd_serve(a) -> int:
 
     if not 0 < a.port < 65536:
         raise EfflmError(f"--port must be in 1..65535, got {a.port}")
+    a.max_n = min(4, a.max_batch) if a.max_n is None else a.max_n
     if a.max_n > a.max_batch:
         raise EfflmError(f"--max-n ({a.max_n}) cannot exceed --max-batch ({a.max_batch}): n completions take n rows")
     recipe = recipe_arg(a.recipe)

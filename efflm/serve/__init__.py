@@ -1,8 +1,9 @@
 """``efflm serve``: an OpenAI-compatible server with continuous batching on efflm's engine.
 
-``batcher`` schedules (iteration-level, Orca-style), ``protocol`` checks request bodies,
-``app`` is the HTTP surface (FastAPI on uvicorn, SSE streaming), ``prometheus`` the metrics
-side, and ``static/playground.html`` the browser page at ``/``.
+``batcher`` schedules (iteration-level, Orca-style; ``solo`` one request at a time for models
+that cannot share a batch), ``protocol`` checks request bodies, ``shapes`` writes OpenAI's
+response objects, ``app`` is the HTTP surface (FastAPI on uvicorn, SSE streaming),
+``prometheus`` the metrics side, and ``static/playground.html`` the browser page at ``/``.
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ def test_every_benchmark_script_has_a_smoke_test():
         "gguf_exports",
         "families",
         "ct_exports",
+        "serve_structured",
     }
     assert {p.stem for p in ROOT.glob("*.py")} - {"__init__"} == tested
 
@@ -302,6 +303,12 @@ def test_gguf_exports(tmp_path):
         assert f"| {name} | efflm rtn |" in md and f"| {name} | llama.cpp quantize |" in md
     assert "| Q4_K | efflm rtn | Q5_0 ×" in md  # tiny-llama: no input 256 wide, the fallback everywhere
     assert "| F16 | dense export |" in md
+
+
+def test_serve_structured(tmp_path):
+    pytest.importorskip("llguidance")
+    md = run("serve_structured", ["--rounds", "1", "--new", "6", "--streams", "2"], tmp_path)
+    assert "| llguidance |" in md and "| free |" in md and "| json schema |" in md
 
 
 def test_ct_exports(tmp_path):

@@ -30,6 +30,10 @@ def test_bad_port_and_busy_port_are_one_line_errors():
     assert r.stderr.startswith(f"efflm: error: cannot listen on 127.0.0.1:{port}")
     r = _efflm("serve", "--max-batch", "zero")
     assert r.returncode == 2 and r.stderr.startswith("efflm: error: argument --max-batch")
+    r = _efflm("serve", "--model", "tiny-llama", "--max-batch", "2", "--max-n", "3")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "efflm: error: --max-n (3) cannot exceed --max-batch (2): n completions take n rows"
+    ]
 
 
 def test_sigterm_finishes_the_stream_in_flight_then_exits():

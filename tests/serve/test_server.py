@@ -153,12 +153,17 @@ def test_fuzzed_json_bodies_never_get_a_500(server):
     import random
 
     rng = random.Random(0)
-    atoms = [None, True, 0, -1, 1.5, 1e300, "", "x", "\ud83d", "\x00", "é" * 3, [], {}, [1, "a"], {"a": 1}]
+    atoms = [None, True, 0, -1, 1.5, 1e300, "", "x", "\ud83d", "\x00", "é" * 3, [], {}, [1, "a"], {"a": 1},
+             {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}, {"type": "json_object"},
+             {"type": 3}, {"5": 1.0}, {"-1": 2}, "[0-9]+", "(", {"type": "string", "maxLength": 2}]  # fmt: skip
+    sampling = ["max_tokens", "temperature", "top_p", "seed", "stop", "stream", "model", "n", "logprobs",
+                "presence_penalty", "frequency_penalty", "logit_bias", "guided_json", "guided_regex",
+                "guided_grammar", "unknown_field"]  # fmt: skip
     fields = {
-        "/v1/completions": ["prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "n", "model"],
-        "/v1/chat/completions": ["messages", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "model"],
+        "/v1/completions": ["prompt", "echo", *sampling],
+        "/v1/chat/completions": ["messages", "top_logprobs", "response_format", "max_completion_tokens", *sampling],
     }
-    for i in range(120):
+    for i in range(240):
         path = rng.choice(sorted(fields))
         body = {"prompt": "x", "max_tokens": 2} if path == "/v1/completions" else {
             "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}  # fmt: skip
