@@ -1,8 +1,8 @@
 """``efflm serve``: an OpenAI-compatible server with continuous batching on efflm's engine.
 
 ``batcher`` schedules (iteration-level, Orca-style; ``solo`` one request at a time for models
-that cannot share a batch), ``protocol`` checks request bodies, ``shapes`` writes OpenAI's
-response objects, ``app`` is the HTTP surface (FastAPI on uvicorn, SSE streaming),
+that cannot share a batch), ``protocol`` checks request bodies (``errors`` their 400s, ``tools``
+tool calls), ``shapes`` writes OpenAI's response objects, ``app`` is the HTTP surface (FastAPI on uvicorn, SSE streaming),
 ``prometheus`` the metrics side, and ``static/playground.html`` the browser page at ``/``.
 """
 

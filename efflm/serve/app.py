@@ -24,6 +24,7 @@ from efflm.serve.batcher import Request as Job
 from efflm.serve.prometheus import Metrics
 from efflm.serve.protocol import GRAMMAR_FIELDS, ApiError, job, parse_json
 from efflm.serve.shapes import Shape
+from efflm.serve.tools import parse_output
 
 
 def _error(e: ApiError, headers: dict | None = None) -> JSONResponse:
@@ -136,11 +137,14 @@ def build_app(batcher: Batcher, served: str, api_key: str | None = None, retry_a
                     gens[i] = value[1]
             metrics.finished(req)
             out = ["".join(t) for t in texts]
-            lps = entries
+            lps, calls = entries, None
             if spec.echo:
                 head, head_lps = shape.echo(spec.prompt_ids, req.prompt_logprobs)
                 out, lps = [head + t for t in out], [head_lps + e for e in entries]
-            return JSONResponse(shape.whole(out, [gens[i] for i in range(spec.n)], lps))
+            if spec.tools is not None:
+                parsed = [parse_output(t, spec.tools) for t in out]
+                out, calls = [p[0] for p in parsed], [p[1] for p in parsed]
+            return JSONResponse(shape.whole(out, [gens[i] for i in range(spec.n)], lps, calls))
         except asyncio.CancelledError:
             batcher.cancel(req)
             raise
@@ -169,6 +173,7 @@ async def _sse(batcher: Batcher, metrics: Metrics, req: Job, events: asyncio.Que
     request (its rows free at the next step)."""
     done = False
     gens: dict[int, Any] = {}
+    held: list[list[str]] = [[] for _ in range(spec.n)]
     try:
         for i in range(spec.n):
             if shape.chat:
@@ -182,8 +187,15 @@ async def _sse(batcher: Batcher, metrics: Metrics, req: Job, events: asyncio.Que
                 yield _data(ApiError(500, f"generation failed: {value}").body())
                 done = True
                 break
-            if kind == "text":
+            if kind == "text" and spec.tools is not None:  # a tool call is known once its text is whole
+                held[value[0]].append(value[1])
+            elif kind == "text":
                 yield _data(shape.chunk(value[0], value[1], value[2]))
+            elif spec.tools is not None:
+                i, gens[i], _ = value
+                content, calls = parse_output("".join(held[i]), spec.tools)
+                for chunk in shape.tool_chunks(i, content, calls, gens[i]):
+                    yield _data(chunk)
             else:
                 i, gens[i], rest = value
                 yield _data(shape.chunk(i, None, rest, gen=gens[i]))

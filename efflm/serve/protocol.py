@@ -13,18 +13,8 @@ from typing import Any
 from efflm.core.errors import EfflmError
 from efflm.inference.generate import SamplingConfig
 from efflm.inference.logits_process import Adjust
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None, kind: str = ""):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-        self.kind = kind or {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}.get(
-            status, "server_error" if status >= 500 else "invalid_request_error"
-        )
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+from efflm.serve import tools as tooling
+from efflm.serve.errors import ApiError
 
 
 @dataclass(frozen=True)
@@ -39,15 +29,24 @@ class Job:
     logprobs: int | None = None  # None: off; k: the chosen token's log-probability and k alternatives
     echo: bool = False
     adjust: Adjust = Adjust()
-    grammar: str | None = None  # llguidance's compiled grammar (response_format, guided_*)
+    grammar: str | None = None  # llguidance's compiled grammar (response_format, guided_*, a forced tool call)
+    tools: tooling.Tools | None = None
 
 
 # Every request field efflm reads; any other is a 400 rather than silently ignored.
 COMMON = {"model", "n", "stream", "stream_options", "max_tokens", "temperature", "top_p", "top_k", "stop", "seed",
           "logprobs", "presence_penalty", "frequency_penalty", "logit_bias", "user",
           "guided_json", "guided_regex", "guided_grammar"}  # fmt: skip
-GRAMMAR_FIELDS = ("response_format", "guided_json", "guided_regex", "guided_grammar")
-CHAT = COMMON | {"messages", "max_completion_tokens", "top_logprobs", "response_format"}
+GRAMMAR_FIELDS = ("response_format", "guided_json", "guided_regex", "guided_grammar", "tools")
+CHAT = COMMON | {
+    "messages",
+    "max_completion_tokens",
+    "top_logprobs",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+}
 COMPLETION = COMMON | {"prompt", "echo"}
 
 
@@ -122,9 +121,17 @@ def _messages(body: dict) -> list[dict]:
         raise ApiError(400, "'messages' must be a non-empty list", param="messages")
     out = []
     for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "developer"):
-            raise ApiError(400, f"messages[{i}] needs a role: system, user, assistant or developer", param="messages")
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "developer", "tool"):
+            raise ApiError(400, f"messages[{i}] needs a role: system, user, assistant, developer or tool",
+                           param="messages")  # fmt: skip
         content = m.get("content")
+        calls = m.get("tool_calls") if m["role"] == "assistant" else None
+        if calls is not None:
+            if not isinstance(calls, list) or not all(_is_call(c) for c in calls):
+                raise ApiError(400, f"messages[{i}].tool_calls must be OpenAI tool calls (function name and "
+                                    "arguments as a JSON string)", param="messages")  # fmt: skip
+            if content is None:
+                content = ""
         if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
             if not all(
                 isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
@@ -133,8 +140,20 @@ def _messages(body: dict) -> list[dict]:
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
             raise ApiError(400, f"messages[{i}].content must be a string", param="messages")
-        out.append({"role": "system" if m["role"] == "developer" else m["role"], "content": content})
+        msg = {"role": "system" if m["role"] == "developer" else m["role"], "content": content}
+        if calls:
+            msg["tool_calls"] = [
+                {"id": c.get("id", ""), "type": "function", "function": dict(c["function"])} for c in calls
+            ]
+        if m["role"] == "tool":
+            msg["tool_call_id"] = str(m.get("tool_call_id", ""))
+        out.append(msg)
     return out
+
+
+def _is_call(c: Any) -> bool:
+    fn = c.get("function") if isinstance(c, dict) else None
+    return isinstance(fn, dict) and isinstance(fn.get("name"), str) and isinstance(fn.get("arguments"), str)
 
 
 def job(
@@ -170,7 +189,10 @@ def job(
                 msgs = [*msgs[:last], {**msgs[last], "content": compress(msgs[last]["content"])}, *msgs[last + 1 :]]
         if not getattr(tok, "chat_template", None):
             raise ApiError(400, "this model's tokenizer has no chat template: use /v1/completions", param="messages")
-        ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
+        tools = tooling.parse(body)
+        msgs, tools_arg = tooling.messages(msgs, tools, tok.chat_template)
+        extra = {"tools": tools_arg} if tools_arg else {}
+        ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False, **extra)
         ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
     else:
         prompt = body.get("prompt")
@@ -181,6 +203,7 @@ def job(
         if compress is not None:
             prompt = compress(prompt)
         ids = list(tok(prompt, add_special_tokens=True)["input_ids"])
+        tools = None
     if not ids:
         raise ApiError(400, "the prompt encodes to zero tokens", param="messages" if chat else "prompt")
     if max_tokens is None:
@@ -208,8 +231,13 @@ def job(
     except EfflmError as e:
         raise ApiError(400, str(e)) from None
     echo = bool(_get(body, "echo", (bool,), False, "a boolean"))
+    grammar = _grammar(body, tok, vocab)
+    if tools is not None and tools.forced:  # "required" or a named function: exactly one call
+        if grammar is not None:
+            raise ApiError(400, "a forced tool call and an output constraint cannot both apply", param="tool_choice")
+        grammar = _compile(tok, vocab, "json_schema", tooling.call_schema(tools.forced), "tool_choice")
     return Job(chat, ids, sampling, stream, include_usage, served, n, _logprobs(body, chat), echo,
-               _adjust(body, vocab), _grammar(body, tok, vocab))  # fmt: skip
+               _adjust(body, vocab), grammar, tools if tools is not None and tools.choice != "none" else None)  # fmt: skip
 
 
 def _logprobs(body: dict, chat: bool) -> int | None:
@@ -245,8 +273,6 @@ def _adjust(body: dict, vocab: int) -> Adjust:
 
 def _grammar(body: dict, tok: Any, vocab: int) -> str | None:
     """The compiled grammar of ``response_format`` or vLLM's ``guided_json/regex/grammar`` (one of them)."""
-    from efflm.inference.grammar import compile_grammar
-
     asked = []
     fmt = body.get("response_format")
     if fmt is not None:
@@ -271,6 +297,12 @@ def _grammar(body: dict, tok: Any, vocab: int) -> str | None:
             400, f"one output constraint per request, got {asked[0][0]} and {asked[1][0]}", param=asked[1][0]
         )
     field, kind, spec = asked[0]
+    return _compile(tok, vocab, kind, spec, field)
+
+
+def _compile(tok: Any, vocab: int, kind: str, spec: Any, field: str) -> str:
+    from efflm.inference.grammar import compile_grammar
+
     try:
         return compile_grammar(tok, vocab, kind, spec)
     except EfflmError as e:

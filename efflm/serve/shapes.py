@@ -58,15 +58,18 @@ class Shape:
         return out
 
     # -- whole answers and chunks ----------------------------------------------------------------
-    def whole(self, texts: list[str], gens: list, entries: list[list]) -> dict:
+    def whole(self, texts: list, gens: list, entries: list[list], calls: list[list] | None = None) -> dict:
+        """``calls``: each choice's tool calls (its text then the content outside them, or None)."""
         choices = []
         for i, (text, gen, lps) in enumerate(zip(texts, gens, entries)):
             if self.chat:
                 choice = {"index": i, "message": {"role": "assistant", "content": text}}
+                if calls and calls[i]:
+                    choice["message"]["tool_calls"] = calls[i]
             else:
                 choice = {"index": i, "text": text}
             choice["logprobs"] = self.logprobs(lps, i)
-            choice["finish_reason"] = self.reason(gen)
+            choice["finish_reason"] = "tool_calls" if calls and calls[i] else self.reason(gen)
             choices.append(choice)
         return {**self._head(self.kind), "choices": choices, "usage": self.usage(gens)}
 
@@ -79,6 +82,18 @@ class Shape:
             return {**self._head("chat.completion.chunk"), "choices": [choice]}
         choice = {"index": index, "text": delta or "", "logprobs": lps, "finish_reason": finish}
         return {**self._head("text_completion"), "choices": [choice]}
+
+    def tool_chunks(self, index: int, content: str | None, calls: list, gen: Any) -> list[dict]:
+        """A buffered choice's end in a stream: its content, each call (id, name and all its
+        arguments in one delta), then the finish reason."""
+        out = [self.chunk(index, content, [])] if content else []
+        for k, c in enumerate(calls):
+            delta = {"tool_calls": [{"index": k, **c}]}
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
+            out.append({**self._head("chat.completion.chunk"), "choices": [choice]})
+        last = self.chunk(index, None, [], gen=gen)
+        last["choices"][0]["finish_reason"] = "tool_calls" if calls else self.reason(gen)
+        return [*out, last]
 
     def usage_chunk(self, gens: list) -> dict:
         kind = "chat.completion.chunk" if self.chat else "text_completion"

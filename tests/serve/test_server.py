@@ -155,13 +155,23 @@ def test_fuzzed_json_bodies_never_get_a_500(server):
     rng = random.Random(0)
     atoms = [None, True, 0, -1, 1.5, 1e300, "", "x", "\ud83d", "\x00", "é" * 3, [], {}, [1, "a"], {"a": 1},
              {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}, {"type": "json_object"},
-             {"type": 3}, {"5": 1.0}, {"-1": 2}, "[0-9]+", "(", {"type": "string", "maxLength": 2}]  # fmt: skip
+             {"type": 3}, {"5": 1.0}, {"-1": 2}, "[0-9]+", "(", {"type": "string", "maxLength": 2}, "required",
+             [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+             {"type": "function", "function": {"name": "f"}}, [{"type": "function"}]]  # fmt: skip
     sampling = ["max_tokens", "temperature", "top_p", "seed", "stop", "stream", "model", "n", "logprobs",
                 "presence_penalty", "frequency_penalty", "logit_bias", "guided_json", "guided_regex",
                 "guided_grammar", "unknown_field"]  # fmt: skip
     fields = {
         "/v1/completions": ["prompt", "echo", *sampling],
-        "/v1/chat/completions": ["messages", "top_logprobs", "response_format", "max_completion_tokens", *sampling],
+        "/v1/chat/completions": [
+            "messages",
+            "top_logprobs",
+            "response_format",
+            "max_completion_tokens",
+            "tools",
+            "tool_choice",
+            *sampling,
+        ],
     }
     for i in range(240):
         path = rng.choice(sorted(fields))
