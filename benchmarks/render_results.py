@@ -77,6 +77,14 @@ SECTIONS = [
         "the same streams free.",
     ),
     (
+        "serve_prefix.md",
+        "Serving: prefix caching",
+        "python benchmarks/serve_prefix.py",
+        "Eight streams sharing a 1,000-token system prompt, each with its own short question, on the 4-bit default "
+        "model in efflm's batcher: time to first token with the prefix cache off and on, and whether the outputs "
+        "are the same.",
+    ),
+    (
         "vs_llmcompressor.md",
         "Quantization side by side with llm-compressor",
         "python benchmarks/vs_llmcompressor.py --methods gptq,awq",

@@ -320,6 +320,8 @@ def parser() -> argparse.ArgumentParser:
         "--max-len", type=_positive, help="tokens per sequence, prompt included (default: min(context, 2048))"
     )
     s.add_argument("--chunk", type=_positive, default=128, help="prompt tokens prefilled per scheduler step")
+    s.add_argument("--prefix-cache-mb", type=float, default=0.0,
+                   help="memory for prompts' KV reused by later prompts with the same prefix (0: off)")  # fmt: skip
     s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 endpoints")
     s.add_argument("--served-model-name", help="the model name clients send (default: --model)")
     s.add_argument("--compress-prompt", type=ratio, help="compress each prompt's context by this ratio first (≥ 1)")

@@ -340,6 +340,8 @@ def cmd_serve(a) -> int:
     if not 0 < a.port < 65536:
         raise EfflmError(f"--port must be in 1..65535, got {a.port}")
     a.max_n = min(4, a.max_batch) if a.max_n is None else a.max_n
+    if a.prefix_cache_mb < 0:
+        raise EfflmError(f"--prefix-cache-mb must be ≥ 0, got {a.prefix_cache_mb}")
     if a.max_n > a.max_batch:
         raise EfflmError(f"--max-n ({a.max_n}) cannot exceed --max-batch ({a.max_batch}): n completions take n rows")
     recipe = recipe_arg(a.recipe)
@@ -372,6 +374,7 @@ def cmd_serve(a) -> int:
         max_len=max_len,
         chunk=a.chunk,
         max_n=a.max_n,
+        prefix_cache_mb=a.prefix_cache_mb,
         api_key=a.api_key,
         drain_s=a.drain_timeout,
         on_ready=ready,

@@ -1,7 +1,7 @@
 """``efflm serve``: an OpenAI-compatible server with continuous batching on efflm's engine.
 
 ``batcher`` schedules (iteration-level, Orca-style; ``solo`` one request at a time for models
-that cannot share a batch), ``protocol`` checks request bodies (``errors`` their 400s, ``tools``
+that cannot share a batch; ``prefix_cache`` shared prompt prefixes' KV), ``protocol`` checks request bodies (``errors`` their 400s, ``tools``
 tool calls), ``shapes`` writes OpenAI's response objects, ``app`` is the HTTP surface (FastAPI on uvicorn, SSE streaming),
 ``prometheus`` the metrics side, and ``static/playground.html`` the browser page at ``/``.
 """
@@ -24,6 +24,7 @@ def run(
     max_len: int = 2048,
     chunk: int = 128,
     max_n: int = 4,
+    prefix_cache_mb: float = 0.0,
     api_key: str | None = None,
     drain_s: float = 30.0,
     on_ready: Any = None,
@@ -36,7 +37,8 @@ def run(
     from efflm.serve.app import build_app
     from efflm.serve.batcher import Batcher
 
-    batcher = Batcher(model, tok, max_batch=max_batch, max_queue=max_queue, max_len=max_len, chunk=chunk)
+    batcher = Batcher(model, tok, max_batch=max_batch, max_queue=max_queue, max_len=max_len, chunk=chunk,
+                      prefix_cache_mb=prefix_cache_mb)  # fmt: skip
     app = build_app(batcher, served, api_key, compress=compress, max_n=max_n)
 
     class Server(uvicorn.Server):

@@ -44,6 +44,7 @@ from efflm.inference.generate import Generation, SamplingConfig, TextStream, dra
 from efflm.inference.grammar import Constraint
 from efflm.inference.logits_process import Adjust, adjust, token_logprobs
 from efflm.inference.speculative import drafter_for
+from efflm.serve.prefix_cache import PrefixCache
 from efflm.serve.solo import serve_one
 
 
@@ -106,6 +107,7 @@ class Batcher:
         max_len: int = 2048,
         chunk: int = 128,
         on_step: Callable[[dict], None] | None = None,
+        prefix_cache_mb: float = 0.0,
     ):
         self.model, self.tok = model, tok
         self.max_batch, self.max_queue, self.max_len, self.chunk = max_batch, max_queue, max_len, chunk
@@ -120,6 +122,8 @@ class Batcher:
             and not (probe.evicts or probe.needs_weights or probe.rerotate)
             and not (self.engine.prompt.n_virtual or self.engine.prompt.gated)
         )
+        # prompts' KV kept for reuse by later prompts with the same prefix (batched models only)
+        self.prefix = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 and self.batched else None
         self.waiting: deque[Request] = deque()
         self.prefill: Request | None = None
         self.running: list[Request] = []
@@ -269,7 +273,9 @@ class Batcher:
         req, e = self.prefill, self.engine
         if req._cache is None:
             req._cache = make_cache(self.model, 1, len(req.ids), torch.float32)
-            req._pos = torch.zeros(1, dtype=torch.long)
+            reuse = self.prefix is not None and not (req.echo and req.logprobs is not None)  # echo scores every token
+            req._done = self.prefix.restore(req.ids, req._cache) if reuse else 0
+            req._pos = torch.tensor([req._done], dtype=torch.long)
         piece = req.ids[req._done : req._done + self.chunk]
         e.cache, e.pos = req._cache, req._pos
         echo_lps = req.echo and req.logprobs is not None
@@ -280,6 +286,8 @@ class Batcher:
         req._pos, req._done = e.pos, req._done + len(piece)
         if req._done < len(req.ids):
             return len(piece)
+        if self.prefix is not None:
+            self.prefix.insert(req.ids, req._cache)
         self.prefill = None
         req._children = [self._child(req, i) for i in range(1, req.n)]
         cache = req._cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 _LATENCY = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _PER_TOKEN = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
@@ -49,6 +50,8 @@ class Metrics:
         slots.labels(**labels).set_function(lambda: batcher.slots_in_use())
         total = Gauge("efflm:kv_cache_slots_total", "KV-cache slots of the batch cache.", ["model_name"], registry=r)
         total.labels(**labels).set(batcher.max_batch * batcher.max_len)
+        if batcher.prefix is not None:
+            r.register(_PrefixCollector(batcher.prefix, model))
 
     def finished(self, req: Any) -> None:
         """Record one finished request (``Request`` with timing and its Generation)."""
@@ -64,3 +67,19 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _PrefixCollector:
+    """The prefix cache's counters, read when scraped (vLLM's ``prefix_cache_queries``/``_hits``: tokens)."""
+
+    def __init__(self, prefix: Any, model: str):
+        self.prefix, self.model = prefix, model
+
+    def collect(self):
+        for name, doc, value in (
+            ("efflm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", self.prefix.query_tokens),
+            ("efflm:prefix_cache_hits", "Prompt tokens whose KV came from the prefix cache.", self.prefix.hit_tokens),
+        ):
+            family = CounterMetricFamily(name, doc, labels=["model_name"])
+            family.add_metric([self.model], value)
+            yield family

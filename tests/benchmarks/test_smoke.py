@@ -55,6 +55,7 @@ def test_every_benchmark_script_has_a_smoke_test():
         "families",
         "ct_exports",
         "serve_structured",
+        "serve_prefix",
     }
     assert {p.stem for p in ROOT.glob("*.py")} - {"__init__"} == tested
 
@@ -309,6 +310,12 @@ def test_serve_structured(tmp_path):
     pytest.importorskip("llguidance")
     md = run("serve_structured", ["--rounds", "1", "--new", "6", "--streams", "2"], tmp_path)
     assert "| llguidance |" in md and "| free |" in md and "| json schema |" in md
+
+
+def test_serve_prefix(tmp_path):
+    md = run("serve_prefix", ["--system-tokens", "80", "--streams", "2", "--new", "2", "--rounds", "1"], tmp_path)
+    assert "| prefix cache off |" in md and "| prefix cache on |" in md
+    assert "Outputs with the cache on equal those with it off: yes." in md
 
 
 def test_ct_exports(tmp_path):
