@@ -45,7 +45,7 @@ from efflm.inference.grammar import Constraint
 from efflm.inference.logits_process import Adjust, adjust, token_logprobs
 from efflm.inference.speculative import drafter_for
 from efflm.serve.prefix_cache import PrefixCache
-from efflm.serve.solo import serve_one
+from efflm.serve.solo import refuses, serve_one
 
 
 class QueueFull(EfflmError):
@@ -176,12 +176,7 @@ class Batcher:
 
     def solo_refuses(self, req: Request) -> str | None:
         """What a one-at-a-time model cannot serve of ``req`` (None: all of it)."""
-        if self.batched:
-            return None
-        asked = {"n": req.n > 1, "logprobs": req.logprobs is not None, "response_format / guided_*": req.grammar,
-                 "logit_bias / penalties": req.adjust.active, "echo": req.echo}  # fmt: skip
-        named = [k for k, v in asked.items() if v]
-        return named[0] if named else None
+        return None if self.batched else refuses(req)
 
     def cancel(self, req: Request) -> None:
         with self._cv:

@@ -14,6 +14,13 @@ from efflm.inference.generate import generate_ids
 from efflm.inference.speculative import speculative_ids
 
 
+def refuses(req) -> str | None:
+    """The first feature of ``req`` these paths do not serve (None: plain sampling)."""
+    asked = {"n": req.n > 1, "logprobs": req.logprobs is not None, "response_format / guided_*": req.grammar,
+             "logit_bias / penalties": req.adjust.active, "echo": req.echo}  # fmt: skip
+    return next((k for k, v in asked.items() if v), None)
+
+
 class _Cancelled(Exception):
     """Raised inside a one-at-a-time generation whose client went away."""
 
