@@ -73,21 +73,13 @@ def efflm_file(args, name: str, ids, tmp: Path) -> dict:
 
 
 def llama_quantize(dense: Path, name: str, tmp: Path, threads: int) -> Path:
-    """llama.cpp's ``llama_model_quantize`` of the F16 export to type ``name`` — for a K-quant
-    "pure" (every Linear that type, its own fallback where rows are not a multiple of 256: the
-    same types efflm's file has), not a _S/_M mix."""
-    import llama_cpp
+    """llama.cpp's own quantization of the F16 export to type ``name`` — for a K-quant "pure" (every
+    Linear that type, its own fallback where rows are not a multiple of 256: the same types efflm's
+    file has), not a _S/_M mix."""
+    from quant_bits import k_quant
 
-    out = tmp / f"{name}.gguf"
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ {'Q4_K': 'Q4_K_M', 'Q5_K': 'Q5_K_M'}.get(name, name) }")
-    params.pure = name in FALLBACK
-    params.token_embedding_type = llama_cpp.GGML_TYPE_Q8_0
-    params.allow_requantize = True  # the exported embedding is Q8_0 already
-    params.nthread = threads
-    if llama_cpp.llama_model_quantize(str(dense).encode(), str(out).encode(), params) != 0:
-        raise RuntimeError(f"llama.cpp could not quantize to {name}")
-    return out
+    ftype = {"Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}.get(name, name)
+    return k_quant(dense, name, tmp, threads, ftype=ftype, pure=name in FALLBACK)
 
 
 def decode_tps(llm, prompt: list[int], new: int) -> float:

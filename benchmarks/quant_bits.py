@@ -112,12 +112,15 @@ def dense_gguf(args, source: Path, tmp: Path) -> Path:
     return export(model, source, tmp / "dense.gguf", tok)
 
 
-def k_quant(src: Path, name: str, tmp: Path, threads: int) -> Path:
+def k_quant(src: Path, name: str, tmp: Path, threads: int, ftype: str | None = None, pure: bool = False) -> Path:
+    """llama.cpp's ``llama_model_quantize`` of ``src`` to file type ``ftype`` (default ``name``); ``pure``:
+    every tensor that type (its own fallback where rows do not fit), not the _S/_M mix."""
     import llama_cpp
 
     out = tmp / f"{name}.gguf"
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name}")
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype or name}")
+    params.pure = pure
     params.token_embedding_type = llama_cpp.GGML_TYPE_Q8_0
     params.allow_requantize = True  # the exported embedding is Q8_0 already
     params.nthread = threads

@@ -21,7 +21,6 @@ import math
 import shlex
 import statistics
 import sys
-import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,23 +32,13 @@ QUESTIONS = ["Who is speaking?", "What happens next?", "Summarise the scene.", "
 
 def run(model, tok, prompts: list[list[int]], new: int, prefix_mb: float, warm: list[int]) -> tuple[list, list]:
     """(TTFTs in seconds, tokens) of ``prompts`` submitted at once, after the ``warm`` request."""
-    from efflm.inference.generate import SamplingConfig
-    from efflm.serve.batcher import Batcher, Request
+    from serve_structured import serve_at_once
+
+    from efflm.serve.batcher import Batcher
 
     b = Batcher(model, tok, max_batch=len(prompts), max_len=2048, chunk=128, prefix_cache_mb=prefix_mb)
     for batch in ([warm], prompts):
-        left, finished = [len(batch)], threading.Event()
-
-        def emit(kind, value, left=left, finished=finished) -> None:
-            if kind != "text":
-                left[0] -= 1
-                if not left[0]:
-                    finished.set()
-
-        reqs = [Request(ids, SamplingConfig(max_new_tokens=new), emit) for ids in batch]
-        for r in reqs:
-            b.submit(r)
-        b.run_here(finished.is_set)
+        reqs = serve_at_once(b, [dict(ids=ids) for ids in batch], new)
     return [r.t_first - r.t_submit for r in reqs], [r.gen.tokens for r in reqs]
 
 

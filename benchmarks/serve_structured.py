@@ -85,14 +85,14 @@ def xgrammar_walk(tok, vocab: int, ids: list[int], info) -> tuple[float, list[fl
     return compiled, steps
 
 
-def decode_rate(model, tok, streams: int, new: int, grammar: str | None) -> tuple[float, float]:
-    """(output tok/s summed over streams, mean tokens per stream) for one batch of greedy streams."""
+def serve_at_once(b, specs: list[dict], new: int) -> list:
+    """Submit one greedy ``Request(**spec)`` of up to ``new`` tokens per spec at once, then step the
+    batcher ``b`` on this thread (as `efflm serve` steps the model on its main thread) until every
+    one has finished; the finished requests."""
     from efflm.inference.generate import SamplingConfig
-    from efflm.serve.batcher import Batcher, Request
+    from efflm.serve.batcher import Request
 
-    b = Batcher(model, tok, max_batch=streams, max_len=512)
-    ids = tok(PROMPT)["input_ids"]
-    left, finished = [streams], threading.Event()
+    left, finished = [len(specs)], threading.Event()
 
     def emit(kind, value) -> None:
         if kind != "text":
@@ -100,10 +100,20 @@ def decode_rate(model, tok, streams: int, new: int, grammar: str | None) -> tupl
             if not left[0]:
                 finished.set()
 
-    reqs = [Request(ids, SamplingConfig(max_new_tokens=new), emit, grammar=grammar) for _ in range(streams)]
+    reqs = [Request(sampling=SamplingConfig(max_new_tokens=new), emit=emit, **spec) for spec in specs]
     for r in reqs:
         b.submit(r)
-    b.run_here(finished.is_set)  # on this thread, as `efflm serve` steps the model on its main thread
+    b.run_here(finished.is_set)
+    return reqs
+
+
+def decode_rate(model, tok, streams: int, new: int, grammar: str | None) -> tuple[float, float]:
+    """(output tok/s summed over streams, mean tokens per stream) for one batch of greedy streams."""
+    from efflm.serve.batcher import Batcher
+
+    b = Batcher(model, tok, max_batch=streams, max_len=512)
+    ids = tok(PROMPT)["input_ids"]
+    reqs = serve_at_once(b, [dict(ids=ids, grammar=grammar)] * streams, new)
     rates = [(len(r.gen.tokens) - 1) / (r.t_last - r.t_first) for r in reqs if len(r.gen.tokens) > 1]
     return sum(rates), statistics.mean(len(r.gen.tokens) for r in reqs)
 

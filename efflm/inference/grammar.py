@@ -66,11 +66,11 @@ def compile_grammar(tok: Any, vocab: int, kind: str, spec: Any) -> str:
 class Constraint:
     """One sequence's position in a compiled grammar."""
 
-    def __init__(self, tok: Any, vocab: int, grammar: str, eos: int | None):
+    def __init__(self, tok: Any, vocab: int, grammar: str):
         import llguidance
         import llguidance.torch as lt
 
-        self._lt, self.eos, self.vocab = lt, eos, vocab
+        self._lt = lt
         self.matcher = llguidance.LLMatcher(_tokenizer(tok, vocab), grammar)
         self.bitmask = lt.allocate_token_bitmask(1, vocab)
 

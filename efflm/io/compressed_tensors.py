@@ -47,7 +47,7 @@ import torch
 from efflm.core.atomic import atomic_dir
 from efflm.core.errors import EfflmError
 from efflm.models.arch import file_name, layout_for, set_module
-from efflm.nn.fp_formats import global_e4m3_scale
+from efflm.nn.fp_formats import fp4_kind_of_config, fp4_kind_of_module, global_e4m3_scale
 from efflm.nn.module_registry import efflm_modules, role
 from efflm.nn.superblocks import zero_points
 
@@ -110,11 +110,12 @@ def scheme_of(name: str, m: torch.nn.Module) -> Scheme:
             acts = _args(num_bits=8, type="float", symmetric=True, strategy="token", dynamic=True)
             weights = _args(num_bits=8, type="float", symmetric=True, strategy="channel")
             return Scheme("float-quantized", weights, acts if m.act_format else None)
-        if m.weight_format == "e2m1" and m.group_size == 32 and m.act_format is None and _pow2(m.scales):
+        kind4 = fp4_kind_of_module(m)
+        if kind4 == "mxfp4":
             weights = _args(num_bits=4, type="float", symmetric=True, strategy="group", group_size=32,
                             scale_dtype=torch.uint8, zp_dtype=torch.uint8)  # fmt: skip
             return Scheme("mxfp4-pack-quantized", weights)
-        if m.weight_format == "e2m1" and m.group_size == 16 and m.act_format is None and global_e4m3_scale(m.scales):
+        if kind4 == "nvfp4":
             weights = _args(num_bits=4, type="float", symmetric=True, strategy="tensor_group", group_size=16,
                             scale_dtype=torch.float8_e4m3fn, zp_dtype=torch.float8_e4m3fn)  # fmt: skip
             return Scheme("nvfp4-pack-quantized", weights)
@@ -128,18 +129,8 @@ def scheme_of(name: str, m: torch.nn.Module) -> Scheme:
     raise EfflmError(f"compressed-tensors export: {name} ({type(m).__name__}) has no scheme; written: {WRITTEN}")
 
 
-def _pow2(scales: torch.Tensor) -> bool:
-    s = scales.float()
-    return bool(torch.equal(torch.exp2(torch.log2(s).round()), s))
-
-
 def _fp8_ok(cfg) -> bool:
     return cfg.weight_format == "e4m3" and cfg.group_size == -1
-
-
-def _mxfp4_ok(cfg) -> bool:
-    fp4 = cfg.weight_format == "e2m1" and cfg.act_format in ("none", None)
-    return fp4 and ((cfg.group_size == 32 and cfg.pow2_scales) or (cfg.group_size == 16 and cfg.e4m3_scales))
 
 
 def check_recipe(recipe: list) -> None:
@@ -150,7 +141,7 @@ def check_recipe(recipe: list) -> None:
                 f"compressed-tensors export: {cfg.label()} has float (min/max) offsets; compressed-tensors "
                 "stores integer zero points: use scales: int_zero_point (or symmetric: true)"
             )
-        if cfg.method == "zeroquant_fp" and not (_fp8_ok(cfg) or _mxfp4_ok(cfg)):
+        if cfg.method == "zeroquant_fp" and not (_fp8_ok(cfg) or fp4_kind_of_config(cfg)):
             raise EfflmError(
                 f"compressed-tensors export: {cfg.label()}: FP8 is written as E4M3 weights with one scale per "
                 "output channel (weight_format e4m3, group_size -1), MXFP4 as E2M1 weights in groups of 32 with "

@@ -26,6 +26,7 @@ from efflm.io.gguf_blocks import BLOCKS, mxfp4, names
 from efflm.io.gguf_kquants import kquant_for, pack
 from efflm.io.gguf_vocab import tokenizer_kv
 from efflm.models.arch import attention_windows, layout_for
+from efflm.nn.fp_formats import fp4_kind_of_config, fp4_kind_of_module
 from efflm.nn.module_registry import efflm_modules, role
 from efflm.nn.superblocks import KQUANTS
 
@@ -43,7 +44,7 @@ def check_recipe(recipe: list) -> None:
                 f"GGUF export: {cfg.label()} has no llama.cpp block type; with group_size 32: {names()}; "
                 f"or scales {', '.join(KQUANTS)}"
             )
-        if cfg.method == "zeroquant_fp" and not _mxfp4_config(cfg):
+        if cfg.method == "zeroquant_fp" and fp4_kind_of_config(cfg) != "mxfp4":
             raise EfflmError(
                 f"GGUF export: {cfg.label()}: llama.cpp's FP4 is MXFP4: weight_format e2m1, group_size 32, "
                 "pow2_scales true, act_format none"
@@ -54,21 +55,11 @@ def check_recipe(recipe: list) -> None:
             raise EfflmError(f"GGUF export: {cfg.method} quantizes activations; llama.cpp files hold weights only")
 
 
-def _mxfp4_config(cfg) -> bool:
-    return cfg.weight_format == "e2m1" and cfg.group_size == 32 and cfg.pow2_scales and cfg.act_format in ("none", None)
-
-
 def fp4_tensor(name: str, m: torch.nn.Module, permute_heads: int | None):
     """MXFP4 blocks of an FP4 grid with power-of-two group scales (``FPLinear``)."""
     import gguf
 
-    s = m.scales.float()
-    if (
-        m.weight_format != "e2m1"
-        or m.group_size != 32
-        or m.act_format is not None
-        or not torch.equal(torch.exp2(torch.log2(s).round()), s)
-    ):
+    if fp4_kind_of_module(m) != "mxfp4":
         raise EfflmError(
             f"GGUF export: {name} is not MXFP4 (E2M1 weights, groups of 32, power-of-two scales, no activation "
             "rounding: zeroquant_fp weight_format e2m1, group_size 32, pow2_scales true, act_format none)"

@@ -66,3 +66,30 @@ def global_e4m3_scale(scales: torch.Tensor) -> torch.Tensor | None:
     e = s * g
     exact = torch.equal(e.clamp(max=MAX["e4m3"]).to(FP8["e4m3"]).float(), e)
     return g if exact and bool((e > 0).all()) else None
+
+
+def powers_of_two(scales: torch.Tensor) -> bool:
+    """Every scale is an exact power of two (an E8M0 exponent: MX formats)."""
+    s = scales.float()
+    return bool(torch.equal(torch.exp2(torch.log2(s).round()), s))
+
+
+def fp4_kind(weight_format: str, group_size: int, act_format: str | None, pow2: bool, e4m3: bool) -> str | None:
+    """Which OCP / NVIDIA FP4 block format an E2M1 grid is — "mxfp4" (groups of 32, power-of-two
+    scales), "nvfp4" (groups of 16, E4M3 scales under one power of two) — or None; weights only."""
+    if weight_format != "e2m1" or act_format not in ("none", None):
+        return None
+    if group_size == 32 and pow2:
+        return "mxfp4"
+    return "nvfp4" if group_size == 16 and e4m3 else None
+
+
+def fp4_kind_of_config(cfg) -> str | None:
+    """``fp4_kind`` of a ZeroQuant-FP config (before any work)."""
+    return fp4_kind(cfg.weight_format, cfg.group_size, cfg.act_format, cfg.pow2_scales, cfg.e4m3_scales)
+
+
+def fp4_kind_of_module(m) -> str | None:
+    """``fp4_kind`` of an ``FPLinear``, from the scales it holds."""
+    pow2 = powers_of_two(m.scales)
+    return fp4_kind(m.weight_format, m.group_size, m.act_format, pow2, global_e4m3_scale(m.scales) is not None)

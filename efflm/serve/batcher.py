@@ -32,7 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -164,11 +164,11 @@ class Batcher:
         req._rng = None if req.sampling.greedy else generator(req.sampling)
         req.gen.prompt_tokens = len(req.ids)
         if req.grammar is not None:
-            req._constraint = Constraint(self.tok, self.vocab, req.grammar, self.tok.eos_token_id)
+            req._constraint = Constraint(self.tok, self.vocab, req.grammar)
 
     def _child(self, req: Request, i: int) -> Request:
         seed = None if req.sampling.seed is None else (req.sampling.seed + i) % 2**63
-        sampling = SamplingConfig(**{**req.sampling.__dict__, "seed": seed})
+        sampling = replace(req.sampling, seed=seed)
         child = Request(req.ids, sampling, req.emit, 1, req.logprobs, req.adjust, req.grammar, req.echo, i)
         child.t_submit = req.t_submit
         self._arm(child)

@@ -13,7 +13,7 @@ pytest.importorskip("llguidance")
 
 def walk(tok, grammar, pick):
     """Decode under ``grammar`` choosing ``pick(allowed ids)`` until it is done (or 64 tokens)."""
-    c = Constraint(tok, len(tok), grammar, tok.eos_token_id)
+    c = Constraint(tok, len(tok), grammar)
     out = []
     for _ in range(64):
         logits = c.mask(torch.zeros(len(tok)))
