@@ -308,7 +308,14 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="an OpenAI-compatible server with continuous batching and a playground at /")
     _common(s)
     s.add_argument("--recipe", help="recipe YAML file applied first")
-    s.add_argument("--adapter", help="adapter directory (efflm finetune or peft) applied unmerged")
+    s.add_argument(
+        "--adapter",
+        action="append",
+        help="DIR: an adapter (efflm finetune or peft) applied unmerged to every request; or NAME=DIR, repeatable: "
+        "a LoRA adapter that requests choose with model=NAME, batched beside the base and each other",
+    )
+    s.add_argument("--enable-lora", action="store_true",
+                   help="allow LoRA adapters loaded at runtime (POST /v1/load_lora_adapter) with no NAME=DIR at start")  # fmt: skip
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default)")
     s.add_argument("--port", type=int, default=8000, help="port to listen on")
     s.add_argument("--max-batch", type=_positive, default=8, help="sequences decoded together at most")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from efflm.cli import compressor
+from efflm.cli.serve_adapters import named_adapters, served_adapters
 from efflm.core.errors import EfflmError
 
 
@@ -346,6 +347,7 @@ def cmd_serve(a) -> int:
         raise EfflmError(f"--max-n ({a.max_n}) cannot exceed --max-batch ({a.max_batch}): n completions take n rows")
     recipe = recipe_arg(a.recipe)
     pipeline.validate(a.model, recipe, a.calib_samples, a.calib_len, calib_file=a.calib)
+    named = served_adapters(a)  # NAME=DIR ones checked here, before any weights load
     try:  # a busy port or unknown host is a user error, found before the model loads
         with socket.socket(socket.AF_INET6 if ":" in a.host else socket.AF_INET) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -354,6 +356,7 @@ def cmd_serve(a) -> int:
         raise EfflmError(f"cannot listen on {a.host}:{a.port}: {e.strerror or e}") from None
     compressor.check(a, a.model)
     model, tok = _load(a, recipe)
+    adapters = named_adapters(model, a, recipe, named) if named is not None else None
     compress = compressor.prompt_compressor(a, model, tok, own_copy=True) if a.compress_prompt else None
     ctx = getattr(model.config, "max_position_embeddings", None) or 2048
     max_len = min(a.max_len or min(ctx, 2048), ctx)
@@ -379,5 +382,6 @@ def cmd_serve(a) -> int:
         drain_s=a.drain_timeout,
         on_ready=ready,
         compress=compress,
+        adapters=adapters,
     )
     return 0

@@ -4,7 +4,8 @@ batched decode, prefill and speculative verification alike.
 
 ``FastDecode.build(engine)`` describes each layer's weights to the C code once (pointers into
 the modules' own tensors: packed 4-bit blocks, int8 rows, or dense fp32/bf16 — nothing is
-copied but the norm weights and biases, as fp32). It returns None, with the reason, where the model holds anything the C step does not compute (adapters, prompt
+copied but the norm weights and biases, as fp32; served LoRA adapters' wrappers by their base, the step
+taken only when no row uses an adapter). It returns None, with the reason, where the model holds anything the C step does not compute (adapters, prompt
 learning, low-rank or unpacked quantized Linears, a non-SiLU MLP); ``accepts(cache)`` refuses
 KV policies that evict, re-rotate or score tokens (the full cache, fp32 or int8, is computed).
 It is built per ``Engine`` from the weights as they are then: change a model's weights, make a
@@ -23,6 +24,7 @@ from efflm.core import settings
 from efflm.inference.cache import KVCache
 from efflm.nn import c_kernels
 from efflm.nn.layouts import Q4Blocks, SignedInt8
+from efflm.nn.multi_lora import MultiLoraLinear, routing_of
 from efflm.nn.quant_linear import QuantLinear
 
 DENSE_F32, DENSE_BF16, Q4, Q8 = 0, 1, 4, 8
@@ -57,6 +59,8 @@ def describe(m: torch.nn.Module, dtype: torch.dtype, keep: list) -> Lin:
     """One Linear as the C step reads it (raises ``Unsupported`` for anything else). Every tensor
     it points into is appended to ``keep``: a module whose buffers are replaced later leaves the
     step reading stale but live memory, never freed memory."""
+    if isinstance(m, MultiLoraLinear):  # served adapters: the step runs here only when no row uses one
+        return describe(m.base, dtype, keep)
     tensors = [t for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)) if t is not None]
     if any(not t.is_contiguous() for t in tensors):
         raise Unsupported(f"a {type(m).__name__} with non-contiguous tensors")
@@ -98,6 +102,7 @@ class FastDecode:
         self.widest = widest
         windows = [w for w in engine.windows if w is not None]
         self.window = min(windows) if windows else None  # past it, sliding layers take the reference path
+        self.routing = routing_of(engine.model)  # served LoRA adapters: steps with adapter rows go to torch
 
     @classmethod
     def build(cls, engine: Any) -> "tuple[FastDecode | None, str]":
@@ -156,7 +161,8 @@ class FastDecode:
     def takes(self, rows: int, cache: KVCache) -> bool:
         """Whether a step of ``rows`` tokens (batch × new tokens) over ``cache`` runs here."""
         fits = self.window is None or cache.length + rows <= self.window  # no window cuts a key off yet
-        return (self.max_rows is None or rows <= self.max_rows) and fits and self.accepts(cache)
+        routed = self.routing is not None and self.routing.routed()
+        return (self.max_rows is None or rows <= self.max_rows) and fits and not routed and self.accepts(cache)
 
     @staticmethod
     def accepts(cache: KVCache) -> bool:

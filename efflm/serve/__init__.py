@@ -2,7 +2,7 @@
 
 ``batcher`` schedules (iteration-level, Orca-style; ``solo`` one request at a time for models
 that cannot share a batch; ``prefix_cache`` shared prompt prefixes' KV), ``protocol`` checks request bodies (``errors`` their 400s, ``tools``
-tool calls), ``shapes`` writes OpenAI's response objects, ``app`` is the HTTP surface (FastAPI on uvicorn, SSE streaming),
+tool calls), ``adapters`` named LoRA adapters per request (``adapter_routes`` loads them at runtime), ``shapes`` writes OpenAI's response objects, ``app`` is the HTTP surface (FastAPI on uvicorn, SSE streaming),
 ``prometheus`` the metrics side, and ``static/playground.html`` the browser page at ``/``.
 """
 
@@ -29,16 +29,18 @@ def run(
     drain_s: float = 30.0,
     on_ready: Any = None,
     compress: Any = None,
+    adapters: Any = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT: then stop admitting, let in-flight streams finish within
-    ``drain_s`` seconds, and return."""
+    ``drain_s`` seconds, and return. ``adapters``: ``serve.adapters.Adapters`` (named LoRA
+    adapters per request), made before the batcher builds its engine."""
     import uvicorn
 
     from efflm.serve.app import build_app
     from efflm.serve.batcher import Batcher
 
     batcher = Batcher(model, tok, max_batch=max_batch, max_queue=max_queue, max_len=max_len, chunk=chunk,
-                      prefix_cache_mb=prefix_cache_mb)  # fmt: skip
+                      prefix_cache_mb=prefix_cache_mb, adapters=adapters)  # fmt: skip
     app = build_app(batcher, served, api_key, compress=compress, max_n=max_n)
 
     class Server(uvicorn.Server):

@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP surface (Starlette through FastAPI, served by uvicorn).
 
 ``POST /v1/chat/completions`` and ``/v1/completions`` (SSE streaming or one JSON answer),
-``GET /v1/models``, ``/health``, ``/metrics`` (Prometheus) and ``/`` (the playground page).
+``GET /v1/models``, ``POST /v1/load_lora_adapter`` and ``/v1/unload_lora_adapter`` (vLLM's), ``/health``, ``/metrics`` (Prometheus) and ``/`` (the playground page).
 Requests go to the ``Batcher`` thread; its events come back through an asyncio queue. Every
 error is OpenAI-shaped JSON; a client that disconnects cancels its request.
 """
@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from efflm.serve.adapter_routes import add_adapter_routes
 from efflm.serve.batcher import Batcher, Draining, QueueFull
 from efflm.serve.batcher import Request as Job
 from efflm.serve.prometheus import Metrics
@@ -33,6 +34,7 @@ def _error(e: ApiError, headers: dict | None = None) -> JSONResponse:
 
 def build_app(batcher: Batcher, served: str, api_key: str | None = None, retry_after_s: int = 1,
               compress: Any = None, max_n: int = 8) -> FastAPI:  # fmt: skip
+    adapters = batcher.adapters  # serve.adapters.Adapters, or None: no per-request adapters
     app = FastAPI(title="efflm", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = Metrics(batcher, served)
     app.state.metrics, app.state.batcher = metrics, batcher
@@ -77,16 +79,24 @@ def build_app(batcher: Batcher, served: str, api_key: str | None = None, retry_a
             "object": "model",
             "created": created,
             "owned_by": "efflm",
+            "root": served,
+            "parent": None,
             "max_model_len": batcher.max_len,
         }
-        return JSONResponse({"object": "list", "data": [card]})
+        cards = [card]
+        for name, path in adapters.paths.items() if adapters is not None else ():
+            cards.append({**card, "id": name, "root": path, "parent": served})
+        return JSONResponse({"object": "list", "data": cards})
+
+    add_adapter_routes(app, batcher, served, check_key)
 
     async def complete(request: Request, chat: bool) -> Response:
         vocab = batcher.model.config.vocab_size
         try:
             check_key(request)
             body = parse_json(await request.body())
-            args = (body, chat, batcher.tok, served, batcher.max_len, compress, max_n, vocab)
+            names = adapters.names() if adapters is not None else ()
+            args = (body, chat, batcher.tok, served, batcher.max_len, compress, max_n, vocab, names)
             if compress is None and not any(k in body for k in GRAMMAR_FIELDS):
                 spec = job(*args)
             else:  # a prompt compressor runs a small LM, a grammar compiles: off the event loop
@@ -96,7 +106,7 @@ def build_app(batcher: Batcher, served: str, api_key: str | None = None, retry_a
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         req = Job(spec.prompt_ids, spec.sampling, lambda kind, v: loop.call_soon_threadsafe(events.put_nowait, (kind, v)),
-                  spec.n, spec.logprobs, spec.adjust, spec.grammar, spec.echo)  # fmt: skip
+                  spec.n, spec.logprobs, spec.adjust, spec.grammar, spec.echo, adapter=spec.adapter)  # fmt: skip
         refused = batcher.solo_refuses(req)
         if refused:
             return _error(ApiError(400, f"'{refused}' is not served for this model (it decodes one request at a time: "
@@ -111,7 +121,7 @@ def build_app(batcher: Batcher, served: str, api_key: str | None = None, retry_a
             metrics.rejected.inc()
             return _error(ApiError(503, str(e), code="shutting_down"))
         rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
-        shape = Shape(chat, rid, served, int(time.time()), batcher.tok, spec.logprobs)
+        shape = Shape(chat, rid, spec.model, int(time.time()), batcher.tok, spec.logprobs)
         if spec.stream:
             return StreamingResponse(_sse(batcher, metrics, req, events, shape, spec),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})  # fmt: skip

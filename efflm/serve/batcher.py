@@ -20,6 +20,9 @@ Per row, before sampling: the request's ``logit_bias`` and presence/frequency pe
 constrained and free sequences share a step; log-probabilities come from the raw logits. ``n``
 completions of one prompt share its prefill: its cache is copied into n rows, each sampling on.
 
+Named LoRA adapters (``serve.adapters``) ride in the batch: each step tells the model's routing
+which adapter each row uses. Loading and unloading run on this thread between steps (``call``).
+
 Models whose KV policy evicts or scores tokens, or that carry prompt adapters, are served one
 request at a time through ``generate_ids`` (their per-sequence state cannot share rows); a
 recipe with a ``speculative`` step is served one request at a time through speculative decoding.
@@ -32,7 +35,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -40,11 +43,11 @@ import torch
 from efflm.core.errors import EfflmError
 from efflm.inference.cache import KVCache, make_cache
 from efflm.inference.engine import Engine
-from efflm.inference.generate import Generation, SamplingConfig, TextStream, draw, generator, probs
+from efflm.inference.generate import TextStream, generator
 from efflm.inference.grammar import Constraint
-from efflm.inference.logits_process import Adjust, adjust, token_logprobs
 from efflm.inference.speculative import drafter_for
 from efflm.serve.prefix_cache import PrefixCache
+from efflm.serve.sequence import Request, emit_token, finish, prompt_logprobs
 from efflm.serve.solo import refuses, serve_one
 
 
@@ -54,45 +57,6 @@ class QueueFull(EfflmError):
 
 class Draining(EfflmError):
     """The server is shutting down and admits nothing new."""
-
-
-@dataclass(eq=False)
-class Request:
-    """One completion (``n`` of them sharing the prompt's prefill). ``emit(kind, value)`` is called
-    from the batcher thread: ("text", (index, delta, logprobs)) as text becomes final, then ("done",
-    (index, Generation, logprobs)) once per index, or ("error", message). ``logprobs`` are the
-    (token, log-probability, [(alternative, log-probability)]) of the tokens not reported yet, when
-    ``logprobs`` is set (the number of alternatives); ``prompt_logprobs`` (with ``echo``) those of
-    the prompt's tokens after the first."""
-
-    ids: list[int]
-    sampling: SamplingConfig
-    emit: Callable[[str, Any], None]
-    n: int = 1
-    logprobs: int | None = None
-    adjust: Adjust = field(default_factory=Adjust)
-    grammar: str | None = None
-    echo: bool = False
-    index: int = 0
-    prompt_logprobs: list | None = None
-    cancelled: bool = False
-    gen: Generation = field(default_factory=Generation)
-    t_submit: float = field(default_factory=time.perf_counter)
-    t_first: float | None = None
-    t_last: float | None = None
-    _stream: TextStream | None = None
-    _rng: torch.Generator | None = None
-    _cache: KVCache | None = None  # the prompt's own cache while it is prefilled
-    _pos: torch.Tensor | None = None
-    _done: int = 0  # prompt tokens prefilled
-    _last: int = 0  # the token to feed next
-    _constraint: Constraint | None = None
-    _lps: list = field(default_factory=list)  # log-probabilities not emitted yet
-    _children: list = field(default_factory=list)  # indices 1..n-1, made when the prompt is prefilled
-
-    def taken(self) -> list:
-        out, self._lps = self._lps, []
-        return out
 
 
 class Batcher:
@@ -108,10 +72,12 @@ class Batcher:
         chunk: int = 128,
         on_step: Callable[[dict], None] | None = None,
         prefix_cache_mb: float = 0.0,
+        adapters: Any = None,
     ):
         self.model, self.tok = model, tok
         self.max_batch, self.max_queue, self.max_len, self.chunk = max_batch, max_queue, max_len, chunk
         self.on_step = on_step or (lambda info: None)
+        self.adapters = adapters  # serve.adapters.Adapters: wraps the model's Linears before the engine reads them
         self.engine = Engine(model)
         self.eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
         self.vocab = model.config.vocab_size
@@ -122,6 +88,9 @@ class Batcher:
             and not (probe.evicts or probe.needs_weights or probe.rerotate)
             and not (self.engine.prompt.n_virtual or self.engine.prompt.gated)
         )
+        if adapters is not None and not self.batched:
+            raise EfflmError("named LoRA adapters ride in the batch; this model decodes one request at a time "
+                             "(speculative decoding, a KV-cache policy or a prompt adapter)")  # fmt: skip
         # prompts' KV kept for reuse by later prompts with the same prefix (batched models only)
         self.prefix = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 and self.batched else None
         self.waiting: deque[Request] = deque()
@@ -132,6 +101,7 @@ class Batcher:
         self.cursor = 0
         self.draining = False
         self._cv = threading.Condition()
+        self._controls: deque = deque()  # (fn, done event, [result]) run on this thread between steps
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="efflm-batcher", daemon=True)
 
@@ -169,7 +139,7 @@ class Batcher:
     def _child(self, req: Request, i: int) -> Request:
         seed = None if req.sampling.seed is None else (req.sampling.seed + i) % 2**63
         sampling = replace(req.sampling, seed=seed)
-        child = Request(req.ids, sampling, req.emit, 1, req.logprobs, req.adjust, req.grammar, req.echo, i)
+        child = Request(req.ids, sampling, req.emit, 1, req.logprobs, req.adjust, req.grammar, req.echo, i, req.adapter)
         child.t_submit = req.t_submit
         self._arm(child)
         return child
@@ -183,6 +153,33 @@ class Batcher:
             for r in (req, *req._children):
                 r.cancelled = True
             self._cv.notify()
+
+    def call(self, fn: Callable[[], Any], timeout_s: float = 30.0) -> Any:
+        """Run ``fn()`` on the scheduler thread between two steps; return its result or raise its error."""
+        box: list = []
+        done = threading.Event()
+        with self._cv:
+            self._controls.append((fn, done, box))
+            self._cv.notify()
+        if not done.wait(timeout_s):
+            raise EfflmError("the scheduler did not answer in time")
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+
+    def _run_controls(self) -> None:
+        while self._controls:
+            fn, done, box = self._controls.popleft()
+            try:
+                box.append(fn())
+            except Exception as e:
+                box.append(e)
+            done.set()
+
+    def in_use(self, adapter: str) -> int:
+        """Requests waiting or running with ``adapter`` (call on the scheduler thread)."""
+        live = [*self.waiting, *self.running, *([self.prefill] if self.prefill else [])]
+        return sum(r.adapter == adapter for r in live)
 
     def counts(self) -> tuple[int, int]:
         """(running incl. prefill, waiting)."""
@@ -214,10 +211,13 @@ class Batcher:
     def _loop(self, done: Callable[[], bool] | None = None) -> None:
         while True:
             with self._cv:
-                while not self._stop and self.idle() and not (done and done()):
+                while not self._stop and self.idle() and not self._controls and not (done and done()):
                     self._cv.wait(0.1)
                 if self._stop or (done and done() and self.idle()):
                     return
+            self._run_controls()
+            if self.idle():
+                continue
             try:
                 self._iteration() if self.batched else serve_one(self)
             except Exception as e:  # a failed step fails its requests, never the server
@@ -269,38 +269,38 @@ class Batcher:
         if req._cache is None:
             req._cache = make_cache(self.model, 1, len(req.ids), torch.float32)
             reuse = self.prefix is not None and not (req.echo and req.logprobs is not None)  # echo scores every token
-            req._done = self.prefix.restore(req.ids, req._cache) if reuse else 0
+            req._done = self.prefix.restore(req.ids, req._cache, self._salt(req)) if reuse else 0
             req._pos = torch.tensor([req._done], dtype=torch.long)
         piece = req.ids[req._done : req._done + self.chunk]
         e.cache, e.pos = req._cache, req._pos
+        self._route([req])
         echo_lps = req.echo and req.logprobs is not None
         out = e.step(torch.tensor([piece]), all_logits=echo_lps)
         if echo_lps:
-            self._prompt_logprobs(req, out[0], req._done)
+            prompt_logprobs(req, out[0], req._done)
         logits = out[:, -1]
         req._pos, req._done = e.pos, req._done + len(piece)
         if req._done < len(req.ids):
             return len(piece)
         if self.prefix is not None:
-            self.prefix.insert(req.ids, req._cache)
+            self.prefix.insert(req.ids, req._cache, self._salt(req))
         self.prefill = None
         req._children = [self._child(req, i) for i in range(1, req.n)]
         cache = req._cache
         for member in (req, *req._children):
             member.prompt_logprobs = req.prompt_logprobs
-            if self._emit_token(member, logits[0]):
-                self._finish(member)
+            if emit_token(member, logits[0], self.eos, self.max_len):
+                finish(member)
             else:
                 self._splice(member, cache)
         return len(piece)
 
-    def _prompt_logprobs(self, req: Request, logits: torch.Tensor, start: int) -> None:
-        """Log-probabilities of the prompt's tokens start+1.. from this chunk's logits [T, V]."""
-        req.prompt_logprobs = req.prompt_logprobs or []
-        for j in range(logits.shape[0]):
-            target = start + j + 1
-            if target < len(req.ids):
-                req.prompt_logprobs.append((req.ids[target], *token_logprobs(logits[j], req.ids[target], req.logprobs)))
+    def _route(self, rows: list[Request]) -> None:
+        if self.adapters is not None:
+            self.adapters.routing.rows = [r.adapter for r in rows]
+
+    def _salt(self, req: Request) -> bytes:
+        return b"" if self.adapters is None else self.adapters.salt(req.adapter)
 
     def _splice(self, req: Request, cache: KVCache) -> None:
         """Copy a prefilled prompt (``cache``) into row n of the batch cache, its slots ending at the cursor."""
@@ -341,13 +341,14 @@ class Batcher:
         view = self.cache.rows(n)
         view.length = self.cursor
         e.cache, e.pos = view, self.pos[:n].clone()
+        self._route(self.running)
         logits = e.step(torch.tensor([[r._last] for r in self.running]))[:, -1]
         self.pos[:n] = e.pos
         self.cursor = view.length
         for i in reversed(range(n)):
             req = self.running[i]
-            if req.cancelled or self._emit_token(req, logits[i]):
-                self._finish(req)
+            if req.cancelled or emit_token(req, logits[i], self.eos, self.max_len):
+                finish(req)
                 self._free(i)
 
     def _free(self, i: int) -> None:
@@ -363,38 +364,3 @@ class Batcher:
         self.running.pop()
         if not self.running:
             self.cursor = 0
-
-    def _emit_token(self, req: Request, logits: torch.Tensor) -> bool:
-        """Sample the next token of ``req`` (after its bias, penalties and grammar mask); True when
-        it finished (eos, stop string, grammar complete or length)."""
-        cfg = req.sampling
-        x = logits
-        if req.adjust.active or req._constraint is not None:
-            x = adjust(logits, req.adjust, req.gen.tokens)
-            if req._constraint is not None:
-                req._constraint.mask(x)
-        t = int(x.argmax(-1)) if cfg.greedy else int(draw(probs(x[None], cfg), req._rng)[0])
-        if req.logprobs is not None:
-            req._lps.append((t, *token_logprobs(logits, t, req.logprobs)))
-        now = time.perf_counter()
-        req.t_first = req.t_first or now
-        req.t_last = now
-        if t in self.eos:
-            req.gen.finish = "eos"
-            return True
-        if req._constraint is not None:
-            req._constraint.advance(t)
-        if req._stream.push(t):
-            return True
-        if req._constraint is not None and req._constraint.done:
-            req.gen.finish = "stop"
-            return True
-        req._last = t
-        # the prompt plus every sampled token must fit in the cache (checked at admission too)
-        return len(req.gen.tokens) >= cfg.max_new_tokens or len(req.ids) + len(req.gen.tokens) >= self.max_len
-
-    def _finish(self, req: Request) -> None:
-        req._stream.close()
-        if req.gen.finish not in ("eos", "stop"):
-            req.gen.finish = "length"
-        req.emit("done", (req.index, req.gen, req.taken()))

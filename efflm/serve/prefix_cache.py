@@ -33,8 +33,8 @@ class PrefixCache:
         self.used = 0
         self.queries = self.query_tokens = self.hit_tokens = 0  # counters for /metrics
 
-    def _names(self, ids: list[int], n_blocks: int) -> list[bytes]:
-        names, prev = [], b""
+    def _names(self, ids: list[int], n_blocks: int, salt: bytes) -> list[bytes]:
+        names, prev = [], salt
         for i in range(n_blocks):
             chunk = ids[i * self.block : (i + 1) * self.block]
             prev = hashlib.blake2b(
@@ -43,10 +43,11 @@ class PrefixCache:
             names.append(prev)
         return names
 
-    def restore(self, ids: list[int], cache: KVCache) -> int:
+    def restore(self, ids: list[int], cache: KVCache, salt: bytes = b"") -> int:
         """Copy the longest known prefix of ``ids`` (whole blocks, never the last token) into row 0
-        of the empty ``cache``; return how many tokens it holds."""
-        names = self._names(ids, (len(ids) - 1) // self.block)
+        of the empty ``cache``; return how many tokens it holds. ``salt`` names what else the KV
+        depends on (the LoRA adapter the prompt runs through)."""
+        names = self._names(ids, (len(ids) - 1) // self.block, salt)
         hit = 0
         while hit < len(names) and names[hit] in self.blocks:
             hit += 1
@@ -65,9 +66,9 @@ class PrefixCache:
         self.hit_tokens += n
         return n
 
-    def insert(self, ids: list[int], cache: KVCache) -> None:
+    def insert(self, ids: list[int], cache: KVCache, salt: bytes = b"") -> None:
         """Keep every full block of the prefilled prompt ``ids`` (row 0 of ``cache``) not kept yet."""
-        names = self._names(ids, len(ids) // self.block)
+        names = self._names(ids, len(ids) // self.block, salt)
         for i in reversed(range(len(names))):
             if names[i] in self.blocks:
                 self.blocks.move_to_end(names[i])

@@ -31,6 +31,7 @@ class Job:
     adjust: Adjust = Adjust()
     grammar: str | None = None  # llguidance's compiled grammar (response_format, guided_*, a forced tool call)
     tools: tooling.Tools | None = None
+    adapter: str | None = None  # the named LoRA adapter ``model`` chose (None: the base)
 
 
 # Every request field efflm reads; any other is a 400 rather than silently ignored.
@@ -157,16 +158,26 @@ def _is_call(c: Any) -> bool:
 
 
 def job(
-    body: dict, chat: bool, tok: Any, served: str, max_len: int, compress: Any = None, max_n: int = 8, vocab: int = 0
+    body: dict,
+    chat: bool,
+    tok: Any,
+    served: str,
+    max_len: int,
+    compress: Any = None,
+    max_n: int = 8,
+    vocab: int = 0,
+    adapters: Any = (),
 ) -> Job:
     """The request as efflm runs it, or ApiError (400/404). ``compress(text) -> text`` (``efflm
     serve --compress-prompt``) shortens the prompt, or the last user message, first; ``vocab``:
-    the model's vocabulary (logit_bias ids and grammars are checked against it)."""
+    the model's vocabulary (logit_bias ids and grammars are checked against it); ``adapters``: the
+    names of the LoRA adapters loaded, which ``model`` may name instead of the base."""
     vocab = vocab or len(tok)
     model = _get(body, "model", (str,), served, "a string")
-    if model != served:
+    if model != served and model not in adapters:
+        known = ", ".join(f"'{m}'" for m in [served, *adapters])
         raise ApiError(
-            400, f"the model '{model}' does not exist; this server serves '{served}'", "model", "model_not_found"
+            400, f"the model '{model}' does not exist; this server serves {known}", "model", "model_not_found"
         )
     unknown = sorted(set(body) - (CHAT if chat else COMPLETION))
     if unknown:
@@ -236,8 +247,9 @@ def job(
         if grammar is not None:
             raise ApiError(400, "a forced tool call and an output constraint cannot both apply", param="tool_choice")
         grammar = _compile(tok, vocab, "json_schema", tooling.call_schema(tools.forced), "tool_choice")
-    return Job(chat, ids, sampling, stream, include_usage, served, n, _logprobs(body, chat), echo,
-               _adjust(body, vocab), grammar, tools if tools is not None and tools.choice != "none" else None)  # fmt: skip
+    return Job(chat, ids, sampling, stream, include_usage, model, n, _logprobs(body, chat), echo,
+               _adjust(body, vocab), grammar, tools if tools is not None and tools.choice != "none" else None,
+               None if model == served else model)  # fmt: skip
 
 
 def _logprobs(body: dict, chat: bool) -> int | None:

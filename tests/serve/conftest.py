@@ -35,6 +35,13 @@ class Running:
         from efflm.pipeline import load_and_apply
 
         self.model, self.tok = load_and_apply(model_spec, [config_from_dict(step) for step in recipe or []])
+        lora = kw.pop("lora", None)  # [(name, dir)] served per request (or []: --enable-lora alone)
+        if lora is not None:
+            from efflm.serve.adapters import Adapters
+
+            kw["adapters"] = Adapters(self.model)
+            for name, path in lora:
+                kw["adapters"].attach(kw["adapters"].read(name, path))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = None

@@ -76,3 +76,36 @@ def test_sigterm_finishes_the_stream_in_flight_then_exits():
         raise AssertionError("the server still answers after SIGTERM")
     except httpx.HTTPError:
         pass
+
+
+def test_named_adapters_from_the_command_line(tmp_path, capsys):
+    from efflm.cli import main
+    from tests.serve.test_multi_lora_serve import make_adapter
+
+    a, dora = make_adapter(tmp_path / "a", 1), make_adapter(tmp_path / "d", 2, method="dora")
+    base = ("serve", "--model", "tiny-llama")
+    cases = [
+        (("--adapter", f"x={a}", "--adapter", a), "--adapter DIR (one adapter for every request) goes alone"),
+        (("--adapter", f"x={a}", "--adapter", f"x={a}"), "--adapter: the name 'x' is given twice"),
+        (("--adapter", f"x={dora}"), f"--adapter x={dora}: a dora adapter is not served per request"),
+        (("--adapter", "x=/nonexistent"), "/nonexistent: not an adapter directory"),
+    ]
+    for args, message in cases:
+        assert main([*base, *args]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("efflm: error: " + message), err
+    port = free_port()
+    env = {**os.environ, "EFFLM_PROGRESS": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "efflm.cli", *base, "--port", str(port), "--adapter", f"x={a}",
+                             "--enable-lora"], stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    try:
+        assert proc.stderr.readline().startswith("efflm: serving tiny-llama")
+        url = f"http://127.0.0.1:{port}/v1"
+        assert [m["id"] for m in httpx.get(url + "/models").json()["data"]] == ["tiny-llama", "x"]
+        r = httpx.post(url + "/load_lora_adapter", json={"lora_name": "y", "lora_path": a})
+        assert r.status_code == 200, r.text
+        r = httpx.post(url + "/completions", json={"model": "y", "prompt": "hi", "max_tokens": 2})
+        assert r.status_code == 200 and r.json()["model"] == "y"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
