@@ -8,7 +8,7 @@ INTEROP := $(VENV)/.efflm-interop-installed
 BROWSER := $(VENV)/.efflm-browser-installed
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: setup setup-embeddings bench test test-fast lint wheel-check papers anchors reference clean
+.PHONY: setup setup-embeddings bench test test-fast lint wheel-check papers anchors llama-server reference clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -70,13 +70,18 @@ wheel-check: $(STAMP)
 anchors: $(STAMP)
 	$(PIP) -e '.[anchors,serve-anchor]'
 
+# llama.cpp's C++ llama-server, the serving peer of benchmarks/serve_load.py, built with CMake from the
+# llama.cpp source vendored in llama-cpp-python's sdist into build/ (10-25 min on 2 cores, once; not in `make test`).
+llama-server: $(STAMP)
+	bash benchmarks/build_llama_server.sh
+
 REF := --db results/efflm.sqlite --out-dir results
 
 # Every committed result file, regenerated (about 2 hours on 2 cores; run on a clean tree).
 # The leaderboard rows (appended to the committed results/efflm.sqlite; the latest row per recipe
 # is shown): the default, extra, prune, inference and quant2 suites; then each study under
 # benchmarks/; then the tasks and recover suites, and the recover suite's compressed bases alone.
-reference: $(STAMP) $(INTEROP) anchors
+reference: $(STAMP) $(INTEROP) anchors llama-server
 	$(BIN)/efflm bench $(REF)
 	$(BIN)/efflm bench $(REF) --suite extra
 	$(BIN)/efflm bench $(REF) --suite prune

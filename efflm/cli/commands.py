@@ -376,6 +376,7 @@ def cmd_serve(a) -> int:
         max_queue=a.max_queue,
         max_len=max_len,
         chunk=a.chunk,
+        decode_chunk=a.decode_chunk,
         max_n=a.max_n,
         prefix_cache_mb=a.prefix_cache_mb,
         api_key=a.api_key,

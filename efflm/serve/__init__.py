@@ -23,6 +23,7 @@ def run(
     max_queue: int = 64,
     max_len: int = 2048,
     chunk: int = 128,
+    decode_chunk: int = 16,
     max_n: int = 4,
     prefix_cache_mb: float = 0.0,
     api_key: str | None = None,
@@ -40,7 +41,7 @@ def run(
     from efflm.serve.batcher import Batcher
 
     batcher = Batcher(model, tok, max_batch=max_batch, max_queue=max_queue, max_len=max_len, chunk=chunk,
-                      prefix_cache_mb=prefix_cache_mb, adapters=adapters)  # fmt: skip
+                      decode_chunk=decode_chunk, prefix_cache_mb=prefix_cache_mb, adapters=adapters)  # fmt: skip
     app = build_app(batcher, served, api_key, compress=compress, max_n=max_n)
 
     class Server(uvicorn.Server):

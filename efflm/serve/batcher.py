@@ -3,8 +3,9 @@
 One thread owns the model. Every iteration it
 1. drops cancelled requests (a disconnected client's row is free at this step);
 2. moves waiting requests into prefill while rows are free; a prompt is prefilled in chunks
-   of ``chunk`` tokens into a one-sequence cache of its own, one chunk per iteration, so the
-   running sequences never wait longer than one chunk;
+   into a one-sequence cache of its own, one chunk per iteration: ``chunk`` tokens while no
+   sequence decodes, ``decode_chunk`` while some do (Sarathi-Serve's stall-free batching: a
+   decode step waits for one short chunk, not a whole prompt);
 3. when a prompt is done: samples its first token and copies its cache into the next free row
    of the shared batch cache, its slots ending at the shared cursor;
 4. runs one decode step, ``[n, 1]``, over the first n rows (``KVCache.rows``): every running
@@ -23,9 +24,11 @@ completions of one prompt share its prefill: its cache is copied into n rows, ea
 Named LoRA adapters (``serve.adapters``) ride in the batch: each step tells the model's routing
 which adapter each row uses. Loading and unloading run on this thread between steps (``call``).
 
-Models whose KV policy evicts or scores tokens, or that carry prompt adapters, are served one
-request at a time through ``generate_ids`` (their per-sequence state cannot share rows); a
-recipe with a ``speculative`` step is served one request at a time through speculative decoding.
+A recipe with a prompt-lookup ``speculative`` step drafts per row and verifies every row's draft
+in one step (``serve.spec_batch``). Models whose KV policy evicts or scores tokens, or that carry
+prompt adapters, are served one request at a time through ``generate_ids`` (their per-sequence
+state cannot share rows); a ``speculative`` step drafting with the model's own first layers is
+served one request at a time through speculative decoding.
 Those paths serve plain sampling only (``Batcher.solo_refuses`` names what they cannot).
 """
 
@@ -49,6 +52,7 @@ from efflm.inference.speculative import drafter_for
 from efflm.serve.prefix_cache import PrefixCache
 from efflm.serve.sequence import Request, emit_token, finish, prompt_logprobs
 from efflm.serve.solo import refuses, serve_one
+from efflm.serve.spec_batch import decode_speculative
 
 
 class QueueFull(EfflmError):
@@ -70,12 +74,14 @@ class Batcher:
         max_queue: int = 64,
         max_len: int = 2048,
         chunk: int = 128,
+        decode_chunk: int = 16,
         on_step: Callable[[dict], None] | None = None,
         prefix_cache_mb: float = 0.0,
         adapters: Any = None,
     ):
         self.model, self.tok = model, tok
         self.max_batch, self.max_queue, self.max_len, self.chunk = max_batch, max_queue, max_len, chunk
+        self.decode_chunk = min(decode_chunk, chunk)
         self.on_step = on_step or (lambda info: None)
         self.adapters = adapters  # serve.adapters.Adapters: wraps the model's Linears before the engine reads them
         self.engine = Engine(model)
@@ -83,6 +89,11 @@ class Batcher:
         self.vocab = model.config.vocab_size
         probe = make_cache(model, 1, 1, torch.float32)
         self.speculative = drafter_for(model)  # (draft or None, SpeculativeConfig) from the recipe
+        # prompt-lookup drafts are verified inside the batch (serve.spec_batch); a draft model decodes solo
+        self.lookup = self.speculative[1] if self.speculative is not None and self.speculative[0] is None else None
+        if self.lookup is not None:
+            self.speculative = None
+        self.drafted = self.accepted = 0  # draft tokens proposed and accepted (in-batch speculation)
         self.batched = (
             self.speculative is None
             and not (probe.evicts or probe.needs_weights or probe.rerotate)
@@ -254,14 +265,13 @@ class Batcher:
             with self._cv:  # n completions of one prompt take n rows at once
                 if self.waiting and len(self.running) + self.waiting[0].n <= self.max_batch:
                     self.prefill = self.waiting.popleft()
-        t0 = time.perf_counter()
+        t0, decoding = time.perf_counter(), len(self.running)
         prefilled = self._prefill_chunk() if self.prefill is not None else 0
         t1 = time.perf_counter()
         if self.running:
             self._decode()
-        self.on_step(
-            {"prefill_tokens": prefilled, "prefill_s": t1 - t0, "decode_rows": len(self.running), "slots": self.cursor}
-        )
+        self.on_step({"prefill_tokens": prefilled, "prefill_s": t1 - t0, "decode_rows": len(self.running),
+                      "decoding_before": decoding, "slots": self.cursor})  # fmt: skip
 
     @torch.inference_mode()
     def _prefill_chunk(self) -> int:
@@ -271,7 +281,7 @@ class Batcher:
             reuse = self.prefix is not None and not (req.echo and req.logprobs is not None)  # echo scores every token
             req._done = self.prefix.restore(req.ids, req._cache, self._salt(req)) if reuse else 0
             req._pos = torch.tensor([req._done], dtype=torch.long)
-        piece = req.ids[req._done : req._done + self.chunk]
+        piece = req.ids[req._done : req._done + (self.decode_chunk if self.running else self.chunk)]
         e.cache, e.pos = req._cache, req._pos
         self._route([req])
         echo_lps = req.echo and req.logprobs is not None
@@ -335,6 +345,8 @@ class Batcher:
 
     @torch.inference_mode()
     def _decode(self) -> None:
+        if self.lookup is not None and decode_speculative(self):
+            return
         if self.cursor + 1 > self.cache.size:
             self._compact()
         n, e = len(self.running), self.engine

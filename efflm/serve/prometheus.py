@@ -51,7 +51,16 @@ class Metrics:
         total = Gauge("efflm:kv_cache_slots_total", "KV-cache slots of the batch cache.", ["model_name"], registry=r)
         total.labels(**labels).set(batcher.max_batch * batcher.max_len)
         if batcher.prefix is not None:
-            r.register(_PrefixCollector(batcher.prefix, model))
+            p = batcher.prefix  # vLLM's prefix_cache_queries / _hits, in tokens
+            r.register(_Counters(model, [
+                ("efflm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", lambda: p.query_tokens),
+                ("efflm:prefix_cache_hits", "Prompt tokens whose KV came from the prefix cache.", lambda: p.hit_tokens),
+            ]))  # fmt: skip
+        if batcher.lookup is not None:  # in-batch speculation (vLLM's spec_decode counters)
+            r.register(_Counters(model, [
+                ("efflm:spec_decode_num_draft_tokens", "Draft tokens proposed.", lambda: batcher.drafted),
+                ("efflm:spec_decode_num_accepted_tokens", "Draft tokens accepted.", lambda: batcher.accepted),
+            ]))  # fmt: skip
 
     def finished(self, req: Any) -> None:
         """Record one finished request (``Request`` with timing and its Generation)."""
@@ -69,17 +78,14 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class _PrefixCollector:
-    """The prefix cache's counters, read when scraped (vLLM's ``prefix_cache_queries``/``_hits``: tokens)."""
+class _Counters:
+    """Counters read from a callable when scraped."""
 
-    def __init__(self, prefix: Any, model: str):
-        self.prefix, self.model = prefix, model
+    def __init__(self, model: str, counters: list):
+        self.model, self.counters = model, counters
 
     def collect(self):
-        for name, doc, value in (
-            ("efflm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", self.prefix.query_tokens),
-            ("efflm:prefix_cache_hits", "Prompt tokens whose KV came from the prefix cache.", self.prefix.hit_tokens),
-        ):
+        for name, doc, read in self.counters:
             family = CounterMetricFamily(name, doc, labels=["model_name"])
-            family.add_metric([self.model], value)
+            family.add_metric([self.model], read())
             yield family

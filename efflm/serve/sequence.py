@@ -49,6 +49,7 @@ class Request:
     _last: int = 0  # the token to feed next
     _constraint: Constraint | None = None
     _lps: list = field(default_factory=list)  # log-probabilities not emitted yet
+    _drafts: Any = None  # inference.speculative.DraftLength of this row (in-batch speculation)
     _children: list = field(default_factory=list)  # indices 1..n-1, made when the prompt is prefilled
 
     def taken(self) -> list:

@@ -171,7 +171,7 @@ def test_a_bad_schema_is_a_400_naming_its_field(server):
 
 
 def test_one_at_a_time_models_refuse_what_they_cannot_serve():
-    s = Running(recipe=[{"method": "speculative", "k": 2}], max_batch=2)
+    s = Running(recipe=[{"method": "speculative", "k": 2, "draft": "layers", "draft_layers": 1}], max_batch=2)
     try:
         body = {"model": MODEL, "prompt": "x", "max_tokens": 2}
         for extra, param in (
@@ -182,5 +182,21 @@ def test_one_at_a_time_models_refuse_what_they_cannot_serve():
             r = httpx.post(s.url + "/v1/completions", json={**body, **extra})
             assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
         assert httpx.post(s.url + "/v1/completions", json=body).status_code == 200
+    finally:
+        s.stop()
+
+
+def test_a_prompt_lookup_recipe_serves_every_feature_in_the_batch_and_counts_drafts():
+    s = Running(recipe=[{"method": "speculative", "k": 3, "min_ngram": 1}], max_batch=4)
+    try:
+        assert s.batcher.batched and s.batcher.lookup is not None
+        body = {"model": MODEL, "prompt": "a b c a b c a b c a b", "max_tokens": 12, "n": 2, "logprobs": 1,
+                "temperature": 0}  # fmt: skip
+        r = httpx.post(s.url + "/v1/completions", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == r.json()["choices"][1]["text"]
+        metrics = httpx.get(s.url + "/metrics").text
+        drafted = [ln for ln in metrics.splitlines() if ln.startswith("efflm:spec_decode_num_draft_tokens_total")]
+        assert drafted and float(drafted[0].split()[-1]) > 0, metrics
     finally:
         s.stop()

@@ -74,12 +74,13 @@ def test_evicting_kv_methods_are_served_one_at_a_time(tiny):
     assert got == [_solo(model, tok, ids, n) for ids, n in jobs]
 
 
-def test_a_speculative_recipe_is_served_speculatively_with_plain_greedy_tokens(tiny, monkeypatch):
+def test_a_layer_draft_recipe_is_served_speculatively_with_plain_greedy_tokens(tiny, monkeypatch):
     import efflm.serve.solo as batcher_module
 
     model, tok = tiny
     plain = [_solo(model, tok, ids, n) for ids, n in _jobs()[:3]]
-    model = get("speculative").apply(model, config_from_dict({"method": "speculative", "k": 4}))
+    spec = {"method": "speculative", "k": 4, "draft": "layers", "draft_layers": 1}
+    model = get("speculative").apply(model, config_from_dict(spec))
     calls, real = [], batcher_module.speculative_ids
     monkeypatch.setattr(batcher_module, "speculative_ids", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     b = Batcher(model, tok, max_batch=3, max_len=64)
@@ -104,3 +105,62 @@ def test_queue_bound_and_drain():
     b.start()
     b.shutdown(5)
     assert b.idle()
+
+
+def test_prompts_prefill_in_short_chunks_while_rows_decode(tiny):
+    """Stall-free batching: a decoding row waits for at most ``decode_chunk`` prompt tokens a step;
+    with nothing decoding a prompt goes ``chunk`` tokens at a time. Outputs stay the solo ones."""
+    model, tok = tiny
+    b = Batcher(model, tok, max_batch=3, max_queue=16, max_len=80, chunk=32, decode_chunk=5)
+    steps = []
+    b.on_step = steps.append
+    b.start()
+    try:
+        g = torch.Generator().manual_seed(3)
+        jobs = [(torch.randint(3, 259, (p,), generator=g).tolist(), 12) for p in (40, 23, 31)]
+        got = _serve_all(b, jobs)
+    finally:
+        b.shutdown(0.0)
+    assert got == [_solo(model, tok, ids, n) for ids, n in jobs]
+    busy = [s["prefill_tokens"] for s in steps if s["decoding_before"] and s["prefill_tokens"]]
+    idle = [s["prefill_tokens"] for s in steps if not s["decoding_before"] and s["prefill_tokens"]]
+    assert busy and max(busy) <= 5
+    assert max(idle) == 32
+
+
+def _serve_sampled(b, jobs, temperature):
+    done = [threading.Event() for _ in jobs]
+    reqs = []
+    for i, (ids, n) in enumerate(jobs):
+        cfg = SamplingConfig(max_new_tokens=n, temperature=temperature, seed=10 + i)
+        reqs.append(Request(ids, cfg, lambda kind, v, i=i: kind != "text" and done[i].set(), logprobs=0))
+    for r in reqs:
+        b.submit(r)
+    assert all(d.wait(60) for d in done)
+    return [(r.gen.tokens, r.gen.finish, [round(lp, 3) for _, lp, _ in r._lps]) for r in reqs]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.1])
+def test_prompt_lookup_drafts_are_verified_inside_the_batch_with_plain_outputs(tiny, temperature):
+    """A prompt-lookup recipe is batched: every row's draft is checked in one step; outputs (greedy,
+    or sampled with a seed) and log-probabilities equal a plain batcher's."""
+    model, tok = tiny
+    g = torch.Generator().manual_seed(5)
+    motif = torch.randint(3, 259, (6,), generator=g).tolist()
+    jobs = [(motif * 3 + torch.randint(3, 259, (p,), generator=g).tolist(), 24) for p in (2, 5, 9, 4)]
+    results = {}
+    for spec in (False, True):
+        m = (
+            get("speculative").apply(model, config_from_dict({"method": "speculative", "k": 4, "min_ngram": 1}))
+            if spec
+            else model
+        )
+        b = Batcher(m, tok, max_batch=3, max_queue=16, max_len=64)
+        b.start()
+        try:
+            results[spec] = _serve_sampled(b, jobs, temperature)
+        finally:
+            b.shutdown(1)
+        if spec:
+            assert b.batched and b.lookup is not None and b.drafted > 0 and b.accepted > 0, (b.drafted, b.accepted)
+    assert results[True] == results[False]
