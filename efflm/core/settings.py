@@ -48,6 +48,14 @@ SETTINGS: tuple[Setting, ...] = (
         recorded=True,
     ),
     Setting(
+        "EFFLM_ISA",
+        "auto",
+        ("auto", "avx2"),
+        "The 4-bit C kernel: `auto` takes AVX-512 VNNI where the CPU has it (same results, faster), `avx2` "
+        "keeps the AVX2 kernel.",
+        recorded=True,
+    ),
+    Setting(
         "EFFLM_PROGRESS",
         "auto",
         ("auto", "0", "1"),
@@ -113,6 +121,10 @@ def progress() -> bool | None:
     """Show progress bars: True, False, or None for "on a terminal only"."""
     v = value("EFFLM_PROGRESS")
     return None if v == "auto" else v == "1"
+
+
+def isa() -> str:
+    return value("EFFLM_ISA")
 
 
 def q4_kernel() -> bool:

@@ -55,6 +55,7 @@ def kernels() -> dict:
     return {
         "c_library": c,
         "q4": "c" if c else "torch",
+        "isa": c_kernels.isa() if c else None,  # the 4-bit row kernel chosen by CPU feature (avx512vnni, avx2)
         "sweep": "c" if c and settings.sweep_kernel() else "torch",
         "fast_decode": "c" if c and settings.fast_decode() else "torch",
     }

@@ -35,7 +35,7 @@ from efflm.core.paths import cache_dir
 
 HERE = Path(__file__).parent / "csrc"  # the C sources
 SOURCES = [HERE / "q4_cpu.c", HERE / "decode_cpu.c", HERE / "sweep_cpu.c", HERE / "lut_cpu.c"]  # one library
-HEADERS = [HERE / "q4_blocks.h"]
+HEADERS = [HERE / "q4_blocks.h", HERE / "q4_avx512.h"]
 MAX_IN = 32 * 512  # in_features the q4 kernel takes (q4_blocks.h: MAXB blocks per row)
 _LIB: list = [None]  # the loaded library, for the hot path (no lookup per call)
 # no FMA contraction: each multiply and add rounds as torch's elementwise ops do (decode_cpu.c)
@@ -105,8 +105,20 @@ def library() -> ctypes.CDLL | None:
     lib.efflm_obs_sweep.restype = None
     lib.efflm_lut_gemm.argtypes = [p, i, i, p, i, p, p, p, p, i, p]
     lib.efflm_lut_gemm.restype = None
+    lib.efflm_use_vnni.argtypes = [i]
+    lib.efflm_use_vnni.restype = i
+    lib.efflm_use_vnni(int(settings.isa() != "avx2"))
     _LIB[0] = lib
     return lib
+
+
+def isa() -> str | None:
+    """The 4-bit kernel chosen at load: ``avx512vnni`` where the CPU has AVX-512 VNNI (and
+    ``EFFLM_ISA`` is not ``avx2``), else ``avx2``; None without the C kernels."""
+    lib = library()
+    if lib is None:
+        return None
+    return "avx512vnni" if lib.efflm_use_vnni(int(settings.isa() != "avx2")) else "avx2"
 
 
 def available() -> bool:

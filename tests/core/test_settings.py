@@ -51,6 +51,7 @@ def test_accessors_type_the_values_and_unset_or_empty_means_the_default(monkeypa
     for s in settings.SETTINGS:
         monkeypatch.delenv(s.name, raising=False)
     assert settings.q4_kernel() and settings.sweep_kernel() and settings.fast_decode() and not settings.debug()
+    assert settings.isa() == "auto"
     assert settings.progress() is None and settings.cache_dir() == Path.home() / ".cache" / "efflm"
     monkeypatch.setenv("EFFLM_FAST_DECODE", "")
     assert settings.fast_decode()
@@ -58,7 +59,8 @@ def test_accessors_type_the_values_and_unset_or_empty_means_the_default(monkeypa
     monkeypatch.setenv("EFFLM_PROGRESS", "1")
     monkeypatch.setenv("EFFLM_CACHE", str(tmp_path))
     assert not settings.fast_decode() and settings.progress() is True and settings.cache_dir() == tmp_path
-    assert settings.recorded() == {"EFFLM_FAST_DECODE": "0", "EFFLM_Q4_KERNEL": "1", "EFFLM_SWEEP_KERNEL": "1"}
+    assert settings.recorded() == {"EFFLM_FAST_DECODE": "0", "EFFLM_ISA": "auto", "EFFLM_Q4_KERNEL": "1",
+                                   "EFFLM_SWEEP_KERNEL": "1"}  # fmt: skip
 
 
 def test_the_docs_table_is_the_render_of_the_declarations():

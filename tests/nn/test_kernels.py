@@ -162,3 +162,38 @@ def test_a_kernel_source_that_does_not_compile_is_said_not_hidden(tmp_path, monk
         monkeypatch.undo()
         c_kernels.library.cache_clear()
         c_kernels.library()  # the real library again, for the tests after this one
+
+
+@pytest.mark.parametrize("k,group,offsets", [(576, 32, False), (1536, 32, True), (96, 32, False), (576, 64, True)])
+def test_the_vnni_kernel_gives_the_avx2_kernels_bits(k, group, offsets):
+    """The 4-bit kernel chosen by CPU feature: AVX-512 VNNI where the CPU has it, same results as
+    the AVX2 kernel bit for bit (odd block counts, asymmetric grids, 1..4-row tiles)."""
+    lib = c_kernels.library()
+    if lib is None:
+        pytest.skip("efflm's C kernels are not available on this machine")
+    if not lib.efflm_use_vnni(1):
+        pytest.skip("no AVX-512 VNNI here: the AVX2 kernel is the only one")
+    g = torch.Generator().manual_seed(k)
+    n, m = 40, 7
+    codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=g)
+    s = (torch.rand(n, k // group, generator=g) * 0.02 + 0.001).half()
+    o = (torch.randn(n, k // group, generator=g) * 0.05).half() if offsets else None
+    x = torch.randn(m, k, generator=g)
+    blocks = c_kernels.to_blocks(codes)
+    try:
+        assert c_kernels.isa() == "avx512vnni"
+        vnni = c_kernels.q4_mm(x, blocks, s, o, 8.0, group)
+        lib.efflm_use_vnni(0)
+        avx2 = c_kernels.q4_mm(x, blocks, s, o, 8.0, group)
+    finally:
+        lib.efflm_use_vnni(1)
+    assert torch.equal(vnni, avx2)
+
+
+def test_efflm_isa_avx2_keeps_the_avx2_kernel(monkeypatch):
+    if not c_kernels.available():
+        pytest.skip("efflm's C kernels are not available on this machine")
+    monkeypatch.setenv("EFFLM_ISA", "avx2")
+    assert c_kernels.isa() == "avx2"
+    monkeypatch.delenv("EFFLM_ISA")
+    c_kernels.isa()  # back to the choice by CPU feature

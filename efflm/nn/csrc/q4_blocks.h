@@ -79,18 +79,13 @@ static inline __m256 dot_u4(__m256i c, const int8_t *q) {
 
 enum { MAXB = 512 };  /* blocks per row handled on the stack (K <= 16384) */
 
-/* One 4-bit row against T <= 4 int8 activation rows (row t at q + t K, d/dsum + t nb):
- *   y_t = sum_b s_b d_tb (c_b . q_tb) + sum_b o_b dsum_tb,  o_b = -8 s_b (+ z_b + half s_b)
- * Weights come in pairs of blocks (c_kernels.to_blocks): one 32-byte load and two masks give both
- * blocks' codes, each pair unpacked once for all T rows. The scale products s_b d_tb and the offset
- * term are computed 8 blocks at a time before the loop. Each row is summed in the same order
- * whatever T is, so a token's result does not depend on its neighbours (batched decode equals
- * solo decode; a speculative verification equals one-token steps). y[t * ys] = row t's output. */
-static inline __attribute__((always_inline)) void row_q4_t(const uint8_t *w, const uint16_t *s, const uint16_t *z,
-                                                            int bpg, int nb, float half, const int T, const int8_t *q,
-                                                            const float *d, const float *dsum, int K, float *y,
-                                                            size_t ys) {
-    float sf[MAXB], of[MAXB], sd[4][MAXB], cor[4];
+/* What a row's block loop needs besides the codes: the block scales s_b as floats (sf), the
+ * offsets o_b (of, asymmetric grids), s_b d_tb for each activation row t (sd) and the offset term
+ * cor_t = sum_b o_b dsum_tb. */
+static inline __attribute__((always_inline)) void q4_prologue(const uint16_t *s, const uint16_t *z, int bpg, int nb,
+                                                               float half, const int T, const float *d,
+                                                               const float *dsum, float *sf, float *of,
+                                                               float (*sd)[MAXB], float *cor) {
     int b = 0;
     if (bpg == 1)
         for (; b + 8 <= nb; b += 8) _mm256_storeu_ps(sf + b, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + b))));
@@ -114,6 +109,22 @@ static inline __attribute__((always_inline)) void row_q4_t(const uint8_t *w, con
         }
         cor[t] = (hsum8(c8) + tail) * (z ? 1.0f : -8.0f);
     }
+}
+
+/* One 4-bit row against T <= 4 int8 activation rows (row t at q + t K, d/dsum + t nb):
+ *   y_t = sum_b s_b d_tb (c_b . q_tb) + sum_b o_b dsum_tb,  o_b = -8 s_b (+ z_b + half s_b)
+ * Weights come in pairs of blocks (c_kernels.to_blocks): one 32-byte load and two masks give both
+ * blocks' codes, each pair unpacked once for all T rows. The scale products s_b d_tb and the offset
+ * term are computed 8 blocks at a time before the loop. Each row is summed in the same order
+ * whatever T is, so a token's result does not depend on its neighbours (batched decode equals
+ * solo decode; a speculative verification equals one-token steps). y[t * ys] = row t's output. */
+static inline __attribute__((always_inline)) void row_q4_t(const uint8_t *w, const uint16_t *s, const uint16_t *z,
+                                                            int bpg, int nb, float half, const int T, const int8_t *q,
+                                                            const float *d, const float *dsum, int K, float *y,
+                                                            size_t ys) {
+    float sf[MAXB], of[MAXB], sd[4][MAXB], cor[4];
+    q4_prologue(s, z, bpg, nb, half, T, d, dsum, sf, of, sd, cor);
+    int b;
     const __m256i m = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
     __m256 a0[4], a1[4];
     for (int t = 0; t < T; t++) a0[t] = a1[t] = _mm256_setzero_ps();
@@ -138,9 +149,17 @@ static inline __attribute__((always_inline)) void row_q4_t(const uint8_t *w, con
     for (int t = 0; t < T; t++) y[t * ys] = hsum8(_mm256_add_ps(a0[t], a1[t])) + cor[t];
 }
 
-/* row_q4_t with T a compile-time constant (its loops over T unrolled, accumulators in registers). */
+extern int efflm_vnni;  /* 1: row_q4 runs the AVX-512 VNNI kernel (q4_cpu.c: efflm_use_vnni) */
+#include "q4_avx512.h"
+
+/* row_q4_t with T a compile-time constant (its loops over T unrolled, accumulators in registers);
+ * the AVX-512 VNNI kernel instead where it was chosen at load (same bits). */
 static inline void row_q4(const uint8_t *w, const uint16_t *s, const uint16_t *z, int bpg, int nb, float half, int T,
                           const int8_t *q, const float *d, const float *dsum, int K, float *y, size_t ys) {
+    if (efflm_vnni) {
+        row_q4_vnni(w, s, z, bpg, nb, half, T, q, d, dsum, K, y, ys);
+        return;
+    }
     switch (T) {
     case 1: row_q4_t(w, s, z, bpg, nb, half, 1, q, d, dsum, K, y, ys); break;
     case 2: row_q4_t(w, s, z, bpg, nb, half, 2, q, d, dsum, K, y, ys); break;

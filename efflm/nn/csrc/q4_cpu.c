@@ -12,6 +12,17 @@
  */
 #include "q4_blocks.h"
 
+int efflm_vnni = 0;
+
+/* Choose the 4-bit row kernel: AVX-512 VNNI when ``allow`` and the CPU has it, else AVX2.
+ * Returns the choice (1: VNNI). */
+int efflm_use_vnni(int allow) {
+    __builtin_cpu_init();
+    efflm_vnni = allow && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
+                 __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+    return efflm_vnni;
+}
+
 /* x [M, K] and y [M, N] fp32 or bf16 (the flags), w [N, K/2] blocks, s/z [N, K/group] fp16 (z may be NULL).
  * Each weight block is unpacked once per four activation rows (prefill, batched decode). */
 void efflm_q4_gemm(const void *x, int bf16, int M, int K, const uint8_t *w, const uint16_t *s, const uint16_t *z,
