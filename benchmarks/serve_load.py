@@ -5,8 +5,8 @@ on the same 4-bit codes.
 
 Both servers run on loopback at the same time (idle between their turns) with 2 threads:
 * efflm: ``efflm serve`` with the recipe RTN W4 g32 + int8 embeddings + bf16 (the packed
-  4-bit model of ``vs_llamacpp.py``), ``--max-batch 8``, ``--decode-chunk`` prompt tokens per
-  step while sequences decode;
+  4-bit model of ``vs_llamacpp.py``), ``--max-batch 8``, prompts prefilled in chunks of about
+  one decode step's time while sequences decode (its default; ``--decode-chunk N`` fixes it);
 * llama.cpp's ``llama-server`` (``make llama-server`` builds it from the llama.cpp source vendored
   in llama-cpp-python's sdist) on efflm's Q4_0 export of exactly those codes: ``--parallel 8``
   slots, continuous batching, ``-t 2 -tb 2``, 512 tokens per slot, prompt caching off (efflm's
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--decode-chunk", type=int, default=16, help="efflm serve --decode-chunk")
+    p.add_argument("--decode-chunk", type=int, help="efflm serve --decode-chunk (default: its own, measured)")
     p.add_argument("--llama-server", default="build/llama-server/bin/llama-server",
                    help="llama.cpp's llama-server binary (make llama-server); skipped when absent")  # fmt: skip
     p.add_argument("--ttft-bound", type=float, default=60.0, help="seconds every TTFT must stay below at the top level")
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     del w4
     servers = {}
     port = free_port()
-    extra = ["--max-batch", "8", "--decode-chunk", str(a.decode_chunk)]
+    extra = ["--max-batch", "8", *(["--decode-chunk", str(a.decode_chunk)] if a.decode_chunk else [])]
     servers["efflm serve (W4 g32, max batch 8)"] = (f"http://127.0.0.1:{port}", "efflm",
                                                     start_efflm(a.model, recipe, port, a.threads, extra))  # fmt: skip
     binary = Path(a.llama_server)
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"- overload: no 429 in a burst of {len(over)} (statuses: {[o.get('status') for o in over]})")
     lines += ["", f"Command: `python benchmarks/serve_load.py --model {a.model} --concurrency {a.concurrency} "
               f"--prompt-len {a.prompt_len} --max-tokens {a.max_tokens} --threads {a.threads} "
-              f"--decode-chunk {a.decode_chunk} --out {a.out}` (after `make llama-server`)."]  # fmt: skip
+              f"{f'--decode-chunk {a.decode_chunk} ' if a.decode_chunk else ''}--out {a.out}` (after `make llama-server`)."]  # fmt: skip
     publish(a.out, "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

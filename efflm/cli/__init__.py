@@ -327,8 +327,9 @@ def parser() -> argparse.ArgumentParser:
         "--max-len", type=_positive, help="tokens per sequence, prompt included (default: min(context, 2048))"
     )
     s.add_argument("--chunk", type=_positive, default=128, help="prompt tokens prefilled per scheduler step")
-    s.add_argument("--decode-chunk", type=_positive, default=16,
-                   help="prompt tokens prefilled per step while other sequences decode (bounds their inter-token gap)")  # fmt: skip
+    s.add_argument("--decode-chunk", type=_positive,
+                   help="prompt tokens prefilled per step while other sequences decode, bounding their inter-token "
+                   "gap (default: as many as take about one decode step, measured)")  # fmt: skip
     s.add_argument("--prefix-cache-mb", type=float, default=0.0,
                    help="memory for prompts' KV reused by later prompts with the same prefix (0: off)")  # fmt: skip
     s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 endpoints")

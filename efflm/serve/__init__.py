@@ -23,7 +23,7 @@ def run(
     max_queue: int = 64,
     max_len: int = 2048,
     chunk: int = 128,
-    decode_chunk: int = 16,
+    decode_chunk: int | None = None,
     max_n: int = 4,
     prefix_cache_mb: float = 0.0,
     api_key: str | None = None,

@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP surface (Starlette through FastAPI, served by uvicorn).
 
 ``POST /v1/chat/completions`` and ``/v1/completions`` (SSE streaming or one JSON answer),
-``GET /v1/models``, ``POST /v1/load_lora_adapter`` and ``/v1/unload_lora_adapter`` (vLLM's), ``/health``, ``/metrics`` (Prometheus) and ``/`` (the playground page).
+``GET /v1/models``, ``POST /v1/embeddings``, ``POST /v1/load_lora_adapter`` and ``/v1/unload_lora_adapter`` (vLLM's), ``/health``, ``/metrics`` (Prometheus) and ``/`` (the playground page).
 Requests go to the ``Batcher`` thread; its events come back through an asyncio queue. Every
 error is OpenAI-shaped JSON; a client that disconnects cancels its request.
 """
@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from efflm.serve.adapter_routes import add_adapter_routes
 from efflm.serve.batcher import Batcher, Draining, QueueFull
 from efflm.serve.batcher import Request as Job
+from efflm.serve.embeddings import add_embedding_route
 from efflm.serve.prometheus import Metrics
 from efflm.serve.protocol import GRAMMAR_FIELDS, ApiError, job, parse_json
 from efflm.serve.shapes import Shape
@@ -89,6 +90,7 @@ def build_app(batcher: Batcher, served: str, api_key: str | None = None, retry_a
         return JSONResponse({"object": "list", "data": cards})
 
     add_adapter_routes(app, batcher, served, check_key)
+    add_embedding_route(app, batcher, served, check_key)
 
     async def complete(request: Request, chat: bool) -> Response:
         vocab = batcher.model.config.vocab_size

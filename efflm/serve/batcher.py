@@ -5,7 +5,9 @@ One thread owns the model. Every iteration it
 2. moves waiting requests into prefill while rows are free; a prompt is prefilled in chunks
    into a one-sequence cache of its own, one chunk per iteration: ``chunk`` tokens while no
    sequence decodes, ``decode_chunk`` while some do (Sarathi-Serve's stall-free batching: a
-   decode step waits for one short chunk, not a whole prompt);
+   decode step waits for one short chunk, not a whole prompt). By default (None) that is as
+   many tokens as take about one decode step, from running averages of both timings, so a
+   decoding sequence's gap stays near two steps whatever the model;
 3. when a prompt is done: samples its first token and copies its cache into the next free row
    of the shared batch cache, its slots ending at the shared cursor;
 4. runs one decode step, ``[n, 1]``, over the first n rows (``KVCache.rows``): every running
@@ -74,14 +76,15 @@ class Batcher:
         max_queue: int = 64,
         max_len: int = 2048,
         chunk: int = 128,
-        decode_chunk: int = 16,
+        decode_chunk: int | None = None,
         on_step: Callable[[dict], None] | None = None,
         prefix_cache_mb: float = 0.0,
         adapters: Any = None,
     ):
         self.model, self.tok = model, tok
         self.max_batch, self.max_queue, self.max_len, self.chunk = max_batch, max_queue, max_len, chunk
-        self.decode_chunk = min(decode_chunk, chunk)
+        self.decode_chunk = None if decode_chunk is None else min(decode_chunk, chunk)
+        self._tok_s = self._step_s = None  # running averages: seconds per prefill token, per decode step
         self.on_step = on_step or (lambda info: None)
         self.adapters = adapters  # serve.adapters.Adapters: wraps the model's Linears before the engine reads them
         self.engine = Engine(model)
@@ -268,10 +271,23 @@ class Batcher:
         t0, decoding = time.perf_counter(), len(self.running)
         prefilled = self._prefill_chunk() if self.prefill is not None else 0
         t1 = time.perf_counter()
+        if prefilled >= 4:
+            self._tok_s = _average(self._tok_s, (t1 - t0) / prefilled)
         if self.running:
             self._decode()
+            self._step_s = _average(self._step_s, time.perf_counter() - t1)
         self.on_step({"prefill_tokens": prefilled, "prefill_s": t1 - t0, "decode_rows": len(self.running),
                       "decoding_before": decoding, "slots": self.cursor})  # fmt: skip
+
+    def piece(self) -> int:
+        """Prompt tokens to prefill this iteration."""
+        if not self.running:
+            return self.chunk
+        if self.decode_chunk is not None:
+            return self.decode_chunk
+        if self._tok_s is None or self._step_s is None:
+            return min(16, self.chunk)
+        return max(4, min(self.chunk, int(self._step_s / self._tok_s)))
 
     @torch.inference_mode()
     def _prefill_chunk(self) -> int:
@@ -281,7 +297,7 @@ class Batcher:
             reuse = self.prefix is not None and not (req.echo and req.logprobs is not None)  # echo scores every token
             req._done = self.prefix.restore(req.ids, req._cache, self._salt(req)) if reuse else 0
             req._pos = torch.tensor([req._done], dtype=torch.long)
-        piece = req.ids[req._done : req._done + (self.decode_chunk if self.running else self.chunk)]
+        piece = req.ids[req._done : req._done + self.piece()]
         e.cache, e.pos = req._cache, req._pos
         self._route([req])
         echo_lps = req.echo and req.logprobs is not None
@@ -376,3 +392,7 @@ class Batcher:
         self.running.pop()
         if not self.running:
             self.cursor = 0
+
+
+def _average(old: float | None, new: float, weight: float = 0.2) -> float:
+    return new if old is None else (1 - weight) * old + weight * new

@@ -164,3 +164,17 @@ def test_prompt_lookup_drafts_are_verified_inside_the_batch_with_plain_outputs(t
         if spec:
             assert b.batched and b.lookup is not None and b.drafted > 0 and b.accepted > 0, (b.drafted, b.accepted)
     assert results[True] == results[False]
+
+
+def test_the_default_prefill_chunk_takes_about_one_decode_step(tiny):
+    model, tok = tiny
+    b = Batcher(model, tok, max_batch=2, max_len=64, chunk=100)
+    assert b.piece() == 100  # nothing decodes: a whole chunk
+    b.running = [object()]
+    assert b.piece() == 16  # no timings yet
+    b._tok_s, b._step_s = 0.002, 0.030
+    assert b.piece() == 15
+    b._tok_s = 0.1
+    assert b.piece() == 4  # never below 4 tokens
+    b._tok_s = 1e-6
+    assert b.piece() == 100  # never above --chunk
