@@ -142,3 +142,25 @@ def test_a_multi_token_step_computes_each_token_as_one_token_steps_do(name, shar
     many = together.feed(ids, all_logits=True)
     one = torch.cat([alone.feed(ids[:, t : t + 1]) for t in range(12)], 1)
     assert torch.equal(many, one)
+
+
+@pytest.mark.parametrize("name", ["dense fp32", "int8 KV cache on w4 q4"])
+def test_invalid_slots_between_a_rows_own_do_not_change_its_bits(name, sharp):
+    """Slots marked invalid inside a row (rejected speculative drafts, splice gaps) leave the fused
+    step's results bit for bit those of the same tokens stored contiguously (attention gathers
+    the valid slots before its sums)."""
+    model = _apply(sharp[0], FAST[name])
+    g = torch.Generator().manual_seed(7)
+    prompt, drafts, nxt = (torch.randint(3, 259, (1, n), generator=g) for n in (61, 4, 6))
+    e = Engine(model)
+    assert e.fast is not None, e.fast_off
+    with torch.inference_mode():
+        e.start(1, 80)
+        e.step(prompt)
+        e.step(drafts[:, :1])
+        contiguous = e.step(nxt, all_logits=True)
+        e.start(1, 80)
+        e.step(prompt)
+        e.step(drafts, torch.tensor([[True, False, False, False]]))  # three slots left invalid
+        holes = e.step(nxt, all_logits=True)
+    assert torch.equal(holes, contiguous)

@@ -292,12 +292,16 @@ static void rope(float *x, const float *c, const float *s, int Dh) {
     }
 }
 
-/* Attention of every new token's query heads over its sequence's valid, causal slots. */
+/* Softmax attention of each query row over its valid slots. The valid slots' scores are first
+ * gathered into a dense list, so the softmax's vector sums and the weighted sum of values run in
+ * the same order however the slots lie in the cache: a row with invalid slots between its own
+ * (a splice gap, speculative drafts rejected) gets the bits of the same row stored contiguously. */
 static void attend(const efflm_step *st, int layer, const float *q, float *out) {
     int B = st->B, T = st->T, Hq = st->Hq, H = st->H, Dh = st->Dh, S = st->S, G = Hq / H;
     #pragma omp parallel
     {
         float *sc = malloc(sizeof(float) * (size_t)S), buf[512];
+        int *at = malloc(sizeof(int) * (size_t)S);
         #pragma omp for schedule(static)
         for (int rh = 0; rh < B * T * Hq; rh++) {
             int r = rh / Hq, hq = rh % Hq, b = r / T, kvh = hq / G, n = st->slot + r % T + 1;
@@ -305,40 +309,43 @@ static void attend(const efflm_step *st, int layer, const float *q, float *out) 
             size_t row0 = (((size_t)layer * st->cache_b + b) * H + kvh) * S;  /* cache row of slot 0 */
             const uint8_t *ok = st->valid + ((size_t)b * H + kvh) * S;
             float mx = -INFINITY, sum;
+            int m = 0;
             for (int s = 0; s < n; s++) {
-                int use = ok[s] || s == n - 1;  /* valid slots, and always its own (a pad query: no NaN) */
-                sc[s] = use ? dot_f32(cache_row(st, st->kc, st->ks, row0 + s, buf), qv, Dh) * st->scale : -INFINITY;
-                if (sc[s] > mx) mx = sc[s];
+                if (!(ok[s] || s == n - 1)) continue;  /* valid slots, and always its own (a pad query: no NaN) */
+                at[m] = s;
+                sc[m] = dot_f32(cache_row(st, st->kc, st->ks, row0 + s, buf), qv, Dh) * st->scale;
+                if (sc[m] > mx) mx = sc[m];
+                m++;
             }
-            __m256 mx8 = _mm256_set1_ps(mx), neg = _mm256_set1_ps(-INFINITY), sum8 = _mm256_setzero_ps();
-            int s = 0;
-            for (; s + 8 <= n; s += 8) {
-                __m256 v = _mm256_loadu_ps(sc + s), e = exp8(_mm256_sub_ps(v, mx8));
-                e = _mm256_andnot_ps(_mm256_cmp_ps(v, neg, _CMP_EQ_OQ), e);  /* masked slots: exactly 0 */
-                _mm256_storeu_ps(sc + s, e);
+            __m256 mx8 = _mm256_set1_ps(mx), sum8 = _mm256_setzero_ps();
+            int c = 0;
+            for (; c + 8 <= m; c += 8) {
+                __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + c), mx8));
+                _mm256_storeu_ps(sc + c, e);
                 sum8 = _mm256_add_ps(sum8, e);
             }
-            if (s < n) {  /* the tail, padded with masked slots */
+            if (c < m) {  /* the tail, padded with zeros */
                 float v8[8];
-                for (int j = 0; j < 8; j++) v8[j] = s + j < n ? sc[s + j] : -INFINITY;
+                for (int j = 0; j < 8; j++) v8[j] = c + j < m ? sc[c + j] : -INFINITY;
                 __m256 v = _mm256_loadu_ps(v8), e = exp8(_mm256_sub_ps(v, mx8));
-                e = _mm256_andnot_ps(_mm256_cmp_ps(v, neg, _CMP_EQ_OQ), e);
+                e = _mm256_andnot_ps(_mm256_cmp_ps(v, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ), e);
                 _mm256_storeu_ps(v8, e);
-                for (int j = 0; s + j < n; j++) sc[s + j] = v8[j];
+                for (int j = 0; c + j < m; j++) sc[c + j] = v8[j];
                 sum8 = _mm256_add_ps(sum8, e);
             }
             sum = hsum8(sum8);
             float *o = out + (size_t)r * Hq * Dh + (size_t)hq * Dh;
             for (int j = 0; j < Dh; j++) o[j] = 0.0f;
-            for (int s = 0; s < n; s++) {
-                if (sc[s] == 0.0f) continue;
-                float w = sc[s] / sum;
-                const float *vs = cache_row(st, st->vc, st->vs, row0 + s, buf);
+            for (c = 0; c < m; c++) {
+                if (sc[c] == 0.0f) continue;
+                float w = sc[c] / sum;
+                const float *vs = cache_row(st, st->vc, st->vs, row0 + at[c], buf);
                 for (int j = 0; j < Dh; j++) o[j] += w * vs[j];
             }
             for (int j = 0; j < Dh; j++) o[j] = rnd(o[j], st->bf16);
         }
         free(sc);
+        free(at);
     }
 }
 
