@@ -100,6 +100,7 @@ reference: $(STAMP) $(INTEROP) anchors llama-server
 	$(BIN)/python benchmarks/serve_load.py
 	$(BIN)/python benchmarks/serve_structured.py
 	$(BIN)/python benchmarks/serve_prefix.py
+	$(BIN)/python benchmarks/serve_spec.py
 	$(BIN)/python benchmarks/finetune_memory.py
 	$(BIN)/python benchmarks/distill_recovery.py --jobs 2 --threads 1 --cache results/distill_recovery_runs.json
 	$(BIN)/python benchmarks/vs_trl_gkd.py

@@ -85,6 +85,14 @@ SECTIONS = [
         "are the same.",
     ),
     (
+        "serve_spec.md",
+        "Serving: speculative decoding inside the batch",
+        "python benchmarks/serve_spec.py",
+        "The 4-bit default model in efflm's batcher with and without a prompt-lookup speculative step, every row's "
+        "draft verified in one batched step: output tokens/s at 1 and 8 streams on a rewrite workload (the output "
+        "copies the prompt) and an open one, the acceptance rate, and whether the outputs are the same.",
+    ),
+    (
         "vs_llmcompressor.md",
         "Quantization side by side with llm-compressor",
         "python benchmarks/vs_llmcompressor.py --methods gptq,awq",

@@ -43,6 +43,9 @@ def prompts(tok, workload: str, n: int) -> list[list[int]]:
             ask = f"Repeat the following passage exactly, word for word:\n\n{passage}"
         else:
             ask = f"Write a short story about {TOPICS[i % len(TOPICS)]}."
+        if not getattr(tok, "chat_template", None):  # a base model's tokenizer: the request as plain text
+            out.append(tok(ask + "\n\n")["input_ids"])
+            continue
         msgs = [{"role": "user", "content": ask}]
         ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
         out.append(list(ids["input_ids"] if isinstance(ids, dict) else ids))

@@ -51,6 +51,7 @@ from efflm.inference.engine import Engine
 from efflm.inference.generate import TextStream, generator
 from efflm.inference.grammar import Constraint
 from efflm.inference.speculative import drafter_for
+from efflm.serve.costs import StepCosts
 from efflm.serve.prefix_cache import PrefixCache
 from efflm.serve.sequence import Request, emit_token, finish, prompt_logprobs
 from efflm.serve.solo import refuses, serve_one
@@ -84,7 +85,7 @@ class Batcher:
         self.model, self.tok = model, tok
         self.max_batch, self.max_queue, self.max_len, self.chunk = max_batch, max_queue, max_len, chunk
         self.decode_chunk = None if decode_chunk is None else min(decode_chunk, chunk)
-        self._tok_s = self._step_s = None  # running averages: seconds per prefill token, per decode step
+        self.costs = StepCosts()  # measured step costs: the prefill chunk and speculation are sized by them
         self.on_step = on_step or (lambda info: None)
         self.adapters = adapters  # serve.adapters.Adapters: wraps the model's Linears before the engine reads them
         self.engine = Engine(model)
@@ -271,11 +272,10 @@ class Batcher:
         t0, decoding = time.perf_counter(), len(self.running)
         prefilled = self._prefill_chunk() if self.prefill is not None else 0
         t1 = time.perf_counter()
-        if prefilled >= 4:
-            self._tok_s = _average(self._tok_s, (t1 - t0) / prefilled)
+        self.costs.prefilled(prefilled, t1 - t0)
         if self.running:
-            self._decode()
-            self._step_s = _average(self._step_s, time.perf_counter() - t1)
+            n, plain = len(self.running), self._decode()
+            self.costs.decoded(n, time.perf_counter() - t1, plain)
         self.on_step({"prefill_tokens": prefilled, "prefill_s": t1 - t0, "decode_rows": len(self.running),
                       "decoding_before": decoding, "slots": self.cursor})  # fmt: skip
 
@@ -283,11 +283,7 @@ class Batcher:
         """Prompt tokens to prefill this iteration."""
         if not self.running:
             return self.chunk
-        if self.decode_chunk is not None:
-            return self.decode_chunk
-        if self._tok_s is None or self._step_s is None:
-            return min(16, self.chunk)
-        return max(4, min(self.chunk, int(self._step_s / self._tok_s)))
+        return self.decode_chunk or self.costs.chunk_while_decoding(self.chunk)
 
     @torch.inference_mode()
     def _prefill_chunk(self) -> int:
@@ -360,9 +356,10 @@ class Batcher:
         self.cursor = longest
 
     @torch.inference_mode()
-    def _decode(self) -> None:
+    def _decode(self) -> bool:
+        """One decode step over the running rows; False when it verified drafts (serve.spec_batch)."""
         if self.lookup is not None and decode_speculative(self):
-            return
+            return False
         if self.cursor + 1 > self.cache.size:
             self._compact()
         n, e = len(self.running), self.engine
@@ -392,7 +389,3 @@ class Batcher:
         self.running.pop()
         if not self.running:
             self.cursor = 0
-
-
-def _average(old: float | None, new: float, weight: float = 0.2) -> float:
-    return new if old is None else (1 - weight) * old + weight * new

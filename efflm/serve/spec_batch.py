@@ -11,7 +11,9 @@ emitted token that differs from its draft — so a row's output is the one plain
 greedy or sampled with a seed (each token is one draw from the same distribution, in the same
 order: Leviathan et al.'s acceptance rule for a one-hot draft). The rejected drafts' cache
 slots are marked invalid and the row's position moves back; the shared cursor stays where the
-step left it (the next compaction reclaims the slots).
+step left it (the next compaction reclaims the slots). Every row computes T tokens, its pads
+too, so T is chosen from the measured step costs and the acceptance so far
+(``serve.costs.StepCosts.verify_length``): a compute-bound batch drafts less or not at all.
 """
 
 from __future__ import annotations
@@ -43,9 +45,12 @@ def decode_speculative(b: Any) -> bool:
     for r in b.running:  # never past the row's token budget: a plain step would stop there too
         left = min(r.sampling.max_new_tokens - len(r.gen.tokens), b.max_len - len(r.ids) - len(r.gen.tokens)) - 1
         drafts.append(_draft(r, cfg, min(room, left)))
-    T = 1 + max(len(d) for d in drafts)
-    if T == 1:
+    if not any(drafts):
         return False
+    T = b.costs.verify_length(drafts, (b.accepted + 1) / (b.drafted + 2))
+    if T == 1:  # the step would cost more than the drafts are expected to add
+        return False
+    drafts = [d[: T - 1] for d in drafts]
     ids = torch.tensor([[r._last, *d, *[r._last] * (T - 1 - len(d))] for r, d in zip(b.running, drafts)])
     valid = torch.tensor([[True] * (1 + len(d)) + [False] * (T - 1 - len(d)) for d in drafts])
     e, view = b.engine, b.cache.rows(n)

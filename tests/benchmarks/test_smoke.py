@@ -56,18 +56,9 @@ def test_every_benchmark_script_has_a_smoke_test():
         "ct_exports",
         "serve_structured",
         "serve_prefix",
+        "serve_spec",
     }
     assert {p.stem for p in ROOT.glob("*.py")} - {"__init__"} == tested
-
-
-def test_serve_load(tmp_path):
-    md = run(
-        "serve_load",
-        ["--concurrency", "1,2", "--prompt-len", "8", "--max-tokens", "4"],
-        tmp_path,
-    )
-    assert "| efflm serve (W4 g32, max batch 8) | 2 | 4 | 0 |" in md
-    assert "answered 429" in md  # the burst beyond max batch + queue was refused
 
 
 def test_vs_llamacpp(tmp_path):
@@ -304,18 +295,6 @@ def test_gguf_exports(tmp_path):
         assert f"| {name} | efflm rtn |" in md and f"| {name} | llama.cpp quantize |" in md
     assert "| Q4_K | efflm rtn | Q5_0 ×" in md  # tiny-llama: no input 256 wide, the fallback everywhere
     assert "| F16 | dense export |" in md
-
-
-def test_serve_structured(tmp_path):
-    pytest.importorskip("llguidance")
-    md = run("serve_structured", ["--rounds", "1", "--new", "6", "--streams", "2"], tmp_path)
-    assert "| llguidance |" in md and "| free |" in md and "| json schema |" in md
-
-
-def test_serve_prefix(tmp_path):
-    md = run("serve_prefix", ["--system-tokens", "80", "--streams", "2", "--new", "2", "--rounds", "1"], tmp_path)
-    assert "| prefix cache off |" in md and "| prefix cache on |" in md
-    assert "Outputs with the cache on equal those with it off: yes." in md
 
 
 def test_ct_exports(tmp_path):

@@ -172,9 +172,26 @@ def test_the_default_prefill_chunk_takes_about_one_decode_step(tiny):
     assert b.piece() == 100  # nothing decodes: a whole chunk
     b.running = [object()]
     assert b.piece() == 16  # no timings yet
-    b._tok_s, b._step_s = 0.002, 0.030
+    b.costs.tok_s, b.costs.step_s = 0.002, 0.030
     assert b.piece() == 15
-    b._tok_s = 0.1
+    b.costs.tok_s = 0.1
     assert b.piece() == 4  # never below 4 tokens
-    b._tok_s = 1e-6
+    b.costs.tok_s = 1e-6
     assert b.piece() == 100  # never above --chunk
+
+
+def test_speculation_is_sized_by_the_measured_step_costs():
+    from efflm.serve.costs import StepCosts
+
+    c = StepCosts()
+    drafts = [[1, 2, 3, 4], [], [5, 6]]
+    assert c.verify_length(drafts, 0.8) == 5  # nothing measured yet: every draft, to learn
+    c.prefilled(16, 16 * 0.002)
+    c.decoded(3, 0.020 + 3 * 0.002, plain=True)
+    assert abs(c.fixed_s - 0.020) < 1e-9
+    assert c.verify_length(drafts, 0.8) == 3  # past 2 drafts, one row's pads cost more than the other adds
+    c.fixed_s = 0.1
+    assert c.verify_length(drafts, 0.8) == 5  # weight-bound (large fixed cost): verify them all
+    assert c.verify_length(drafts, 0.0) == 1  # drafts never accepted: plain steps
+    c.fixed_s = 0.0  # compute-bound: a pad costs what a token does, a draft adds at most its acceptance
+    assert c.verify_length(drafts, 0.8) == 1
