@@ -274,8 +274,8 @@ class Batcher:
         t1 = time.perf_counter()
         self.costs.prefilled(prefilled, t1 - t0)
         if self.running:
-            n, plain = len(self.running), self._decode()
-            self.costs.decoded(n, time.perf_counter() - t1, plain)
+            tokens = self._decode()
+            self.costs.decoded(tokens, time.perf_counter() - t1)
         self.on_step({"prefill_tokens": prefilled, "prefill_s": t1 - t0, "decode_rows": len(self.running),
                       "decoding_before": decoding, "slots": self.cursor})  # fmt: skip
 
@@ -356,13 +356,16 @@ class Batcher:
         self.cursor = longest
 
     @torch.inference_mode()
-    def _decode(self) -> bool:
-        """One decode step over the running rows; False when it verified drafts (serve.spec_batch)."""
-        if self.lookup is not None and decode_speculative(self):
-            return False
+    def _decode(self) -> int:
+        """One decode step over the running rows (drafts verified, serve.spec_batch, where they pay);
+        the token-rows it computed."""
+        n = len(self.running)
+        verified = decode_speculative(self) if self.lookup is not None else 0
+        if verified:
+            return n * verified
         if self.cursor + 1 > self.cache.size:
             self._compact()
-        n, e = len(self.running), self.engine
+        e = self.engine
         view = self.cache.rows(n)
         view.length = self.cursor
         e.cache, e.pos = view, self.pos[:n].clone()
@@ -375,6 +378,7 @@ class Batcher:
             if req.cancelled or emit_token(req, logits[i], self.eos, self.max_len):
                 finish(req)
                 self._free(i)
+        return n
 
     def _free(self, i: int) -> None:
         """Remove running row i; the last row moves into its place."""

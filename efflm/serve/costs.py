@@ -1,7 +1,7 @@
 """What the scheduler has measured of its own steps, and the sizes it picks from that.
 
-Running averages of the seconds per prefill token, per decode step, and a plain decode step's
-cost beyond its rows' tokens (weights read, glue). From them: how many prompt tokens to prefill
+Running averages of the seconds per prefill token, per decode step, and a decode step's cost
+beyond its token-rows (weights read, glue). From them: how many prompt tokens to prefill
 while sequences decode (about one decode step's worth: Sarathi-Serve's stall-free chunks), and
 how long a batch's speculative verification should be — a step of n rows and T tokens each
 costs about ``fixed + n·T·per_token``, so drafts pay only while the tokens they are expected to
@@ -19,16 +19,17 @@ class StepCosts:
     def __init__(self) -> None:
         self.tok_s: float | None = None  # seconds per prefill token
         self.step_s: float | None = None  # seconds per decode step
-        self.fixed_s: float | None = None  # a plain decode step's seconds beyond n·tok_s
+        self.fixed_s: float | None = None  # a decode step's seconds beyond its token-rows × tok_s
 
     def prefilled(self, tokens: int, seconds: float) -> None:
         if tokens >= 4:
             self.tok_s = _average(self.tok_s, seconds / tokens)
 
-    def decoded(self, rows: int, seconds: float, plain: bool) -> None:
+    def decoded(self, tokens: int, seconds: float) -> None:
+        """A decode step of ``tokens`` token-rows (rows × tokens per row, a verification's pads included)."""
         self.step_s = _average(self.step_s, seconds)
-        if plain and self.tok_s is not None:
-            self.fixed_s = _average(self.fixed_s, max(0.0, seconds - rows * self.tok_s))
+        if self.tok_s is not None:
+            self.fixed_s = _average(self.fixed_s, max(0.0, seconds - tokens * self.tok_s))
 
     def chunk_while_decoding(self, chunk: int) -> int:
         """Prompt tokens that take about one decode step (4..chunk; 16 before anything is measured)."""

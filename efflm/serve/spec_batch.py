@@ -34,9 +34,9 @@ def _draft(req: Any, cfg: Any, room: int) -> list[int]:
 
 
 @torch.inference_mode()
-def decode_speculative(b: Any) -> bool:
-    """One verification step over ``b``'s running rows (a ``Batcher``); False, with nothing done,
-    when no row has a draft (the caller runs a plain step)."""
+def decode_speculative(b: Any) -> int:
+    """One verification step over ``b``'s running rows (a ``Batcher``): the tokens per row it
+    computed, or 0, with nothing done, when no draft pays (the caller runs a plain step)."""
     cfg, n = b.lookup, len(b.running)
     if b.cursor + 1 + cfg.k > b.cache.size:
         b._compact()
@@ -46,10 +46,10 @@ def decode_speculative(b: Any) -> bool:
         left = min(r.sampling.max_new_tokens - len(r.gen.tokens), b.max_len - len(r.ids) - len(r.gen.tokens)) - 1
         drafts.append(_draft(r, cfg, min(room, left)))
     if not any(drafts):
-        return False
+        return 0
     T = b.costs.verify_length(drafts, (b.accepted + 1) / (b.drafted + 2))
     if T == 1:  # the step would cost more than the drafts are expected to add
-        return False
+        return 0
     drafts = [d[: T - 1] for d in drafts]
     ids = torch.tensor([[r._last, *d, *[r._last] * (T - 1 - len(d))] for r, d in zip(b.running, drafts)])
     valid = torch.tensor([[True] * (1 + len(d)) + [False] * (T - 1 - len(d)) for d in drafts])
@@ -79,4 +79,4 @@ def decode_speculative(b: Any) -> bool:
         elif accepted < len(d):  # the rejected drafts' keys and values are not this row's context
             b.cache.valid[i, :, start + 1 + accepted : start + 1 + len(d)] = False
             b.pos[i] -= len(d) - accepted
-    return True
+    return T
