@@ -108,6 +108,8 @@ class DraftLength:
     k: int = 0
     pause: int = 0  # plain steps left before the next draft
     backoff: int = 0  # the length of the next pause
+    proposed: int = 0  # draft tokens verified so far
+    accepted: int = 0  # of which accepted
 
     def __post_init__(self) -> None:
         self.k = self.k or self.k_max
@@ -120,6 +122,7 @@ class DraftLength:
         return self.k
 
     def update(self, proposed: int, accepted: int) -> None:
+        self.proposed, self.accepted = self.proposed + proposed, self.accepted + accepted
         if not proposed:
             return
         if accepted == proposed:

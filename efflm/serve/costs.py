@@ -37,15 +37,15 @@ class StepCosts:
             return min(16, chunk)
         return max(4, min(chunk, int(self.step_s / self.tok_s)))
 
-    def verify_length(self, drafts: list[list[int]], acceptance: float) -> int:
+    def verify_length(self, drafts: list[list[int]], acceptance: list[float]) -> int:
         """Tokens per row (1 + drafts) that maximise the expected tokens per second of the step, given
-        each row's draft and the acceptance rate so far; 1 means a plain step. Unmeasured: every draft."""
+        each row's draft and its expected acceptance; 1 means a plain step. Unmeasured: every draft."""
         n, longest = len(drafts), max(len(d) for d in drafts)
         if self.tok_s is None or self.fixed_s is None:
             return 1 + longest
         best, best_rate = 1, n / (self.fixed_s + n * self.tok_s)
         for t in range(2, longest + 2):
-            gain = acceptance * sum(min(len(d), t - 1) for d in drafts)
+            gain = sum(a * min(len(d), t - 1) for a, d in zip(acceptance, drafts))
             rate = (n + gain) / (self.fixed_s + n * t * self.tok_s)
             if rate > best_rate:
                 best, best_rate = t, rate

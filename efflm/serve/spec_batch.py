@@ -47,7 +47,8 @@ def decode_speculative(b: Any) -> int:
         drafts.append(_draft(r, cfg, min(room, left)))
     if not any(drafts):
         return 0
-    T = b.costs.verify_length(drafts, (b.accepted + 1) / (b.drafted + 2))
+    # each row's acceptance so far, from a prior of 2 in 3 (a new request starts hopeful)
+    T = b.costs.verify_length(drafts, [(r._drafts.accepted + 2) / (r._drafts.proposed + 3) for r in b.running])
     if T == 1:  # the step would cost more than the drafts are expected to add
         return 0
     drafts = [d[: T - 1] for d in drafts]
@@ -71,7 +72,7 @@ def decode_speculative(b: Any) -> int:
                 break
             accepted += 1
         b.drafted, b.accepted = b.drafted + len(d), b.accepted + accepted
-        if d and cfg.adaptive:
+        if d:  # its counts feed the acceptance estimate; its length matters only when adaptive
             req._drafts.update(len(d), accepted)
         if done:
             finish(req)

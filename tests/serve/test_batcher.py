@@ -185,13 +185,13 @@ def test_speculation_is_sized_by_the_measured_step_costs():
 
     c = StepCosts()
     drafts = [[1, 2, 3, 4], [], [5, 6]]
-    assert c.verify_length(drafts, 0.8) == 5  # nothing measured yet: every draft, to learn
+    assert c.verify_length(drafts, [0.8] * 3) == 5  # nothing measured yet: every draft, to learn
     c.prefilled(16, 16 * 0.002)
     c.decoded(3, 0.020 + 3 * 0.002)
     assert abs(c.fixed_s - 0.020) < 1e-9
-    assert c.verify_length(drafts, 0.8) == 3  # past 2 drafts, one row's pads cost more than the other adds
+    assert c.verify_length(drafts, [0.8] * 3) == 3  # past 2 drafts, one row's pads cost more than the other adds
     c.fixed_s = 0.1
-    assert c.verify_length(drafts, 0.8) == 5  # weight-bound (large fixed cost): verify them all
-    assert c.verify_length(drafts, 0.0) == 1  # drafts never accepted: plain steps
+    assert c.verify_length(drafts, [0.8] * 3) == 5  # weight-bound (large fixed cost): verify them all
+    assert c.verify_length(drafts, [0.0] * 3) == 1  # drafts never accepted: plain steps
     c.fixed_s = 0.0  # compute-bound: a pad costs what a token does, a draft adds at most its acceptance
-    assert c.verify_length(drafts, 0.8) == 1
+    assert c.verify_length(drafts, [0.8] * 3) == 1
