@@ -22,8 +22,9 @@ class StepCosts:
         self.fixed_s: float | None = None  # a decode step's seconds beyond its token-rows × tok_s
 
     def prefilled(self, tokens: int, seconds: float) -> None:
+        """A prefill chunk: its marginal seconds per token (beyond the step's fixed cost, once known)."""
         if tokens >= 4:
-            self.tok_s = _average(self.tok_s, seconds / tokens)
+            self.tok_s = _average(self.tok_s, max(seconds - (self.fixed_s or 0.0), 1e-3 * seconds) / tokens)
 
     def decoded(self, tokens: int, seconds: float) -> None:
         """A decode step of ``tokens`` token-rows (rows × tokens per row, a verification's pads included)."""
@@ -32,10 +33,11 @@ class StepCosts:
             self.fixed_s = _average(self.fixed_s, max(0.0, seconds - tokens * self.tok_s))
 
     def chunk_while_decoding(self, chunk: int) -> int:
-        """Prompt tokens that take about one decode step (4..chunk; 16 before anything is measured)."""
+        """Prompt tokens whose chunk takes about one decode step: (step - fixed) / per-token seconds, in
+        8..chunk (16 before anything is measured)."""
         if self.tok_s is None or self.step_s is None:
             return min(16, chunk)
-        return max(4, min(chunk, int(self.step_s / self.tok_s)))
+        return max(min(8, chunk), min(chunk, round((self.step_s - (self.fixed_s or 0.0)) / self.tok_s)))
 
     def verify_length(self, drafts: list[list[int]], acceptance: list[float]) -> int:
         """Tokens per row (1 + drafts) that maximise the expected tokens per second of the step, given

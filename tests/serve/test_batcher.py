@@ -174,8 +174,10 @@ def test_the_default_prefill_chunk_takes_about_one_decode_step(tiny):
     assert b.piece() == 16  # no timings yet
     b.costs.tok_s, b.costs.step_s = 0.002, 0.030
     assert b.piece() == 15
+    b.costs.fixed_s = 0.010  # the chunk's own fixed cost is paid once: 20 ms of tokens
+    assert b.piece() == 10
     b.costs.tok_s = 0.1
-    assert b.piece() == 4  # never below 4 tokens
+    assert b.piece() == 8  # never below 8 tokens
     b.costs.tok_s = 1e-6
     assert b.piece() == 100  # never above --chunk
 
