@@ -48,7 +48,8 @@ class MultiLoraLinear(nn.Module):
                 f"LoRA factors A {tuple(A.shape)}, B {tuple(B.shape)} do not fit a "
                 f"{self.in_features}→{self.out_features} Linear"
             )
-        self.loras[name] = (A.contiguous(), B.contiguous(), float(scaling))
+        where = next(iter([*self.base.parameters(), *self.base.buffers()]), A).device  # the base's device
+        self.loras[name] = (A.to(where).contiguous(), B.to(where).contiguous(), float(scaling))
 
     def remove(self, name: str) -> None:
         self.loras.pop(name, None)

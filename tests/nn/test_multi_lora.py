@@ -84,3 +84,12 @@ def test_the_fused_step_serves_base_rows_and_leaves_adapter_rows_to_torch(tiny):
     assert e.fast.takes(2, cache)
     routing.rows = [None, "a"]
     assert not e.fast.takes(2, cache)
+
+
+def test_factors_live_where_the_base_does():
+    base = torch.nn.Linear(16, 8, device="meta")
+    multi = MultiLoraLinear(base, Routing())
+    multi.add("a", torch.randn(3, 16), torch.randn(8, 3), 2.0)
+    assert all(t.device.type == "meta" for t in multi.loras["a"][:2])
+    multi.routing.rows = ["a", None]
+    assert multi(torch.randn(2, 16, device="meta")).shape == (2, 8)
