@@ -13,8 +13,7 @@ from efflm.core.errors import EfflmError
 def served_adapters(a: Any) -> list[tuple[str, str]] | None:
     """The named adapters to load at start (None: no per-request adapters); sets ``a.adapter``
     to the bare directory, if one was given. Every named one is checked here, before weights load."""
-    from efflm.finetune.peft_files import read_adapter_config
-    from efflm.serve.adapters import NAME, SERVED
+    from efflm.serve.adapters import NAME, lora_config
 
     bare, named = [], []
     for value in a.adapter or []:
@@ -32,10 +31,7 @@ def served_adapters(a: Any) -> list[tuple[str, str]] | None:
     if dup:
         raise EfflmError(f"--adapter: the name '{dup[0]}' is given twice (or is the served model's)")
     for name, path in named:
-        config, _ = read_adapter_config(path)
-        if config.method not in SERVED:
-            raise EfflmError(f"--adapter {name}={path}: a {config.method} adapter is not served per request (LoRA "
-                             f"ones are: {', '.join(SERVED)}); give it as the one --adapter DIR")  # fmt: skip
+        lora_config(path, label=f"--adapter {name}={path}")
     return named if named or a.enable_lora else None
 
 

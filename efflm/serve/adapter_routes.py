@@ -13,18 +13,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from efflm.core.errors import EfflmError
 from efflm.serve.errors import ApiError
-from efflm.serve.protocol import parse_json
+from efflm.serve.protocol import only, parse_json
 
 LOAD_FIELDS, UNLOAD_FIELDS = {"lora_name", "lora_path"}, {"lora_name"}
 
 
 def _body(raw: bytes, fields: set[str]) -> dict:
     body = parse_json(raw)
-    unknown = sorted(set(body) - fields)
-    if unknown:
-        raise ApiError(
-            400, f"'{unknown[0]}' is not served by this endpoint", param=unknown[0], code="unsupported_field"
-        )
+    only(body, fields)
     for name in sorted(fields):
         if not isinstance(body.get(name), str) or not body[name]:
             raise ApiError(400, f"'{name}' must be a non-empty string", param=name)

@@ -40,6 +40,16 @@ class Loaded:
     factors: dict[str, tuple[torch.Tensor, torch.Tensor, float]]
 
 
+def lora_config(path: str | Path, label: str | None = None) -> tuple[Any, dict]:
+    """The adapter directory's config and metadata, refused in one line (``label``: how to name it)
+    unless it is a LoRA adapter served per request."""
+    config, meta = read_adapter_config(path)
+    if config.method not in SERVED:
+        raise EfflmError(f"{label or path}: a {config.method} adapter is not served per request (LoRA ones are: "
+                         f"{', '.join(SERVED)}); serve it as the model's one adapter (--adapter DIR)")  # fmt: skip
+    return config, meta
+
+
 def targets(model: Any) -> list[str]:
     """The Linears a served adapter may adapt: every attention Linear, and the MLP's of dense models
     (a mixture-of-experts block sends each expert a subset of the rows)."""
@@ -68,10 +78,7 @@ class Adapters:
         if not isinstance(name, str) or not NAME.match(name):
             raise EfflmError(f"adapter name {name!r}: use letters, digits, '.', '_', ':' or '-' (up to 64)")
         path = Path(path)
-        config, meta = read_adapter_config(path)
-        if config.method not in SERVED:
-            raise EfflmError(f"{path}: a {config.method} adapter is not served per request (LoRA ones are: "
-                             f"{', '.join(SERVED)}); serve it as the model's one adapter (--adapter DIR)")  # fmt: skip
+        config, meta = lora_config(path)
         check_base(path, meta, self.base_hash)
         rank = getattr(config, "save_rank", 0) or config.r
         scaling = config.alpha / rank

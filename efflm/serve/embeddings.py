@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from efflm.serve.errors import ApiError
-from efflm.serve.protocol import parse_json
+from efflm.serve.protocol import chosen_model, only, parse_json
 
 FIELDS = {"model", "input", "encoding_format", "user"}
 MAX_INPUTS = 256
@@ -66,20 +66,13 @@ def add_embedding_route(app: FastAPI, batcher: Any, served: str, check_key: Call
         try:
             check_key(request)
             body = parse_json(await request.body())
-            unknown = sorted(set(body) - FIELDS)
-            if unknown:
-                raise ApiError(400, f"'{unknown[0]}' is not served by this endpoint", param=unknown[0],
-                               code="unsupported_field")  # fmt: skip
-            names = batcher.adapters.names() if batcher.adapters is not None else []
-            model = body.get("model", served)
-            if model != served and model not in names:
-                raise ApiError(400, f"the model '{model}' does not exist", param="model", code="model_not_found")
+            only(body, FIELDS)
+            model, adapter = chosen_model(body, served, batcher.adapters.names() if batcher.adapters else ())
             fmt = body.get("encoding_format", "float")
             if fmt not in ("float", "base64"):
                 raise ApiError(400, "'encoding_format' must be 'float' or 'base64'", param="encoding_format")
             ids = inputs(body, batcher.tok, batcher.max_len, batcher.model.config.vocab_size)
             routing = batcher.adapters.routing if batcher.adapters is not None else None
-            adapter = None if model == served else model
             vecs = await asyncio.get_running_loop().run_in_executor(
                 None, batcher.call, lambda: embed(batcher.model, ids, routing, adapter)
             )

@@ -89,6 +89,26 @@ def _unencodable(value: Any, path: str) -> str | None:
     return None
 
 
+def only(body: dict, fields: set[str]) -> None:
+    """A 400 naming the first field of ``body`` the endpoint does not serve (never ignored)."""
+    unknown = sorted(set(body) - fields)
+    if unknown:
+        raise ApiError(
+            400, f"'{unknown[0]}' is not served by this endpoint", param=unknown[0], code="unsupported_field"
+        )
+
+
+def chosen_model(body: dict, served: str, adapters: Any = ()) -> tuple[str, str | None]:
+    """(the ``model`` asked for, the LoRA adapter it names or None for the base), or a 400."""
+    model = _get(body, "model", (str,), served, "a string")
+    if model != served and model not in adapters:
+        known = ", ".join(f"'{m}'" for m in [served, *adapters])
+        raise ApiError(
+            400, f"the model '{model}' does not exist; this server serves {known}", "model", "model_not_found"
+        )
+    return model, None if model == served else model
+
+
 def _get(body: dict, name: str, kinds: tuple[type, ...], default: Any, label: str) -> Any:
     value = body.get(name, default)
     if value is None:
@@ -173,17 +193,8 @@ def job(
     the model's vocabulary (logit_bias ids and grammars are checked against it); ``adapters``: the
     names of the LoRA adapters loaded, which ``model`` may name instead of the base."""
     vocab = vocab or len(tok)
-    model = _get(body, "model", (str,), served, "a string")
-    if model != served and model not in adapters:
-        known = ", ".join(f"'{m}'" for m in [served, *adapters])
-        raise ApiError(
-            400, f"the model '{model}' does not exist; this server serves {known}", "model", "model_not_found"
-        )
-    unknown = sorted(set(body) - (CHAT if chat else COMPLETION))
-    if unknown:
-        raise ApiError(
-            400, f"'{unknown[0]}' is not served by this endpoint", param=unknown[0], code="unsupported_field"
-        )
+    model, adapter = chosen_model(body, served, adapters)
+    only(body, CHAT if chat else COMPLETION)
     n = _get(body, "n", (int,), 1, "an integer")
     if not 1 <= n <= max_n:
         raise ApiError(400, f"'n' must be in [1, {max_n}] (the server's --max-n), got {n}", param="n")
@@ -249,7 +260,7 @@ def job(
         grammar = _compile(tok, vocab, "json_schema", tooling.call_schema(tools.forced), "tool_choice")
     return Job(chat, ids, sampling, stream, include_usage, model, n, _logprobs(body, chat), echo,
                _adjust(body, vocab), grammar, tools if tools is not None and tools.choice != "none" else None,
-               None if model == served else model)  # fmt: skip
+               adapter)  # fmt: skip
 
 
 def _logprobs(body: dict, chat: bool) -> int | None:
