@@ -19,14 +19,28 @@ from efflm.core.errors import EfflmError
 
 
 class Routing:
-    """Which adapter each row of the current step uses (``rows[i]``: a name or None)."""
+    """Which adapter each row of the current step uses (``rows[i]``: a name or None); setting
+    ``rows`` groups them once per step (``groups``: name -> the row indices), for every wrapper."""
 
     def __init__(self) -> None:
-        self.rows: list[str | None] | None = None
+        self.rows = None
+
+    @property
+    def rows(self) -> list[str | None] | None:
+        return self._rows
+
+    @rows.setter
+    def rows(self, rows: list[str | None] | None) -> None:
+        self._rows = rows
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(rows or ()):
+            if name is not None:
+                groups.setdefault(name, []).append(i)
+        self.groups = {name: torch.tensor(idx) for name, idx in groups.items()}
 
     def routed(self) -> bool:
         """Whether any row of this step uses an adapter."""
-        return bool(self.rows) and any(r is not None for r in self.rows)
+        return bool(self.groups)
 
 
 class MultiLoraLinear(nn.Module):
@@ -56,21 +70,19 @@ class MultiLoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        rows = self.routing.rows
-        if not rows or not self.loras:
+        routing = self.routing
+        if not routing.groups or not self.loras:
             return y
-        if len(rows) != x.shape[0]:
-            raise EfflmError(f"routing names {len(rows)} rows for a batch of {x.shape[0]}")
-        groups: dict[str, list[int]] = {}
-        for i, name in enumerate(rows):
-            if name is not None and name in self.loras:
-                groups.setdefault(name, []).append(i)
-        for name, idx in groups.items():
+        if len(routing.rows) != x.shape[0]:
+            raise EfflmError(f"routing names {len(routing.rows)} rows for a batch of {x.shape[0]}")
+        for name, idx in routing.groups.items():
+            if name not in self.loras:  # this adapter does not adapt this Linear
+                continue
             A, B, s = self.loras[name]
             if len(idx) == x.shape[0]:
                 y = y + F.linear(F.linear(x, A.to(x.dtype)), B.to(x.dtype)) * s
                 continue
-            at = torch.tensor(idx, device=x.device)
+            at = idx.to(x.device)
             delta = F.linear(F.linear(x.index_select(0, at), A.to(x.dtype)), B.to(x.dtype)) * s
             y = y.index_add(0, at, delta.to(y.dtype))
         return y

@@ -55,7 +55,7 @@ from efflm.serve.costs import StepCosts
 from efflm.serve.prefix_cache import PrefixCache
 from efflm.serve.sequence import Request, emit_token, finish, prompt_logprobs
 from efflm.serve.solo import refuses, serve_one
-from efflm.serve.spec_batch import decode_speculative
+from efflm.serve.spec_batch import drafts, verify
 
 
 class QueueFull(EfflmError):
@@ -357,28 +357,10 @@ class Batcher:
 
     @torch.inference_mode()
     def _decode(self) -> int:
-        """One decode step over the running rows (drafts verified, serve.spec_batch, where they pay);
+        """One decode step over the running rows, with their drafts where they pay (serve.spec_batch);
         the token-rows it computed."""
-        n = len(self.running)
-        verified = decode_speculative(self) if self.lookup is not None else 0
-        if verified:
-            return n * verified
-        if self.cursor + 1 > self.cache.size:
-            self._compact()
-        e = self.engine
-        view = self.cache.rows(n)
-        view.length = self.cursor
-        e.cache, e.pos = view, self.pos[:n].clone()
-        self._route(self.running)
-        logits = e.step(torch.tensor([[r._last] for r in self.running]))[:, -1]
-        self.pos[:n] = e.pos
-        self.cursor = view.length
-        for i in reversed(range(n)):
-            req = self.running[i]
-            if req.cancelled or emit_token(req, logits[i], self.eos, self.max_len):
-                finish(req)
-                self._free(i)
-        return n
+        rows = drafts(self) if self.lookup is not None else [[] for _ in self.running]
+        return len(self.running) * verify(self, rows)
 
     def _free(self, i: int) -> None:
         """Remove running row i; the last row moves into its place."""

@@ -1,5 +1,5 @@
-"""Speculative decoding inside the running batch: prompt-lookup drafts per row, verified for every
-row in one ``[n, 1 + k]`` step.
+"""The batch's decode step, and speculative decoding inside it: prompt-lookup drafts per row,
+verified for every row in one ``[n, 1 + k]`` step (a plain step is one with no drafts).
 
 Each row drafts up to ``k`` tokens from its own context (``inference.speculative.lookup``: the
 tokens after the latest earlier match of its last n-gram; the length adapts to that row's
@@ -33,32 +33,37 @@ def _draft(req: Any, cfg: Any, room: int) -> list[int]:
     return lookup(req.ids + req.gen.tokens, k, cfg.ngram, cfg.min_ngram) if k > 0 else []
 
 
-@torch.inference_mode()
-def decode_speculative(b: Any) -> int:
-    """One verification step over ``b``'s running rows (a ``Batcher``): the tokens per row it
-    computed, or 0, with nothing done, when no draft pays (the caller runs a plain step)."""
-    cfg, n = b.lookup, len(b.running)
+def drafts(b: Any) -> list[list[int]]:
+    """Each running row's draft for this step, cut to the length that pays (all empty: a plain step)."""
+    cfg = b.lookup
     if b.cursor + 1 + cfg.k > b.cache.size:
         b._compact()
     room = b.cache.size - b.cursor - 1  # drafted tokens the cache still has slots for
-    drafts = []
+    out = []
     for r in b.running:  # never past the row's token budget: a plain step would stop there too
         left = min(r.sampling.max_new_tokens - len(r.gen.tokens), b.max_len - len(r.ids) - len(r.gen.tokens)) - 1
-        drafts.append(_draft(r, cfg, min(room, left)))
-    if not any(drafts):
-        return 0
+        out.append(_draft(r, cfg, min(room, left)))
+    if not any(out):
+        return out
     # each row's acceptance so far, from a prior of 2 in 3 (a new request starts hopeful)
-    T = b.costs.verify_length(drafts, [(r._drafts.accepted + 2) / (r._drafts.proposed + 3) for r in b.running])
-    if T == 1:  # the step would cost more than the drafts are expected to add
-        return 0
-    drafts = [d[: T - 1] for d in drafts]
+    T = b.costs.verify_length(out, [(r._drafts.accepted + 2) / (r._drafts.proposed + 3) for r in b.running])
+    return [d[: T - 1] for d in out]  # T = 1: the step would cost more than the drafts are expected to add
+
+
+@torch.inference_mode()
+def verify(b: Any, drafts: list[list[int]]) -> int:
+    """One decode step over ``b``'s running rows (a ``Batcher``), each fed its last token and its
+    draft (none: a plain step); the tokens per row it computed."""
+    n, T = len(b.running), 1 + max(len(d) for d in drafts)
+    if b.cursor + T > b.cache.size:
+        b._compact()
     ids = torch.tensor([[r._last, *d, *[r._last] * (T - 1 - len(d))] for r, d in zip(b.running, drafts)])
-    valid = torch.tensor([[True] * (1 + len(d)) + [False] * (T - 1 - len(d)) for d in drafts])
+    valid = torch.tensor([[True] * (1 + len(d)) + [False] * (T - 1 - len(d)) for d in drafts]) if T > 1 else None
     e, view = b.engine, b.cache.rows(n)
     view.length = start = b.cursor
     e.cache, e.pos = view, b.pos[:n].clone()
     b._route(b.running)
-    logits = e.step(ids, valid, all_logits=True)
+    logits = e.step(ids, valid, all_logits=T > 1)
     b.pos[:n] = e.pos
     b.cursor = view.length
     for i in reversed(range(n)):
@@ -71,8 +76,8 @@ def decode_speculative(b: Any) -> int:
             if j == len(d) or req._last != d[j]:
                 break
             accepted += 1
-        b.drafted, b.accepted = b.drafted + len(d), b.accepted + accepted
         if d:  # its counts feed the acceptance estimate; its length matters only when adaptive
+            b.drafted, b.accepted = b.drafted + len(d), b.accepted + accepted
             req._drafts.update(len(d), accepted)
         if done:
             finish(req)
